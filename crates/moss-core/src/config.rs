@@ -1,0 +1,181 @@
+//! The server's configuration, as read from `moss.toml` (and `MOSS_…` environment variables).
+//!
+//! Every field has a default, so an empty file (or none) runs the embedded setup. Unknown keys
+//! are errors: a typo must not silently fall back to a default.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after the colon in user ids. Cannot change once users exist.
+    pub server_name: String,
+    /// Where the database, signing key and media live.
+    pub data_dir: PathBuf,
+    /// The URL clients reach this server at, advertised in `/.well-known/matrix/client`.
+    pub public_baseurl: Option<String>,
+    /// `disabled` (default), `token` (needs a registration token) or `open`.
+    pub registration: RegistrationMode,
+    /// Enables Synapse's `/_synapse/admin/v1/register` for tooling such as `register_new_matrix_user`.
+    pub registration_shared_secret: Option<String>,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("./moss-data"),
+            public_baseurl: None,
+            registration: RegistrationMode::Disabled,
+            registration_shared_secret: None,
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Disabled,
+    Token,
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the client-server API listener.
+    pub bind: SocketAddr,
+    /// Largest request body accepted outside media uploads, in bytes.
+    pub max_request_bytes: usize,
+    /// Longest a /sync long-poll is held, in milliseconds, whatever the client asks.
+    pub max_sync_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: "127.0.0.1:8008".parse().expect("valid literal"),
+            max_request_bytes: 1024 * 1024,
+            max_sync_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// SQLite file; relative paths are inside `data_dir`.
+    pub path: PathBuf,
+    /// `full` fsyncs each commit (survives power loss); `normal` survives only a crash of moss.
+    pub synchronous: SyncMode,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens issued with a refresh token, in milliseconds.
+    pub access_token_lifetime_ms: u64,
+    /// Shortest password accepted at registration and password change.
+    pub min_password_length: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Switch every limit off (benchmarks, test setups).
+    pub enabled: bool,
+    pub login: Bucket,
+    pub register: Bucket,
+    pub message: Bucket,
+    pub join: Bucket,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            login: Bucket { per_second: 0.17, burst: 3 },
+            register: Bucket { per_second: 0.17, burst: 3 },
+            message: Bucket { per_second: 10.0, burst: 50 },
+            join: Bucket { per_second: 1.0, burst: 10 },
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `moss=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Config {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(&self.database.path)
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.data_dir.join("signing.key")
+    }
+
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(u) => u.trim_end_matches('/').to_owned() + "/",
+            None => format!("http://{}/", self.http.bind),
+        }
+    }
+}

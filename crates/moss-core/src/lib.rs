@@ -1,0 +1,100 @@
+//! moss's service layer: accounts, rooms, state and auth, sync.
+//!
+//! [`Moss`] holds the server's shared state; the HTTP layer calls its methods, one per use case,
+//! and never touches storage itself.
+
+pub mod accounts;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod keys;
+pub mod notifier;
+pub mod rooms;
+pub mod sync;
+pub mod typing;
+pub mod uiaa;
+pub mod user_data;
+
+use std::{sync::Arc, time::Duration};
+
+use moss_storage::{Db, Synchronous};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, ServerName};
+use tokio::sync::watch;
+
+pub use crate::{
+    config::Config,
+    error::{Error, Result},
+};
+use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing, uiaa::UiaaSessions};
+
+pub struct Moss {
+    pub config: Config,
+    pub server_name: OwnedServerName,
+    pub db: Db,
+    pub(crate) signer: Signer,
+    pub notifier: Notifier,
+    pub typing: Typing,
+    pub(crate) uiaa: UiaaSessions,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Moss {
+    /// Opens the data directory (creating it, the database and the signing key as needed).
+    pub fn open(config: Config) -> Result<Arc<Moss>> {
+        let server_name = ServerName::parse(&config.server_name)
+            .map_err(|e| Error::internal(format!("server_name {:?} is invalid: {e}", config.server_name)))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
+        })?;
+        let db = Db::open(
+            &config.database_path(),
+            match config.database.synchronous {
+                config::SyncMode::Full => Synchronous::Full,
+                config::SyncMode::Normal => Synchronous::Normal,
+            },
+        )?;
+        let key = keys::load_or_generate(&config.signing_key_path())?;
+        Ok(Arc::new(Moss {
+            signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
+            server_name,
+            db,
+            config,
+            notifier: Notifier::default(),
+            typing: Typing::default(),
+            uiaa: UiaaSessions::default(),
+            shutdown: watch::channel(false).0,
+        }))
+    }
+
+    /// Starts the background tasks (typing expiry).
+    pub fn spawn_background(self: &Arc<Self>) {
+        let moss = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(moss) = moss.upgrade() else { break };
+                for room in moss.typing.expire() {
+                    moss.notify_room(&room).await;
+                }
+            }
+        });
+    }
+
+    /// Makes every long-poll return now and refuses new ones to wait.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    MilliSecondsSinceUnixEpoch::now().get().into()
+}

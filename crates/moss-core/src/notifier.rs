@@ -1,0 +1,33 @@
+//! Wakes long-polling /sync requests as soon as something for their user happens.
+//!
+//! Each user has a watch channel whose value only counts changes; a sync waits on it instead of
+//! polling the database.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use ruma::{OwnedUserId, UserId};
+use tokio::sync::watch;
+
+#[derive(Default)]
+pub struct Notifier {
+    users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        for u in users {
+            if let Some(tx) = map.get(u) {
+                tx.send_modify(|v| *v += 1);
+                if tx.receiver_count() == 0 {
+                    map.remove(u);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, forget.
+//!
+//! The auth rules decide whether a change is allowed; these functions add the checks the rules
+//! cannot express (the target must exist, a kick needs someone to kick) and fill in profiles.
+
+use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, RoomOrAliasId, UserId};
+use serde_json::{json, Value};
+
+use super::{membership_of, timeline::NewPdu};
+use crate::{
+    error::{Error, Result},
+    Moss,
+};
+
+impl Moss {
+    pub async fn join_room(&self, user: &UserId, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId> {
+        let room_id = match <&RoomId>::try_from(target) {
+            Ok(id) => id.to_owned(),
+            Err(alias) => self.resolve_alias(alias).await?,
+        };
+        let (room, u) = (room_id.to_string(), user.to_string());
+        let (exists, current) =
+            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
+        if !exists {
+            // Rooms on other servers arrive with federation.
+            return Err(Error::not_found("no known room with that id or alias"));
+        }
+        if current.as_deref() == Some("join") {
+            return Ok(room_id);
+        }
+        let mut content = self.member_content(user, "join").await?;
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.append_event(&room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
+            .await?;
+        Ok(room_id)
+    }
+
+    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+        self.require_joined(sender, room_id).await?;
+        if target.server_name() != self.server_name {
+            return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));
+        }
+        if !self.is_local_user_active(target).await? {
+            return Err(Error::not_found(format!("unknown user {target}")));
+        }
+        let (room, t) = (room_id.to_string(), target.to_string());
+        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
+        match current.as_deref() {
+            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
+            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            Some("invite") => return Ok(()),
+            _ => {}
+        }
+        let mut content = json!({"membership": "invite"});
+        if let Some(u) = self.user(target).await? {
+            if let Some(n) = u.displayname {
+                content["displayname"] = json!(n);
+            }
+            if let Some(a) = u.avatar_url {
+                content["avatar_url"] = json!(a);
+            }
+        }
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.append_event(room_id, sender, NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves a room, or rejects an invite or withdraws a knock.
+    pub async fn leave_room(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
+        let (room, u) = (room_id.to_string(), user.to_string());
+        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?)).await?;
+        match current.as_deref() {
+            Some("join") | Some("invite") | Some("knock") => {}
+            Some("leave") => return Ok(()),
+            Some("ban") => return Err(Error::forbidden("you are banned from this room")),
+            _ => return Err(Error::forbidden("you are not in this room")),
+        }
+        let mut content = json!({"membership": "leave"});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.append_event(room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+        self.require_joined(sender, room_id).await?;
+        let (room, t) = (room_id.to_string(), target.to_string());
+        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
+        if !matches!(current.as_deref(), Some("join") | Some("invite") | Some("knock")) {
+            return Err(Error::forbidden(format!("{target} is not in the room")));
+        }
+        self.set_membership_of(sender, room_id, target, "leave", reason).await
+    }
+
+    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+        self.require_joined(sender, room_id).await?;
+        self.set_membership_of(sender, room_id, target, "ban", reason).await
+    }
+
+    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+        self.require_joined(sender, room_id).await?;
+        let (room, t) = (room_id.to_string(), target.to_string());
+        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
+        if current.as_deref() != Some("ban") {
+            return Err(Error::forbidden(format!("{target} is not banned")));
+        }
+        self.set_membership_of(sender, room_id, target, "leave", reason).await
+    }
+
+    pub async fn forget_room(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
+        let (room, u) = (room_id.to_string(), user.to_string());
+        self.db
+            .write(move |w| {
+                match membership_of(w, &room, &u)?.as_deref() {
+                    Some("leave") | Some("ban") => {}
+                    Some(_) => return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 400, "leave the room before forgetting it")),
+                    None => return Err(Error::not_found("you were never in this room")),
+                }
+                w.forget_room(&room, &u)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn set_membership_of(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut content = json!({"membership": membership});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.append_event(room_id, sender, NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Member event content carrying the user's current profile.
+    pub(crate) async fn member_content(&self, user: &UserId, membership: &str) -> Result<Value> {
+        let mut content = json!({"membership": membership});
+        if let Some(u) = self.user(user).await? {
+            if let Some(n) = u.displayname {
+                content["displayname"] = json!(n);
+            }
+            if let Some(a) = u.avatar_url {
+                content["avatar_url"] = json!(a);
+            }
+        }
+        Ok(content)
+    }
+}

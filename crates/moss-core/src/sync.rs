@@ -1,0 +1,409 @@
+//! `/sync`: initial and incremental, long-polling until something for the user happens.
+//!
+//! A sync token is `s<stream>_<typing>`: the global stream position plus the typing serial.
+//! Everything persistent (events, account data, receipts) is ordered by the stream, so "what
+//! changed since the token" is a range query per room.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use moss_storage::{Direction, Reader, StateMap};
+use ruma::{
+    api::client::filter::FilterDefinition,
+    push::{Action, PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+    OwnedRoomId, RoomId, UInt, UserId,
+};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    accounts::Session,
+    error::{Error, Result},
+    filter,
+    rooms::read::{client_event, token},
+    Moss,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncToken {
+    pub stream: i64,
+    pub typing: u64,
+}
+
+impl SyncToken {
+    pub fn parse(s: &str) -> Result<SyncToken> {
+        let bad = || Error::invalid_param(format!("invalid sync token {s:?}"));
+        let rest = s.strip_prefix('s').ok_or_else(bad)?;
+        let (a, b) = rest.split_once('_').ok_or_else(bad)?;
+        Ok(SyncToken { stream: a.parse().map_err(|_| bad())?, typing: b.parse().map_err(|_| bad())? })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}", self.stream, self.typing)
+    }
+}
+
+pub struct SyncRequest {
+    pub since: Option<SyncToken>,
+    pub full_state: bool,
+    pub timeout: Duration,
+    pub filter: FilterDefinition,
+}
+
+/// Events after the user's read receipt, for counting notifications.
+struct UnreadCandidates {
+    room_id: OwnedRoomId,
+    events: Vec<Value>,
+    member_count: u64,
+    display_name: String,
+}
+
+impl Moss {
+    pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_millis(self.config.http.max_sync_timeout_ms));
+        let mut rx = self.notifier.subscribe(&session.user_id);
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            rx.borrow_and_update();
+            let typing_serial = self.typing.serial();
+            let (mut body, unread, empty) = self.sync_once(session, &req, typing_serial).await?;
+            let done = req.since.is_none()
+                || req.full_state
+                || !empty
+                || tokio::time::Instant::now() >= deadline
+                || self.is_shutting_down();
+            if done {
+                self.fill_unread_counts(&session.user_id, &mut body, unread).await?;
+                return Ok(body);
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn sync_once(&self, session: &Session, req: &SyncRequest, typing_serial: u64) -> Result<(Value, Vec<UnreadCandidates>, bool)> {
+        let user = session.user_id.clone();
+        let device = session.device_id.to_string();
+        let since = req.since;
+        let full_state = req.full_state;
+        let filter = req.filter.clone();
+        let (mut body, unread, empty, typing_rooms) = self
+            .db
+            .read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial))
+            .await?;
+        // Typing lives in memory, outside the database snapshot.
+        let mut empty = empty;
+        let since_typing = since.map(|s| s.typing).unwrap_or(0);
+        for room in typing_rooms {
+            let Ok(room_id) = RoomId::parse(&room) else { continue };
+            let users = match self.typing.changed_since(&room_id, since_typing) {
+                Some(u) => u,
+                None => continue,
+            };
+            if since.is_none() && users.is_empty() {
+                continue;
+            }
+            let entry = &mut body["rooms"]["join"][room.as_str()];
+            if entry.is_null() {
+                *entry = empty_joined_room();
+            }
+            entry["ephemeral"]["events"].as_array_mut().map(|a| a.push(json!({"type": "m.typing", "content": {"user_ids": users}})));
+            empty = false;
+        }
+        body["next_batch"] = json!(SyncToken { stream: body["next_batch"].as_i64().unwrap_or(0), typing: typing_serial }.to_string());
+        Ok((body, unread, empty))
+    }
+
+    async fn fill_unread_counts(&self, user: &UserId, body: &mut Value, rooms: Vec<UnreadCandidates>) -> Result<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let rules: Ruleset = self.push_rules(user).await?;
+        for room in rooms {
+            let mut ctx = PushConditionRoomCtx::new(
+                room.room_id.clone(),
+                UInt::new(room.member_count).unwrap_or_default(),
+                user.to_owned(),
+                room.display_name.clone(),
+            );
+            ctx.power_levels = None;
+            let (mut notify, mut highlight) = (0u64, 0u64);
+            for ev in &room.events {
+                let Ok(raw) = Raw::<Value>::new(ev) else { continue };
+                let actions = rules.get_actions(&raw, &ctx).await;
+                if actions.iter().any(Action::should_notify) {
+                    notify += 1;
+                    if actions.iter().any(Action::is_highlight) {
+                        highlight += 1;
+                    }
+                }
+            }
+            let entry = &mut body["rooms"]["join"][room.room_id.as_str()];
+            if entry.is_object() {
+                entry["unread_notifications"] = json!({"notification_count": notify, "highlight_count": highlight});
+            }
+        }
+        Ok(())
+    }
+}
+
+fn empty_joined_room() -> Value {
+    json!({
+        "timeline": {"events": [], "limited": false},
+        "state": {"events": []},
+        "ephemeral": {"events": []},
+        "account_data": {"events": []},
+        "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+    })
+}
+
+fn state_events(r: &Reader<'_>, user: &str, ids: impl Iterator<Item = String>, f: &ruma::api::client::filter::RoomEventFilter) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(row) = r.event(&id)? {
+            let ev = client_event(&row, user, None)?;
+            if filter::matches(f, &ev) {
+                out.push(ev);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn state_before(r: &Reader<'_>, room: &str, stream: i64) -> Result<StateMap> {
+    Ok(match r.last_event_at(room, stream)? {
+        Some(ev) => r.state_group(ev.state_group)?,
+        None => StateMap::new(),
+    })
+}
+
+type Built = (Value, Vec<UnreadCandidates>, bool, Vec<String>);
+
+fn build(
+    r: &Reader<'_>,
+    user: &UserId,
+    device: &str,
+    since: Option<SyncToken>,
+    full_state: bool,
+    filter: &FilterDefinition,
+    _typing_serial: u64,
+) -> Result<Built> {
+    let u = user.as_str();
+    let current = r.current_stream()?;
+    let since_stream = since.map(|s| s.stream);
+    let timeline_filter = &filter.room.timeline;
+    let limit = timeline_filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 500);
+    let lazy = filter::lazy_load(&filter.room.state);
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let mut unread = Vec::new();
+    let mut typing_rooms = Vec::new();
+    let mut empty = true;
+
+    for m in r.user_memberships(u)? {
+        if !filter::room_allowed(filter, &m.room_id) {
+            continue;
+        }
+        let changed = since_stream.is_none_or(|s| m.stream > s);
+        match m.membership.as_str() {
+            "join" => {
+                typing_rooms.push(m.room_id.clone());
+                let newly = since_stream.is_none() || changed;
+                let lower = if newly && since_stream.is_none() { -1 } else { since_stream.unwrap_or(-1) };
+                let mut rows = r.room_events(&m.room_id, current, Some(lower), Direction::Backward, limit as i64 + 1)?;
+                let limited = rows.len() > limit;
+                rows.truncate(limit);
+                rows.reverse();
+                let first_stream = rows.first().map(|e| e.stream).unwrap_or(current + 1);
+                let mut timeline = Vec::new();
+                for row in &rows {
+                    let ev = client_event(row, u, Some(device))?;
+                    if filter::matches(timeline_filter, &ev) {
+                        timeline.push(ev);
+                    }
+                }
+                // State: the full state before the timeline for new rooms, else the changes
+                // the timeline skipped over.
+                let before = state_before(r, &m.room_id, first_stream - 1)?;
+                let state_ids: Vec<String> = if newly || full_state {
+                    before.values().cloned().collect()
+                } else if limited {
+                    let at_since = state_before(r, &m.room_id, since_stream.unwrap_or(0))?;
+                    before.iter().filter(|(k, v)| at_since.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+                } else {
+                    vec![]
+                };
+                let timeline_ids: std::collections::HashSet<&str> = timeline.iter().filter_map(|e| e["event_id"].as_str()).collect();
+                let mut senders: std::collections::HashSet<String> = timeline.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+                senders.insert(u.to_owned());
+                let state_ids = state_ids.into_iter().filter(|id| !timeline_ids.contains(id.as_str()));
+                let mut state = state_events(r, u, state_ids, &filter.room.state)?;
+                if lazy {
+                    state.retain(|e| e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|s| senders.contains(s)));
+                }
+
+                // Receipts.
+                let receipts = r.receipts_since(&m.room_id, if newly && since.is_none() { -1 } else { since_stream.unwrap_or(-1) })?;
+                let mut receipt_content: BTreeMap<String, Value> = BTreeMap::new();
+                for rc in receipts {
+                    if rc.receipt_type == "m.read.private" && rc.user_id != u {
+                        continue;
+                    }
+                    let mut entry = json!({"ts": rc.ts});
+                    if !rc.thread_id.is_empty() {
+                        entry["thread_id"] = json!(rc.thread_id);
+                    }
+                    let slot = receipt_content.entry(rc.event_id).or_insert_with(|| json!({}));
+                    slot[&rc.receipt_type][&rc.user_id] = entry;
+                }
+                let mut ephemeral = Vec::new();
+                if !receipt_content.is_empty() {
+                    ephemeral.push(json!({"type": "m.receipt", "content": receipt_content}));
+                }
+
+                // Room account data.
+                let account_data: Vec<Value> = r
+                    .account_data_since(u, if since.is_none() { -1 } else { since_stream.unwrap_or(-1) })?
+                    .into_iter()
+                    .filter(|a| a.room_id == m.room_id)
+                    .map(|a| Ok::<_, Error>(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?})))
+                    .collect::<Result<_>>()?;
+
+                let has_news = !timeline.is_empty() || !state.is_empty() || !ephemeral.is_empty() || !account_data.is_empty();
+                if !(has_news || newly || full_state) {
+                    continue;
+                }
+                empty = false;
+                let prev_batch = match rows.first() {
+                    Some(e) => token(e.stream - 1),
+                    None => token(current),
+                };
+                let mut room = empty_joined_room();
+                room["timeline"] = json!({"events": timeline, "limited": limited, "prev_batch": prev_batch});
+                room["state"] = json!({"events": state});
+                room["ephemeral"] = json!({"events": ephemeral});
+                room["account_data"] = json!({"events": account_data});
+                room["summary"] = summary(r, &m.room_id, u)?;
+                join.insert(m.room_id.clone(), room);
+                unread.push(unread_candidates(r, &m.room_id, user)?);
+            }
+            "invite" if changed => {
+                empty = false;
+                let mut events = Vec::new();
+                for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+                    if let Some(row) = r.current_state_event(&m.room_id, kind, "")? {
+                        events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
+                    }
+                }
+                if let Some(row) = r.event(&m.event_id)? {
+                    events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
+                }
+                invite.insert(m.room_id.clone(), json!({"invite_state": {"events": events}}));
+            }
+            "leave" | "ban" if changed && !m.forgotten && (since.is_some() || filter.room.include_leave) => {
+                empty = false;
+                let lower = since_stream.unwrap_or(-1);
+                let mut rows = r.room_events(&m.room_id, m.stream, Some(lower), Direction::Backward, limit as i64 + 1)?;
+                let limited = rows.len() > limit;
+                rows.truncate(limit);
+                rows.reverse();
+                let timeline: Vec<Value> = rows.iter().map(|row| client_event(row, u, Some(device))).collect::<Result<_>>()?;
+                let first = rows.first().map(|e| e.stream).unwrap_or(m.stream);
+                let state = if since.is_none() || limited {
+                    let before = state_before(r, &m.room_id, first - 1)?;
+                    state_events(r, u, before.into_values(), &filter.room.state)?
+                } else {
+                    vec![]
+                };
+                leave.insert(
+                    m.room_id.clone(),
+                    json!({
+                        "timeline": {"events": timeline, "limited": limited, "prev_batch": token(first - 1)},
+                        "state": {"events": state},
+                        "account_data": {"events": []},
+                    }),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    let mut global = Vec::new();
+    let mut saw_push_rules = false;
+    for a in r.account_data_since(u, since_stream.unwrap_or(-1))? {
+        if a.room_id.is_empty() {
+            saw_push_rules |= a.kind == crate::user_data::PUSH_RULES;
+            global.push(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}));
+        }
+    }
+    if since.is_none() && !saw_push_rules && r.account_data(u, "", crate::user_data::PUSH_RULES)?.is_none() {
+        global.push(json!({"type": "m.push_rules", "content": {"global": Ruleset::server_default(user)}}));
+    }
+    if !global.is_empty() && since.is_some() {
+        empty = false;
+    }
+
+    let body = json!({
+        "next_batch": current,
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "account_data": {"events": global},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
+        "device_unused_fallback_key_types": [],
+    });
+    Ok((body, unread, empty, typing_rooms))
+}
+
+/// The room summary clients use to name rooms without a name.
+fn summary(r: &Reader<'_>, room: &str, user: &str) -> Result<Value> {
+    let members = r.room_members(room)?;
+    let joined = members.iter().filter(|m| m.membership == "join").count();
+    let invited = members.iter().filter(|m| m.membership == "invite").count();
+    let heroes: Vec<&str> = members
+        .iter()
+        .filter(|m| m.user_id != user && (m.membership == "join" || m.membership == "invite"))
+        .map(|m| m.user_id.as_str())
+        .take(5)
+        .collect();
+    Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
+}
+
+fn unread_candidates(r: &Reader<'_>, room: &str, user: &UserId) -> Result<UnreadCandidates> {
+    let u = user.as_str();
+    let mut after = -1;
+    for rc in r.user_receipts(room, u)? {
+        if rc.thread_id.is_empty() || rc.thread_id == "main" {
+            if let Some(ev) = r.event(&rc.event_id)? {
+                after = after.max(ev.stream);
+            }
+        }
+    }
+    let membership_stream = r.membership(room, u)?.map(|m| m.stream).unwrap_or(-1);
+    let after = after.max(membership_stream);
+    let rows = r.room_events(room, after, None, Direction::Forward, 100)?;
+    let mut events = Vec::new();
+    for row in rows {
+        if row.sender != u {
+            events.push(client_event(&row, u, None)?);
+        }
+    }
+    let display_name = r
+        .current_state_event(room, "m.room.member", u)?
+        .and_then(|row| serde_json::from_str::<Value>(&row.pdu).ok())
+        .and_then(|v| v["content"]["displayname"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| user.localpart().to_owned());
+    Ok(UnreadCandidates {
+        room_id: RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?,
+        events,
+        member_count: r.joined_member_count(room)? as u64,
+        display_name,
+    })
+}

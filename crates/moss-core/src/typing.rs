@@ -1,0 +1,86 @@
+//! Typing notifications: ephemeral, kept in memory, expiring on their own.
+//!
+//! Typing has its own serial (the second half of a sync token) because it changes without a
+//! database write and must not take a place in the persistent stream.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+#[derive(Default)]
+struct State {
+    serial: u64,
+    rooms: HashMap<OwnedRoomId, RoomTyping>,
+}
+
+#[derive(Default)]
+struct RoomTyping {
+    /// The serial of the last change in this room.
+    changed: u64,
+    users: HashMap<OwnedUserId, Instant>,
+}
+
+#[derive(Default)]
+pub struct Typing {
+    state: Mutex<State>,
+}
+
+impl Typing {
+    pub fn serial(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).serial
+    }
+
+    /// Sets or clears a user's typing flag; returns whether anything changed.
+    pub fn set(&self, room: &RoomId, user: &UserId, timeout: Option<Duration>) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = s.serial + 1;
+        let r = s.rooms.entry(room.to_owned()).or_default();
+        let changed = match timeout {
+            Some(t) => r.users.insert(user.to_owned(), Instant::now() + t).is_none(),
+            None => r.users.remove(user).is_some(),
+        };
+        if changed {
+            r.changed = serial;
+            s.serial = serial;
+        }
+        changed
+    }
+
+    /// Drops expired entries; returns the rooms that changed.
+    pub fn expire(&self) -> Vec<OwnedRoomId> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let serial = s.serial + 1;
+        let mut changed = Vec::new();
+        for (room, r) in s.rooms.iter_mut() {
+            let before = r.users.len();
+            r.users.retain(|_, until| *until > now);
+            if r.users.len() != before {
+                r.changed = serial;
+                changed.push(room.clone());
+            }
+        }
+        s.rooms.retain(|_, r| !r.users.is_empty() || r.changed == serial);
+        if !changed.is_empty() {
+            s.serial = serial;
+        }
+        changed
+    }
+
+    /// The users typing in `room` if it changed after `since`.
+    pub fn changed_since(&self, room: &RoomId, since: u64) -> Option<Vec<OwnedUserId>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let r = s.rooms.get(room)?;
+        if r.changed > since {
+            let mut users: Vec<_> = r.users.keys().cloned().collect();
+            users.sort();
+            Some(users)
+        } else {
+            None
+        }
+    }
+}

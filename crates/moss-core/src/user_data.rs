@@ -1,0 +1,262 @@
+//! Per-user data: profile, account data and tags, push rules, pushers, filters, typing and
+//! receipts.
+
+use std::time::Duration;
+
+use moss_storage::ReceiptRow;
+use ruma::{
+    api::{client::filter::FilterDefinition, error::ErrorKind},
+    events::TimelineEventType,
+    push::{Ruleset, RuleKind, Action, NewPushRule},
+    EventId, OwnedRoomId, RoomId, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    error::{Error, Result},
+    now_ms,
+    rooms::timeline::NewPdu,
+    Moss,
+};
+
+pub const PUSH_RULES: &str = "m.push_rules";
+
+impl Moss {
+    // ---- profile ----
+
+    pub async fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
+        let row = self.user(user).await?.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("profile not found"))?;
+        Ok((row.displayname, row.avatar_url))
+    }
+
+    /// Sets a profile field and carries it into the user's membership in every joined room.
+    pub async fn set_profile_field(&self, user: &UserId, field: &str, value: Option<String>) -> Result<()> {
+        if value.as_ref().is_some_and(|v| v.len() > 1024) {
+            return Err(Error::new(ErrorKind::TooLarge, 400, "profile fields are limited to 1024 bytes"));
+        }
+        let (u, f, v) = (user.to_string(), field.to_owned(), value.clone());
+        let rooms = self
+            .db
+            .write(move |w| {
+                match f.as_str() {
+                    "displayname" => w.set_displayname(&u, v.as_deref())?,
+                    _ => w.set_avatar_url(&u, v.as_deref())?,
+                }
+                Ok::<_, Error>(w.rooms_with_membership(&u, "join")?)
+            })
+            .await?;
+        for room in rooms {
+            let Ok(room_id) = RoomId::parse(&room) else { continue };
+            let content = self.member_content(user, "join").await?;
+            let new = NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content);
+            if let Err(e) = self.append_event(&room_id, user, new, None).await {
+                tracing::warn!(%room_id, error = %e, "could not update membership with the new profile");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- account data and tags ----
+
+    pub async fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Value> {
+        let (u, r, k) = (user.to_string(), room.map(|r| r.to_string()).unwrap_or_default(), kind.to_owned());
+        let found = self.db.read(move |db| Ok::<_, Error>(db.account_data(&u, &r, &k)?)).await?;
+        match found {
+            Some(c) => Ok(serde_json::from_str(&c)?),
+            None if kind == PUSH_RULES && room.is_none() => Ok(json!({"global": Ruleset::server_default(user)})),
+            None => Err(Error::not_found("account data not found")),
+        }
+    }
+
+    pub async fn set_account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+        if !content.is_object() {
+            return Err(Error::bad_json("account data content must be a JSON object"));
+        }
+        if kind == "m.fully_read" && room.is_some() {
+            return Err(Error::new(ErrorKind::BadJson, 405, "use /read_markers to set m.fully_read"));
+        }
+        if kind == PUSH_RULES {
+            return Err(Error::new(ErrorKind::BadJson, 405, "use the /pushrules API to change push rules"));
+        }
+        self.write_account_data(user, room, kind, &content).await
+    }
+
+    pub(crate) async fn write_account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: &Value) -> Result<()> {
+        let text = serde_json::to_string(content)?;
+        if text.len() > 1024 * 1024 {
+            return Err(Error::too_large("account data is limited to 1 MiB"));
+        }
+        let (u, r, k) = (user.to_string(), room.map(|r| r.to_string()).unwrap_or_default(), kind.to_owned());
+        self.db
+            .write(move |w| {
+                let s = w.next_stream()?;
+                w.set_account_data(&u, &r, &k, &text, s)?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        self.notifier.notify([user]);
+        Ok(())
+    }
+
+    pub async fn tags(&self, user: &UserId, room: &RoomId) -> Result<Value> {
+        match self.account_data(user, Some(room), "m.tag").await {
+            Ok(v) => Ok(v["tags"].clone()),
+            Err(Error::Matrix { kind: ErrorKind::NotFound, .. }) => Ok(json!({})),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_tag(&self, user: &UserId, room: &RoomId, tag: &str, info: Option<Value>) -> Result<()> {
+        let mut tags = self.tags(user, room).await?;
+        if !tags.is_object() {
+            tags = json!({});
+        }
+        match info {
+            Some(i) => tags[tag] = i,
+            None => {
+                tags.as_object_mut().map(|m| m.remove(tag));
+            }
+        }
+        self.write_account_data(user, Some(room), "m.tag", &json!({"tags": tags})).await
+    }
+
+    // ---- push rules ----
+
+    pub async fn push_rules(&self, user: &UserId) -> Result<Ruleset> {
+        let v = self.account_data(user, None, PUSH_RULES).await?;
+        serde_json::from_value(v["global"].clone()).or_else(|_| Ok(Ruleset::server_default(user)))
+    }
+
+    async fn save_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<()> {
+        self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await
+    }
+
+    pub async fn put_push_rule(&self, user: &UserId, rule: NewPushRule, after: Option<&str>, before: Option<&str>) -> Result<()> {
+        let mut rules = self.push_rules(user).await?;
+        rules.insert(rule, after, before).map_err(|e| match e {
+            ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
+            e => Error::bad_json(e.to_string()),
+        })?;
+        self.save_push_rules(user, &rules).await
+    }
+
+    pub async fn delete_push_rule(&self, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
+        let mut rules = self.push_rules(user).await?;
+        rules.remove(kind, rule_id).map_err(|e| match e {
+            ruma::push::RemovePushRuleError::NotFound => Error::not_found("push rule not found"),
+            e => Error::bad_json(e.to_string()),
+        })?;
+        self.save_push_rules(user, &rules).await
+    }
+
+    pub async fn set_push_rule_enabled(&self, user: &UserId, kind: RuleKind, rule_id: &str, enabled: bool) -> Result<()> {
+        let mut rules = self.push_rules(user).await?;
+        rules.set_enabled(kind, rule_id, enabled).map_err(|_| Error::not_found("push rule not found"))?;
+        self.save_push_rules(user, &rules).await
+    }
+
+    pub async fn set_push_rule_actions(&self, user: &UserId, kind: RuleKind, rule_id: &str, actions: Vec<Action>) -> Result<()> {
+        let mut rules = self.push_rules(user).await?;
+        rules.set_actions(kind, rule_id, actions).map_err(|_| Error::not_found("push rule not found"))?;
+        self.save_push_rules(user, &rules).await
+    }
+
+    // ---- pushers ----
+
+    pub async fn pushers(&self, user: &UserId) -> Result<Vec<Value>> {
+        let u = user.to_string();
+        let rows = self.db.read(move |r| Ok::<_, Error>(r.pushers(&u)?)).await?;
+        rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
+    }
+
+    /// Stores (or with `kind: null`, deletes) a pusher given in the spec's JSON form.
+    pub async fn set_pusher(&self, user: &UserId, pusher: Value) -> Result<()> {
+        let s = |k: &str| pusher[k].as_str().map(str::to_owned);
+        let app_id = s("app_id").ok_or_else(|| Error::missing_param("app_id is required"))?;
+        let pushkey = s("pushkey").ok_or_else(|| Error::missing_param("pushkey is required"))?;
+        let delete = pusher.get("kind").is_none_or(Value::is_null);
+        let append = pusher["append"].as_bool().unwrap_or(false);
+        let mut stored = pusher.clone();
+        if let Some(m) = stored.as_object_mut() {
+            m.remove("append");
+        }
+        let text = serde_json::to_string(&stored)?;
+        let u = user.to_string();
+        self.db
+            .write(move |w| {
+                if delete {
+                    w.delete_pusher(&u, &app_id, &pushkey)?;
+                } else {
+                    if !append {
+                        w.delete_pushkey_elsewhere(&u, &app_id, &pushkey)?;
+                    }
+                    w.set_pusher(&u, &app_id, &pushkey, &text)?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+    }
+
+    // ---- filters ----
+
+    pub async fn create_filter(&self, user: &UserId, filter: &FilterDefinition) -> Result<String> {
+        let (u, text) = (user.to_string(), serde_json::to_string(filter)?);
+        let id = self.db.write(move |w| Ok::<_, Error>(w.insert_filter(&u, &text)?)).await?;
+        Ok(id.to_string())
+    }
+
+    pub async fn filter(&self, user: &UserId, filter_id: &str) -> Result<FilterDefinition> {
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("filter not found"))?;
+        let u = user.to_string();
+        let text = self.db.read(move |r| Ok::<_, Error>(r.filter(&u, id)?)).await?;
+        let text = text.ok_or_else(|| Error::not_found("filter not found"))?;
+        serde_json::from_str(&text).map_err(|e| Error::internal(format!("stored filter: {e}")))
+    }
+
+    // ---- typing, receipts, read markers ----
+
+    pub async fn set_typing(&self, user: &UserId, room: &RoomId, typing: bool, timeout: Option<Duration>) -> Result<()> {
+        self.require_joined(user, room).await?;
+        let timeout = typing.then(|| timeout.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(120)));
+        if self.typing.set(room, user, timeout) {
+            self.notify_room(room).await;
+        }
+        Ok(())
+    }
+
+    /// Records a receipt (`m.read`, `m.read.private`) or the `m.fully_read` marker.
+    pub async fn set_receipt(&self, user: &UserId, room: &RoomId, receipt_type: &str, event_id: &EventId, thread_id: Option<String>) -> Result<()> {
+        self.require_joined(user, room).await?;
+        let (r, u, e) = (room.to_string(), user.to_string(), event_id.to_string());
+        let exists = {
+            let (r, e) = (r.clone(), e.clone());
+            self.db.read(move |db| Ok::<_, Error>(db.event(&e)?.is_some_and(|row| row.room_id == r))).await?
+        };
+        if !exists {
+            return Err(Error::not_found("event not found in this room"));
+        }
+        if receipt_type == "m.fully_read" {
+            return self.write_account_data(user, Some(room), "m.fully_read", &json!({"event_id": event_id})).await;
+        }
+        if receipt_type != "m.read" && receipt_type != "m.read.private" {
+            return Err(Error::invalid_param(format!("unknown receipt type {receipt_type}")));
+        }
+        let receipt_type = receipt_type.to_owned();
+        let thread = thread_id.unwrap_or_default();
+        self.db
+            .write(move |w| {
+                let stream = w.next_stream()?;
+                w.set_receipt(&ReceiptRow { room_id: r, user_id: u, receipt_type, thread_id: thread, event_id: e, ts: now_ms() as i64, stream })?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        self.notify_room(room).await;
+        Ok(())
+    }
+
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        let u = user.to_string();
+        let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?)).await?;
+        Ok(rooms.into_iter().filter_map(|r| RoomId::parse(r).ok()).collect())
+    }
+}

@@ -1,0 +1,206 @@
+//! The storage layer: it owns the SQL schema, its migrations and every query.
+//!
+//! Callers never see SQL. They run closures against a [`Reader`] (a pooled read-only
+//! connection) or a [`Writer`] (the single write transaction), whose methods are the queries.
+//! SQLite allows one writer at a time anyway; making that explicit gives every write a
+//! serial order, which the global stream ordering relies on.
+
+mod queries;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+pub use queries::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+    #[error("database schema version {found} is newer than this moss understands ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Versioned migrations, applied in order at start-up inside one transaction each.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: an acknowledged write survives power loss.
+    Full,
+    /// fsync only at checkpoints: survives a crash of moss, not of the machine.
+    Normal,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    synchronous: Synchronous,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+/// A read-only view: every query that does not write.
+pub struct Reader<'a> {
+    conn: &'a Connection,
+}
+
+/// The write transaction. Derefs to [`Reader`] so reads see the transaction's own writes.
+pub struct Writer<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> std::ops::Deref for Writer<'a> {
+    type Target = Reader<'a>;
+    fn deref(&self) -> &Reader<'a> {
+        &self.reader
+    }
+}
+
+fn configure(conn: &Connection, sync: Synchronous) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn, synchronous)?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+                synchronous,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in a write transaction on a blocking thread; commits if it returns `Ok`.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.write_blocking(f))
+            .await
+            .map_err(|e| E::from(StorageError::Task(e.to_string())))?
+    }
+
+    /// The synchronous form of [`Db::write`], for the command line.
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        E: From<StorageError>,
+        F: FnOnce(&Writer<'_>) -> Result<T, E>,
+    {
+        let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StorageError::from)?;
+        let out = f(&Writer { reader: Reader { conn: &tx } })?;
+        commit(tx)?;
+        Ok(out)
+    }
+
+    /// Runs `f` against a pooled read connection on a blocking thread.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_blocking(f))
+            .await
+            .map_err(|e| E::from(StorageError::Task(e.to_string())))?
+    }
+
+    pub fn read_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        E: From<StorageError>,
+        F: FnOnce(&Reader<'_>) -> Result<T, E>,
+    {
+        let conn = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(StorageError::from)?;
+                configure_reader(&c, self.inner.synchronous)?;
+                c
+            }
+        };
+        // A read sees one consistent snapshot even across several queries.
+        conn.execute_batch("BEGIN").map_err(StorageError::from)?;
+        let out = f(&Reader { conn: &conn });
+        let _ = conn.execute_batch("COMMIT");
+        let mut pool = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 16 {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+fn configure_reader(conn: &Connection, _sync: Synchronous) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+fn commit(tx: Transaction<'_>) -> Result<()> {
+    tx.commit()?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StorageError::TooNew { found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied database migration");
+    }
+    Ok(())
+}

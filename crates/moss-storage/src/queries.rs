@@ -1,0 +1,829 @@
+//! Every query moss runs, as methods on [`Reader`] and [`Writer`].
+//!
+//! Identifiers are plain strings here: validation belongs to the service layer, and keeping ruma
+//! out of this crate keeps the SQL readable and a second backend straightforward.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use crate::{Reader, Result, Writer};
+
+/// `(event type, state key) -> event id`
+pub type StateMap = BTreeMap<(String, String), String>;
+
+/// Snapshot a state group fully once its delta chain is this long.
+const MAX_STATE_CHAIN: i64 = 64;
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub admin: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_ip: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub user_id: String,
+    pub device_id: String,
+    pub expires_ts: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationTokenRow {
+    pub token: String,
+    pub uses_allowed: Option<i64>,
+    pub completed: i64,
+    pub expiry_ts: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub published: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub stream: i64,
+    pub event_id: String,
+    pub room_id: String,
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub pdu: String,
+    pub state_group: i64,
+    pub redacted_by: Option<String>,
+    pub txn_user: Option<String>,
+    pub txn_device: Option<String>,
+    pub txn_id: Option<String>,
+}
+
+/// What the service hands over to persist one event.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub stream: i64,
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub kind: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub depth: i64,
+    pub pdu: &'a str,
+    pub state_group: i64,
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream: i64,
+    pub forgotten: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountDataRow {
+    pub room_id: String,
+    pub kind: String,
+    pub content: String,
+    pub stream: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: i64,
+    pub stream: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user_id: r.get(0)?,
+        password_hash: r.get(1)?,
+        admin: r.get(2)?,
+        deactivated: r.get(3)?,
+        created_ts: r.get(4)?,
+        displayname: r.get(5)?,
+        avatar_url: r.get(6)?,
+    })
+}
+const USER_COLS: &str = "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        stream: r.get(0)?,
+        event_id: r.get(1)?,
+        room_id: r.get(2)?,
+        kind: r.get(3)?,
+        state_key: r.get(4)?,
+        sender: r.get(5)?,
+        origin_server_ts: r.get(6)?,
+        pdu: r.get(7)?,
+        state_group: r.get(8)?,
+        redacted_by: r.get(9)?,
+        txn_user: r.get(10)?,
+        txn_device: r.get(11)?,
+        txn_id: r.get(12)?,
+    })
+}
+const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
+                          state_group, redacted_by, txn_user, txn_device, txn_id";
+
+fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
+    Ok(MembershipRow {
+        room_id: r.get(0)?,
+        user_id: r.get(1)?,
+        membership: r.get(2)?,
+        event_id: r.get(3)?,
+        stream: r.get(4)?,
+        forgotten: r.get(5)?,
+    })
+}
+const MEMBERSHIP_COLS: &str = "room_id, user_id, membership, event_id, stream, forgotten";
+
+fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
+    Ok(ReceiptRow {
+        room_id: r.get(0)?,
+        user_id: r.get(1)?,
+        receipt_type: r.get(2)?,
+        thread_id: r.get(3)?,
+        event_id: r.get(4)?,
+        ts: r.get(5)?,
+        stream: r.get(6)?,
+    })
+}
+const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
+
+impl Reader<'_> {
+    fn collect<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, f)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+    }
+
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt.query_row(params, f).optional()?)
+    }
+
+    // ---- stream ----
+
+    pub fn current_stream(&self) -> Result<i64> {
+        Ok(self.one("SELECT pos FROM stream_counter WHERE id = 0", [], |r| r.get(0))?.unwrap_or(0))
+    }
+
+    // ---- users ----
+
+    pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.one(&format!("SELECT {USER_COLS} FROM users WHERE user_id = ?1"), [user_id], user_row)
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRow>> {
+        self.collect(&format!("SELECT {USER_COLS} FROM users ORDER BY user_id"), [], user_row)
+    }
+
+    /// Users whose id or display name contains `term`, who share a room with `searcher` or sit in
+    /// a published room.
+    pub fn search_users(&self, searcher: &str, term: &str, limit: i64) -> Result<Vec<UserRow>> {
+        let pattern = format!("%{}%", term.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        self.collect(
+            &format!(
+                "SELECT {USER_COLS} FROM users u WHERE u.deactivated = 0 AND \
+                 (u.user_id LIKE ?2 ESCAPE '\\' OR u.displayname LIKE ?2 ESCAPE '\\') AND \
+                 (u.user_id = ?1 OR EXISTS (SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
+                    WHERE a.user_id = ?1 AND b.user_id = u.user_id AND a.membership = 'join' AND b.membership = 'join') \
+                  OR EXISTS (SELECT 1 FROM memberships m JOIN rooms r ON r.room_id = m.room_id \
+                    WHERE m.user_id = u.user_id AND m.membership = 'join' AND r.published = 1)) \
+                 ORDER BY u.user_id LIMIT ?3"
+            ),
+            params![searcher, pattern, limit],
+            user_row,
+        )
+    }
+
+    // ---- devices and tokens ----
+
+    pub fn devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
+        self.collect(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 ORDER BY device_id",
+            [user_id],
+            |r| Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? }),
+        )
+    }
+
+    pub fn device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRow>> {
+        self.one(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 AND device_id = ?2",
+            [user_id, device_id],
+            |r| Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? }),
+        )
+    }
+
+    pub fn token(&self, token: &str) -> Result<Option<TokenRow>> {
+        self.one(
+            "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = ?1",
+            [token],
+            |r| Ok(TokenRow { user_id: r.get(0)?, device_id: r.get(1)?, expires_ts: r.get(2)? }),
+        )
+    }
+
+    /// The access token a refresh token belongs to, with its session.
+    pub fn refresh_token(&self, refresh: &str) -> Result<Option<(String, TokenRow)>> {
+        self.one(
+            "SELECT token, user_id, device_id, expires_ts FROM access_tokens WHERE refresh_token = ?1",
+            [refresh],
+            |r| Ok((r.get(0)?, TokenRow { user_id: r.get(1)?, device_id: r.get(2)?, expires_ts: r.get(3)? })),
+        )
+    }
+
+    pub fn registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
+        self.collect(
+            "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY token",
+            [],
+            |r| Ok(RegistrationTokenRow { token: r.get(0)?, uses_allowed: r.get(1)?, completed: r.get(2)?, expiry_ts: r.get(3)? }),
+        )
+    }
+
+    pub fn registration_token(&self, token: &str) -> Result<Option<RegistrationTokenRow>> {
+        self.one(
+            "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = ?1",
+            [token],
+            |r| Ok(RegistrationTokenRow { token: r.get(0)?, uses_allowed: r.get(1)?, completed: r.get(2)?, expiry_ts: r.get(3)? }),
+        )
+    }
+
+    // ---- rooms ----
+
+    pub fn room(&self, room_id: &str) -> Result<Option<RoomRow>> {
+        self.one(
+            "SELECT room_id, room_version, creator, published FROM rooms WHERE room_id = ?1",
+            [room_id],
+            |r| Ok(RoomRow { room_id: r.get(0)?, room_version: r.get(1)?, creator: r.get(2)?, published: r.get(3)? }),
+        )
+    }
+
+    pub fn published_rooms(&self) -> Result<Vec<String>> {
+        self.collect("SELECT room_id FROM rooms WHERE published = 1 ORDER BY created_ts", [], |r| r.get(0))
+    }
+
+    // ---- events ----
+
+    pub fn event(&self, event_id: &str) -> Result<Option<EventRow>> {
+        self.one(&format!("SELECT {EVENT_COLS} FROM events WHERE event_id = ?1"), [event_id], event_row)
+    }
+
+    pub fn event_by_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+        self.one(
+            "SELECT event_id FROM events WHERE txn_user = ?1 AND txn_device = ?2 AND txn_id = ?3",
+            [user_id, device_id, txn_id],
+            |r| r.get(0),
+        )
+    }
+
+    /// Events of a room with `stream` strictly after `from` (forward) or strictly before it
+    /// (backward), bounded by `to` (exclusive on the far side), in the order of travel.
+    pub fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        match dir {
+            Direction::Forward => self.collect(
+                &format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream > ?2 AND stream <= ?3 \
+                     ORDER BY stream ASC LIMIT ?4"
+                ),
+                params![room_id, from, to.unwrap_or(i64::MAX), limit],
+                event_row,
+            ),
+            Direction::Backward => self.collect(
+                &format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream <= ?2 AND stream > ?3 \
+                     ORDER BY stream DESC LIMIT ?4"
+                ),
+                params![room_id, from, to.unwrap_or(-1), limit],
+                event_row,
+            ),
+        }
+    }
+
+    /// The latest event of a room at or before `stream`.
+    pub fn last_event_at(&self, room_id: &str, stream: i64) -> Result<Option<EventRow>> {
+        self.one(
+            &format!("SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream <= ?2 ORDER BY stream DESC LIMIT 1"),
+            params![room_id, stream],
+            event_row,
+        )
+    }
+
+    /// The event closest to `ts`: the first at or after it (forward) or the last at or before it.
+    pub fn event_near_ts(&self, room_id: &str, ts: i64, dir: Direction) -> Result<Option<EventRow>> {
+        let sql = match dir {
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 ORDER BY origin_server_ts ASC, stream ASC LIMIT 1"
+            ),
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts <= ?2 ORDER BY origin_server_ts DESC, stream DESC LIMIT 1"
+            ),
+        };
+        self.one(&sql, params![room_id, ts], event_row)
+    }
+
+    pub fn forward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
+        self.collect("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id", [room_id], |r| r.get(0))
+    }
+
+    pub fn event_depth(&self, event_id: &str) -> Result<Option<i64>> {
+        self.one("SELECT depth FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
+    }
+
+    // ---- state ----
+
+    /// The full state of a state group, following its delta chain.
+    pub fn state_group(&self, group: i64) -> Result<StateMap> {
+        let mut chain = Vec::new();
+        let mut next = Some(group);
+        while let Some(id) = next {
+            chain.push(id);
+            next = self.one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?.flatten();
+        }
+        let mut state = StateMap::new();
+        // Oldest first, so newer deltas overwrite.
+        for id in chain.into_iter().rev() {
+            for (k, sk, ev) in self.collect(
+                "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?1",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            )? {
+                state.insert((k, sk), ev);
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn current_state(&self, room_id: &str) -> Result<StateMap> {
+        let rows = self.collect(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1",
+            [room_id],
+            |r| Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, String>(2)?)),
+        )?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub fn current_state_event(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<EventRow>> {
+        self.one(
+            &format!(
+                "SELECT {} FROM current_state c JOIN events e ON e.event_id = c.event_id \
+                 WHERE c.room_id = ?1 AND c.type = ?2 AND c.state_key = ?3",
+                EVENT_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+            ),
+            [room_id, kind, state_key],
+            event_row,
+        )
+    }
+
+    // ---- memberships ----
+
+    pub fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {
+        self.one(
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 AND user_id = ?2"),
+            [room_id, user_id],
+            membership_row,
+        )
+    }
+
+    /// Every room the user has a membership in, with the latest change first.
+    pub fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
+        self.collect(
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE user_id = ?1 ORDER BY stream DESC"),
+            [user_id],
+            membership_row,
+        )
+    }
+
+    pub fn rooms_with_membership(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
+        self.collect(
+            "SELECT room_id FROM memberships WHERE user_id = ?1 AND membership = ?2 ORDER BY room_id",
+            [user_id, membership],
+            |r| r.get(0),
+        )
+    }
+
+    pub fn room_members(&self, room_id: &str) -> Result<Vec<MembershipRow>> {
+        self.collect(
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"),
+            [room_id],
+            membership_row,
+        )
+    }
+
+    pub fn joined_member_count(&self, room_id: &str) -> Result<i64> {
+        Ok(self
+            .one("SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = 'join'", [room_id], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+
+    /// Users joined to any room that `user_id` is joined to (including the user).
+    pub fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
+        self.collect(
+            "SELECT DISTINCT b.user_id FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
+             WHERE a.user_id = ?1 AND a.membership = 'join' AND b.membership = 'join'",
+            [user_id],
+            |r| r.get(0),
+        )
+    }
+
+    // ---- aliases ----
+
+    pub fn alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        self.one("SELECT room_id, creator FROM room_aliases WHERE alias = ?1", [alias], |r| Ok((r.get(0)?, r.get(1)?)))
+    }
+
+    pub fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
+        self.collect("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias", [room_id], |r| r.get(0))
+    }
+
+    // ---- account data, filters, receipts, pushers ----
+
+    pub fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> Result<Option<String>> {
+        self.one(
+            "SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND type = ?3",
+            [user_id, room_id, kind],
+            |r| r.get(0),
+        )
+    }
+
+    /// Account data changed after `since` (everything for `since = 0`), global and per room.
+    pub fn account_data_since(&self, user_id: &str, since: i64) -> Result<Vec<AccountDataRow>> {
+        self.collect(
+            "SELECT room_id, type, content, stream FROM account_data WHERE user_id = ?1 AND stream > ?2 ORDER BY stream",
+            params![user_id, since],
+            |r| Ok(AccountDataRow { room_id: r.get(0)?, kind: r.get(1)?, content: r.get(2)?, stream: r.get(3)? }),
+        )
+    }
+
+    pub fn filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
+        self.one("SELECT filter FROM filters WHERE user_id = ?1 AND filter_id = ?2", params![user_id, filter_id], |r| r.get(0))
+    }
+
+    pub fn receipts_since(&self, room_id: &str, since: i64) -> Result<Vec<ReceiptRow>> {
+        self.collect(
+            &format!("SELECT {RECEIPT_COLS} FROM receipts WHERE room_id = ?1 AND stream > ?2 ORDER BY stream"),
+            params![room_id, since],
+            receipt_row,
+        )
+    }
+
+    pub fn user_receipts(&self, room_id: &str, user_id: &str) -> Result<Vec<ReceiptRow>> {
+        self.collect(
+            &format!("SELECT {RECEIPT_COLS} FROM receipts WHERE room_id = ?1 AND user_id = ?2"),
+            params![room_id, user_id],
+            receipt_row,
+        )
+    }
+
+    pub fn pushers(&self, user_id: &str) -> Result<Vec<String>> {
+        self.collect("SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey", [user_id], |r| r.get(0))
+    }
+}
+
+impl Writer<'_> {
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// Allocates the next position of the global stream.
+    pub fn next_stream(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE stream_counter SET pos = pos + 1 WHERE id = 0 RETURNING pos")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    // ---- users ----
+
+    /// Returns false if the user id is taken.
+    pub fn create_user(&self, user_id: &str, password_hash: Option<&str>, admin: bool, now: i64) -> Result<bool> {
+        Ok(self.exec(
+            "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![user_id, password_hash, admin, now],
+        )? == 1)
+    }
+
+    pub fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<bool> {
+        Ok(self.exec("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])? == 1)
+    }
+
+    pub fn set_admin(&self, user_id: &str, admin: bool) -> Result<bool> {
+        Ok(self.exec("UPDATE users SET admin = ?2 WHERE user_id = ?1", params![user_id, admin])? == 1)
+    }
+
+    pub fn set_deactivated(&self, user_id: &str) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = ?1",
+            [user_id],
+        )? == 1)
+    }
+
+    pub fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()> {
+        self.exec("UPDATE users SET displayname = ?2 WHERE user_id = ?1", params![user_id, name])?;
+        Ok(())
+    }
+
+    pub fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()> {
+        self.exec("UPDATE users SET avatar_url = ?2 WHERE user_id = ?1", params![user_id, url])?;
+        Ok(())
+    }
+
+    // ---- devices and tokens ----
+
+    pub fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>, now: i64, ip: Option<&str>) -> Result<()> {
+        self.exec(
+            "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+               display_name = COALESCE(excluded.display_name, display_name), last_seen_ts = excluded.last_seen_ts, \
+               last_seen_ip = COALESCE(excluded.last_seen_ip, last_seen_ip)",
+            params![user_id, device_id, display_name, now, ip],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_device_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device_id, name],
+        )? == 1)
+    }
+
+    /// Removes a device and every session on it.
+    pub fn delete_device(&self, user_id: &str, device_id: &str) -> Result<()> {
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
+        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
+        Ok(())
+    }
+
+    pub fn insert_token(&self, token: &str, user_id: &str, device_id: &str, expires_ts: Option<i64>, refresh: Option<&str>) -> Result<()> {
+        self.exec(
+            "INSERT INTO access_tokens (token, user_id, device_id, expires_ts, refresh_token) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token, user_id, device_id, expires_ts, refresh],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_token(&self, token: &str) -> Result<()> {
+        self.exec("DELETE FROM access_tokens WHERE token = ?1", [token])?;
+        Ok(())
+    }
+
+    /// Deletes every device of a user (and so every session), except `keep` if given.
+    pub fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        let keep = keep.unwrap_or("");
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        Ok(())
+    }
+
+    pub fn delete_other_tokens(&self, user_id: &str, keep_token: &str) -> Result<()> {
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND token != ?2", [user_id, keep_token])?;
+        Ok(())
+    }
+
+    pub fn create_registration_token(&self, token: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>) -> Result<bool> {
+        Ok(self.exec(
+            "INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![token, uses_allowed, expiry_ts],
+        )? == 1)
+    }
+
+    pub fn delete_registration_token(&self, token: &str) -> Result<bool> {
+        Ok(self.exec("DELETE FROM registration_tokens WHERE token = ?1", [token])? == 1)
+    }
+
+    pub fn use_registration_token(&self, token: &str) -> Result<()> {
+        self.exec("UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1", [token])?;
+        Ok(())
+    }
+
+    // ---- rooms and events ----
+
+    pub fn insert_room(&self, room_id: &str, version: &str, creator: &str, now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
+            params![room_id, version, creator, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_room_published(&self, room_id: &str, published: bool) -> Result<()> {
+        self.exec("UPDATE rooms SET published = ?2 WHERE room_id = ?1", params![room_id, published])?;
+        Ok(())
+    }
+
+    pub fn insert_event(&self, e: &NewEvent<'_>) -> Result<()> {
+        let (tu, td, ti) = match e.txn {
+            Some((u, d, t)) => (Some(u), Some(d), Some(t)),
+            None => (None, None, None),
+        };
+        self.exec(
+            "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, origin_server_ts, depth, pdu, \
+             state_group, txn_user, txn_device, txn_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                e.stream, e.event_id, e.room_id, e.kind, e.state_key, e.sender, e.origin_server_ts, e.depth, e.pdu,
+                e.state_group, tu, td, ti
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces an event's PDU with its redacted form.
+    pub fn redact_event(&self, event_id: &str, redacted_by: &str, redacted_pdu: &str) -> Result<()> {
+        self.exec(
+            "UPDATE events SET pdu = ?2, redacted_by = ?3 WHERE event_id = ?1",
+            params![event_id, redacted_pdu, redacted_by],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_forward_extremities(&self, room_id: &str, events: &[&str]) -> Result<()> {
+        self.exec("DELETE FROM forward_extremities WHERE room_id = ?1", [room_id])?;
+        for e in events {
+            self.exec("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)", [room_id, e])?;
+        }
+        Ok(())
+    }
+
+    /// Stores the state after a state event as a new group on top of `parent`.
+    pub fn new_state_group(&self, room_id: &str, parent: Option<i64>, changes: &[(&str, &str, &str)]) -> Result<i64> {
+        let parent_len = match parent {
+            Some(p) => self.one("SELECT chain_len FROM state_groups WHERE id = ?1", [p], |r| r.get::<_, i64>(0))?,
+            None => None,
+        };
+        let (parent, chain_len, full) = match (parent, parent_len) {
+            (Some(p), Some(len)) if len < MAX_STATE_CHAIN => (Some(p), len + 1, None),
+            (Some(p), _) => (None, 0, Some(self.state_group(p)?)),
+            (None, _) => (None, 0, None),
+        };
+        self.exec(
+            "INSERT INTO state_groups (room_id, parent, chain_len) VALUES (?1, ?2, ?3)",
+            params![room_id, parent, chain_len],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        let mut entries: StateMap = full.unwrap_or_default();
+        for (k, sk, ev) in changes {
+            entries.insert(((*k).to_owned(), (*sk).to_owned()), (*ev).to_owned());
+        }
+        for ((k, sk), ev) in &entries {
+            self.exec(
+                "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
+                params![id, k, sk, ev],
+            )?;
+        }
+        Ok(id)
+    }
+
+    pub fn set_current_state(&self, room_id: &str, kind: &str, state_key: &str, event_id: &str, stream: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO current_state (room_id, type, state_key, event_id, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id, stream = excluded.stream",
+            params![room_id, kind, state_key, event_id, stream],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_membership(&self, room_id: &str, user_id: &str, membership: &str, event_id: &str, stream: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO memberships (room_id, user_id, membership, event_id, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+               event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
+            params![room_id, user_id, membership, event_id, stream],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        self.exec("UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2", [room_id, user_id])?;
+        Ok(())
+    }
+
+    // ---- aliases ----
+
+    pub fn put_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
+        Ok(self.exec(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            [alias, room_id, creator],
+        )? == 1)
+    }
+
+    pub fn delete_alias(&self, alias: &str) -> Result<bool> {
+        Ok(self.exec("DELETE FROM room_aliases WHERE alias = ?1", [alias])? == 1)
+    }
+
+    // ---- account data, filters, receipts, pushers ----
+
+    pub fn set_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &str, stream: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, stream = excluded.stream",
+            params![user_id, room_id, kind, content, stream],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_filter(&self, user_id: &str, filter: &str) -> Result<i64> {
+        let next: i64 = self
+            .one("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?1", [user_id], |r| r.get(0))?
+            .unwrap_or(0);
+        self.exec("INSERT INTO filters (user_id, filter_id, filter) VALUES (?1, ?2, ?3)", params![user_id, next, filter])?;
+        Ok(next)
+    }
+
+    pub fn set_receipt(&self, r: &ReceiptRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room_id, user_id, receipt_type, thread_id) \
+             DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream = excluded.stream",
+            params![r.room_id, r.user_id, r.receipt_type, r.thread_id, r.event_id, r.ts, r.stream],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, pusher: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO pushers (user_id, app_id, pushkey, pusher) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
+            params![user_id, app_id, pushkey, pusher],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
+        self.exec("DELETE FROM pushers WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3", [user_id, app_id, pushkey])?;
+        Ok(())
+    }
+
+    /// Removes a pushkey for every other user (the spec's default unless `append` is set).
+    pub fn delete_pushkey_elsewhere(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
+        self.exec("DELETE FROM pushers WHERE user_id != ?1 AND app_id = ?2 AND pushkey = ?3", [user_id, app_id, pushkey])?;
+        Ok(())
+    }
+}
+
+impl Reader<'_> {
+    /// One entry of a state group, following its delta chain only as far as needed.
+    pub fn state_group_entry(&self, group: i64, kind: &str, state_key: &str) -> Result<Option<String>> {
+        let mut next = Some(group);
+        while let Some(id) = next {
+            if let Some(ev) = self.one(
+                "SELECT event_id FROM state_group_entries WHERE group_id = ?1 AND type = ?2 AND state_key = ?3",
+                params![id, kind, state_key],
+                |r| r.get::<_, String>(0),
+            )? {
+                return Ok(Some(ev));
+            }
+            next = self.one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?.flatten();
+        }
+        Ok(None)
+    }
+}
