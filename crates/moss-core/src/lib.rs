@@ -21,6 +21,7 @@ use moss_storage::{Db, Synchronous};
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, ServerName};
 use tokio::sync::watch;
 
+pub use moss_storage::{DeviceRow, Direction};
 pub use crate::{
     config::Config,
     error::{Error, Result},

@@ -1,1 +1,261 @@
-fn main(){}
+//! The `moss` binary: command line, configuration, logging and wiring.
+
+mod config_load;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use moss_core::{config::LogFormat, Config, Moss};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "moss", version, about = "A Matrix homeserver whose media lives encrypted on S3-compatible storage")]
+struct Cli {
+    /// Configuration file (default: ./moss.toml if present, else built-in defaults).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Write a commented moss.toml with every option at its default.
+    Init {
+        #[arg(default_value = "moss.toml")]
+        path: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage accounts (works whether or not the server is running).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage registration tokens (for `registration = "token"`).
+    RegistrationToken {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and report every problem.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Create {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List accounts.
+    List,
+    /// Set a new password (and log out every session).
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Deactivate an account: no more logins, all sessions ended, all rooms left.
+    Deactivate { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token (random unless given).
+    Create {
+        #[arg(long)]
+        token: Option<String>,
+        /// How many registrations it allows (unlimited if unset).
+        #[arg(long)]
+        uses: Option<i64>,
+    },
+    List,
+    Delete { token: String },
+}
+
+fn init_logging(config: &Config, json: bool) {
+    // ruma logs every auth check at info; that is debug detail for an operator.
+    let directives = format!("{},ruma_state_res=warn", config.log.level);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json || config.log.format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Init { path, force } = &command {
+        if path.exists() && !force {
+            bail!("{} exists; pass --force to overwrite it", path.display());
+        }
+        std::fs::write(path, config_load::template()).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
+    let config = config_load::load(cli.config.as_deref())?;
+    if let Command::Config { command: ConfigCommand::Check } = &command {
+        let problems = config_load::check(&config);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+        bail!("{} problem(s) found", problems.len());
+    }
+    init_logging(&config, cli.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let moss = Moss::open(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match command {
+            Command::Serve => serve(moss).await,
+            Command::User { command } => user_command(&moss, command).await,
+            Command::RegistrationToken { command } => token_command(&moss, command).await,
+            Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
+        }
+    })
+}
+
+async fn serve(moss: Arc<Moss>) -> Result<()> {
+    let addr: SocketAddr = moss.config.http.bind;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    moss.spawn_background();
+    tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
+    let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown_moss = moss.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            // Long-polling syncs return now instead of holding the shutdown up.
+            shutdown_moss.begin_shutdown();
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn read_password(given: Option<String>) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if let Ok(p) = std::env::var("MOSS_PASSWORD") {
+        return Ok(p);
+    }
+    eprint!("password: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn user_id(moss: &Moss, name: &str) -> Result<ruma::OwnedUserId> {
+    let local = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
+    moss.new_user_id(local).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::Create { name, password, admin } => {
+            let id = user_id(moss, &name)?;
+            let password = read_password(password)?;
+            moss.validate_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.create_user(&id, Some(&password), admin, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("created {id}{}", if admin { " (admin)" } else { "" });
+        }
+        UserCommand::List => {
+            for u in moss.db.read(|r| Ok::<_, moss_core::Error>(r.users()?)).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                let flags = match (u.admin, u.deactivated) {
+                    (_, true) => " (deactivated)",
+                    (true, false) => " (admin)",
+                    _ => "",
+                };
+                println!("{}{flags}", u.user_id);
+            }
+        }
+        UserCommand::ResetPassword { name, password } => {
+            let id = user_id(moss, &name)?;
+            let password = read_password(password)?;
+            moss.validate_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.set_password(&id, &password, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.logout_all(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("password changed for {id}; all sessions logged out");
+        }
+        UserCommand::Deactivate { name } => {
+            let id = user_id(moss, &name)?;
+            moss.deactivate(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("deactivated {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { token, uses } => {
+            let t = moss.create_registration_token(token, uses, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{t}");
+        }
+        TokenCommand::List => {
+            for t in moss.registration_tokens().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                let uses = t.uses_allowed.map(|u| u.to_string()).unwrap_or_else(|| "unlimited".into());
+                println!("{}\tused {}/{}", t.token, t.completed, uses);
+            }
+        }
+        TokenCommand::Delete { token } => {
+            if !moss.delete_registration_token(&token).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                bail!("no such token");
+            }
+            println!("deleted {token}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Client-server API handlers, one file per spec area.
+
+pub mod account;
+pub mod rooms;
+pub mod server;
+pub mod user;

@@ -1,0 +1,187 @@
+//! Loading configuration: TOML file (optional), then `MOSS_…` environment overrides, then strict
+//! deserialization so unknown keys and wrong types are errors that name the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use moss_core::Config;
+use toml::Value;
+
+/// The default config file, used when present and no `--config` is given.
+pub const DEFAULT_PATH: &str = "moss.toml";
+
+pub fn load(path: Option<&Path>) -> Result<Config> {
+    let (text, origin) = match path {
+        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
+        None if Path::new(DEFAULT_PATH).exists() => (std::fs::read_to_string(DEFAULT_PATH)?, DEFAULT_PATH.to_owned()),
+        None => (String::new(), "defaults".to_owned()),
+    };
+    let mut table: toml::Table = text.parse().with_context(|| format!("{origin} is not valid TOML"))?;
+    apply_env(&mut table, std::env::vars())?;
+    let config: Config = Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
+    Ok(config)
+}
+
+/// `MOSS_HTTP__BIND=…` sets `http.bind`: double underscores separate sections.
+pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+    for (key, raw) in vars {
+        let Some(rest) = key.strip_prefix("MOSS_") else { continue };
+        if rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+        // A value that parses as TOML (number, bool, array) is taken as such; anything else is a string.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(Value::String(raw.clone()));
+        let mut cur = &mut *table;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cur.insert(part.clone(), value.clone());
+            } else {
+                let entry = cur.entry(part.clone()).or_insert_with(|| Value::Table(Default::default()));
+                cur = match entry {
+                    Value::Table(t) => t,
+                    _ => bail!("{key}: {part} is not a section"),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks beyond types: paths that must be usable.
+pub fn check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if ruma::ServerName::parse(&config.server_name).is_err() {
+        problems.push(format!("server_name {:?} is not a valid server name", config.server_name));
+    }
+    let dir: PathBuf = config.data_dir.clone();
+    match std::fs::metadata(&dir) {
+        Ok(m) if !m.is_dir() => problems.push(format!("data_dir {} is not a directory", dir.display())),
+        Ok(m) if m.permissions().readonly() => problems.push(format!("data_dir {} is read-only", dir.display())),
+        Ok(_) => {}
+        Err(_) => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !parent.exists() {
+                problems.push(format!("data_dir {} cannot be created: {} does not exist", dir.display(), parent.display()));
+            }
+        }
+    }
+    if let Some(url) = &config.public_baseurl {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(format!("public_baseurl {url:?} must start with http:// or https://"));
+        }
+    }
+    problems
+}
+
+/// A commented config file listing every option at its default.
+pub fn template() -> String {
+    let d = Config::default();
+    format!(
+        r#"# moss configuration. Every key is shown with its default; delete what you do not change.
+# Any key can be overridden by an environment variable: MOSS_SERVER_NAME, MOSS_HTTP__BIND, ...
+# (double underscores separate sections).
+
+# The name in user ids (@alice:<server_name>). Cannot change once users exist.
+server_name = "{server_name}"
+# Database, signing key and media live here.
+data_dir = "{data_dir}"
+# The URL clients use to reach this server (advertised in /.well-known/matrix/client).
+# public_baseurl = "https://matrix.example.org/"
+# "disabled", "token" (needs a token from `moss registration-token create`) or "open".
+registration = "disabled"
+# Enables Synapse's shared-secret registration (register_new_matrix_user, playbooks).
+# registration_shared_secret = "a long random string"
+
+[http]
+# Address of the client-server API listener.
+bind = "{bind}"
+# Largest request body accepted, in bytes.
+max_request_bytes = {max_request_bytes}
+# Longest time a /sync long-poll is held, in milliseconds.
+max_sync_timeout_ms = {max_sync}
+
+[database]
+# SQLite file, relative to data_dir.
+path = "moss.db"
+# "full": every commit is fsynced (survives power loss). "normal": faster, survives a crash of moss only.
+synchronous = "full"
+
+[auth]
+# Lifetime of access tokens issued together with a refresh token, in milliseconds.
+access_token_lifetime_ms = {lifetime}
+min_password_length = {min_pw}
+
+[rate_limits]
+# Set to false for benchmarks and test setups.
+enabled = true
+login = {{ per_second = {lps}, burst = {lb} }}
+register = {{ per_second = {rps}, burst = {rb} }}
+message = {{ per_second = {mps}, burst = {mb} }}
+join = {{ per_second = {jps}, burst = {jb} }}
+
+[log]
+# "pretty" or "json".
+format = "pretty"
+# A tracing filter, e.g. "info" or "moss_core=debug,info".
+level = "info"
+"#,
+        server_name = d.server_name,
+        data_dir = d.data_dir.display(),
+        bind = d.http.bind,
+        max_request_bytes = d.http.max_request_bytes,
+        max_sync = d.http.max_sync_timeout_ms,
+        lifetime = d.auth.access_token_lifetime_ms,
+        min_pw = d.auth.min_password_length,
+        lps = d.rate_limits.login.per_second,
+        lb = d.rate_limits.login.burst,
+        rps = d.rate_limits.register.per_second,
+        rb = d.rate_limits.register.burst,
+        mps = d.rate_limits.message.per_second,
+        mb = d.rate_limits.message.burst,
+        jps = d.rate_limits.join.per_second,
+        jb = d.rate_limits.join.burst,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let c: Config = toml::from_str(&template()).expect("template parses");
+        let d = Config::default();
+        assert_eq!(c.server_name, d.server_name);
+        assert_eq!(c.http.bind, d.http.bind);
+        assert_eq!(c.rate_limits.message.burst, d.rate_limits.message.burst);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let mut t = toml::Table::new();
+        let vars = vec![
+            ("MOSS_HTTP__BIND".to_owned(), "127.0.0.1:9999".to_owned()),
+            ("MOSS_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
+            ("MOSS_SERVER_NAME".to_owned(), "example.org".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        apply_env(&mut t, vars.into_iter()).unwrap();
+        let c: Config = Value::Table(t).try_into().unwrap();
+        assert_eq!(c.http.bind.port(), 9999);
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.server_name, "example.org");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("server_nam = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("server_nam"), "{err}");
+        let err = toml::from_str::<Config>("[http]\nbind = 5").unwrap_err();
+        assert!(err.to_string().contains("bind"), "{err}");
+    }
+}
