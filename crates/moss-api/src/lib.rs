@@ -34,13 +34,28 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/.well-known/matrix/server", get(server::well_known_server))
         .route("/_matrix/client/v3/capabilities", get(server::capabilities))
         .route("/_matrix/client/r0/capabilities", get(server::capabilities))
-        .route("/_synapse/admin/v1/register", get(server::shared_secret_nonce).post(server::shared_secret_register))
+        .route(
+            "/_synapse/admin/v1/register",
+            get(server::shared_secret_nonce).post(server::shared_secret_register),
+        )
         .route("/_matrix/client/v3/sync", get(server::sync))
         .route("/_matrix/client/r0/sync", get(server::sync))
-        .route("/_matrix/client/v3/profile/{user_id}", get(user::get_profile))
-        .route("/_matrix/client/r0/profile/{user_id}", get(user::get_profile))
-        .route("/_matrix/client/v3/profile/{user_id}/{field}", get(user::get_profile_field).put(user::set_profile_field))
-        .route("/_matrix/client/r0/profile/{user_id}/{field}", get(user::get_profile_field).put(user::set_profile_field))
+        .route(
+            "/_matrix/client/v3/profile/{user_id}",
+            get(user::get_profile),
+        )
+        .route(
+            "/_matrix/client/r0/profile/{user_id}",
+            get(user::get_profile),
+        )
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/{field}",
+            get(user::get_profile_field).put(user::set_profile_field),
+        )
+        .route(
+            "/_matrix/client/r0/profile/{user_id}/{field}",
+            get(user::get_profile_field).put(user::set_profile_field),
+        )
         // accounts and sessions
         .ruma(account::register)
         .ruma(account::available)
@@ -118,10 +133,23 @@ pub fn router(moss: Arc<Moss>) -> Router {
 
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, "x-requested-with".parse().expect("valid header")]);
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            "x-requested-with".parse().expect("valid header"),
+        ]);
 
-    r.with_state(moss).layer(CatchPanicLayer::custom(panic_response)).layer(cors)
+    r.with_state(moss)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(cors)
 }
 
 fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -130,6 +158,8 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .cloned()
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
-    ApiError(moss_core::Error::internal(format!("handler panicked: {detail}"))).into_response()
+    ApiError(moss_core::Error::internal(format!(
+        "handler panicked: {detail}"
+    )))
+    .into_response()
 }
-

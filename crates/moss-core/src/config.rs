@@ -84,7 +84,10 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full }
+        DatabaseConfig {
+            path: PathBuf::from("moss.db"),
+            synchronous: SyncMode::Full,
+        }
     }
 }
 
@@ -106,7 +109,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8 }
+        AuthConfig {
+            access_token_lifetime_ms: 5 * 60 * 1000,
+            min_password_length: 8,
+        }
     }
 }
 
@@ -125,10 +131,22 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             enabled: true,
-            login: Bucket { per_second: 0.17, burst: 3 },
-            register: Bucket { per_second: 0.17, burst: 3 },
-            message: Bucket { per_second: 10.0, burst: 50 },
-            join: Bucket { per_second: 1.0, burst: 10 },
+            login: Bucket {
+                per_second: 0.17,
+                burst: 3,
+            },
+            register: Bucket {
+                per_second: 0.17,
+                burst: 3,
+            },
+            message: Bucket {
+                per_second: 10.0,
+                burst: 50,
+            },
+            join: Bucket {
+                per_second: 1.0,
+                burst: 10,
+            },
         }
     }
 }
@@ -152,7 +170,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
     }
 }
 

@@ -1,14 +1,18 @@
 //! The service layer's one error type. Each variant maps onto a Matrix `errcode` and HTTP status
 //! in the HTTP layer; internal failures carry detail for the log, never for the client.
 
-use ruma::api::{client::uiaa::UiaaInfo, error::ErrorKind};
 use moss_storage::StorageError;
+use ruma::api::{client::uiaa::UiaaInfo, error::ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A failure the client should see: errcode plus a human-readable message.
     #[error("{kind:?}: {message}")]
-    Matrix { kind: ErrorKind, status: u16, message: String },
+    Matrix {
+        kind: ErrorKind,
+        status: u16,
+        message: String,
+    },
     /// User-interactive auth must continue (HTTP 401 with the flows).
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
@@ -22,7 +26,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, status: u16, message: impl Into<String>) -> Self {
-        Error::Matrix { kind, status, message: message.into() }
+        Error::Matrix {
+            kind,
+            status,
+            message: message.into(),
+        }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Forbidden, 403, message)

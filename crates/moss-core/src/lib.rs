@@ -21,12 +21,12 @@ use moss_storage::{Db, Synchronous};
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, ServerName};
 use tokio::sync::watch;
 
-pub use moss_storage::{DeviceRow, Direction};
 pub use crate::{
     config::Config,
     error::{Error, Result},
 };
 use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing, uiaa::UiaaSessions};
+pub use moss_storage::{DeviceRow, Direction};
 
 pub struct Moss {
     pub config: Config,
@@ -42,10 +42,17 @@ pub struct Moss {
 impl Moss {
     /// Opens the data directory (creating it, the database and the signing key as needed).
     pub fn open(config: Config) -> Result<Arc<Moss>> {
-        let server_name = ServerName::parse(&config.server_name)
-            .map_err(|e| Error::internal(format!("server_name {:?} is invalid: {e}", config.server_name)))?;
+        let server_name = ServerName::parse(&config.server_name).map_err(|e| {
+            Error::internal(format!(
+                "server_name {:?} is invalid: {e}",
+                config.server_name
+            ))
+        })?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
+            Error::internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
         })?;
         let db = Db::open(
             &config.database_path(),
@@ -56,7 +63,10 @@ impl Moss {
         )?;
         let key = keys::load_or_generate(&config.signing_key_path())?;
         Ok(Arc::new(Moss {
-            signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
+            signer: Signer {
+                server_name: server_name.clone(),
+                key: Arc::new(key),
+            },
             server_name,
             db,
             config,

@@ -130,7 +130,9 @@ impl Db {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StorageError::from)?;
-        let out = f(&Writer { reader: Reader { conn: &tx } })?;
+        let out = f(&Writer {
+            reader: Reader { conn: &tx },
+        })?;
         commit(tx)?;
         Ok(out)
     }
@@ -153,7 +155,12 @@ impl Db {
         E: From<StorageError>,
         F: FnOnce(&Reader<'_>) -> Result<T, E>,
     {
-        let conn = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
         let conn = match conn {
             Some(c) => c,
             None => {
@@ -193,7 +200,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StorageError::TooNew { found: version, known });
+        return Err(StorageError::TooNew {
+            found: version,
+            known,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;

@@ -136,7 +136,8 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         avatar_url: r.get(6)?,
     })
 }
-const USER_COLS: &str = "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
+const USER_COLS: &str =
+    "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
 
 fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
@@ -155,7 +156,8 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         txn_id: r.get(12)?,
     })
 }
-const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
+const EVENT_COLS: &str =
+    "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
                           state_group, redacted_by, txn_user, txn_device, txn_id";
 
 fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
@@ -208,23 +210,40 @@ impl Reader<'_> {
     // ---- stream ----
 
     pub fn current_stream(&self) -> Result<i64> {
-        Ok(self.one("SELECT pos FROM stream_counter WHERE id = 0", [], |r| r.get(0))?.unwrap_or(0))
+        Ok(self
+            .one("SELECT pos FROM stream_counter WHERE id = 0", [], |r| {
+                r.get(0)
+            })?
+            .unwrap_or(0))
     }
 
     // ---- users ----
 
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        self.one(&format!("SELECT {USER_COLS} FROM users WHERE user_id = ?1"), [user_id], user_row)
+        self.one(
+            &format!("SELECT {USER_COLS} FROM users WHERE user_id = ?1"),
+            [user_id],
+            user_row,
+        )
     }
 
     pub fn users(&self) -> Result<Vec<UserRow>> {
-        self.collect(&format!("SELECT {USER_COLS} FROM users ORDER BY user_id"), [], user_row)
+        self.collect(
+            &format!("SELECT {USER_COLS} FROM users ORDER BY user_id"),
+            [],
+            user_row,
+        )
     }
 
     /// Users whose id or display name contains `term`, who share a room with `searcher` or sit in
     /// a published room.
     pub fn search_users(&self, searcher: &str, term: &str, limit: i64) -> Result<Vec<UserRow>> {
-        let pattern = format!("%{}%", term.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let pattern = format!(
+            "%{}%",
+            term.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
         self.collect(
             &format!(
                 "SELECT {USER_COLS} FROM users u WHERE u.deactivated = 0 AND \
@@ -262,7 +281,13 @@ impl Reader<'_> {
         self.one(
             "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = ?1",
             [token],
-            |r| Ok(TokenRow { user_id: r.get(0)?, device_id: r.get(1)?, expires_ts: r.get(2)? }),
+            |r| {
+                Ok(TokenRow {
+                    user_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    expires_ts: r.get(2)?,
+                })
+            },
         )
     }
 
@@ -297,21 +322,41 @@ impl Reader<'_> {
         self.one(
             "SELECT room_id, room_version, creator, published FROM rooms WHERE room_id = ?1",
             [room_id],
-            |r| Ok(RoomRow { room_id: r.get(0)?, room_version: r.get(1)?, creator: r.get(2)?, published: r.get(3)? }),
+            |r| {
+                Ok(RoomRow {
+                    room_id: r.get(0)?,
+                    room_version: r.get(1)?,
+                    creator: r.get(2)?,
+                    published: r.get(3)?,
+                })
+            },
         )
     }
 
     pub fn published_rooms(&self) -> Result<Vec<String>> {
-        self.collect("SELECT room_id FROM rooms WHERE published = 1 ORDER BY created_ts", [], |r| r.get(0))
+        self.collect(
+            "SELECT room_id FROM rooms WHERE published = 1 ORDER BY created_ts",
+            [],
+            |r| r.get(0),
+        )
     }
 
     // ---- events ----
 
     pub fn event(&self, event_id: &str) -> Result<Option<EventRow>> {
-        self.one(&format!("SELECT {EVENT_COLS} FROM events WHERE event_id = ?1"), [event_id], event_row)
+        self.one(
+            &format!("SELECT {EVENT_COLS} FROM events WHERE event_id = ?1"),
+            [event_id],
+            event_row,
+        )
     }
 
-    pub fn event_by_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+    pub fn event_by_txn(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>> {
         self.one(
             "SELECT event_id FROM events WHERE txn_user = ?1 AND txn_device = ?2 AND txn_id = ?3",
             [user_id, device_id, txn_id],
@@ -359,7 +404,12 @@ impl Reader<'_> {
     }
 
     /// The event closest to `ts`: the first at or after it (forward) or the last at or before it.
-    pub fn event_near_ts(&self, room_id: &str, ts: i64, dir: Direction) -> Result<Option<EventRow>> {
+    pub fn event_near_ts(
+        &self,
+        room_id: &str,
+        ts: i64,
+        dir: Direction,
+    ) -> Result<Option<EventRow>> {
         let sql = match dir {
             Direction::Forward => format!(
                 "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 ORDER BY origin_server_ts ASC, stream ASC LIMIT 1"
@@ -372,11 +422,19 @@ impl Reader<'_> {
     }
 
     pub fn forward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
-        self.collect("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id", [room_id], |r| r.get(0))
+        self.collect(
+            "SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id",
+            [room_id],
+            |r| r.get(0),
+        )
     }
 
     pub fn event_depth(&self, event_id: &str) -> Result<Option<i64>> {
-        self.one("SELECT depth FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
+        self.one(
+            "SELECT depth FROM events WHERE event_id = ?1",
+            [event_id],
+            |r| r.get(0),
+        )
     }
 
     // ---- state ----
@@ -387,7 +445,11 @@ impl Reader<'_> {
         let mut next = Some(group);
         while let Some(id) = next {
             chain.push(id);
-            next = self.one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?.flatten();
+            next = self
+                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })?
+                .flatten();
         }
         let mut state = StateMap::new();
         // Oldest first, so newer deltas overwrite.
@@ -395,7 +457,13 @@ impl Reader<'_> {
             for (k, sk, ev) in self.collect(
                 "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?1",
                 [id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
             )? {
                 state.insert((k, sk), ev);
             }
@@ -407,17 +475,31 @@ impl Reader<'_> {
         let rows = self.collect(
             "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1",
             [room_id],
-            |r| Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, String>(2)?)),
+            |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )?;
         Ok(rows.into_iter().collect())
     }
 
-    pub fn current_state_event(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<EventRow>> {
+    pub fn current_state_event(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<EventRow>> {
         self.one(
             &format!(
                 "SELECT {} FROM current_state c JOIN events e ON e.event_id = c.event_id \
                  WHERE c.room_id = ?1 AND c.type = ?2 AND c.state_key = ?3",
-                EVENT_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+                EVENT_COLS
+                    .split(", ")
+                    .map(|c| format!("e.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             [room_id, kind, state_key],
             event_row,
@@ -428,7 +510,9 @@ impl Reader<'_> {
 
     pub fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {
         self.one(
-            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 AND user_id = ?2"),
+            &format!(
+                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 AND user_id = ?2"
+            ),
             [room_id, user_id],
             membership_row,
         )
@@ -437,7 +521,9 @@ impl Reader<'_> {
     /// Every room the user has a membership in, with the latest change first.
     pub fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
         self.collect(
-            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE user_id = ?1 ORDER BY stream DESC"),
+            &format!(
+                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE user_id = ?1 ORDER BY stream DESC"
+            ),
             [user_id],
             membership_row,
         )
@@ -453,7 +539,9 @@ impl Reader<'_> {
 
     pub fn room_members(&self, room_id: &str) -> Result<Vec<MembershipRow>> {
         self.collect(
-            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"),
+            &format!(
+                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"
+            ),
             [room_id],
             membership_row,
         )
@@ -461,7 +549,11 @@ impl Reader<'_> {
 
     pub fn joined_member_count(&self, room_id: &str) -> Result<i64> {
         Ok(self
-            .one("SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = 'join'", [room_id], |r| r.get(0))?
+            .one(
+                "SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = 'join'",
+                [room_id],
+                |r| r.get(0),
+            )?
             .unwrap_or(0))
     }
 
@@ -478,11 +570,19 @@ impl Reader<'_> {
     // ---- aliases ----
 
     pub fn alias(&self, alias: &str) -> Result<Option<(String, String)>> {
-        self.one("SELECT room_id, creator FROM room_aliases WHERE alias = ?1", [alias], |r| Ok((r.get(0)?, r.get(1)?)))
+        self.one(
+            "SELECT room_id, creator FROM room_aliases WHERE alias = ?1",
+            [alias],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     pub fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
-        self.collect("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias", [room_id], |r| r.get(0))
+        self.collect(
+            "SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias",
+            [room_id],
+            |r| r.get(0),
+        )
     }
 
     // ---- account data, filters, receipts, pushers ----
@@ -505,7 +605,11 @@ impl Reader<'_> {
     }
 
     pub fn filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
-        self.one("SELECT filter FROM filters WHERE user_id = ?1 AND filter_id = ?2", params![user_id, filter_id], |r| r.get(0))
+        self.one(
+            "SELECT filter FROM filters WHERE user_id = ?1 AND filter_id = ?2",
+            params![user_id, filter_id],
+            |r| r.get(0),
+        )
     }
 
     pub fn receipts_since(&self, room_id: &str, since: i64) -> Result<Vec<ReceiptRow>> {
@@ -525,7 +629,11 @@ impl Reader<'_> {
     }
 
     pub fn pushers(&self, user_id: &str) -> Result<Vec<String>> {
-        self.collect("SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey", [user_id], |r| r.get(0))
+        self.collect(
+            "SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey",
+            [user_id],
+            |r| r.get(0),
+        )
     }
 }
 
@@ -545,7 +653,13 @@ impl Writer<'_> {
     // ---- users ----
 
     /// Returns false if the user id is taken.
-    pub fn create_user(&self, user_id: &str, password_hash: Option<&str>, admin: bool, now: i64) -> Result<bool> {
+    pub fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        admin: bool,
+        now: i64,
+    ) -> Result<bool> {
         Ok(self.exec(
             "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![user_id, password_hash, admin, now],
@@ -553,11 +667,17 @@ impl Writer<'_> {
     }
 
     pub fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<bool> {
-        Ok(self.exec("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])? == 1)
+        Ok(self.exec(
+            "UPDATE users SET password_hash = ?2 WHERE user_id = ?1",
+            params![user_id, hash],
+        )? == 1)
     }
 
     pub fn set_admin(&self, user_id: &str, admin: bool) -> Result<bool> {
-        Ok(self.exec("UPDATE users SET admin = ?2 WHERE user_id = ?1", params![user_id, admin])? == 1)
+        Ok(self.exec(
+            "UPDATE users SET admin = ?2 WHERE user_id = ?1",
+            params![user_id, admin],
+        )? == 1)
     }
 
     pub fn set_deactivated(&self, user_id: &str) -> Result<bool> {
@@ -568,18 +688,31 @@ impl Writer<'_> {
     }
 
     pub fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()> {
-        self.exec("UPDATE users SET displayname = ?2 WHERE user_id = ?1", params![user_id, name])?;
+        self.exec(
+            "UPDATE users SET displayname = ?2 WHERE user_id = ?1",
+            params![user_id, name],
+        )?;
         Ok(())
     }
 
     pub fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()> {
-        self.exec("UPDATE users SET avatar_url = ?2 WHERE user_id = ?1", params![user_id, url])?;
+        self.exec(
+            "UPDATE users SET avatar_url = ?2 WHERE user_id = ?1",
+            params![user_id, url],
+        )?;
         Ok(())
     }
 
     // ---- devices and tokens ----
 
-    pub fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>, now: i64, ip: Option<&str>) -> Result<()> {
+    pub fn upsert_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        now: i64,
+        ip: Option<&str>,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (user_id, device_id) DO UPDATE SET \
@@ -590,7 +723,12 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn set_device_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+    pub fn set_device_name(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool> {
         Ok(self.exec(
             "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
             params![user_id, device_id, name],
@@ -599,12 +737,25 @@ impl Writer<'_> {
 
     /// Removes a device and every session on it.
     pub fn delete_device(&self, user_id: &str, device_id: &str) -> Result<()> {
-        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
-        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
+        self.exec(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+            [user_id, device_id],
+        )?;
+        self.exec(
+            "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
+            [user_id, device_id],
+        )?;
         Ok(())
     }
 
-    pub fn insert_token(&self, token: &str, user_id: &str, device_id: &str, expires_ts: Option<i64>, refresh: Option<&str>) -> Result<()> {
+    pub fn insert_token(
+        &self,
+        token: &str,
+        user_id: &str,
+        device_id: &str,
+        expires_ts: Option<i64>,
+        refresh: Option<&str>,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO access_tokens (token, user_id, device_id, expires_ts, refresh_token) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![token, user_id, device_id, expires_ts, refresh],
@@ -620,17 +771,31 @@ impl Writer<'_> {
     /// Deletes every device of a user (and so every session), except `keep` if given.
     pub fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
         let keep = keep.unwrap_or("");
-        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
-        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        self.exec(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
+            [user_id, keep],
+        )?;
+        self.exec(
+            "DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2",
+            [user_id, keep],
+        )?;
         Ok(())
     }
 
     pub fn delete_other_tokens(&self, user_id: &str, keep_token: &str) -> Result<()> {
-        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND token != ?2", [user_id, keep_token])?;
+        self.exec(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND token != ?2",
+            [user_id, keep_token],
+        )?;
         Ok(())
     }
 
-    pub fn create_registration_token(&self, token: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>) -> Result<bool> {
+    pub fn create_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool> {
         Ok(self.exec(
             "INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![token, uses_allowed, expiry_ts],
@@ -642,7 +807,10 @@ impl Writer<'_> {
     }
 
     pub fn use_registration_token(&self, token: &str) -> Result<()> {
-        self.exec("UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1", [token])?;
+        self.exec(
+            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1",
+            [token],
+        )?;
         Ok(())
     }
 
@@ -657,7 +825,10 @@ impl Writer<'_> {
     }
 
     pub fn set_room_published(&self, room_id: &str, published: bool) -> Result<()> {
-        self.exec("UPDATE rooms SET published = ?2 WHERE room_id = ?1", params![room_id, published])?;
+        self.exec(
+            "UPDATE rooms SET published = ?2 WHERE room_id = ?1",
+            params![room_id, published],
+        )?;
         Ok(())
     }
 
@@ -678,7 +849,12 @@ impl Writer<'_> {
     }
 
     /// Replaces an event's PDU with its redacted form.
-    pub fn redact_event(&self, event_id: &str, redacted_by: &str, redacted_pdu: &str) -> Result<()> {
+    pub fn redact_event(
+        &self,
+        event_id: &str,
+        redacted_by: &str,
+        redacted_pdu: &str,
+    ) -> Result<()> {
         self.exec(
             "UPDATE events SET pdu = ?2, redacted_by = ?3 WHERE event_id = ?1",
             params![event_id, redacted_pdu, redacted_by],
@@ -687,17 +863,32 @@ impl Writer<'_> {
     }
 
     pub fn set_forward_extremities(&self, room_id: &str, events: &[&str]) -> Result<()> {
-        self.exec("DELETE FROM forward_extremities WHERE room_id = ?1", [room_id])?;
+        self.exec(
+            "DELETE FROM forward_extremities WHERE room_id = ?1",
+            [room_id],
+        )?;
         for e in events {
-            self.exec("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)", [room_id, e])?;
+            self.exec(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+                [room_id, e],
+            )?;
         }
         Ok(())
     }
 
     /// Stores the state after a state event as a new group on top of `parent`.
-    pub fn new_state_group(&self, room_id: &str, parent: Option<i64>, changes: &[(&str, &str, &str)]) -> Result<i64> {
+    pub fn new_state_group(
+        &self,
+        room_id: &str,
+        parent: Option<i64>,
+        changes: &[(&str, &str, &str)],
+    ) -> Result<i64> {
         let parent_len = match parent {
-            Some(p) => self.one("SELECT chain_len FROM state_groups WHERE id = ?1", [p], |r| r.get::<_, i64>(0))?,
+            Some(p) => self.one(
+                "SELECT chain_len FROM state_groups WHERE id = ?1",
+                [p],
+                |r| r.get::<_, i64>(0),
+            )?,
             None => None,
         };
         let (parent, chain_len, full) = match (parent, parent_len) {
@@ -723,7 +914,14 @@ impl Writer<'_> {
         Ok(id)
     }
 
-    pub fn set_current_state(&self, room_id: &str, kind: &str, state_key: &str, event_id: &str, stream: i64) -> Result<()> {
+    pub fn set_current_state(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+        event_id: &str,
+        stream: i64,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO current_state (room_id, type, state_key, event_id, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id, stream = excluded.stream",
@@ -732,7 +930,14 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn set_membership(&self, room_id: &str, user_id: &str, membership: &str, event_id: &str, stream: i64) -> Result<()> {
+    pub fn set_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        membership: &str,
+        event_id: &str,
+        stream: i64,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO memberships (room_id, user_id, membership, event_id, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
@@ -743,7 +948,10 @@ impl Writer<'_> {
     }
 
     pub fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
-        self.exec("UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2", [room_id, user_id])?;
+        self.exec(
+            "UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2",
+            [room_id, user_id],
+        )?;
         Ok(())
     }
 
@@ -762,7 +970,14 @@ impl Writer<'_> {
 
     // ---- account data, filters, receipts, pushers ----
 
-    pub fn set_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &str, stream: i64) -> Result<()> {
+    pub fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+        content: &str,
+        stream: i64,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, stream = excluded.stream",
@@ -773,9 +988,16 @@ impl Writer<'_> {
 
     pub fn insert_filter(&self, user_id: &str, filter: &str) -> Result<i64> {
         let next: i64 = self
-            .one("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?1", [user_id], |r| r.get(0))?
+            .one(
+                "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )?
             .unwrap_or(0);
-        self.exec("INSERT INTO filters (user_id, filter_id, filter) VALUES (?1, ?2, ?3)", params![user_id, next, filter])?;
+        self.exec(
+            "INSERT INTO filters (user_id, filter_id, filter) VALUES (?1, ?2, ?3)",
+            params![user_id, next, filter],
+        )?;
         Ok(next)
     }
 
@@ -789,7 +1011,13 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, pusher: &str) -> Result<()> {
+    pub fn set_pusher(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        pushkey: &str,
+        pusher: &str,
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO pushers (user_id, app_id, pushkey, pusher) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
@@ -799,20 +1027,36 @@ impl Writer<'_> {
     }
 
     pub fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
-        self.exec("DELETE FROM pushers WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3", [user_id, app_id, pushkey])?;
+        self.exec(
+            "DELETE FROM pushers WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3",
+            [user_id, app_id, pushkey],
+        )?;
         Ok(())
     }
 
     /// Removes a pushkey for every other user (the spec's default unless `append` is set).
-    pub fn delete_pushkey_elsewhere(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
-        self.exec("DELETE FROM pushers WHERE user_id != ?1 AND app_id = ?2 AND pushkey = ?3", [user_id, app_id, pushkey])?;
+    pub fn delete_pushkey_elsewhere(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        pushkey: &str,
+    ) -> Result<()> {
+        self.exec(
+            "DELETE FROM pushers WHERE user_id != ?1 AND app_id = ?2 AND pushkey = ?3",
+            [user_id, app_id, pushkey],
+        )?;
         Ok(())
     }
 }
 
 impl Reader<'_> {
     /// One entry of a state group, following its delta chain only as far as needed.
-    pub fn state_group_entry(&self, group: i64, kind: &str, state_key: &str) -> Result<Option<String>> {
+    pub fn state_group_entry(
+        &self,
+        group: i64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<String>> {
         let mut next = Some(group);
         while let Some(id) = next {
             if let Some(ev) = self.one(
@@ -822,7 +1066,11 @@ impl Reader<'_> {
             )? {
                 return Ok(Some(ev));
             }
-            next = self.one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?.flatten();
+            next = self
+                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })?
+                .flatten();
         }
         Ok(None)
     }

@@ -12,20 +12,47 @@ pub const DEFAULT_PATH: &str = "moss.toml";
 
 pub fn load(path: Option<&Path>) -> Result<Config> {
     let (text, origin) = match path {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
-        None if Path::new(DEFAULT_PATH).exists() => (std::fs::read_to_string(DEFAULT_PATH)?, DEFAULT_PATH.to_owned()),
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None if Path::new(DEFAULT_PATH).exists() => (
+            std::fs::read_to_string(DEFAULT_PATH)?,
+            DEFAULT_PATH.to_owned(),
+        ),
         None => (String::new(), "defaults".to_owned()),
     };
-    let mut table: toml::Table = text.parse().with_context(|| format!("{origin} is not valid TOML"))?;
-    apply_env(&mut table, std::env::vars())?;
-    let config: Config = Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{origin} is not valid TOML"))?;
+    let overridden = apply_env(&mut table, std::env::vars())?;
+    // Deserializing from text (rather than a value tree) keeps the error's line and key snippet.
+    let text = if overridden {
+        toml::to_string(&table)?
+    } else {
+        text
+    };
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        let source = if overridden {
+            format!("{origin} with MOSS_ environment overrides")
+        } else {
+            origin.clone()
+        };
+        anyhow::anyhow!("{source}: {e}")
+    })?;
     Ok(config)
 }
 
 /// `MOSS_HTTP__BIND=…` sets `http.bind`: double underscores separate sections.
-pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+pub fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<bool> {
+    let mut changed = false;
     for (key, raw) in vars {
-        let Some(rest) = key.strip_prefix("MOSS_") else { continue };
+        let Some(rest) = key.strip_prefix("MOSS_") else {
+            continue;
+        };
         if rest.is_empty() {
             continue;
         }
@@ -40,8 +67,11 @@ pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, St
         for (i, part) in path.iter().enumerate() {
             if i + 1 == path.len() {
                 cur.insert(part.clone(), value.clone());
+                changed = true;
             } else {
-                let entry = cur.entry(part.clone()).or_insert_with(|| Value::Table(Default::default()));
+                let entry = cur
+                    .entry(part.clone())
+                    .or_insert_with(|| Value::Table(Default::default()));
                 cur = match entry {
                     Value::Table(t) => t,
                     _ => bail!("{key}: {part} is not a section"),
@@ -49,30 +79,46 @@ pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, St
             }
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Checks beyond types: paths that must be usable.
 pub fn check(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     if ruma::ServerName::parse(&config.server_name).is_err() {
-        problems.push(format!("server_name {:?} is not a valid server name", config.server_name));
+        problems.push(format!(
+            "server_name {:?} is not a valid server name",
+            config.server_name
+        ));
     }
     let dir: PathBuf = config.data_dir.clone();
     match std::fs::metadata(&dir) {
-        Ok(m) if !m.is_dir() => problems.push(format!("data_dir {} is not a directory", dir.display())),
-        Ok(m) if m.permissions().readonly() => problems.push(format!("data_dir {} is read-only", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            problems.push(format!("data_dir {} is not a directory", dir.display()))
+        }
+        Ok(m) if m.permissions().readonly() => {
+            problems.push(format!("data_dir {} is read-only", dir.display()))
+        }
         Ok(_) => {}
         Err(_) => {
-            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !parent.exists() {
-                problems.push(format!("data_dir {} cannot be created: {} does not exist", dir.display(), parent.display()));
+                problems.push(format!(
+                    "data_dir {} cannot be created: {} does not exist",
+                    dir.display(),
+                    parent.display()
+                ));
             }
         }
     }
     if let Some(url) = &config.public_baseurl {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            problems.push(format!("public_baseurl {url:?} must start with http:// or https://"));
+            problems.push(format!(
+                "public_baseurl {url:?} must start with http:// or https://"
+            ));
         }
     }
     problems

@@ -8,7 +8,10 @@ use moss_core::{
     Moss,
 };
 use ruma::api::client::{
-    account::{change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus},
+    account::{
+        change_password, deactivate, get_username_availability, register, whoami,
+        ThirdPartyIdRemovalStatus,
+    },
     session::{get_login_types, login, logout, logout_all, refresh_token},
     uiaa::{AuthType, UserIdentifier},
 };
@@ -19,14 +22,25 @@ use crate::{
     ruma_wrapper::{HandlerResult, Ruma, RumaResponse},
 };
 
-pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> HandlerResult<register::v3::Request> {
-    crate::rate_limit::check(&moss, Class::Register, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
+pub async fn register(
+    moss: Arc<Moss>,
+    req: Ruma<register::v3::Request>,
+) -> HandlerResult<register::v3::Request> {
+    crate::rate_limit::check(
+        &moss,
+        Class::Register,
+        &req.ip.map(|i| i.to_string()).unwrap_or_default(),
+    )?;
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(ApiError::forbidden("guest access is not enabled"));
     }
     let flows = match moss.config.registration {
-        RegistrationMode::Disabled => return Err(ApiError::forbidden("registration is disabled on this server")),
+        RegistrationMode::Disabled => {
+            return Err(ApiError::forbidden(
+                "registration is disabled on this server",
+            ))
+        }
         RegistrationMode::Open => vec![vec![AuthType::Dummy]],
         RegistrationMode::Token => vec![vec![AuthType::RegistrationToken]],
     };
@@ -37,20 +51,42 @@ pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> Hand
     };
     let user_id = moss.new_user_id(&localpart)?;
     if moss.user(&user_id).await?.is_some() {
-        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into());
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::UserInUse,
+            400,
+            "user id already taken",
+        )
+        .into());
     }
-    let password = body.password.clone().ok_or_else(|| ApiError::bad_json("password is required"))?;
+    let password = body
+        .password
+        .clone()
+        .ok_or_else(|| ApiError::bad_json("password is required"))?;
     moss.validate_password(&password)?;
     let outcome = moss
-        .uiaa(UiaaRequest { flows, purpose: format!("register:{user_id}"), user: None }, body.auth.clone())
+        .uiaa(
+            UiaaRequest {
+                flows,
+                purpose: format!("register:{user_id}"),
+                user: None,
+            },
+            body.auth.clone(),
+        )
         .await?;
-    moss.create_user(&user_id, Some(&password), false, outcome.registration_token).await?;
+    moss.create_user(&user_id, Some(&password), false, outcome.registration_token)
+        .await?;
     tracing::info!(%user_id, "registered");
 
     let mut res = register::v3::Response::new(user_id.clone());
     if !body.inhibit_login {
         let s = moss
-            .create_session(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, req.ip.map(|i| i.to_string()))
+            .create_session(
+                &user_id,
+                body.device_id,
+                body.initial_device_display_name,
+                body.refresh_token,
+                req.ip.map(|i| i.to_string()),
+            )
             .await?;
         res.access_token = Some(s.access_token);
         res.device_id = Some(s.device_id);
@@ -65,25 +101,51 @@ pub async fn available(
     req: Ruma<get_username_availability::v3::Request>,
 ) -> HandlerResult<get_username_availability::v3::Request> {
     if !moss.registration_enabled() {
-        return Err(ApiError::forbidden("registration is disabled on this server"));
+        return Err(ApiError::forbidden(
+            "registration is disabled on this server",
+        ));
     }
     if moss.username_available(&req.body.username).await? {
-        Ok(RumaResponse(get_username_availability::v3::Response::new(true)))
+        Ok(RumaResponse(get_username_availability::v3::Response::new(
+            true,
+        )))
     } else {
-        Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into())
+        Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::UserInUse,
+            400,
+            "user id already taken",
+        )
+        .into())
     }
 }
 
-pub async fn login_types(_moss: Arc<Moss>, _req: Ruma<get_login_types::v3::Request>) -> HandlerResult<get_login_types::v3::Request> {
+pub async fn login_types(
+    _moss: Arc<Moss>,
+    _req: Ruma<get_login_types::v3::Request>,
+) -> HandlerResult<get_login_types::v3::Request> {
     use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(RumaResponse(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())])))
+    Ok(RumaResponse(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+    ])))
 }
 
-pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerResult<login::v3::Request> {
-    crate::rate_limit::check(&moss, Class::Login, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
+pub async fn login(
+    moss: Arc<Moss>,
+    req: Ruma<login::v3::Request>,
+) -> HandlerResult<login::v3::Request> {
+    crate::rate_limit::check(
+        &moss,
+        Class::Login,
+        &req.ip.map(|i| i.to_string()).unwrap_or_default(),
+    )?;
     let body = req.body;
     let login::v3::LoginInfo::Password(p) = &body.login_info else {
-        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::Unknown, 400, "unsupported login type").into());
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            "unsupported login type",
+        )
+        .into());
     };
     let input = match &p.identifier {
         Some(UserIdentifier::Matrix(m)) => m.user.clone(),
@@ -91,7 +153,13 @@ pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerRes
     };
     let user_id = moss.login_password(&input, &p.password).await?;
     let s = moss
-        .create_session(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, req.ip.map(|i| i.to_string()))
+        .create_session(
+            &user_id,
+            body.device_id,
+            body.initial_device_display_name,
+            body.refresh_token,
+            req.ip.map(|i| i.to_string()),
+        )
         .await?;
     let mut res = login::v3::Response::new(s.user_id, s.access_token, s.device_id);
     res.refresh_token = s.refresh_token;
@@ -99,7 +167,10 @@ pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerRes
     Ok(RumaResponse(res))
 }
 
-pub async fn refresh(moss: Arc<Moss>, req: Ruma<refresh_token::v3::Request>) -> HandlerResult<refresh_token::v3::Request> {
+pub async fn refresh(
+    moss: Arc<Moss>,
+    req: Ruma<refresh_token::v3::Request>,
+) -> HandlerResult<refresh_token::v3::Request> {
     let s = moss.refresh(&req.body.refresh_token).await?;
     let mut res = refresh_token::v3::Response::new(s.access_token);
     res.refresh_token = s.refresh_token;
@@ -107,34 +178,61 @@ pub async fn refresh(moss: Arc<Moss>, req: Ruma<refresh_token::v3::Request>) -> 
     Ok(RumaResponse(res))
 }
 
-pub async fn logout(moss: Arc<Moss>, req: Ruma<logout::v3::Request>) -> HandlerResult<logout::v3::Request> {
+pub async fn logout(
+    moss: Arc<Moss>,
+    req: Ruma<logout::v3::Request>,
+) -> HandlerResult<logout::v3::Request> {
     moss.logout(req.session()).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }
 
-pub async fn logout_all(moss: Arc<Moss>, req: Ruma<logout_all::v3::Request>) -> HandlerResult<logout_all::v3::Request> {
+pub async fn logout_all(
+    moss: Arc<Moss>,
+    req: Ruma<logout_all::v3::Request>,
+) -> HandlerResult<logout_all::v3::Request> {
     moss.logout_all(&req.session().user_id).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
 }
 
-pub async fn whoami(_moss: Arc<Moss>, req: Ruma<whoami::v3::Request>) -> HandlerResult<whoami::v3::Request> {
+pub async fn whoami(
+    _moss: Arc<Moss>,
+    req: Ruma<whoami::v3::Request>,
+) -> HandlerResult<whoami::v3::Request> {
     let s = req.session();
     let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
     res.device_id = Some(s.device_id.clone());
     Ok(RumaResponse(res))
 }
 
-pub async fn change_password(moss: Arc<Moss>, req: Ruma<change_password::v3::Request>) -> HandlerResult<change_password::v3::Request> {
+pub async fn change_password(
+    moss: Arc<Moss>,
+    req: Ruma<change_password::v3::Request>,
+) -> HandlerResult<change_password::v3::Request> {
     let s = req.session().clone();
     moss.validate_password(&req.body.new_password)?;
-    moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone()).await?;
-    moss.set_password(&s.user_id, &req.body.new_password, req.body.logout_devices.then_some(&s)).await?;
+    moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone())
+        .await?;
+    moss.set_password(
+        &s.user_id,
+        &req.body.new_password,
+        req.body.logout_devices.then_some(&s),
+    )
+    .await?;
     Ok(RumaResponse(change_password::v3::Response::new()))
 }
 
-pub async fn deactivate(moss: Arc<Moss>, req: Ruma<deactivate::v3::Request>) -> HandlerResult<deactivate::v3::Request> {
+pub async fn deactivate(
+    moss: Arc<Moss>,
+    req: Ruma<deactivate::v3::Request>,
+) -> HandlerResult<deactivate::v3::Request> {
     let s = req.session().clone();
-    moss.uiaa(password_flow("deactivate", &s.user_id), req.body.auth.clone()).await?;
+    moss.uiaa(
+        password_flow("deactivate", &s.user_id),
+        req.body.auth.clone(),
+    )
+    .await?;
     moss.deactivate(&s.user_id).await?;
-    Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success)))
+    Ok(RumaResponse(deactivate::v3::Response::new(
+        ThirdPartyIdRemovalStatus::Success,
+    )))
 }

@@ -13,14 +13,21 @@ use crate::{
 };
 
 impl Moss {
-    pub async fn join_room(&self, user: &UserId, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId> {
+    pub async fn join_room(
+        &self,
+        user: &UserId,
+        target: &RoomOrAliasId,
+        reason: Option<String>,
+    ) -> Result<OwnedRoomId> {
         let room_id = match <&RoomId>::try_from(target) {
             Ok(id) => id.to_owned(),
             Err(alias) => self.resolve_alias(alias).await?,
         };
         let (room, u) = (room_id.to_string(), user.to_string());
-        let (exists, current) =
-            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
+        let (exists, current) = self
+            .db
+            .read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?)))
+            .await?;
         if !exists {
             // Rooms on other servers arrive with federation.
             return Err(Error::not_found("no known room with that id or alias"));
@@ -32,24 +39,46 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(&room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
-            .await?;
+        self.append_event(
+            &room_id,
+            user,
+            NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(room_id)
     }
 
-    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
         if target.server_name() != self.server_name {
-            return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));
+            return Err(Error::forbidden(
+                "inviting users of other servers needs federation, which is not enabled",
+            ));
         }
         if !self.is_local_user_active(target).await? {
             return Err(Error::not_found(format!("unknown user {target}")));
         }
         let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
+        let current = self
+            .db
+            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
+            .await?;
         match current.as_deref() {
-            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
-            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            Some("join") => {
+                return Err(Error::forbidden(format!("{target} is already in the room")))
+            }
+            Some("ban") => {
+                return Err(Error::forbidden(format!(
+                    "{target} is banned from the room"
+                )))
+            }
             Some("invite") => return Ok(()),
             _ => {}
         }
@@ -65,15 +94,28 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(room_id, sender, NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content), None)
-            .await?;
+        self.append_event(
+            room_id,
+            sender,
+            NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// Leaves a room, or rejects an invite or withdraws a knock.
-    pub async fn leave_room(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
+    pub async fn leave_room(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+    ) -> Result<()> {
         let (room, u) = (room_id.to_string(), user.to_string());
-        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?)).await?;
+        let current = self
+            .db
+            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?))
+            .await?;
         match current.as_deref() {
             Some("join") | Some("invite") | Some("knock") => {}
             Some("leave") => return Ok(()),
@@ -84,34 +126,69 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
-            .await?;
+        self.append_event(
+            room_id,
+            user,
+            NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
-    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn kick(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
         let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
-        if !matches!(current.as_deref(), Some("join") | Some("invite") | Some("knock")) {
+        let current = self
+            .db
+            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
+            .await?;
+        if !matches!(
+            current.as_deref(),
+            Some("join") | Some("invite") | Some("knock")
+        ) {
             return Err(Error::forbidden(format!("{target} is not in the room")));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason).await
+        self.set_membership_of(sender, room_id, target, "leave", reason)
+            .await
     }
 
-    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn ban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
-        self.set_membership_of(sender, room_id, target, "ban", reason).await
+        self.set_membership_of(sender, room_id, target, "ban", reason)
+            .await
     }
 
-    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
         let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?)).await?;
+        let current = self
+            .db
+            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
+            .await?;
         if current.as_deref() != Some("ban") {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason).await
+        self.set_membership_of(sender, room_id, target, "leave", reason)
+            .await
     }
 
     pub async fn forget_room(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
@@ -120,7 +197,13 @@ impl Moss {
             .write(move |w| {
                 match membership_of(w, &room, &u)?.as_deref() {
                     Some("leave") | Some("ban") => {}
-                    Some(_) => return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 400, "leave the room before forgetting it")),
+                    Some(_) => {
+                        return Err(Error::new(
+                            ruma::api::error::ErrorKind::Unknown,
+                            400,
+                            "leave the room before forgetting it",
+                        ))
+                    }
                     None => return Err(Error::not_found("you were never in this room")),
                 }
                 w.forget_room(&room, &u)?;
@@ -141,8 +224,13 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(room_id, sender, NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content), None)
-            .await?;
+        self.append_event(
+            room_id,
+            sender,
+            NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 

@@ -37,9 +37,22 @@ impl<'a, 'r> Visibility<'a, 'r> {
         if let Some(v) = self.by_group.get(&ev.state_group) {
             return Ok(*v);
         }
-        let visibility = self.state_content(ev.state_group, "m.room.history_visibility", "", "history_visibility")?;
-        let membership = self.state_content(ev.state_group, "m.room.member", &self.user.clone(), "membership")?;
-        let visible = match (visibility.as_deref().unwrap_or("shared"), membership.as_deref()) {
+        let visibility = self.state_content(
+            ev.state_group,
+            "m.room.history_visibility",
+            "",
+            "history_visibility",
+        )?;
+        let membership = self.state_content(
+            ev.state_group,
+            "m.room.member",
+            &self.user.clone(),
+            "membership",
+        )?;
+        let visible = match (
+            visibility.as_deref().unwrap_or("shared"),
+            membership.as_deref(),
+        ) {
             ("world_readable", _) => true,
             (_, Some("join")) => true,
             ("shared", _) => self.currently_joined,
@@ -50,9 +63,19 @@ impl<'a, 'r> Visibility<'a, 'r> {
         Ok(visible)
     }
 
-    fn state_content(&self, group: i64, kind: &str, state_key: &str, field: &str) -> Result<Option<String>> {
-        let Some(event_id) = self.r.state_group_entry(group, kind, state_key)? else { return Ok(None) };
-        let Some(row) = self.r.event(&event_id)? else { return Ok(None) };
+    fn state_content(
+        &self,
+        group: i64,
+        kind: &str,
+        state_key: &str,
+        field: &str,
+    ) -> Result<Option<String>> {
+        let Some(event_id) = self.r.state_group_entry(group, kind, state_key)? else {
+            return Ok(None);
+        };
+        let Some(row) = self.r.event(&event_id)? else {
+            return Ok(None);
+        };
         let v: serde_json::Value = serde_json::from_str(&row.pdu)?;
         Ok(v["content"][field].as_str().map(str::to_owned))
     }
@@ -60,7 +83,9 @@ impl<'a, 'r> Visibility<'a, 'r> {
 
 /// Whether anyone, member or not, may read the room (`world_readable`).
 pub fn world_readable(r: &Reader<'_>, room_id: &str) -> Result<bool> {
-    let Some(row) = r.current_state_event(room_id, "m.room.history_visibility", "")? else { return Ok(false) };
+    let Some(row) = r.current_state_event(room_id, "m.room.history_visibility", "")? else {
+        return Ok(false);
+    };
     let v: serde_json::Value = serde_json::from_str(&row.pdu)?;
     Ok(v["content"]["history_visibility"] == "world_readable")
 }

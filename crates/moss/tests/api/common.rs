@@ -1,0 +1,264 @@
+//! A real moss process on a free port with its own data directory, and a small HTTP client.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+pub struct Server {
+    pub base: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+pub struct User {
+    pub id: String,
+    pub token: String,
+    pub device: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn moss_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_moss")
+}
+
+fn fresh_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!(
+        "moss-test-{}-{n}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+impl Server {
+    /// Open registration, no rate limits: the usual test setup.
+    pub async fn start() -> Server {
+        Server::start_with(&[
+            ("MOSS_REGISTRATION", "open"),
+            ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ])
+        .await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)]) -> Server {
+        let dir = fresh_dir();
+        Server::start_in(dir, env).await
+    }
+
+    pub async fn start_in(dir: PathBuf, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("moss.log")).unwrap();
+        let mut cmd = Command::new(moss_bin());
+        cmd.arg("serve")
+            .current_dir(&dir)
+            .env("MOSS_DATA_DIR", dir.join("data"))
+            .env("MOSS_HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("MOSS_DATABASE__SYNCHRONOUS", "normal")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start moss");
+        let server = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            child: Some(child),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = server
+                .http
+                .get(format!("{}/_matrix/client/versions", server.base))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("moss did not start: {}", server.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("moss.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Sends SIGTERM and waits for the process; returns its exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("moss did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Any request: returns status and JSON body (`null` if the body is not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_raw(
+            method,
+            path,
+            token,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str, u: &User) -> (u16, Value) {
+        self.call("GET", path, Some(&u.token), None).await
+    }
+    pub async fn post(&self, path: &str, u: &User, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(&u.token), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, u: &User, body: Value) -> (u16, Value) {
+        self.call("PUT", path, Some(&u.token), Some(body)).await
+    }
+
+    /// Registers through the dummy-auth flow and returns the logged-in user.
+    pub async fn register(&self, name: &str) -> User {
+        let (s, v) = self
+            .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": name, "password": "password123", "auth": {"type": "m.login.dummy"}})))
+            .await;
+        assert_eq!(s, 200, "register {name}: {v}");
+        User {
+            id: v["user_id"].as_str().unwrap().into(),
+            token: v["access_token"].as_str().unwrap().into(),
+            device: v["device_id"].as_str().unwrap().into(),
+        }
+    }
+
+    pub async fn create_room(&self, u: &User, body: Value) -> String {
+        let (s, v) = self.post("/_matrix/client/v3/createRoom", u, body).await;
+        assert_eq!(s, 200, "createRoom: {v}");
+        v["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_text(&self, u: &User, room: &str, body: &str) -> String {
+        let txn = format!("t{}", rand_suffix());
+        let (s, v) = self
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+                u,
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        assert_eq!(s, 200, "send: {v}");
+        v["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join(&self, u: &User, room: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/join/{room}"), u, json!({}))
+            .await
+    }
+
+    pub async fn sync(&self, u: &User, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        let (s, v) = self.get(&path, u).await;
+        assert_eq!(s, 200, "sync: {v}");
+        v
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn enc(s: &str) -> String {
+    s.replace('#', "%23")
+        .replace('!', "%21")
+        .replace('$', "%24")
+        .replace(':', "%3A")
+        .replace('@', "%40")
+}
+
+/// The errcode of an error body.
+pub fn errcode(v: &Value) -> &str {
+    v["errcode"].as_str().unwrap_or("<none>")
+}

@@ -1,0 +1,8 @@
+//! Integration tests: each starts a real moss process and drives it over HTTP.
+
+mod accounts;
+mod bad_input;
+mod cli;
+mod common;
+mod rooms;
+mod sync;

@@ -1,0 +1,238 @@
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{enc, Server};
+
+fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn initial_and_incremental_sync_carry_timeline_state_and_invites() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"name": "Lobby", "invite": [bob.id]}))
+        .await;
+
+    let initial = s.sync(&bob, None, 0).await;
+    let invite = &initial["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(
+        invite
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Lobby"),
+        "{invite}"
+    );
+    assert!(invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.id
+            && e["content"]["membership"] == "invite"));
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    s.join(&bob, &room).await;
+    let after_join = s.sync(&bob, Some(&since), 0).await;
+    let joined = &after_join["rooms"]["join"][&room];
+    assert!(
+        joined["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create"),
+        "a new room comes with its state: {joined}"
+    );
+    assert!(timeline(&after_join, &room)
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id));
+    let since = after_join["next_batch"].as_str().unwrap().to_owned();
+
+    let id = s.send_text(&alice, &room, "hi bob").await;
+    let inc = s.sync(&bob, Some(&since), 0).await;
+    let tl = timeline(&inc, &room);
+    assert_eq!(tl.len(), 1, "{inc}");
+    assert_eq!(tl[0]["event_id"], id);
+    assert_eq!(tl[0]["content"]["body"], "hi bob");
+    assert_eq!(
+        inc["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        inc["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+        1
+    );
+    let since = inc["next_batch"].as_str().unwrap().to_owned();
+
+    // Nothing new: an empty incremental sync with no rooms.
+    let empty = s.sync(&bob, Some(&since), 0).await;
+    assert!(
+        empty["rooms"]["join"].as_object().unwrap().is_empty(),
+        "{empty}"
+    );
+
+    // Leaving puts the room in the leave section.
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{room}/leave"),
+        &bob,
+        json!({}),
+    )
+    .await;
+    let left = s.sync(&bob, Some(&since), 0).await;
+    assert!(left["rooms"]["leave"][&room].is_object(), "{left}");
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_new_message_not_on_its_timeout() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    s.join(&bob, &room).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let started = Instant::now();
+    let (sync, _) = tokio::join!(s.sync(&bob, Some(&since), 20_000), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.send_text(&alice, &room, "wake up").await
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "sync took {took:?}");
+    assert_eq!(timeline(&sync, &room)[0]["content"]["body"], "wake up");
+
+    // And an idle long-poll returns empty after its timeout.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let idle = s.sync(&bob, Some(&since), 600).await;
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    assert!(idle["rooms"]["join"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn typing_receipts_and_limited_timelines() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    s.join(&bob, &room).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&bob.id)),
+            &bob,
+            json!({"typing": true, "timeout": 10000}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let v = s.sync(&alice, Some(&since), 5000).await;
+    let eph = &v["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        eph.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([bob.id])),
+        "{v}"
+    );
+    let since = v["next_batch"].as_str().unwrap().to_owned();
+
+    let ev = s.send_text(&alice, &room, "read me").await;
+    let (st, _) = s
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
+                enc(&ev)
+            ),
+            &bob,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let v = s.sync(&alice, Some(&since), 0).await;
+    let eph = &v["rooms"]["join"][&room]["ephemeral"]["events"];
+    let receipt = eph
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("receipt in sync");
+    assert!(
+        receipt["content"][&ev]["m.read"][&bob.id]["ts"]
+            .as_u64()
+            .is_some(),
+        "{receipt}"
+    );
+    let since = v["next_batch"].as_str().unwrap().to_owned();
+
+    for i in 0..15 {
+        s.send_text(&alice, &room, &format!("burst {i}")).await;
+    }
+    let v = s.sync(&bob, Some(&since), 0).await;
+    let r = &v["rooms"]["join"][&room]["timeline"];
+    assert_eq!(r["limited"], true);
+    assert_eq!(r["events"].as_array().unwrap().len(), 10);
+    assert_eq!(r["events"][9]["content"]["body"], "burst 14");
+    // prev_batch continues exactly where the timeline starts.
+    let prev = r["prev_batch"].as_str().unwrap();
+    let (_, back) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"),
+            &bob,
+        )
+        .await;
+    assert_eq!(back["chunk"][0]["content"]["body"], "burst 4");
+}
+
+#[tokio::test]
+async fn sigterm_ends_long_polls_and_exits_cleanly() {
+    let mut s = Server::start().await;
+    let alice = s.register("alice").await;
+    let since = s.sync(&alice, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!(
+        "{}/_matrix/client/v3/sync?timeout=30000&since={since}",
+        s.base
+    );
+    let token = alice.token.clone();
+    let poll = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let code = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "moss must exit cleanly on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        poll.await.unwrap().expect("the long-poll gets an answer"),
+        200
+    );
+}

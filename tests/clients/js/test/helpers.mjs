@@ -1,0 +1,419 @@
+// Shared plumbing for the matrix-js-sdk scenarios: run a throw-away moss server, register
+// users over plain HTTP, and drive matrix-js-sdk clients through their own sync loop.
+//
+// Everything here is written so that a broken or hanging server turns into a prompt,
+// readable test failure (with the server log attached) and never into a hung test run.
+
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import * as sdk from "matrix-js-sdk";
+import { logger as sdkRootLogger } from "matrix-js-sdk/lib/logger.js";
+
+export { sdk };
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
+
+export const SERVER_NAME = "localhost";
+
+/** Default upper bound for any single wait on the server or a client. */
+export const WAIT_MS = 15_000;
+
+// ---------------------------------------------------------------------------------------------
+// Timers: matrix-js-sdk 36.2.0 arms long safety-net timers it never clears. Each /sync request
+// gets a local timeout of pollTimeout + 80 s (timeoutSignal() in http-api/utils), and the
+// capabilities poller can re-arm a 30 s / 6 h timer after stopClient() if a request was in
+// flight. None of them can be reached from outside the SDK, and each keeps Node's event loop
+// (and so this test process) alive for minutes after every client has been stopped.
+//
+// We therefore unref long timers created through the global setTimeout/setInterval: they still
+// fire if the process is alive anyway, they just no longer keep it alive. Our own waits use
+// `keepAliveTimeout` below (captured before the patch) so that a pending wait always keeps the
+// process running until it either succeeds or times out.
+// ---------------------------------------------------------------------------------------------
+const LONG_TIMER_MS = 20_000;
+const keepAliveTimeout = globalThis.setTimeout;
+
+function unrefLongTimers(original) {
+    const patched = function (handler, ms, ...args) {
+        const timer = original(handler, ms, ...args);
+        if (Number(ms) >= LONG_TIMER_MS && typeof timer?.unref === "function") timer.unref();
+        return timer;
+    };
+    // Keep util.promisify(setTimeout) and friends working.
+    return Object.assign(patched, original);
+}
+
+if (!globalThis.setTimeout.__mossUnrefPatched) {
+    globalThis.setTimeout = unrefLongTimers(globalThis.setTimeout);
+    globalThis.setInterval = unrefLongTimers(globalThis.setInterval);
+    globalThis.setTimeout.__mossUnrefPatched = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SDK logging: the SDK logs every request and sync step at DEBUG, which would bury the test
+// report. MOSS_SDK_LOG=debug|info|warn|error|silent picks the level (default: warn).
+// ---------------------------------------------------------------------------------------------
+const SDK_LOG_LEVELS = ["trace", "debug", "info", "warn", "error"];
+const sdkLogLevel = (process.env.MOSS_SDK_LOG ?? "warn").toLowerCase();
+
+sdkRootLogger.setLevel(sdkLogLevel === "silent" ? "silent" : sdkLogLevel, false);
+
+// Child loggers created by the SDK reset themselves to DEBUG, so clients get their own logger.
+function makeSdkLogger(prefix = "") {
+    const threshold = SDK_LOG_LEVELS.indexOf(sdkLogLevel);
+    const log = {};
+    for (const [index, level] of SDK_LOG_LEVELS.entries()) {
+        log[level] =
+            threshold >= 0 && index >= threshold
+                ? (...args) => console.error(`[sdk${prefix}] ${level}:`, ...args)
+                : () => {};
+    }
+    log.getChild = (namespace) => makeSdkLogger(`${prefix} ${namespace}`);
+    return log;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Resolves with the first truthy value of `check(...args)`, evaluated once right away (so a
+ * condition that already holds is never missed) and again on every listed emitter event.
+ * Rejects after `timeoutMs` with a message built from `what` (a string, or a function so it
+ * can describe the state seen at the time of failure).
+ */
+export function waitFor({ emitter, events, check, what, timeoutMs = WAIT_MS }) {
+    return new Promise((resolve, reject) => {
+        let settled = false;
+        let timer;
+        const finish = (fn, value) => {
+            if (settled) return;
+            settled = true;
+            clearTimeout(timer);
+            for (const name of events) emitter.off(name, onEvent);
+            fn(value);
+        };
+        const onEvent = (...args) => {
+            if (settled) return;
+            try {
+                const result = check(...args);
+                if (result) finish(resolve, result);
+            } catch (err) {
+                finish(reject, err);
+            }
+        };
+        for (const name of events) emitter.on(name, onEvent);
+        timer = keepAliveTimeout(() => {
+            const description = typeof what === "function" ? safeDescribe(what) : what;
+            finish(reject, new Error(`timed out after ${timeoutMs} ms waiting for ${description}`));
+        }, timeoutMs);
+        onEvent();
+    });
+}
+
+function safeDescribe(what) {
+    try {
+        return what();
+    } catch (err) {
+        return `<could not describe: ${err}>`;
+    }
+}
+
+/**
+ * Waits until `check(client)` is truthy. It is re-evaluated after every processed /sync
+ * response (the SDK emits ClientEvent.Sync once per response, after applying it) and on the
+ * extra `events`, so it covers any state the SDK derives from sync.
+ */
+export function waitForClientState(client, { check, what, events = [], timeoutMs = WAIT_MS }) {
+    return waitFor({
+        emitter: client,
+        events: [sdk.ClientEvent.Sync, sdk.ClientEvent.Room, ...events],
+        check: () => check(client),
+        what,
+        timeoutMs,
+    });
+}
+
+/**
+ * Waits for an event in the live timeline of `roomId` that matches `predicate`, through the
+ * SDK's RoomEvent.Timeline. Events already in the timeline count, so calling this after the
+ * event arrived does not hang.
+ */
+export function waitForTimelineEvent(client, roomId, predicate, { what, timeoutMs = WAIT_MS } = {}) {
+    const findExisting = () =>
+        client
+            .getRoom(roomId)
+            ?.getLiveTimeline()
+            .getEvents()
+            .find((event) => predicate(event));
+    return waitFor({
+        emitter: client,
+        events: [sdk.RoomEvent.Timeline],
+        check: (event, room) => {
+            if (event === undefined) return findExisting();
+            return room?.roomId === roomId && predicate(event) ? event : undefined;
+        },
+        what: what ?? `a matching timeline event in ${roomId}`,
+        timeoutMs,
+    });
+}
+
+/** Runs `promise` but fails after `timeoutMs`, so one stuck HTTP call cannot hang the run. */
+export async function withTimeout(promise, what, timeoutMs = WAIT_MS) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = keepAliveTimeout(
+            () => reject(new Error(`timed out after ${timeoutMs} ms: ${what}`)),
+            timeoutMs,
+        );
+    });
+    try {
+        return await Promise.race([promise, timeout]);
+    } finally {
+        clearTimeout(timer);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------------
+
+function freePort() {
+    return new Promise((resolve, reject) => {
+        const probe = net.createServer();
+        probe.unref();
+        probe.once("error", reject);
+        probe.listen(0, "127.0.0.1", () => {
+            const { port } = probe.address();
+            probe.close(() => resolve(port));
+        });
+    });
+}
+
+function tailOf(file, maxLines = 60) {
+    try {
+        const lines = fs.readFileSync(file, "utf8").trimEnd().split("\n");
+        return lines.slice(-maxLines).join("\n");
+    } catch (err) {
+        return `<no log: ${err.message}>`;
+    }
+}
+
+/**
+ * Starts `moss serve` on a free loopback port with a fresh data directory, and waits until
+ * GET /_matrix/client/versions answers 200. Returns a handle with baseUrl, logPath,
+ * logTail() and stop().
+ */
+export async function startServer({ readyTimeoutMs = 30_000 } = {}) {
+    const bin = process.env.MOSS_BIN ?? path.join(REPO_ROOT, "target/debug/moss");
+    if (!fs.existsSync(bin)) {
+        throw new Error(`moss binary not found at ${bin}: build it (cargo build) or set MOSS_BIN`);
+    }
+
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "moss-js-"));
+    const port = await freePort();
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const logPath = path.join(dir, "moss.log");
+
+    const logFd = fs.openSync(logPath, "a");
+    const child = spawn(bin, ["serve"], {
+        cwd: dir,
+        env: {
+            ...process.env,
+            MOSS_DATA_DIR: path.join(dir, "data"),
+            MOSS_HTTP__BIND: `127.0.0.1:${port}`,
+            MOSS_SERVER_NAME: SERVER_NAME,
+            MOSS_REGISTRATION: "open",
+            MOSS_RATE_LIMITS__ENABLED: "false",
+        },
+        stdio: ["ignore", logFd, logFd],
+    });
+    fs.closeSync(logFd); // the child holds its own descriptor
+
+    let exitInfo = null;
+    const exited = new Promise((resolve) => {
+        const done = (info) => {
+            exitInfo ??= info;
+            resolve(exitInfo);
+        };
+        child.once("exit", (code, signal) => done({ code, signal }));
+        child.once("error", (error) => done({ code: null, signal: null, error }));
+    });
+
+    // If this process dies without running our after() hooks, do not leave a server behind.
+    const killOnExit = () => {
+        if (exitInfo === null) child.kill("SIGKILL");
+    };
+    process.once("exit", killOnExit);
+
+    const server = {
+        baseUrl,
+        dir,
+        logPath,
+        logTail: (maxLines) => tailOf(logPath, maxLines),
+
+        /** SIGTERM, then SIGKILL after 10 s. Resolves with { code, signal }. */
+        async stop({ keepDir = false } = {}) {
+            if (exitInfo === null) {
+                child.kill("SIGTERM");
+                const escalate = keepAliveTimeout(() => child.kill("SIGKILL"), 10_000);
+                await exited;
+                clearTimeout(escalate);
+            }
+            const info = await exited;
+            process.off("exit", killOnExit);
+            if (!keepDir) await fsp.rm(dir, { recursive: true, force: true });
+            return info;
+        },
+    };
+
+    const deadline = Date.now() + readyTimeoutMs;
+    let lastProblem = "no answer yet";
+    while (Date.now() < deadline) {
+        if (exitInfo !== null) {
+            throw new Error(
+                `moss exited before it was ready (${JSON.stringify(exitInfo)}); ` +
+                    `log ${logPath}:\n${server.logTail()}`,
+            );
+        }
+        try {
+            const res = await fetch(`${baseUrl}/_matrix/client/versions`, {
+                signal: AbortSignal.timeout(2_000),
+            });
+            await res.arrayBuffer();
+            if (res.status === 200) return server;
+            lastProblem = `HTTP ${res.status}`;
+        } catch (err) {
+            lastProblem = err.cause?.code ?? err.message;
+        }
+        await sleep(100);
+    }
+    await server.stop({ keepDir: true });
+    throw new Error(
+        `moss did not answer GET /_matrix/client/versions with 200 within ${readyTimeoutMs} ms ` +
+            `(last: ${lastProblem}); log ${logPath}:\n${server.logTail()}`,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users and clients
+// ---------------------------------------------------------------------------------------------
+
+async function postJson(url, body) {
+    const res = await fetch(url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(WAIT_MS),
+    });
+    const text = await res.text();
+    let json;
+    try {
+        json = JSON.parse(text);
+    } catch {
+        json = undefined;
+    }
+    return { status: res.status, json, text };
+}
+
+/**
+ * Registers `username` with the m.login.dummy stage. The spec lets a server answer the first
+ * attempt with 401 and a user-interactive-auth `session` even when dummy auth is offered up
+ * front; the stage then has to be completed again inside that session.
+ * Returns { userId, accessToken, deviceId, password }.
+ */
+export async function registerUser(server, username, password = `pw-${randomUUID()}`) {
+    const url = `${server.baseUrl}/_matrix/client/v3/register`;
+    const body = {
+        username,
+        password,
+        initial_device_display_name: `js-sdk test (${username})`,
+        auth: { type: "m.login.dummy" },
+    };
+
+    let res = await postJson(url, body);
+    if (res.status === 401 && typeof res.json?.session === "string") {
+        res = await postJson(url, {
+            ...body,
+            auth: { type: "m.login.dummy", session: res.json.session },
+        });
+    }
+    if (res.status !== 200) {
+        throw new Error(`registering ${username} failed: HTTP ${res.status} ${res.text}`);
+    }
+
+    const { user_id: userId, access_token: accessToken, device_id: deviceId } = res.json ?? {};
+    const expectedUserId = `@${username}:${SERVER_NAME}`;
+    if (userId !== expectedUserId || typeof accessToken !== "string" || typeof deviceId !== "string") {
+        throw new Error(
+            `registering ${username}: expected user_id ${expectedUserId} with access_token and ` +
+                `device_id strings, got ${res.text}`,
+        );
+    }
+    return { userId, accessToken, deviceId, password };
+}
+
+// Every client created here, so a failed step cannot leave a sync loop running.
+const liveClients = new Set();
+
+/** A client that is not syncing (for one-off API calls). */
+export function createClient(server, user) {
+    const client = sdk.createClient({
+        baseUrl: server.baseUrl,
+        accessToken: user.accessToken,
+        userId: user.userId,
+        deviceId: user.deviceId,
+        logger: makeSdkLogger(` ${user.userId}`),
+    });
+    liveClients.add(client);
+    return client;
+}
+
+/**
+ * Creates a client, starts its sync loop and waits for the first sync to complete
+ * (SyncState.Prepared). An initial sync that errors fails at once instead of at the timeout.
+ */
+export async function startSyncingClient(server, user, { initialSyncLimit = 20, timeoutMs = WAIT_MS } = {}) {
+    const client = createClient(server, user);
+    const prepared = waitFor({
+        emitter: client,
+        events: [sdk.ClientEvent.Sync],
+        check: (state, _prevState, data) => {
+            if (state === sdk.SyncState.Error) {
+                throw new Error(`initial sync of ${user.userId} failed: ${data?.error ?? "unknown error"}`);
+            }
+            return state === sdk.SyncState.Prepared;
+        },
+        what: () => `the first sync of ${user.userId} (sync state: ${client.getSyncState()})`,
+        timeoutMs,
+    });
+    try {
+        await client.startClient({ initialSyncLimit });
+        await prepared;
+    } catch (err) {
+        stopClient(client);
+        throw err;
+    }
+    return client;
+}
+
+/** Stops a client's sync loop and every timer or listener we can reach. Idempotent. */
+export function stopClient(client) {
+    if (!liveClients.delete(client)) return;
+    client.stopClient();
+    // stopClient() leaves the capabilities poller armed when its request was still in flight.
+    client.serverCapabilitiesService?.stop();
+    client.removeAllListeners();
+}
+
+export function stopAllClients() {
+    for (const client of [...liveClients]) stopClient(client);
+}
