@@ -119,6 +119,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(rooms::joined_rooms)
         .ruma(rooms::members)
         .ruma(rooms::joined_members)
+        .ruma(rooms::upgrade)
         // directory
         .ruma(server::put_alias)
         .ruma(server::get_alias)

@@ -1075,3 +1075,13 @@ impl Reader<'_> {
         Ok(None)
     }
 }
+
+impl Writer<'_> {
+    /// Points every alias of `from` at `to` (room upgrades move aliases along).
+    pub fn move_aliases(&self, from: &str, to: &str) -> Result<usize> {
+        self.exec(
+            "UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1",
+            [from, to],
+        )
+    }
+}

@@ -17,7 +17,7 @@ use ruma::{
             },
             message::{get_message_events, send_message_event},
             redact::redact_event,
-            room::{create_room, get_event_by_timestamp, get_room_event},
+            room::{create_room, get_event_by_timestamp, get_room_event, upgrade_room},
             state::{get_state_event_for_key, get_state_events, send_state_event},
         },
         Direction,
@@ -442,4 +442,23 @@ pub async fn joined_members(
         joined.insert(user, m);
     }
     Ok(RumaResponse(joined_members::v3::Response::new(joined)))
+}
+
+pub async fn upgrade(
+    moss: Arc<Moss>,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> HandlerResult<upgrade_room::v3::Request> {
+    let s = req.session().clone();
+    if !moss_core::rooms::SUPPORTED_VERSIONS.contains(&req.body.new_version) {
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+            400,
+            format!("room version {} is not supported", req.body.new_version),
+        )
+        .into());
+    }
+    let new_room = moss
+        .upgrade_room(&s.user_id, &req.body.room_id, req.body.new_version.clone())
+        .await?;
+    Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }

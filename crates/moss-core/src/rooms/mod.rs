@@ -6,6 +6,7 @@ pub mod membership;
 pub mod pdu;
 pub mod read;
 pub mod timeline;
+pub mod upgrade;
 pub mod visibility;
 
 use moss_storage::{Reader, RoomRow};

@@ -715,3 +715,89 @@ async fn profile_changes_reach_memberships_and_account_data_round_trips() {
         .await;
     assert_eq!(v["enabled"], true);
 }
+
+#[tokio::test]
+async fn upgrading_a_room_carries_state_and_aliases_and_tombstones_the_old_one() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let old = s.create_room(&alice, json!({"room_version": "11", "preset": "public_chat", "name": "Old Town", "room_alias_name": "old"})).await;
+    s.join(&bob, &old).await;
+    let (st, v) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{old}/upgrade"),
+            &bob,
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_eq!(
+        (st, errcode(&v)),
+        (403, "M_FORBIDDEN"),
+        "a plain member may not upgrade"
+    );
+    let (st, v) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{old}/upgrade"),
+            &alice,
+            json!({"new_version": "9"}),
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (400, "M_UNSUPPORTED_ROOM_VERSION"));
+    let (st, v) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{old}/upgrade"),
+            &alice,
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let new = v["replacement_room"].as_str().unwrap().to_owned();
+    let (_, t) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{old}/state/m.room.tombstone/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(t["replacement_room"], new);
+    let (_, c) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{new}/state/m.room.create/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(c["predecessor"]["room_id"], old);
+    assert_eq!(c["room_version"], "12");
+    let (_, n) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{new}/state/m.room.name/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(n["name"], "Old Town");
+    let (_, j) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{new}/state/m.room.join_rules/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(j["join_rule"], "public");
+    let (_, a) = s
+        .call(
+            "GET",
+            "/_matrix/client/v3/directory/room/%23old%3Alocalhost",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a["room_id"], new, "aliases move to the new room");
+    // The old room is closed to plain members; bob can follow into the new one.
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{old}/send/m.room.message/late"),
+            &bob,
+            json!({"msgtype": "m.text", "body": "late"}),
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(s.join(&bob, &new).await.0, 200);
+}
