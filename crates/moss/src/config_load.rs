@@ -43,6 +43,21 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
     Ok(config)
 }
 
+/// The top-level keys of [`Config`]. Only `MOSS_` variables that start with one of them are
+/// configuration; others (`MOSS_PASSWORD` for the CLI, `MOSS_BIN` in test harnesses) are not.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server_name",
+    "data_dir",
+    "public_baseurl",
+    "registration",
+    "registration_shared_secret",
+    "http",
+    "database",
+    "auth",
+    "rate_limits",
+    "log",
+];
+
 /// `MOSS_HTTP__BIND=…` sets `http.bind`: double underscores separate sections.
 pub fn apply_env(
     table: &mut toml::Table,
@@ -57,6 +72,9 @@ pub fn apply_env(
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+            continue;
+        }
         // A value that parses as TOML (number, bool, array) is taken as such; anything else is a string.
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
@@ -221,6 +239,30 @@ mod tests {
         assert_eq!(c.http.bind.port(), 9999);
         assert!(!c.rate_limits.enabled);
         assert_eq!(c.server_name, "example.org");
+    }
+
+    #[test]
+    fn top_level_keys_match_the_config_struct() {
+        let mut c = Config::default();
+        c.public_baseurl = Some("https://x/".into());
+        c.registration_shared_secret = Some("s".into());
+        let t = toml::Table::try_from(&c).unwrap();
+        let mut keys: Vec<&str> = t.keys().map(String::as_str).collect();
+        keys.sort();
+        let mut known = TOP_LEVEL_KEYS.to_vec();
+        known.sort();
+        assert_eq!(keys, known);
+    }
+
+    #[test]
+    fn unrelated_moss_variables_are_not_configuration() {
+        let mut t = toml::Table::new();
+        let vars = vec![
+            ("MOSS_BIN".to_owned(), "/x/moss".to_owned()),
+            ("MOSS_PASSWORD".to_owned(), "p".to_owned()),
+        ];
+        assert!(!apply_env(&mut t, vars.into_iter()).unwrap());
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -263,7 +263,8 @@ impl Moss {
                     (None, Direction::Forward) => 0,
                 };
                 let to = to.as_deref().map(parse_token).transpose()?;
-                let start = token(pos);
+                // The spec has `start` echo `from` exactly, whatever form of token it was.
+                let start = from.clone().unwrap_or_else(|| token(pos));
                 if dir == Direction::Backward {
                     pos = pos.min(cap);
                 }

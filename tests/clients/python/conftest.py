@@ -1,0 +1,247 @@
+"""Fixtures for running real Matrix clients (matrix-nio) against a live moss process.
+
+One moss process serves the whole session: starting it is the expensive part, and
+every test registers its own freshly named users and creates its own rooms, so tests
+cannot see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import nio
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SERVER_NAME = "localhost"
+STARTUP_TIMEOUT_S = 30.0
+SHUTDOWN_GRACE_S = 10.0
+LOG_TAIL_LINES = 80
+
+
+@dataclass
+class MossServer:
+    base_url: str
+    workdir: Path
+    log_path: Path
+    proc: subprocess.Popen
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as err:
+            return f"<cannot read {self.log_path}: {err}>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe(self) -> str:
+        """Human-readable state for failure reports: a dead server explains many failures at once."""
+        code = self.proc.poll()
+        state = "running" if code is None else f"EXITED with code {code}"
+        return (
+            f"moss {state}; base URL {self.base_url}; workdir {self.workdir}\n"
+            f"--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{self.log_tail()}"
+        )
+
+
+# The session's server, kept module-global so the report hook below can reach it
+# without every test having to request it explicitly.
+_SERVER: MossServer | None = None
+
+
+def _free_port() -> int:
+    # Ask the kernel for an unused port. Another process could grab it before moss binds,
+    # but on a test machine that race is rare and shows up as a clear startup failure.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _moss_binary() -> Path:
+    configured = os.environ.get("MOSS_BIN")
+    path = Path(configured) if configured else REPO_ROOT / "target" / "debug" / "moss"
+    # Resolve now: moss runs with a temp dir as cwd, so a relative path would break.
+    return path.resolve()
+
+
+def _versions_ok(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/_matrix/client/versions", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=SHUTDOWN_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=SHUTDOWN_GRACE_S)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
+    """Start `moss serve` on a free loopback port and yield it once /versions answers."""
+    global _SERVER
+
+    binary = _moss_binary()
+    if not binary.is_file():
+        # Fail rather than skip: a client suite that silently skips when the server
+        # is missing would report green on a broken build.
+        pytest.fail(f"moss binary not found at {binary}: build it first or set MOSS_BIN")
+
+    workdir = tmp_path_factory.mktemp("moss")
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "moss.log"
+
+    # moss reads every MOSS_* variable as configuration and rejects unknown keys, so the
+    # suite's own MOSS_BIN (and any MOSS_* left in a developer's shell) must not leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSS_")}
+    env.update(
+        {
+            "MOSS_DATA_DIR": str(workdir / "data"),
+            "MOSS_HTTP__BIND": f"127.0.0.1:{port}",
+            "MOSS_SERVER_NAME": SERVER_NAME,
+            "MOSS_REGISTRATION": "open",
+            # The suite sends bursts (30 messages back to back); limits would turn that into
+            # 429s that nio would otherwise silently sleep through.
+            "MOSS_RATE_LIMITS__ENABLED": "false",
+            "MOSS_LOG__LEVEL": "info",
+            "RUST_BACKTRACE": "1",
+            # The log goes to a file that failure reports quote: keep it free of ANSI colours.
+            "NO_COLOR": "1",
+        }
+    )
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(binary), "serve"],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    srv = MossServer(base_url=base_url, workdir=workdir, log_path=log_path, proc=proc)
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not _versions_ok(base_url):
+        if proc.poll() is not None:
+            pytest.fail(f"moss exited during startup\n{srv.describe()}")
+        if time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"moss did not answer /versions within {STARTUP_TIMEOUT_S}s\n{srv.describe()}")
+        time.sleep(0.1)
+
+    _SERVER = srv
+    try:
+        yield srv
+    finally:
+        _SERVER = None
+        _stop(proc)
+        if proc.returncode not in (0, -signal.SIGTERM):
+            # Not a test failure of its own (no test asserts shutdown behaviour), but worth
+            # seeing in the output when someone investigates.
+            print(f"\nmoss exited with code {proc.returncode} after SIGTERM; log: {log_path}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    # Attach the server's view to every failure of a server-backed test: most client-side
+    # failures (timeouts, 500s, dropped connections) are only explained by the server log.
+    if report.failed and _SERVER is not None and "server" in getattr(item, "fixturenames", ()):
+        report.sections.append(("moss server", _SERVER.describe()))
+    return report
+
+
+def unique_localpart(prefix: str) -> str:
+    """Usernames are unique per test so the shared server never sees a name twice."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+async def register_user(base_url: str, username: str, password: str) -> dict:
+    """Register through the spec'd user-interactive auth flow, with plain HTTP.
+
+    Per the spec the first request carries no `auth`; a server that wants UIA answers
+    401 with `flows` and a `session`, and the client completes the m.login.dummy stage
+    in that session. A server that registers straight away (200) is accepted too.
+    """
+    url = f"{base_url}/_matrix/client/v3/register"
+    body = {"username": username, "password": password, "initial_device_display_name": "register"}
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with http.post(url, json=body) as resp:
+            status, data = resp.status, await resp.json(content_type=None)
+
+        if status == 401:
+            flows = data.get("flows") or []
+            assert any(flow.get("stages") == ["m.login.dummy"] for flow in flows), (
+                f"open registration must offer a flow with only m.login.dummy, got 401 {data}"
+            )
+            auth = {"type": "m.login.dummy"}
+            if "session" in data:
+                auth["session"] = data["session"]
+            async with http.post(url, json={**body, "auth": auth}) as resp:
+                status, data = resp.status, await resp.json(content_type=None)
+
+    assert status == 200, f"registering {username!r} failed: HTTP {status} {data}"
+    assert data.get("user_id") == f"@{username}:{SERVER_NAME}", data
+    assert data.get("access_token"), f"registration returned no access_token: {data}"
+    return data
+
+
+def _client_config() -> nio.AsyncClientConfig:
+    return nio.AsyncClientConfig(
+        # nio's defaults retry connection errors and 429s forever; a test must fail instead.
+        max_timeouts=2,
+        max_limit_exceeded=0,
+        request_timeout=20,
+        # This suite covers plain client-server chat; E2EE would add key uploads the
+        # scenarios do not ask for.
+        encryption_enabled=False,
+        store_sync_tokens=False,
+    )
+
+
+ClientFactory = Callable[[str], Awaitable[nio.AsyncClient]]
+
+
+@pytest.fixture
+async def make_client(server: MossServer) -> AsyncIterator[ClientFactory]:
+    """Factory: `await make_client("alice")` registers a fresh user and returns a
+    nio.AsyncClient logged in with its password (so /login is exercised too)."""
+    clients: list[nio.AsyncClient] = []
+
+    async def factory(prefix: str) -> nio.AsyncClient:
+        localpart = unique_localpart(prefix)
+        password = f"pw-{uuid.uuid4().hex}"
+        await register_user(server.base_url, localpart, password)
+
+        client = nio.AsyncClient(server.base_url, user=localpart, config=_client_config())
+        clients.append(client)
+        resp = await client.login(password=password, device_name=f"nio-{prefix}")
+        assert isinstance(resp, nio.LoginResponse), f"login as {localpart} failed: {resp}"
+        assert resp.user_id == f"@{localpart}:{SERVER_NAME}", resp
+        assert client.access_token and client.user_id == resp.user_id
+        return client
+
+    yield factory
+
+    for client in clients:
+        await client.close()
