@@ -451,12 +451,34 @@ impl Moss {
             .await
     }
 
+    /// Records device activity for `GET /devices`, writing at most once per device every five
+    /// minutes so that busy clients do not turn every request into a database write.
+    pub fn note_activity(self: &std::sync::Arc<Self>, session: &Session, ip: Option<String>) {
+        let key = format!("{}|{}", session.user_id, session.device_id);
+        {
+            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get(&key).is_some_and(|t| t.elapsed().as_secs() < 300) {
+                return;
+            }
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            seen.insert(key, Instant::now());
+        }
+        let (moss, session) = (self.clone(), session.clone());
+        tokio::spawn(async move {
+            if let Err(e) = moss.touch_device(&session, ip).await {
+                tracing::debug!(error = %e, "could not record device activity");
+            }
+        });
+    }
+
     /// Records when and from where a device was last used.
     pub async fn touch_device(&self, session: &Session, ip: Option<String>) -> Result<()> {
         let (u, d) = (session.user_id.to_string(), session.device_id.to_string());
         self.db
             .write(move |w| {
-                Ok::<_, Error>(w.upsert_device(&u, &d, None, now_ms() as i64, ip.as_deref())?)
+                Ok::<_, Error>(w.touch_device(&u, &d, now_ms() as i64, ip.as_deref())?)
             })
             .await
     }

@@ -36,6 +36,8 @@ pub struct Moss {
     pub notifier: Notifier,
     pub typing: Typing,
     pub(crate) uiaa: UiaaSessions,
+    /// When each device's last-seen time was last written, to write it at most every few minutes.
+    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -73,6 +75,7 @@ impl Moss {
             notifier: Notifier::default(),
             typing: Typing::default(),
             uiaa: UiaaSessions::default(),
+            last_seen: Default::default(),
             shutdown: watch::channel(false).0,
         }))
     }

@@ -1085,3 +1085,20 @@ impl Writer<'_> {
         )
     }
 }
+
+impl Writer<'_> {
+    /// Updates a device's last-seen time and address; never creates the device.
+    pub fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: i64,
+        ip: Option<&str>,
+    ) -> Result<()> {
+        self.exec(
+            "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip) WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device_id, now, ip],
+        )?;
+        Ok(())
+    }
+}

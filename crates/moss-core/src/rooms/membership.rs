@@ -65,11 +65,7 @@ impl Moss {
         if !self.is_local_user_active(target).await? {
             return Err(Error::not_found(format!("unknown user {target}")));
         }
-        let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self
-            .db
-            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
-            .await?;
+        let current = self.membership(room_id, target).await?;
         match current.as_deref() {
             Some("join") => {
                 return Err(Error::forbidden(format!("{target} is already in the room")))
@@ -111,11 +107,7 @@ impl Moss {
         room_id: &RoomId,
         reason: Option<String>,
     ) -> Result<()> {
-        let (room, u) = (room_id.to_string(), user.to_string());
-        let current = self
-            .db
-            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?))
-            .await?;
+        let current = self.membership(room_id, user).await?;
         match current.as_deref() {
             Some("join") | Some("invite") | Some("knock") => {}
             Some("leave") => return Ok(()),
@@ -144,11 +136,7 @@ impl Moss {
         reason: Option<String>,
     ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
-        let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self
-            .db
-            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
-            .await?;
+        let current = self.membership(room_id, target).await?;
         if !matches!(
             current.as_deref(),
             Some("join") | Some("invite") | Some("knock")
@@ -179,11 +167,7 @@ impl Moss {
         reason: Option<String>,
     ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
-        let (room, t) = (room_id.to_string(), target.to_string());
-        let current = self
-            .db
-            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &t)?))
-            .await?;
+        let current = self.membership(room_id, target).await?;
         if current.as_deref() != Some("ban") {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
@@ -235,6 +219,14 @@ impl Moss {
     }
 
     /// Member event content carrying the user's current profile.
+    /// A user's current membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).
+    pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+        let (room, u) = (room_id.to_string(), user.to_string());
+        self.db
+            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?))
+            .await
+    }
+
     pub(crate) async fn member_content(&self, user: &UserId, membership: &str) -> Result<Value> {
         let mut content = json!({"membership": membership});
         if let Some(u) = self.user(user).await? {
