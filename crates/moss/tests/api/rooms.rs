@@ -801,3 +801,79 @@ async fn upgrading_a_room_carries_state_and_aliases_and_tombstones_the_old_one()
     assert_eq!(st, 403);
     assert_eq!(s.join(&bob, &new).await.0, 200);
 }
+
+#[tokio::test]
+async fn timestamps_members_at_and_pushers() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let first = s.send_text(&alice, &room, "first").await;
+    let (_, ev) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&first)),
+            &alice,
+        )
+        .await;
+    let ts = ev["origin_server_ts"].as_u64().unwrap();
+    let (_, before_bob) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+            &alice,
+        )
+        .await;
+    let token = before_bob["start"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+
+    let (st, v) = s
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts={ts}&dir=f"),
+            &alice,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["origin_server_ts"].as_u64().unwrap(), ts);
+    let (st, v) = s
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts=1&dir=b"),
+            &alice,
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"));
+
+    let (_, now) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/members"), &alice)
+        .await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    let (_, then) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?at={token}"),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        then["chunk"].as_array().unwrap().len(),
+        1,
+        "before bob joined there was one member"
+    );
+
+    let pusher = json!({"kind": "http", "app_id": "org.example.app", "pushkey": "key1", "app_display_name": "App", "device_display_name": "Phone", "lang": "en", "data": {"url": "https://push.example.org/_matrix/push/v1/notify"}});
+    let (st, v) = s
+        .post("/_matrix/client/v3/pushers/set", &alice, pusher)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = s.get("/_matrix/client/v3/pushers", &alice).await;
+    assert_eq!(v["pushers"][0]["pushkey"], "key1");
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            &alice,
+            json!({"kind": null, "app_id": "org.example.app", "pushkey": "key1"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, v) = s.get("/_matrix/client/v3/pushers", &alice).await;
+    assert_eq!(v["pushers"].as_array().unwrap().len(), 0);
+}

@@ -236,3 +236,163 @@ async fn sigterm_ends_long_polls_and_exits_cleanly() {
         200
     );
 }
+
+#[tokio::test]
+async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let keep = s
+        .create_room(&alice, json!({"preset": "public_chat", "name": "keep"}))
+        .await;
+    let skip = s
+        .create_room(&alice, json!({"preset": "public_chat", "name": "skip"}))
+        .await;
+    s.join(&bob, &keep).await;
+    s.join(&bob, &skip).await;
+    s.send_text(&alice, &keep, "plain").await;
+    // A mention of bob highlights for bob.
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{keep}/send/m.room.message/mention"),
+            &alice,
+            json!({"msgtype": "m.text", "body": "hey bob", "m.mentions": {"user_ids": [bob.id]}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let uid = enc(&bob.id);
+    s.put(
+        &format!("/_matrix/client/v3/user/{uid}/account_data/org.example.pref"),
+        &bob,
+        json!({"theme": "dark"}),
+    )
+    .await;
+
+    let filter = json!({
+        "room": {
+            "not_rooms": [skip],
+            "timeline": {"limit": 2, "types": ["m.room.message"]},
+            "state": {"lazy_load_members": true},
+        }
+    });
+    let (st, v) = s
+        .post(
+            &format!("/_matrix/client/v3/user/{uid}/filter"),
+            &bob,
+            filter.clone(),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let fid = v["filter_id"].as_str().unwrap().to_owned();
+    let inline = filter
+        .to_string()
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace('[', "%5B")
+        .replace(']', "%5D")
+        .replace('!', "%21")
+        .replace(':', "%3A")
+        .replace(',', "%2C");
+    for f in [fid, inline] {
+        let (st, v) = s
+            .get(&format!("/_matrix/client/v3/sync?filter={f}"), &bob)
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let join = v["rooms"]["join"].as_object().unwrap();
+        assert!(
+            join.contains_key(&keep) && !join.contains_key(&skip),
+            "not_rooms: {:?}",
+            join.keys()
+        );
+        let tl = join[&keep]["timeline"]["events"].as_array().unwrap();
+        assert_eq!(tl.len(), 2, "{tl:?}");
+        assert!(tl.iter().all(|e| e["type"] == "m.room.message"));
+        let members: Vec<&str> = join[&keep]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap())
+            .collect();
+        assert!(
+            members.contains(&alice.id.as_str()) && members.contains(&bob.id.as_str()),
+            "{members:?}"
+        );
+        let counts = &join[&keep]["unread_notifications"];
+        assert_eq!(counts["highlight_count"], 1, "{counts}");
+        assert_eq!(counts["notification_count"], 2, "{counts}");
+        assert!(v["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "org.example.pref" && e["content"]["theme"] == "dark"));
+    }
+
+    // Reading up to the newest event clears the counts.
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{keep}/messages?dir=b&limit=1"),
+            &bob,
+        )
+        .await;
+    let newest = msgs["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{keep}/read_markers"),
+            &bob,
+            json!({"m.fully_read": newest, "m.read": newest}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let v = s.sync(&bob, None, 0).await;
+    assert_eq!(
+        v["rooms"]["join"][&keep]["unread_notifications"]["notification_count"],
+        0
+    );
+    let fully_read = v["rooms"]["join"][&keep]["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.fully_read")
+        .cloned();
+    assert_eq!(
+        fully_read.expect("m.fully_read in room account data")["content"]["event_id"],
+        newest
+    );
+}
+
+#[tokio::test]
+async fn private_receipts_stay_private() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    s.join(&bob, &room).await;
+    let ev = s.send_text(&alice, &room, "secret read").await;
+    let (st, _) = s
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{}",
+                enc(&ev)
+            ),
+            &bob,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let a = s.sync(&alice, None, 0).await;
+    let eph = a["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
+    assert!(
+        !eph.contains("m.read.private"),
+        "alice must not see bob's private receipt: {eph}"
+    );
+    let b = s.sync(&bob, None, 0).await;
+    let eph = b["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
+    assert!(
+        eph.contains("m.read.private"),
+        "bob sees his own private receipt: {eph}"
+    );
+}
