@@ -1,0 +1,83 @@
+//! The one trait every blob store and layer implements.
+
+pub mod encrypt;
+pub mod fs;
+
+use bytes::Bytes;
+use futures_util::{future::BoxFuture, stream::BoxStream};
+
+use crate::Result;
+
+/// Object content as a stream of chunks.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A byte range, `start` inclusive, `end` exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Range {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size of the object as the layer presents it (plaintext size for the encryption layer).
+    pub size: u64,
+}
+
+/// A flat key → bytes store. Keys are short ASCII strings without `/`.
+///
+/// `put` returns only once the object is durable; a reader never sees half an object.
+pub trait BlobStore: Send + Sync + 'static {
+    /// A name for logs and diagnostics, e.g. `fs:/var/lib/moss/media`.
+    fn describe(&self) -> String;
+
+    /// Stores `size` bytes from `data` under `key`, replacing any object there.
+    fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads the object, or `range` of it.
+    fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>>;
+
+    /// The object's size, or `None` if it does not exist.
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>>;
+
+    /// Deletes the object; deleting a missing object is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Every key in the store (order unspecified). For maintenance, never for request paths.
+    fn list(&self) -> BoxStream<'_, Result<String>>;
+}
+
+/// Collects a stream into memory; for small objects and tests.
+pub async fn read_all(mut s: ByteStream) -> Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// A stream over one in-memory buffer.
+pub fn once(data: impl Into<Bytes>) -> ByteStream {
+    let b: Bytes = data.into();
+    Box::pin(futures_util::stream::once(async move { Ok(b) }))
+}
+
+/// Checks that a key is one the stores accept: flat, short, and safe as a file name.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !key.starts_with('.')
+}
