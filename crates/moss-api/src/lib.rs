@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod media;
 pub mod rate_limit;
 pub mod ruma_wrapper;
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use axum::{
     http::{header, Method},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post, put},
     Router,
 };
 use moss_core::Moss;
@@ -55,6 +56,41 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route(
             "/_matrix/client/r0/profile/{user_id}/{field}",
             get(user::get_profile_field).put(user::set_profile_field),
+        )
+        // media
+        .route("/_matrix/media/v3/upload", post(media::upload))
+        .route("/_matrix/media/r0/upload", post(media::upload))
+        .route("/_matrix/media/v1/create", post(media::create))
+        .route(
+            "/_matrix/media/v3/upload/{server}/{media_id}",
+            put(media::upload_to),
+        )
+        .route("/_matrix/client/v1/media/config", get(media::config))
+        .route("/_matrix/media/v3/config", get(media::config))
+        .route("/_matrix/media/r0/config", get(media::config))
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}/{filename}",
+            get(media::download_named),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}",
+            get(media::legacy_download),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}/{filename}",
+            get(media::legacy_download_named),
+        )
+        .route(
+            "/_matrix/media/r0/download/{server}/{media_id}",
+            get(media::legacy_download),
+        )
+        .route(
+            "/_matrix/media/r0/download/{server}/{media_id}/{filename}",
+            get(media::legacy_download_named),
         )
         // accounts and sessions
         .ruma(account::register)

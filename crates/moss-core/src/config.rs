@@ -24,6 +24,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
+    pub media: MediaConfig,
     pub log: LogConfig,
 }
 
@@ -39,6 +40,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            media: MediaConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -157,6 +159,66 @@ impl Default for RateLimitConfig {
 pub struct Bucket {
     pub per_second: f64,
     pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest upload accepted, in bytes.
+    pub max_upload_size: u64,
+    /// Directory of the `fs` store, relative to `data_dir`.
+    pub path: PathBuf,
+    /// Unauthenticated `/_matrix/media/v3/download|thumbnail`: `frozen` (only media imported
+    /// from before the freeze), `on` or `off`.
+    pub legacy_media: LegacyMedia,
+    /// How many asynchronous uploads (`/create`) a user may have pending at once.
+    pub max_pending_uploads: u32,
+    /// How long a media id from `/create` stays usable, in milliseconds.
+    pub pending_expiry_ms: u64,
+    pub encryption: MediaEncryptionConfig,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_upload_size: 100 * 1024 * 1024,
+            path: PathBuf::from("media"),
+            legacy_media: LegacyMedia::Frozen,
+            max_pending_uploads: 10,
+            pending_expiry_ms: 24 * 60 * 60 * 1000,
+            encryption: MediaEncryptionConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LegacyMedia {
+    Frozen,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaEncryptionConfig {
+    /// Encrypt media before it reaches the store.
+    pub enabled: bool,
+    /// File holding the 32-byte master key (base64 or 64 hex digits), relative to `data_dir`.
+    /// Generated on first start if missing. Keep a copy elsewhere: without it the media is lost.
+    pub key_file: PathBuf,
+    /// Older master keys still accepted for reading, during a rotation.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for MediaEncryptionConfig {
+    fn default() -> Self {
+        MediaEncryptionConfig {
+            enabled: false,
+            key_file: PathBuf::from("media-master.key"),
+            previous_key_files: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod rooms;
 pub mod sync;
@@ -35,6 +36,7 @@ pub struct Moss {
     pub(crate) signer: Signer,
     pub notifier: Notifier,
     pub typing: Typing,
+    pub media: media::Media,
     pub(crate) uiaa: UiaaSessions,
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -64,6 +66,7 @@ impl Moss {
             },
         )?;
         let key = keys::load_or_generate(&config.signing_key_path())?;
+        let media = media::Media::open(&config)?;
         Ok(Arc::new(Moss {
             signer: Signer {
                 server_name: server_name.clone(),
@@ -74,6 +77,7 @@ impl Moss {
             config,
             notifier: Notifier::default(),
             typing: Typing::default(),
+            media,
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
             shutdown: watch::channel(false).0,

@@ -1102,3 +1102,111 @@ impl Writer<'_> {
         Ok(())
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct MediaRow {
+    pub media_id: String,
+    pub user_id: String,
+    pub created_ts: i64,
+    pub expires_ts: Option<i64>,
+    pub content_key: Option<String>,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: Option<i64>,
+    pub legacy: bool,
+}
+
+const MEDIA_COLS: &str =
+    "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy";
+
+fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
+    Ok(MediaRow {
+        media_id: r.get(0)?,
+        user_id: r.get(1)?,
+        created_ts: r.get(2)?,
+        expires_ts: r.get(3)?,
+        content_key: r.get(4)?,
+        content_type: r.get(5)?,
+        filename: r.get(6)?,
+        size: r.get(7)?,
+        legacy: r.get(8)?,
+    })
+}
+
+impl Reader<'_> {
+    pub fn media(&self, media_id: &str) -> Result<Option<MediaRow>> {
+        self.one(
+            &format!("SELECT {MEDIA_COLS} FROM media WHERE media_id = ?1"),
+            [media_id],
+            media_row,
+        )
+    }
+
+    /// Pending (created, not yet uploaded) media ids of a user that have not expired.
+    pub fn pending_media_count(&self, user_id: &str, now: i64) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT COUNT(*) FROM media WHERE user_id = ?1 AND content_key IS NULL AND (expires_ts IS NULL OR expires_ts > ?2)",
+                params![user_id, now],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
+    }
+
+    pub fn media_referencing(&self, content_key: &str) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT COUNT(*) FROM media WHERE content_key = ?1",
+                [content_key],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
+    }
+}
+
+impl Writer<'_> {
+    /// Reserves a media id for an asynchronous upload.
+    pub fn create_pending_media(
+        &self,
+        media_id: &str,
+        user_id: &str,
+        now: i64,
+        expires_ts: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO media (media_id, user_id, created_ts, expires_ts) VALUES (?1, ?2, ?3, ?4)",
+            params![media_id, user_id, now, expires_ts],
+        )?;
+        Ok(())
+    }
+
+    /// Records uploaded content: inserts a new row or fills a pending one. Returns false if
+    /// the row already had content (media cannot be overwritten).
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_media(
+        &self,
+        media_id: &str,
+        user_id: &str,
+        now: i64,
+        content_key: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        size: i64,
+        sha256: &str,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "INSERT INTO media (media_id, user_id, created_ts, content_key, content_type, filename, size, sha256) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (media_id) DO UPDATE SET content_key = excluded.content_key, content_type = excluded.content_type, \
+               filename = excluded.filename, size = excluded.size, sha256 = excluded.sha256, expires_ts = NULL \
+             WHERE media.content_key IS NULL",
+            params![media_id, user_id, now, content_key, content_type, filename, size, sha256],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Drops pending ids nobody uploaded to in time.
+    pub fn expire_pending_media(&self, now: i64) -> Result<usize> {
+        self.exec("DELETE FROM media WHERE content_key IS NULL AND expires_ts IS NOT NULL AND expires_ts <= ?1", [now])
+    }
+}

@@ -55,6 +55,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "database",
     "auth",
     "rate_limits",
+    "media",
     "log",
 ];
 

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 pub struct Server {
     pub base: String,
     pub dir: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -84,9 +85,14 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start moss");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let server = Server {
             base: format!("http://127.0.0.1:{port}"),
             dir,
+            env,
             child: Some(child),
             http: reqwest::Client::new(),
         };
@@ -108,6 +114,35 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
+    }
+
+    /// Kills the process without warning, as a crash or the OOM killer would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts moss again on the same data directory and settings.
+    pub async fn restart(mut self) -> Server {
+        self.kill9();
+        let dir = std::mem::take(&mut self.dir);
+        let env = std::mem::take(&mut self.env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let log = dir.join("moss.log");
+        let _ = std::fs::rename(&log, dir.join("moss.before-restart.log"));
+        Server::start_in(dir, &env).await
+    }
+
+    /// Logs in with the test password; returns the access token.
+    pub async fn login(&self, name: &str) -> String {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "password123"});
+        let (st, v) = self
+            .call("POST", "/_matrix/client/v3/login", None, Some(body))
+            .await;
+        assert_eq!(st, 200, "login {name}: {v}");
+        v["access_token"].as_str().unwrap().to_owned()
     }
 
     pub fn log(&self) -> String {
@@ -244,7 +279,7 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -4,5 +4,6 @@ mod accounts;
 mod bad_input;
 mod cli;
 mod common;
+mod media;
 mod rooms;
 mod sync;

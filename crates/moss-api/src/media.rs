@@ -1,0 +1,393 @@
+//! Media endpoints: uploads (plain and asynchronous), authenticated and legacy downloads, config.
+//! Bodies stream in and out; nothing here holds a whole file in memory.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use futures_util::TryStreamExt;
+use moss_core::{config::LegacyMedia, Moss};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{error::ApiError, ruma_wrapper::Authed};
+
+/// Types a browser may render inline (the spec's list); everything else is an attachment.
+const INLINE_TYPES: &[&str] = &[
+    "text/css",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
+                   style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    filename: Option<String>,
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn body_stream(
+    body: Body,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin {
+    body.into_data_stream().map_err(std::io::Error::other)
+}
+
+pub async fn upload(
+    State(moss): State<Arc<Moss>>,
+    Authed(session): Authed,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = moss
+        .upload_media(
+            &session.user_id,
+            None,
+            content_type(&headers),
+            q.filename,
+            body_stream(body),
+        )
+        .await?;
+    Ok(Json(
+        json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)}),
+    ))
+}
+
+pub async fn create(
+    State(moss): State<Arc<Moss>>,
+    Authed(session): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (id, expires) = moss.create_media_id(&session.user_id).await?;
+    Ok(Json(
+        json!({"content_uri": format!("mxc://{}/{id}", moss.server_name), "unused_expires_at": expires}),
+    ))
+}
+
+pub async fn upload_to(
+    State(moss): State<Arc<Moss>>,
+    Authed(session): Authed,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if server != moss.server_name.as_str() {
+        return Err(ApiError::forbidden(
+            "media ids of other servers cannot be uploaded to here",
+        ));
+    }
+    moss.upload_media(
+        &session.user_id,
+        Some(&media_id),
+        content_type(&headers),
+        q.filename,
+        body_stream(body),
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn config(State(moss): State<Arc<Moss>>, Authed(_): Authed) -> Json<serde_json::Value> {
+    Json(json!({"m.upload.size": moss.config.media.max_upload_size}))
+}
+
+#[derive(Deserialize)]
+pub struct DownloadQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// `/_matrix/client/v1/media/download/{server}/{id}`
+pub async fn download(
+    State(moss): State<Arc<Moss>>,
+    Authed(_): Authed,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(
+        &moss,
+        &server,
+        &media_id,
+        None,
+        q.timeout_ms,
+        &headers,
+        false,
+    )
+    .await
+}
+
+pub async fn download_named(
+    State(moss): State<Arc<Moss>>,
+    Authed(_): Authed,
+    Path((server, media_id, filename)): Path<(String, String, String)>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(
+        &moss,
+        &server,
+        &media_id,
+        Some(filename),
+        q.timeout_ms,
+        &headers,
+        false,
+    )
+    .await
+}
+
+/// `/_matrix/media/v3/download/{server}/{id}`: unauthenticated, served per `legacy_media`.
+pub async fn legacy_download(
+    State(moss): State<Arc<Moss>>,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(
+        &moss,
+        &server,
+        &media_id,
+        None,
+        q.timeout_ms,
+        &headers,
+        true,
+    )
+    .await
+}
+
+pub async fn legacy_download_named(
+    State(moss): State<Arc<Moss>>,
+    Path((server, media_id, filename)): Path<(String, String, String)>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(
+        &moss,
+        &server,
+        &media_id,
+        Some(filename),
+        q.timeout_ms,
+        &headers,
+        true,
+    )
+    .await
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n`; anything else (several ranges included) is ignored.
+fn parse_range(headers: &HeaderMap, size: u64) -> Option<(u64, Option<u64>)> {
+    let v = headers
+        .get(header::RANGE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .strip_prefix("bytes=")?;
+    if v.contains(',') {
+        return None;
+    }
+    let (a, b) = v.split_once('-')?;
+    match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            Some((size.saturating_sub(n), None))
+        }
+        (a, "") => Some((a.parse().ok()?, None)),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some((a, Some(b)))
+        }
+    }
+}
+
+/// RFC 6266: a plain ASCII `filename` where possible, always an RFC 8187 `filename*`.
+fn disposition(kind: &str, filename: Option<&str>) -> String {
+    let Some(name) = filename.filter(|n| !n.is_empty()) else {
+        return kind.to_owned();
+    };
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{kind}; filename=\"{ascii}\"; filename*=utf-8''{encoded}")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    moss: &Moss,
+    server: &str,
+    media_id: &str,
+    filename: Option<String>,
+    timeout_ms: Option<u64>,
+    headers: &HeaderMap,
+    legacy: bool,
+) -> Result<Response, ApiError> {
+    if server != moss.server_name.as_str() {
+        // Remote media arrives with federation.
+        return Err(moss_core::Error::not_found("media not found").into());
+    }
+    let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
+    let row = moss.media_row(media_id, wait).await?;
+    if legacy {
+        let allowed = match moss.config.media.legacy_media {
+            LegacyMedia::On => true,
+            LegacyMedia::Off => false,
+            LegacyMedia::Frozen => row.legacy,
+        };
+        if !allowed {
+            return Err(moss_core::Error::not_found(
+                "media not found: use the authenticated /_matrix/client/v1/media endpoints",
+            )
+            .into());
+        }
+    }
+    let size = row.size.unwrap_or(0) as u64;
+    let range = parse_range(headers, size);
+    let dl = moss.download_media(&row, range).await?;
+    let ctype = dl
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let essence = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let kind = if INLINE_TYPES.contains(&essence.as_str()) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let name = filename.or(dl.filename.clone());
+
+    let mut res = Response::new(Body::from_stream(dl.body));
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set(h, header::CONTENT_TYPE, ctype);
+    set(
+        h,
+        header::CONTENT_DISPOSITION,
+        disposition(kind, name.as_deref()),
+    );
+    set(h, header::CONTENT_SECURITY_POLICY, CSP.to_owned());
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Media ids are never reused for other content, so clients may cache for long.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    match dl.range {
+        Some(r) => {
+            *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set(
+                res.headers_mut(),
+                header::CONTENT_LENGTH,
+                r.len().to_string(),
+            );
+            set(
+                res.headers_mut(),
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end - 1, dl.size),
+            );
+        }
+        None => set(
+            res.headers_mut(),
+            header::CONTENT_LENGTH,
+            dl.size.to_string(),
+        ),
+    }
+    Ok(res.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let mut h = HeaderMap::new();
+        let mut with = |v: &str| {
+            h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+            parse_range(&h, 1000)
+        };
+        assert_eq!(with("bytes=0-99"), Some((0, Some(99))));
+        assert_eq!(with("bytes=500-"), Some((500, None)));
+        assert_eq!(with("bytes=-100"), Some((900, None)));
+        assert_eq!(with("bytes=5-1"), None);
+        assert_eq!(with("bytes=0-1,5-6"), None);
+        assert_eq!(with("items=0-1"), None);
+    }
+
+    #[test]
+    fn dispositions() {
+        assert_eq!(disposition("inline", None), "inline");
+        assert_eq!(
+            disposition("attachment", Some("a b.txt")),
+            "attachment; filename=\"a b.txt\"; filename*=utf-8''a%20b.txt"
+        );
+        assert_eq!(
+            disposition("inline", Some("ü\".png")),
+            "inline; filename=\"__.png\"; filename*=utf-8''%C3%BC%22.png"
+        );
+    }
+}

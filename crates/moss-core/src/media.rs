@@ -1,0 +1,421 @@
+//! The media repository: uploads spooled to disk while hashed, stored once per distinct content
+//! under a keyed hash, and served as ranged streams from the configured blob store.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use hmac::{Hmac, Mac};
+use moss_media::{
+    store::{
+        encrypt::{EncryptedStore, MasterKey},
+        fs::FsStore,
+    },
+    BlobStore, ByteStream, MediaError, Range,
+};
+use moss_storage::MediaRow;
+use ruma::{api::error::ErrorKind, UserId};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    accounts::random_string,
+    config::Config,
+    error::{Error, Result},
+    now_ms, Moss,
+};
+
+/// The media half of the server state.
+pub struct Media {
+    pub store: Arc<dyn BlobStore>,
+    /// Keys the content hash so object names reveal nothing about the content.
+    secret: [u8; 32],
+    spool: PathBuf,
+    /// Serialises writes of the same content so two uploads never interleave one object.
+    writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A media item ready to stream.
+pub struct Download {
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: u64,
+    pub range: Option<Range>,
+    pub body: ByteStream,
+}
+
+fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let t = text.trim();
+        let bytes = if t.len() == 64 {
+            hex::decode(t).ok()
+        } else {
+            STANDARD.decode(t).ok()
+        };
+        return bytes
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "{what} {} must hold 32 bytes as base64 or hex",
+                    path.display()
+                ))
+            });
+    }
+    let key = MasterKey::generate();
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = opts.open(&tmp)?;
+        f.write_all(format!("{}\n", STANDARD.encode(key)).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| Error::internal(format!("writing {what} {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated a new {what}");
+    Ok(key)
+}
+
+impl Media {
+    pub fn open(config: &Config) -> Result<Media> {
+        let root = config.data_dir.join(&config.media.path);
+        let fs = FsStore::open(&root)
+            .map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?;
+        let mut store: Arc<dyn BlobStore> = Arc::new(fs);
+        let enc = &config.media.encryption;
+        if enc.enabled {
+            let master = MasterKey::from_bytes(read_or_create_secret(
+                &config.data_dir.join(&enc.key_file),
+                "media master key",
+            )?);
+            let mut previous = Vec::new();
+            for p in &enc.previous_key_files {
+                let path = config.data_dir.join(p);
+                let bytes = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| {
+                        STANDARD
+                            .decode(t.trim())
+                            .ok()
+                            .or_else(|| hex::decode(t.trim()).ok())
+                    })
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        Error::internal(format!(
+                            "previous media key {} is unreadable",
+                            path.display()
+                        ))
+                    })?;
+                previous.push(MasterKey::from_bytes(bytes));
+            }
+            tracing::info!(master_key = %master.id_hex(), "media encryption is on");
+            store = Arc::new(EncryptedStore::new(store, master).with_previous_keys(previous));
+        }
+        let secret = read_or_create_secret(
+            &config.data_dir.join("media-naming.key"),
+            "media naming key",
+        )?;
+        let spool = config.data_dir.join("tmp");
+        std::fs::create_dir_all(&spool)
+            .map_err(|e| Error::internal(format!("{}: {e}", spool.display())))?;
+        // Spooled uploads a crash interrupted are worthless now.
+        for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(Media {
+            store,
+            secret,
+            spool,
+            writing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn content_key(&self, sha256: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length works");
+        mac.update(sha256);
+        format!("c-{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+fn store_error(e: MediaError) -> Error {
+    match e {
+        MediaError::NotFound => Error::not_found("media not found"),
+        MediaError::Unavailable(m) => Error::new(
+            ErrorKind::Unknown,
+            502,
+            format!("media store unavailable: {m}"),
+        ),
+        MediaError::BadRange => Error::new(
+            ErrorKind::Unknown,
+            416,
+            "requested range is not satisfiable",
+        ),
+        e => Error::internal(format!("media store: {e}")),
+    }
+}
+
+/// Deletes the spool file however the upload ends.
+struct SpoolFile(PathBuf);
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn valid_media_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Moss {
+    /// Reserves a media id for an asynchronous upload (`POST /_matrix/media/v1/create`).
+    pub async fn create_media_id(&self, user: &UserId) -> Result<(String, u64)> {
+        let now = now_ms();
+        let expires = now + self.config.media.pending_expiry_ms;
+        let max = self.config.media.max_pending_uploads as i64;
+        let (u, id) = (user.to_string(), random_string(24));
+        let media_id = id.clone();
+        self.db
+            .write(move |w| {
+                w.expire_pending_media(now as i64)?;
+                if w.pending_media_count(&u, now as i64)? >= max {
+                    let mut data = ruma::api::error::LimitExceededErrorData::new();
+                    data.retry_after =
+                        Some(ruma::api::error::RetryAfter::Delay(Duration::from_secs(60)));
+                    return Err(Error::new(
+                        ErrorKind::LimitExceeded(data),
+                        429,
+                        "too many pending uploads",
+                    ));
+                }
+                w.create_pending_media(&id, &u, now as i64, expires as i64)?;
+                Ok(())
+            })
+            .await?;
+        Ok((media_id, expires))
+    }
+
+    /// Stores an upload. With `media_id` it fills a reserved id (only its creator may, once).
+    /// Returns the media id once the content is durable in the store and recorded.
+    pub async fn upload_media<S>(
+        &self,
+        user: &UserId,
+        media_id: Option<&str>,
+        content_type: Option<String>,
+        filename: Option<String>,
+        body: S,
+    ) -> Result<String>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        if let Some(id) = media_id {
+            let (i, u) = (id.to_owned(), user.to_string());
+            let now = now_ms() as i64;
+            self.db
+                .read(move |r| match r.media(&i)? {
+                    None => Err(Error::not_found("unknown media id")),
+                    Some(m) if m.content_key.is_some() => Err(Error::new(
+                        ErrorKind::CannotOverwriteMedia,
+                        409,
+                        "media already uploaded",
+                    )),
+                    Some(m) if m.user_id != u => {
+                        Err(Error::forbidden("this media id belongs to another user"))
+                    }
+                    Some(m) if m.expires_ts.is_some_and(|e| e <= now) => {
+                        Err(Error::not_found("media id expired"))
+                    }
+                    Some(_) => Ok(()),
+                })
+                .await?;
+        }
+
+        // Spool to disk while hashing: memory stays flat, and the content key (a hash of the
+        // content) is known before anything reaches the store.
+        let max = self.config.media.max_upload_size;
+        let spool = SpoolFile(
+            self.media
+                .spool
+                .join(format!("upload-{}", random_string(16))),
+        );
+        let mut file = tokio::fs::File::create(&spool.0)
+            .await
+            .map_err(|e| Error::internal(format!("spool: {e}")))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut body = body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > max {
+                return Err(Error::too_large(format!(
+                    "uploads are limited to {max} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::internal(format!("spool: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::internal(format!("spool: {e}")))?;
+        drop(file);
+        let sha = hasher.finalize();
+        let key = self.media.content_key(&sha);
+
+        let lock = {
+            let mut w = self.media.writing.lock().unwrap_or_else(|p| p.into_inner());
+            w.entry(key.clone()).or_default().clone()
+        };
+        {
+            let _guard = lock.lock().await;
+            let exists = self
+                .media
+                .store
+                .head(&key)
+                .await
+                .map_err(store_error)?
+                .is_some_and(|i| i.size == size);
+            if !exists {
+                let stream = file_stream(spool.0.clone()).await?;
+                self.media
+                    .store
+                    .put(&key, size, stream)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        self.media
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+
+        let id = media_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| random_string(24));
+        let (i, u, k, sha_hex) = (id.clone(), user.to_string(), key.clone(), hex::encode(sha));
+        let stored = self
+            .db
+            .write(move |w| {
+                Ok::<_, Error>(w.store_media(
+                    &i,
+                    &u,
+                    now_ms() as i64,
+                    &k,
+                    content_type.as_deref(),
+                    filename.as_deref(),
+                    size as i64,
+                    &sha_hex,
+                )?)
+            })
+            .await?;
+        if !stored {
+            return Err(Error::new(
+                ErrorKind::CannotOverwriteMedia,
+                409,
+                "media already uploaded",
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Looks media up, waiting up to `wait` for a pending upload to arrive.
+    pub async fn media_row(&self, media_id: &str, wait: Duration) -> Result<MediaRow> {
+        if !valid_media_id(media_id) {
+            return Err(Error::not_found("media not found"));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let id = media_id.to_owned();
+            let row = self.db.read(move |r| Ok::<_, Error>(r.media(&id)?)).await?;
+            match row {
+                None => return Err(Error::not_found("media not found")),
+                Some(r) if r.content_key.is_some() => return Ok(r),
+                Some(r) if r.expires_ts.is_some_and(|e| e <= now_ms() as i64) => {
+                    return Err(Error::not_found("media not found"))
+                }
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::new(
+                        ErrorKind::NotYetUploaded,
+                        504,
+                        "media has not been uploaded yet",
+                    ));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Opens media for download, optionally a byte range of it (`end` exclusive, clamped).
+    pub async fn download_media(
+        &self,
+        row: &MediaRow,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Download> {
+        let key = row
+            .content_key
+            .as_deref()
+            .ok_or_else(|| Error::not_found("media not found"))?;
+        let size = row.size.unwrap_or(0) as u64;
+        let range = match range {
+            None => None,
+            Some((start, end)) => {
+                let end = end.map(|e| e.saturating_add(1)).unwrap_or(size).min(size);
+                if start >= end {
+                    return Err(Error::new(
+                        ErrorKind::Unknown,
+                        416,
+                        "requested range is not satisfiable",
+                    ));
+                }
+                Some(Range { start, end })
+            }
+        };
+        let body = self
+            .media
+            .store
+            .get(key, range)
+            .await
+            .map_err(store_error)?;
+        Ok(Download {
+            content_type: row.content_type.clone(),
+            filename: row.filename.clone(),
+            size,
+            range,
+            body,
+        })
+    }
+}
+
+async fn file_stream(path: PathBuf) -> Result<ByteStream> {
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::internal(format!("spool: {e}")))?;
+    let s = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(Box::pin(s))
+}

@@ -1,0 +1,437 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{errcode, Server, User};
+
+async fn upload(
+    s: &Server,
+    u: &User,
+    bytes: Vec<u8>,
+    ctype: &str,
+    name: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut url = format!("{}/_matrix/media/v3/upload", s.base);
+    if let Some(n) = name {
+        url.push_str(&format!("?filename={n}"));
+    }
+    let res = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(&u.token)
+        .header("content-type", ctype)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let st = res.status().as_u16();
+    (st, res.json().await.unwrap_or_default())
+}
+
+fn media_path(mxc: &str) -> String {
+    mxc.trim_start_matches("mxc://").to_owned()
+}
+
+async fn download(
+    s: &Server,
+    u: Option<&User>,
+    path: &str,
+    range: Option<&str>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new().get(format!("{}{}", s.base, path));
+    if let Some(u) = u {
+        req = req.bearer_auth(&u.token);
+    }
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    req.send().await.unwrap()
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+async fn round_trips(s: &Server) {
+    let a = s.register("alice").await;
+    for n in [0usize, 1, 5 * 1024 * 1024 + 3] {
+        let data = pattern(n);
+        let (st, v) = upload(
+            s,
+            &a,
+            data.clone(),
+            "application/octet-stream",
+            Some("blob.bin"),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let mxc = v["content_uri"].as_str().unwrap();
+        assert!(mxc.starts_with("mxc://localhost/"), "{mxc}");
+        let res = download(
+            s,
+            Some(&a),
+            &format!("/_matrix/client/v1/media/download/{}", media_path(mxc)),
+            None,
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-length"], n.to_string().as_str());
+        assert_eq!(res.bytes().await.unwrap().to_vec(), data, "size {n}");
+        if n > 100_000 {
+            // Ranges across the encryption layer's 64 KiB chunk boundaries.
+            for (a0, b0) in [
+                (65_535usize, 65_537usize),
+                (0, 0),
+                (131_072, 262_143),
+                (n - 10, n - 1),
+            ] {
+                let res = download(
+                    s,
+                    Some(&a),
+                    &format!("/_matrix/client/v1/media/download/{}", media_path(mxc)),
+                    Some(&format!("bytes={a0}-{b0}")),
+                )
+                .await;
+                assert_eq!(res.status(), 206);
+                assert_eq!(
+                    res.headers()["content-range"],
+                    format!("bytes {a0}-{b0}/{n}").as_str()
+                );
+                assert_eq!(res.bytes().await.unwrap().to_vec(), data[a0..=b0]);
+            }
+            let res = download(
+                s,
+                Some(&a),
+                &format!("/_matrix/client/v1/media/download/{}", media_path(mxc)),
+                Some(&format!("bytes={}-", n + 5)),
+            )
+            .await;
+            assert_eq!(res.status(), 416);
+        }
+    }
+}
+
+#[tokio::test]
+async fn uploads_round_trip_byte_exact_with_ranges_on_fs() {
+    let s = Server::start().await;
+    round_trips(&s).await;
+}
+
+#[tokio::test]
+async fn encrypted_media_round_trips_and_the_store_holds_no_plaintext() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true"),
+    ])
+    .await;
+    round_trips(&s).await;
+    let a = s.register("marker").await;
+    let marker = b"MOSS-PLAINTEXT-MARKER ".repeat(5000);
+    let (st, _) = upload(&s, &a, marker, "text/plain", None).await;
+    assert_eq!(st, 200);
+    let needle = b"MOSS-PLAINTEXT-MARKER";
+    for f in files(&s.data_dir().join("media")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "plaintext found in {}",
+            f.display()
+        );
+    }
+    assert!(
+        s.data_dir().join("media-master.key").exists(),
+        "the master key is generated on first start"
+    );
+}
+
+#[tokio::test]
+async fn identical_uploads_are_stored_once_with_their_own_names() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let before = files(&s.data_dir().join("media")).len();
+    let data = pattern(200_000);
+    let (_, v1) = upload(&s, &a, data.clone(), "image/png", Some("one.png")).await;
+    let (_, v2) = upload(&s, &a, data.clone(), "application/pdf", Some("two.pdf")).await;
+    assert_ne!(v1["content_uri"], v2["content_uri"]);
+    assert_eq!(
+        files(&s.data_dir().join("media")).len(),
+        before + 1,
+        "one object for identical content"
+    );
+    let r1 = download(
+        &s,
+        Some(&a),
+        &format!(
+            "/_matrix/client/v1/media/download/{}",
+            media_path(v1["content_uri"].as_str().unwrap())
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r1.headers()["content-type"], "image/png");
+    assert_eq!(
+        r1.headers()["content-disposition"],
+        "inline; filename=\"one.png\"; filename*=utf-8''one.png"
+    );
+    let r2 = download(
+        &s,
+        Some(&a),
+        &format!(
+            "/_matrix/client/v1/media/download/{}/renamed.pdf",
+            media_path(v2["content_uri"].as_str().unwrap())
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r2.headers()["content-type"], "application/pdf");
+    assert!(r2.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment; filename=\"renamed.pdf\""));
+}
+
+#[tokio::test]
+async fn security_headers_and_dangerous_types() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    for ctype in ["text/html", "image/svg+xml", "application/javascript"] {
+        let (_, v) = upload(
+            &s,
+            &a,
+            b"<script>alert(1)</script>".to_vec(),
+            ctype,
+            Some("x"),
+        )
+        .await;
+        let res = download(
+            &s,
+            Some(&a),
+            &format!(
+                "/_matrix/client/v1/media/download/{}",
+                media_path(v["content_uri"].as_str().unwrap())
+            ),
+            None,
+        )
+        .await;
+        let h = res.headers();
+        assert!(
+            h["content-disposition"]
+                .to_str()
+                .unwrap()
+                .starts_with("attachment"),
+            "{ctype} must not be inline"
+        );
+        assert!(h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("sandbox;"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["cross-origin-resource-policy"], "cross-origin");
+    }
+    let (st, v) = s.get("/_matrix/client/v1/media/config", &a).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["m.upload.size"], 100 * 1024 * 1024);
+    // Authenticated media needs a token; unknown ids are 404.
+    let (_, v) = upload(&s, &a, b"x".to_vec(), "text/plain", None).await;
+    let path = media_path(v["content_uri"].as_str().unwrap());
+    assert_eq!(
+        download(
+            &s,
+            None,
+            &format!("/_matrix/client/v1/media/download/{path}"),
+            None
+        )
+        .await
+        .status(),
+        401
+    );
+    let res = download(
+        &s,
+        Some(&a),
+        "/_matrix/client/v1/media/download/localhost/doesnotexist",
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    // The legacy endpoint is frozen: media uploaded to moss is only served authenticated.
+    let res = download(
+        &s,
+        None,
+        &format!("/_matrix/media/v3/download/{path}"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(errcode(&body), "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn legacy_downloads_follow_the_setting() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__LEGACY_MEDIA", "on"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let (_, v) = upload(&s, &a, b"legacy".to_vec(), "text/plain", None).await;
+    let res = download(
+        &s,
+        None,
+        &format!(
+            "/_matrix/media/v3/download/{}",
+            media_path(v["content_uri"].as_str().unwrap())
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"legacy");
+}
+
+#[tokio::test]
+async fn asynchronous_uploads_and_limits() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__MAX_PENDING_UPLOADS", "2"),
+        ("MOSS_MEDIA__MAX_UPLOAD_SIZE", "100000"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let (st, v) = s.post("/_matrix/media/v1/create", &a, json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["unused_expires_at"].as_u64().unwrap() > 0);
+    let path = media_path(v["content_uri"].as_str().unwrap());
+    let res = download(
+        &s,
+        Some(&a),
+        &format!("/_matrix/client/v1/media/download/{path}?timeout_ms=200"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 504);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(errcode(&body), "M_NOT_YET_UPLOADED");
+
+    let put = |u: &User, data: &'static [u8]| {
+        reqwest::Client::new()
+            .put(format!(
+                "{}/_matrix/media/v3/upload/{path}?filename=late.txt",
+                s.base
+            ))
+            .bearer_auth(&u.token)
+            .header("content-type", "text/plain")
+            .body(data)
+            .send()
+    };
+    assert_eq!(put(&b, b"not yours").await.unwrap().status(), 403);
+    // A download waiting for the upload gets it as soon as it lands.
+    let waiting_path = format!("/_matrix/client/v1/media/download/{path}?timeout_ms=10000");
+    let waiting = download(&s, Some(&b), &waiting_path, None);
+    let (res, up) = tokio::join!(waiting, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        put(&a, b"arrived").await.unwrap().status()
+    });
+    assert_eq!(up, 200);
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"arrived");
+    let res = put(&a, b"again").await.unwrap();
+    assert_eq!(res.status(), 409);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(errcode(&body), "M_CANNOT_OVERWRITE_MEDIA");
+
+    assert_eq!(
+        s.post("/_matrix/media/v1/create", &a, json!({})).await.0,
+        200
+    );
+    assert_eq!(
+        s.post("/_matrix/media/v1/create", &a, json!({})).await.0,
+        200
+    );
+    let (st, v) = s.post("/_matrix/media/v1/create", &a, json!({})).await;
+    assert_eq!((st, errcode(&v)), (429, "M_LIMIT_EXCEEDED"));
+
+    let (st, v) = upload(&s, &a, vec![0u8; 100_001], "application/octet-stream", None).await;
+    assert_eq!((st, errcode(&v)), (413, "M_TOO_LARGE"));
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(),
+        0,
+        "no spool file left behind"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_during_an_upload_leaves_a_consistent_store() {
+    let mut s = Server::start().await;
+    let a = s.register("alice").await;
+    let (_, v) = upload(&s, &a, b"before".to_vec(), "text/plain", None).await;
+    let kept = media_path(v["content_uri"].as_str().unwrap());
+
+    // A slow upload: 64 chunks of 1 MiB, 20 ms apart.
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20]))),
+    )
+    .then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c
+    });
+    let url = format!("{}/_matrix/media/v3/upload", s.base);
+    let token = a.token.clone();
+    let up = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.kill9();
+    assert!(
+        up.await.unwrap().map(|st| st != 200).unwrap_or(true),
+        "the upload cannot have succeeded"
+    );
+
+    let s = s.restart().await;
+    let a = crate::common::User {
+        token: s.login("alice").await,
+        ..a
+    };
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(),
+        0,
+        "interrupted spool files are cleared"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("media").join(".tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let res = download(
+        &s,
+        Some(&a),
+        &format!("/_matrix/client/v1/media/download/{kept}"),
+        None,
+    )
+    .await;
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"before");
+}
