@@ -166,6 +166,8 @@ pub struct Bucket {
 pub struct MediaConfig {
     /// Largest upload accepted, in bytes.
     pub max_upload_size: u64,
+    /// Where media lives: `fs` (a directory under `data_dir`) or `s3`.
+    pub store: StoreKind,
     /// Directory of the `fs` store, relative to `data_dir`.
     pub path: PathBuf,
     /// Unauthenticated `/_matrix/media/v3/download|thumbnail`: `frozen` (only media imported
@@ -176,17 +178,63 @@ pub struct MediaConfig {
     /// How long a media id from `/create` stays usable, in milliseconds.
     pub pending_expiry_ms: u64,
     pub encryption: MediaEncryptionConfig,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// e.g. `http://localhost:7777` (Storj gateway), `http://127.0.0.1:3900` (Garage),
+    /// `https://s3.us-west-004.backblazeb2.com`, `https://s3.eu-west-1.amazonaws.com`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`); set false for virtual-host style.
+    pub path_style: bool,
+    /// Prepended to every object name.
+    pub prefix: String,
+    /// Multipart part size in bytes (64 MiB is one Storj segment).
+    pub part_size: u64,
+    /// Upper bound on one S3 request including retries, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            path_style: true,
+            prefix: String::new(),
+            part_size: 64 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+        }
+    }
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             max_upload_size: 100 * 1024 * 1024,
+            store: StoreKind::Fs,
             path: PathBuf::from("media"),
             legacy_media: LegacyMedia::Frozen,
             max_pending_uploads: 10,
             pending_expiry_ms: 24 * 60 * 60 * 1000,
             encryption: MediaEncryptionConfig::default(),
+            s3: S3Config::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use moss_media::{
     store::{
         encrypt::{EncryptedStore, MasterKey},
         fs::FsStore,
+        s3::{S3Config as S3Settings, S3Store},
     },
     BlobStore, ByteStream, MediaError, Range,
 };
@@ -26,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     accounts::random_string,
-    config::Config,
+    config::{Config, StoreKind},
     error::{Error, Result},
     now_ms, Moss,
 };
@@ -144,6 +145,48 @@ impl Media {
         mac.update(sha256);
         format!("c-{}", hex::encode(mac.finalize().into_bytes()))
     }
+}
+
+/// The configured backing store, before any layers.
+pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
+    Ok(match config.media.store {
+        StoreKind::Fs => {
+            let root = config.data_dir.join(&config.media.path);
+            Arc::new(
+                FsStore::open(&root)
+                    .map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?,
+            )
+        }
+        StoreKind::S3 => {
+            let c = &config.media.s3;
+            for (name, v) in [
+                ("endpoint", &c.endpoint),
+                ("bucket", &c.bucket),
+                ("access_key_id", &c.access_key_id),
+                ("secret_access_key", &c.secret_access_key),
+            ] {
+                if v.is_empty() {
+                    return Err(Error::internal(format!(
+                        "media.store = \"s3\" needs media.s3.{name}"
+                    )));
+                }
+            }
+            Arc::new(
+                S3Store::new(S3Settings {
+                    endpoint: c.endpoint.clone(),
+                    region: c.region.clone(),
+                    bucket: c.bucket.clone(),
+                    access_key_id: c.access_key_id.clone(),
+                    secret_access_key: c.secret_access_key.clone(),
+                    path_style: c.path_style,
+                    prefix: c.prefix.clone(),
+                    part_size: c.part_size as usize,
+                    request_timeout: Duration::from_millis(c.request_timeout_ms),
+                })
+                .map_err(|e| Error::internal(e.to_string()))?,
+            )
+        }
+    })
 }
 
 fn store_error(e: MediaError) -> Error {

@@ -2,6 +2,7 @@
 
 pub mod encrypt;
 pub mod fs;
+pub mod s3;
 
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream};

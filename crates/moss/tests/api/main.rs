@@ -5,5 +5,6 @@ mod bad_input;
 mod cli;
 mod common;
 mod media;
+mod media_s3;
 mod rooms;
 mod sync;

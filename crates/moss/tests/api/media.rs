@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::common::{errcode, Server, User};
 
-async fn upload(
+pub async fn upload(
     s: &Server,
     u: &User,
     bytes: Vec<u8>,
@@ -27,11 +27,11 @@ async fn upload(
     (st, res.json().await.unwrap_or_default())
 }
 
-fn media_path(mxc: &str) -> String {
+pub fn media_path(mxc: &str) -> String {
     mxc.trim_start_matches("mxc://").to_owned()
 }
 
-async fn download(
+pub async fn download(
     s: &Server,
     u: Option<&User>,
     path: &str,
@@ -47,7 +47,7 @@ async fn download(
     req.send().await.unwrap()
 }
 
-fn pattern(n: usize) -> Vec<u8> {
+pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
 
@@ -64,7 +64,7 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-async fn round_trips(s: &Server) {
+pub async fn round_trips(s: &Server) {
     let a = s.register("alice").await;
     for n in [0usize, 1, 5 * 1024 * 1024 + 3] {
         let data = pattern(n);

@@ -1,0 +1,202 @@
+//! Media on a real S3 server (Garage, started by `scripts/test`). Skipped when no S3 endpoint is
+//! configured, unless `MOSS_REQUIRE_S3` is set (CI sets it, so there a missing Garage fails).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moss_media::{
+    store::s3::{S3Config, S3Store},
+    BlobStore,
+};
+
+use crate::{
+    common::Server,
+    media::{download, media_path, pattern, round_trips, upload},
+};
+
+struct S3Env {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    key_id: String,
+    secret: String,
+}
+
+fn s3_env() -> Option<S3Env> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("MOSS_TEST_S3_ENDPOINT"),
+        get("MOSS_TEST_S3_BUCKET"),
+        get("MOSS_TEST_S3_KEY_ID"),
+        get("MOSS_TEST_S3_SECRET"),
+    ) {
+        (Some(endpoint), Some(bucket), Some(key_id), Some(secret)) => Some(S3Env {
+            endpoint,
+            region: get("MOSS_TEST_S3_REGION").unwrap_or_else(|| "garage".into()),
+            bucket,
+            key_id,
+            secret,
+        }),
+        _ => {
+            assert!(
+                std::env::var("MOSS_REQUIRE_S3").is_err(),
+                "MOSS_REQUIRE_S3 is set but no MOSS_TEST_S3_* endpoint is configured"
+            );
+            eprintln!("skipping: no S3 endpoint (run scripts/test, which starts Garage)");
+            None
+        }
+    }
+}
+
+fn prefix() -> String {
+    format!(
+        "t{}-",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000_000
+    )
+}
+
+fn raw_store(env: &S3Env, prefix: &str) -> S3Store {
+    S3Store::new(S3Config {
+        endpoint: env.endpoint.clone(),
+        region: env.region.clone(),
+        bucket: env.bucket.clone(),
+        access_key_id: env.key_id.clone(),
+        secret_access_key: env.secret.clone(),
+        path_style: true,
+        prefix: prefix.to_owned(),
+        part_size: 5 * 1024 * 1024,
+        request_timeout: Duration::from_secs(10),
+    })
+    .unwrap()
+}
+
+async fn start(env: &S3Env, prefix: &str, encrypted: bool) -> Server {
+    let mut vars = vec![
+        ("MOSS_REGISTRATION", "open".to_owned()),
+        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
+        ("MOSS_MEDIA__STORE", "s3".to_owned()),
+        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
+        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
+        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
+        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
+        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
+        ("MOSS_MEDIA__S3__PREFIX", format!("\"{prefix}\"")),
+        // Small parts so the 5 MiB upload exercises multipart.
+        ("MOSS_MEDIA__S3__PART_SIZE", (5 * 1024 * 1024).to_string()),
+    ];
+    if encrypted {
+        vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
+    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with(&vars).await
+}
+
+async fn raw_objects(store: &S3Store) -> Vec<(String, Vec<u8>)> {
+    let keys: Vec<String> = store.list().map(|k| k.unwrap()).collect().await;
+    let mut out = Vec::new();
+    for k in keys {
+        let bytes = moss_media::store::read_all(store.get(&k, None).await.unwrap())
+            .await
+            .unwrap();
+        out.push((k, bytes));
+    }
+    out
+}
+
+#[tokio::test]
+async fn media_round_trips_through_s3() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let s = start(&env, &p, false).await;
+    round_trips(&s).await;
+    let objects = raw_objects(&raw_store(&env, &p)).await;
+    assert_eq!(
+        objects.len(),
+        3,
+        "one object per distinct upload: {:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    assert!(
+        objects
+            .iter()
+            .all(|(k, _)| k.starts_with("c-") && !k.contains('/')),
+        "flat keyed-hash names"
+    );
+}
+
+#[tokio::test]
+async fn encrypted_media_on_s3_leaves_no_plaintext_in_the_bucket() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let s = start(&env, &p, true).await;
+    round_trips(&s).await;
+    let a = s.register("marker").await;
+    let marker = b"MOSS-S3-PLAINTEXT-MARKER ".repeat(4000);
+    let (st, v) = upload(
+        &s,
+        &a,
+        marker.clone(),
+        "text/plain",
+        Some("secret-name.txt"),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    // The same file again: deduplicated, still one data object.
+    let (_, v2) = upload(&s, &a, marker.clone(), "text/plain", None).await;
+    let res = download(
+        &s,
+        Some(&a),
+        &format!(
+            "/_matrix/client/v1/media/download/{}",
+            media_path(v2["content_uri"].as_str().unwrap())
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(res.bytes().await.unwrap().to_vec(), marker);
+
+    let objects = raw_objects(&raw_store(&env, &p)).await;
+    let data_objects = objects.iter().filter(|(k, _)| !k.ends_with(".k")).count();
+    assert_eq!(
+        data_objects, 4,
+        "3 round-trip sizes + 1 marker, deduplicated"
+    );
+    for (k, bytes) in &objects {
+        for needle in [&b"MOSS-S3-PLAINTEXT-MARKER"[..], b"secret-name"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "plaintext in object {k}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_s3_fails_uploads_fast_and_cleanly() {
+    let Some(env) = s3_env() else { return };
+    // A port nothing listens on stands in for a store that is down.
+    let dead = S3Env {
+        endpoint: "http://127.0.0.1:9".into(),
+        ..env
+    };
+    let s = start(&dead, "dead-", false).await;
+    let a = s.register("alice").await;
+    let started = std::time::Instant::now();
+    let (st, v) = upload(&s, &a, pattern(1000), "application/octet-stream", None).await;
+    assert_eq!(st, 502, "{v}");
+    assert_eq!(v["errcode"], "M_UNKNOWN");
+    assert!(v["error"].as_str().unwrap().contains("unavailable"), "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(),
+        0
+    );
+}
