@@ -88,10 +88,7 @@ fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
 
 impl Media {
     pub fn open(config: &Config) -> Result<Media> {
-        let root = config.data_dir.join(&config.media.path);
-        let fs = FsStore::open(&root)
-            .map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?;
-        let mut store: Arc<dyn BlobStore> = Arc::new(fs);
+        let mut store = base_store(config)?;
         let enc = &config.media.encryption;
         if enc.enabled {
             let master = MasterKey::from_bytes(read_or_create_secret(

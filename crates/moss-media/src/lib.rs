@@ -6,6 +6,7 @@
 //!
 //! Stores move bytes as streams so memory stays flat however large a file is.
 
+pub mod check;
 pub mod error;
 pub mod store;
 

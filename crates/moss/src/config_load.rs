@@ -189,6 +189,47 @@ register = {{ per_second = {rps}, burst = {rb} }}
 message = {{ per_second = {mps}, burst = {mb} }}
 join = {{ per_second = {jps}, burst = {jb} }}
 
+[media]
+# Largest upload accepted, in bytes.
+max_upload_size = {max_upload}
+# Where media lives: "fs" (a directory under data_dir) or "s3" (any S3-compatible store).
+store = "fs"
+# Directory of the fs store, relative to data_dir.
+path = "media"
+# Unauthenticated /_matrix/media/v3/download: "frozen" (only media imported from before the
+# spec's freeze), "on" or "off". The authenticated /_matrix/client/v1/media endpoints always work.
+legacy_media = "frozen"
+# Asynchronous uploads (/_matrix/media/v1/create) a user may have pending, and how long an
+# unused media id stays valid (milliseconds).
+max_pending_uploads = {max_pending}
+pending_expiry_ms = {pending_expiry}
+
+[media.encryption]
+# Encrypt media before it reaches the store (XChaCha20-Poly1305, 64 KiB chunks, a key per file).
+enabled = false
+# The master key: 32 bytes as base64, generated on first start if missing. Back it up:
+# the bucket plus this key recover every file; without it the media is gone.
+key_file = "media-master.key"
+# Old master keys still accepted for reading while `moss media rotate-key` runs.
+previous_key_files = []
+
+[media.s3]
+# Storj gateway: "http://localhost:7777"; Garage: "http://127.0.0.1:3900";
+# Backblaze B2: "https://s3.<region>.backblazeb2.com"; AWS: "https://s3.<region>.amazonaws.com".
+endpoint = ""
+region = "us-east-1"
+bucket = ""
+access_key_id = ""
+secret_access_key = ""
+# Path-style addressing (endpoint/bucket/key), which most non-AWS stores want.
+path_style = true
+# Prepended to every object name.
+prefix = ""
+# Multipart part size in bytes: 64 MiB is one Storj segment.
+part_size = {part_size}
+# Upper bound on one S3 request including retries, in milliseconds.
+request_timeout_ms = {s3_timeout}
+
 [log]
 # "pretty" or "json".
 format = "pretty"
@@ -210,6 +251,11 @@ level = "info"
         mb = d.rate_limits.message.burst,
         jps = d.rate_limits.join.per_second,
         jb = d.rate_limits.join.burst,
+        max_upload = d.media.max_upload_size,
+        max_pending = d.media.max_pending_uploads,
+        pending_expiry = d.media.pending_expiry_ms,
+        part_size = d.media.s3.part_size,
+        s3_timeout = d.media.s3.request_timeout_ms,
     )
 }
 
@@ -224,6 +270,10 @@ mod tests {
         assert_eq!(c.server_name, d.server_name);
         assert_eq!(c.http.bind, d.http.bind);
         assert_eq!(c.rate_limits.message.burst, d.rate_limits.message.burst);
+        assert_eq!(c.media.s3.part_size, d.media.s3.part_size);
+        assert_eq!(c.media.max_upload_size, d.media.max_upload_size);
+        // Every option appears in the template: serialising both must give the same document.
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
     }
 
     #[test]

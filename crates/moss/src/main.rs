@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Media store tools.
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
     /// Manage registration tokens (for `registration = "token"`).
     RegistrationToken {
         #[command(subcommand)]
@@ -80,6 +85,17 @@ enum UserCommand {
     },
     /// Deactivate an account: no more logins, all sessions ended, all rooms left.
     Deactivate { name: String },
+}
+
+#[derive(Subcommand)]
+enum MediaCommand {
+    /// Write, read (whole and ranged) and delete a probe object in the configured store, and
+    /// explain any failure.
+    Check {
+        /// Probe size in bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        size: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +173,7 @@ fn run() -> Result<()> {
             Command::Serve => serve(moss).await,
             Command::User { command } => user_command(&moss, command).await,
             Command::RegistrationToken { command } => token_command(&moss, command).await,
+            Command::Media { command } => media_command(&moss, command).await,
             Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
         }
     })
@@ -309,6 +326,35 @@ async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {
                 bail!("no such token");
             }
             println!("deleted {token}");
+        }
+    }
+    Ok(())
+}
+
+async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
+    match command {
+        MediaCommand::Check { size } => {
+            let store = &moss.media.store;
+            println!("checking {}", store.describe());
+            let steps = moss_media::check::check(store.as_ref(), size).await;
+            let mut failed = false;
+            for s in &steps {
+                match &s.outcome {
+                    Ok(()) => println!(
+                        "  ok    {:<22} {:>8.1} ms",
+                        s.name,
+                        s.took.as_secs_f64() * 1000.0
+                    ),
+                    Err(why) => {
+                        failed = true;
+                        println!("  FAIL  {:<22} {why}", s.name);
+                    }
+                }
+            }
+            if failed || steps.len() < 4 {
+                bail!("the media store is not usable");
+            }
+            println!("the media store works");
         }
     }
     Ok(())

@@ -44,8 +44,23 @@ pub struct S3Store {
 fn map_err(e: object_store::Error) -> MediaError {
     match e {
         object_store::Error::NotFound { .. } => MediaError::NotFound,
-        other => MediaError::Unavailable(other.to_string()),
+        other => MediaError::Unavailable(error_chain(&other)),
     }
+}
+
+/// The error with all its causes: the root cause ("Connection refused") is what explains it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl S3Store {
