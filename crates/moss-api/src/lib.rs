@@ -92,6 +92,18 @@ pub fn router(moss: Arc<Moss>) -> Router {
             "/_matrix/media/r0/download/{server}/{media_id}/{filename}",
             get(media::legacy_download_named),
         )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
+            get(media::thumbnail),
+        )
+        .route(
+            "/_matrix/media/v3/thumbnail/{server}/{media_id}",
+            get(media::legacy_thumbnail),
+        )
+        .route(
+            "/_matrix/media/r0/thumbnail/{server}/{media_id}",
+            get(media::legacy_thumbnail),
+        )
         // accounts and sessions
         .ruma(account::register)
         .ruma(account::available)

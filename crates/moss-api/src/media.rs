@@ -7,7 +7,7 @@ use axum::{
     body::Body,
     extract::{Path, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
+    response::Response,
     Json,
 };
 use futures_util::TryStreamExt;
@@ -276,12 +276,7 @@ async fn serve(
     let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
     let row = moss.media_row(media_id, wait).await?;
     if legacy {
-        let allowed = match moss.config.media.legacy_media {
-            LegacyMedia::On => true,
-            LegacyMedia::Off => false,
-            LegacyMedia::Frozen => row.legacy,
-        };
-        if !allowed {
+        if !legacy_allowed(moss, &row) {
             return Err(moss_core::Error::not_found(
                 "media not found: use the authenticated /_matrix/client/v1/media endpoints",
             )
@@ -291,6 +286,12 @@ async fn serve(
     let size = row.size.unwrap_or(0) as u64;
     let range = parse_range(headers, size);
     let dl = moss.download_media(&row, range).await?;
+    let name = filename.or(dl.filename.clone());
+    Ok(respond(dl, name))
+}
+
+/// Streams a download with the headers that keep browsers from treating media as a page.
+fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
     let ctype = dl
         .content_type
         .clone()
@@ -306,7 +307,6 @@ async fn serve(
     } else {
         "attachment"
     };
-    let name = filename.or(dl.filename.clone());
 
     let mut res = Response::new(Body::from_stream(dl.body));
     let h = res.headers_mut();
@@ -356,7 +356,84 @@ async fn serve(
             dl.size.to_string(),
         ),
     }
-    Ok(res.into_response())
+    res
+}
+
+#[derive(Deserialize)]
+pub struct ThumbnailQuery {
+    width: Option<String>,
+    height: Option<String>,
+    method: Option<String>,
+    animated: Option<bool>,
+    timeout_ms: Option<u64>,
+}
+
+/// `/_matrix/client/v1/media/thumbnail/{server}/{id}`
+pub async fn thumbnail(
+    State(moss): State<Arc<Moss>>,
+    Authed(_): Authed,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+) -> Result<Response, ApiError> {
+    serve_thumbnail(&moss, &server, &media_id, q, false).await
+}
+
+/// `/_matrix/media/v3/thumbnail/{server}/{id}`: unauthenticated, served per `legacy_media`.
+pub async fn legacy_thumbnail(
+    State(moss): State<Arc<Moss>>,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+) -> Result<Response, ApiError> {
+    serve_thumbnail(&moss, &server, &media_id, q, true).await
+}
+
+async fn serve_thumbnail(
+    moss: &Moss,
+    server: &str,
+    media_id: &str,
+    q: ThumbnailQuery,
+    legacy: bool,
+) -> Result<Response, ApiError> {
+    let dim = |v: Option<String>, name: &str| -> Result<u32, ApiError> {
+        let v = v.ok_or_else(|| {
+            ApiError::from(moss_core::Error::missing_param(format!(
+                "{name} is required"
+            )))
+        })?;
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::invalid_param(format!("{name} must be a positive integer")))
+    };
+    let (width, height) = (dim(q.width, "width")?, dim(q.height, "height")?);
+    let method = match q.method.as_deref() {
+        None | Some("scale") => moss_core::media::thumbnail::Method::Scale,
+        Some("crop") => moss_core::media::thumbnail::Method::Crop,
+        Some(other) => return Err(ApiError::invalid_param(format!("unknown method {other:?}"))),
+    };
+    if server != moss.server_name.as_str() {
+        return Err(moss_core::Error::not_found("media not found").into());
+    }
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(20_000).min(120_000));
+    let row = moss.media_row(media_id, wait).await?;
+    if legacy && !legacy_allowed(moss, &row) {
+        return Err(moss_core::Error::not_found(
+            "media not found: use the authenticated /_matrix/client/v1/media endpoints",
+        )
+        .into());
+    }
+    let dl = moss
+        .thumbnail(&row, width, height, method, q.animated.unwrap_or(false))
+        .await?;
+    Ok(respond(dl, None))
+}
+
+fn legacy_allowed(moss: &Moss, row: &moss_core::MediaRow) -> bool {
+    match moss.config.media.legacy_media {
+        LegacyMedia::On => true,
+        LegacyMedia::Off => false,
+        LegacyMedia::Frozen => row.legacy,
+    }
 }
 
 #[cfg(test)]

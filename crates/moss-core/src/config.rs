@@ -179,6 +179,48 @@ pub struct MediaConfig {
     pub pending_expiry_ms: u64,
     pub encryption: MediaEncryptionConfig,
     pub s3: S3Config,
+    pub thumbnails: ThumbnailConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThumbnailConfig {
+    /// The sizes served; a request gets the closest one at least as large.
+    pub sizes: Vec<ThumbnailSize>,
+    /// Images with more pixels are not decoded (decompression bombs).
+    pub max_image_pixels: u64,
+    /// Images larger than this (bytes) are not thumbnailed.
+    pub max_source_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSize {
+    pub width: u32,
+    pub height: u32,
+    /// `crop` or `scale`.
+    pub method: String,
+}
+
+impl Default for ThumbnailConfig {
+    fn default() -> Self {
+        let size = |width, height, method: &str| ThumbnailSize {
+            width,
+            height,
+            method: method.into(),
+        };
+        ThumbnailConfig {
+            sizes: vec![
+                size(32, 32, "crop"),
+                size(96, 96, "crop"),
+                size(320, 240, "scale"),
+                size(640, 480, "scale"),
+                size(800, 600, "scale"),
+            ],
+            max_image_pixels: 32_000_000,
+            max_source_bytes: 50 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -235,6 +277,7 @@ impl Default for MediaConfig {
             pending_expiry_ms: 24 * 60 * 60 * 1000,
             encryption: MediaEncryptionConfig::default(),
             s3: S3Config::default(),
+            thumbnails: ThumbnailConfig::default(),
         }
     }
 }

@@ -27,7 +27,7 @@ pub use crate::{
     error::{Error, Result},
 };
 use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing, uiaa::UiaaSessions};
-pub use moss_storage::{DeviceRow, Direction};
+pub use moss_storage::{DeviceRow, Direction, MediaRow};
 
 pub struct Moss {
     pub config: Config,

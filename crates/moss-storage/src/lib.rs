@@ -34,6 +34,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_2_media.sql"),
+    include_str!("schema_3_thumbnails.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

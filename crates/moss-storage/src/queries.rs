@@ -1210,3 +1210,50 @@ impl Writer<'_> {
         self.exec("DELETE FROM media WHERE content_key IS NULL AND expires_ts IS NOT NULL AND expires_ts <= ?1", [now])
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct ThumbnailRow {
+    pub thumb_key: String,
+    pub content_type: String,
+    pub size: i64,
+}
+
+impl Reader<'_> {
+    pub fn thumbnail(
+        &self,
+        content_key: &str,
+        width: i64,
+        height: i64,
+        method: &str,
+        animated: bool,
+    ) -> Result<Option<ThumbnailRow>> {
+        self.one(
+            "SELECT thumb_key, content_type, size FROM media_thumbnails \
+             WHERE content_key = ?1 AND width = ?2 AND height = ?3 AND method = ?4 AND animated = ?5",
+            params![content_key, width, height, method, animated],
+            |r| Ok(ThumbnailRow { thumb_key: r.get(0)?, content_type: r.get(1)?, size: r.get(2)? }),
+        )
+    }
+}
+
+impl Writer<'_> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_thumbnail(
+        &self,
+        content_key: &str,
+        width: i64,
+        height: i64,
+        method: &str,
+        animated: bool,
+        thumb_key: &str,
+        content_type: &str,
+        size: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO media_thumbnails (content_key, width, height, method, animated, thumb_key, content_type, size) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            params![content_key, width, height, method, animated, thumb_key, content_type, size],
+        )?;
+        Ok(())
+    }
+}

@@ -230,6 +230,20 @@ part_size = {part_size}
 # Upper bound on one S3 request including retries, in milliseconds.
 request_timeout_ms = {s3_timeout}
 
+[media.thumbnails]
+# The sizes served (as Synapse's defaults); a request gets the closest one at least as large.
+sizes = [
+    {{ width = 32, height = 32, method = "crop" }},
+    {{ width = 96, height = 96, method = "crop" }},
+    {{ width = 320, height = 240, method = "scale" }},
+    {{ width = 640, height = 480, method = "scale" }},
+    {{ width = 800, height = 600, method = "scale" }},
+]
+# Images with more pixels than this are not decoded (decompression bombs).
+max_image_pixels = {max_pixels}
+# Images larger than this many bytes are not thumbnailed.
+max_source_bytes = {max_source}
+
 [log]
 # "pretty" or "json".
 format = "pretty"
@@ -256,6 +270,8 @@ level = "info"
         pending_expiry = d.media.pending_expiry_ms,
         part_size = d.media.s3.part_size,
         s3_timeout = d.media.s3.request_timeout_ms,
+        max_pixels = d.media.thumbnails.max_image_pixels,
+        max_source = d.media.thumbnails.max_source_bytes,
     )
 }
 

@@ -435,3 +435,140 @@ async fn kill_9_during_an_upload_leaves_a_consistent_store() {
     .await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), b"before");
 }
+
+fn image_bytes(w: u32, h: u32, fmt: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(w, h, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 90, 255])
+    });
+    let img = if fmt == image::ImageFormat::Jpeg {
+        image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(img).to_rgb8())
+    } else {
+        image::DynamicImage::ImageRgba8(img)
+    };
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), fmt)
+        .unwrap();
+    out
+}
+
+/// A JPEG whose EXIF data says "rotate 90° clockwise to display".
+fn rotated_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let jpeg = image_bytes(w, h, image::ImageFormat::Jpeg);
+    let tiff: Vec<u8> = [
+        &b"MM\0\x2a\0\0\0\x08"[..], // big-endian TIFF header, first IFD at 8
+        &[0, 1],                    // one entry
+        &[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0], // Orientation (SHORT) = 6
+        &[0, 0, 0, 0],              // no next IFD
+    ]
+    .concat();
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let len = (app1.len() + 2) as u16;
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+async fn thumb(s: &Server, u: &User, mxc: &str, q: &str) -> reqwest::Response {
+    download(
+        s,
+        Some(u),
+        &format!("/_matrix/client/v1/media/thumbnail/{}?{q}", media_path(mxc)),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn thumbnails_for_each_format_size_and_orientation() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    for (fmt, ctype, out) in [
+        (image::ImageFormat::Jpeg, "image/jpeg", "image/jpeg"),
+        (image::ImageFormat::Png, "image/png", "image/png"),
+        (image::ImageFormat::Gif, "image/gif", "image/png"),
+        (image::ImageFormat::WebP, "image/webp", "image/png"),
+    ] {
+        let (_, v) = upload(&s, &a, image_bytes(1000, 750, fmt), ctype, None).await;
+        let mxc = v["content_uri"].as_str().unwrap().to_owned();
+        for (q, want) in [
+            ("width=32&height=32&method=crop", (32, 32)),
+            ("width=96&height=96&method=crop", (96, 96)),
+            ("width=300&height=200&method=scale", (320, 240)),
+            ("width=640&height=480", (640, 480)),
+            ("width=2000&height=2000", (800, 600)),
+        ] {
+            let res = thumb(&s, &a, &mxc, q).await;
+            assert_eq!(res.status(), 200, "{ctype} {q}");
+            assert_eq!(res.headers()["content-type"], out);
+            let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+            assert_eq!((img.width(), img.height()), want, "{ctype} {q}");
+        }
+    }
+    let (_, v) = upload(&s, &a, rotated_jpeg(200, 100), "image/jpeg", None).await;
+    let res = thumb(
+        &s,
+        &a,
+        v["content_uri"].as_str().unwrap(),
+        "width=320&height=240&method=scale",
+    )
+    .await;
+    let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (100, 200),
+        "EXIF orientation must be applied"
+    );
+
+    let (_, v) = upload(&s, &a, b"not an image".to_vec(), "text/plain", None).await;
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+    assert_eq!(
+        thumb(&s, &a, &mxc, "width=32&height=32").await.status(),
+        400
+    );
+    assert_eq!(thumb(&s, &a, &mxc, "height=32").await.status(), 400);
+    assert_eq!(thumb(&s, &a, &mxc, "width=0&height=32").await.status(), 400);
+    assert_eq!(
+        thumb(&s, &a, &mxc, "width=32&height=32&method=stretch")
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn decompression_bombs_are_not_decoded() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__THUMBNAILS__MAX_IMAGE_PIXELS", "10000"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let (_, v) = upload(
+        &s,
+        &a,
+        image_bytes(400, 400, image::ImageFormat::Png),
+        "image/png",
+        None,
+    )
+    .await;
+    let res = thumb(
+        &s,
+        &a,
+        v["content_uri"].as_str().unwrap(),
+        "width=32&height=32",
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(errcode(&body), "M_TOO_LARGE");
+}

@@ -1,6 +1,8 @@
 //! The media repository: uploads spooled to disk while hashed, stored once per distinct content
 //! under a keyed hash, and served as ranged streams from the configured blob store.
 
+pub mod thumbnail;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -458,4 +460,151 @@ async fn file_stream(path: PathBuf) -> Result<ByteStream> {
         }
     });
     Ok(Box::pin(s))
+}
+
+impl Moss {
+    /// A thumbnail of image media near `width`×`height`, made on first request and kept.
+    pub async fn thumbnail(
+        &self,
+        row: &MediaRow,
+        width: u32,
+        height: u32,
+        method: thumbnail::Method,
+        animated: bool,
+    ) -> Result<Download> {
+        use thumbnail::Method;
+        let key = row
+            .content_key
+            .clone()
+            .ok_or_else(|| Error::not_found("media not found"))?;
+        let cfg = &self.config.media.thumbnails;
+        let parse = |m: &str| {
+            if m == "crop" {
+                Method::Crop
+            } else {
+                Method::Scale
+            }
+        };
+        let mut sizes: Vec<(u32, u32, Method)> = cfg
+            .sizes
+            .iter()
+            .map(|s| (s.width, s.height, parse(&s.method)))
+            .collect();
+        if sizes.iter().any(|s| s.2 == method) {
+            sizes.retain(|s| s.2 == method);
+        }
+        sizes.sort_by_key(|s| s.0 as u64 * s.1 as u64);
+        let (tw, th, tm) = sizes
+            .iter()
+            .find(|s| s.0 >= width && s.1 >= height)
+            .or(sizes.last())
+            .copied()
+            .ok_or_else(|| Error::not_found("thumbnails are not configured"))?;
+
+        let (k, m) = (key.clone(), tm.as_str());
+        let found = self
+            .db
+            .read(move |r| Ok::<_, Error>(r.thumbnail(&k, tw as i64, th as i64, m, animated)?))
+            .await?;
+        let found = match found {
+            Some(t) => t,
+            None => self.make_thumbnail(row, &key, tw, th, tm, animated).await?,
+        };
+        let body = self
+            .media
+            .store
+            .get(&found.thumb_key, None)
+            .await
+            .map_err(store_error)?;
+        Ok(Download {
+            content_type: Some(found.content_type),
+            filename: None,
+            size: found.size as u64,
+            range: None,
+            body,
+        })
+    }
+
+    async fn make_thumbnail(
+        &self,
+        row: &MediaRow,
+        key: &str,
+        width: u32,
+        height: u32,
+        method: thumbnail::Method,
+        animated: bool,
+    ) -> Result<moss_storage::ThumbnailRow> {
+        let cfg = &self.config.media.thumbnails;
+        let size = row.size.unwrap_or(0) as u64;
+        if size > cfg.max_source_bytes {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                400,
+                "this image is too large to thumbnail",
+            ));
+        }
+        let source = moss_media::store::read_all(
+            self.media.store.get(key, None).await.map_err(store_error)?,
+        )
+        .await
+        .map_err(store_error)?;
+        let max_pixels = cfg.max_image_pixels;
+        let made = tokio::task::spawn_blocking(move || {
+            thumbnail::make(&source, width, height, method, max_pixels)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| match e {
+            thumbnail::ThumbnailError::Unsupported => {
+                Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
+            }
+            thumbnail::ThumbnailError::TooLarge => Error::new(
+                ErrorKind::TooLarge,
+                400,
+                "this image has too many pixels to thumbnail",
+            ),
+            thumbnail::ThumbnailError::Broken(m) => Error::new(
+                ErrorKind::Unknown,
+                400,
+                format!("the image could not be decoded: {m}"),
+            ),
+        })?;
+        let thumb_key = {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&self.media.secret).expect("any key length works");
+            mac.update(format!("{key}|{width}x{height}|{}|{animated}", method.as_str()).as_bytes());
+            format!("t-{}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let len = made.bytes.len() as u64;
+        self.media
+            .store
+            .put(&thumb_key, len, moss_media::store::once(made.bytes))
+            .await
+            .map_err(store_error)?;
+        let (k, tk, ct, m) = (
+            key.to_owned(),
+            thumb_key.clone(),
+            made.content_type.to_owned(),
+            method.as_str(),
+        );
+        self.db
+            .write(move |w| {
+                Ok::<_, Error>(w.store_thumbnail(
+                    &k,
+                    width as i64,
+                    height as i64,
+                    m,
+                    animated,
+                    &tk,
+                    &ct,
+                    len as i64,
+                )?)
+            })
+            .await?;
+        Ok(moss_storage::ThumbnailRow {
+            thumb_key,
+            content_type: made.content_type.to_owned(),
+            size: len as i64,
+        })
+    }
 }
