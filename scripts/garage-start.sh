@@ -30,7 +30,7 @@ for _ in $(seq 1 100); do
     if "$garage" status > /dev/null 2>&1; then break; fi
     sleep 0.2
 done
-node=$("$garage" status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
+node=$("$garage" status 2>/dev/null | grep -oE '^[0-9a-f]{16}' | head -1 || true)
 if [[ -z "$node" ]]; then
     echo "garage-start: garage did not come up; see $dir/garage.log" >&2
     exit 1

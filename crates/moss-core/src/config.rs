@@ -179,7 +179,29 @@ pub struct MediaConfig {
     pub pending_expiry_ms: u64,
     pub encryption: MediaEncryptionConfig,
     pub s3: S3Config,
+    pub cache: CacheConfig,
     pub thumbnails: ThumbnailConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Keep recently used media on local disk in front of the store (useful with `s3`).
+    pub enabled: bool,
+    /// Directory, relative to `data_dir`.
+    pub path: PathBuf,
+    /// Size bound in bytes; the least recently used media is evicted beyond it.
+    pub max_size: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            path: PathBuf::from("media-cache"),
+            max_size: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -277,6 +299,7 @@ impl Default for MediaConfig {
             pending_expiry_ms: 24 * 60 * 60 * 1000,
             encryption: MediaEncryptionConfig::default(),
             s3: S3Config::default(),
+            cache: CacheConfig::default(),
             thumbnails: ThumbnailConfig::default(),
         }
     }

@@ -39,7 +39,8 @@ pub fn diagnose(e: &MediaError) -> String {
         "the server's clock is too far from the store's: fix the system time (NTP)"
     } else if t.contains("invalidaccesskeyid")
         || t.contains("signaturedoesnotmatch")
-        || t.contains("no such key") && t.contains("access")
+        || t.contains("invalid signature")
+        || t.contains("no such key: ")
     {
         "the access key or secret is wrong: check media.s3.access_key_id and secret_access_key"
     } else if t.contains("nosuchbucket")
@@ -178,5 +179,9 @@ mod tests {
             .contains("bucket does not exist"));
         assert!(d("RequestTimeTooSkewed").contains("clock"));
         assert!(d("AccessDenied").contains("permission"));
+        assert!(
+            d("<Code>AccessDenied</Code><Message>Forbidden: Invalid signature</Message>")
+                .contains("secret is wrong")
+        );
     }
 }

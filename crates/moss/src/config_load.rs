@@ -230,6 +230,14 @@ part_size = {part_size}
 # Upper bound on one S3 request including retries, in milliseconds.
 request_timeout_ms = {s3_timeout}
 
+[media.cache]
+# Keep recently used media on local disk in front of the store: downloads of cached media
+# keep working while the store is down, and small media avoids S3 round trips.
+enabled = false
+# Directory, relative to data_dir, and its size bound in bytes (least recently used goes first).
+path = "media-cache"
+max_size = {cache_size}
+
 [media.thumbnails]
 # The sizes served (as Synapse's defaults); a request gets the closest one at least as large.
 sizes = [
@@ -271,6 +279,7 @@ level = "info"
         part_size = d.media.s3.part_size,
         s3_timeout = d.media.s3.request_timeout_ms,
         max_pixels = d.media.thumbnails.max_image_pixels,
+        cache_size = d.media.cache.max_size,
         max_source = d.media.thumbnails.max_source_bytes,
     )
 }

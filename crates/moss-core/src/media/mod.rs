@@ -16,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 use hmac::{Hmac, Mac};
 use moss_media::{
     store::{
+        cache::CacheStore,
         encrypt::{EncryptedStore, MasterKey},
         fs::FsStore,
         s3::{S3Config as S3Settings, S3Store},
@@ -120,6 +121,15 @@ impl Media {
             tracing::info!(master_key = %master.id_hex(), "media encryption is on");
             store = Arc::new(EncryptedStore::new(store, master).with_previous_keys(previous));
         }
+        let cache = &config.media.cache;
+        if cache.enabled {
+            let dir = config.data_dir.join(&cache.path);
+            store = Arc::new(
+                CacheStore::open(store, &dir, cache.max_size)
+                    .map_err(|e| Error::internal(format!("media cache {}: {e}", dir.display())))?,
+            );
+        }
+        tracing::info!(store = %store.describe(), "media store");
         let secret = read_or_create_secret(
             &config.data_dir.join("media-naming.key"),
             "media naming key",

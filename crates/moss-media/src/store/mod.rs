@@ -1,5 +1,6 @@
 //! The one trait every blob store and layer implements.
 
+pub mod cache;
 pub mod encrypt;
 pub mod fs;
 pub mod s3;

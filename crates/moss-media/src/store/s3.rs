@@ -95,6 +95,17 @@ impl S3Store {
         })
     }
 
+    /// A write can only be "not found" when the bucket is missing.
+    fn write_err(&self, e: object_store::Error) -> MediaError {
+        match e {
+            object_store::Error::NotFound { .. } => MediaError::Unavailable(format!(
+                "NoSuchBucket: the bucket {} does not exist",
+                self.config.bucket
+            )),
+            other => map_err(other),
+        }
+    }
+
     fn path(&self, key: &str) -> Result<Path> {
         if !valid_key(key) {
             return Err(MediaError::Other(format!("invalid object key {key:?}")));
@@ -142,10 +153,14 @@ impl BlobStore for S3Store {
                 self.store
                     .put(&path, PutPayload::from(buf.freeze()))
                     .await
-                    .map_err(map_err)?;
+                    .map_err(|e| self.write_err(e))?;
                 return Ok(());
             }
-            let upload = self.store.put_multipart(&path).await.map_err(map_err)?;
+            let upload = self
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(|e| self.write_err(e))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, part);
             let mut written = 0u64;
             let result: Result<()> = async {

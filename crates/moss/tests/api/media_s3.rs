@@ -200,3 +200,188 @@ async fn an_unreachable_s3_fails_uploads_fast_and_cleanly() {
         0
     );
 }
+
+/// A Garage of the test's own, on other ports, so stopping it disturbs no other test.
+struct OwnGarage {
+    dir: std::path::PathBuf,
+    env: S3Env,
+    pid: u32,
+}
+
+impl OwnGarage {
+    fn start() -> OwnGarage {
+        let dir = std::env::temp_dir().join(format!("moss-garage-{}", std::process::id()));
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/garage-start.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .env("GARAGE_S3_PORT", "3910")
+            .env("GARAGE_RPC_PORT", "3911")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "garage-start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.join("env")).unwrap();
+        let var = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap()
+                .to_owned()
+        };
+        let env = S3Env {
+            endpoint: var("MOSS_TEST_S3_ENDPOINT"),
+            region: var("MOSS_TEST_S3_REGION"),
+            bucket: var("MOSS_TEST_S3_BUCKET"),
+            key_id: var("MOSS_TEST_S3_KEY_ID"),
+            secret: var("MOSS_TEST_S3_SECRET"),
+        };
+        let pid = std::fs::read_to_string(dir.join("garage.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        OwnGarage { dir, env, pid }
+    }
+
+    fn stop(&self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(self.pid.to_string())
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Starts the same node again on its existing data.
+    async fn restart(&mut self) {
+        let garage = format!("{}/.cargo/bin/garage", std::env::var("HOME").unwrap());
+        let garage = std::env::var("CARGO_HOME")
+            .map(|h| format!("{h}/bin/garage"))
+            .unwrap_or(garage);
+        let log = std::fs::File::create(self.dir.join("garage-restart.log")).unwrap();
+        let child = std::process::Command::new(garage)
+            .arg("server")
+            .env("GARAGE_CONFIG_FILE", self.dir.join("garage.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.pid = child.id();
+        std::mem::forget(child);
+        let store = raw_store(&self.env, "probe-");
+        for _ in 0..100 {
+            if store.head("nothing").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("garage did not come back");
+    }
+}
+
+impl Drop for OwnGarage {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn cached_media_is_served_while_s3_is_down_and_everything_recovers() {
+    let Some(_) = s3_env() else { return };
+    let mut garage = OwnGarage::start();
+    let env = &garage.env;
+    let vars = [
+        ("MOSS_REGISTRATION", "open".to_owned()),
+        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
+        ("MOSS_MEDIA__STORE", "s3".to_owned()),
+        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
+        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
+        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
+        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
+        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
+        ("MOSS_MEDIA__S3__REQUEST_TIMEOUT_MS", "3000".to_owned()),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()),
+        ("MOSS_MEDIA__CACHE__ENABLED", "true".to_owned()),
+        ("MOSS_MEDIA__CACHE__MAX_SIZE", "100000".to_owned()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&vars).await;
+    let a = s.register("alice").await;
+    let small = pattern(10_000);
+    let big = pattern(300_000);
+    let (_, v) = upload(&s, &a, small.clone(), "application/octet-stream", None).await;
+    let small_path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        media_path(v["content_uri"].as_str().unwrap())
+    );
+    let (_, v) = upload(&s, &a, big.clone(), "application/octet-stream", None).await;
+    let big_path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        media_path(v["content_uri"].as_str().unwrap())
+    );
+
+    garage.stop();
+    let res = download(&s, Some(&a), &small_path, None).await;
+    assert_eq!(res.status(), 200, "cached media must still be served");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), small);
+    let started = std::time::Instant::now();
+    let res = download(&s, Some(&a), &big_path, None).await;
+    assert_eq!(
+        res.status(),
+        502,
+        "media too large for the cache needs the store"
+    );
+    let (st, v) = upload(&s, &a, pattern(5000), "application/octet-stream", None).await;
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "failures must be fast: {:?}",
+        started.elapsed()
+    );
+
+    garage.restart().await;
+    let res = download(&s, Some(&a), &big_path, None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), big);
+    let (st, v) = upload(&s, &a, pattern(5000), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "uploads work again once the store is back: {v}");
+}
+
+#[tokio::test]
+async fn media_check_diagnoses_a_real_store() {
+    let Some(env) = s3_env() else { return };
+    let run = |bucket: &str, secret: &str| {
+        let out = std::process::Command::new(crate::common::moss_bin())
+            .args(["media", "check", "--size", "200000"])
+            .current_dir(std::env::temp_dir())
+            .env(
+                "MOSS_DATA_DIR",
+                std::env::temp_dir().join(format!("moss-check-{}", std::process::id())),
+            )
+            .env("MOSS_MEDIA__STORE", "s3")
+            .env("MOSS_MEDIA__S3__ENDPOINT", &env.endpoint)
+            .env("MOSS_MEDIA__S3__REGION", &env.region)
+            .env("MOSS_MEDIA__S3__BUCKET", bucket)
+            .env("MOSS_MEDIA__S3__ACCESS_KEY_ID", &env.key_id)
+            .env("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", secret)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(&env.bucket, &env.secret);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("  ok  ").count(), 4, "{out}");
+    let (ok, out) = run(&env.bucket, "wrong-secret");
+    assert!(!ok);
+    assert!(out.contains("secret is wrong"), "{out}");
+    let (ok, out) = run("no-such-bucket", &env.secret);
+    assert!(!ok);
+    assert!(out.contains("bucket does not exist"), "{out}");
+}
