@@ -179,8 +179,33 @@ pub struct MediaConfig {
     pub pending_expiry_ms: u64,
     pub encryption: MediaEncryptionConfig,
     pub s3: S3Config,
+    pub mirror: MirrorConfig,
     pub cache: CacheConfig,
     pub thumbnails: ThumbnailConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// Keep a second copy of every object in another store; reads use whichever answers.
+    pub enabled: bool,
+    /// The second store: `fs` or `s3`.
+    pub store: StoreKind,
+    /// Directory of a second `fs` store, relative to `data_dir`.
+    pub path: PathBuf,
+    /// A second S3 store.
+    pub s3: S3Config,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            enabled: false,
+            store: StoreKind::Fs,
+            path: PathBuf::from("media-mirror"),
+            s3: S3Config::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -299,6 +324,7 @@ impl Default for MediaConfig {
             pending_expiry_ms: 24 * 60 * 60 * 1000,
             encryption: MediaEncryptionConfig::default(),
             s3: S3Config::default(),
+            mirror: MirrorConfig::default(),
             cache: CacheConfig::default(),
             thumbnails: ThumbnailConfig::default(),
         }

@@ -230,6 +230,26 @@ part_size = {part_size}
 # Upper bound on one S3 request including retries, in milliseconds.
 request_timeout_ms = {s3_timeout}
 
+[media.mirror]
+# Keep a second copy of every object in another store (e.g. Storj plus a local disk, or two
+# providers). An upload succeeds only once both have it; reads use whichever answers.
+enabled = false
+# The second store: "fs" (a directory under data_dir) or "s3" (configured in [media.mirror.s3],
+# which takes the same keys as [media.s3]).
+store = "fs"
+path = "media-mirror"
+
+[media.mirror.s3]
+endpoint = ""
+region = "us-east-1"
+bucket = ""
+access_key_id = ""
+secret_access_key = ""
+path_style = true
+prefix = ""
+part_size = {part_size}
+request_timeout_ms = {s3_timeout}
+
 [media.cache]
 # Keep recently used media on local disk in front of the store: downloads of cached media
 # keep working while the store is down, and small media avoids S3 round trips.

@@ -19,6 +19,7 @@ use moss_media::{
         cache::CacheStore,
         encrypt::{EncryptedStore, MasterKey},
         fs::FsStore,
+        mirror::MirrorStore,
         s3::{S3Config as S3Settings, S3Store},
     },
     BlobStore, ByteStream, MediaError, Range,
@@ -156,18 +157,40 @@ impl Media {
     }
 }
 
-/// The configured backing store, before any layers.
+/// The configured backing store (mirrored if asked), before encryption and cache layers.
 pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
-    Ok(match config.media.store {
+    let m = &config.media;
+    let primary = build_store(config, m.store, &m.path, &m.s3, "media.s3")?;
+    if !m.mirror.enabled {
+        return Ok(primary);
+    }
+    let secondary = build_store(
+        config,
+        m.mirror.store,
+        &m.mirror.path,
+        &m.mirror.s3,
+        "media.mirror.s3",
+    )?;
+    Ok(Arc::new(MirrorStore::new(primary, secondary)))
+}
+
+fn build_store(
+    config: &Config,
+    kind: StoreKind,
+    path: &Path,
+    s3: &crate::config::S3Config,
+    section: &str,
+) -> Result<Arc<dyn BlobStore>> {
+    Ok(match kind {
         StoreKind::Fs => {
-            let root = config.data_dir.join(&config.media.path);
+            let root = config.data_dir.join(path);
             Arc::new(
                 FsStore::open(&root)
                     .map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?,
             )
         }
         StoreKind::S3 => {
-            let c = &config.media.s3;
+            let c = s3;
             for (name, v) in [
                 ("endpoint", &c.endpoint),
                 ("bucket", &c.bucket),
@@ -176,7 +199,7 @@ pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
             ] {
                 if v.is_empty() {
                     return Err(Error::internal(format!(
-                        "media.store = \"s3\" needs media.s3.{name}"
+                        "an s3 media store needs {section}.{name}"
                     )));
                 }
             }

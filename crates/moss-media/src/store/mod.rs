@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod encrypt;
 pub mod fs;
+pub mod mirror;
 pub mod s3;
 
 use bytes::Bytes;

@@ -385,3 +385,42 @@ async fn media_check_diagnoses_a_real_store() {
     assert!(!ok);
     assert!(out.contains("bucket does not exist"), "{out}");
 }
+
+#[tokio::test]
+async fn a_local_mirror_serves_what_the_bucket_lost() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let vars = [
+        ("MOSS_REGISTRATION", "open".to_owned()),
+        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
+        ("MOSS_MEDIA__STORE", "s3".to_owned()),
+        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
+        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
+        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
+        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
+        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
+        ("MOSS_MEDIA__S3__PREFIX", format!("\"{p}\"")),
+        ("MOSS_MEDIA__MIRROR__ENABLED", "true".to_owned()),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&vars).await;
+    let a = s.register("alice").await;
+    let data = pattern(250_000);
+    let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "{v}");
+    let path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        media_path(v["content_uri"].as_str().unwrap())
+    );
+    // Both copies exist; then the bucket loses everything.
+    let raw = raw_store(&env, &p);
+    let keys: Vec<String> = raw.list().map(|k| k.unwrap()).collect().await;
+    assert_eq!(keys.len(), 2, "data and key object in the bucket: {keys:?}");
+    for k in keys {
+        raw.delete(&k).await.unwrap();
+    }
+    let res = download(&s, Some(&a), &path, None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), data);
+}
