@@ -572,3 +572,96 @@ async fn decompression_bombs_are_not_decoded() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(errcode(&body), "M_TOO_LARGE");
 }
+
+/// A deterministic pseudo-random stream of `len` bytes, generated as it is sent: one random
+/// 1 MiB block, stamped with the chunk number so no two chunks are alike.
+pub fn big_stream(
+    len: u64,
+    seed: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    let chunk = 1u64 << 20;
+    let mut x = seed | 1;
+    let mut block = Vec::with_capacity(chunk as usize);
+    while block.len() < chunk as usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        block.extend_from_slice(&x.to_le_bytes());
+    }
+    let block = bytes::Bytes::from(block);
+    futures_util::stream::iter(0..len.div_ceil(chunk)).map(move |i| {
+        let n = chunk.min(len - i * chunk) as usize;
+        let mut buf = block.slice(..n).to_vec();
+        let stamp = i.to_le_bytes();
+        let k = stamp.len().min(n);
+        buf[..k].copy_from_slice(&stamp[..k]);
+        Ok(bytes::Bytes::from(buf))
+    })
+}
+
+async fn sha256_of_stream(
+    s: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+) -> (u64, Vec<u8>) {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut n = 0u64;
+    let mut s = std::pin::pin!(s);
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        n += c.len() as u64;
+        h.update(&c);
+    }
+    (n, h.finalize().to_vec())
+}
+
+/// Uploads and downloads `len` streamed bytes, checks them byte-exact by hash, and returns the
+/// growth of the server's peak memory during the transfers.
+pub async fn big_round_trip(s: &Server, u: &User, len: u64) -> u64 {
+    use futures_util::TryStreamExt;
+    let before = s.peak_rss();
+    let res = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(big_stream(len, 42)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let res = download(
+        s,
+        Some(u),
+        &format!(
+            "/_matrix/client/v1/media/download/{}",
+            media_path(v["content_uri"].as_str().unwrap())
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let got = sha256_of_stream(res.bytes_stream().map_err(std::io::Error::other)).await;
+    let want = sha256_of_stream(big_stream(len, 42)).await;
+    assert_eq!(got, want, "the download must equal the upload");
+    s.peak_rss().saturating_sub(before)
+}
+
+#[tokio::test]
+async fn a_200_mib_upload_round_trips_with_flat_memory() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true"),
+        ("MOSS_MEDIA__MAX_UPLOAD_SIZE", "1073741824"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let growth = big_round_trip(&s, &a, 200 << 20).await;
+    assert!(
+        growth < 64 << 20,
+        "peak memory grew by {} MiB for a 200 MiB file",
+        growth >> 20
+    );
+}

@@ -11,7 +11,7 @@ use moss_media::{
 
 use crate::{
     common::Server,
-    media::{download, media_path, pattern, round_trips, upload},
+    media::{big_round_trip, download, media_path, pattern, round_trips, upload},
 };
 
 struct S3Env {
@@ -87,6 +87,7 @@ async fn start(env: &S3Env, prefix: &str, encrypted: bool) -> Server {
         ("MOSS_MEDIA__S3__PREFIX", format!("\"{prefix}\"")),
         // Small parts so the 5 MiB upload exercises multipart.
         ("MOSS_MEDIA__S3__PART_SIZE", (5 * 1024 * 1024).to_string()),
+        ("MOSS_MEDIA__MAX_UPLOAD_SIZE", (1u64 << 30).to_string()),
     ];
     if encrypted {
         vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
@@ -423,4 +424,28 @@ async fn a_local_mirror_serves_what_the_bucket_lost() {
     let res = download(&s, Some(&a), &path, None).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().to_vec(), data);
+}
+
+#[tokio::test]
+async fn a_200_mib_upload_streams_through_encrypted_s3_with_flat_memory() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let s = start(&env, &p, true).await;
+    let a = s.register("alice").await;
+    let growth = big_round_trip(&s, &a, 200 << 20).await;
+    assert!(
+        growth < 64 << 20,
+        "peak memory grew by {} MiB",
+        growth >> 20
+    );
+    let objects: Vec<String> = raw_store(&env, &p)
+        .list()
+        .map(|k| k.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        objects.len(),
+        2,
+        "one data object (multipart) and its key: {objects:?}"
+    );
 }
