@@ -46,20 +46,14 @@ impl ApiError {
         Self::matrix(ErrorKind::Unrecognized, 404, "unrecognized request")
     }
     pub fn unrecognized_method() -> Self {
-        Self::matrix(
-            ErrorKind::Unrecognized,
-            405,
-            "method not allowed on this endpoint",
-        )
+        Self::matrix(ErrorKind::Unrecognized, 405, "method not allowed on this endpoint")
     }
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::matrix(ErrorKind::Forbidden, 403, m)
     }
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         let mut data = LimitExceededErrorData::new();
-        data.retry_after = Some(RetryAfter::Delay(std::time::Duration::from_millis(
-            retry_after_ms,
-        )));
+        data.retry_after = Some(RetryAfter::Delay(std::time::Duration::from_millis(retry_after_ms)));
         Self::matrix(ErrorKind::LimitExceeded(data), 429, "too many requests")
     }
 }
@@ -67,11 +61,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.0 {
-            Error::Matrix {
-                kind,
-                status,
-                message,
-            } => {
+            Error::Matrix { kind, status, message } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 let retry_ms = match &kind {
                     ErrorKind::LimitExceeded(d) => match d.retry_after {
@@ -82,37 +72,28 @@ impl IntoResponse for ApiError {
                 };
                 let err = ruma::api::error::Error::new(
                     status,
-                    ruma::api::error::ErrorBody::Standard(
-                        ruma::api::error::StandardErrorBody::new(kind, message),
-                    ),
+                    ruma::api::error::ErrorBody::Standard(ruma::api::error::StandardErrorBody::new(kind, message)),
                 );
                 match err.try_into_http_response::<Vec<u8>>() {
                     Ok(res) => {
                         let (mut parts, body) = res.into_parts();
                         // Clients written before v1.10 read retry_after_ms from the body.
-                        let body =
-                            match (retry_ms, serde_json::from_slice::<serde_json::Value>(&body)) {
-                                (Some(ms), Ok(mut v)) => {
-                                    v["retry_after_ms"] = json!(ms);
-                                    serde_json::to_vec(&v).unwrap_or(body)
-                                }
-                                _ => body,
-                            };
+                        let body = match (retry_ms, serde_json::from_slice::<serde_json::Value>(&body)) {
+                            (Some(ms), Ok(mut v)) => {
+                                v["retry_after_ms"] = json!(ms);
+                                serde_json::to_vec(&v).unwrap_or(body)
+                            }
+                            _ => body,
+                        };
                         parts.headers.remove(http::header::CONTENT_LENGTH);
                         Response::from_parts(parts, axum::body::Body::from(body))
                     }
-                    Err(_) => (
-                        status,
-                        Json(json!({"errcode": "M_UNKNOWN", "error": "error"})),
-                    )
-                        .into_response(),
+                    Err(_) => (status, Json(json!({"errcode": "M_UNKNOWN", "error": "error"}))).into_response(),
                 }
             }
-            Error::Uiaa(info) => (
-                StatusCode::UNAUTHORIZED,
-                Json(serde_json::to_value(&*info).unwrap_or_default()),
-            )
-                .into_response(),
+            Error::Uiaa(info) => {
+                (StatusCode::UNAUTHORIZED, Json(serde_json::to_value(&*info).unwrap_or_default())).into_response()
+            }
             Error::Storage(e) => internal(&e.to_string()),
             Error::Internal(e) => internal(&e),
         }
@@ -121,10 +102,7 @@ impl IntoResponse for ApiError {
 
 fn internal(detail: &str) -> Response {
     let id: u32 = rand::thread_rng().gen();
-    tracing::error!(
-        request_error_id = format!("{id:08x}"),
-        "internal error: {detail}"
-    );
+    tracing::error!(request_error_id = format!("{id:08x}"), "internal error: {detail}");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(json!({"errcode": "M_UNKNOWN", "error": format!("internal server error (id {id:08x})")})),

@@ -35,20 +35,11 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/.well-known/matrix/server", get(server::well_known_server))
         .route("/_matrix/client/v3/capabilities", get(server::capabilities))
         .route("/_matrix/client/r0/capabilities", get(server::capabilities))
-        .route(
-            "/_synapse/admin/v1/register",
-            get(server::shared_secret_nonce).post(server::shared_secret_register),
-        )
+        .route("/_synapse/admin/v1/register", get(server::shared_secret_nonce).post(server::shared_secret_register))
         .route("/_matrix/client/v3/sync", get(server::sync))
         .route("/_matrix/client/r0/sync", get(server::sync))
-        .route(
-            "/_matrix/client/v3/profile/{user_id}",
-            get(user::get_profile),
-        )
-        .route(
-            "/_matrix/client/r0/profile/{user_id}",
-            get(user::get_profile),
-        )
+        .route("/_matrix/client/v3/profile/{user_id}", get(user::get_profile))
+        .route("/_matrix/client/r0/profile/{user_id}", get(user::get_profile))
         .route(
             "/_matrix/client/v3/profile/{user_id}/{field}",
             get(user::get_profile_field).put(user::set_profile_field),
@@ -61,49 +52,19 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/media/v3/upload", post(media::upload))
         .route("/_matrix/media/r0/upload", post(media::upload))
         .route("/_matrix/media/v1/create", post(media::create))
-        .route(
-            "/_matrix/media/v3/upload/{server}/{media_id}",
-            put(media::upload_to),
-        )
+        .route("/_matrix/media/v3/upload/{server}/{media_id}", put(media::upload_to))
         .route("/_matrix/client/v1/media/config", get(media::config))
         .route("/_matrix/media/v3/config", get(media::config))
         .route("/_matrix/media/r0/config", get(media::config))
-        .route(
-            "/_matrix/client/v1/media/download/{server}/{media_id}",
-            get(media::download),
-        )
-        .route(
-            "/_matrix/client/v1/media/download/{server}/{media_id}/{filename}",
-            get(media::download_named),
-        )
-        .route(
-            "/_matrix/media/v3/download/{server}/{media_id}",
-            get(media::legacy_download),
-        )
-        .route(
-            "/_matrix/media/v3/download/{server}/{media_id}/{filename}",
-            get(media::legacy_download_named),
-        )
-        .route(
-            "/_matrix/media/r0/download/{server}/{media_id}",
-            get(media::legacy_download),
-        )
-        .route(
-            "/_matrix/media/r0/download/{server}/{media_id}/{filename}",
-            get(media::legacy_download_named),
-        )
-        .route(
-            "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
-            get(media::thumbnail),
-        )
-        .route(
-            "/_matrix/media/v3/thumbnail/{server}/{media_id}",
-            get(media::legacy_thumbnail),
-        )
-        .route(
-            "/_matrix/media/r0/thumbnail/{server}/{media_id}",
-            get(media::legacy_thumbnail),
-        )
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(media::download))
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}", get(media::download_named))
+        .route("/_matrix/media/v3/download/{server}/{media_id}", get(media::legacy_download))
+        .route("/_matrix/media/v3/download/{server}/{media_id}/{filename}", get(media::legacy_download_named))
+        .route("/_matrix/media/r0/download/{server}/{media_id}", get(media::legacy_download))
+        .route("/_matrix/media/r0/download/{server}/{media_id}/{filename}", get(media::legacy_download_named))
+        .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(media::thumbnail))
+        .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
+        .route("/_matrix/media/r0/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
         // accounts and sessions
         .ruma(account::register)
         .ruma(account::available)
@@ -182,13 +143,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
 
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -196,9 +151,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
             "x-requested-with".parse().expect("valid header"),
         ]);
 
-    r.with_state(moss)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(cors)
+    r.with_state(moss).layer(CatchPanicLayer::custom(panic_response)).layer(cors)
 }
 
 fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -207,8 +160,5 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .cloned()
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
-    ApiError(moss_core::Error::internal(format!(
-        "handler panicked: {detail}"
-    )))
-    .into_response()
+    ApiError(moss_core::Error::internal(format!("handler panicked: {detail}"))).into_response()
 }

@@ -56,15 +56,10 @@ pub struct UploadQuery {
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn body_stream(
-    body: Body,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin {
+fn body_stream(body: Body) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin {
     body.into_data_stream().map_err(std::io::Error::other)
 }
 
@@ -75,18 +70,8 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = moss
-        .upload_media(
-            &session.user_id,
-            None,
-            content_type(&headers),
-            q.filename,
-            body_stream(body),
-        )
-        .await?;
-    Ok(Json(
-        json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)}),
-    ))
+    let id = moss.upload_media(&session.user_id, None, content_type(&headers), q.filename, body_stream(body)).await?;
+    Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)})))
 }
 
 pub async fn create(
@@ -94,9 +79,7 @@ pub async fn create(
     Authed(session): Authed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (id, expires) = moss.create_media_id(&session.user_id).await?;
-    Ok(Json(
-        json!({"content_uri": format!("mxc://{}/{id}", moss.server_name), "unused_expires_at": expires}),
-    ))
+    Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", moss.server_name), "unused_expires_at": expires})))
 }
 
 pub async fn upload_to(
@@ -108,18 +91,9 @@ pub async fn upload_to(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if server != moss.server_name.as_str() {
-        return Err(ApiError::forbidden(
-            "media ids of other servers cannot be uploaded to here",
-        ));
+        return Err(ApiError::forbidden("media ids of other servers cannot be uploaded to here"));
     }
-    moss.upload_media(
-        &session.user_id,
-        Some(&media_id),
-        content_type(&headers),
-        q.filename,
-        body_stream(body),
-    )
-    .await?;
+    moss.upload_media(&session.user_id, Some(&media_id), content_type(&headers), q.filename, body_stream(body)).await?;
     Ok(Json(json!({})))
 }
 
@@ -140,16 +114,7 @@ pub async fn download(
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(
-        &moss,
-        &server,
-        &media_id,
-        None,
-        q.timeout_ms,
-        &headers,
-        false,
-    )
-    .await
+    serve(&moss, &server, &media_id, None, q.timeout_ms, &headers, false).await
 }
 
 pub async fn download_named(
@@ -159,16 +124,7 @@ pub async fn download_named(
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(
-        &moss,
-        &server,
-        &media_id,
-        Some(filename),
-        q.timeout_ms,
-        &headers,
-        false,
-    )
-    .await
+    serve(&moss, &server, &media_id, Some(filename), q.timeout_ms, &headers, false).await
 }
 
 /// `/_matrix/media/v3/download/{server}/{id}`: unauthenticated, served per `legacy_media`.
@@ -178,16 +134,7 @@ pub async fn legacy_download(
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(
-        &moss,
-        &server,
-        &media_id,
-        None,
-        q.timeout_ms,
-        &headers,
-        true,
-    )
-    .await
+    serve(&moss, &server, &media_id, None, q.timeout_ms, &headers, true).await
 }
 
 pub async fn legacy_download_named(
@@ -196,26 +143,12 @@ pub async fn legacy_download_named(
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(
-        &moss,
-        &server,
-        &media_id,
-        Some(filename),
-        q.timeout_ms,
-        &headers,
-        true,
-    )
-    .await
+    serve(&moss, &server, &media_id, Some(filename), q.timeout_ms, &headers, true).await
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; anything else (several ranges included) is ignored.
 fn parse_range(headers: &HeaderMap, size: u64) -> Option<(u64, Option<u64>)> {
-    let v = headers
-        .get(header::RANGE)?
-        .to_str()
-        .ok()?
-        .trim()
-        .strip_prefix("bytes=")?;
+    let v = headers.get(header::RANGE)?.to_str().ok()?.trim().strip_prefix("bytes=")?;
     if v.contains(',') {
         return None;
     }
@@ -238,16 +171,8 @@ fn disposition(kind: &str, filename: Option<&str>) -> String {
     let Some(name) = filename.filter(|n| !n.is_empty()) else {
         return kind.to_owned();
     };
-    let ascii: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let ascii: String =
+        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
     let mut encoded = String::new();
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
@@ -292,21 +217,9 @@ async fn serve(
 
 /// Streams a download with the headers that keep browsers from treating media as a page.
 fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
-    let ctype = dl
-        .content_type
-        .clone()
-        .unwrap_or_else(|| "application/octet-stream".into());
-    let essence = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let kind = if INLINE_TYPES.contains(&essence.as_str()) {
-        "inline"
-    } else {
-        "attachment"
-    };
+    let ctype = dl.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let essence = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let kind = if INLINE_TYPES.contains(&essence.as_str()) { "inline" } else { "attachment" };
 
     let mut res = Response::new(Body::from_stream(dl.body));
     let h = res.headers_mut();
@@ -316,45 +229,20 @@ fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
         }
     };
     set(h, header::CONTENT_TYPE, ctype);
-    set(
-        h,
-        header::CONTENT_DISPOSITION,
-        disposition(kind, name.as_deref()),
-    );
+    set(h, header::CONTENT_DISPOSITION, disposition(kind, name.as_deref()));
     set(h, header::CONTENT_SECURITY_POLICY, CSP.to_owned());
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        "cross-origin-resource-policy",
-        HeaderValue::from_static("cross-origin"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Media ids are never reused for other content, so clients may cache for long.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
     match dl.range {
         Some(r) => {
             *res.status_mut() = StatusCode::PARTIAL_CONTENT;
-            set(
-                res.headers_mut(),
-                header::CONTENT_LENGTH,
-                r.len().to_string(),
-            );
-            set(
-                res.headers_mut(),
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end - 1, dl.size),
-            );
+            set(res.headers_mut(), header::CONTENT_LENGTH, r.len().to_string());
+            set(res.headers_mut(), header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, dl.size));
         }
-        None => set(
-            res.headers_mut(),
-            header::CONTENT_LENGTH,
-            dl.size.to_string(),
-        ),
+        None => set(res.headers_mut(), header::CONTENT_LENGTH, dl.size.to_string()),
     }
     res
 }
@@ -395,11 +283,7 @@ async fn serve_thumbnail(
     legacy: bool,
 ) -> Result<Response, ApiError> {
     let dim = |v: Option<String>, name: &str| -> Result<u32, ApiError> {
-        let v = v.ok_or_else(|| {
-            ApiError::from(moss_core::Error::missing_param(format!(
-                "{name} is required"
-            )))
-        })?;
+        let v = v.ok_or_else(|| ApiError::from(moss_core::Error::missing_param(format!("{name} is required"))))?;
         v.parse::<u32>()
             .ok()
             .filter(|n| (1..=10_000).contains(n))
@@ -422,9 +306,7 @@ async fn serve_thumbnail(
         )
         .into());
     }
-    let dl = moss
-        .thumbnail(&row, width, height, method, q.animated.unwrap_or(false))
-        .await?;
+    let dl = moss.thumbnail(&row, width, height, method, q.animated.unwrap_or(false)).await?;
     Ok(respond(dl, None))
 }
 

@@ -45,10 +45,7 @@ pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
         map.retain(|_, t| t.at.elapsed().as_secs() < 3600);
     }
     let now = Instant::now();
-    let t = map.entry((class, key.to_owned())).or_insert(Tokens {
-        level: burst as f64,
-        at: now,
-    });
+    let t = map.entry((class, key.to_owned())).or_insert(Tokens { level: burst as f64, at: now });
     t.level = (t.level + now.duration_since(t.at).as_secs_f64() * per_second).min(burst as f64);
     t.at = now;
     if t.level >= 1.0 {

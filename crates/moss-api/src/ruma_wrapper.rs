@@ -35,25 +35,17 @@ pub struct Ruma<R> {
 impl<R> Ruma<R> {
     /// The session of an endpoint that requires authentication.
     pub fn session(&self) -> &Session {
-        self.session
-            .as_ref()
-            .expect("the extractor enforces authentication for this endpoint")
+        self.session.as_ref().expect("the extractor enforces authentication for this endpoint")
     }
 }
 
 pub fn access_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(h) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if let Some(t) = h.strip_prefix("Bearer ") {
             return Some(t.trim().to_owned());
         }
     }
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("access_token="))
-        .map(|t| t.to_owned())
+    query?.split('&').find_map(|kv| kv.strip_prefix("access_token=")).map(|t| t.to_owned())
 }
 
 /// The session of a plain (non-ruma) handler that requires authentication.
@@ -62,22 +54,14 @@ pub struct Authed(pub Session);
 impl FromRequestParts<Arc<Moss>> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        moss: &Arc<Moss>,
-    ) -> Result<Self, ApiError> {
-        let token =
-            access_token(&parts.headers, parts.uri.query()).ok_or_else(ApiError::missing_token)?;
+    async fn from_request_parts(parts: &mut http::request::Parts, moss: &Arc<Moss>) -> Result<Self, ApiError> {
+        let token = access_token(&parts.headers, parts.uri.query()).ok_or_else(ApiError::missing_token)?;
         Ok(Authed(moss.authenticate(&token).await?))
     }
 }
 
 fn expected_path_args<R: IncomingRequest>() -> usize {
-    R::PATH_BUILDER
-        .all_paths()
-        .next()
-        .map(|p| p.matches('{').count())
-        .unwrap_or(0)
+    R::PATH_BUILDER.all_paths().next().map(|p| p.matches('{').count()).unwrap_or(0)
 }
 
 impl<R> FromRequest<Arc<Moss>> for Ruma<R>
@@ -88,34 +72,26 @@ where
 
     async fn from_request(req: Request, moss: &Arc<Moss>) -> Result<Self, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let mut path_args: Vec<String> =
-            match RawPathParams::from_request_parts(&mut parts, moss).await {
-                Ok(p) => p.iter().map(|(_, v)| v.to_owned()).collect(),
-                Err(_) => Vec::new(),
-            };
+        let mut path_args: Vec<String> = match RawPathParams::from_request_parts(&mut parts, moss).await {
+            Ok(p) => p.iter().map(|(_, v)| v.to_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
         // Routes for an empty trailing state key have one argument fewer.
         while path_args.len() < expected_path_args::<R>() {
             path_args.push(String::new());
         }
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
 
         let limit = moss.config.http.max_request_bytes;
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            ApiError::too_large(format!("request body is larger than {limit} bytes"))
-        })?;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::too_large(format!("request body is larger than {limit} bytes")))?;
         let json = if bytes.is_empty() || parts.method == Method::GET {
             None
         } else {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(v) => Some(v),
-                Err(e) => {
-                    return Err(ApiError::not_json(format!(
-                        "request body is not valid JSON: {e}"
-                    )))
-                }
+                Err(e) => return Err(ApiError::not_json(format!("request body is not valid JSON: {e}"))),
             }
         };
         if json.as_ref().is_some_and(|v| !v.is_object()) {
@@ -124,34 +100,22 @@ where
 
         let auth = TypeId::of::<R::Authentication>();
         let token = access_token(&parts.headers, parts.uri.query());
-        let session =
-            if auth == TypeId::of::<AccessToken>() || auth == TypeId::of::<AccessTokenOptional>() {
-                match token {
-                    Some(t) => Some(moss.authenticate(&t).await?),
-                    None if auth == TypeId::of::<AccessToken>() => {
-                        return Err(ApiError::missing_token())
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
+        let session = if auth == TypeId::of::<AccessToken>() || auth == TypeId::of::<AccessTokenOptional>() {
+            match token {
+                Some(t) => Some(moss.authenticate(&t).await?),
+                None if auth == TypeId::of::<AccessToken>() => return Err(ApiError::missing_token()),
+                None => None,
+            }
+        } else {
+            None
+        };
 
         // Clients may send an empty body where the endpoint expects `{}`.
-        let body_bytes: &[u8] = if bytes.is_empty() && parts.method != Method::GET {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let body_bytes: &[u8] = if bytes.is_empty() && parts.method != Method::GET { b"{}" } else { &bytes };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = R::try_from_http_request(http_req, &args).map_err(request_error)?;
-        Ok(Ruma {
-            body,
-            session,
-            ip,
-            json,
-        })
+        Ok(Ruma { body, session, ip, json })
     }
 }
 
@@ -178,16 +142,12 @@ impl<T: ruma::api::OutgoingResponse> IntoResponse for RumaResponse<T> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {
             Ok(res) => res.map(|b| Body::from(b.freeze())).into_response(),
-            Err(e) => ApiError::from(moss_core::Error::internal(format!(
-                "serializing response: {e}"
-            )))
-            .into_response(),
+            Err(e) => ApiError::from(moss_core::Error::internal(format!("serializing response: {e}"))).into_response(),
         }
     }
 }
 
-pub type HandlerResult<R> =
-    Result<RumaResponse<<R as IncomingRequest>::OutgoingResponse>, ApiError>;
+pub type HandlerResult<R> = Result<RumaResponse<<R as IncomingRequest>::OutgoingResponse>, ApiError>;
 
 pub trait RouterExt {
     /// Mounts `handler` for the ruma endpoint `R` at each of its paths.
@@ -231,13 +191,10 @@ impl RouterExt for Router<Arc<Moss>> {
             let h = handler.clone();
             router = router.route(
                 path.as_str(),
-                on(
-                    method_filter(&R::METHOD),
-                    move |State(moss): State<Arc<Moss>>, req: Ruma<R>| {
-                        let h = h.clone();
-                        async move { h(moss, req).await }
-                    },
-                ),
+                on(method_filter(&R::METHOD), move |State(moss): State<Arc<Moss>>, req: Ruma<R>| {
+                    let h = h.clone();
+                    async move { h(moss, req).await }
+                }),
             );
         }
         router

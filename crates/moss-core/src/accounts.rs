@@ -18,11 +18,7 @@ use crate::{
 };
 
 pub fn random_string(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// A verified access token.
@@ -64,11 +60,7 @@ pub fn hash_password_blocking(password: &str) -> Result<String> {
 }
 
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// Nonces issued by the shared-secret registration endpoint, valid for a minute.
@@ -81,9 +73,7 @@ impl Moss {
         let lower = localpart.to_lowercase();
         if lower.is_empty()
             || lower != localpart
-            || !localpart
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+            || !localpart.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
         {
             return Err(Error::new(
                 ErrorKind::InvalidUsername,
@@ -94,11 +84,7 @@ impl Moss {
         let id = UserId::parse(format!("@{localpart}:{}", self.server_name))
             .map_err(|e| Error::new(ErrorKind::InvalidUsername, 400, e.to_string()))?;
         if id.as_str().len() > 255 {
-            return Err(Error::new(
-                ErrorKind::InvalidUsername,
-                400,
-                "user id is longer than 255 bytes",
-            ));
+            return Err(Error::new(ErrorKind::InvalidUsername, 400, "user id is longer than 255 bytes"));
         }
         Ok(id)
     }
@@ -109,8 +95,7 @@ impl Moss {
         let id = if input.starts_with('@') {
             UserId::parse(input.to_lowercase()).map_err(|_| forbidden())?
         } else {
-            UserId::parse(format!("@{}:{}", input.to_lowercase(), self.server_name))
-                .map_err(|_| forbidden())?
+            UserId::parse(format!("@{}:{}", input.to_lowercase(), self.server_name)).map_err(|_| forbidden())?
         };
         if id.server_name() != self.server_name {
             return Err(forbidden());
@@ -124,8 +109,7 @@ impl Moss {
     }
 
     pub async fn is_local_user_active(&self, user_id: &UserId) -> Result<bool> {
-        Ok(user_id.server_name() == self.server_name
-            && self.user(user_id).await?.is_some_and(|u| !u.deactivated))
+        Ok(user_id.server_name() == self.server_name && self.user(user_id).await?.is_some_and(|u| !u.deactivated))
     }
 
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
@@ -149,28 +133,18 @@ impl Moss {
             return Err(Error::new(
                 ErrorKind::WeakPassword,
                 400,
-                format!(
-                    "passwords must be at least {} characters",
-                    self.config.auth.min_password_length
-                ),
+                format!("passwords must be at least {} characters", self.config.auth.min_password_length),
             ));
         }
         if password.len() > 512 {
-            return Err(Error::new(
-                ErrorKind::WeakPassword,
-                400,
-                "passwords must be at most 512 bytes",
-            ));
+            return Err(Error::new(ErrorKind::WeakPassword, 400, "passwords must be at most 512 bytes"));
         }
         Ok(())
     }
 
     pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
         let t = token.to_owned();
-        let row = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.registration_token(&t)?))
-            .await?;
+        let row = self.db.read(move |r| Ok::<_, Error>(r.registration_token(&t)?)).await?;
         Ok(row.is_some_and(|row| token_usable(&row)))
     }
 
@@ -203,11 +177,7 @@ impl Moss {
                     }
                 }
                 if !w.create_user(&u, hash.as_deref(), admin, now_ms() as i64)? {
-                    return Err(Error::new(
-                        ErrorKind::UserInUse,
-                        400,
-                        "user id already taken",
-                    ));
+                    return Err(Error::new(ErrorKind::UserInUse, 400, "user id already taken"));
                 }
                 // The display name starts as the localpart, as in other homeservers.
                 w.set_displayname(&u, Some(&localpart))?;
@@ -229,24 +199,15 @@ impl Moss {
         with_refresh: bool,
         ip: Option<String>,
     ) -> Result<NewSession> {
-        let device_id =
-            device_id.unwrap_or_else(|| OwnedDeviceId::from(random_string(10).to_uppercase()));
+        let device_id = device_id.unwrap_or_else(|| OwnedDeviceId::from(random_string(10).to_uppercase()));
         let access_token = format!("mat_{}", random_string(32));
         let (refresh_token, expires_in_ms) = if with_refresh {
-            (
-                Some(format!("mar_{}", random_string(32))),
-                Some(self.config.auth.access_token_lifetime_ms),
-            )
+            (Some(format!("mar_{}", random_string(32))), Some(self.config.auth.access_token_lifetime_ms))
         } else {
             (None, None)
         };
         let expires_ts = expires_in_ms.map(|ms| (now_ms() + ms) as i64);
-        let (u, d, t, r) = (
-            user_id.to_string(),
-            device_id.to_string(),
-            access_token.clone(),
-            refresh_token.clone(),
-        );
+        let (u, d, t, r) = (user_id.to_string(), device_id.to_string(), access_token.clone(), refresh_token.clone());
         self.db
             .write(move |w| {
                 // Logging in again with an existing device id replaces its old sessions.
@@ -254,24 +215,12 @@ impl Moss {
                 if existing {
                     w.delete_device(&u, &d)?;
                 }
-                w.upsert_device(
-                    &u,
-                    &d,
-                    display_name.as_deref(),
-                    now_ms() as i64,
-                    ip.as_deref(),
-                )?;
+                w.upsert_device(&u, &d, display_name.as_deref(), now_ms() as i64, ip.as_deref())?;
                 w.insert_token(&t, &u, &d, expires_ts, r.as_deref())?;
                 Ok::<_, Error>(())
             })
             .await?;
-        Ok(NewSession {
-            user_id: user_id.to_owned(),
-            device_id,
-            access_token,
-            refresh_token,
-            expires_in_ms,
-        })
+        Ok(NewSession { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
     }
 
     /// Password login. Fails the same way for unknown users and wrong passwords.
@@ -279,11 +228,7 @@ impl Moss {
         let user_id = self.resolve_login_user(user_input)?;
         let user = self.user(&user_id).await?;
         if user.as_ref().is_some_and(|u| u.deactivated) {
-            return Err(Error::new(
-                ErrorKind::UserDeactivated,
-                403,
-                "this account has been deactivated",
-            ));
+            return Err(Error::new(ErrorKind::UserDeactivated, 403, "this account has been deactivated"));
         }
         if !self.check_password(&user_id, password).await? {
             return Err(Error::forbidden("invalid username or password"));
@@ -299,11 +244,7 @@ impl Moss {
         if row.expires_ts.is_some_and(|e| e <= now_ms() as i64) {
             let mut data = ruma::api::error::UnknownTokenErrorData::new();
             data.soft_logout = true;
-            return Err(Error::new(
-                ErrorKind::UnknownToken(data),
-                401,
-                "access token expired",
-            ));
+            return Err(Error::new(ErrorKind::UnknownToken(data), 401, "access token expired"));
         }
         Ok(Session {
             user_id: UserId::parse(&row.user_id).map_err(|e| Error::internal(e.to_string()))?,
@@ -322,17 +263,9 @@ impl Moss {
         let row = self
             .db
             .write(move |w| {
-                let (old, row) = w
-                    .refresh_token(&rt)?
-                    .ok_or_else(|| Error::unknown_token("unknown refresh token"))?;
+                let (old, row) = w.refresh_token(&rt)?.ok_or_else(|| Error::unknown_token("unknown refresh token"))?;
                 w.delete_token(&old)?;
-                w.insert_token(
-                    &at,
-                    &row.user_id,
-                    &row.device_id,
-                    Some((now_ms() + lifetime) as i64),
-                    Some(&nr),
-                )?;
+                w.insert_token(&at, &row.user_id, &row.device_id, Some((now_ms() + lifetime) as i64), Some(&nr))?;
                 Ok::<_, Error>(row)
             })
             .await?;
@@ -348,24 +281,15 @@ impl Moss {
     /// Logging out deletes the device, as the spec asks.
     pub async fn logout(&self, session: &Session) -> Result<()> {
         let (u, d) = (session.user_id.to_string(), session.device_id.to_string());
-        self.db
-            .write(move |w| Ok::<_, Error>(w.delete_device(&u, &d)?))
-            .await
+        self.db.write(move |w| Ok::<_, Error>(w.delete_device(&u, &d)?)).await
     }
 
     pub async fn logout_all(&self, user_id: &UserId) -> Result<()> {
         let u = user_id.to_string();
-        self.db
-            .write(move |w| Ok::<_, Error>(w.delete_all_devices(&u, None)?))
-            .await
+        self.db.write(move |w| Ok::<_, Error>(w.delete_all_devices(&u, None)?)).await
     }
 
-    pub async fn set_password(
-        &self,
-        user_id: &UserId,
-        password: &str,
-        logout_others: Option<&Session>,
-    ) -> Result<()> {
+    pub async fn set_password(&self, user_id: &UserId, password: &str, logout_others: Option<&Session>) -> Result<()> {
         let hash = hash_password(password.to_owned()).await?;
         let u = user_id.to_string();
         let keep = logout_others.map(|s| s.device_id.to_string());
@@ -416,22 +340,12 @@ impl Moss {
 
     pub async fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRow>> {
         let (u, d) = (user_id.to_string(), device_id.to_owned());
-        self.db
-            .read(move |r| Ok::<_, Error>(r.device(&u, &d)?))
-            .await
+        self.db.read(move |r| Ok::<_, Error>(r.device(&u, &d)?)).await
     }
 
-    pub async fn rename_device(
-        &self,
-        user_id: &UserId,
-        device_id: &str,
-        name: Option<String>,
-    ) -> Result<()> {
+    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<String>) -> Result<()> {
         let (u, d) = (user_id.to_string(), device_id.to_owned());
-        let found = self
-            .db
-            .write(move |w| Ok::<_, Error>(w.set_device_name(&u, &d, name.as_deref())?))
-            .await?;
+        let found = self.db.write(move |w| Ok::<_, Error>(w.set_device_name(&u, &d, name.as_deref())?)).await?;
         if found {
             Ok(())
         } else {
@@ -476,11 +390,7 @@ impl Moss {
     /// Records when and from where a device was last used.
     pub async fn touch_device(&self, session: &Session, ip: Option<String>) -> Result<()> {
         let (u, d) = (session.user_id.to_string(), session.device_id.to_string());
-        self.db
-            .write(move |w| {
-                Ok::<_, Error>(w.touch_device(&u, &d, now_ms() as i64, ip.as_deref())?)
-            })
-            .await
+        self.db.write(move |w| Ok::<_, Error>(w.touch_device(&u, &d, now_ms() as i64, ip.as_deref())?)).await
     }
 
     // ---- registration tokens (the command line manages them) ----
@@ -494,19 +404,12 @@ impl Moss {
         let token = token.unwrap_or_else(|| random_string(16));
         if token.is_empty()
             || token.len() > 64
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+            || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
         {
-            return Err(Error::invalid_param(
-                "tokens are 1-64 characters of A-Z, a-z, 0-9, '.', '_', '~' and '-'",
-            ));
+            return Err(Error::invalid_param("tokens are 1-64 characters of A-Z, a-z, 0-9, '.', '_', '~' and '-'"));
         }
         let t = token.clone();
-        let created = self
-            .db
-            .write(move |w| Ok::<_, Error>(w.create_registration_token(&t, uses, expiry_ts)?))
-            .await?;
+        let created = self.db.write(move |w| Ok::<_, Error>(w.create_registration_token(&t, uses, expiry_ts)?)).await?;
         if created {
             Ok(token)
         } else {
@@ -515,16 +418,12 @@ impl Moss {
     }
 
     pub async fn registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
-        self.db
-            .read(|r| Ok::<_, Error>(r.registration_tokens()?))
-            .await
+        self.db.read(|r| Ok::<_, Error>(r.registration_tokens()?)).await
     }
 
     pub async fn delete_registration_token(&self, token: &str) -> Result<bool> {
         let t = token.to_owned();
-        self.db
-            .write(move |w| Ok::<_, Error>(w.delete_registration_token(&t)?))
-            .await
+        self.db.write(move |w| Ok::<_, Error>(w.delete_registration_token(&t)?)).await
     }
 
     // ---- Synapse-compatible shared-secret registration ----
@@ -551,13 +450,7 @@ impl Moss {
             .config
             .registration_shared_secret
             .as_deref()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Forbidden,
-                    400,
-                    "shared secret registration is not enabled",
-                )
-            })?;
+            .ok_or_else(|| Error::new(ErrorKind::Forbidden, 400, "shared secret registration is not enabled"))?;
         let fresh = nonces
             .0
             .lock()
@@ -567,26 +460,20 @@ impl Moss {
         if !fresh {
             return Err(Error::new(ErrorKind::Unknown, 400, "unrecognised nonce"));
         }
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-            .map_err(|e| Error::internal(e.to_string()))?;
+        let mut mac =
+            Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| Error::internal(e.to_string()))?;
         mac.update(nonce.as_bytes());
         mac.update(b"\0");
         mac.update(username.as_bytes());
         mac.update(b"\0");
         mac.update(password.as_bytes());
         mac.update(b"\0");
-        mac.update(if admin {
-            b"admin" as &[u8]
-        } else {
-            b"notadmin"
-        });
+        mac.update(if admin { b"admin" as &[u8] } else { b"notadmin" });
         let expected = hex::decode(mac_hex).map_err(|_| Error::forbidden("HMAC incorrect"))?;
-        mac.verify_slice(&expected)
-            .map_err(|_| Error::forbidden("HMAC incorrect"))
+        mac.verify_slice(&expected).map_err(|_| Error::forbidden("HMAC incorrect"))
     }
 }
 
 fn token_usable(row: &RegistrationTokenRow) -> bool {
-    row.uses_allowed.is_none_or(|n| row.completed < n)
-        && row.expiry_ts.is_none_or(|e| e > now_ms() as i64)
+    row.uses_allowed.is_none_or(|n| row.completed < n) && row.expiry_ts.is_none_or(|e| e > now_ms() as i64)
 }

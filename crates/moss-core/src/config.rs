@@ -86,10 +86,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig {
-            path: PathBuf::from("moss.db"),
-            synchronous: SyncMode::Full,
-        }
+        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full }
     }
 }
 
@@ -111,10 +108,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig {
-            access_token_lifetime_ms: 5 * 60 * 1000,
-            min_password_length: 8,
-        }
+        AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8 }
     }
 }
 
@@ -133,22 +127,10 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             enabled: true,
-            login: Bucket {
-                per_second: 0.17,
-                burst: 3,
-            },
-            register: Bucket {
-                per_second: 0.17,
-                burst: 3,
-            },
-            message: Bucket {
-                per_second: 10.0,
-                burst: 50,
-            },
-            join: Bucket {
-                per_second: 1.0,
-                burst: 10,
-            },
+            login: Bucket { per_second: 0.17, burst: 3 },
+            register: Bucket { per_second: 0.17, burst: 3 },
+            message: Bucket { per_second: 10.0, burst: 50 },
+            join: Bucket { per_second: 1.0, burst: 10 },
         }
     }
 }
@@ -221,11 +203,7 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            enabled: false,
-            path: PathBuf::from("media-cache"),
-            max_size: 1024 * 1024 * 1024,
-        }
+        CacheConfig { enabled: false, path: PathBuf::from("media-cache"), max_size: 1024 * 1024 * 1024 }
     }
 }
 
@@ -251,11 +229,7 @@ pub struct ThumbnailSize {
 
 impl Default for ThumbnailConfig {
     fn default() -> Self {
-        let size = |width, height, method: &str| ThumbnailSize {
-            width,
-            height,
-            method: method.into(),
-        };
+        let size = |width, height, method: &str| ThumbnailSize { width, height, method: method.into() };
         ThumbnailConfig {
             sizes: vec![
                 size(32, 32, "crop"),
@@ -372,10 +346,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Pretty,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Pretty, level: "info".into() }
     }
 }
 

@@ -8,11 +8,7 @@ use ruma::api::{client::uiaa::UiaaInfo, error::ErrorKind};
 pub enum Error {
     /// A failure the client should see: errcode plus a human-readable message.
     #[error("{kind:?}: {message}")]
-    Matrix {
-        kind: ErrorKind,
-        status: u16,
-        message: String,
-    },
+    Matrix { kind: ErrorKind, status: u16, message: String },
     /// User-interactive auth must continue (HTTP 401 with the flows).
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
@@ -26,11 +22,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, status: u16, message: impl Into<String>) -> Self {
-        Error::Matrix {
-            kind,
-            status,
-            message: message.into(),
-        }
+        Error::Matrix { kind, status, message: message.into() }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Forbidden, 403, message)

@@ -12,9 +12,7 @@ fn glob(pattern: &str, s: &str) -> bool {
                 return false;
             }
             let rest = &s[head.len()..];
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob(tail, &rest[i..]))
+            (0..=rest.len()).filter(|i| rest.is_char_boundary(*i)).any(|i| glob(tail, &rest[i..]))
         }
     }
 }
@@ -53,10 +51,7 @@ pub fn room_allowed(f: &FilterDefinition, room_id: &str) -> bool {
     if f.room.not_rooms.iter().any(|r| r.as_str() == room_id) {
         return false;
     }
-    f.room
-        .rooms
-        .as_ref()
-        .is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == room_id))
+    f.room.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == room_id))
 }
 
 pub fn lazy_load(f: &RoomEventFilter) -> bool {

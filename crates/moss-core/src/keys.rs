@@ -13,17 +13,11 @@ use crate::error::{Error, Result};
 /// File format: one line, `ed25519 <version> <base64 PKCS#8 document>`.
 pub fn load_or_generate(path: &Path) -> Result<Ed25519KeyPair> {
     if path.exists() {
-        let text = fs::read_to_string(path)
-            .map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
-        return parse(&text)
-            .map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())));
+        let text = fs::read_to_string(path).map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
+        return parse(&text).map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())));
     }
     let doc = Ed25519KeyPair::generate();
-    let version: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(6)
-        .map(char::from)
-        .collect();
+    let version: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
     let line = format!("ed25519 a_{version} {}\n", STANDARD_NO_PAD.encode(&doc));
     let tmp = path.with_extension("tmp");
     {
@@ -31,12 +25,8 @@ pub fn load_or_generate(path: &Path) -> Result<Ed25519KeyPair> {
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&tmp)
-            .map_err(|e| Error::internal(format!("writing {}: {e}", tmp.display())))?;
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::internal(e.to_string()))?;
+        let mut f = opts.open(&tmp).map_err(|e| Error::internal(format!("writing {}: {e}", tmp.display())))?;
+        f.write_all(line.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::internal(e.to_string()))?;
     }
     fs::rename(&tmp, path).map_err(|e| Error::internal(e.to_string()))?;
     tracing::info!(path = %path.display(), "generated a new signing key");
@@ -47,9 +37,7 @@ fn parse(text: &str) -> std::result::Result<Ed25519KeyPair, String> {
     let mut parts = text.split_whitespace();
     match (parts.next(), parts.next(), parts.next()) {
         (Some("ed25519"), Some(version), Some(b64)) => {
-            let doc = STANDARD_NO_PAD
-                .decode(b64.trim_end_matches('='))
-                .map_err(|e| e.to_string())?;
+            let doc = STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|e| e.to_string())?;
             Ed25519KeyPair::from_der(&doc, version.to_owned()).map_err(|e| e.to_string())
         }
         _ => Err("expected `ed25519 <version> <base64>`".into()),

@@ -46,18 +46,10 @@ pub struct Moss {
 impl Moss {
     /// Opens the data directory (creating it, the database and the signing key as needed).
     pub fn open(config: Config) -> Result<Arc<Moss>> {
-        let server_name = ServerName::parse(&config.server_name).map_err(|e| {
-            Error::internal(format!(
-                "server_name {:?} is invalid: {e}",
-                config.server_name
-            ))
-        })?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::internal(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        let server_name = ServerName::parse(&config.server_name)
+            .map_err(|e| Error::internal(format!("server_name {:?} is invalid: {e}", config.server_name)))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let db = Db::open(
             &config.database_path(),
             match config.database.synchronous {
@@ -68,10 +60,7 @@ impl Moss {
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let media = media::Media::open(&config)?;
         Ok(Arc::new(Moss {
-            signer: Signer {
-                server_name: server_name.clone(),
-                key: Arc::new(key),
-            },
+            signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
             server_name,
             db,
             config,

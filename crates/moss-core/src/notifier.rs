@@ -16,10 +16,7 @@ pub struct Notifier {
 impl Notifier {
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        users
-            .entry(user.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {

@@ -34,10 +34,7 @@ impl SyncToken {
         let bad = || Error::invalid_param(format!("invalid sync token {s:?}"));
         let rest = s.strip_prefix('s').ok_or_else(bad)?;
         let (a, b) = rest.split_once('_').ok_or_else(bad)?;
-        Ok(SyncToken {
-            stream: a.parse().map_err(|_| bad())?,
-            typing: b.parse().map_err(|_| bad())?,
-        })
+        Ok(SyncToken { stream: a.parse().map_err(|_| bad())?, typing: b.parse().map_err(|_| bad())? })
     }
 }
 
@@ -64,10 +61,8 @@ struct UnreadCandidates {
 
 impl Moss {
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
-        let deadline = tokio::time::Instant::now()
-            + req
-                .timeout
-                .min(Duration::from_millis(self.config.http.max_sync_timeout_ms));
+        let deadline =
+            tokio::time::Instant::now() + req.timeout.min(Duration::from_millis(self.config.http.max_sync_timeout_ms));
         let mut rx = self.notifier.subscribe(&session.user_id);
         let mut shutdown = self.shutdown_signal();
         loop {
@@ -80,8 +75,7 @@ impl Moss {
                 || tokio::time::Instant::now() >= deadline
                 || self.is_shutting_down();
             if done {
-                self.fill_unread_counts(&session.user_id, &mut body, unread)
-                    .await?;
+                self.fill_unread_counts(&session.user_id, &mut body, unread).await?;
                 return Ok(body);
             }
             tokio::select! {
@@ -103,10 +97,8 @@ impl Moss {
         let since = req.since;
         let full_state = req.full_state;
         let filter = req.filter.clone();
-        let (mut body, unread, empty, typing_rooms) = self
-            .db
-            .read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial))
-            .await?;
+        let (mut body, unread, empty, typing_rooms) =
+            self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial)).await?;
         // Typing lives in memory, outside the database snapshot.
         let mut empty = empty;
         let since_typing = since.map(|s| s.typing).unwrap_or(0);
@@ -130,20 +122,12 @@ impl Moss {
                 .map(|a| a.push(json!({"type": "m.typing", "content": {"user_ids": users}})));
             empty = false;
         }
-        body["next_batch"] = json!(SyncToken {
-            stream: body["next_batch"].as_i64().unwrap_or(0),
-            typing: typing_serial
-        }
-        .to_string());
+        body["next_batch"] =
+            json!(SyncToken { stream: body["next_batch"].as_i64().unwrap_or(0), typing: typing_serial }.to_string());
         Ok((body, unread, empty))
     }
 
-    async fn fill_unread_counts(
-        &self,
-        user: &UserId,
-        body: &mut Value,
-        rooms: Vec<UnreadCandidates>,
-    ) -> Result<()> {
+    async fn fill_unread_counts(&self, user: &UserId, body: &mut Value, rooms: Vec<UnreadCandidates>) -> Result<()> {
         if rooms.is_empty() {
             return Ok(());
         }
@@ -171,8 +155,7 @@ impl Moss {
             }
             let entry = &mut body["rooms"]["join"][room.room_id.as_str()];
             if entry.is_object() {
-                entry["unread_notifications"] =
-                    json!({"notification_count": notify, "highlight_count": highlight});
+                entry["unread_notifications"] = json!({"notification_count": notify, "highlight_count": highlight});
             }
         }
         Ok(())
@@ -229,11 +212,7 @@ fn build(
     let current = r.current_stream()?;
     let since_stream = since.map(|s| s.stream);
     let timeline_filter = &filter.room.timeline;
-    let limit = timeline_filter
-        .limit
-        .map(|l| u64::from(l) as usize)
-        .unwrap_or(10)
-        .clamp(1, 500);
+    let limit = timeline_filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 500);
     let lazy = filter::lazy_load(&filter.room.state);
 
     let mut join = Map::new();
@@ -252,18 +231,9 @@ fn build(
             "join" => {
                 typing_rooms.push(m.room_id.clone());
                 let newly = since_stream.is_none() || changed;
-                let lower = if newly && since_stream.is_none() {
-                    -1
-                } else {
-                    since_stream.unwrap_or(-1)
-                };
-                let mut rows = r.room_events(
-                    &m.room_id,
-                    current,
-                    Some(lower),
-                    Direction::Backward,
-                    limit as i64 + 1,
-                )?;
+                let lower = if newly && since_stream.is_none() { -1 } else { since_stream.unwrap_or(-1) };
+                let mut rows =
+                    r.room_events(&m.room_id, current, Some(lower), Direction::Backward, limit as i64 + 1)?;
                 let limited = rows.len() > limit;
                 rows.truncate(limit);
                 rows.reverse();
@@ -282,42 +252,27 @@ fn build(
                     before.values().cloned().collect()
                 } else if limited {
                     let at_since = state_before(r, &m.room_id, since_stream.unwrap_or(0))?;
-                    before
-                        .iter()
-                        .filter(|(k, v)| at_since.get(*k) != Some(*v))
-                        .map(|(_, v)| v.clone())
-                        .collect()
+                    before.iter().filter(|(k, v)| at_since.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
                 } else {
                     vec![]
                 };
-                let timeline_ids: std::collections::HashSet<&str> = timeline
-                    .iter()
-                    .filter_map(|e| e["event_id"].as_str())
-                    .collect();
-                let mut senders: std::collections::HashSet<String> = timeline
-                    .iter()
-                    .filter_map(|e| e["sender"].as_str().map(str::to_owned))
-                    .collect();
+                let timeline_ids: std::collections::HashSet<&str> =
+                    timeline.iter().filter_map(|e| e["event_id"].as_str()).collect();
+                let mut senders: std::collections::HashSet<String> =
+                    timeline.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
                 senders.insert(u.to_owned());
-                let state_ids = state_ids
-                    .into_iter()
-                    .filter(|id| !timeline_ids.contains(id.as_str()));
+                let state_ids = state_ids.into_iter().filter(|id| !timeline_ids.contains(id.as_str()));
                 let mut state = state_events(r, u, state_ids, &filter.room.state)?;
                 if lazy {
                     state.retain(|e| {
-                        e["type"] != "m.room.member"
-                            || e["state_key"].as_str().is_some_and(|s| senders.contains(s))
+                        e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|s| senders.contains(s))
                     });
                 }
 
                 // Receipts.
                 let receipts = r.receipts_since(
                     &m.room_id,
-                    if newly && since.is_none() {
-                        -1
-                    } else {
-                        since_stream.unwrap_or(-1)
-                    },
+                    if newly && since.is_none() { -1 } else { since_stream.unwrap_or(-1) },
                 )?;
                 let mut receipt_content: BTreeMap<String, Value> = BTreeMap::new();
                 for rc in receipts {
@@ -328,9 +283,7 @@ fn build(
                     if !rc.thread_id.is_empty() {
                         entry["thread_id"] = json!(rc.thread_id);
                     }
-                    let slot = receipt_content
-                        .entry(rc.event_id)
-                        .or_insert_with(|| json!({}));
+                    let slot = receipt_content.entry(rc.event_id).or_insert_with(|| json!({}));
                     slot[&rc.receipt_type][&rc.user_id] = entry;
                 }
                 let mut ephemeral = Vec::new();
@@ -343,13 +296,13 @@ fn build(
                     .account_data_since(u, if since.is_none() { -1 } else { since_stream.unwrap_or(-1) })?
                     .into_iter()
                     .filter(|a| a.room_id == m.room_id)
-                    .map(|a| Ok::<_, Error>(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?})))
+                    .map(|a| {
+                        Ok::<_, Error>(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}))
+                    })
                     .collect::<Result<_>>()?;
 
-                let has_news = !timeline.is_empty()
-                    || !state.is_empty()
-                    || !ephemeral.is_empty()
-                    || !account_data.is_empty();
+                let has_news =
+                    !timeline.is_empty() || !state.is_empty() || !ephemeral.is_empty() || !account_data.is_empty();
                 if !(has_news || newly || full_state) {
                     continue;
                 }
@@ -359,8 +312,7 @@ fn build(
                     None => token(current),
                 };
                 let mut room = empty_joined_room();
-                room["timeline"] =
-                    json!({"events": timeline, "limited": limited, "prev_batch": prev_batch});
+                room["timeline"] = json!({"events": timeline, "limited": limited, "prev_batch": prev_batch});
                 room["state"] = json!({"events": state});
                 room["ephemeral"] = json!({"events": ephemeral});
                 room["account_data"] = json!({"events": account_data});
@@ -381,41 +333,24 @@ fn build(
                     "m.room.topic",
                 ] {
                     if let Some(row) = r.current_state_event(&m.room_id, kind, "")? {
-                        events.push(
-                            crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?
-                                .to_stripped(),
-                        );
+                        events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
                     }
                 }
                 if let Some(row) = r.event(&m.event_id)? {
-                    events.push(
-                        crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped(),
-                    );
+                    events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
                 }
-                invite.insert(
-                    m.room_id.clone(),
-                    json!({"invite_state": {"events": events}}),
-                );
+                invite.insert(m.room_id.clone(), json!({"invite_state": {"events": events}}));
             }
-            "leave" | "ban"
-                if changed && !m.forgotten && (since.is_some() || filter.room.include_leave) =>
-            {
+            "leave" | "ban" if changed && !m.forgotten && (since.is_some() || filter.room.include_leave) => {
                 empty = false;
                 let lower = since_stream.unwrap_or(-1);
-                let mut rows = r.room_events(
-                    &m.room_id,
-                    m.stream,
-                    Some(lower),
-                    Direction::Backward,
-                    limit as i64 + 1,
-                )?;
+                let mut rows =
+                    r.room_events(&m.room_id, m.stream, Some(lower), Direction::Backward, limit as i64 + 1)?;
                 let limited = rows.len() > limit;
                 rows.truncate(limit);
                 rows.reverse();
-                let timeline: Vec<Value> = rows
-                    .iter()
-                    .map(|row| client_event(row, u, Some(device)))
-                    .collect::<Result<_>>()?;
+                let timeline: Vec<Value> =
+                    rows.iter().map(|row| client_event(row, u, Some(device))).collect::<Result<_>>()?;
                 let first = rows.first().map(|e| e.stream).unwrap_or(m.stream);
                 let state = if since.is_none() || limited {
                     let before = state_before(r, &m.room_id, first - 1)?;
@@ -441,19 +376,11 @@ fn build(
     for a in r.account_data_since(u, since_stream.unwrap_or(-1))? {
         if a.room_id.is_empty() {
             saw_push_rules |= a.kind == crate::user_data::PUSH_RULES;
-            global.push(
-                json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}),
-            );
+            global.push(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}));
         }
     }
-    if since.is_none()
-        && !saw_push_rules
-        && r.account_data(u, "", crate::user_data::PUSH_RULES)?
-            .is_none()
-    {
-        global.push(
-            json!({"type": "m.push_rules", "content": {"global": Ruleset::server_default(user)}}),
-        );
+    if since.is_none() && !saw_push_rules && r.account_data(u, "", crate::user_data::PUSH_RULES)?.is_none() {
+        global.push(json!({"type": "m.push_rules", "content": {"global": Ruleset::server_default(user)}}));
     }
     if !global.is_empty() && since.is_some() {
         empty = false;
@@ -483,9 +410,7 @@ fn summary(r: &Reader<'_>, room: &str, user: &str) -> Result<Value> {
         .map(|m| m.user_id.as_str())
         .take(5)
         .collect();
-    Ok(
-        json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
-    )
+    Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
 }
 
 fn unread_candidates(r: &Reader<'_>, room: &str, user: &UserId) -> Result<UnreadCandidates> {

@@ -40,10 +40,7 @@ impl Typing {
         let serial = s.serial + 1;
         let r = s.rooms.entry(room.to_owned()).or_default();
         let changed = match timeout {
-            Some(t) => r
-                .users
-                .insert(user.to_owned(), Instant::now() + t)
-                .is_none(),
+            Some(t) => r.users.insert(user.to_owned(), Instant::now() + t).is_none(),
             None => r.users.remove(user).is_some(),
         };
         if changed {
@@ -67,8 +64,7 @@ impl Typing {
                 changed.push(room.clone());
             }
         }
-        s.rooms
-            .retain(|_, r| !r.users.is_empty() || r.changed == serial);
+        s.rooms.retain(|_, r| !r.users.is_empty() || r.changed == serial);
         if !changed.is_empty() {
             s.serial = serial;
         }

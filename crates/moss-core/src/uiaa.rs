@@ -51,25 +51,17 @@ impl Moss {
     pub async fn uiaa(&self, req: UiaaRequest<'_>, auth: Option<AuthData>) -> Result<UiaaOutcome> {
         let mut outcome = UiaaOutcome::default();
         let Some(auth) = auth else {
-            return Err(self.uiaa_challenge(
-                &req,
-                self.uiaa.new_session(&req.purpose),
-                vec![],
-                None,
-            ));
+            return Err(self.uiaa_challenge(&req, self.uiaa.new_session(&req.purpose), vec![], None));
         };
         let session = match auth.session() {
             Some(s) => s.to_owned(),
             // A client may complete a single-stage flow without asking first.
             None => self.uiaa.new_session(&req.purpose),
         };
-        let completed = self.uiaa.completed(&session, &req.purpose).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unknown,
-                400,
-                "unknown or expired user-interactive auth session",
-            )
-        })?;
+        let completed = self
+            .uiaa
+            .completed(&session, &req.purpose)
+            .ok_or_else(|| Error::new(ErrorKind::Unknown, 400, "unknown or expired user-interactive auth session"))?;
 
         let stage_result: Result<AuthType, StandardErrorBody> = match &auth {
             AuthData::Dummy(_) => Ok(AuthType::Dummy),
@@ -84,34 +76,22 @@ impl Moss {
                         if matches && self.check_password(user, &p.password).await? {
                             Ok(AuthType::Password)
                         } else {
-                            Err(StandardErrorBody::new(
-                                ErrorKind::Forbidden,
-                                "invalid username or password".into(),
-                            ))
+                            Err(StandardErrorBody::new(ErrorKind::Forbidden, "invalid username or password".into()))
                         }
                     }
-                    _ => Err(StandardErrorBody::new(
-                        ErrorKind::Forbidden,
-                        "password auth is not available here".into(),
-                    )),
-                }
-            }
-            AuthData::RegistrationToken(t) => {
-                match self.registration_token_valid(&t.token).await? {
-                    true => {
-                        outcome.registration_token = Some(t.token.clone());
-                        Ok(AuthType::RegistrationToken)
+                    _ => {
+                        Err(StandardErrorBody::new(ErrorKind::Forbidden, "password auth is not available here".into()))
                     }
-                    false => Err(StandardErrorBody::new(
-                        ErrorKind::Forbidden,
-                        "invalid registration token".into(),
-                    )),
                 }
             }
-            _ => Err(StandardErrorBody::new(
-                ErrorKind::Unrecognized,
-                "unsupported auth type".into(),
-            )),
+            AuthData::RegistrationToken(t) => match self.registration_token_valid(&t.token).await? {
+                true => {
+                    outcome.registration_token = Some(t.token.clone());
+                    Ok(AuthType::RegistrationToken)
+                }
+                false => Err(StandardErrorBody::new(ErrorKind::Forbidden, "invalid registration token".into())),
+            },
+            _ => Err(StandardErrorBody::new(ErrorKind::Unrecognized, "unsupported auth type".into())),
         };
 
         let mut completed = completed;
@@ -125,11 +105,7 @@ impl Moss {
                 return Err(self.uiaa_challenge(&req, session, completed, Some(body)));
             }
         }
-        if req
-            .flows
-            .iter()
-            .any(|flow| flow.iter().all(|s| completed.contains(s)))
-        {
+        if req.flows.iter().any(|flow| flow.iter().all(|s| completed.contains(s))) {
             self.uiaa.finish(&session);
             Ok(outcome)
         } else {
@@ -159,14 +135,7 @@ impl UiaaSessions {
         let id = crate::accounts::random_string(24);
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         s.retain(|_, v| v.created.elapsed() < SESSION_LIFETIME);
-        s.insert(
-            id.clone(),
-            Session {
-                created: Instant::now(),
-                purpose: purpose.to_owned(),
-                completed: vec![],
-            },
-        );
+        s.insert(id.clone(), Session { created: Instant::now(), purpose: purpose.to_owned(), completed: vec![] });
         id
     }
 
@@ -178,29 +147,17 @@ impl UiaaSessions {
     }
 
     fn set_completed(&self, session: &str, completed: Vec<AuthType>) {
-        if let Some(v) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(session)
-        {
+        if let Some(v) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get_mut(session) {
             v.completed = completed;
         }
     }
 
     fn finish(&self, session: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(session);
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(session);
     }
 }
 
 /// Convenience: the single-stage password flow used by account management endpoints.
 pub fn password_flow<'a>(purpose: &str, user: &'a UserId) -> UiaaRequest<'a> {
-    UiaaRequest {
-        flows: vec![vec![AuthType::Password]],
-        purpose: format!("{purpose}:{user}"),
-        user: Some(user),
-    }
+    UiaaRequest { flows: vec![vec![AuthType::Password]], purpose: format!("{purpose}:{user}"), user: Some(user) }
 }

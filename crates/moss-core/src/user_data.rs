@@ -25,27 +25,15 @@ impl Moss {
     // ---- profile ----
 
     pub async fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
-        let row = self
-            .user(user)
-            .await?
-            .filter(|u| !u.deactivated)
-            .ok_or_else(|| Error::not_found("profile not found"))?;
+        let row =
+            self.user(user).await?.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("profile not found"))?;
         Ok((row.displayname, row.avatar_url))
     }
 
     /// Sets a profile field and carries it into the user's membership in every joined room.
-    pub async fn set_profile_field(
-        &self,
-        user: &UserId,
-        field: &str,
-        value: Option<String>,
-    ) -> Result<()> {
+    pub async fn set_profile_field(&self, user: &UserId, field: &str, value: Option<String>) -> Result<()> {
         if value.as_ref().is_some_and(|v| v.len() > 1024) {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                400,
-                "profile fields are limited to 1024 bytes",
-            ));
+            return Err(Error::new(ErrorKind::TooLarge, 400, "profile fields are limited to 1024 bytes"));
         }
         let (u, f, v) = (user.to_string(), field.to_owned(), value.clone());
         let rooms = self
@@ -73,26 +61,12 @@ impl Moss {
 
     // ---- account data and tags ----
 
-    pub async fn account_data(
-        &self,
-        user: &UserId,
-        room: Option<&RoomId>,
-        kind: &str,
-    ) -> Result<Value> {
-        let (u, r, k) = (
-            user.to_string(),
-            room.map(|r| r.to_string()).unwrap_or_default(),
-            kind.to_owned(),
-        );
-        let found = self
-            .db
-            .read(move |db| Ok::<_, Error>(db.account_data(&u, &r, &k)?))
-            .await?;
+    pub async fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Value> {
+        let (u, r, k) = (user.to_string(), room.map(|r| r.to_string()).unwrap_or_default(), kind.to_owned());
+        let found = self.db.read(move |db| Ok::<_, Error>(db.account_data(&u, &r, &k)?)).await?;
         match found {
             Some(c) => Ok(serde_json::from_str(&c)?),
-            None if kind == PUSH_RULES && room.is_none() => {
-                Ok(json!({"global": Ruleset::server_default(user)}))
-            }
+            None if kind == PUSH_RULES && room.is_none() => Ok(json!({"global": Ruleset::server_default(user)})),
             None => Err(Error::not_found("account data not found")),
         }
     }
@@ -105,23 +79,13 @@ impl Moss {
         content: Value,
     ) -> Result<()> {
         if !content.is_object() {
-            return Err(Error::bad_json(
-                "account data content must be a JSON object",
-            ));
+            return Err(Error::bad_json("account data content must be a JSON object"));
         }
         if kind == "m.fully_read" && room.is_some() {
-            return Err(Error::new(
-                ErrorKind::BadJson,
-                405,
-                "use /read_markers to set m.fully_read",
-            ));
+            return Err(Error::new(ErrorKind::BadJson, 405, "use /read_markers to set m.fully_read"));
         }
         if kind == PUSH_RULES {
-            return Err(Error::new(
-                ErrorKind::BadJson,
-                405,
-                "use the /pushrules API to change push rules",
-            ));
+            return Err(Error::new(ErrorKind::BadJson, 405, "use the /pushrules API to change push rules"));
         }
         self.write_account_data(user, room, kind, &content).await
     }
@@ -137,11 +101,7 @@ impl Moss {
         if text.len() > 1024 * 1024 {
             return Err(Error::too_large("account data is limited to 1 MiB"));
         }
-        let (u, r, k) = (
-            user.to_string(),
-            room.map(|r| r.to_string()).unwrap_or_default(),
-            kind.to_owned(),
-        );
+        let (u, r, k) = (user.to_string(), room.map(|r| r.to_string()).unwrap_or_default(), kind.to_owned());
         self.db
             .write(move |w| {
                 let s = w.next_stream()?;
@@ -156,21 +116,12 @@ impl Moss {
     pub async fn tags(&self, user: &UserId, room: &RoomId) -> Result<Value> {
         match self.account_data(user, Some(room), "m.tag").await {
             Ok(v) => Ok(v["tags"].clone()),
-            Err(Error::Matrix {
-                kind: ErrorKind::NotFound,
-                ..
-            }) => Ok(json!({})),
+            Err(Error::Matrix { kind: ErrorKind::NotFound, .. }) => Ok(json!({})),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn set_tag(
-        &self,
-        user: &UserId,
-        room: &RoomId,
-        tag: &str,
-        info: Option<Value>,
-    ) -> Result<()> {
+    pub async fn set_tag(&self, user: &UserId, room: &RoomId, tag: &str, info: Option<Value>) -> Result<()> {
         let mut tags = self.tags(user, room).await?;
         if !tags.is_object() {
             tags = json!({});
@@ -181,8 +132,7 @@ impl Moss {
                 tags.as_object_mut().map(|m| m.remove(tag));
             }
         }
-        self.write_account_data(user, Some(room), "m.tag", &json!({"tags": tags}))
-            .await
+        self.write_account_data(user, Some(room), "m.tag", &json!({"tags": tags})).await
     }
 
     // ---- push rules ----
@@ -193,8 +143,7 @@ impl Moss {
     }
 
     async fn save_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<()> {
-        self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules}))
-            .await
+        self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await
     }
 
     pub async fn put_push_rule(
@@ -212,12 +161,7 @@ impl Moss {
         self.save_push_rules(user, &rules).await
     }
 
-    pub async fn delete_push_rule(
-        &self,
-        user: &UserId,
-        kind: RuleKind,
-        rule_id: &str,
-    ) -> Result<()> {
+    pub async fn delete_push_rule(&self, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
         let mut rules = self.push_rules(user).await?;
         rules.remove(kind, rule_id).map_err(|e| match e {
             ruma::push::RemovePushRuleError::NotFound => Error::not_found("push rule not found"),
@@ -234,9 +178,7 @@ impl Moss {
         enabled: bool,
     ) -> Result<()> {
         let mut rules = self.push_rules(user).await?;
-        rules
-            .set_enabled(kind, rule_id, enabled)
-            .map_err(|_| Error::not_found("push rule not found"))?;
+        rules.set_enabled(kind, rule_id, enabled).map_err(|_| Error::not_found("push rule not found"))?;
         self.save_push_rules(user, &rules).await
     }
 
@@ -248,9 +190,7 @@ impl Moss {
         actions: Vec<Action>,
     ) -> Result<()> {
         let mut rules = self.push_rules(user).await?;
-        rules
-            .set_actions(kind, rule_id, actions)
-            .map_err(|_| Error::not_found("push rule not found"))?;
+        rules.set_actions(kind, rule_id, actions).map_err(|_| Error::not_found("push rule not found"))?;
         self.save_push_rules(user, &rules).await
     }
 
@@ -258,10 +198,7 @@ impl Moss {
 
     pub async fn pushers(&self, user: &UserId) -> Result<Vec<Value>> {
         let u = user.to_string();
-        let rows = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.pushers(&u)?))
-            .await?;
+        let rows = self.db.read(move |r| Ok::<_, Error>(r.pushers(&u)?)).await?;
         rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
     }
 
@@ -297,22 +234,14 @@ impl Moss {
 
     pub async fn create_filter(&self, user: &UserId, filter: &FilterDefinition) -> Result<String> {
         let (u, text) = (user.to_string(), serde_json::to_string(filter)?);
-        let id = self
-            .db
-            .write(move |w| Ok::<_, Error>(w.insert_filter(&u, &text)?))
-            .await?;
+        let id = self.db.write(move |w| Ok::<_, Error>(w.insert_filter(&u, &text)?)).await?;
         Ok(id.to_string())
     }
 
     pub async fn filter(&self, user: &UserId, filter_id: &str) -> Result<FilterDefinition> {
-        let id: i64 = filter_id
-            .parse()
-            .map_err(|_| Error::not_found("filter not found"))?;
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("filter not found"))?;
         let u = user.to_string();
-        let text = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.filter(&u, id)?))
-            .await?;
+        let text = self.db.read(move |r| Ok::<_, Error>(r.filter(&u, id)?)).await?;
         let text = text.ok_or_else(|| Error::not_found("filter not found"))?;
         serde_json::from_str(&text).map_err(|e| Error::internal(format!("stored filter: {e}")))
     }
@@ -327,11 +256,7 @@ impl Moss {
         timeout: Option<Duration>,
     ) -> Result<()> {
         self.require_joined(user, room).await?;
-        let timeout = typing.then(|| {
-            timeout
-                .unwrap_or(Duration::from_secs(30))
-                .min(Duration::from_secs(120))
-        });
+        let timeout = typing.then(|| timeout.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(120)));
         if self.typing.set(room, user, timeout) {
             self.notify_room(room).await;
         }
@@ -351,27 +276,16 @@ impl Moss {
         let (r, u, e) = (room.to_string(), user.to_string(), event_id.to_string());
         let exists = {
             let (r, e) = (r.clone(), e.clone());
-            self.db
-                .read(move |db| Ok::<_, Error>(db.event(&e)?.is_some_and(|row| row.room_id == r)))
-                .await?
+            self.db.read(move |db| Ok::<_, Error>(db.event(&e)?.is_some_and(|row| row.room_id == r))).await?
         };
         if !exists {
             return Err(Error::not_found("event not found in this room"));
         }
         if receipt_type == "m.fully_read" {
-            return self
-                .write_account_data(
-                    user,
-                    Some(room),
-                    "m.fully_read",
-                    &json!({"event_id": event_id}),
-                )
-                .await;
+            return self.write_account_data(user, Some(room), "m.fully_read", &json!({"event_id": event_id})).await;
         }
         if receipt_type != "m.read" && receipt_type != "m.read.private" {
-            return Err(Error::invalid_param(format!(
-                "unknown receipt type {receipt_type}"
-            )));
+            return Err(Error::invalid_param(format!("unknown receipt type {receipt_type}")));
         }
         let receipt_type = receipt_type.to_owned();
         let thread = thread_id.unwrap_or_default();
@@ -396,13 +310,7 @@ impl Moss {
 
     pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
         let u = user.to_string();
-        let rooms = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?))
-            .await?;
-        Ok(rooms
-            .into_iter()
-            .filter_map(|r| RoomId::parse(r).ok())
-            .collect())
+        let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?)).await?;
+        Ok(rooms.into_iter().filter_map(|r| RoomId::parse(r).ok()).collect())
     }
 }

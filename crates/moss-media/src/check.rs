@@ -28,10 +28,7 @@ pub fn diagnose(e: &MediaError) -> String {
         || t.contains("error sending request")
     {
         "the endpoint is unreachable: is the S3 server (e.g. the Storj gateway on localhost:7777) running, and is media.s3.endpoint right?"
-    } else if t.contains("dns")
-        || t.contains("failed to lookup")
-        || t.contains("name or service not known")
-    {
+    } else if t.contains("dns") || t.contains("failed to lookup") || t.contains("name or service not known") {
         "the endpoint's host name does not resolve: check media.s3.endpoint"
     } else if t.contains("certificate") || t.contains("tls") || t.contains("ssl") {
         "TLS failed: the endpoint's certificate is not trusted or does not match its name"
@@ -43,9 +40,7 @@ pub fn diagnose(e: &MediaError) -> String {
         || t.contains("no such key: ")
     {
         "the access key or secret is wrong: check media.s3.access_key_id and secret_access_key"
-    } else if t.contains("nosuchbucket")
-        || t.contains("bucket") && t.contains("not") && t.contains("exist")
-    {
+    } else if t.contains("nosuchbucket") || t.contains("bucket") && t.contains("not") && t.contains("exist") {
         "the bucket does not exist: create it, or fix media.s3.bucket"
     } else if t.contains("accessdenied") || t.contains("forbidden") || t.contains("403") {
         "access denied: the key lacks read/write/delete permission on the bucket"
@@ -67,11 +62,7 @@ where
     let started = Instant::now();
     let outcome = f().await;
     let ok = outcome.is_ok();
-    steps.push(Step {
-        name,
-        took: started.elapsed(),
-        outcome,
-    });
+    steps.push(Step { name, took: started.elapsed(), outcome });
     ok
 }
 
@@ -83,49 +74,30 @@ pub async fn check(store: &dyn BlobStore, size: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     let d = data.clone();
     if !step(&mut steps, "write a probe object", || async {
-        store
-            .put(&key, d.len() as u64, once(d))
-            .await
-            .map_err(|e| diagnose(&e))
+        store.put(&key, d.len() as u64, once(d)).await.map_err(|e| diagnose(&e))
     })
     .await
     {
         return steps;
     }
     step(&mut steps, "read it back whole", || async {
-        let got = read_all(store.get(&key, None).await.map_err(|e| diagnose(&e))?)
-            .await
-            .map_err(|e| diagnose(&e))?;
+        let got = read_all(store.get(&key, None).await.map_err(|e| diagnose(&e))?).await.map_err(|e| diagnose(&e))?;
         if got == data {
             Ok(())
         } else {
-            Err(diagnose(&MediaError::Corrupt(format!(
-                "read {} bytes, wrote {}",
-                got.len(),
-                data.len()
-            ))))
+            Err(diagnose(&MediaError::Corrupt(format!("read {} bytes, wrote {}", got.len(), data.len()))))
         }
     })
     .await;
-    let (a, b) = (
-        (size / 3) as u64,
-        (size / 3 + size / 4 + 1).min(size) as u64,
-    );
+    let (a, b) = ((size / 3) as u64, (size / 3 + size / 4 + 1).min(size) as u64);
     step(&mut steps, "read a byte range", || async {
-        let got = read_all(
-            store
-                .get(&key, Some(Range { start: a, end: b }))
-                .await
-                .map_err(|e| diagnose(&e))?,
-        )
-        .await
-        .map_err(|e| diagnose(&e))?;
+        let got = read_all(store.get(&key, Some(Range { start: a, end: b })).await.map_err(|e| diagnose(&e))?)
+            .await
+            .map_err(|e| diagnose(&e))?;
         if got == data[a as usize..b as usize] {
             Ok(())
         } else {
-            Err(diagnose(&MediaError::Corrupt(
-                "ranged read returned other bytes".into(),
-            )))
+            Err(diagnose(&MediaError::Corrupt("ranged read returned other bytes".into())))
         }
     })
     .await;
@@ -167,21 +139,15 @@ mod tests {
     #[test]
     fn diagnoses_speak_plainly() {
         let d = |s: &str| diagnose(&MediaError::Unavailable(s.into()));
+        assert!(d("error trying to connect: tcp connect error: Connection refused").contains("unreachable"));
         assert!(
-            d("error trying to connect: tcp connect error: Connection refused")
-                .contains("unreachable")
+            d("The request signature we calculated does not match: SignatureDoesNotMatch").contains("secret is wrong")
         );
-        assert!(
-            d("The request signature we calculated does not match: SignatureDoesNotMatch")
-                .contains("secret is wrong")
-        );
-        assert!(d("NoSuchBucket: The specified bucket does not exist")
-            .contains("bucket does not exist"));
+        assert!(d("NoSuchBucket: The specified bucket does not exist").contains("bucket does not exist"));
         assert!(d("RequestTimeTooSkewed").contains("clock"));
         assert!(d("AccessDenied").contains("permission"));
         assert!(
-            d("<Code>AccessDenied</Code><Message>Forbidden: Invalid signature</Message>")
-                .contains("secret is wrong")
+            d("<Code>AccessDenied</Code><Message>Forbidden: Invalid signature</Message>").contains("secret is wrong")
         );
     }
 }

@@ -31,11 +31,8 @@ pub enum StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Versioned migrations, applied in order at start-up inside one transaction each.
-const MIGRATIONS: &[&str] = &[
-    include_str!("schema.sql"),
-    include_str!("schema_2_media.sql"),
-    include_str!("schema_3_thumbnails.sql"),
-];
+const MIGRATIONS: &[&str] =
+    &[include_str!("schema.sql"), include_str!("schema_2_media.sql"), include_str!("schema_3_thumbnails.sql")];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -131,12 +128,9 @@ impl Db {
         F: FnOnce(&Writer<'_>) -> Result<T, E>,
     {
         let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StorageError::from)?;
-        let out = f(&Writer {
-            reader: Reader { conn: &tx },
-        })?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StorageError::from)?;
+        let out = f(&Writer { reader: Reader { conn: &tx } })?;
         commit(tx)?;
         Ok(out)
     }
@@ -159,12 +153,7 @@ impl Db {
         E: From<StorageError>,
         F: FnOnce(&Reader<'_>) -> Result<T, E>,
     {
-        let conn = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let conn = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
             None => {
@@ -204,10 +193,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StorageError::TooNew {
-            found: version,
-            known,
-        });
+        return Err(StorageError::TooNew { found: version, known });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;

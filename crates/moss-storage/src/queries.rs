@@ -136,8 +136,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         avatar_url: r.get(6)?,
     })
 }
-const USER_COLS: &str =
-    "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
+const USER_COLS: &str = "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
 
 fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
@@ -156,8 +155,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         txn_id: r.get(12)?,
     })
 }
-const EVENT_COLS: &str =
-    "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
+const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
                           state_group, redacted_by, txn_user, txn_device, txn_id";
 
 fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
@@ -210,40 +208,23 @@ impl Reader<'_> {
     // ---- stream ----
 
     pub fn current_stream(&self) -> Result<i64> {
-        Ok(self
-            .one("SELECT pos FROM stream_counter WHERE id = 0", [], |r| {
-                r.get(0)
-            })?
-            .unwrap_or(0))
+        Ok(self.one("SELECT pos FROM stream_counter WHERE id = 0", [], |r| r.get(0))?.unwrap_or(0))
     }
 
     // ---- users ----
 
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        self.one(
-            &format!("SELECT {USER_COLS} FROM users WHERE user_id = ?1"),
-            [user_id],
-            user_row,
-        )
+        self.one(&format!("SELECT {USER_COLS} FROM users WHERE user_id = ?1"), [user_id], user_row)
     }
 
     pub fn users(&self) -> Result<Vec<UserRow>> {
-        self.collect(
-            &format!("SELECT {USER_COLS} FROM users ORDER BY user_id"),
-            [],
-            user_row,
-        )
+        self.collect(&format!("SELECT {USER_COLS} FROM users ORDER BY user_id"), [], user_row)
     }
 
     /// Users whose id or display name contains `term`, who share a room with `searcher` or sit in
     /// a published room.
     pub fn search_users(&self, searcher: &str, term: &str, limit: i64) -> Result<Vec<UserRow>> {
-        let pattern = format!(
-            "%{}%",
-            term.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = format!("%{}%", term.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         self.collect(
             &format!(
                 "SELECT {USER_COLS} FROM users u WHERE u.deactivated = 0 AND \
@@ -278,17 +259,9 @@ impl Reader<'_> {
     }
 
     pub fn token(&self, token: &str) -> Result<Option<TokenRow>> {
-        self.one(
-            "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = ?1",
-            [token],
-            |r| {
-                Ok(TokenRow {
-                    user_id: r.get(0)?,
-                    device_id: r.get(1)?,
-                    expires_ts: r.get(2)?,
-                })
-            },
-        )
+        self.one("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = ?1", [token], |r| {
+            Ok(TokenRow { user_id: r.get(0)?, device_id: r.get(1)?, expires_ts: r.get(2)? })
+        })
     }
 
     /// The access token a refresh token belongs to, with its session.
@@ -304,7 +277,14 @@ impl Reader<'_> {
         self.collect(
             "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY token",
             [],
-            |r| Ok(RegistrationTokenRow { token: r.get(0)?, uses_allowed: r.get(1)?, completed: r.get(2)?, expiry_ts: r.get(3)? }),
+            |r| {
+                Ok(RegistrationTokenRow {
+                    token: r.get(0)?,
+                    uses_allowed: r.get(1)?,
+                    completed: r.get(2)?,
+                    expiry_ts: r.get(3)?,
+                })
+            },
         )
     }
 
@@ -312,51 +292,36 @@ impl Reader<'_> {
         self.one(
             "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = ?1",
             [token],
-            |r| Ok(RegistrationTokenRow { token: r.get(0)?, uses_allowed: r.get(1)?, completed: r.get(2)?, expiry_ts: r.get(3)? }),
+            |r| {
+                Ok(RegistrationTokenRow {
+                    token: r.get(0)?,
+                    uses_allowed: r.get(1)?,
+                    completed: r.get(2)?,
+                    expiry_ts: r.get(3)?,
+                })
+            },
         )
     }
 
     // ---- rooms ----
 
     pub fn room(&self, room_id: &str) -> Result<Option<RoomRow>> {
-        self.one(
-            "SELECT room_id, room_version, creator, published FROM rooms WHERE room_id = ?1",
-            [room_id],
-            |r| {
-                Ok(RoomRow {
-                    room_id: r.get(0)?,
-                    room_version: r.get(1)?,
-                    creator: r.get(2)?,
-                    published: r.get(3)?,
-                })
-            },
-        )
+        self.one("SELECT room_id, room_version, creator, published FROM rooms WHERE room_id = ?1", [room_id], |r| {
+            Ok(RoomRow { room_id: r.get(0)?, room_version: r.get(1)?, creator: r.get(2)?, published: r.get(3)? })
+        })
     }
 
     pub fn published_rooms(&self) -> Result<Vec<String>> {
-        self.collect(
-            "SELECT room_id FROM rooms WHERE published = 1 ORDER BY created_ts",
-            [],
-            |r| r.get(0),
-        )
+        self.collect("SELECT room_id FROM rooms WHERE published = 1 ORDER BY created_ts", [], |r| r.get(0))
     }
 
     // ---- events ----
 
     pub fn event(&self, event_id: &str) -> Result<Option<EventRow>> {
-        self.one(
-            &format!("SELECT {EVENT_COLS} FROM events WHERE event_id = ?1"),
-            [event_id],
-            event_row,
-        )
+        self.one(&format!("SELECT {EVENT_COLS} FROM events WHERE event_id = ?1"), [event_id], event_row)
     }
 
-    pub fn event_by_txn(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> Result<Option<String>> {
+    pub fn event_by_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
         self.one(
             "SELECT event_id FROM events WHERE txn_user = ?1 AND txn_device = ?2 AND txn_id = ?3",
             [user_id, device_id, txn_id],
@@ -397,19 +362,16 @@ impl Reader<'_> {
     /// The latest event of a room at or before `stream`.
     pub fn last_event_at(&self, room_id: &str, stream: i64) -> Result<Option<EventRow>> {
         self.one(
-            &format!("SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream <= ?2 ORDER BY stream DESC LIMIT 1"),
+            &format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream <= ?2 ORDER BY stream DESC LIMIT 1"
+            ),
             params![room_id, stream],
             event_row,
         )
     }
 
     /// The event closest to `ts`: the first at or after it (forward) or the last at or before it.
-    pub fn event_near_ts(
-        &self,
-        room_id: &str,
-        ts: i64,
-        dir: Direction,
-    ) -> Result<Option<EventRow>> {
+    pub fn event_near_ts(&self, room_id: &str, ts: i64, dir: Direction) -> Result<Option<EventRow>> {
         let sql = match dir {
             Direction::Forward => format!(
                 "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 ORDER BY origin_server_ts ASC, stream ASC LIMIT 1"
@@ -422,19 +384,13 @@ impl Reader<'_> {
     }
 
     pub fn forward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
-        self.collect(
-            "SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id",
-            [room_id],
-            |r| r.get(0),
-        )
+        self.collect("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id", [room_id], |r| {
+            r.get(0)
+        })
     }
 
     pub fn event_depth(&self, event_id: &str) -> Result<Option<i64>> {
-        self.one(
-            "SELECT depth FROM events WHERE event_id = ?1",
-            [event_id],
-            |r| r.get(0),
-        )
+        self.one("SELECT depth FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
     }
 
     // ---- state ----
@@ -446,9 +402,7 @@ impl Reader<'_> {
         while let Some(id) = next {
             chain.push(id);
             next = self
-                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })?
+                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
                 .flatten();
         }
         let mut state = StateMap::new();
@@ -457,13 +411,7 @@ impl Reader<'_> {
             for (k, sk, ev) in self.collect(
                 "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?1",
                 [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
             )? {
                 state.insert((k, sk), ev);
             }
@@ -472,34 +420,19 @@ impl Reader<'_> {
     }
 
     pub fn current_state(&self, room_id: &str) -> Result<StateMap> {
-        let rows = self.collect(
-            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1",
-            [room_id],
-            |r| {
-                Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                    r.get::<_, String>(2)?,
-                ))
-            },
-        )?;
+        let rows =
+            self.collect("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1", [room_id], |r| {
+                Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, String>(2)?))
+            })?;
         Ok(rows.into_iter().collect())
     }
 
-    pub fn current_state_event(
-        &self,
-        room_id: &str,
-        kind: &str,
-        state_key: &str,
-    ) -> Result<Option<EventRow>> {
+    pub fn current_state_event(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<EventRow>> {
         self.one(
             &format!(
                 "SELECT {} FROM current_state c JOIN events e ON e.event_id = c.event_id \
                  WHERE c.room_id = ?1 AND c.type = ?2 AND c.state_key = ?3",
-                EVENT_COLS
-                    .split(", ")
-                    .map(|c| format!("e.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                EVENT_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
             ),
             [room_id, kind, state_key],
             event_row,
@@ -510,9 +443,7 @@ impl Reader<'_> {
 
     pub fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {
         self.one(
-            &format!(
-                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 AND user_id = ?2"
-            ),
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 AND user_id = ?2"),
             [room_id, user_id],
             membership_row,
         )
@@ -521,9 +452,7 @@ impl Reader<'_> {
     /// Every room the user has a membership in, with the latest change first.
     pub fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
         self.collect(
-            &format!(
-                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE user_id = ?1 ORDER BY stream DESC"
-            ),
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE user_id = ?1 ORDER BY stream DESC"),
             [user_id],
             membership_row,
         )
@@ -539,9 +468,7 @@ impl Reader<'_> {
 
     pub fn room_members(&self, room_id: &str) -> Result<Vec<MembershipRow>> {
         self.collect(
-            &format!(
-                "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"
-            ),
+            &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"),
             [room_id],
             membership_row,
         )
@@ -549,11 +476,9 @@ impl Reader<'_> {
 
     pub fn joined_member_count(&self, room_id: &str) -> Result<i64> {
         Ok(self
-            .one(
-                "SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = 'join'",
-                [room_id],
-                |r| r.get(0),
-            )?
+            .one("SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = 'join'", [room_id], |r| {
+                r.get(0)
+            })?
             .unwrap_or(0))
     }
 
@@ -570,19 +495,11 @@ impl Reader<'_> {
     // ---- aliases ----
 
     pub fn alias(&self, alias: &str) -> Result<Option<(String, String)>> {
-        self.one(
-            "SELECT room_id, creator FROM room_aliases WHERE alias = ?1",
-            [alias],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        self.one("SELECT room_id, creator FROM room_aliases WHERE alias = ?1", [alias], |r| Ok((r.get(0)?, r.get(1)?)))
     }
 
     pub fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
-        self.collect(
-            "SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias",
-            [room_id],
-            |r| r.get(0),
-        )
+        self.collect("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias", [room_id], |r| r.get(0))
     }
 
     // ---- account data, filters, receipts, pushers ----
@@ -605,11 +522,9 @@ impl Reader<'_> {
     }
 
     pub fn filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
-        self.one(
-            "SELECT filter FROM filters WHERE user_id = ?1 AND filter_id = ?2",
-            params![user_id, filter_id],
-            |r| r.get(0),
-        )
+        self.one("SELECT filter FROM filters WHERE user_id = ?1 AND filter_id = ?2", params![user_id, filter_id], |r| {
+            r.get(0)
+        })
     }
 
     pub fn receipts_since(&self, room_id: &str, since: i64) -> Result<Vec<ReceiptRow>> {
@@ -629,11 +544,7 @@ impl Reader<'_> {
     }
 
     pub fn pushers(&self, user_id: &str) -> Result<Vec<String>> {
-        self.collect(
-            "SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey",
-            [user_id],
-            |r| r.get(0),
-        )
+        self.collect("SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey", [user_id], |r| r.get(0))
     }
 }
 
@@ -653,13 +564,7 @@ impl Writer<'_> {
     // ---- users ----
 
     /// Returns false if the user id is taken.
-    pub fn create_user(
-        &self,
-        user_id: &str,
-        password_hash: Option<&str>,
-        admin: bool,
-        now: i64,
-    ) -> Result<bool> {
+    pub fn create_user(&self, user_id: &str, password_hash: Option<&str>, admin: bool, now: i64) -> Result<bool> {
         Ok(self.exec(
             "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![user_id, password_hash, admin, now],
@@ -667,17 +572,11 @@ impl Writer<'_> {
     }
 
     pub fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<bool> {
-        Ok(self.exec(
-            "UPDATE users SET password_hash = ?2 WHERE user_id = ?1",
-            params![user_id, hash],
-        )? == 1)
+        Ok(self.exec("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])? == 1)
     }
 
     pub fn set_admin(&self, user_id: &str, admin: bool) -> Result<bool> {
-        Ok(self.exec(
-            "UPDATE users SET admin = ?2 WHERE user_id = ?1",
-            params![user_id, admin],
-        )? == 1)
+        Ok(self.exec("UPDATE users SET admin = ?2 WHERE user_id = ?1", params![user_id, admin])? == 1)
     }
 
     pub fn set_deactivated(&self, user_id: &str) -> Result<bool> {
@@ -688,18 +587,12 @@ impl Writer<'_> {
     }
 
     pub fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()> {
-        self.exec(
-            "UPDATE users SET displayname = ?2 WHERE user_id = ?1",
-            params![user_id, name],
-        )?;
+        self.exec("UPDATE users SET displayname = ?2 WHERE user_id = ?1", params![user_id, name])?;
         Ok(())
     }
 
     pub fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()> {
-        self.exec(
-            "UPDATE users SET avatar_url = ?2 WHERE user_id = ?1",
-            params![user_id, url],
-        )?;
+        self.exec("UPDATE users SET avatar_url = ?2 WHERE user_id = ?1", params![user_id, url])?;
         Ok(())
     }
 
@@ -723,12 +616,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn set_device_name(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        name: Option<&str>,
-    ) -> Result<bool> {
+    pub fn set_device_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
         Ok(self.exec(
             "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
             params![user_id, device_id, name],
@@ -737,14 +625,8 @@ impl Writer<'_> {
 
     /// Removes a device and every session on it.
     pub fn delete_device(&self, user_id: &str, device_id: &str) -> Result<()> {
-        self.exec(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
-            [user_id, device_id],
-        )?;
-        self.exec(
-            "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
-            [user_id, device_id],
-        )?;
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
+        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
         Ok(())
     }
 
@@ -771,22 +653,13 @@ impl Writer<'_> {
     /// Deletes every device of a user (and so every session), except `keep` if given.
     pub fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
         let keep = keep.unwrap_or("");
-        self.exec(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
-            [user_id, keep],
-        )?;
-        self.exec(
-            "DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2",
-            [user_id, keep],
-        )?;
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
         Ok(())
     }
 
     pub fn delete_other_tokens(&self, user_id: &str, keep_token: &str) -> Result<()> {
-        self.exec(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND token != ?2",
-            [user_id, keep_token],
-        )?;
+        self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND token != ?2", [user_id, keep_token])?;
         Ok(())
     }
 
@@ -807,10 +680,7 @@ impl Writer<'_> {
     }
 
     pub fn use_registration_token(&self, token: &str) -> Result<()> {
-        self.exec(
-            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1",
-            [token],
-        )?;
+        self.exec("UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1", [token])?;
         Ok(())
     }
 
@@ -825,10 +695,7 @@ impl Writer<'_> {
     }
 
     pub fn set_room_published(&self, room_id: &str, published: bool) -> Result<()> {
-        self.exec(
-            "UPDATE rooms SET published = ?2 WHERE room_id = ?1",
-            params![room_id, published],
-        )?;
+        self.exec("UPDATE rooms SET published = ?2 WHERE room_id = ?1", params![room_id, published])?;
         Ok(())
     }
 
@@ -849,12 +716,7 @@ impl Writer<'_> {
     }
 
     /// Replaces an event's PDU with its redacted form.
-    pub fn redact_event(
-        &self,
-        event_id: &str,
-        redacted_by: &str,
-        redacted_pdu: &str,
-    ) -> Result<()> {
+    pub fn redact_event(&self, event_id: &str, redacted_by: &str, redacted_pdu: &str) -> Result<()> {
         self.exec(
             "UPDATE events SET pdu = ?2, redacted_by = ?3 WHERE event_id = ?1",
             params![event_id, redacted_pdu, redacted_by],
@@ -863,32 +725,17 @@ impl Writer<'_> {
     }
 
     pub fn set_forward_extremities(&self, room_id: &str, events: &[&str]) -> Result<()> {
-        self.exec(
-            "DELETE FROM forward_extremities WHERE room_id = ?1",
-            [room_id],
-        )?;
+        self.exec("DELETE FROM forward_extremities WHERE room_id = ?1", [room_id])?;
         for e in events {
-            self.exec(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
-                [room_id, e],
-            )?;
+            self.exec("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)", [room_id, e])?;
         }
         Ok(())
     }
 
     /// Stores the state after a state event as a new group on top of `parent`.
-    pub fn new_state_group(
-        &self,
-        room_id: &str,
-        parent: Option<i64>,
-        changes: &[(&str, &str, &str)],
-    ) -> Result<i64> {
+    pub fn new_state_group(&self, room_id: &str, parent: Option<i64>, changes: &[(&str, &str, &str)]) -> Result<i64> {
         let parent_len = match parent {
-            Some(p) => self.one(
-                "SELECT chain_len FROM state_groups WHERE id = ?1",
-                [p],
-                |r| r.get::<_, i64>(0),
-            )?,
+            Some(p) => self.one("SELECT chain_len FROM state_groups WHERE id = ?1", [p], |r| r.get::<_, i64>(0))?,
             None => None,
         };
         let (parent, chain_len, full) = match (parent, parent_len) {
@@ -948,10 +795,7 @@ impl Writer<'_> {
     }
 
     pub fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
-        self.exec(
-            "UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2",
-            [room_id, user_id],
-        )?;
+        self.exec("UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2", [room_id, user_id])?;
         Ok(())
     }
 
@@ -970,14 +814,7 @@ impl Writer<'_> {
 
     // ---- account data, filters, receipts, pushers ----
 
-    pub fn set_account_data(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        kind: &str,
-        content: &str,
-        stream: i64,
-    ) -> Result<()> {
+    pub fn set_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &str, stream: i64) -> Result<()> {
         self.exec(
             "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, stream = excluded.stream",
@@ -988,11 +825,7 @@ impl Writer<'_> {
 
     pub fn insert_filter(&self, user_id: &str, filter: &str) -> Result<i64> {
         let next: i64 = self
-            .one(
-                "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?1",
-                [user_id],
-                |r| r.get(0),
-            )?
+            .one("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?1", [user_id], |r| r.get(0))?
             .unwrap_or(0);
         self.exec(
             "INSERT INTO filters (user_id, filter_id, filter) VALUES (?1, ?2, ?3)",
@@ -1011,13 +844,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn set_pusher(
-        &self,
-        user_id: &str,
-        app_id: &str,
-        pushkey: &str,
-        pusher: &str,
-    ) -> Result<()> {
+    pub fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, pusher: &str) -> Result<()> {
         self.exec(
             "INSERT INTO pushers (user_id, app_id, pushkey, pusher) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
@@ -1035,12 +862,7 @@ impl Writer<'_> {
     }
 
     /// Removes a pushkey for every other user (the spec's default unless `append` is set).
-    pub fn delete_pushkey_elsewhere(
-        &self,
-        user_id: &str,
-        app_id: &str,
-        pushkey: &str,
-    ) -> Result<()> {
+    pub fn delete_pushkey_elsewhere(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
         self.exec(
             "DELETE FROM pushers WHERE user_id != ?1 AND app_id = ?2 AND pushkey = ?3",
             [user_id, app_id, pushkey],
@@ -1051,12 +873,7 @@ impl Writer<'_> {
 
 impl Reader<'_> {
     /// One entry of a state group, following its delta chain only as far as needed.
-    pub fn state_group_entry(
-        &self,
-        group: i64,
-        kind: &str,
-        state_key: &str,
-    ) -> Result<Option<String>> {
+    pub fn state_group_entry(&self, group: i64, kind: &str, state_key: &str) -> Result<Option<String>> {
         let mut next = Some(group);
         while let Some(id) = next {
             if let Some(ev) = self.one(
@@ -1067,9 +884,7 @@ impl Reader<'_> {
                 return Ok(Some(ev));
             }
             next = self
-                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })?
+                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
                 .flatten();
         }
         Ok(None)
@@ -1079,22 +894,13 @@ impl Reader<'_> {
 impl Writer<'_> {
     /// Points every alias of `from` at `to` (room upgrades move aliases along).
     pub fn move_aliases(&self, from: &str, to: &str) -> Result<usize> {
-        self.exec(
-            "UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1",
-            [from, to],
-        )
+        self.exec("UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1", [from, to])
     }
 }
 
 impl Writer<'_> {
     /// Updates a device's last-seen time and address; never creates the device.
-    pub fn touch_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        now: i64,
-        ip: Option<&str>,
-    ) -> Result<()> {
+    pub fn touch_device(&self, user_id: &str, device_id: &str, now: i64, ip: Option<&str>) -> Result<()> {
         self.exec(
             "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip) WHERE user_id = ?1 AND device_id = ?2",
             params![user_id, device_id, now, ip],
@@ -1116,8 +922,7 @@ pub struct MediaRow {
     pub legacy: bool,
 }
 
-const MEDIA_COLS: &str =
-    "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy";
+const MEDIA_COLS: &str = "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy";
 
 fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
     Ok(MediaRow {
@@ -1135,11 +940,7 @@ fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
 
 impl Reader<'_> {
     pub fn media(&self, media_id: &str) -> Result<Option<MediaRow>> {
-        self.one(
-            &format!("SELECT {MEDIA_COLS} FROM media WHERE media_id = ?1"),
-            [media_id],
-            media_row,
-        )
+        self.one(&format!("SELECT {MEDIA_COLS} FROM media WHERE media_id = ?1"), [media_id], media_row)
     }
 
     /// Pending (created, not yet uploaded) media ids of a user that have not expired.
@@ -1154,25 +955,13 @@ impl Reader<'_> {
     }
 
     pub fn media_referencing(&self, content_key: &str) -> Result<i64> {
-        Ok(self
-            .one(
-                "SELECT COUNT(*) FROM media WHERE content_key = ?1",
-                [content_key],
-                |r| r.get(0),
-            )?
-            .unwrap_or(0))
+        Ok(self.one("SELECT COUNT(*) FROM media WHERE content_key = ?1", [content_key], |r| r.get(0))?.unwrap_or(0))
     }
 }
 
 impl Writer<'_> {
     /// Reserves a media id for an asynchronous upload.
-    pub fn create_pending_media(
-        &self,
-        media_id: &str,
-        user_id: &str,
-        now: i64,
-        expires_ts: i64,
-    ) -> Result<()> {
+    pub fn create_pending_media(&self, media_id: &str, user_id: &str, now: i64, expires_ts: i64) -> Result<()> {
         self.exec(
             "INSERT INTO media (media_id, user_id, created_ts, expires_ts) VALUES (?1, ?2, ?3, ?4)",
             params![media_id, user_id, now, expires_ts],

@@ -12,32 +12,18 @@ pub const DEFAULT_PATH: &str = "moss.toml";
 
 pub fn load(path: Option<&Path>) -> Result<Config> {
     let (text, origin) = match path {
-        Some(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None if Path::new(DEFAULT_PATH).exists() => (
-            std::fs::read_to_string(DEFAULT_PATH)?,
-            DEFAULT_PATH.to_owned(),
-        ),
+        Some(p) => {
+            (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string())
+        }
+        None if Path::new(DEFAULT_PATH).exists() => (std::fs::read_to_string(DEFAULT_PATH)?, DEFAULT_PATH.to_owned()),
         None => (String::new(), "defaults".to_owned()),
     };
-    let mut table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{origin} is not valid TOML"))?;
+    let mut table: toml::Table = text.parse().with_context(|| format!("{origin} is not valid TOML"))?;
     let overridden = apply_env(&mut table, std::env::vars())?;
     // Deserializing from text (rather than a value tree) keeps the error's line and key snippet.
-    let text = if overridden {
-        toml::to_string(&table)?
-    } else {
-        text
-    };
+    let text = if overridden { toml::to_string(&table)? } else { text };
     let config: Config = toml::from_str(&text).map_err(|e| {
-        let source = if overridden {
-            format!("{origin} with MOSS_ environment overrides")
-        } else {
-            origin.clone()
-        };
+        let source = if overridden { format!("{origin} with MOSS_ environment overrides") } else { origin.clone() };
         anyhow::anyhow!("{source}: {e}")
     })?;
     Ok(config)
@@ -60,10 +46,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// `MOSS_HTTP__BIND=…` sets `http.bind`: double underscores separate sections.
-pub fn apply_env(
-    table: &mut toml::Table,
-    vars: impl Iterator<Item = (String, String)>,
-) -> Result<bool> {
+pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<bool> {
     let mut changed = false;
     for (key, raw) in vars {
         let Some(rest) = key.strip_prefix("MOSS_") else {
@@ -88,9 +71,7 @@ pub fn apply_env(
                 cur.insert(part.clone(), value.clone());
                 changed = true;
             } else {
-                let entry = cur
-                    .entry(part.clone())
-                    .or_insert_with(|| Value::Table(Default::default()));
+                let entry = cur.entry(part.clone()).or_insert_with(|| Value::Table(Default::default()));
                 cur = match entry {
                     Value::Table(t) => t,
                     _ => bail!("{key}: {part} is not a section"),
@@ -105,25 +86,15 @@ pub fn apply_env(
 pub fn check(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     if ruma::ServerName::parse(&config.server_name).is_err() {
-        problems.push(format!(
-            "server_name {:?} is not a valid server name",
-            config.server_name
-        ));
+        problems.push(format!("server_name {:?} is not a valid server name", config.server_name));
     }
     let dir: PathBuf = config.data_dir.clone();
     match std::fs::metadata(&dir) {
-        Ok(m) if !m.is_dir() => {
-            problems.push(format!("data_dir {} is not a directory", dir.display()))
-        }
-        Ok(m) if m.permissions().readonly() => {
-            problems.push(format!("data_dir {} is read-only", dir.display()))
-        }
+        Ok(m) if !m.is_dir() => problems.push(format!("data_dir {} is not a directory", dir.display())),
+        Ok(m) if m.permissions().readonly() => problems.push(format!("data_dir {} is read-only", dir.display())),
         Ok(_) => {}
         Err(_) => {
-            let parent = dir
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !parent.exists() {
                 problems.push(format!(
                     "data_dir {} cannot be created: {} does not exist",
@@ -135,9 +106,7 @@ pub fn check(config: &Config) -> Vec<String> {
     }
     if let Some(url) = &config.public_baseurl {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            problems.push(format!(
-                "public_baseurl {url:?} must start with http:// or https://"
-            ));
+            problems.push(format!("public_baseurl {url:?} must start with http:// or https://"));
         }
     }
     problems
@@ -353,10 +322,7 @@ mod tests {
     #[test]
     fn unrelated_moss_variables_are_not_configuration() {
         let mut t = toml::Table::new();
-        let vars = vec![
-            ("MOSS_BIN".to_owned(), "/x/moss".to_owned()),
-            ("MOSS_PASSWORD".to_owned(), "p".to_owned()),
-        ];
+        let vars = vec![("MOSS_BIN".to_owned(), "/x/moss".to_owned()), ("MOSS_PASSWORD".to_owned(), "p".to_owned())];
         assert!(!apply_env(&mut t, vars.into_iter()).unwrap());
         assert!(t.is_empty());
     }

@@ -10,11 +10,7 @@ use moss_core::{config::LogFormat, Config, Moss};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "moss",
-    version,
-    about = "A Matrix homeserver whose media lives encrypted on S3-compatible storage"
-)]
+#[command(name = "moss", version, about = "A Matrix homeserver whose media lives encrypted on S3-compatible storage")]
 struct Cli {
     /// Configuration file (default: ./moss.toml if present, else built-in defaults).
     #[arg(short, long, global = true)]
@@ -117,11 +113,8 @@ enum TokenCommand {
 fn init_logging(config: &Config, json: bool) {
     // ruma logs every auth check at info; that is debug detail for an operator.
     let directives = format!("{},ruma_state_res=warn", config.log.level);
-    let filter = EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json || config.log.format == LogFormat::Json {
         builder.json().init();
     } else {
@@ -143,16 +136,12 @@ fn run() -> Result<()> {
         if path.exists() && !force {
             bail!("{} exists; pass --force to overwrite it", path.display());
         }
-        std::fs::write(path, config_load::template())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, config_load::template()).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
         return Ok(());
     }
     let config = config_load::load(cli.config.as_deref())?;
-    if let Command::Config {
-        command: ConfigCommand::Check,
-    } = &command
-    {
+    if let Command::Config { command: ConfigCommand::Check } = &command {
         let problems = config_load::check(&config);
         if problems.is_empty() {
             println!("configuration OK");
@@ -164,9 +153,7 @@ fn run() -> Result<()> {
         bail!("{} problem(s) found", problems.len());
     }
     init_logging(&config, cli.log_json);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let moss = Moss::open(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         match command {
@@ -181,9 +168,7 @@ fn run() -> Result<()> {
 
 async fn serve(moss: Arc<Moss>) -> Result<()> {
     let addr: SocketAddr = moss.config.http.bind;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     moss.spawn_background();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
     let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -206,8 +191,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };
@@ -233,35 +217,22 @@ fn read_password(given: Option<String>) -> Result<String> {
 }
 
 fn user_id(moss: &Moss, name: &str) -> Result<ruma::OwnedUserId> {
-    let local = name
-        .strip_prefix('@')
-        .map(|n| n.split(':').next().unwrap_or(n))
-        .unwrap_or(name);
+    let local = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
     moss.new_user_id(local).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
     match command {
-        UserCommand::Create {
-            name,
-            password,
-            admin,
-        } => {
+        UserCommand::Create { name, password, admin } => {
             let id = user_id(moss, &name)?;
             let password = read_password(password)?;
-            moss.validate_password(&password)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            moss.create_user(&id, Some(&password), admin, None)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.validate_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.create_user(&id, Some(&password), admin, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created {id}{}", if admin { " (admin)" } else { "" });
         }
         UserCommand::List => {
-            for u in moss
-                .db
-                .read(|r| Ok::<_, moss_core::Error>(r.users()?))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            for u in
+                moss.db.read(|r| Ok::<_, moss_core::Error>(r.users()?)).await.map_err(|e| anyhow::anyhow!("{e}"))?
             {
                 let flags = match (u.admin, u.deactivated) {
                     (_, true) => " (deactivated)",
@@ -274,21 +245,14 @@ async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
         UserCommand::ResetPassword { name, password } => {
             let id = user_id(moss, &name)?;
             let password = read_password(password)?;
-            moss.validate_password(&password)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            moss.set_password(&id, &password, None)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            moss.logout_all(&id)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.validate_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.set_password(&id, &password, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.logout_all(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("password changed for {id}; all sessions logged out");
         }
         UserCommand::Deactivate { name } => {
             let id = user_id(moss, &name)?;
-            moss.deactivate(&id)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moss.deactivate(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("deactivated {id}");
         }
     }
@@ -298,31 +262,17 @@ async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
 async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Create { token, uses } => {
-            let t = moss
-                .create_registration_token(token, uses, None)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t = moss.create_registration_token(token, uses, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{t}");
         }
         TokenCommand::List => {
-            for t in moss
-                .registration_tokens()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
-                let uses = t
-                    .uses_allowed
-                    .map(|u| u.to_string())
-                    .unwrap_or_else(|| "unlimited".into());
+            for t in moss.registration_tokens().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                let uses = t.uses_allowed.map(|u| u.to_string()).unwrap_or_else(|| "unlimited".into());
                 println!("{}\tused {}/{}", t.token, t.completed, uses);
             }
         }
         TokenCommand::Delete { token } => {
-            if !moss
-                .delete_registration_token(&token)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
+            if !moss.delete_registration_token(&token).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 bail!("no such token");
             }
             println!("deleted {token}");
@@ -340,11 +290,7 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
             let mut failed = false;
             for s in &steps {
                 match &s.outcome {
-                    Ok(()) => println!(
-                        "  ok    {:<22} {:>8.1} ms",
-                        s.name,
-                        s.took.as_secs_f64() * 1000.0
-                    ),
+                    Ok(()) => println!("  ok    {:<22} {:>8.1} ms", s.name, s.took.as_secs_f64() * 1000.0),
                     Err(why) => {
                         failed = true;
                         println!("  FAIL  {:<22} {why}", s.name);

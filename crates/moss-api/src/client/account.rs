@@ -8,10 +8,7 @@ use moss_core::{
     Moss,
 };
 use ruma::api::client::{
-    account::{
-        change_password, deactivate, get_username_availability, register, whoami,
-        ThirdPartyIdRemovalStatus,
-    },
+    account::{change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus},
     session::{get_login_types, login, logout, logout_all, refresh_token},
     uiaa::{AuthType, UserIdentifier},
 };
@@ -22,25 +19,14 @@ use crate::{
     ruma_wrapper::{HandlerResult, Ruma, RumaResponse},
 };
 
-pub async fn register(
-    moss: Arc<Moss>,
-    req: Ruma<register::v3::Request>,
-) -> HandlerResult<register::v3::Request> {
-    crate::rate_limit::check(
-        &moss,
-        Class::Register,
-        &req.ip.map(|i| i.to_string()).unwrap_or_default(),
-    )?;
+pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> HandlerResult<register::v3::Request> {
+    crate::rate_limit::check(&moss, Class::Register, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(ApiError::forbidden("guest access is not enabled"));
     }
     let flows = match moss.config.registration {
-        RegistrationMode::Disabled => {
-            return Err(ApiError::forbidden(
-                "registration is disabled on this server",
-            ))
-        }
+        RegistrationMode::Disabled => return Err(ApiError::forbidden("registration is disabled on this server")),
         RegistrationMode::Open => vec![vec![AuthType::Dummy]],
         RegistrationMode::Token => vec![vec![AuthType::RegistrationToken]],
     };
@@ -51,30 +37,13 @@ pub async fn register(
     };
     let user_id = moss.new_user_id(&localpart)?;
     if moss.user(&user_id).await?.is_some() {
-        return Err(moss_core::Error::new(
-            ruma::api::error::ErrorKind::UserInUse,
-            400,
-            "user id already taken",
-        )
-        .into());
+        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into());
     }
-    let password = body
-        .password
-        .clone()
-        .ok_or_else(|| ApiError::bad_json("password is required"))?;
+    let password = body.password.clone().ok_or_else(|| ApiError::bad_json("password is required"))?;
     moss.validate_password(&password)?;
-    let outcome = moss
-        .uiaa(
-            UiaaRequest {
-                flows,
-                purpose: format!("register:{user_id}"),
-                user: None,
-            },
-            body.auth.clone(),
-        )
-        .await?;
-    moss.create_user(&user_id, Some(&password), false, outcome.registration_token)
-        .await?;
+    let outcome =
+        moss.uiaa(UiaaRequest { flows, purpose: format!("register:{user_id}"), user: None }, body.auth.clone()).await?;
+    moss.create_user(&user_id, Some(&password), false, outcome.registration_token).await?;
     tracing::info!(%user_id, "registered");
 
     let mut res = register::v3::Response::new(user_id.clone());
@@ -101,21 +70,12 @@ pub async fn available(
     req: Ruma<get_username_availability::v3::Request>,
 ) -> HandlerResult<get_username_availability::v3::Request> {
     if !moss.registration_enabled() {
-        return Err(ApiError::forbidden(
-            "registration is disabled on this server",
-        ));
+        return Err(ApiError::forbidden("registration is disabled on this server"));
     }
     if moss.username_available(&req.body.username).await? {
-        Ok(RumaResponse(get_username_availability::v3::Response::new(
-            true,
-        )))
+        Ok(RumaResponse(get_username_availability::v3::Response::new(true)))
     } else {
-        Err(moss_core::Error::new(
-            ruma::api::error::ErrorKind::UserInUse,
-            400,
-            "user id already taken",
-        )
-        .into())
+        Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into())
     }
 }
 
@@ -124,28 +84,14 @@ pub async fn login_types(
     _req: Ruma<get_login_types::v3::Request>,
 ) -> HandlerResult<get_login_types::v3::Request> {
     use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(RumaResponse(get_login_types::v3::Response::new(vec![
-        LoginType::Password(PasswordLoginType::new()),
-    ])))
+    Ok(RumaResponse(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())])))
 }
 
-pub async fn login(
-    moss: Arc<Moss>,
-    req: Ruma<login::v3::Request>,
-) -> HandlerResult<login::v3::Request> {
-    crate::rate_limit::check(
-        &moss,
-        Class::Login,
-        &req.ip.map(|i| i.to_string()).unwrap_or_default(),
-    )?;
+pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerResult<login::v3::Request> {
+    crate::rate_limit::check(&moss, Class::Login, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
     let body = req.body;
     let login::v3::LoginInfo::Password(p) = &body.login_info else {
-        return Err(moss_core::Error::new(
-            ruma::api::error::ErrorKind::Unknown,
-            400,
-            "unsupported login type",
-        )
-        .into());
+        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::Unknown, 400, "unsupported login type").into());
     };
     let input = match &p.identifier {
         Some(UserIdentifier::Matrix(m)) => m.user.clone(),
@@ -178,26 +124,17 @@ pub async fn refresh(
     Ok(RumaResponse(res))
 }
 
-pub async fn logout(
-    moss: Arc<Moss>,
-    req: Ruma<logout::v3::Request>,
-) -> HandlerResult<logout::v3::Request> {
+pub async fn logout(moss: Arc<Moss>, req: Ruma<logout::v3::Request>) -> HandlerResult<logout::v3::Request> {
     moss.logout(req.session()).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }
 
-pub async fn logout_all(
-    moss: Arc<Moss>,
-    req: Ruma<logout_all::v3::Request>,
-) -> HandlerResult<logout_all::v3::Request> {
+pub async fn logout_all(moss: Arc<Moss>, req: Ruma<logout_all::v3::Request>) -> HandlerResult<logout_all::v3::Request> {
     moss.logout_all(&req.session().user_id).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
 }
 
-pub async fn whoami(
-    _moss: Arc<Moss>,
-    req: Ruma<whoami::v3::Request>,
-) -> HandlerResult<whoami::v3::Request> {
+pub async fn whoami(_moss: Arc<Moss>, req: Ruma<whoami::v3::Request>) -> HandlerResult<whoami::v3::Request> {
     let s = req.session();
     let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
     res.device_id = Some(s.device_id.clone());
@@ -210,29 +147,14 @@ pub async fn change_password(
 ) -> HandlerResult<change_password::v3::Request> {
     let s = req.session().clone();
     moss.validate_password(&req.body.new_password)?;
-    moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone())
-        .await?;
-    moss.set_password(
-        &s.user_id,
-        &req.body.new_password,
-        req.body.logout_devices.then_some(&s),
-    )
-    .await?;
+    moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone()).await?;
+    moss.set_password(&s.user_id, &req.body.new_password, req.body.logout_devices.then_some(&s)).await?;
     Ok(RumaResponse(change_password::v3::Response::new()))
 }
 
-pub async fn deactivate(
-    moss: Arc<Moss>,
-    req: Ruma<deactivate::v3::Request>,
-) -> HandlerResult<deactivate::v3::Request> {
+pub async fn deactivate(moss: Arc<Moss>, req: Ruma<deactivate::v3::Request>) -> HandlerResult<deactivate::v3::Request> {
     let s = req.session().clone();
-    moss.uiaa(
-        password_flow("deactivate", &s.user_id),
-        req.body.auth.clone(),
-    )
-    .await?;
+    moss.uiaa(password_flow("deactivate", &s.user_id), req.body.auth.clone()).await?;
     moss.deactivate(&s.user_id).await?;
-    Ok(RumaResponse(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::Success,
-    )))
+    Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success)))
 }

@@ -11,9 +11,8 @@ use ruma::{
         client::{
             context::get_context,
             membership::{
-                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-                join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room,
-                unban_user,
+                ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+                joined_members, joined_rooms, kick_user, leave_room, unban_user,
             },
             message::{get_message_events, send_message_event},
             redact::redact_event,
@@ -35,9 +34,7 @@ use crate::{
 };
 
 fn raw<T>(v: &Value) -> Result<Raw<T>, ApiError> {
-    Raw::new(v)
-        .map(|r| r.cast_unchecked())
-        .map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))
+    Raw::new(v).map(|r| r.cast_unchecked()).map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))
 }
 
 fn raws<T>(v: &[Value]) -> Result<Vec<Raw<T>>, ApiError> {
@@ -51,10 +48,7 @@ fn dir(d: Direction) -> moss_core::Direction {
     }
 }
 
-pub async fn create(
-    moss: Arc<Moss>,
-    req: Ruma<create_room::v3::Request>,
-) -> HandlerResult<create_room::v3::Request> {
+pub async fn create(moss: Arc<Moss>, req: Ruma<create_room::v3::Request>) -> HandlerResult<create_room::v3::Request> {
     let s = req.session().clone();
     let b = req.body;
     let json = req.json.unwrap_or_default();
@@ -66,18 +60,10 @@ pub async fn create(
     });
     let preset = preset.transpose()?;
     let mut initial_state = Vec::new();
-    for ev in json["initial_state"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let kind = ev["type"]
-            .as_str()
-            .ok_or_else(|| ApiError::bad_json("initial_state events need a type"))?;
+    for ev in json["initial_state"].as_array().cloned().unwrap_or_default() {
+        let kind = ev["type"].as_str().ok_or_else(|| ApiError::bad_json("initial_state events need a type"))?;
         if !ev["content"].is_object() {
-            return Err(ApiError::bad_json(
-                "initial_state events need a content object",
-            ));
+            return Err(ApiError::bad_json("initial_state events need a content object"));
         }
         initial_state.push((
             kind.to_owned(),
@@ -113,18 +99,11 @@ pub async fn send_message(
 ) -> HandlerResult<send_message_event::v3::Request> {
     let s = req.session().clone();
     rate_limit::check(&moss, Class::Message, s.user_id.as_str())?;
-    let content: Value = serde_json::from_str(req.body.body.json().get())
-        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let content: Value =
+        serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
     let id = moss
-        .send_message(
-            &s.user_id,
-            s.device_id.as_str(),
-            &req.body.room_id,
-            kind,
-            req.body.txn_id.as_str(),
-            content,
-        )
+        .send_message(&s.user_id, s.device_id.as_str(), &req.body.room_id, kind, req.body.txn_id.as_str(), content)
         .await?;
     Ok(RumaResponse(send_message_event::v3::Response::new(id)))
 }
@@ -134,37 +113,18 @@ pub async fn send_state(
     req: Ruma<send_state_event::v3::Request>,
 ) -> HandlerResult<send_state_event::v3::Request> {
     let s = req.session().clone();
-    let content: Value = serde_json::from_str(req.body.body.json().get())
-        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let content: Value =
+        serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
-    let id = moss
-        .send_state(
-            &s.user_id,
-            &req.body.room_id,
-            kind,
-            &req.body.state_key,
-            content,
-        )
-        .await?;
+    let id = moss.send_state(&s.user_id, &req.body.room_id, kind, &req.body.state_key, content).await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(id)))
 }
 
-pub async fn redact(
-    moss: Arc<Moss>,
-    req: Ruma<redact_event::v3::Request>,
-) -> HandlerResult<redact_event::v3::Request> {
+pub async fn redact(moss: Arc<Moss>, req: Ruma<redact_event::v3::Request>) -> HandlerResult<redact_event::v3::Request> {
     let s = req.session().clone();
     let b = req.body;
-    let id = moss
-        .redact(
-            &s.user_id,
-            s.device_id.as_str(),
-            &b.room_id,
-            &b.event_id,
-            b.txn_id.as_str(),
-            b.reason,
-        )
-        .await?;
+    let id =
+        moss.redact(&s.user_id, s.device_id.as_str(), &b.room_id, &b.event_id, b.txn_id.as_str(), b.reason).await?;
     Ok(RumaResponse(redact_event::v3::Response::new(id)))
 }
 
@@ -173,14 +133,7 @@ pub async fn get_event(
     req: Ruma<get_room_event::v3::Request>,
 ) -> HandlerResult<get_room_event::v3::Request> {
     let s = req.session().clone();
-    let ev = moss
-        .get_event(
-            &s.user_id,
-            s.device_id.as_str(),
-            &req.body.room_id,
-            &req.body.event_id,
-        )
-        .await?;
+    let ev = moss.get_event(&s.user_id, s.device_id.as_str(), &req.body.room_id, &req.body.event_id).await?;
     Ok(RumaResponse(get_room_event::v3::Response::new(raw(&ev)?)))
 }
 
@@ -190,9 +143,7 @@ pub async fn state(
 ) -> HandlerResult<get_state_events::v3::Request> {
     let s = req.session().clone();
     let evs = moss.room_state(&s.user_id, &req.body.room_id).await?;
-    Ok(RumaResponse(get_state_events::v3::Response::new(raws(
-        &evs,
-    )?)))
+    Ok(RumaResponse(get_state_events::v3::Response::new(raws(&evs)?)))
 }
 
 pub async fn state_event(
@@ -201,22 +152,12 @@ pub async fn state_event(
 ) -> HandlerResult<get_state_event_for_key::v3::Request> {
     let s = req.session().clone();
     let b = &req.body;
-    let ev = moss
-        .state_event(
-            &s.user_id,
-            &b.room_id,
-            &b.event_type.to_string(),
-            &b.state_key,
-        )
-        .await?;
-    let full =
-        req.json.is_none() && b.format == get_state_event_for_key::v3::StateEventFormat::Event;
+    let ev = moss.state_event(&s.user_id, &b.room_id, &b.event_type.to_string(), &b.state_key).await?;
+    let full = req.json.is_none() && b.format == get_state_event_for_key::v3::StateEventFormat::Event;
     let value = if full { ev } else { ev["content"].clone() };
     let raw_value = serde_json::value::to_raw_value(&value)
         .map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))?;
-    Ok(RumaResponse(get_state_event_for_key::v3::Response::new(
-        raw_value,
-    )))
+    Ok(RumaResponse(get_state_event_for_key::v3::Response::new(raw_value)))
 }
 
 pub async fn messages(
@@ -245,21 +186,11 @@ pub async fn messages(
     Ok(RumaResponse(res))
 }
 
-pub async fn context(
-    moss: Arc<Moss>,
-    req: Ruma<get_context::v3::Request>,
-) -> HandlerResult<get_context::v3::Request> {
+pub async fn context(moss: Arc<Moss>, req: Ruma<get_context::v3::Request>) -> HandlerResult<get_context::v3::Request> {
     let s = req.session().clone();
     let b = req.body;
     let c = moss
-        .context(
-            &s.user_id,
-            s.device_id.as_str(),
-            &b.room_id,
-            &b.event_id,
-            u64::from(b.limit) as usize,
-            b.filter,
-        )
+        .context(&s.user_id, s.device_id.as_str(), &b.room_id, &b.event_id, u64::from(b.limit) as usize, b.filter)
         .await?;
     let mut res = get_context::v3::Response::new();
     res.start = Some(c.start);
@@ -277,15 +208,10 @@ pub async fn timestamp_to_event(
 ) -> HandlerResult<get_event_by_timestamp::v1::Request> {
     let s = req.session().clone();
     let b = req.body;
-    let (id, ts) = moss
-        .timestamp_to_event(&s.user_id, &b.room_id, u64::from(b.ts.get()), dir(b.dir))
-        .await?;
-    let id = ruma::EventId::parse(id)
-        .map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))?;
+    let (id, ts) = moss.timestamp_to_event(&s.user_id, &b.room_id, u64::from(b.ts.get()), dir(b.dir)).await?;
+    let id = ruma::EventId::parse(id).map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))?;
     let ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new(ts).unwrap_or_default());
-    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
-        id, ts,
-    )))
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(id, ts)))
 }
 
 // ---- membership ----
@@ -307,93 +233,46 @@ pub async fn join(
 ) -> HandlerResult<join_room_by_id_or_alias::v3::Request> {
     let s = req.session().clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
-    let room_id = moss
-        .join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason)
-        .await?;
-    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
-        room_id,
-    )))
+    let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason).await?;
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
-pub async fn invite(
-    moss: Arc<Moss>,
-    req: Ruma<invite_user::v3::Request>,
-) -> HandlerResult<invite_user::v3::Request> {
+pub async fn invite(moss: Arc<Moss>, req: Ruma<invite_user::v3::Request>) -> HandlerResult<invite_user::v3::Request> {
     let s = req.session().clone();
     let invite_user::v3::InvitationRecipient::UserId(target) = &req.body.recipient else {
         return Err(ApiError::forbidden("third-party invites are not supported"));
     };
-    moss.invite(
-        &s.user_id,
-        &req.body.room_id,
-        &target.user_id,
-        target.reason.clone(),
-    )
-    .await?;
+    moss.invite(&s.user_id, &req.body.room_id, &target.user_id, target.reason.clone()).await?;
     Ok(RumaResponse(invite_user::v3::Response::new()))
 }
 
-pub async fn leave(
-    moss: Arc<Moss>,
-    req: Ruma<leave_room::v3::Request>,
-) -> HandlerResult<leave_room::v3::Request> {
+pub async fn leave(moss: Arc<Moss>, req: Ruma<leave_room::v3::Request>) -> HandlerResult<leave_room::v3::Request> {
     let s = req.session().clone();
-    moss.leave_room(&s.user_id, &req.body.room_id, req.body.reason)
-        .await?;
+    moss.leave_room(&s.user_id, &req.body.room_id, req.body.reason).await?;
     Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
-pub async fn forget(
-    moss: Arc<Moss>,
-    req: Ruma<forget_room::v3::Request>,
-) -> HandlerResult<forget_room::v3::Request> {
+pub async fn forget(moss: Arc<Moss>, req: Ruma<forget_room::v3::Request>) -> HandlerResult<forget_room::v3::Request> {
     let s = req.session().clone();
     moss.forget_room(&s.user_id, &req.body.room_id).await?;
     Ok(RumaResponse(forget_room::v3::Response::new()))
 }
 
-pub async fn kick(
-    moss: Arc<Moss>,
-    req: Ruma<kick_user::v3::Request>,
-) -> HandlerResult<kick_user::v3::Request> {
+pub async fn kick(moss: Arc<Moss>, req: Ruma<kick_user::v3::Request>) -> HandlerResult<kick_user::v3::Request> {
     let s = req.session().clone();
-    moss.kick(
-        &s.user_id,
-        &req.body.room_id,
-        &req.body.user_id,
-        req.body.reason,
-    )
-    .await?;
+    moss.kick(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
-pub async fn ban(
-    moss: Arc<Moss>,
-    req: Ruma<ban_user::v3::Request>,
-) -> HandlerResult<ban_user::v3::Request> {
+pub async fn ban(moss: Arc<Moss>, req: Ruma<ban_user::v3::Request>) -> HandlerResult<ban_user::v3::Request> {
     let s = req.session().clone();
-    moss.ban(
-        &s.user_id,
-        &req.body.room_id,
-        &req.body.user_id,
-        req.body.reason,
-    )
-    .await?;
+    moss.ban(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
-pub async fn unban(
-    moss: Arc<Moss>,
-    req: Ruma<unban_user::v3::Request>,
-) -> HandlerResult<unban_user::v3::Request> {
+pub async fn unban(moss: Arc<Moss>, req: Ruma<unban_user::v3::Request>) -> HandlerResult<unban_user::v3::Request> {
     let s = req.session().clone();
-    moss.unban(
-        &s.user_id,
-        &req.body.room_id,
-        &req.body.user_id,
-        req.body.reason,
-    )
-    .await?;
+    moss.unban(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(unban_user::v3::Response::new()))
 }
 
@@ -420,9 +299,7 @@ pub async fn members(
             b.not_membership.map(|m| m.to_string()),
         )
         .await?;
-    Ok(RumaResponse(get_member_events::v3::Response::new(raws(
-        &evs,
-    )?)))
+    Ok(RumaResponse(get_member_events::v3::Response::new(raws(&evs)?)))
 }
 
 pub async fn joined_members(
@@ -457,8 +334,6 @@ pub async fn upgrade(
         )
         .into());
     }
-    let new_room = moss
-        .upgrade_room(&s.user_id, &req.body.room_id, req.body.new_version.clone())
-        .await?;
+    let new_room = moss.upgrade_room(&s.user_id, &req.body.room_id, req.body.new_version.clone()).await?;
     Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }

@@ -13,9 +13,7 @@ use moss_core::{
 use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
-        directory::{
-            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
-        },
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
         filter::FilterDefinition,
         room::{aliases, Visibility},
         sync::sync_events::{self, v3::Filter},
@@ -45,13 +43,9 @@ pub async fn well_known_server(State(moss): State<Arc<Moss>>) -> Json<Value> {
     Json(json!({"m.server": format!("{}:443", moss.server_name)}))
 }
 
-pub async fn capabilities(
-    _req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>,
-) -> Json<Value> {
-    let available: serde_json::Map<String, Value> = SUPPORTED_VERSIONS
-        .iter()
-        .map(|v| (v.to_string(), json!("stable")))
-        .collect();
+pub async fn capabilities(_req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>) -> Json<Value> {
+    let available: serde_json::Map<String, Value> =
+        SUPPORTED_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},
@@ -70,46 +64,26 @@ pub async fn put_alias(
     moss: Arc<Moss>,
     req: Ruma<create_alias::v3::Request>,
 ) -> HandlerResult<create_alias::v3::Request> {
-    moss.put_alias(
-        &req.session().user_id,
-        &req.body.room_alias,
-        &req.body.room_id,
-    )
-    .await?;
+    moss.put_alias(&req.session().user_id, &req.body.room_alias, &req.body.room_id).await?;
     Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
-pub async fn get_alias(
-    moss: Arc<Moss>,
-    req: Ruma<get_alias::v3::Request>,
-) -> HandlerResult<get_alias::v3::Request> {
+pub async fn get_alias(moss: Arc<Moss>, req: Ruma<get_alias::v3::Request>) -> HandlerResult<get_alias::v3::Request> {
     let room = moss.resolve_alias(&req.body.room_alias).await?;
-    Ok(RumaResponse(get_alias::v3::Response::new(
-        room,
-        vec![moss.server_name.clone()],
-    )))
+    Ok(RumaResponse(get_alias::v3::Response::new(room, vec![moss.server_name.clone()])))
 }
 
 pub async fn delete_alias(
     moss: Arc<Moss>,
     req: Ruma<delete_alias::v3::Request>,
 ) -> HandlerResult<delete_alias::v3::Request> {
-    moss.delete_alias(&req.session().user_id, &req.body.room_alias)
-        .await?;
+    moss.delete_alias(&req.session().user_id, &req.body.room_alias).await?;
     Ok(RumaResponse(delete_alias::v3::Response::new()))
 }
 
-pub async fn room_aliases(
-    moss: Arc<Moss>,
-    req: Ruma<aliases::v3::Request>,
-) -> HandlerResult<aliases::v3::Request> {
-    let list = moss
-        .room_aliases(&req.session().user_id, &req.body.room_id)
-        .await?;
-    let list = list
-        .into_iter()
-        .filter_map(|a| RoomAliasId::parse(a).ok())
-        .collect();
+pub async fn room_aliases(moss: Arc<Moss>, req: Ruma<aliases::v3::Request>) -> HandlerResult<aliases::v3::Request> {
+    let list = moss.room_aliases(&req.session().user_id, &req.body.room_id).await?;
+    let list = list.into_iter().filter_map(|a| RoomAliasId::parse(a).ok()).collect();
     Ok(RumaResponse(aliases::v3::Response::new(list)))
 }
 
@@ -118,13 +92,11 @@ pub async fn get_visibility(
     req: Ruma<get_room_visibility::v3::Request>,
 ) -> HandlerResult<get_room_visibility::v3::Request> {
     let public = moss.room_published(&req.body.room_id).await?;
-    Ok(RumaResponse(get_room_visibility::v3::Response::new(
-        if public {
-            Visibility::Public
-        } else {
-            Visibility::Private
-        },
-    )))
+    Ok(RumaResponse(get_room_visibility::v3::Response::new(if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    })))
 }
 
 pub async fn set_visibility(
@@ -132,38 +104,23 @@ pub async fn set_visibility(
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> HandlerResult<set_room_visibility::v3::Request> {
     let public = matches!(req.body.visibility, Visibility::Public);
-    moss.set_room_published(&req.session().user_id, &req.body.room_id, public)
-        .await?;
+    moss.set_room_published(&req.session().user_id, &req.body.room_id, public).await?;
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
 fn public_chunk(v: Vec<Value>) -> Vec<ruma::directory::PublicRoomsChunk> {
-    v.into_iter()
-        .filter_map(|e| serde_json::from_value(e).ok())
-        .collect()
+    v.into_iter().filter_map(|e| serde_json::from_value(e).ok()).collect()
 }
 
 pub async fn public_rooms(
     moss: Arc<Moss>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> HandlerResult<get_public_rooms::v3::Request> {
-    if req
-        .body
-        .server
-        .as_ref()
-        .is_some_and(|s| *s != moss.server_name)
-    {
-        return Err(
-            moss_core::Error::not_found("other servers' directories need federation").into(),
-        );
+    if req.body.server.as_ref().is_some_and(|s| *s != moss.server_name) {
+        return Err(moss_core::Error::not_found("other servers' directories need federation").into());
     }
-    let page = moss
-        .public_rooms(
-            req.body.since.as_deref(),
-            req.body.limit.map(|l| u64::from(l) as usize),
-            None,
-        )
-        .await?;
+    let page =
+        moss.public_rooms(req.body.since.as_deref(), req.body.limit.map(|l| u64::from(l) as usize), None).await?;
     let mut res = get_public_rooms::v3::Response::new(public_chunk(page.chunk));
     res.next_batch = page.next_batch;
     res.prev_batch = page.prev_batch;
@@ -175,24 +132,12 @@ pub async fn public_rooms_filtered(
     moss: Arc<Moss>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> HandlerResult<get_public_rooms_filtered::v3::Request> {
-    if req
-        .body
-        .server
-        .as_ref()
-        .is_some_and(|s| *s != moss.server_name)
-    {
-        return Err(
-            moss_core::Error::not_found("other servers' directories need federation").into(),
-        );
+    if req.body.server.as_ref().is_some_and(|s| *s != moss.server_name) {
+        return Err(moss_core::Error::not_found("other servers' directories need federation").into());
     }
     let term = req.body.filter.generic_search_term.clone();
-    let page = moss
-        .public_rooms(
-            req.body.since.as_deref(),
-            req.body.limit.map(|l| u64::from(l) as usize),
-            term,
-        )
-        .await?;
+    let page =
+        moss.public_rooms(req.body.since.as_deref(), req.body.limit.map(|l| u64::from(l) as usize), term).await?;
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = public_chunk(page.chunk);
     res.next_batch = page.next_batch;
@@ -203,10 +148,7 @@ pub async fn public_rooms_filtered(
 
 // ---- sync ----
 
-pub async fn sync(
-    State(moss): State<Arc<Moss>>,
-    req: Ruma<sync_events::v3::Request>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn sync(State(moss): State<Arc<Moss>>, req: Ruma<sync_events::v3::Request>) -> Result<Json<Value>, ApiError> {
     let session = req.session().clone();
     let b = req.body;
     let filter = match b.filter {
@@ -217,17 +159,7 @@ pub async fn sync(
     };
     let since = b.since.as_deref().map(SyncToken::parse).transpose()?;
     let timeout = b.timeout.unwrap_or(Duration::ZERO);
-    let res = moss
-        .sync(
-            &session,
-            SyncRequest {
-                since,
-                full_state: b.full_state,
-                timeout,
-                filter,
-            },
-        )
-        .await?;
+    let res = moss.sync(&session, SyncRequest { since, full_state: b.full_state, timeout, filter }).await?;
     Ok(Json(res))
 }
 
@@ -244,9 +176,7 @@ pub async fn shared_secret_nonce(State(moss): State<Arc<Moss>>) -> Result<Json<V
         )
         .into());
     }
-    Ok(Json(
-        json!({"nonce": moss.shared_secret_nonce(NONCES.get_or_init(Default::default))}),
-    ))
+    Ok(Json(json!({"nonce": moss.shared_secret_nonce(NONCES.get_or_init(Default::default))})))
 }
 
 #[derive(Deserialize)]
@@ -274,15 +204,11 @@ pub async fn shared_secret_register(
         &b.mac,
     )?;
     let user_id = moss.new_user_id(&b.username.to_lowercase())?;
-    moss.create_user(&user_id, Some(&b.password), b.admin, None)
-        .await?;
+    moss.create_user(&user_id, Some(&b.password), b.admin, None).await?;
     if let Some(name) = b.displayname {
-        moss.set_profile_field(&user_id, "displayname", Some(name))
-            .await?;
+        moss.set_profile_field(&user_id, "displayname", Some(name)).await?;
     }
-    let s = moss
-        .create_session(&user_id, None, None, false, None)
-        .await?;
+    let s = moss.create_session(&user_id, None, None, false, None).await?;
     Ok(Json(json!({
         "user_id": user_id, "access_token": s.access_token, "device_id": s.device_id, "home_server": moss.server_name,
     })))

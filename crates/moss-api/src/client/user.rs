@@ -10,16 +10,12 @@ use axum::{
 use moss_core::{uiaa::password_flow, Moss};
 use ruma::{
     api::client::{
-        config::{
-            get_global_account_data, get_room_account_data, set_global_account_data,
-            set_room_account_data,
-        },
+        config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
         device::{delete_device, delete_devices, get_device, get_devices, update_device, Device},
         filter::{create_filter, get_filter},
         push::{
-            delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
-            get_pushrules_all, set_pusher, set_pushrule, set_pushrule_actions,
-            set_pushrule_enabled,
+            delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+            set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
         },
         read_marker::set_read_marker,
         receipt::create_receipt,
@@ -42,27 +38,16 @@ fn device(row: moss_core::DeviceRow) -> Device {
     let mut d = Device::new(row.device_id.into());
     d.display_name = row.display_name;
     d.last_seen_ip = row.last_seen_ip;
-    d.last_seen_ts = row
-        .last_seen_ts
-        .and_then(|t| ruma::UInt::new(t as u64))
-        .map(MilliSecondsSinceUnixEpoch);
+    d.last_seen_ts = row.last_seen_ts.and_then(|t| ruma::UInt::new(t as u64)).map(MilliSecondsSinceUnixEpoch);
     d
 }
 
-pub async fn devices(
-    moss: Arc<Moss>,
-    req: Ruma<get_devices::v3::Request>,
-) -> HandlerResult<get_devices::v3::Request> {
+pub async fn devices(moss: Arc<Moss>, req: Ruma<get_devices::v3::Request>) -> HandlerResult<get_devices::v3::Request> {
     let rows = moss.devices(&req.session().user_id).await?;
-    Ok(RumaResponse(get_devices::v3::Response::new(
-        rows.into_iter().map(device).collect(),
-    )))
+    Ok(RumaResponse(get_devices::v3::Response::new(rows.into_iter().map(device).collect())))
 }
 
-pub async fn get_device(
-    moss: Arc<Moss>,
-    req: Ruma<get_device::v3::Request>,
-) -> HandlerResult<get_device::v3::Request> {
+pub async fn get_device(moss: Arc<Moss>, req: Ruma<get_device::v3::Request>) -> HandlerResult<get_device::v3::Request> {
     let row = moss
         .device(&req.session().user_id, req.body.device_id.as_str())
         .await?
@@ -74,12 +59,7 @@ pub async fn update_device(
     moss: Arc<Moss>,
     req: Ruma<update_device::v3::Request>,
 ) -> HandlerResult<update_device::v3::Request> {
-    moss.rename_device(
-        &req.session().user_id,
-        req.body.device_id.as_str(),
-        req.body.display_name.clone(),
-    )
-    .await?;
+    moss.rename_device(&req.session().user_id, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
     Ok(RumaResponse(update_device::v3::Response::new()))
 }
 
@@ -88,17 +68,11 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> HandlerResult<delete_device::v3::Request> {
     let user = req.session().user_id.clone();
-    if moss
-        .device(&user, req.body.device_id.as_str())
-        .await?
-        .is_none()
-    {
+    if moss.device(&user, req.body.device_id.as_str()).await?.is_none() {
         return Err(moss_core::Error::not_found("no such device").into());
     }
-    moss.uiaa(password_flow("delete_device", &user), req.body.auth.clone())
-        .await?;
-    moss.delete_devices(&user, vec![req.body.device_id.to_string()])
-        .await?;
+    moss.uiaa(password_flow("delete_device", &user), req.body.auth.clone()).await?;
+    moss.delete_devices(&user, vec![req.body.device_id.to_string()]).await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
 }
 
@@ -107,25 +81,14 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> HandlerResult<delete_devices::v3::Request> {
     let user = req.session().user_id.clone();
-    moss.uiaa(
-        password_flow("delete_devices", &user),
-        req.body.auth.clone(),
-    )
-    .await?;
-    moss.delete_devices(
-        &user,
-        req.body.devices.iter().map(|d| d.to_string()).collect(),
-    )
-    .await?;
+    moss.uiaa(password_flow("delete_devices", &user), req.body.auth.clone()).await?;
+    moss.delete_devices(&user, req.body.devices.iter().map(|d| d.to_string()).collect()).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }
 
 // ---- profile (plain JSON: the v1.16 profile-field types are more than these need) ----
 
-pub async fn get_profile(
-    State(moss): State<Arc<Moss>>,
-    Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn get_profile(State(moss): State<Arc<Moss>>, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
     let user = UserId::parse(&user).map_err(|e| ApiError::invalid_param(e.to_string()))?;
     let (name, avatar) = moss.profile(&user).await?;
     let mut v = json!({});
@@ -162,9 +125,7 @@ pub async fn set_profile_field(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| match e {
-        axum::extract::rejection::JsonRejection::JsonSyntaxError(e) => {
-            ApiError::not_json(e.body_text())
-        }
+        axum::extract::rejection::JsonRejection::JsonSyntaxError(e) => ApiError::not_json(e.body_text()),
         e => ApiError::bad_json(e.body_text()),
     })?;
     let user = UserId::parse(&user).map_err(|e| ApiError::invalid_param(e.to_string()))?;
@@ -172,9 +133,7 @@ pub async fn set_profile_field(
         return Err(ApiError::forbidden("you may only change your own profile"));
     }
     if field != "displayname" && field != "avatar_url" {
-        return Err(ApiError::invalid_param(
-            "only displayname and avatar_url are supported",
-        ));
+        return Err(ApiError::invalid_param("only displayname and avatar_url are supported"));
     }
     let value = match &body[&field] {
         Value::String(s) => Some(s.clone()),
@@ -193,18 +152,13 @@ pub async fn create_filter(
 ) -> HandlerResult<create_filter::v3::Request> {
     let s = req.session();
     if req.body.user_id != s.user_id {
-        return Err(ApiError::forbidden(
-            "you may only create filters for yourself",
-        ));
+        return Err(ApiError::forbidden("you may only create filters for yourself"));
     }
     let id = moss.create_filter(&s.user_id, &req.body.filter).await?;
     Ok(RumaResponse(create_filter::v3::Response::new(id)))
 }
 
-pub async fn get_filter(
-    moss: Arc<Moss>,
-    req: Ruma<get_filter::v3::Request>,
-) -> HandlerResult<get_filter::v3::Request> {
+pub async fn get_filter(moss: Arc<Moss>, req: Ruma<get_filter::v3::Request>) -> HandlerResult<get_filter::v3::Request> {
     let s = req.session();
     if req.body.user_id != s.user_id {
         return Err(ApiError::forbidden("you may only read your own filters"));
@@ -219,16 +173,12 @@ fn same_user(a: &UserId, b: &UserId) -> Result<(), ApiError> {
     if a == b {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "you may only access your own account data",
-        ))
+        Err(ApiError::forbidden("you may only access your own account data"))
     }
 }
 
 fn raw_json<T>(v: &Value) -> Result<Raw<T>, ApiError> {
-    Raw::new(v)
-        .map(|r| r.cast_unchecked())
-        .map_err(|e| moss_core::Error::internal(e.to_string()).into())
+    Raw::new(v).map(|r| r.cast_unchecked()).map_err(|e| moss_core::Error::internal(e.to_string()).into())
 }
 
 pub async fn get_global_data(
@@ -236,12 +186,8 @@ pub async fn get_global_data(
     req: Ruma<get_global_account_data::v3::Request>,
 ) -> HandlerResult<get_global_account_data::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    let v = moss
-        .account_data(&req.body.user_id, None, &req.body.event_type.to_string())
-        .await?;
-    Ok(RumaResponse(get_global_account_data::v3::Response::new(
-        raw_json(&v)?,
-    )))
+    let v = moss.account_data(&req.body.user_id, None, &req.body.event_type.to_string()).await?;
+    Ok(RumaResponse(get_global_account_data::v3::Response::new(raw_json(&v)?)))
 }
 
 pub async fn set_global_data(
@@ -249,15 +195,9 @@ pub async fn set_global_data(
     req: Ruma<set_global_account_data::v3::Request>,
 ) -> HandlerResult<set_global_account_data::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    let content: Value = serde_json::from_str(req.body.data.json().get())
-        .map_err(|e| ApiError::bad_json(e.to_string()))?;
-    moss.set_account_data(
-        &req.body.user_id,
-        None,
-        &req.body.event_type.to_string(),
-        content,
-    )
-    .await?;
+    let content: Value =
+        serde_json::from_str(req.body.data.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    moss.set_account_data(&req.body.user_id, None, &req.body.event_type.to_string(), content).await?;
     Ok(RumaResponse(set_global_account_data::v3::Response::new()))
 }
 
@@ -266,16 +206,8 @@ pub async fn get_room_data(
     req: Ruma<get_room_account_data::v3::Request>,
 ) -> HandlerResult<get_room_account_data::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    let v = moss
-        .account_data(
-            &req.body.user_id,
-            Some(&req.body.room_id),
-            &req.body.event_type.to_string(),
-        )
-        .await?;
-    Ok(RumaResponse(get_room_account_data::v3::Response::new(
-        raw_json(&v)?,
-    )))
+    let v = moss.account_data(&req.body.user_id, Some(&req.body.room_id), &req.body.event_type.to_string()).await?;
+    Ok(RumaResponse(get_room_account_data::v3::Response::new(raw_json(&v)?)))
 }
 
 pub async fn set_room_data(
@@ -283,52 +215,30 @@ pub async fn set_room_data(
     req: Ruma<set_room_account_data::v3::Request>,
 ) -> HandlerResult<set_room_account_data::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    let content: Value = serde_json::from_str(req.body.data.json().get())
-        .map_err(|e| ApiError::bad_json(e.to_string()))?;
-    moss.set_account_data(
-        &req.body.user_id,
-        Some(&req.body.room_id),
-        &req.body.event_type.to_string(),
-        content,
-    )
-    .await?;
+    let content: Value =
+        serde_json::from_str(req.body.data.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    moss.set_account_data(&req.body.user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), content)
+        .await?;
     Ok(RumaResponse(set_room_account_data::v3::Response::new()))
 }
 
-pub async fn get_tags(
-    moss: Arc<Moss>,
-    req: Ruma<get_tags::v3::Request>,
-) -> HandlerResult<get_tags::v3::Request> {
+pub async fn get_tags(moss: Arc<Moss>, req: Ruma<get_tags::v3::Request>) -> HandlerResult<get_tags::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
     let tags = moss.tags(&req.body.user_id, &req.body.room_id).await?;
     let tags = serde_json::from_value(tags).unwrap_or_default();
     Ok(RumaResponse(get_tags::v3::Response::new(tags)))
 }
 
-pub async fn put_tag(
-    moss: Arc<Moss>,
-    req: Ruma<create_tag::v3::Request>,
-) -> HandlerResult<create_tag::v3::Request> {
+pub async fn put_tag(moss: Arc<Moss>, req: Ruma<create_tag::v3::Request>) -> HandlerResult<create_tag::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    let info =
-        serde_json::to_value(&req.body.tag_info).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    moss.set_tag(
-        &req.body.user_id,
-        &req.body.room_id,
-        &req.body.tag,
-        Some(info),
-    )
-    .await?;
+    let info = serde_json::to_value(&req.body.tag_info).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    moss.set_tag(&req.body.user_id, &req.body.room_id, &req.body.tag, Some(info)).await?;
     Ok(RumaResponse(create_tag::v3::Response::new()))
 }
 
-pub async fn delete_tag(
-    moss: Arc<Moss>,
-    req: Ruma<delete_tag::v3::Request>,
-) -> HandlerResult<delete_tag::v3::Request> {
+pub async fn delete_tag(moss: Arc<Moss>, req: Ruma<delete_tag::v3::Request>) -> HandlerResult<delete_tag::v3::Request> {
     same_user(&req.body.user_id, &req.session().user_id)?;
-    moss.set_tag(&req.body.user_id, &req.body.room_id, &req.body.tag, None)
-        .await?;
+    moss.set_tag(&req.body.user_id, &req.body.room_id, &req.body.tag, None).await?;
     Ok(RumaResponse(delete_tag::v3::Response::new()))
 }
 
@@ -371,12 +281,7 @@ pub async fn delete_push_rule(
     moss: Arc<Moss>,
     req: Ruma<delete_pushrule::v3::Request>,
 ) -> HandlerResult<delete_pushrule::v3::Request> {
-    moss.delete_push_rule(
-        &req.session().user_id,
-        req.body.kind.clone(),
-        &req.body.rule_id,
-    )
-    .await?;
+    moss.delete_push_rule(&req.session().user_id, req.body.kind.clone(), &req.body.rule_id).await?;
     Ok(RumaResponse(delete_pushrule::v3::Response::new()))
 }
 
@@ -388,22 +293,15 @@ pub async fn push_rule_enabled(
     let rule = rules
         .get(req.body.kind.clone(), &req.body.rule_id)
         .ok_or_else(|| moss_core::Error::not_found("push rule not found"))?;
-    Ok(RumaResponse(get_pushrule_enabled::v3::Response::new(
-        rule.enabled(),
-    )))
+    Ok(RumaResponse(get_pushrule_enabled::v3::Response::new(rule.enabled())))
 }
 
 pub async fn set_push_rule_enabled(
     moss: Arc<Moss>,
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> HandlerResult<set_pushrule_enabled::v3::Request> {
-    moss.set_push_rule_enabled(
-        &req.session().user_id,
-        req.body.kind.clone(),
-        &req.body.rule_id,
-        req.body.enabled,
-    )
-    .await?;
+    moss.set_push_rule_enabled(&req.session().user_id, req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+        .await?;
     Ok(RumaResponse(set_pushrule_enabled::v3::Response::new()))
 }
 
@@ -415,9 +313,7 @@ pub async fn push_rule_actions(
     let rule = rules
         .get(req.body.kind.clone(), &req.body.rule_id)
         .ok_or_else(|| moss_core::Error::not_found("push rule not found"))?;
-    Ok(RumaResponse(get_pushrule_actions::v3::Response::new(
-        rule.actions().to_vec(),
-    )))
+    Ok(RumaResponse(get_pushrule_actions::v3::Response::new(rule.actions().to_vec())))
 }
 
 pub async fn set_push_rule_actions(
@@ -434,22 +330,13 @@ pub async fn set_push_rule_actions(
     Ok(RumaResponse(set_pushrule_actions::v3::Response::new()))
 }
 
-pub async fn pushers(
-    moss: Arc<Moss>,
-    req: Ruma<get_pushers::v3::Request>,
-) -> HandlerResult<get_pushers::v3::Request> {
+pub async fn pushers(moss: Arc<Moss>, req: Ruma<get_pushers::v3::Request>) -> HandlerResult<get_pushers::v3::Request> {
     let list = moss.pushers(&req.session().user_id).await?;
-    let pushers = list
-        .into_iter()
-        .filter_map(|p| serde_json::from_value(p).ok())
-        .collect();
+    let pushers = list.into_iter().filter_map(|p| serde_json::from_value(p).ok()).collect();
     Ok(RumaResponse(get_pushers::v3::Response::new(pushers)))
 }
 
-pub async fn set_pusher(
-    moss: Arc<Moss>,
-    req: Ruma<set_pusher::v3::Request>,
-) -> HandlerResult<set_pusher::v3::Request> {
+pub async fn set_pusher(moss: Arc<Moss>, req: Ruma<set_pusher::v3::Request>) -> HandlerResult<set_pusher::v3::Request> {
     let body = req.json.clone().unwrap_or_default();
     moss.set_pusher(&req.session().user_id, body).await?;
     Ok(RumaResponse(set_pusher::v3::Response::new()))
@@ -463,21 +350,13 @@ pub async fn typing(
 ) -> HandlerResult<create_typing_event::v3::Request> {
     let s = req.session().clone();
     if req.body.user_id != s.user_id {
-        return Err(ApiError::forbidden(
-            "you may only set your own typing state",
-        ));
+        return Err(ApiError::forbidden("you may only set your own typing state"));
     }
     let (typing, timeout) = match req.body.state {
         create_typing_event::v3::Typing::Yes(info) => (true, Some(info.timeout)),
         _ => (false, None),
     };
-    moss.set_typing(
-        &s.user_id,
-        &req.body.room_id,
-        typing,
-        timeout.map(|t: Duration| t),
-    )
-    .await?;
+    moss.set_typing(&s.user_id, &req.body.room_id, typing, timeout.map(|t: Duration| t)).await?;
     Ok(RumaResponse(create_typing_event::v3::Response::new()))
 }
 
@@ -493,14 +372,7 @@ pub async fn receipt(
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    moss.set_receipt(
-        &s.user_id,
-        &b.room_id,
-        &b.receipt_type.to_string(),
-        &b.event_id,
-        thread,
-    )
-    .await?;
+    moss.set_receipt(&s.user_id, &b.room_id, &b.receipt_type.to_string(), &b.event_id, thread).await?;
     Ok(RumaResponse(create_receipt::v3::Response::new()))
 }
 
@@ -511,16 +383,13 @@ pub async fn read_markers(
     let s = req.session().clone();
     let b = req.body;
     if let Some(ev) = &b.fully_read {
-        moss.set_receipt(&s.user_id, &b.room_id, "m.fully_read", ev, None)
-            .await?;
+        moss.set_receipt(&s.user_id, &b.room_id, "m.fully_read", ev, None).await?;
     }
     if let Some(ev) = &b.read_receipt {
-        moss.set_receipt(&s.user_id, &b.room_id, "m.read", ev, None)
-            .await?;
+        moss.set_receipt(&s.user_id, &b.room_id, "m.read", ev, None).await?;
     }
     if let Some(ev) = &b.private_read_receipt {
-        moss.set_receipt(&s.user_id, &b.room_id, "m.read.private", ev, None)
-            .await?;
+        moss.set_receipt(&s.user_id, &b.room_id, "m.read.private", ev, None).await?;
     }
     Ok(RumaResponse(set_read_marker::v3::Response::new()))
 }
@@ -529,17 +398,9 @@ pub async fn search_users(
     moss: Arc<Moss>,
     req: Ruma<search_users::v3::Request>,
 ) -> HandlerResult<search_users::v3::Request> {
-    let (results, limited) = moss
-        .search_users(
-            &req.session().user_id,
-            &req.body.search_term,
-            u64::from(req.body.limit) as usize,
-        )
-        .await?;
-    let results = results
-        .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
-        .collect();
+    let (results, limited) =
+        moss.search_users(&req.session().user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
+    let results = results.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
     let res = search_users::v3::Response::new(results, limited);
     Ok(RumaResponse(res))
 }

@@ -58,19 +58,10 @@ pub struct Download {
 fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let t = text.trim();
-        let bytes = if t.len() == 64 {
-            hex::decode(t).ok()
-        } else {
-            STANDARD.decode(t).ok()
-        };
+        let bytes = if t.len() == 64 { hex::decode(t).ok() } else { STANDARD.decode(t).ok() };
         return bytes
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "{what} {} must hold 32 bytes as base64 or hex",
-                    path.display()
-                ))
-            });
+            .ok_or_else(|| Error::internal(format!("{what} {} must hold 32 bytes as base64 or hex", path.display())));
     }
     let key = MasterKey::generate();
     let tmp = path.with_extension("tmp");
@@ -95,28 +86,16 @@ impl Media {
         let mut store = base_store(config)?;
         let enc = &config.media.encryption;
         if enc.enabled {
-            let master = MasterKey::from_bytes(read_or_create_secret(
-                &config.data_dir.join(&enc.key_file),
-                "media master key",
-            )?);
+            let master =
+                MasterKey::from_bytes(read_or_create_secret(&config.data_dir.join(&enc.key_file), "media master key")?);
             let mut previous = Vec::new();
             for p in &enc.previous_key_files {
                 let path = config.data_dir.join(p);
                 let bytes = std::fs::read_to_string(&path)
                     .ok()
-                    .and_then(|t| {
-                        STANDARD
-                            .decode(t.trim())
-                            .ok()
-                            .or_else(|| hex::decode(t.trim()).ok())
-                    })
+                    .and_then(|t| STANDARD.decode(t.trim()).ok().or_else(|| hex::decode(t.trim()).ok()))
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        Error::internal(format!(
-                            "previous media key {} is unreadable",
-                            path.display()
-                        ))
-                    })?;
+                    .ok_or_else(|| Error::internal(format!("previous media key {} is unreadable", path.display())))?;
                 previous.push(MasterKey::from_bytes(bytes));
             }
             tracing::info!(master_key = %master.id_hex(), "media encryption is on");
@@ -131,23 +110,14 @@ impl Media {
             );
         }
         tracing::info!(store = %store.describe(), "media store");
-        let secret = read_or_create_secret(
-            &config.data_dir.join("media-naming.key"),
-            "media naming key",
-        )?;
+        let secret = read_or_create_secret(&config.data_dir.join("media-naming.key"), "media naming key")?;
         let spool = config.data_dir.join("tmp");
-        std::fs::create_dir_all(&spool)
-            .map_err(|e| Error::internal(format!("{}: {e}", spool.display())))?;
+        std::fs::create_dir_all(&spool).map_err(|e| Error::internal(format!("{}: {e}", spool.display())))?;
         // Spooled uploads a crash interrupted are worthless now.
         for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(Media {
-            store,
-            secret,
-            spool,
-            writing: Mutex::new(HashMap::new()),
-        })
+        Ok(Media { store, secret, spool, writing: Mutex::new(HashMap::new()) })
     }
 
     fn content_key(&self, sha256: &[u8]) -> String {
@@ -164,13 +134,7 @@ pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
     if !m.mirror.enabled {
         return Ok(primary);
     }
-    let secondary = build_store(
-        config,
-        m.mirror.store,
-        &m.mirror.path,
-        &m.mirror.s3,
-        "media.mirror.s3",
-    )?;
+    let secondary = build_store(config, m.mirror.store, &m.mirror.path, &m.mirror.s3, "media.mirror.s3")?;
     Ok(Arc::new(MirrorStore::new(primary, secondary)))
 }
 
@@ -184,10 +148,7 @@ fn build_store(
     Ok(match kind {
         StoreKind::Fs => {
             let root = config.data_dir.join(path);
-            Arc::new(
-                FsStore::open(&root)
-                    .map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?,
-            )
+            Arc::new(FsStore::open(&root).map_err(|e| Error::internal(format!("media store {}: {e}", root.display())))?)
         }
         StoreKind::S3 => {
             let c = s3;
@@ -198,9 +159,7 @@ fn build_store(
                 ("secret_access_key", &c.secret_access_key),
             ] {
                 if v.is_empty() {
-                    return Err(Error::internal(format!(
-                        "an s3 media store needs {section}.{name}"
-                    )));
+                    return Err(Error::internal(format!("an s3 media store needs {section}.{name}")));
                 }
             }
             Arc::new(
@@ -224,16 +183,8 @@ fn build_store(
 fn store_error(e: MediaError) -> Error {
     match e {
         MediaError::NotFound => Error::not_found("media not found"),
-        MediaError::Unavailable(m) => Error::new(
-            ErrorKind::Unknown,
-            502,
-            format!("media store unavailable: {m}"),
-        ),
-        MediaError::BadRange => Error::new(
-            ErrorKind::Unknown,
-            416,
-            "requested range is not satisfiable",
-        ),
+        MediaError::Unavailable(m) => Error::new(ErrorKind::Unknown, 502, format!("media store unavailable: {m}")),
+        MediaError::BadRange => Error::new(ErrorKind::Unknown, 416, "requested range is not satisfiable"),
         e => Error::internal(format!("media store: {e}")),
     }
 }
@@ -247,11 +198,7 @@ impl Drop for SpoolFile {
 }
 
 pub fn valid_media_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 255
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Moss {
@@ -267,13 +214,8 @@ impl Moss {
                 w.expire_pending_media(now as i64)?;
                 if w.pending_media_count(&u, now as i64)? >= max {
                     let mut data = ruma::api::error::LimitExceededErrorData::new();
-                    data.retry_after =
-                        Some(ruma::api::error::RetryAfter::Delay(Duration::from_secs(60)));
-                    return Err(Error::new(
-                        ErrorKind::LimitExceeded(data),
-                        429,
-                        "too many pending uploads",
-                    ));
+                    data.retry_after = Some(ruma::api::error::RetryAfter::Delay(Duration::from_secs(60)));
+                    return Err(Error::new(ErrorKind::LimitExceeded(data), 429, "too many pending uploads"));
                 }
                 w.create_pending_media(&id, &u, now as i64, expires as i64)?;
                 Ok(())
@@ -301,17 +243,11 @@ impl Moss {
             self.db
                 .read(move |r| match r.media(&i)? {
                     None => Err(Error::not_found("unknown media id")),
-                    Some(m) if m.content_key.is_some() => Err(Error::new(
-                        ErrorKind::CannotOverwriteMedia,
-                        409,
-                        "media already uploaded",
-                    )),
-                    Some(m) if m.user_id != u => {
-                        Err(Error::forbidden("this media id belongs to another user"))
+                    Some(m) if m.content_key.is_some() => {
+                        Err(Error::new(ErrorKind::CannotOverwriteMedia, 409, "media already uploaded"))
                     }
-                    Some(m) if m.expires_ts.is_some_and(|e| e <= now) => {
-                        Err(Error::not_found("media id expired"))
-                    }
+                    Some(m) if m.user_id != u => Err(Error::forbidden("this media id belongs to another user")),
+                    Some(m) if m.expires_ts.is_some_and(|e| e <= now) => Err(Error::not_found("media id expired")),
                     Some(_) => Ok(()),
                 })
                 .await?;
@@ -320,14 +256,8 @@ impl Moss {
         // Spool to disk while hashing: memory stays flat, and the content key (a hash of the
         // content) is known before anything reaches the store.
         let max = self.config.media.max_upload_size;
-        let spool = SpoolFile(
-            self.media
-                .spool
-                .join(format!("upload-{}", random_string(16))),
-        );
-        let mut file = tokio::fs::File::create(&spool.0)
-            .await
-            .map_err(|e| Error::internal(format!("spool: {e}")))?;
+        let spool = SpoolFile(self.media.spool.join(format!("upload-{}", random_string(16))));
+        let mut file = tokio::fs::File::create(&spool.0).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = body;
@@ -335,18 +265,12 @@ impl Moss {
             let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
             if size > max {
-                return Err(Error::too_large(format!(
-                    "uploads are limited to {max} bytes"
-                )));
+                return Err(Error::too_large(format!("uploads are limited to {max} bytes")));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::internal(format!("spool: {e}")))?;
+            file.write_all(&chunk).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         }
-        file.flush()
-            .await
-            .map_err(|e| Error::internal(format!("spool: {e}")))?;
+        file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         drop(file);
         let sha = hasher.finalize();
         let key = self.media.content_key(&sha);
@@ -357,31 +281,15 @@ impl Moss {
         };
         {
             let _guard = lock.lock().await;
-            let exists = self
-                .media
-                .store
-                .head(&key)
-                .await
-                .map_err(store_error)?
-                .is_some_and(|i| i.size == size);
+            let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
                 let stream = file_stream(spool.0.clone()).await?;
-                self.media
-                    .store
-                    .put(&key, size, stream)
-                    .await
-                    .map_err(store_error)?;
+                self.media.store.put(&key, size, stream).await.map_err(store_error)?;
             }
         }
-        self.media
-            .writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        self.media.writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 
-        let id = media_id
-            .map(str::to_owned)
-            .unwrap_or_else(|| random_string(24));
+        let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
         let (i, u, k, sha_hex) = (id.clone(), user.to_string(), key.clone(), hex::encode(sha));
         let stored = self
             .db
@@ -399,11 +307,7 @@ impl Moss {
             })
             .await?;
         if !stored {
-            return Err(Error::new(
-                ErrorKind::CannotOverwriteMedia,
-                409,
-                "media already uploaded",
-            ));
+            return Err(Error::new(ErrorKind::CannotOverwriteMedia, 409, "media already uploaded"));
         }
         Ok(id)
     }
@@ -424,11 +328,7 @@ impl Moss {
                     return Err(Error::not_found("media not found"))
                 }
                 Some(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(Error::new(
-                        ErrorKind::NotYetUploaded,
-                        504,
-                        "media has not been uploaded yet",
-                    ));
+                    return Err(Error::new(ErrorKind::NotYetUploaded, 504, "media has not been uploaded yet"));
                 }
                 Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -436,50 +336,26 @@ impl Moss {
     }
 
     /// Opens media for download, optionally a byte range of it (`end` exclusive, clamped).
-    pub async fn download_media(
-        &self,
-        row: &MediaRow,
-        range: Option<(u64, Option<u64>)>,
-    ) -> Result<Download> {
-        let key = row
-            .content_key
-            .as_deref()
-            .ok_or_else(|| Error::not_found("media not found"))?;
+    pub async fn download_media(&self, row: &MediaRow, range: Option<(u64, Option<u64>)>) -> Result<Download> {
+        let key = row.content_key.as_deref().ok_or_else(|| Error::not_found("media not found"))?;
         let size = row.size.unwrap_or(0) as u64;
         let range = match range {
             None => None,
             Some((start, end)) => {
                 let end = end.map(|e| e.saturating_add(1)).unwrap_or(size).min(size);
                 if start >= end {
-                    return Err(Error::new(
-                        ErrorKind::Unknown,
-                        416,
-                        "requested range is not satisfiable",
-                    ));
+                    return Err(Error::new(ErrorKind::Unknown, 416, "requested range is not satisfiable"));
                 }
                 Some(Range { start, end })
             }
         };
-        let body = self
-            .media
-            .store
-            .get(key, range)
-            .await
-            .map_err(store_error)?;
-        Ok(Download {
-            content_type: row.content_type.clone(),
-            filename: row.filename.clone(),
-            size,
-            range,
-            body,
-        })
+        let body = self.media.store.get(key, range).await.map_err(store_error)?;
+        Ok(Download { content_type: row.content_type.clone(), filename: row.filename.clone(), size, range, body })
     }
 }
 
 async fn file_stream(path: PathBuf) -> Result<ByteStream> {
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Error::internal(format!("spool: {e}")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
     let s = futures_util::stream::unfold(file, |mut f| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 256 * 1024];
@@ -506,10 +382,7 @@ impl Moss {
         animated: bool,
     ) -> Result<Download> {
         use thumbnail::Method;
-        let key = row
-            .content_key
-            .clone()
-            .ok_or_else(|| Error::not_found("media not found"))?;
+        let key = row.content_key.clone().ok_or_else(|| Error::not_found("media not found"))?;
         let cfg = &self.config.media.thumbnails;
         let parse = |m: &str| {
             if m == "crop" {
@@ -518,11 +391,8 @@ impl Moss {
                 Method::Scale
             }
         };
-        let mut sizes: Vec<(u32, u32, Method)> = cfg
-            .sizes
-            .iter()
-            .map(|s| (s.width, s.height, parse(&s.method)))
-            .collect();
+        let mut sizes: Vec<(u32, u32, Method)> =
+            cfg.sizes.iter().map(|s| (s.width, s.height, parse(&s.method))).collect();
         if sizes.iter().any(|s| s.2 == method) {
             sizes.retain(|s| s.2 == method);
         }
@@ -535,20 +405,12 @@ impl Moss {
             .ok_or_else(|| Error::not_found("thumbnails are not configured"))?;
 
         let (k, m) = (key.clone(), tm.as_str());
-        let found = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.thumbnail(&k, tw as i64, th as i64, m, animated)?))
-            .await?;
+        let found = self.db.read(move |r| Ok::<_, Error>(r.thumbnail(&k, tw as i64, th as i64, m, animated)?)).await?;
         let found = match found {
             Some(t) => t,
             None => self.make_thumbnail(row, &key, tw, th, tm, animated).await?,
         };
-        let body = self
-            .media
-            .store
-            .get(&found.thumb_key, None)
-            .await
-            .map_err(store_error)?;
+        let body = self.media.store.get(&found.thumb_key, None).await.map_err(store_error)?;
         Ok(Download {
             content_type: Some(found.content_type),
             filename: None,
@@ -570,74 +432,39 @@ impl Moss {
         let cfg = &self.config.media.thumbnails;
         let size = row.size.unwrap_or(0) as u64;
         if size > cfg.max_source_bytes {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                400,
-                "this image is too large to thumbnail",
-            ));
+            return Err(Error::new(ErrorKind::TooLarge, 400, "this image is too large to thumbnail"));
         }
-        let source = moss_media::store::read_all(
-            self.media.store.get(key, None).await.map_err(store_error)?,
-        )
-        .await
-        .map_err(store_error)?;
+        let source = moss_media::store::read_all(self.media.store.get(key, None).await.map_err(store_error)?)
+            .await
+            .map_err(store_error)?;
         let max_pixels = cfg.max_image_pixels;
-        let made = tokio::task::spawn_blocking(move || {
-            thumbnail::make(&source, width, height, method, max_pixels)
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))?
-        .map_err(|e| match e {
-            thumbnail::ThumbnailError::Unsupported => {
-                Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
-            }
-            thumbnail::ThumbnailError::TooLarge => Error::new(
-                ErrorKind::TooLarge,
-                400,
-                "this image has too many pixels to thumbnail",
-            ),
-            thumbnail::ThumbnailError::Broken(m) => Error::new(
-                ErrorKind::Unknown,
-                400,
-                format!("the image could not be decoded: {m}"),
-            ),
-        })?;
+        let made = tokio::task::spawn_blocking(move || thumbnail::make(&source, width, height, method, max_pixels))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(|e| match e {
+                thumbnail::ThumbnailError::Unsupported => {
+                    Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
+                }
+                thumbnail::ThumbnailError::TooLarge => {
+                    Error::new(ErrorKind::TooLarge, 400, "this image has too many pixels to thumbnail")
+                }
+                thumbnail::ThumbnailError::Broken(m) => {
+                    Error::new(ErrorKind::Unknown, 400, format!("the image could not be decoded: {m}"))
+                }
+            })?;
         let thumb_key = {
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(&self.media.secret).expect("any key length works");
+            let mut mac = Hmac::<Sha256>::new_from_slice(&self.media.secret).expect("any key length works");
             mac.update(format!("{key}|{width}x{height}|{}|{animated}", method.as_str()).as_bytes());
             format!("t-{}", hex::encode(mac.finalize().into_bytes()))
         };
         let len = made.bytes.len() as u64;
-        self.media
-            .store
-            .put(&thumb_key, len, moss_media::store::once(made.bytes))
-            .await
-            .map_err(store_error)?;
-        let (k, tk, ct, m) = (
-            key.to_owned(),
-            thumb_key.clone(),
-            made.content_type.to_owned(),
-            method.as_str(),
-        );
+        self.media.store.put(&thumb_key, len, moss_media::store::once(made.bytes)).await.map_err(store_error)?;
+        let (k, tk, ct, m) = (key.to_owned(), thumb_key.clone(), made.content_type.to_owned(), method.as_str());
         self.db
             .write(move |w| {
-                Ok::<_, Error>(w.store_thumbnail(
-                    &k,
-                    width as i64,
-                    height as i64,
-                    m,
-                    animated,
-                    &tk,
-                    &ct,
-                    len as i64,
-                )?)
+                Ok::<_, Error>(w.store_thumbnail(&k, width as i64, height as i64, m, animated, &tk, &ct, len as i64)?)
             })
             .await?;
-        Ok(moss_storage::ThumbnailRow {
-            thumb_key,
-            content_type: made.content_type.to_owned(),
-            size: len as i64,
-        })
+        Ok(moss_storage::ThumbnailRow { thumb_key, content_type: made.content_type.to_owned(), size: len as i64 })
     }
 }

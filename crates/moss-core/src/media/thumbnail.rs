@@ -43,88 +43,52 @@ pub enum ThumbnailError {
 
 /// The size to produce for a source of `w`×`h` asked to fit `bw`×`bh`; never larger than the source.
 pub fn target_size(w: u32, h: u32, bw: u32, bh: u32, method: Method) -> (u32, u32) {
-    let (w, h, bw, bh) = (
-        w.max(1) as f64,
-        h.max(1) as f64,
-        bw.max(1) as f64,
-        bh.max(1) as f64,
-    );
+    let (w, h, bw, bh) = (w.max(1) as f64, h.max(1) as f64, bw.max(1) as f64, bh.max(1) as f64);
     match method {
         Method::Scale => {
             let r = (bw / w).min(bh / h).min(1.0);
-            (
-                ((w * r).round() as u32).max(1),
-                ((h * r).round() as u32).max(1),
-            )
+            (((w * r).round() as u32).max(1), ((h * r).round() as u32).max(1))
         }
         Method::Crop => {
             // The box, shrunk (keeping its aspect) until it fits inside the source.
             let r = (w / bw).min(h / bh).min(1.0);
-            (
-                ((bw * r).round() as u32).max(1),
-                ((bh * r).round() as u32).max(1),
-            )
+            (((bw * r).round() as u32).max(1), ((bh * r).round() as u32).max(1))
         }
     }
 }
 
-pub fn make(
-    source: &[u8],
-    bw: u32,
-    bh: u32,
-    method: Method,
-    max_pixels: u64,
-) -> Result<Thumbnail, ThumbnailError> {
+pub fn make(source: &[u8], bw: u32, bh: u32, method: Method, max_pixels: u64) -> Result<Thumbnail, ThumbnailError> {
     let reader = ImageReader::new(Cursor::new(source))
         .with_guessed_format()
         .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
     let format = reader.format().ok_or(ThumbnailError::Unsupported)?;
-    if !matches!(
-        format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP
-    ) {
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP) {
         return Err(ThumbnailError::Unsupported);
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| ThumbnailError::Broken(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     if w as u64 * h as u64 > max_pixels {
         return Err(ThumbnailError::TooLarge);
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
     img.apply_orientation(orientation);
 
     let (w, h) = (img.width(), img.height());
     let (tw, th) = target_size(w, h, bw, bh, method);
     // JPEG in, JPEG out (no alpha to keep); everything else becomes PNG to keep transparency.
     let jpeg = format == ImageFormat::Jpeg;
-    let src = if jpeg {
-        DynamicImage::ImageRgb8(img.to_rgb8())
-    } else {
-        DynamicImage::ImageRgba8(img.to_rgba8())
-    };
-    let pixel = if jpeg {
-        PixelType::U8x3
-    } else {
-        PixelType::U8x4
-    };
+    let src = if jpeg { DynamicImage::ImageRgb8(img.to_rgb8()) } else { DynamicImage::ImageRgba8(img.to_rgba8()) };
+    let pixel = if jpeg { PixelType::U8x3 } else { PixelType::U8x4 };
     let mut dst = Image::new(tw, th, pixel);
     let mut opts = ResizeOptions::new();
     if method == Method::Crop {
         opts = opts.fit_into_destination(Some((0.5, 0.5)));
     }
-    Resizer::new()
-        .resize(&src, &mut dst, &opts)
-        .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
     let out: DynamicImage = if jpeg {
         DynamicImage::ImageRgb8(
-            image::RgbImage::from_raw(tw, th, dst.into_vec())
-                .ok_or_else(|| ThumbnailError::Broken("resize".into()))?,
+            image::RgbImage::from_raw(tw, th, dst.into_vec()).ok_or_else(|| ThumbnailError::Broken("resize".into()))?,
         )
     } else {
         DynamicImage::ImageRgba8(
@@ -133,19 +97,9 @@ pub fn make(
         )
     };
     let mut bytes = Vec::new();
-    let (fmt, ctype) = if jpeg {
-        (ImageFormat::Jpeg, "image/jpeg")
-    } else {
-        (ImageFormat::Png, "image/png")
-    };
-    out.write_to(&mut Cursor::new(&mut bytes), fmt)
-        .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
-    Ok(Thumbnail {
-        bytes,
-        content_type: ctype,
-        width: tw,
-        height: th,
-    })
+    let (fmt, ctype) = if jpeg { (ImageFormat::Jpeg, "image/jpeg") } else { (ImageFormat::Png, "image/png") };
+    out.write_to(&mut Cursor::new(&mut bytes), fmt).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    Ok(Thumbnail { bytes, content_type: ctype, width: tw, height: th })
 }
 
 #[cfg(test)]
@@ -153,9 +107,7 @@ mod tests {
     use super::*;
 
     fn encoded(w: u32, h: u32, fmt: ImageFormat) -> Vec<u8> {
-        let img = image::RgbaImage::from_fn(w, h, |x, y| {
-            image::Rgba([(x % 256) as u8, (y % 256) as u8, 128, 255])
-        });
+        let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x % 256) as u8, (y % 256) as u8, 128, 255]));
         let img = if fmt == ImageFormat::Jpeg {
             DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(img).to_rgb8())
         } else {
@@ -170,60 +122,30 @@ mod tests {
     fn sizes() {
         assert_eq!(target_size(1000, 500, 320, 240, Method::Scale), (320, 160));
         assert_eq!(target_size(1000, 500, 96, 96, Method::Crop), (96, 96));
-        assert_eq!(
-            target_size(50, 40, 320, 240, Method::Scale),
-            (50, 40),
-            "never upscale"
-        );
+        assert_eq!(target_size(50, 40, 320, 240, Method::Scale), (50, 40), "never upscale");
         assert_eq!(target_size(50, 40, 96, 96, Method::Crop), (40, 40));
     }
 
     #[test]
     fn every_format_thumbnails() {
-        for fmt in [
-            ImageFormat::Jpeg,
-            ImageFormat::Png,
-            ImageFormat::Gif,
-            ImageFormat::WebP,
-        ] {
+        for fmt in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Gif, ImageFormat::WebP] {
             let t = make(&encoded(640, 480, fmt), 96, 96, Method::Crop, 1 << 24)
                 .unwrap_or_else(|e| panic!("{fmt:?}: {e:?}"));
             assert_eq!((t.width, t.height), (96, 96));
             let back = image::load_from_memory(&t.bytes).unwrap();
             assert_eq!((back.width(), back.height()), (96, 96));
-            assert_eq!(
-                t.content_type,
-                if fmt == ImageFormat::Jpeg {
-                    "image/jpeg"
-                } else {
-                    "image/png"
-                }
-            );
+            assert_eq!(t.content_type, if fmt == ImageFormat::Jpeg { "image/jpeg" } else { "image/png" });
         }
     }
 
     #[test]
     fn refuses_bombs_and_non_images() {
         assert_eq!(
-            make(
-                &encoded(300, 300, ImageFormat::Png),
-                32,
-                32,
-                Method::Scale,
-                10_000
-            )
-            .unwrap_err(),
+            make(&encoded(300, 300, ImageFormat::Png), 32, 32, Method::Scale, 10_000).unwrap_err(),
             ThumbnailError::TooLarge
         );
         assert_eq!(
-            make(
-                b"just some text, not an image",
-                32,
-                32,
-                Method::Scale,
-                1 << 24
-            )
-            .unwrap_err(),
+            make(b"just some text, not an image", 32, 32, Method::Scale, 1 << 24).unwrap_err(),
             ThumbnailError::Unsupported
         );
     }

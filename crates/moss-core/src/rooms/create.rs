@@ -1,8 +1,6 @@
 //! `createRoom`: every initial event in one transaction, so a room is created whole or not at all.
 
-use ruma::{
-    events::TimelineEventType, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId, UserId,
-};
+use ruma::{events::TimelineEventType, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -51,36 +49,19 @@ impl Moss {
         let rules = rules_for(&version)?;
         let alias = match &req.alias_localpart {
             Some(local) => {
-                let alias =
-                    RoomAliasId::parse(format!("#{local}:{}", self.server_name)).map_err(|e| {
-                        Error::new(
-                            ErrorKind::InvalidParam,
-                            400,
-                            format!("invalid room_alias_name: {e}"),
-                        )
-                    })?;
+                let alias = RoomAliasId::parse(format!("#{local}:{}", self.server_name))
+                    .map_err(|e| Error::new(ErrorKind::InvalidParam, 400, format!("invalid room_alias_name: {e}")))?;
                 Some(alias)
             }
             None => None,
         };
         for user in &req.invite {
             if user.server_name() != self.server_name || !self.is_local_user_active(user).await? {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    404,
-                    format!("cannot invite unknown user {user}"),
-                ));
+                return Err(Error::new(ErrorKind::NotFound, 404, format!("cannot invite unknown user {user}")));
             }
         }
-        let profile = self
-            .user(creator)
-            .await?
-            .ok_or_else(|| Error::forbidden("unknown user"))?;
-        let preset = req.preset.unwrap_or(if req.public {
-            Preset::PublicChat
-        } else {
-            Preset::PrivateChat
-        });
+        let profile = self.user(creator).await?.ok_or_else(|| Error::forbidden("unknown user"))?;
+        let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
         let signer = self.signer.clone();
         let creator = creator.to_owned();
         let server_name = self.server_name.clone();
@@ -101,7 +82,8 @@ impl Moss {
                 } else {
                     create.remove("creator");
                 }
-                let trusted_creators = rules.authorization.additional_room_creators && preset == Preset::TrustedPrivateChat;
+                let trusted_creators =
+                    rules.authorization.additional_room_creators && preset == Preset::TrustedPrivateChat;
                 if trusted_creators && !req.invite.is_empty() {
                     create.insert("additional_creators".into(), json!(req.invite));
                 }
@@ -110,7 +92,10 @@ impl Moss {
                     None
                 } else {
                     let local = crate::accounts::random_string(18);
-                    Some(ruma::RoomId::parse(format!("!{local}:{server_name}")).map_err(|e| Error::internal(e.to_string()))?)
+                    Some(
+                        ruma::RoomId::parse(format!("!{local}:{server_name}"))
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    )
                 };
                 let created = push(chosen_id.as_deref(), NewPdu::state("m.room.create", "", Value::Object(create)))
                     .map_err(|e| match e {
@@ -223,11 +208,7 @@ impl Moss {
 /// Content the client supplied that breaks the auth rules is a bad request, not a permission error.
 fn forbidden_as_bad_json(e: Error, what: &str) -> Error {
     match e {
-        Error::Matrix {
-            kind: ErrorKind::Forbidden,
-            message,
-            ..
-        } => Error::bad_json(format!("{what}: {message}")),
+        Error::Matrix { kind: ErrorKind::Forbidden, message, .. } => Error::bad_json(format!("{what}: {message}")),
         e => e,
     }
 }

@@ -19,9 +19,7 @@ pub struct PublicRoomsPage {
 impl Moss {
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
         if alias.server_name() != self.server_name {
-            return Err(Error::not_found(
-                "aliases on other servers need federation, which is not enabled",
-            ));
+            return Err(Error::not_found("aliases on other servers need federation, which is not enabled"));
         }
         let a = alias.to_string();
         let found = self.db.read(move |r| Ok::<_, Error>(r.alias(&a)?)).await?;
@@ -29,29 +27,17 @@ impl Moss {
         RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))
     }
 
-    pub async fn put_alias(
-        &self,
-        user: &UserId,
-        alias: &RoomAliasId,
-        room_id: &RoomId,
-    ) -> Result<()> {
+    pub async fn put_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
         if alias.server_name() != self.server_name {
             return Err(Error::invalid_param("aliases must be on this server"));
         }
         self.require_joined(user, room_id).await?;
         let (a, room, u) = (alias.to_string(), room_id.to_string(), user.to_string());
-        let created = self
-            .db
-            .write(move |w| Ok::<_, Error>(w.put_alias(&a, &room, &u)?))
-            .await?;
+        let created = self.db.write(move |w| Ok::<_, Error>(w.put_alias(&a, &room, &u)?)).await?;
         if created {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Unknown,
-                409,
-                "room alias already exists",
-            ))
+            Err(Error::new(ErrorKind::Unknown, 409, "room alias already exists"))
         }
     }
 
@@ -60,9 +46,7 @@ impl Moss {
         let (a, u) = (alias.to_string(), user.to_owned());
         self.db
             .write(move |w| {
-                let (room, creator) = w
-                    .alias(&a)?
-                    .ok_or_else(|| Error::not_found("room alias not found"))?;
+                let (room, creator) = w.alias(&a)?.ok_or_else(|| Error::not_found("room alias not found"))?;
                 let admin = w.user(u.as_str())?.is_some_and(|x| x.admin);
                 let moderator = match room_info(w, &room)? {
                     Some(info) => power_levels(w, &room, &info.rules)?
@@ -82,9 +66,7 @@ impl Moss {
         let (room, u) = (room_id.to_string(), user.to_string());
         self.db
             .read(move |r| {
-                let joined = r
-                    .membership(&room, &u)?
-                    .is_some_and(|m| m.membership == "join");
+                let joined = r.membership(&room, &u)?.is_some_and(|m| m.membership == "join");
                 if !joined && !world_readable(r, &room)? {
                     return Err(Error::forbidden("you are not in this room"));
                 }
@@ -94,34 +76,20 @@ impl Moss {
     }
 
     /// A canonical alias event may only name aliases that point at this room.
-    pub(crate) async fn check_canonical_alias(
-        &self,
-        room_id: &RoomId,
-        content: &Value,
-    ) -> Result<()> {
+    pub(crate) async fn check_canonical_alias(&self, room_id: &RoomId, content: &Value) -> Result<()> {
         let mut aliases: Vec<String> = content["alt_aliases"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         if let Some(a) = content["alias"].as_str() {
             aliases.push(a.to_owned());
         }
         for a in aliases {
-            let alias = RoomAliasId::parse(&a)
-                .map_err(|e| Error::new(ErrorKind::BadAlias, 400, format!("{a}: {e}")))?;
+            let alias =
+                RoomAliasId::parse(&a).map_err(|e| Error::new(ErrorKind::BadAlias, 400, format!("{a}: {e}")))?;
             match self.resolve_alias(&alias).await {
                 Ok(r) if r == room_id => {}
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::BadAlias,
-                        400,
-                        format!("{a} does not point to this room"),
-                    ))
-                }
+                _ => return Err(Error::new(ErrorKind::BadAlias, 400, format!("{a} does not point to this room"))),
             }
         }
         Ok(())
@@ -129,35 +97,21 @@ impl Moss {
 
     pub async fn room_published(&self, room_id: &RoomId) -> Result<bool> {
         let room = room_id.to_string();
-        let row = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.room(&room)?))
-            .await?;
-        Ok(row
-            .ok_or_else(|| Error::not_found("unknown room"))?
-            .published)
+        let row = self.db.read(move |r| Ok::<_, Error>(r.room(&room)?)).await?;
+        Ok(row.ok_or_else(|| Error::not_found("unknown room"))?.published)
     }
 
-    pub async fn set_room_published(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        published: bool,
-    ) -> Result<()> {
+    pub async fn set_room_published(&self, user: &UserId, room_id: &RoomId, published: bool) -> Result<()> {
         let (room, u) = (room_id.to_string(), user.to_owned());
         self.db
             .write(move |w| {
                 let info = room_info(w, &room)?.ok_or_else(|| Error::not_found("unknown room"))?;
                 let admin = w.user(u.as_str())?.is_some_and(|x| x.admin);
-                let allowed = w
-                    .membership(&room, u.as_str())?
-                    .is_some_and(|m| m.membership == "join")
+                let allowed = w.membership(&room, u.as_str())?.is_some_and(|m| m.membership == "join")
                     && power_levels(w, &room, &info.rules)?
                         .user_can_send_state(&u, ruma::events::StateEventType::RoomCanonicalAlias);
                 if !allowed && !admin {
-                    return Err(Error::forbidden(
-                        "you may not change this room's directory visibility",
-                    ));
+                    return Err(Error::forbidden("you may not change this room's directory visibility"));
                 }
                 w.set_room_published(&room, published)?;
                 Ok(())
@@ -221,11 +175,7 @@ impl Moss {
             })
             .await?;
         // Biggest rooms first, as every other server orders it.
-        rooms.sort_by(|a, b| {
-            b["num_joined_members"]
-                .as_i64()
-                .cmp(&a["num_joined_members"].as_i64())
-        });
+        rooms.sort_by(|a, b| b["num_joined_members"].as_i64().cmp(&a["num_joined_members"].as_i64()));
         let total = rooms.len();
         let limit = limit.unwrap_or(100).clamp(1, 500);
         let chunk: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
@@ -239,18 +189,10 @@ impl Moss {
     }
 
     /// User directory: users sharing a room with the searcher, or in a public room.
-    pub async fn search_users(
-        &self,
-        searcher: &UserId,
-        term: &str,
-        limit: usize,
-    ) -> Result<(Vec<Value>, bool)> {
+    pub async fn search_users(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
         let (s, t) = (searcher.to_string(), term.to_owned());
         let limit = limit.clamp(1, 100);
-        let rows = self
-            .db
-            .read(move |r| Ok::<_, Error>(r.search_users(&s, &t, limit as i64 + 1)?))
-            .await?;
+        let rows = self.db.read(move |r| Ok::<_, Error>(r.search_users(&s, &t, limit as i64 + 1)?)).await?;
         let limited = rows.len() > limit;
         let results = rows
             .into_iter()

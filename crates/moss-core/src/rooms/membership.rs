@@ -24,10 +24,8 @@ impl Moss {
             Err(alias) => self.resolve_alias(alias).await?,
         };
         let (room, u) = (room_id.to_string(), user.to_string());
-        let (exists, current) = self
-            .db
-            .read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?)))
-            .await?;
+        let (exists, current) =
+            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
         if !exists {
             // Rooms on other servers arrive with federation.
             return Err(Error::not_found("no known room with that id or alias"));
@@ -39,13 +37,8 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(
-            &room_id,
-            user,
-            NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content),
-            None,
-        )
-        .await?;
+        self.append_event(&room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
+            .await?;
         Ok(room_id)
     }
 
@@ -58,23 +51,15 @@ impl Moss {
     ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
         if target.server_name() != self.server_name {
-            return Err(Error::forbidden(
-                "inviting users of other servers needs federation, which is not enabled",
-            ));
+            return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));
         }
         if !self.is_local_user_active(target).await? {
             return Err(Error::not_found(format!("unknown user {target}")));
         }
         let current = self.membership(room_id, target).await?;
         match current.as_deref() {
-            Some("join") => {
-                return Err(Error::forbidden(format!("{target} is already in the room")))
-            }
-            Some("ban") => {
-                return Err(Error::forbidden(format!(
-                    "{target} is banned from the room"
-                )))
-            }
+            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
+            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
             Some("invite") => return Ok(()),
             _ => {}
         }
@@ -101,12 +86,7 @@ impl Moss {
     }
 
     /// Leaves a room, or rejects an invite or withdraws a knock.
-    pub async fn leave_room(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub async fn leave_room(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
         let current = self.membership(room_id, user).await?;
         match current.as_deref() {
             Some("join") | Some("invite") | Some("knock") => {}
@@ -118,45 +98,23 @@ impl Moss {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(
-            room_id,
-            user,
-            NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content),
-            None,
-        )
-        .await?;
+        self.append_event(room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
+            .await?;
         Ok(())
     }
 
-    pub async fn kick(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
         self.require_joined(sender, room_id).await?;
         let current = self.membership(room_id, target).await?;
-        if !matches!(
-            current.as_deref(),
-            Some("join") | Some("invite") | Some("knock")
-        ) {
+        if !matches!(current.as_deref(), Some("join") | Some("invite") | Some("knock")) {
             return Err(Error::forbidden(format!("{target} is not in the room")));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason)
-            .await
+        self.set_membership_of(sender, room_id, target, "leave", reason).await
     }
 
-    pub async fn ban(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
         self.require_joined(sender, room_id).await?;
-        self.set_membership_of(sender, room_id, target, "ban", reason)
-            .await
+        self.set_membership_of(sender, room_id, target, "ban", reason).await
     }
 
     pub async fn unban(
@@ -171,8 +129,7 @@ impl Moss {
         if current.as_deref() != Some("ban") {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason)
-            .await
+        self.set_membership_of(sender, room_id, target, "leave", reason).await
     }
 
     pub async fn forget_room(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
@@ -222,9 +179,7 @@ impl Moss {
     /// A user's current membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).
     pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
         let (room, u) = (room_id.to_string(), user.to_string());
-        self.db
-            .read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?))
-            .await
+        self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?)).await
     }
 
     pub(crate) async fn member_content(&self, user: &UserId, membership: &str) -> Result<Value> {

@@ -31,8 +31,7 @@ use crate::{
 };
 
 /// Room versions this server creates and joins; the first is the default.
-pub const SUPPORTED_VERSIONS: &[RoomVersionId] =
-    &[RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
+pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
 pub const DEFAULT_VERSION: RoomVersionId = RoomVersionId::V12;
 
 /// The room row plus its version's rules.
@@ -46,28 +45,17 @@ pub fn room_info(r: &Reader<'_>, room_id: &str) -> Result<Option<RoomInfo>> {
     let Some(row) = r.room(room_id)? else {
         return Ok(None);
     };
-    let version = RoomVersionId::try_from(row.room_version.as_str())
-        .map_err(|e| Error::internal(e.to_string()))?;
+    let version = RoomVersionId::try_from(row.room_version.as_str()).map_err(|e| Error::internal(e.to_string()))?;
     let rules = rules_for(&version)?;
-    Ok(Some(RoomInfo {
-        row,
-        version,
-        rules,
-    }))
+    Ok(Some(RoomInfo { row, version, rules }))
 }
 
 /// The room's power levels as the auth rules see them (creators included for room v12).
-pub fn power_levels(
-    r: &Reader<'_>,
-    room_id: &str,
-    rules: &RoomVersionRules,
-) -> Result<RoomPowerLevels> {
+pub fn power_levels(r: &Reader<'_>, room_id: &str, rules: &RoomVersionRules) -> Result<RoomPowerLevels> {
     let creators: Vec<OwnedUserId> = match current_state_pdu(r, room_id, "m.room.create", "")? {
-        Some(create) => RoomCreateEvent::new(create)
-            .creators(&rules.authorization)
-            .map_err(Error::internal)?
-            .into_iter()
-            .collect(),
+        Some(create) => {
+            RoomCreateEvent::new(create).creators(&rules.authorization).map_err(Error::internal)?.into_iter().collect()
+        }
         None => vec![],
     };
     let content = match current_state_pdu(r, room_id, "m.room.power_levels", "")? {
@@ -77,11 +65,7 @@ pub fn power_levels(
         ),
         None => None,
     };
-    Ok(RoomPowerLevels::new(
-        content.into(),
-        &rules.authorization,
-        creators,
-    ))
+    Ok(RoomPowerLevels::new(content.into(), &rules.authorization, creators))
 }
 
 /// Current membership of a user in a room, as a string (`join`, `invite`, `leave`, `ban`, `knock`).
@@ -103,37 +87,16 @@ impl Moss {
         let (appended, notify) = self
             .db
             .write(move |w| {
-                let info =
-                    room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
+                let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
                 if let Some((u, d, t)) = &txn {
                     if let Some(id) = w.event_by_txn(u, d, t)? {
-                        let row = w
-                            .event(&id)?
-                            .ok_or_else(|| Error::internal("transaction event vanished"))?;
+                        let row = w.event(&id)?.ok_or_else(|| Error::internal("transaction event vanished"))?;
                         let pdu = Pdu::from_stored(&row.event_id, &row.pdu)?;
-                        return Ok((
-                            Appended {
-                                pdu,
-                                room_id: room.clone(),
-                                stream: row.stream,
-                            },
-                            vec![],
-                        ));
+                        return Ok((Appended { pdu, room_id: room.clone(), stream: row.stream }, vec![]));
                     }
                 }
-                let txn_ref = txn
-                    .as_ref()
-                    .map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str()));
-                let appended = append(
-                    w,
-                    &signer,
-                    &info.version,
-                    Some(&room),
-                    &sender,
-                    new,
-                    txn_ref,
-                    now_ms(),
-                )?;
+                let txn_ref = txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str()));
+                let appended = append(w, &signer, &info.version, Some(&room), &sender, new, txn_ref, now_ms())?;
                 let notify = interested_users(w, &appended)?;
                 Ok::<_, Error>((appended, notify))
             })
@@ -171,17 +134,11 @@ impl Moss {
         content: Value,
     ) -> Result<OwnedEventId> {
         if kind == TimelineEventType::RoomRedaction {
-            return Err(Error::forbidden(
-                "use the /redact endpoint to redact events",
-            ));
+            return Err(Error::forbidden("use the /redact endpoint to redact events"));
         }
         self.require_joined(sender, room_id).await?;
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
-        Ok(self
-            .append_event(room_id, sender, NewPdu::message(kind, content), txn)
-            .await?
-            .pdu
-            .event_id)
+        Ok(self.append_event(room_id, sender, NewPdu::message(kind, content), txn).await?.pdu.event_id)
     }
 
     /// Sets a state event. Membership changes must go through the membership endpoints.
@@ -195,29 +152,14 @@ impl Moss {
     ) -> Result<OwnedEventId> {
         match kind {
             TimelineEventType::RoomMember if state_key != sender.as_str() => {
-                return Err(Error::forbidden(
-                    "use the membership endpoints to change other users' membership",
-                ));
+                return Err(Error::forbidden("use the membership endpoints to change other users' membership"));
             }
-            TimelineEventType::RoomCreate => {
-                return Err(Error::forbidden("m.room.create cannot be changed"))
-            }
-            TimelineEventType::RoomCanonicalAlias => {
-                self.check_canonical_alias(room_id, &content).await?
-            }
+            TimelineEventType::RoomCreate => return Err(Error::forbidden("m.room.create cannot be changed")),
+            TimelineEventType::RoomCanonicalAlias => self.check_canonical_alias(room_id, &content).await?,
             _ => {}
         }
         self.require_joined(sender, room_id).await?;
-        Ok(self
-            .append_event(
-                room_id,
-                sender,
-                NewPdu::state(kind, state_key, content),
-                None,
-            )
-            .await?
-            .pdu
-            .event_id)
+        Ok(self.append_event(room_id, sender, NewPdu::state(kind, state_key, content), None).await?.pdu.event_id)
     }
 
     /// Redacts an event the sender wrote, or any event if they hold the redact power level.
@@ -235,17 +177,12 @@ impl Moss {
         self.db
             .read(move |r| {
                 let info = room_info(r, &room)?.ok_or_else(|| Error::not_found("unknown room"))?;
-                let row = r
-                    .event(&target)?
-                    .filter(|e| e.room_id == room)
-                    .ok_or_else(|| Error::not_found("unknown event"))?;
+                let row =
+                    r.event(&target)?.filter(|e| e.room_id == room).ok_or_else(|| Error::not_found("unknown event"))?;
                 let pl = power_levels(r, &room, &info.rules)?;
                 let own = row.sender == user.as_str();
-                let allowed = if own {
-                    pl.user_can_redact_own_event(&user)
-                } else {
-                    pl.user_can_redact_event_of_other(&user)
-                };
+                let allowed =
+                    if own { pl.user_can_redact_own_event(&user) } else { pl.user_can_redact_event_of_other(&user) };
                 if !allowed {
                     return Err(Error::forbidden("you may not redact this event"));
                 }
@@ -263,19 +200,12 @@ impl Moss {
             redacts: Some(event_id.to_owned()),
         };
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
-        Ok(self
-            .append_event(room_id, sender, new, txn)
-            .await?
-            .pdu
-            .event_id)
+        Ok(self.append_event(room_id, sender, new, txn).await?.pdu.event_id)
     }
 
     pub(crate) async fn require_joined(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
         let (room, u) = (room_id.to_string(), user.to_string());
-        let m = self
-            .db
-            .read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?)))
-            .await?;
+        let m = self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
         match m {
             (_, Some(m)) if m == "join" => Ok(()),
             (false, _) => Err(Error::forbidden("unknown room, or you are not in it")),

@@ -8,8 +8,8 @@ use ruma::{
     canonical_json::{redact, RedactedBecause},
     events::TimelineEventType,
     room_version_rules::RoomVersionRules,
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
@@ -69,9 +69,7 @@ impl Pdu {
             return self.redacts.clone();
         }
         if self.kind == TimelineEventType::RoomRedaction {
-            return serde_json::from_str::<RedactsInContent>(self.content.get())
-                .ok()
-                .and_then(|c| c.redacts);
+            return serde_json::from_str::<RedactsInContent>(self.content.get()).ok().and_then(|c| c.redacts);
         }
         None
     }
@@ -81,12 +79,7 @@ impl Pdu {
     }
 
     /// The event in the client-server API's format.
-    pub fn to_client(
-        &self,
-        room_id: &RoomId,
-        now: MilliSecondsSinceUnixEpoch,
-        txn_id: Option<&str>,
-    ) -> Value {
+    pub fn to_client(&self, room_id: &RoomId, now: MilliSecondsSinceUnixEpoch, txn_id: Option<&str>) -> Value {
         let mut unsigned = match &self.unsigned {
             Some(u) => serde_json::from_str::<Value>(u.get()).unwrap_or_else(|_| json!({})),
             None => json!({}),
@@ -169,20 +162,14 @@ impl ruma::state_res::Event for Pdu {
 
 /// Parses a stored PDU into canonical JSON, for signing, hashing and redaction.
 pub fn canonical(json: &str) -> Result<CanonicalJsonObject> {
-    serde_json::from_str(json)
-        .map_err(|e| Error::internal(format!("PDU is not canonical JSON: {e}")))
+    serde_json::from_str(json).map_err(|e| Error::internal(format!("PDU is not canonical JSON: {e}")))
 }
 
 /// The redacted form of a stored PDU, with `redacted_because` in `unsigned` for clients.
-pub fn redacted(
-    json: &str,
-    rules: &RoomVersionRules,
-    because: &CanonicalJsonObject,
-) -> Result<String> {
+pub fn redacted(json: &str, rules: &RoomVersionRules, because: &CanonicalJsonObject) -> Result<String> {
     let obj = canonical(json)?;
     let because = RedactedBecause::from_json(because.clone());
-    let mut red =
-        redact(obj, &rules.redaction, Some(because)).map_err(|e| Error::internal(e.to_string()))?;
+    let mut red = redact(obj, &rules.redaction, Some(because)).map_err(|e| Error::internal(e.to_string()))?;
     // Unsigned data describing the old content (prev_content) must not outlive the redaction.
     if let Some(CanonicalJsonValue::Object(u)) = red.get_mut("unsigned") {
         u.remove("prev_content");

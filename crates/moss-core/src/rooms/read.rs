@@ -2,9 +2,7 @@
 //! `timestamp_to_event`. Every read goes through history visibility.
 
 use moss_storage::{Direction, EventRow, Reader};
-use ruma::{
-    api::client::filter::RoomEventFilter, EventId, MilliSecondsSinceUnixEpoch, RoomId, UserId,
-};
+use ruma::{api::client::filter::RoomEventFilter, EventId, MilliSecondsSinceUnixEpoch, RoomId, UserId};
 use serde_json::Value;
 
 use super::{
@@ -21,11 +19,7 @@ use crate::{
 pub fn parse_token(token: &str) -> Result<i64> {
     let n = token
         .strip_prefix('t')
-        .or_else(|| {
-            token
-                .strip_prefix('s')
-                .map(|s| s.split('_').next().unwrap_or_default())
-        })
+        .or_else(|| token.strip_prefix('s').map(|s| s.split('_').next().unwrap_or_default()))
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n >= 0);
     n.ok_or_else(|| Error::invalid_param(format!("invalid pagination token {token:?}")))
@@ -60,9 +54,7 @@ fn read_access(r: &Reader<'_>, room_id: &str, user: &str) -> Result<ReadAccess> 
     match r.membership(room_id, user)? {
         Some(m) if m.membership == "join" => Ok(ReadAccess::Current),
         _ if world_readable(r, room_id)? => Ok(ReadAccess::Current),
-        Some(m) if m.membership == "leave" || m.membership == "ban" => {
-            Ok(ReadAccess::UpTo(m.stream))
-        }
+        Some(m) if m.membership == "leave" || m.membership == "ban" => Ok(ReadAccess::UpTo(m.stream)),
         _ => Err(Error::forbidden("you are not in this room")),
     }
 }
@@ -94,26 +86,13 @@ pub struct Context {
 }
 
 impl Moss {
-    pub async fn get_event(
-        &self,
-        user: &UserId,
-        device: &str,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> Result<Value> {
-        let (room, u, d, ev) = (
-            room_id.to_string(),
-            user.to_string(),
-            device.to_owned(),
-            event_id.to_string(),
-        );
+    pub async fn get_event(&self, user: &UserId, device: &str, room_id: &RoomId, event_id: &EventId) -> Result<Value> {
+        let (room, u, d, ev) = (room_id.to_string(), user.to_string(), device.to_owned(), event_id.to_string());
         self.db
             .read(move |r| {
                 read_access(r, &room, &u)?;
-                let row = r
-                    .event(&ev)?
-                    .filter(|e| e.room_id == room)
-                    .ok_or_else(|| Error::not_found("event not found"))?;
+                let row =
+                    r.event(&ev)?.filter(|e| e.room_id == room).ok_or_else(|| Error::not_found("event not found"))?;
                 if !Visibility::new(r, &room, &u)?.can_see(&row)? {
                     return Err(Error::not_found("event not found"));
                 }
@@ -139,29 +118,14 @@ impl Moss {
     }
 
     /// One state event's content; `M_NOT_FOUND` if unset.
-    pub async fn state_event(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        kind: &str,
-        state_key: &str,
-    ) -> Result<Value> {
-        let (room, u, k, sk) = (
-            room_id.to_string(),
-            user.to_string(),
-            kind.to_owned(),
-            state_key.to_owned(),
-        );
+    pub async fn state_event(&self, user: &UserId, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Value> {
+        let (room, u, k, sk) = (room_id.to_string(), user.to_string(), kind.to_owned(), state_key.to_owned());
         self.db
             .read(move |r| {
                 let access = read_access(r, &room, &u)?;
                 let state = state_at(r, &room, &access)?;
-                let id = state
-                    .get(&(k, sk))
-                    .ok_or_else(|| Error::not_found("no such state event"))?;
-                let row = r
-                    .event(id)?
-                    .ok_or_else(|| Error::not_found("no such state event"))?;
+                let id = state.get(&(k, sk)).ok_or_else(|| Error::not_found("no such state event"))?;
+                let row = r.event(id)?.ok_or_else(|| Error::not_found("no such state event"))?;
                 Ok(client_event(&row, &u, None)?)
             })
             .await
@@ -196,9 +160,7 @@ impl Moss {
                     let Some(row) = r.event(ev)? else { continue };
                     let ev = client_event(&row, &u, None)?;
                     let m = ev["content"]["membership"].as_str().unwrap_or_default();
-                    if membership.as_deref().is_some_and(|want| want != m)
-                        || not_membership.as_deref() == Some(m)
-                    {
+                    if membership.as_deref().is_some_and(|want| want != m) || not_membership.as_deref() == Some(m) {
                         continue;
                     }
                     out.push(ev);
@@ -219,11 +181,7 @@ impl Moss {
         self.db
             .read(move |r| {
                 let mut out = Vec::new();
-                for m in r
-                    .room_members(&room)?
-                    .into_iter()
-                    .filter(|m| m.membership == "join")
-                {
+                for m in r.room_members(&room)?.into_iter().filter(|m| m.membership == "join") {
                     let Some(row) = r.event(&m.event_id)? else {
                         continue;
                     };
@@ -298,22 +256,9 @@ impl Moss {
                         }
                     }
                 }
-                let end = if exhausted && chunk.len() < limit {
-                    None
-                } else {
-                    Some(token(pos))
-                };
-                let state = if filter::lazy_load(&filter) {
-                    lazy_members(r, &room, &u, &chunk)?
-                } else {
-                    vec![]
-                };
-                Ok(MessagesPage {
-                    chunk,
-                    start,
-                    end,
-                    state,
-                })
+                let end = if exhausted && chunk.len() < limit { None } else { Some(token(pos)) };
+                let state = if filter::lazy_load(&filter) { lazy_members(r, &room, &u, &chunk)? } else { vec![] };
+                Ok(MessagesPage { chunk, start, end, state })
             })
             .await
     }
@@ -327,20 +272,13 @@ impl Moss {
         limit: usize,
         filter: RoomEventFilter,
     ) -> Result<Context> {
-        let (room, u, d, evid) = (
-            room_id.to_string(),
-            user.to_string(),
-            device.to_owned(),
-            event_id.to_string(),
-        );
+        let (room, u, d, evid) = (room_id.to_string(), user.to_string(), device.to_owned(), event_id.to_string());
         let limit = limit.min(100);
         self.db
             .read(move |r| {
                 read_access(r, &room, &u)?;
-                let row = r
-                    .event(&evid)?
-                    .filter(|e| e.room_id == room)
-                    .ok_or_else(|| Error::not_found("event not found"))?;
+                let row =
+                    r.event(&evid)?.filter(|e| e.room_id == room).ok_or_else(|| Error::not_found("event not found"))?;
                 let mut vis = Visibility::new(r, &room, &u)?;
                 if !vis.can_see(&row)? {
                     return Err(Error::not_found("event not found"));
@@ -349,13 +287,7 @@ impl Moss {
                 let after_n = limit - before_n;
                 let mut before = Vec::new();
                 let mut start = row.stream - 1;
-                for e in r.room_events(
-                    &room,
-                    row.stream - 1,
-                    None,
-                    Direction::Backward,
-                    before_n as i64,
-                )? {
+                for e in r.room_events(&room, row.stream - 1, None, Direction::Backward, before_n as i64)? {
                     start = e.stream - 1;
                     if vis.can_see(&e)? {
                         let ev = client_event(&e, &u, Some(&d))?;
@@ -366,9 +298,7 @@ impl Moss {
                 }
                 let mut after = Vec::new();
                 let mut end = row.stream;
-                for e in
-                    r.room_events(&room, row.stream, None, Direction::Forward, after_n as i64)?
-                {
+                for e in r.room_events(&room, row.stream, None, Direction::Forward, after_n as i64)? {
                     end = e.stream;
                     if vis.can_see(&e)? {
                         let ev = client_event(&e, &u, Some(&d))?;
@@ -417,9 +347,7 @@ impl Moss {
                 read_access(r, &room, &u)?;
                 let mut vis = Visibility::new(r, &room, &u)?;
                 match r.event_near_ts(&room, ts as i64, dir)? {
-                    Some(row) if vis.can_see(&row)? => {
-                        Ok((row.event_id, row.origin_server_ts as u64))
-                    }
+                    Some(row) if vis.can_see(&row)? => Ok((row.event_id, row.origin_server_ts as u64)),
                     _ => Err(Error::not_found("no event found in that direction")),
                 }
             })
@@ -428,12 +356,7 @@ impl Moss {
 }
 
 /// The member events of the senders of `events`, for lazy-loading clients.
-pub fn lazy_members(
-    r: &Reader<'_>,
-    room: &str,
-    user: &str,
-    events: &[Value],
-) -> Result<Vec<Value>> {
+pub fn lazy_members(r: &Reader<'_>, room: &str, user: &str, events: &[Value]) -> Result<Vec<Value>> {
     let mut senders: Vec<&str> = events.iter().filter_map(|e| e["sender"].as_str()).collect();
     senders.sort();
     senders.dedup();

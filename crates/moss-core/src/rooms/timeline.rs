@@ -11,11 +11,9 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     signatures::{hash_and_sign_event, reference_hash, Ed25519KeyPair},
-    state_res::{
-        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
-    },
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
-    RoomId, RoomVersionId, UserId,
+    state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules},
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
+    RoomVersionId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -32,25 +30,11 @@ pub struct NewPdu {
 }
 
 impl NewPdu {
-    pub fn state(
-        kind: impl Into<TimelineEventType>,
-        state_key: impl Into<String>,
-        content: Value,
-    ) -> Self {
-        NewPdu {
-            kind: kind.into(),
-            content,
-            state_key: Some(state_key.into()),
-            redacts: None,
-        }
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
+        NewPdu { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
     }
     pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
-        NewPdu {
-            kind: kind.into(),
-            content,
-            state_key: None,
-            redacts: None,
-        }
+        NewPdu { kind: kind.into(), content, state_key: None, redacts: None }
     }
 }
 
@@ -70,9 +54,7 @@ pub struct Appended {
 }
 
 pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version
-        .rules()
-        .ok_or_else(|| Error::internal(format!("no rules for room version {version}")))
+    version.rules().ok_or_else(|| Error::internal(format!("no rules for room version {version}")))
 }
 
 pub fn load_pdu(w: &moss_storage::Reader<'_>, event_id: &str) -> Result<Option<Pdu>> {
@@ -111,11 +93,7 @@ pub fn append(
     let room_str = room_id.map(|r| r.as_str().to_owned()).unwrap_or_default();
 
     // Where the event goes in the room graph.
-    let extremities = if room_id.is_some() {
-        w.forward_extremities(&room_str)?
-    } else {
-        Vec::new()
-    };
+    let extremities = if room_id.is_some() { w.forward_extremities(&room_str)? } else { Vec::new() };
     let mut depth = 0i64;
     let mut parent_group = None;
     let mut best_stream = -1;
@@ -133,14 +111,9 @@ pub fn append(
 
     // The auth events: the state the rules say this event depends on.
     let content_raw = serde_json::value::to_raw_value(&new.content)?;
-    let auth_types = auth_types_for_event(
-        &new.kind,
-        sender,
-        new.state_key.as_deref(),
-        &content_raw,
-        &rules.authorization,
-    )
-    .map_err(|e| Error::bad_json(format!("invalid event content: {e}")))?;
+    let auth_types =
+        auth_types_for_event(&new.kind, sender, new.state_key.as_deref(), &content_raw, &rules.authorization)
+            .map_err(|e| Error::bad_json(format!("invalid event content: {e}")))?;
     let mut auth_events = Vec::new();
     if room_id.is_some() {
         for (kind, sk) in &auth_types {
@@ -186,33 +159,21 @@ pub fn append(
     let mut canon: CanonicalJsonObject = match serde_json::from_value(obj) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         Ok(_) => return Err(Error::internal("event is not an object")),
-        Err(e) => {
-            return Err(Error::bad_json(format!(
-                "event content is not canonical JSON: {e}"
-            )))
-        }
+        Err(e) => return Err(Error::bad_json(format!("event content is not canonical JSON: {e}"))),
     };
     // The spec's limit covers the signed event; checking the unsigned form first gives the client
     // a clear error instead of a signing failure.
     if serde_json::to_string(&canon)?.len() > MAX_PDU_BYTES {
         return Err(Error::too_large("event is larger than 65536 bytes"));
     }
-    hash_and_sign_event(
-        signer.server_name.as_str(),
-        &*signer.key,
-        &mut canon,
-        &rules.redaction,
-    )
-    .map_err(|e| match e {
-        ruma::signatures::JsonError::PduTooLarge => {
-            Error::too_large("event is larger than 65536 bytes")
-        }
-        e => Error::internal(format!("signing event: {e}")),
-    })?;
-    let hash = reference_hash(&canon, &rules)
-        .map_err(|_| Error::too_large("event is larger than 65536 bytes"))?;
-    let event_id =
-        EventId::parse(format!("${hash}")).map_err(|e| Error::internal(e.to_string()))?;
+    hash_and_sign_event(signer.server_name.as_str(), &*signer.key, &mut canon, &rules.redaction).map_err(
+        |e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::too_large("event is larger than 65536 bytes"),
+            e => Error::internal(format!("signing event: {e}")),
+        },
+    )?;
+    let hash = reference_hash(&canon, &rules).map_err(|_| Error::too_large("event is larger than 65536 bytes"))?;
+    let event_id = EventId::parse(format!("${hash}")).map_err(|e| Error::internal(e.to_string()))?;
     let room_id: OwnedRoomId = match room_id {
         Some(r) => r.to_owned(),
         None => RoomId::parse(format!("!{hash}")).map_err(|e| Error::internal(e.to_string()))?,
@@ -224,10 +185,7 @@ pub fn append(
         return Err(Error::too_large("event is larger than 65536 bytes"));
     }
     if !unsigned.is_empty() {
-        canon.insert(
-            "unsigned".into(),
-            serde_json::from_value(Value::Object(unsigned))?,
-        );
+        canon.insert("unsigned".into(), serde_json::from_value(Value::Object(unsigned))?);
     }
     let stored = serde_json::to_string(&canon)?;
     let pdu = Pdu::from_stored(event_id.as_str(), &stored)?;
@@ -237,11 +195,8 @@ pub fn append(
     let fetch_event = |id: &EventId| load_pdu(w, id.as_str()).ok().flatten();
     check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
-    let fetch_state = |kind: &StateEventType, sk: &str| {
-        current_state_pdu(w, &room_str, &kind.to_string(), sk)
-            .ok()
-            .flatten()
-    };
+    let fetch_state =
+        |kind: &StateEventType, sk: &str| current_state_pdu(w, &room_str, &kind.to_string(), sk).ok().flatten();
     check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
 
@@ -249,9 +204,7 @@ pub fn append(
     let stream = w.next_stream()?;
     let kind = pdu.kind.to_string();
     let state_group = match &pdu.state_key {
-        Some(sk) => {
-            w.new_state_group(&room_str, parent_group, &[(&kind, sk, event_id.as_str())])?
-        }
+        Some(sk) => w.new_state_group(&room_str, parent_group, &[(&kind, sk, event_id.as_str())])?,
         None => match parent_group {
             Some(g) => g,
             None => w.new_state_group(&room_str, None, &[])?,
@@ -274,10 +227,7 @@ pub fn append(
     if let Some(sk) = &pdu.state_key {
         w.set_current_state(&room_str, &kind, sk, event_id.as_str(), stream)?;
         if pdu.kind == TimelineEventType::RoomMember {
-            let membership = pdu.content_value()["membership"]
-                .as_str()
-                .unwrap_or("leave")
-                .to_owned();
+            let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
             w.set_membership(&room_str, sk, &membership, event_id.as_str(), stream)?;
         }
     }
@@ -291,9 +241,5 @@ pub fn append(
             }
         }
     }
-    Ok(Appended {
-        pdu,
-        room_id,
-        stream,
-    })
+    Ok(Appended { pdu, room_id, stream })
 }

@@ -27,21 +27,14 @@ const CARRIED: &[&str] = &[
 ];
 
 impl Moss {
-    pub async fn upgrade_room(
-        &self,
-        user: &UserId,
-        old: &RoomId,
-        new_version: RoomVersionId,
-    ) -> Result<OwnedRoomId> {
+    pub async fn upgrade_room(&self, user: &UserId, old: &RoomId, new_version: RoomVersionId) -> Result<OwnedRoomId> {
         self.require_joined(user, old).await?;
         let (room, u) = (old.to_string(), user.to_owned());
         let (carried, mut pl) = self
             .db
             .read(move |r| {
                 let info = room_info(r, &room)?.ok_or_else(|| Error::not_found("unknown room"))?;
-                if !power_levels(r, &room, &info.rules)?
-                    .user_can_send_state(&u, StateEventType::RoomTombstone)
-                {
+                if !power_levels(r, &room, &info.rules)?.user_can_send_state(&u, StateEventType::RoomTombstone) {
                     return Err(Error::forbidden("you may not upgrade this room"));
                 }
                 let mut carried = Vec::new();
@@ -73,10 +66,7 @@ impl Moss {
                 CreateRoom {
                     room_version: Some(new_version),
                     creation_content: Some(
-                        json!({"predecessor": {"room_id": old}})
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
+                        json!({"predecessor": {"room_id": old}}).as_object().cloned().unwrap_or_default(),
                     ),
                     initial_state: carried,
                     power_level_override: pl.as_object().cloned(),
@@ -97,10 +87,7 @@ impl Moss {
             None,
         )
         .await?;
-        let mut old_pl = self
-            .state_event(user, old, "m.room.power_levels", "")
-            .await?["content"]
-            .clone();
+        let mut old_pl = self.state_event(user, old, "m.room.power_levels", "").await?["content"].clone();
         if old_pl.is_object() {
             let users_default = old_pl["users_default"].as_i64().unwrap_or(0);
             let restricted = (users_default + 1).max(50);
@@ -109,46 +96,19 @@ impl Moss {
                     old_pl[key] = json!(restricted);
                 }
             }
-            if let Err(e) = self
-                .append_event(
-                    old,
-                    user,
-                    NewPdu::state("m.room.power_levels", "", old_pl),
-                    None,
-                )
-                .await
-            {
+            if let Err(e) = self.append_event(old, user, NewPdu::state("m.room.power_levels", "", old_pl), None).await {
                 tracing::warn!(room_id = %old, error = %e, "could not restrict the old room after an upgrade");
             }
         }
 
         // Aliases follow the room.
         let (from, to) = (old.to_string(), new_room.to_string());
-        self.db
-            .write(move |w| Ok::<_, Error>(w.move_aliases(&from, &to)?))
-            .await?;
-        let canonical = self
-            .state_event(user, old, "m.room.canonical_alias", "")
-            .await
-            .ok()
-            .map(|e| e["content"].clone());
-        if let Some(c) =
-            canonical.filter(|c: &Value| c["alias"].is_string() || c["alt_aliases"].is_array())
-        {
-            self.append_event(
-                &new_room,
-                user,
-                NewPdu::state("m.room.canonical_alias", "", c),
-                None,
-            )
-            .await?;
-            self.append_event(
-                old,
-                user,
-                NewPdu::state("m.room.canonical_alias", "", json!({})),
-                None,
-            )
-            .await?;
+        self.db.write(move |w| Ok::<_, Error>(w.move_aliases(&from, &to)?)).await?;
+        let canonical =
+            self.state_event(user, old, "m.room.canonical_alias", "").await.ok().map(|e| e["content"].clone());
+        if let Some(c) = canonical.filter(|c: &Value| c["alias"].is_string() || c["alt_aliases"].is_array()) {
+            self.append_event(&new_room, user, NewPdu::state("m.room.canonical_alias", "", c), None).await?;
+            self.append_event(old, user, NewPdu::state("m.room.canonical_alias", "", json!({})), None).await?;
         }
         Ok(new_room)
     }

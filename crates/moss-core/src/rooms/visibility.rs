@@ -37,22 +37,9 @@ impl<'a, 'r> Visibility<'a, 'r> {
         if let Some(v) = self.by_group.get(&ev.state_group) {
             return Ok(*v);
         }
-        let visibility = self.state_content(
-            ev.state_group,
-            "m.room.history_visibility",
-            "",
-            "history_visibility",
-        )?;
-        let membership = self.state_content(
-            ev.state_group,
-            "m.room.member",
-            &self.user.clone(),
-            "membership",
-        )?;
-        let visible = match (
-            visibility.as_deref().unwrap_or("shared"),
-            membership.as_deref(),
-        ) {
+        let visibility = self.state_content(ev.state_group, "m.room.history_visibility", "", "history_visibility")?;
+        let membership = self.state_content(ev.state_group, "m.room.member", &self.user.clone(), "membership")?;
+        let visible = match (visibility.as_deref().unwrap_or("shared"), membership.as_deref()) {
             ("world_readable", _) => true,
             (_, Some("join")) => true,
             ("shared", _) => self.currently_joined,
@@ -63,13 +50,7 @@ impl<'a, 'r> Visibility<'a, 'r> {
         Ok(visible)
     }
 
-    fn state_content(
-        &self,
-        group: i64,
-        kind: &str,
-        state_key: &str,
-        field: &str,
-    ) -> Result<Option<String>> {
+    fn state_content(&self, group: i64, kind: &str, state_key: &str, field: &str) -> Result<Option<String>> {
         let Some(event_id) = self.r.state_group_entry(group, kind, state_key)? else {
             return Ok(None);
         };

@@ -34,12 +34,7 @@ struct Index {
 
 /// Records an object of `size` bytes as just used, then evicts the least recently used objects
 /// until the cache fits in `max_bytes` again.
-fn admit_into(
-    index: &Mutex<Index>,
-    dir: &std::path::Path,
-    max_bytes: u64,
-    key: Option<(&str, u64)>,
-) {
+fn admit_into(index: &Mutex<Index>, dir: &std::path::Path, max_bytes: u64, key: Option<(&str, u64)>) {
     let victims = {
         let mut idx = index.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((key, size)) = key {
@@ -50,11 +45,8 @@ fn admit_into(
             }
             idx.total += size;
         }
-        let mut by_age: Vec<(u64, String, u64)> = idx
-            .entries
-            .iter()
-            .map(|(k, e)| (e.used, k.clone(), e.size))
-            .collect();
+        let mut by_age: Vec<(u64, String, u64)> =
+            idx.entries.iter().map(|(k, e)| (e.used, k.clone(), e.size)).collect();
         by_age.sort();
         let mut victims = Vec::new();
         for (_, k, size) in by_age {
@@ -81,11 +73,7 @@ pub struct CacheStore {
 
 impl CacheStore {
     /// Opens the cache in `dir`, indexing what an earlier run left there (oldest first).
-    pub fn open(
-        inner: Arc<dyn BlobStore>,
-        dir: impl Into<PathBuf>,
-        max_bytes: u64,
-    ) -> Result<CacheStore> {
+    pub fn open(inner: Arc<dyn BlobStore>, dir: impl Into<PathBuf>, max_bytes: u64) -> Result<CacheStore> {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join(".tmp"))?;
         for e in std::fs::read_dir(dir.join(".tmp"))?.flatten() {
@@ -98,36 +86,17 @@ impl CacheStore {
                 continue;
             }
             if let Ok(m) = e.metadata() {
-                found.push((
-                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    name,
-                    m.len(),
-                ));
+                found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name, m.len()));
             }
         }
         found.sort();
-        let mut index = Index {
-            entries: HashMap::new(),
-            total: 0,
-            clock: 0,
-        };
+        let mut index = Index { entries: HashMap::new(), total: 0, clock: 0 };
         for (_, name, size) in found {
             index.clock += 1;
             index.total += size;
-            index.entries.insert(
-                name,
-                Entry {
-                    size,
-                    used: index.clock,
-                },
-            );
+            index.entries.insert(name, Entry { size, used: index.clock });
         }
-        let cache = CacheStore {
-            inner,
-            dir,
-            max_bytes,
-            index: Arc::new(Mutex::new(index)),
-        };
+        let cache = CacheStore { inner, dir, max_bytes, index: Arc::new(Mutex::new(index)) };
         cache.evict();
         Ok(cache)
     }
@@ -169,11 +138,7 @@ impl CacheStore {
 
     /// Whether `key` is in the cache (for tests and diagnostics).
     pub fn contains(&self, key: &str) -> bool {
-        self.index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .contains_key(key)
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).entries.contains_key(key)
     }
 
     async fn read_cached(&self, key: &str, range: Option<Range>) -> Result<Option<ByteStream>> {
@@ -196,26 +161,22 @@ impl CacheStore {
                 let _ = f.set_modified(SystemTime::now());
             }
         });
-        let range = range.unwrap_or(Range {
-            start: 0,
-            end: size,
-        });
+        let range = range.unwrap_or(Range { start: 0, end: size });
         if range.start > range.end || range.end > size {
             return Err(MediaError::BadRange);
         }
         f.seek(SeekFrom::Start(range.start)).await?;
-        let stream =
-            futures_util::stream::unfold((f, range.len()), |(mut f, remaining)| async move {
-                if remaining == 0 {
-                    return None;
-                }
-                let want = remaining.min(256 * 1024) as usize;
-                let mut buf = vec![0u8; want];
-                match f.read_exact(&mut buf).await {
-                    Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
-                    Err(e) => Some((Err(e), (f, 0))),
-                }
-            });
+        let stream = futures_util::stream::unfold((f, range.len()), |(mut f, remaining)| async move {
+            if remaining == 0 {
+                return None;
+            }
+            let want = remaining.min(256 * 1024) as usize;
+            let mut buf = vec![0u8; want];
+            match f.read_exact(&mut buf).await {
+                Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
+                Err(e) => Some((Err(e), (f, 0))),
+            }
+        });
         Ok(Some(Box::pin(stream)))
     }
 }
@@ -237,69 +198,50 @@ fn tee(
         dest: PathBuf,
     }
     let on_done = Arc::new(Mutex::new(Some(on_done)));
-    let st = St {
-        source,
-        file: None,
-        written: 0,
-        tmp,
-        dest,
-    };
-    Box::pin(futures_util::stream::unfold(
-        (st, false),
-        move |(mut st, started)| {
-            let on_done = on_done.clone();
-            async move {
-                if !started {
-                    st.file = tokio::fs::File::create(&st.tmp).await.ok();
+    let st = St { source, file: None, written: 0, tmp, dest };
+    Box::pin(futures_util::stream::unfold((st, false), move |(mut st, started)| {
+        let on_done = on_done.clone();
+        async move {
+            if !started {
+                st.file = tokio::fs::File::create(&st.tmp).await.ok();
+            }
+            match st.source.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(f) = st.file.as_mut() {
+                        if f.write_all(&chunk).await.is_err() {
+                            st.file = None;
+                            let _ = tokio::fs::remove_file(&st.tmp).await;
+                        }
+                    }
+                    st.written += chunk.len() as u64;
+                    Some((Ok(chunk), (st, true)))
                 }
-                match st.source.next().await {
-                    Some(Ok(chunk)) => {
-                        if let Some(f) = st.file.as_mut() {
-                            if f.write_all(&chunk).await.is_err() {
-                                st.file = None;
-                                let _ = tokio::fs::remove_file(&st.tmp).await;
+                Some(Err(e)) => {
+                    st.file = None;
+                    let _ = tokio::fs::remove_file(&st.tmp).await;
+                    Some((Err(e), (st, true)))
+                }
+                None => {
+                    if let Some(mut f) = st.file.take() {
+                        let complete = expected.is_none_or(|n| n == st.written);
+                        if complete && f.flush().await.is_ok() && tokio::fs::rename(&st.tmp, &st.dest).await.is_ok() {
+                            if let Some(done) = on_done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                                done(st.written);
                             }
+                        } else {
+                            let _ = tokio::fs::remove_file(&st.tmp).await;
                         }
-                        st.written += chunk.len() as u64;
-                        Some((Ok(chunk), (st, true)))
                     }
-                    Some(Err(e)) => {
-                        st.file = None;
-                        let _ = tokio::fs::remove_file(&st.tmp).await;
-                        Some((Err(e), (st, true)))
-                    }
-                    None => {
-                        if let Some(mut f) = st.file.take() {
-                            let complete = expected.is_none_or(|n| n == st.written);
-                            if complete
-                                && f.flush().await.is_ok()
-                                && tokio::fs::rename(&st.tmp, &st.dest).await.is_ok()
-                            {
-                                if let Some(done) =
-                                    on_done.lock().unwrap_or_else(|p| p.into_inner()).take()
-                                {
-                                    done(st.written);
-                                }
-                            } else {
-                                let _ = tokio::fs::remove_file(&st.tmp).await;
-                            }
-                        }
-                        None
-                    }
+                    None
                 }
             }
-        },
-    ))
+        }
+    }))
 }
 
 impl BlobStore for CacheStore {
     fn describe(&self) -> String {
-        format!(
-            "cache({}, {} MiB)+{}",
-            self.dir.display(),
-            self.max_bytes / (1024 * 1024),
-            self.inner.describe()
-        )
+        format!("cache({}, {} MiB)+{}", self.dir.display(), self.max_bytes / (1024 * 1024), self.inner.describe())
     }
 
     fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>> {
@@ -308,26 +250,18 @@ impl BlobStore for CacheStore {
             if size > self.max_bytes {
                 return self.inner.put(key, size, data).await;
             }
-            let tmp = self
-                .dir
-                .join(".tmp")
-                .join(format!("{key}-{}", rand::random::<u64>()));
+            let tmp = self.dir.join(".tmp").join(format!("{key}-{}", rand::random::<u64>()));
             let admitted = Arc::new(Mutex::new(None));
             let a = admitted.clone();
             // The copy lands in the cache only after the store below has the object.
-            let staged = self
-                .dir
-                .join(".tmp")
-                .join(format!("{key}-{}.staged", rand::random::<u64>()));
+            let staged = self.dir.join(".tmp").join(format!("{key}-{}.staged", rand::random::<u64>()));
             let teed = tee(data, tmp, staged.clone(), Some(size), move |n| {
                 *a.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
             });
             let result = self.inner.put(key, size, teed).await;
             let staged_size = *admitted.lock().unwrap_or_else(|p| p.into_inner());
             match (&result, staged_size) {
-                (Ok(()), Some(n)) if tokio::fs::rename(&staged, &dest).await.is_ok() => {
-                    self.admit(key, n)
-                }
+                (Ok(()), Some(n)) if tokio::fs::rename(&staged, &dest).await.is_ok() => self.admit(key, n),
                 _ => {
                     let _ = tokio::fs::remove_file(&staged).await;
                     self.forget(key);
@@ -353,28 +287,17 @@ impl BlobStore for CacheStore {
             if size.is_none_or(|s| s > self.max_bytes) {
                 return Ok(stream);
             }
-            let tmp = self
-                .dir
-                .join(".tmp")
-                .join(format!("{key}-{}", rand::random::<u64>()));
+            let tmp = self.dir.join(".tmp").join(format!("{key}-{}", rand::random::<u64>()));
             let index = self.index.clone();
             let (k, max, dir) = (key.to_owned(), self.max_bytes, self.dir.clone());
-            Ok(tee(stream, tmp, self.path(key)?, size, move |n| {
-                admit_into(&index, &dir, max, Some((&k, n)))
-            }))
+            Ok(tee(stream, tmp, self.path(key)?, size, move |n| admit_into(&index, &dir, max, Some((&k, n)))))
         }
         .boxed()
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
         async move {
-            let cached = self
-                .index
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entries
-                .get(key)
-                .map(|e| e.size);
+            let cached = self.index.lock().unwrap_or_else(|p| p.into_inner()).entries.get(key).map(|e| e.size);
             match cached {
                 Some(size) => Ok(Some(ObjectInfo { size })),
                 None => self.inner.head(key).await,
@@ -419,42 +342,18 @@ mod tests {
         // Written directly to the store: a miss that fills the cache on a whole read.
         inner.put("c-b", 1000, once(vec![2u8; 1000])).await.unwrap();
         assert!(!cache.contains("c-b"));
-        assert_eq!(
-            read_all(cache.get("c-b", None).await.unwrap())
-                .await
-                .unwrap(),
-            vec![2u8; 1000]
-        );
+        assert_eq!(read_all(cache.get("c-b", None).await.unwrap()).await.unwrap(), vec![2u8; 1000]);
         assert!(cache.contains("c-b"));
         // Use a, then add c: b is now the least recently used and goes.
-        read_all(
-            cache
-                .get("c-a", Some(Range { start: 10, end: 20 }))
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        read_all(cache.get("c-a", Some(Range { start: 10, end: 20 })).await.unwrap()).await.unwrap();
         cache.put("c-c", 1000, once(vec![3u8; 1000])).await.unwrap();
         assert!(cache.contains("c-a") && cache.contains("c-c") && !cache.contains("c-b"));
 
         // The store disappears: cached objects still read, whole and ranged.
         std::fs::remove_dir_all(&sdir).unwrap();
+        assert_eq!(read_all(cache.get("c-a", None).await.unwrap()).await.unwrap(), a);
         assert_eq!(
-            read_all(cache.get("c-a", None).await.unwrap())
-                .await
-                .unwrap(),
-            a
-        );
-        assert_eq!(
-            read_all(
-                cache
-                    .get("c-c", Some(Range { start: 5, end: 9 }))
-                    .await
-                    .unwrap()
-            )
-            .await
-            .unwrap(),
+            read_all(cache.get("c-c", Some(Range { start: 5, end: 9 })).await.unwrap()).await.unwrap(),
             vec![3u8; 4]
         );
         assert!(cache.get("c-b", None).await.is_err());

@@ -42,10 +42,7 @@ impl MasterKey {
         let digest = Sha256::digest(bytes);
         let mut id = [0u8; 8];
         id.copy_from_slice(&digest[..8]);
-        MasterKey {
-            id,
-            key: *Key::from_slice(&bytes),
-        }
+        MasterKey { id, key: *Key::from_slice(&bytes) }
     }
 
     pub fn generate() -> [u8; 32] {
@@ -93,12 +90,7 @@ fn chunk_aad(object: &str, i: u64, last: bool) -> Vec<u8> {
     aad
 }
 
-fn header_bytes(
-    master_id: &[u8; 8],
-    chunk_size: u64,
-    len: u64,
-    nonce_prefix: &[u8; 16],
-) -> Vec<u8> {
+fn header_bytes(master_id: &[u8; 8], chunk_size: u64, len: u64, nonce_prefix: &[u8; 16]) -> Vec<u8> {
     let mut h = Vec::with_capacity(KEY_HEADER_LEN);
     h.extend_from_slice(KEY_MAGIC);
     h.extend_from_slice(master_id);
@@ -128,11 +120,7 @@ fn seal_key(
     rand::thread_rng().fill_bytes(&mut wrap_nonce);
     let mut sealed = dek.to_vec();
     let tag = XChaCha20Poly1305::new(&master.key)
-        .encrypt_in_place_detached(
-            XNonce::from_slice(&wrap_nonce),
-            &wrap_aad(&header, object),
-            &mut sealed,
-        )
+        .encrypt_in_place_detached(XNonce::from_slice(&wrap_nonce), &wrap_aad(&header, object), &mut sealed)
         .map_err(|_| MediaError::Other("sealing data key failed".into()))?;
     let mut out = header;
     out.extend_from_slice(&wrap_nonce);
@@ -144,17 +132,12 @@ fn seal_key(
 /// Opens a key object with whichever of `masters` it was sealed under.
 fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(ObjectKey, [u8; 8])> {
     if bytes.len() != KEY_OBJECT_LEN || &bytes[..8] != KEY_MAGIC {
-        return Err(MediaError::Corrupt(format!(
-            "{object}{KEY_SUFFIX} is not a moss key object"
-        )));
+        return Err(MediaError::Corrupt(format!("{object}{KEY_SUFFIX} is not a moss key object")));
     }
     let mut master_id = [0u8; 8];
     master_id.copy_from_slice(&bytes[8..16]);
     let master = masters.iter().find(|m| m.id == master_id).ok_or_else(|| {
-        MediaError::Corrupt(format!(
-            "{object} was encrypted under unknown master key {}",
-            hex::encode(master_id)
-        ))
+        MediaError::Corrupt(format!("{object} was encrypted under unknown master key {}", hex::encode(master_id)))
     })?;
     let chunk_size = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as u64;
     let len = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes"));
@@ -171,15 +154,7 @@ fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(Object
         .decrypt_in_place_detached(wrap_nonce, &wrap_aad(header, object), &mut dek, tag.into())
         .map_err(|_| MediaError::Corrupt(format!("{object}: data key does not authenticate")))?;
     let cipher = XChaCha20Poly1305::new(Key::from_slice(&dek));
-    Ok((
-        ObjectKey {
-            chunk_size,
-            len,
-            nonce_prefix,
-            cipher,
-        },
-        master_id,
-    ))
+    Ok((ObjectKey { chunk_size, len, nonce_prefix, cipher }, master_id))
 }
 
 pub struct EncryptedStore {
@@ -237,12 +212,7 @@ impl EncryptedStore {
     /// a previous key). Object data is not touched. Returns how many key objects changed.
     pub async fn rewrap_all(&self) -> Result<u64> {
         let mut changed = 0;
-        let keys: Vec<String> = self
-            .inner
-            .list()
-            .filter_map(|k| async move { k.ok() })
-            .collect()
-            .await;
+        let keys: Vec<String> = self.inner.list().filter_map(|k| async move { k.ok() }).collect().await;
         for name in keys {
             let Some(object) = name.strip_suffix(KEY_SUFFIX) else {
                 continue;
@@ -253,17 +223,8 @@ impl EncryptedStore {
                 continue;
             }
             let dek = recover_dek(&self.masters(), object, &bytes)?;
-            let sealed = seal_key(
-                &self.master,
-                object,
-                k.chunk_size,
-                k.len,
-                &k.nonce_prefix,
-                &dek,
-            )?;
-            self.inner
-                .put(&name, sealed.len() as u64, super::once(sealed))
-                .await?;
+            let sealed = seal_key(&self.master, object, k.chunk_size, k.len, &k.nonce_prefix, &dek)?;
+            self.inner.put(&name, sealed.len() as u64, super::once(sealed)).await?;
             changed += 1;
         }
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -299,189 +260,97 @@ fn encrypt_stream(input: ByteStream, key: ObjectKey, object: String) -> ByteStre
     }
     let total = key.chunks();
     let cs = key.chunk_size as usize;
-    let st = St {
-        input,
-        buf: BytesMut::new(),
-        index: 0,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        (st, key, object),
-        move |(mut st, key, object)| async move {
-            if st.index >= total {
-                return None;
+    let st = St { input, buf: BytesMut::new(), index: 0, done: false };
+    Box::pin(futures_util::stream::unfold((st, key, object), move |(mut st, key, object)| async move {
+        if st.index >= total {
+            return None;
+        }
+        let last = st.index + 1 == total;
+        // Fill one chunk (or, for the last, everything that remains).
+        while !st.done && (st.buf.len() < cs || last) {
+            match st.input.next().await {
+                Some(Ok(b)) => st.buf.extend_from_slice(&b),
+                Some(Err(e)) => return Some((Err(e), (St { done: true, index: total, ..st }, key, object))),
+                None => st.done = true,
             }
-            let last = st.index + 1 == total;
-            // Fill one chunk (or, for the last, everything that remains).
-            while !st.done && (st.buf.len() < cs || last) {
-                match st.input.next().await {
-                    Some(Ok(b)) => st.buf.extend_from_slice(&b),
-                    Some(Err(e)) => {
-                        return Some((
-                            Err(e),
-                            (
-                                St {
-                                    done: true,
-                                    index: total,
-                                    ..st
-                                },
-                                key,
-                                object,
-                            ),
-                        ))
-                    }
-                    None => st.done = true,
-                }
+        }
+        let take = if last { (key.len - st.index * key.chunk_size) as usize } else { cs };
+        if st.buf.len() < take || (last && st.buf.len() != take) {
+            let e =
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream length differs from the declared size");
+            return Some((Err(e), (St { index: total, ..st }, key, object)));
+        }
+        let mut chunk = st.buf.split_to(take).to_vec();
+        let aad = chunk_aad(&object, st.index, last);
+        let tag = match key.cipher.encrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk) {
+            Ok(t) => t,
+            Err(_) => {
+                return Some((
+                    Err(std::io::Error::other("encryption failed")),
+                    (St { index: total, ..st }, key, object),
+                ))
             }
-            let take = if last {
-                (key.len - st.index * key.chunk_size) as usize
-            } else {
-                cs
-            };
-            if st.buf.len() < take || (last && st.buf.len() != take) {
-                let e = std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "stream length differs from the declared size",
-                );
-                return Some((Err(e), (St { index: total, ..st }, key, object)));
-            }
-            let mut chunk = st.buf.split_to(take).to_vec();
-            let aad = chunk_aad(&object, st.index, last);
-            let tag =
-                match key
-                    .cipher
-                    .encrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk)
-                {
-                    Ok(t) => t,
-                    Err(_) => {
-                        return Some((
-                            Err(std::io::Error::other("encryption failed")),
-                            (St { index: total, ..st }, key, object),
-                        ))
-                    }
-                };
-            chunk.extend_from_slice(&tag);
-            st.index += 1;
-            Some((Ok(Bytes::from(chunk)), (st, key, object)))
-        },
-    ))
+        };
+        chunk.extend_from_slice(&tag);
+        st.index += 1;
+        Some((Ok(Bytes::from(chunk)), (st, key, object)))
+    }))
 }
 
 /// Opens sealed chunks `first..` from `input`, yielding the plaintext of `range`.
-fn decrypt_stream(
-    input: ByteStream,
-    key: ObjectKey,
-    object: String,
-    first: u64,
-    range: Range,
-) -> ByteStream {
+fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64, range: Range) -> ByteStream {
     let cs = key.chunk_size;
     let total = key.chunks();
-    let last_chunk = if range.is_empty() {
-        first
-    } else {
-        (range.end - 1) / cs
-    };
+    let last_chunk = if range.is_empty() { first } else { (range.end - 1) / cs };
     struct St {
         input: ByteStream,
         buf: BytesMut,
         index: u64,
     }
-    let st = St {
-        input,
-        buf: BytesMut::new(),
-        index: first,
-    };
-    Box::pin(futures_util::stream::unfold(
-        (st, key, object),
-        move |(mut st, key, object)| async move {
-            if range.is_empty() || st.index > last_chunk {
-                return None;
-            }
-            let is_last = st.index + 1 == total;
-            let plain_len = if is_last { key.len - st.index * cs } else { cs };
-            let want = (plain_len + TAG) as usize;
-            while st.buf.len() < want {
-                match st.input.next().await {
-                    Some(Ok(b)) => st.buf.extend_from_slice(&b),
-                    Some(Err(e)) => {
-                        return Some((
-                            Err(e),
-                            (
-                                St {
-                                    index: u64::MAX,
-                                    ..st
-                                },
-                                key,
-                                object,
-                            ),
-                        ))
-                    }
-                    None => {
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("{object}: ciphertext is truncated"),
-                        );
-                        return Some((
-                            Err(e),
-                            (
-                                St {
-                                    index: u64::MAX,
-                                    ..st
-                                },
-                                key,
-                                object,
-                            ),
-                        ));
-                    }
+    let st = St { input, buf: BytesMut::new(), index: first };
+    Box::pin(futures_util::stream::unfold((st, key, object), move |(mut st, key, object)| async move {
+        if range.is_empty() || st.index > last_chunk {
+            return None;
+        }
+        let is_last = st.index + 1 == total;
+        let plain_len = if is_last { key.len - st.index * cs } else { cs };
+        let want = (plain_len + TAG) as usize;
+        while st.buf.len() < want {
+            match st.input.next().await {
+                Some(Ok(b)) => st.buf.extend_from_slice(&b),
+                Some(Err(e)) => return Some((Err(e), (St { index: u64::MAX, ..st }, key, object))),
+                None => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{object}: ciphertext is truncated"),
+                    );
+                    return Some((Err(e), (St { index: u64::MAX, ..st }, key, object)));
                 }
             }
-            let mut chunk = st.buf.split_to(want).to_vec();
-            let tag = chunk.split_off(plain_len as usize);
-            let aad = chunk_aad(&object, st.index, is_last);
-            if key
-                .cipher
-                .decrypt_in_place_detached(
-                    &key.nonce(st.index),
-                    &aad,
-                    &mut chunk,
-                    tag.as_slice().into(),
-                )
-                .is_err()
-            {
-                let e = std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{object}: chunk {} does not authenticate", st.index),
-                );
-                return Some((
-                    Err(e),
-                    (
-                        St {
-                            index: u64::MAX,
-                            ..st
-                        },
-                        key,
-                        object,
-                    ),
-                ));
-            }
-            // Trim to the requested range.
-            let chunk_start = st.index * cs;
-            let from = range.start.saturating_sub(chunk_start) as usize;
-            let to = (range.end - chunk_start).min(plain_len) as usize;
-            st.index += 1;
-            Some((Ok(Bytes::from(chunk).slice(from..to)), (st, key, object)))
-        },
-    ))
+        }
+        let mut chunk = st.buf.split_to(want).to_vec();
+        let tag = chunk.split_off(plain_len as usize);
+        let aad = chunk_aad(&object, st.index, is_last);
+        if key.cipher.decrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk, tag.as_slice().into()).is_err()
+        {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{object}: chunk {} does not authenticate", st.index),
+            );
+            return Some((Err(e), (St { index: u64::MAX, ..st }, key, object)));
+        }
+        // Trim to the requested range.
+        let chunk_start = st.index * cs;
+        let from = range.start.saturating_sub(chunk_start) as usize;
+        let to = (range.end - chunk_start).min(plain_len) as usize;
+        st.index += 1;
+        Some((Ok(Bytes::from(chunk).slice(from..to)), (st, key, object)))
+    }))
 }
 
 impl BlobStore for EncryptedStore {
     fn describe(&self) -> String {
-        format!(
-            "encrypt(key {})+{}",
-            self.master.id_hex(),
-            self.inner.describe()
-        )
+        format!("encrypt(key {})+{}", self.master.id_hex(), self.inner.describe())
     }
 
     fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>> {
@@ -499,21 +368,10 @@ impl BlobStore for EncryptedStore {
                 cipher: XChaCha20Poly1305::new(Key::from_slice(&dek)),
             };
             // The key object first: data without its key would be unreadable.
-            self.inner
-                .put(
-                    &format!("{key}{KEY_SUFFIX}"),
-                    sealed.len() as u64,
-                    super::once(sealed),
-                )
-                .await?;
-            self.keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.inner.put(&format!("{key}{KEY_SUFFIX}"), sealed.len() as u64, super::once(sealed)).await?;
+            self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
             let csize = object_key.ciphertext_len();
-            self.inner
-                .put(key, csize, encrypt_stream(data, object_key, key.to_owned()))
-                .await
+            self.inner.put(key, csize, encrypt_stream(data, object_key, key.to_owned())).await
         }
         .boxed()
     }
@@ -521,38 +379,19 @@ impl BlobStore for EncryptedStore {
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
         async move {
             let k = self.object_key(key).await?;
-            let range = range.unwrap_or(Range {
-                start: 0,
-                end: k.len,
-            });
+            let range = range.unwrap_or(Range { start: 0, end: k.len });
             if range.start > range.end || range.end > k.len {
                 return Err(MediaError::BadRange);
             }
             let cs = k.chunk_size;
-            let first = if range.is_empty() {
-                0
-            } else {
-                range.start / cs
-            };
-            let last = if range.is_empty() {
-                0
-            } else {
-                (range.end - 1) / cs
-            };
+            let first = if range.is_empty() { 0 } else { range.start / cs };
+            let last = if range.is_empty() { 0 } else { (range.end - 1) / cs };
             let c_start = first * (cs + TAG);
             let c_end = ((last + 1) * (cs + TAG)).min(k.ciphertext_len());
             let inner = if range.is_empty() {
                 super::once(Bytes::new())
             } else {
-                self.inner
-                    .get(
-                        key,
-                        Some(Range {
-                            start: c_start,
-                            end: c_end,
-                        }),
-                    )
-                    .await?
+                self.inner.get(key, Some(Range { start: c_start, end: c_end })).await?
             };
             Ok(decrypt_stream(inner, k, key.to_owned(), first, range))
         }
@@ -578,10 +417,7 @@ impl BlobStore for EncryptedStore {
             // Data first: a key without data is harmless, data without a key is lost.
             self.inner.delete(key).await?;
             self.inner.delete(&format!("{key}{KEY_SUFFIX}")).await?;
-            self.keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
             Ok(())
         }
         .boxed()
@@ -603,8 +439,7 @@ mod tests {
     fn setup(chunk: u32) -> (Arc<FsStore>, EncryptedStore, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("moss-enc-{}", rand::random::<u64>()));
         let fs = Arc::new(FsStore::open(&dir).unwrap());
-        let enc = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]))
-            .with_chunk_size(chunk);
+        let enc = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32])).with_chunk_size(chunk);
         (fs, enc, dir)
     }
 
@@ -619,32 +454,15 @@ mod tests {
             let d = data(n);
             let key = format!("c-{n}");
             enc.put(&key, n as u64, once(d.clone())).await.unwrap();
-            assert_eq!(
-                read_all(enc.get(&key, None).await.unwrap()).await.unwrap(),
-                d,
-                "size {n}"
-            );
-            assert_eq!(
-                enc.head(&key).await.unwrap(),
-                Some(ObjectInfo { size: n as u64 })
-            );
+            assert_eq!(read_all(enc.get(&key, None).await.unwrap()).await.unwrap(), d, "size {n}");
+            assert_eq!(enc.head(&key).await.unwrap(), Some(ObjectInfo { size: n as u64 }));
             for (s, e) in [(0, 0), (0, 1), (63, 65), (64, 128), (1, n), (n / 2, n)] {
                 if s > e || e > n {
                     continue;
                 }
-                let got = read_all(
-                    enc.get(
-                        &key,
-                        Some(Range {
-                            start: s as u64,
-                            end: e as u64,
-                        }),
-                    )
+                let got = read_all(enc.get(&key, Some(Range { start: s as u64, end: e as u64 })).await.unwrap())
                     .await
-                    .unwrap(),
-                )
-                .await
-                .unwrap();
+                    .unwrap();
                 assert_eq!(got, d[s..e], "size {n} range {s}..{e}");
             }
         }
@@ -655,9 +473,7 @@ mod tests {
     async fn the_inner_store_sees_no_plaintext_and_tampering_is_caught() {
         let (fs, enc, dir) = setup(DEFAULT_CHUNK_SIZE);
         let marker = b"PLAINTEXT-MARKER-0123456789".repeat(10_000);
-        enc.put("c-m", marker.len() as u64, once(marker.clone()))
-            .await
-            .unwrap();
+        enc.put("c-m", marker.len() as u64, once(marker.clone())).await.unwrap();
         let raw = read_all(fs.get("c-m", None).await.unwrap()).await.unwrap();
         assert!(!raw.windows(16).any(|w| w == &b"PLAINTEXT-MARKER"[..]));
         // Flip one byte of the ciphertext: the read must fail, not return wrong data.
@@ -666,12 +482,8 @@ mod tests {
         fs.put("c-m", bad.len() as u64, once(bad)).await.unwrap();
         assert!(read_all(enc.get("c-m", None).await.unwrap()).await.is_err());
         // Data moved under another name does not decrypt either.
-        fs.put("c-other", raw.len() as u64, once(raw))
-            .await
-            .unwrap();
-        let k = read_all(fs.get("c-m.k", None).await.unwrap())
-            .await
-            .unwrap();
+        fs.put("c-other", raw.len() as u64, once(raw)).await.unwrap();
+        let k = read_all(fs.get("c-m.k", None).await.unwrap()).await.unwrap();
         fs.put("c-other.k", k.len() as u64, once(k)).await.unwrap();
         assert!(enc.get("c-other", None).await.is_err());
         let _ = std::fs::remove_dir_all(dir);
@@ -685,27 +497,13 @@ mod tests {
         let before = read_all(fs.get("c-r", None).await.unwrap()).await.unwrap();
         let old = MasterKey::from_bytes([7u8; 32]);
         let new = MasterKey::from_bytes([9u8; 32]);
-        let rotated = EncryptedStore::new(fs.clone(), new.clone())
-            .with_chunk_size(64)
-            .with_previous_keys(vec![old]);
+        let rotated = EncryptedStore::new(fs.clone(), new.clone()).with_chunk_size(64).with_previous_keys(vec![old]);
         assert_eq!(rotated.rewrap_all().await.unwrap(), 1);
-        assert_eq!(
-            read_all(fs.get("c-r", None).await.unwrap()).await.unwrap(),
-            before,
-            "data untouched"
-        );
+        assert_eq!(read_all(fs.get("c-r", None).await.unwrap()).await.unwrap(), before, "data untouched");
         let only_new = EncryptedStore::new(fs.clone(), new);
-        assert_eq!(
-            read_all(only_new.get("c-r", None).await.unwrap())
-                .await
-                .unwrap(),
-            d
-        );
+        assert_eq!(read_all(only_new.get("c-r", None).await.unwrap()).await.unwrap(), d);
         let only_old = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
-        assert!(
-            only_old.get("c-r", None).await.is_err(),
-            "the old key alone no longer opens it"
-        );
+        assert!(only_old.get("c-r", None).await.is_err(), "the old key alone no longer opens it");
         let keys: Vec<String> = only_new.list().map(|k| k.unwrap()).collect().await;
         assert_eq!(keys, vec!["c-r".to_owned()]);
         let _ = std::fs::remove_dir_all(dir);

@@ -45,9 +45,7 @@ impl FsStore {
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all()).await.map_err(std::io::Error::other)?
 }
 
 impl BlobStore for FsStore {
@@ -55,18 +53,10 @@ impl BlobStore for FsStore {
         format!("fs:{}", self.root.display())
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        size: u64,
-        mut data: ByteStream,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn put<'a>(&'a self, key: &'a str, size: u64, mut data: ByteStream) -> BoxFuture<'a, Result<()>> {
         async move {
             let path = self.path(key)?;
-            let tmp = self
-                .root
-                .join(".tmp")
-                .join(format!("{}-{}", key, rand::random::<u64>()));
+            let tmp = self.root.join(".tmp").join(format!("{}-{}", key, rand::random::<u64>()));
             let result: Result<()> = async {
                 let mut f = tokio::fs::File::create(&tmp).await?;
                 let mut written = 0u64;
@@ -76,9 +66,7 @@ impl BlobStore for FsStore {
                     f.write_all(&chunk).await?;
                 }
                 if written != size {
-                    return Err(MediaError::Other(format!(
-                        "expected {size} bytes, got {written}"
-                    )));
+                    return Err(MediaError::Other(format!("expected {size} bytes, got {written}")));
                 }
                 f.sync_all().await?;
                 drop(f);
@@ -102,33 +90,27 @@ impl BlobStore for FsStore {
             let path = self.path(key)?;
             let mut f = match tokio::fs::File::open(&path).await {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(MediaError::NotFound)
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MediaError::NotFound),
                 Err(e) => return Err(e.into()),
             };
             let size = f.metadata().await?.len();
-            let range = range.unwrap_or(Range {
-                start: 0,
-                end: size,
-            });
+            let range = range.unwrap_or(Range { start: 0, end: size });
             if range.start > range.end || range.end > size {
                 return Err(MediaError::BadRange);
             }
             f.seek(SeekFrom::Start(range.start)).await?;
             let remaining = range.len();
-            let stream =
-                futures_util::stream::unfold((f, remaining), |(mut f, remaining)| async move {
-                    if remaining == 0 {
-                        return None;
-                    }
-                    let want = remaining.min(READ_CHUNK as u64) as usize;
-                    let mut buf = vec![0u8; want];
-                    match f.read_exact(&mut buf).await {
-                        Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
-                        Err(e) => Some((Err(e), (f, 0))),
-                    }
-                });
+            let stream = futures_util::stream::unfold((f, remaining), |(mut f, remaining)| async move {
+                if remaining == 0 {
+                    return None;
+                }
+                let want = remaining.min(READ_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                match f.read_exact(&mut buf).await {
+                    Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
+                    Err(e) => Some((Err(e), (f, 0))),
+                }
+            });
             Ok(Box::pin(stream) as ByteStream)
         }
         .boxed()
@@ -200,46 +182,17 @@ mod tests {
     async fn put_get_range_list_delete() {
         let (s, dir) = store();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        s.put("c-abc", data.len() as u64, once(data.clone()))
-            .await
-            .unwrap();
-        assert_eq!(
-            read_all(s.get("c-abc", None).await.unwrap()).await.unwrap(),
-            data
-        );
-        let r = Range {
-            start: 262_143,
-            end: 524_289,
-        };
-        assert_eq!(
-            read_all(s.get("c-abc", Some(r)).await.unwrap())
-                .await
-                .unwrap(),
-            data[262_143..524_289]
-        );
-        assert_eq!(
-            s.head("c-abc").await.unwrap(),
-            Some(ObjectInfo { size: 1_000_000 })
-        );
-        assert!(matches!(
-            s.get(
-                "c-abc",
-                Some(Range {
-                    start: 5,
-                    end: 2_000_000
-                })
-            )
-            .await,
-            Err(MediaError::BadRange)
-        ));
+        s.put("c-abc", data.len() as u64, once(data.clone())).await.unwrap();
+        assert_eq!(read_all(s.get("c-abc", None).await.unwrap()).await.unwrap(), data);
+        let r = Range { start: 262_143, end: 524_289 };
+        assert_eq!(read_all(s.get("c-abc", Some(r)).await.unwrap()).await.unwrap(), data[262_143..524_289]);
+        assert_eq!(s.head("c-abc").await.unwrap(), Some(ObjectInfo { size: 1_000_000 }));
+        assert!(matches!(s.get("c-abc", Some(Range { start: 5, end: 2_000_000 })).await, Err(MediaError::BadRange)));
         let keys: Vec<String> = s.list().map(|k| k.unwrap()).collect().await;
         assert_eq!(keys, vec!["c-abc".to_owned()]);
         s.delete("c-abc").await.unwrap();
         s.delete("c-abc").await.unwrap();
-        assert!(matches!(
-            s.get("c-abc", None).await,
-            Err(MediaError::NotFound)
-        ));
+        assert!(matches!(s.get("c-abc", None).await, Err(MediaError::NotFound)));
         assert_eq!(s.head("c-abc").await.unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -23,9 +23,7 @@ impl MirrorStore {
 }
 
 fn channel_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
 /// Whether a failure of the first store should send the read to the second.
@@ -35,19 +33,10 @@ fn worth_retrying(e: &MediaError) -> bool {
 
 impl BlobStore for MirrorStore {
     fn describe(&self) -> String {
-        format!(
-            "mirror({} | {})",
-            self.primary.describe(),
-            self.secondary.describe()
-        )
+        format!("mirror({} | {})", self.primary.describe(), self.secondary.describe())
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        size: u64,
-        mut data: ByteStream,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn put<'a>(&'a self, key: &'a str, size: u64, mut data: ByteStream) -> BoxFuture<'a, Result<()>> {
         async move {
             // Fan the one stream out to both stores; small channels keep memory bounded and the
             // slower store sets the pace.
@@ -126,18 +115,13 @@ impl BlobStore for MirrorStore {
     fn list(&self) -> BoxStream<'_, Result<String>> {
         // The union of both, each key once.
         let mut seen = std::collections::HashSet::new();
-        Box::pin(
-            self.primary
-                .list()
-                .chain(self.secondary.list())
-                .filter(move |k| {
-                    let keep = match k {
-                        Ok(k) => seen.insert(k.clone()),
-                        Err(_) => true,
-                    };
-                    async move { keep }
-                }),
-        )
+        Box::pin(self.primary.list().chain(self.secondary.list()).filter(move |k| {
+            let keep = match k {
+                Ok(k) => seen.insert(k.clone()),
+                Err(_) => true,
+            };
+            async move { keep }
+        }))
     }
 }
 
@@ -153,32 +137,15 @@ mod tests {
         let b: Arc<dyn BlobStore> = Arc::new(FsStore::open(base.join("b")).unwrap());
         let m = MirrorStore::new(a.clone(), b.clone());
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 97) as u8).collect();
-        m.put("c-x", data.len() as u64, once(data.clone()))
-            .await
-            .unwrap();
-        assert_eq!(
-            read_all(a.get("c-x", None).await.unwrap()).await.unwrap(),
-            data
-        );
-        assert_eq!(
-            read_all(b.get("c-x", None).await.unwrap()).await.unwrap(),
-            data
-        );
+        m.put("c-x", data.len() as u64, once(data.clone())).await.unwrap();
+        assert_eq!(read_all(a.get("c-x", None).await.unwrap()).await.unwrap(), data);
+        assert_eq!(read_all(b.get("c-x", None).await.unwrap()).await.unwrap(), data);
         a.delete("c-x").await.unwrap();
         assert_eq!(
-            read_all(
-                m.get("c-x", Some(Range { start: 10, end: 20 }))
-                    .await
-                    .unwrap()
-            )
-            .await
-            .unwrap(),
+            read_all(m.get("c-x", Some(Range { start: 10, end: 20 })).await.unwrap()).await.unwrap(),
             data[10..20]
         );
-        assert_eq!(
-            m.head("c-x").await.unwrap(),
-            Some(ObjectInfo { size: 700_000 })
-        );
+        assert_eq!(m.head("c-x").await.unwrap(), Some(ObjectInfo { size: 700_000 }));
         let keys: Vec<String> = m.list().map(|k| k.unwrap()).collect().await;
         assert_eq!(keys, vec!["c-x".to_owned()]);
         // A failed write leaves neither side holding the object.

@@ -79,8 +79,6 @@ pub fn once(data: impl Into<Bytes>) -> ByteStream {
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 200
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !key.starts_with('.')
 }

@@ -11,8 +11,8 @@ use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt, T
 use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path,
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 
 use super::{valid_key, BlobStore, ByteStream, ObjectInfo, Range};
@@ -89,19 +89,15 @@ impl S3Store {
             .with_retry(retry)
             .build()
             .map_err(|e| MediaError::Other(format!("S3 configuration: {e}")))?;
-        Ok(S3Store {
-            store: Arc::new(store),
-            config,
-        })
+        Ok(S3Store { store: Arc::new(store), config })
     }
 
     /// A write can only be "not found" when the bucket is missing.
     fn write_err(&self, e: object_store::Error) -> MediaError {
         match e {
-            object_store::Error::NotFound { .. } => MediaError::Unavailable(format!(
-                "NoSuchBucket: the bucket {} does not exist",
-                self.config.bucket
-            )),
+            object_store::Error::NotFound { .. } => {
+                MediaError::Unavailable(format!("NoSuchBucket: the bucket {} does not exist", self.config.bucket))
+            }
             other => map_err(other),
         }
     }
@@ -116,20 +112,10 @@ impl S3Store {
 
 impl BlobStore for S3Store {
     fn describe(&self) -> String {
-        format!(
-            "s3:{}/{}/{}",
-            self.config.endpoint.trim_end_matches('/'),
-            self.config.bucket,
-            self.config.prefix
-        )
+        format!("s3:{}/{}/{}", self.config.endpoint.trim_end_matches('/'), self.config.bucket, self.config.prefix)
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        size: u64,
-        mut data: ByteStream,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn put<'a>(&'a self, key: &'a str, size: u64, mut data: ByteStream) -> BoxFuture<'a, Result<()>> {
         async move {
             let path = self.path(key)?;
             let part = self.config.part_size.max(5 * 1024 * 1024);
@@ -139,28 +125,16 @@ impl BlobStore for S3Store {
                 while let Some(chunk) = data.next().await {
                     buf.extend_from_slice(&chunk?);
                     if buf.len() as u64 > size {
-                        return Err(MediaError::Other(format!(
-                            "stream is longer than the declared {size} bytes"
-                        )));
+                        return Err(MediaError::Other(format!("stream is longer than the declared {size} bytes")));
                     }
                 }
                 if buf.len() as u64 != size {
-                    return Err(MediaError::Other(format!(
-                        "expected {size} bytes, got {}",
-                        buf.len()
-                    )));
+                    return Err(MediaError::Other(format!("expected {size} bytes, got {}", buf.len())));
                 }
-                self.store
-                    .put(&path, PutPayload::from(buf.freeze()))
-                    .await
-                    .map_err(|e| self.write_err(e))?;
+                self.store.put(&path, PutPayload::from(buf.freeze())).await.map_err(|e| self.write_err(e))?;
                 return Ok(());
             }
-            let upload = self
-                .store
-                .put_multipart(&path)
-                .await
-                .map_err(|e| self.write_err(e))?;
+            let upload = self.store.put_multipart(&path).await.map_err(|e| self.write_err(e))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, part);
             let mut written = 0u64;
             let result: Result<()> = async {
@@ -172,9 +146,7 @@ impl BlobStore for S3Store {
                     w.write(&chunk);
                 }
                 if written != size {
-                    return Err(MediaError::Other(format!(
-                        "expected {size} bytes, got {written}"
-                    )));
+                    return Err(MediaError::Other(format!("expected {size} bytes, got {written}")));
                 }
                 Ok(())
             }
@@ -204,33 +176,22 @@ impl BlobStore for S3Store {
                     return Ok(super::once(Bytes::new()));
                 }
             }
-            let opts = GetOptions {
-                range: range.map(|r| GetRange::Bounded(r.start..r.end)),
-                ..Default::default()
-            };
-            let res = self
-                .store
-                .get_opts(&path, opts)
-                .await
-                .map_err(|e| match e {
-                    object_store::Error::NotFound { .. } => MediaError::NotFound,
-                    object_store::Error::Generic { source, .. }
-                        if source.to_string().contains("416")
-                            || source.to_string().contains("Range") =>
-                    {
-                        MediaError::BadRange
-                    }
-                    other => MediaError::Unavailable(other.to_string()),
-                })?;
+            let opts = GetOptions { range: range.map(|r| GetRange::Bounded(r.start..r.end)), ..Default::default() };
+            let res = self.store.get_opts(&path, opts).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => MediaError::NotFound,
+                object_store::Error::Generic { source, .. }
+                    if source.to_string().contains("416") || source.to_string().contains("Range") =>
+                {
+                    MediaError::BadRange
+                }
+                other => MediaError::Unavailable(other.to_string()),
+            })?;
             if let Some(r) = range {
                 if r.end > res.meta.size {
                     return Err(MediaError::BadRange);
                 }
             }
-            Ok(Box::pin(
-                res.into_stream()
-                    .map_err(|e| std::io::Error::other(e.to_string())),
-            ) as ByteStream)
+            Ok(Box::pin(res.into_stream().map_err(|e| std::io::Error::other(e.to_string()))) as ByteStream)
         }
         .boxed()
     }
@@ -264,11 +225,7 @@ impl BlobStore for S3Store {
             let prefix = prefix.clone();
             async move {
                 match m {
-                    Ok(meta) => meta
-                        .location
-                        .as_ref()
-                        .strip_prefix(prefix.as_str())
-                        .map(|k| Ok(k.to_owned())),
+                    Ok(meta) => meta.location.as_ref().strip_prefix(prefix.as_str()).map(|k| Ok(k.to_owned())),
                     Err(e) => Some(Err(map_err(e))),
                 }
             }

@@ -25,14 +25,7 @@ async fn registration_uses_interactive_auth_and_login_accepts_localpart_or_mxid(
     assert_eq!(v["user_id"], "@alice:localhost");
     let token = v["access_token"].as_str().unwrap().to_owned();
 
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/account/whoami",
-            Some(&token),
-            None,
-        )
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
     assert_eq!((st, v["user_id"].as_str()), (200, Some("@alice:localhost")));
 
     for user in ["alice", "@alice:localhost", "ALICE"] {
@@ -52,86 +45,59 @@ async fn registration_uses_interactive_auth_and_login_accepts_localpart_or_mxid(
     assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"));
 
     // Taken and invalid names.
-    let (st, v) = s.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "alice", "password": "password123", "auth": {"type": "m.login.dummy"}}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "alice", "password": "password123", "auth": {"type": "m.login.dummy"}})),
+        )
+        .await;
     assert_eq!((st, errcode(&v)), (400, "M_USER_IN_USE"));
-    let (st, v) = s.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "Bad Name", "password": "password123", "auth": {"type": "m.login.dummy"}}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "Bad Name", "password": "password123", "auth": {"type": "m.login.dummy"}})),
+        )
+        .await;
     assert_eq!((st, errcode(&v)), (400, "M_INVALID_USERNAME"));
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/register/available?username=alice",
-            None,
-            None,
-        )
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/register/available?username=alice", None, None).await;
     assert_eq!((st, errcode(&v)), (400, "M_USER_IN_USE"));
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/register/available?username=carol",
-            None,
-            None,
-        )
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/register/available?username=carol", None, None).await;
     assert_eq!((st, v["available"].as_bool()), (200, Some(true)));
 
     // Logout kills the token.
-    let (st, _) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/logout",
-            Some(&token),
-            Some(json!({})),
-        )
-        .await;
+    let (st, _) = s.call("POST", "/_matrix/client/v3/logout", Some(&token), Some(json!({}))).await;
     assert_eq!(st, 200);
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/account/whoami",
-            Some(&token),
-            None,
-        )
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
     assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"));
 }
 
 #[tokio::test]
 async fn registration_is_disabled_by_default_and_token_mode_counts_uses() {
     let s = Server::start_with(&[]).await;
-    let (st, v) = s.call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "x", "password": "password123", "auth": {"type": "m.login.dummy"}}))).await;
-    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"));
-    drop(s);
-
-    let s = Server::start_with(&[
-        ("MOSS_REGISTRATION", "token"),
-        ("MOSS_RATE_LIMITS__ENABLED", "false"),
-    ])
-    .await;
-    let out = std::process::Command::new(crate::common::moss_bin())
-        .args([
-            "registration-token",
-            "create",
-            "--token",
-            "invite-1",
-            "--uses",
-            "1",
-        ])
-        .env("MOSS_DATA_DIR", s.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let (st, v) = s
         .call(
             "POST",
             "/_matrix/client/v3/register",
             None,
-            Some(json!({"username": "t1", "password": "password123"})),
+            Some(json!({"username": "x", "password": "password123", "auth": {"type": "m.login.dummy"}})),
         )
+        .await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"));
+    drop(s);
+
+    let s = Server::start_with(&[("MOSS_REGISTRATION", "token"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await;
+    let out = std::process::Command::new(crate::common::moss_bin())
+        .args(["registration-token", "create", "--token", "invite-1", "--uses", "1"])
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (st, v) = s
+        .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "t1", "password": "password123"})))
         .await;
     assert_eq!(st, 401);
     assert_eq!(v["flows"][0]["stages"][0], "m.login.registration_token");
@@ -139,11 +105,7 @@ async fn registration_is_disabled_by_default_and_token_mode_counts_uses() {
         .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "t1", "password": "password123", "auth": {"type": "m.login.registration_token", "token": "wrong"}})))
         .await;
     assert_eq!(st, 401, "{v}");
-    assert_eq!(
-        errcode(&v),
-        "M_FORBIDDEN",
-        "the stage's error sits beside the flows: {v}"
-    );
+    assert_eq!(errcode(&v), "M_FORBIDDEN", "the stage's error sits beside the flows: {v}");
     let (st, v) = s
         .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": "t1", "password": "password123", "auth": {"type": "m.login.registration_token", "token": "invite-1"}})))
         .await;
@@ -159,13 +121,7 @@ async fn registration_is_disabled_by_default_and_token_mode_counts_uses() {
 async fn password_change_and_deactivation_need_the_password() {
     let s = Server::start().await;
     let a = s.register("pw").await;
-    let (st, v) = s
-        .post(
-            "/_matrix/client/v3/account/password",
-            &a,
-            json!({"new_password": "newpassword1"}),
-        )
-        .await;
+    let (st, v) = s.post("/_matrix/client/v3/account/password", &a, json!({"new_password": "newpassword1"})).await;
     assert_eq!(st, 401, "{v}");
     let session = v["session"].as_str().unwrap();
     let auth = |pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": a.id}, "password": pw, "session": session});
@@ -179,49 +135,22 @@ async fn password_change_and_deactivation_need_the_password() {
     assert_eq!(st, 401);
     assert_eq!(errcode(&v), "M_FORBIDDEN");
     assert!(v["flows"].is_array() && v["session"].is_string(), "{v}");
-    let (st, v) = s.post("/_matrix/client/v3/account/password", &a, json!({"new_password": "newpassword1", "logout_devices": false, "auth": auth("password123")})).await;
-    assert_eq!(st, 200, "{v}");
-    let login = |pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "pw"}, "password": pw});
-    assert_eq!(
-        s.call(
-            "POST",
-            "/_matrix/client/v3/login",
-            None,
-            Some(login("password123"))
-        )
-        .await
-        .0,
-        403
-    );
-    assert_eq!(
-        s.call(
-            "POST",
-            "/_matrix/client/v3/login",
-            None,
-            Some(login("newpassword1"))
-        )
-        .await
-        .0,
-        200
-    );
-
-    let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "pw"}, "password": "newpassword1"});
     let (st, v) = s
         .post(
-            "/_matrix/client/v3/account/deactivate",
+            "/_matrix/client/v3/account/password",
             &a,
-            json!({"auth": auth}),
+            json!({"new_password": "newpassword1", "logout_devices": false, "auth": auth("password123")}),
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/login",
-            None,
-            Some(login("newpassword1")),
-        )
-        .await;
+    let login = |pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "pw"}, "password": pw});
+    assert_eq!(s.call("POST", "/_matrix/client/v3/login", None, Some(login("password123"))).await.0, 403);
+    assert_eq!(s.call("POST", "/_matrix/client/v3/login", None, Some(login("newpassword1"))).await.0, 200);
+
+    let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "pw"}, "password": "newpassword1"});
+    let (st, v) = s.post("/_matrix/client/v3/account/deactivate", &a, json!({"auth": auth})).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.call("POST", "/_matrix/client/v3/login", None, Some(login("newpassword1"))).await;
     assert_eq!(st, 403, "{v}");
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", &a).await.0, 401);
 }
@@ -237,47 +166,13 @@ async fn refresh_tokens_rotate() {
     assert!(v["expires_in_ms"].as_u64().unwrap() > 0);
     let refresh = v["refresh_token"].as_str().unwrap().to_owned();
     let old_access = v["access_token"].as_str().unwrap().to_owned();
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/refresh",
-            None,
-            Some(json!({"refresh_token": refresh})),
-        )
-        .await;
+    let (st, v) = s.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({"refresh_token": refresh}))).await;
     assert_eq!(st, 200, "{v}");
     let new_access = v["access_token"].as_str().unwrap();
     assert_ne!(new_access, old_access);
-    assert_eq!(
-        s.call(
-            "GET",
-            "/_matrix/client/v3/account/whoami",
-            Some(new_access),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "GET",
-            "/_matrix/client/v3/account/whoami",
-            Some(&old_access),
-            None
-        )
-        .await
-        .0,
-        401
-    );
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/refresh",
-            None,
-            Some(json!({"refresh_token": refresh})),
-        )
-        .await;
+    assert_eq!(s.call("GET", "/_matrix/client/v3/account/whoami", Some(new_access), None).await.0, 200);
+    assert_eq!(s.call("GET", "/_matrix/client/v3/account/whoami", Some(&old_access), None).await.0, 401);
+    let (st, v) = s.call("POST", "/_matrix/client/v3/refresh", None, Some(json!({"refresh_token": refresh}))).await;
     assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"));
 }
 
@@ -288,28 +183,15 @@ async fn devices_can_be_listed_renamed_and_deleted() {
     let (st, v) = s.get("/_matrix/client/v3/devices", &a).await;
     assert_eq!(st, 200);
     assert_eq!(v["devices"][0]["device_id"], a.device);
-    let (st, _) = s
-        .put(
-            &format!("/_matrix/client/v3/devices/{}", a.device),
-            &a,
-            json!({"display_name": "laptop"}),
-        )
-        .await;
+    let (st, _) =
+        s.put(&format!("/_matrix/client/v3/devices/{}", a.device), &a, json!({"display_name": "laptop"})).await;
     assert_eq!(st, 200);
-    let (_, v) = s
-        .get(&format!("/_matrix/client/v3/devices/{}", a.device), &a)
-        .await;
+    let (_, v) = s.get(&format!("/_matrix/client/v3/devices/{}", a.device), &a).await;
     assert_eq!(v["display_name"], "laptop");
     let (st, v) = s.get("/_matrix/client/v3/devices/NOPE", &a).await;
     assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"));
-    let (st, _) = s
-        .call(
-            "DELETE",
-            &format!("/_matrix/client/v3/devices/{}", a.device),
-            Some(&a.token),
-            Some(json!({})),
-        )
-        .await;
+    let (st, _) =
+        s.call("DELETE", &format!("/_matrix/client/v3/devices/{}", a.device), Some(&a.token), Some(json!({}))).await;
     assert_eq!(st, 401);
     let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "dev"}, "password": "password123"});
     let (st, v) = s
@@ -326,53 +208,28 @@ async fn devices_can_be_listed_renamed_and_deleted() {
 
 #[tokio::test]
 async fn synapse_shared_secret_registration_checks_the_hmac() {
-    let s = Server::start_with(&[
-        ("MOSS_REGISTRATION_SHARED_SECRET", "s3cret"),
-        ("MOSS_RATE_LIMITS__ENABLED", "false"),
-    ])
-    .await;
+    let s =
+        Server::start_with(&[("MOSS_REGISTRATION_SHARED_SECRET", "s3cret"), ("MOSS_RATE_LIMITS__ENABLED", "false")])
+            .await;
     let mac = |nonce: &str, user: &str, pw: &str, admin: bool| {
         let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
-        m.update(
-            format!(
-                "{nonce}\0{user}\0{pw}\0{}",
-                if admin { "admin" } else { "notadmin" }
-            )
-            .as_bytes(),
-        );
+        m.update(format!("{nonce}\0{user}\0{pw}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes());
         hex::encode(m.finalize().into_bytes())
     };
-    let (_, v) = s
-        .call("GET", "/_synapse/admin/v1/register", None, None)
-        .await;
+    let (_, v) = s.call("GET", "/_synapse/admin/v1/register", None, None).await;
     let nonce = v["nonce"].as_str().unwrap().to_owned();
     let (st, v) = s
         .call("POST", "/_synapse/admin/v1/register", None, Some(json!({"nonce": nonce, "username": "ops", "password": "password123", "admin": true, "mac": mac(&nonce, "ops", "password123", false)})))
         .await;
-    assert_eq!(
-        (st, errcode(&v)),
-        (403, "M_FORBIDDEN"),
-        "a MAC over other fields must fail"
-    );
-    let (_, v) = s
-        .call("GET", "/_synapse/admin/v1/register", None, None)
-        .await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "a MAC over other fields must fail");
+    let (_, v) = s.call("GET", "/_synapse/admin/v1/register", None, None).await;
     let nonce = v["nonce"].as_str().unwrap().to_owned();
     let body = json!({"nonce": nonce, "username": "ops", "password": "password123", "admin": true, "mac": mac(&nonce, "ops", "password123", true)});
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_synapse/admin/v1/register",
-            None,
-            Some(body.clone()),
-        )
-        .await;
+    let (st, v) = s.call("POST", "/_synapse/admin/v1/register", None, Some(body.clone())).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["user_id"], "@ops:localhost");
     // Nonces are single-use.
-    let (st, _) = s
-        .call("POST", "/_synapse/admin/v1/register", None, Some(body))
-        .await;
+    let (st, _) = s.call("POST", "/_synapse/admin/v1/register", None, Some(body)).await;
     assert_eq!(st, 400);
 }
 

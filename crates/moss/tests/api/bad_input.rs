@@ -12,106 +12,36 @@ async fn every_kind_of_bad_input_gets_its_errcode_and_changes_nothing() {
     .await;
     let a = s.register("alice").await;
     let room = s.create_room(&a, json!({})).await;
-    let count_rooms = || async {
-        s.get("/_matrix/client/v3/joined_rooms", &a).await.1["joined_rooms"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
+    let count_rooms =
+        || async { s.get("/_matrix/client/v3/joined_rooms", &a).await.1["joined_rooms"].as_array().unwrap().len() };
 
-    let (st, v) = s
-        .call_raw(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&a.token),
-            Some(b"{not json".to_vec()),
-        )
-        .await;
+    let (st, v) =
+        s.call_raw("POST", "/_matrix/client/v3/createRoom", Some(&a.token), Some(b"{not json".to_vec())).await;
     assert_eq!((st, errcode(&v)), (400, "M_NOT_JSON"));
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&a.token),
-            Some(json!({"name": 5})),
-        )
-        .await;
+    let (st, v) = s.call("POST", "/_matrix/client/v3/createRoom", Some(&a.token), Some(json!({"name": 5}))).await;
+    assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"));
+    let (st, v) = s.call("POST", "/_matrix/client/v3/createRoom", Some(&a.token), Some(json!(["array"]))).await;
     assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"));
     let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&a.token),
-            Some(json!(["array"])),
-        )
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&a.token), Some(json!({"invite": ["not-a-user-id"]})))
         .await;
-    assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"));
-    let (st, v) = s
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&a.token),
-            Some(json!({"invite": ["not-a-user-id"]})),
-        )
-        .await;
-    assert!(
-        st == 400 && (errcode(&v) == "M_INVALID_PARAM" || errcode(&v) == "M_BAD_JSON"),
-        "{st} {v}"
-    );
-    assert_eq!(
-        count_rooms().await,
-        1,
-        "failed createRoom calls must not create rooms"
-    );
+    assert!(st == 400 && (errcode(&v) == "M_INVALID_PARAM" || errcode(&v) == "M_BAD_JSON"), "{st} {v}");
+    assert_eq!(count_rooms().await, 1, "failed createRoom calls must not create rooms");
 
-    let (st, v) = s
-        .get("/_matrix/client/v3/rooms/not-a-room-id/state", &a)
-        .await;
+    let (st, v) = s.get("/_matrix/client/v3/rooms/not-a-room-id/state", &a).await;
     assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
-    let (st, v) = s
-        .call("GET", "/_matrix/client/v3/joined_rooms", None, None)
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/joined_rooms", None, None).await;
     assert_eq!((st, errcode(&v)), (401, "M_MISSING_TOKEN"));
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/joined_rooms",
-            Some("mat_bogus"),
-            None,
-        )
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/joined_rooms", Some("mat_bogus"), None).await;
     assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"));
-    let (st, v) = s
-        .call(
-            "GET",
-            "/_matrix/client/v3/joined_rooms?access_token=mat_bogus",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (st, errcode(&v)),
-        (401, "M_UNKNOWN_TOKEN"),
-        "query-string tokens are read too"
-    );
-    let (st, v) = s
-        .call("GET", "/_matrix/client/v3/no/such/endpoint", None, None)
-        .await;
+    let (st, v) = s.call("GET", "/_matrix/client/v3/joined_rooms?access_token=mat_bogus", None, None).await;
+    assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"), "query-string tokens are read too");
+    let (st, v) = s.call("GET", "/_matrix/client/v3/no/such/endpoint", None, None).await;
     assert_eq!((st, errcode(&v)), (404, "M_UNRECOGNIZED"));
-    let (st, v) = s
-        .call(
-            "DELETE",
-            "/_matrix/client/v3/joined_rooms",
-            Some(&a.token),
-            None,
-        )
-        .await;
+    let (st, v) = s.call("DELETE", "/_matrix/client/v3/joined_rooms", Some(&a.token), None).await;
     assert_eq!((st, errcode(&v)), (405, "M_UNRECOGNIZED"));
 
-    let huge = format!(
-        "{{\"msgtype\":\"m.text\",\"body\":\"{}\"}}",
-        "x".repeat(200_000)
-    );
+    let huge = format!("{{\"msgtype\":\"m.text\",\"body\":\"{}\"}}", "x".repeat(200_000));
     let (st, v) = s
         .call_raw(
             "PUT",
@@ -122,56 +52,22 @@ async fn every_kind_of_bad_input_gets_its_errcode_and_changes_nothing() {
         .await;
     assert_eq!((st, errcode(&v)), (413, "M_TOO_LARGE"));
     let event = json!({"msgtype": "m.text", "body": "y".repeat(70_000)});
-    let (st, v) = s
-        .put(
-            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big2"),
-            &a,
-            event,
-        )
-        .await;
-    assert_eq!(
-        (st, errcode(&v)),
-        (413, "M_TOO_LARGE"),
-        "events over 65536 bytes are refused"
-    );
+    let (st, v) = s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big2"), &a, event).await;
+    assert_eq!((st, errcode(&v)), (413, "M_TOO_LARGE"), "events over 65536 bytes are refused");
 
-    let (st, v) = s
-        .put(
-            "/_matrix/client/v3/rooms/!unknown:localhost/send/m.room.message/x",
-            &a,
-            json!({"body": "x"}),
-        )
-        .await;
+    let (st, v) =
+        s.put("/_matrix/client/v3/rooms/!unknown:localhost/send/m.room.message/x", &a, json!({"body": "x"})).await;
     assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"));
     let (st, v) = s.get("/_matrix/client/v3/sync?since=garbage", &a).await;
     assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
-    let (st, v) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=zzz"),
-            &a,
-        )
-        .await;
+    let (st, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=zzz"), &a).await;
     assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
-    let (st, v) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=sideways"),
-            &a,
-        )
-        .await;
+    let (st, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=sideways"), &a).await;
     assert_eq!(st, 400, "{v}");
 
     // Nothing above reached the timeline.
-    let (_, msgs) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
-            &a,
-        )
-        .await;
-    assert!(!msgs["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["type"] == "m.room.message"));
+    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), &a).await;
+    assert!(!msgs["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.message"));
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
@@ -179,10 +75,7 @@ async fn every_kind_of_bad_input_gets_its_errcode_and_changes_nothing() {
 async fn cors_preflight_allows_authorization() {
     let s = Server::start().await;
     let res = reqwest::Client::new()
-        .request(
-            reqwest::Method::OPTIONS,
-            format!("{}/_matrix/client/v3/sync", s.base),
-        )
+        .request(reqwest::Method::OPTIONS, format!("{}/_matrix/client/v3/sync", s.base))
         .header("Origin", "http://localhost:3000")
         .header("Access-Control-Request-Method", "GET")
         .header("Access-Control-Request-Headers", "authorization")
@@ -192,10 +85,7 @@ async fn cors_preflight_allows_authorization() {
     assert_eq!(res.status(), 200);
     let h = res.headers();
     assert_eq!(h["access-control-allow-origin"], "*");
-    assert!(h["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .contains("authorization"));
+    assert!(h["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
     // The legacy r0 paths still answer.
     let (st, _) = s.call("GET", "/_matrix/client/r0/login", None, None).await;
     assert_eq!(st, 200);

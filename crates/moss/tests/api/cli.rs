@@ -3,12 +3,7 @@ use std::process::Command;
 use crate::common::{moss_bin, Server};
 
 fn moss(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(moss_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("MOSS_DATA_DIR", dir.join("data"))
-        .output()
-        .unwrap()
+    Command::new(moss_bin()).args(args).current_dir(dir).env("MOSS_DATA_DIR", dir.join("data")).output().unwrap()
 }
 
 #[test]
@@ -16,19 +11,11 @@ fn init_writes_a_config_that_checks_and_check_names_bad_keys() {
     let dir = std::env::temp_dir().join(format!("moss-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = moss(&dir, &["init"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(dir.join("moss.toml")).unwrap();
     assert!(text.contains("server_name = \"localhost\""));
     let out = moss(&dir, &["config", "check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A second init refuses to overwrite.
     assert!(!moss(&dir, &["init"]).status.success());
 
@@ -38,16 +25,8 @@ fn init_writes_a_config_that_checks_and_check_names_bad_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("server_nmae"));
     std::fs::write(dir.join("bad.toml"), "[http]\nbind = 8008\n").unwrap();
     let out = moss(&dir, &["-c", "bad.toml", "config", "check"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bind"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(
-        dir.join("bad.toml"),
-        "data_dir = \"/nonexistent/deeper/data\"\n",
-    )
-    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bind"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("bad.toml"), "data_dir = \"/nonexistent/deeper/data\"\n").unwrap();
     let out = Command::new(moss_bin())
         .args(["-c", "bad.toml", "config", "check"])
         .current_dir(&dir)
@@ -63,56 +42,23 @@ fn init_writes_a_config_that_checks_and_check_names_bad_keys() {
 async fn user_commands_work_while_the_server_runs() {
     let s = Server::start().await;
     let run = |args: &[&str]| {
-        let out = Command::new(moss_bin())
-            .args(args)
-            .env("MOSS_DATA_DIR", s.data_dir())
-            .output()
-            .unwrap();
+        let out = Command::new(moss_bin()).args(args).env("MOSS_DATA_DIR", s.data_dir()).output().unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (ok, out) = run(&[
-        "user",
-        "create",
-        "dora",
-        "--password",
-        "password123",
-        "--admin",
-    ]);
+    let (ok, out) = run(&["user", "create", "dora", "--password", "password123", "--admin"]);
     assert!(ok, "{out}");
     let (ok, _) = run(&["user", "create", "dora", "--password", "password123"]);
     assert!(!ok, "duplicate users are refused");
     let (_, list) = run(&["user", "list"]);
     assert!(list.contains("@dora:localhost (admin)"), "{list}");
     let login = serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "dora"}, "password": "password123"});
-    assert_eq!(
-        s.call(
-            "POST",
-            "/_matrix/client/v3/login",
-            None,
-            Some(login.clone())
-        )
-        .await
-        .0,
-        200
-    );
-    let (ok, out) = run(&[
-        "user",
-        "reset-password",
-        "dora",
-        "--password",
-        "another-pass",
-    ]);
+    assert_eq!(s.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await.0, 200);
+    let (ok, out) = run(&["user", "reset-password", "dora", "--password", "another-pass"]);
     assert!(ok, "{out}");
-    assert_eq!(
-        s.call("POST", "/_matrix/client/v3/login", None, Some(login))
-            .await
-            .0,
-        403
-    );
+    assert_eq!(s.call("POST", "/_matrix/client/v3/login", None, Some(login)).await.0, 403);
     let (ok, out) = run(&["user", "deactivate", "dora"]);
     assert!(ok, "{out}");
     let (_, list) = run(&["user", "list"]);

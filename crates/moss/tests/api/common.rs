@@ -24,11 +24,7 @@ pub struct User {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn moss_bin() -> &'static str {
@@ -38,31 +34,19 @@ pub fn moss_bin() -> &'static str {
 fn fresh_dir() -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!(
-        "moss-test-{}-{n}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let dir = std::env::temp_dir().join(format!("moss-test-{}-{n}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        % 1_000_000_007
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
 }
 
 impl Server {
     /// Open registration, no rate limits: the usual test setup.
     pub async fn start() -> Server {
-        Server::start_with(&[
-            ("MOSS_REGISTRATION", "open"),
-            ("MOSS_RATE_LIMITS__ENABLED", "false"),
-        ])
-        .await
+        Server::start_with(&[("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await
     }
 
     pub async fn start_with(env: &[(&str, &str)]) -> Server {
@@ -85,10 +69,7 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start moss");
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let server = Server {
             base: format!("http://127.0.0.1:{port}"),
             dir,
@@ -98,12 +79,7 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = server
-                .http
-                .get(format!("{}/_matrix/client/versions", server.base))
-                .send()
-                .await
-            {
+            if let Ok(r) = server.http.get(format!("{}/_matrix/client/versions", server.base)).send().await {
                 if r.status() == 200 {
                     break;
                 }
@@ -138,9 +114,7 @@ impl Server {
     /// Logs in with the test password; returns the access token.
     pub async fn login(&self, name: &str) -> String {
         let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "password123"});
-        let (st, v) = self
-            .call("POST", "/_matrix/client/v3/login", None, Some(body))
-            .await;
+        let (st, v) = self.call("POST", "/_matrix/client/v3/login", None, Some(body)).await;
         assert_eq!(st, 200, "login {name}: {v}");
         v["access_token"].as_str().unwrap().to_owned()
     }
@@ -168,10 +142,7 @@ impl Server {
     /// Sends SIGTERM and waits for the process; returns its exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -187,29 +158,11 @@ impl Server {
     }
 
     /// Any request: returns status and JSON body (`null` if the body is not JSON).
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.call_raw(
-            method,
-            path,
-            token,
-            body.map(|b| b.to_string().into_bytes()),
-        )
-        .await
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_raw(method, path, token, body.map(|b| b.to_string().into_bytes())).await
     }
 
-    pub async fn call_raw(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> (u16, Value) {
+    pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
@@ -221,10 +174,7 @@ impl Server {
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
         let bytes = res.bytes().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str, u: &User) -> (u16, Value) {
@@ -240,7 +190,12 @@ impl Server {
     /// Registers through the dummy-auth flow and returns the logged-in user.
     pub async fn register(&self, name: &str) -> User {
         let (s, v) = self
-            .call("POST", "/_matrix/client/v3/register", None, Some(json!({"username": name, "password": "password123", "auth": {"type": "m.login.dummy"}})))
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({"username": name, "password": "password123", "auth": {"type": "m.login.dummy"}})),
+            )
             .await;
         assert_eq!(s, 200, "register {name}: {v}");
         User {
@@ -270,8 +225,7 @@ impl Server {
     }
 
     pub async fn join(&self, u: &User, room: &str) -> (u16, Value) {
-        self.post(&format!("/_matrix/client/v3/join/{room}"), u, json!({}))
-            .await
+        self.post(&format!("/_matrix/client/v3/join/{room}"), u, json!({})).await
     }
 
     pub async fn sync(&self, u: &User, since: Option<&str>, timeout_ms: u64) -> Value {
@@ -298,11 +252,7 @@ impl Drop for Server {
 }
 
 pub fn enc(s: &str) -> String {
-    s.replace('#', "%23")
-        .replace('!', "%21")
-        .replace('$', "%24")
-        .replace(':', "%3A")
-        .replace('@', "%40")
+    s.replace('#', "%23").replace('!', "%21").replace('$', "%24").replace(':', "%3A").replace('@', "%40")
 }
 
 /// The errcode of an error body.

@@ -51,11 +51,7 @@ fn s3_env() -> Option<S3Env> {
 fn prefix() -> String {
     format!(
         "t{}-",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            % 1_000_000_000_000
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000
     )
 }
 
@@ -100,9 +96,7 @@ async fn raw_objects(store: &S3Store) -> Vec<(String, Vec<u8>)> {
     let keys: Vec<String> = store.list().map(|k| k.unwrap()).collect().await;
     let mut out = Vec::new();
     for k in keys {
-        let bytes = moss_media::store::read_all(store.get(&k, None).await.unwrap())
-            .await
-            .unwrap();
+        let bytes = moss_media::store::read_all(store.get(&k, None).await.unwrap()).await.unwrap();
         out.push((k, bytes));
     }
     out
@@ -121,12 +115,7 @@ async fn media_round_trips_through_s3() {
         "one object per distinct upload: {:?}",
         objects.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
-    assert!(
-        objects
-            .iter()
-            .all(|(k, _)| k.starts_with("c-") && !k.contains('/')),
-        "flat keyed-hash names"
-    );
+    assert!(objects.iter().all(|(k, _)| k.starts_with("c-") && !k.contains('/')), "flat keyed-hash names");
 }
 
 #[tokio::test]
@@ -137,24 +126,14 @@ async fn encrypted_media_on_s3_leaves_no_plaintext_in_the_bucket() {
     round_trips(&s).await;
     let a = s.register("marker").await;
     let marker = b"MOSS-S3-PLAINTEXT-MARKER ".repeat(4000);
-    let (st, v) = upload(
-        &s,
-        &a,
-        marker.clone(),
-        "text/plain",
-        Some("secret-name.txt"),
-    )
-    .await;
+    let (st, v) = upload(&s, &a, marker.clone(), "text/plain", Some("secret-name.txt")).await;
     assert_eq!(st, 200, "{v}");
     // The same file again: deduplicated, still one data object.
     let (_, v2) = upload(&s, &a, marker.clone(), "text/plain", None).await;
     let res = download(
         &s,
         Some(&a),
-        &format!(
-            "/_matrix/client/v1/media/download/{}",
-            media_path(v2["content_uri"].as_str().unwrap())
-        ),
+        &format!("/_matrix/client/v1/media/download/{}", media_path(v2["content_uri"].as_str().unwrap())),
         None,
     )
     .await;
@@ -162,16 +141,10 @@ async fn encrypted_media_on_s3_leaves_no_plaintext_in_the_bucket() {
 
     let objects = raw_objects(&raw_store(&env, &p)).await;
     let data_objects = objects.iter().filter(|(k, _)| !k.ends_with(".k")).count();
-    assert_eq!(
-        data_objects, 4,
-        "3 round-trip sizes + 1 marker, deduplicated"
-    );
+    assert_eq!(data_objects, 4, "3 round-trip sizes + 1 marker, deduplicated");
     for (k, bytes) in &objects {
         for needle in [&b"MOSS-S3-PLAINTEXT-MARKER"[..], b"secret-name"] {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "plaintext in object {k}"
-            );
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "plaintext in object {k}");
         }
     }
 }
@@ -180,10 +153,7 @@ async fn encrypted_media_on_s3_leaves_no_plaintext_in_the_bucket() {
 async fn an_unreachable_s3_fails_uploads_fast_and_cleanly() {
     let Some(env) = s3_env() else { return };
     // A port nothing listens on stands in for a store that is down.
-    let dead = S3Env {
-        endpoint: "http://127.0.0.1:9".into(),
-        ..env
-    };
+    let dead = S3Env { endpoint: "http://127.0.0.1:9".into(), ..env };
     let s = start(&dead, "dead-", false).await;
     let a = s.register("alice").await;
     let started = std::time::Instant::now();
@@ -191,15 +161,8 @@ async fn an_unreachable_s3_fails_uploads_fast_and_cleanly() {
     assert_eq!(st, 502, "{v}");
     assert_eq!(v["errcode"], "M_UNKNOWN");
     assert!(v["error"].as_str().unwrap().contains("unavailable"), "{v}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(),
-        0
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(), 0);
 }
 
 /// A Garage of the test's own, on other ports, so stopping it disturbs no other test.
@@ -212,8 +175,7 @@ struct OwnGarage {
 impl OwnGarage {
     fn start() -> OwnGarage {
         let dir = std::env::temp_dir().join(format!("moss-garage-{}", std::process::id()));
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/garage-start.sh");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/garage-start.sh");
         let out = std::process::Command::new("bash")
             .arg(script)
             .arg(&dir)
@@ -221,18 +183,9 @@ impl OwnGarage {
             .env("GARAGE_RPC_PORT", "3911")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "garage-start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "garage-start: {}", String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(dir.join("env")).unwrap();
-        let var = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-                .unwrap()
-                .to_owned()
-        };
+        let var = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("export {k}="))).unwrap().to_owned();
         let env = S3Env {
             endpoint: var("MOSS_TEST_S3_ENDPOINT"),
             region: var("MOSS_TEST_S3_REGION"),
@@ -240,28 +193,19 @@ impl OwnGarage {
             key_id: var("MOSS_TEST_S3_KEY_ID"),
             secret: var("MOSS_TEST_S3_SECRET"),
         };
-        let pid = std::fs::read_to_string(dir.join("garage.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = std::fs::read_to_string(dir.join("garage.pid")).unwrap().trim().parse().unwrap();
         OwnGarage { dir, env, pid }
     }
 
     fn stop(&self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-9")
-            .arg(self.pid.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg("-9").arg(self.pid.to_string()).status();
         std::thread::sleep(Duration::from_millis(200));
     }
 
     /// Starts the same node again on its existing data.
     async fn restart(&mut self) {
         let garage = format!("{}/.cargo/bin/garage", std::env::var("HOME").unwrap());
-        let garage = std::env::var("CARGO_HOME")
-            .map(|h| format!("{h}/bin/garage"))
-            .unwrap_or(garage);
+        let garage = std::env::var("CARGO_HOME").map(|h| format!("{h}/bin/garage")).unwrap_or(garage);
         let log = std::fs::File::create(self.dir.join("garage-restart.log")).unwrap();
         let child = std::process::Command::new(garage)
             .arg("server")
@@ -315,15 +259,9 @@ async fn cached_media_is_served_while_s3_is_down_and_everything_recovers() {
     let small = pattern(10_000);
     let big = pattern(300_000);
     let (_, v) = upload(&s, &a, small.clone(), "application/octet-stream", None).await;
-    let small_path = format!(
-        "/_matrix/client/v1/media/download/{}",
-        media_path(v["content_uri"].as_str().unwrap())
-    );
+    let small_path = format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap()));
     let (_, v) = upload(&s, &a, big.clone(), "application/octet-stream", None).await;
-    let big_path = format!(
-        "/_matrix/client/v1/media/download/{}",
-        media_path(v["content_uri"].as_str().unwrap())
-    );
+    let big_path = format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap()));
 
     garage.stop();
     let res = download(&s, Some(&a), &small_path, None).await;
@@ -331,18 +269,10 @@ async fn cached_media_is_served_while_s3_is_down_and_everything_recovers() {
     assert_eq!(res.bytes().await.unwrap().to_vec(), small);
     let started = std::time::Instant::now();
     let res = download(&s, Some(&a), &big_path, None).await;
-    assert_eq!(
-        res.status(),
-        502,
-        "media too large for the cache needs the store"
-    );
+    assert_eq!(res.status(), 502, "media too large for the cache needs the store");
     let (st, v) = upload(&s, &a, pattern(5000), "application/octet-stream", None).await;
     assert_eq!(st, 502, "{v}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "failures must be fast: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "failures must be fast: {:?}", started.elapsed());
 
     garage.restart().await;
     let res = download(&s, Some(&a), &big_path, None).await;
@@ -359,10 +289,7 @@ async fn media_check_diagnoses_a_real_store() {
         let out = std::process::Command::new(crate::common::moss_bin())
             .args(["media", "check", "--size", "200000"])
             .current_dir(std::env::temp_dir())
-            .env(
-                "MOSS_DATA_DIR",
-                std::env::temp_dir().join(format!("moss-check-{}", std::process::id())),
-            )
+            .env("MOSS_DATA_DIR", std::env::temp_dir().join(format!("moss-check-{}", std::process::id())))
             .env("MOSS_MEDIA__STORE", "s3")
             .env("MOSS_MEDIA__S3__ENDPOINT", &env.endpoint)
             .env("MOSS_MEDIA__S3__REGION", &env.region)
@@ -371,10 +298,7 @@ async fn media_check_diagnoses_a_real_store() {
             .env("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", secret)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let (ok, out) = run(&env.bucket, &env.secret);
     assert!(ok, "{out}");
@@ -410,10 +334,7 @@ async fn a_local_mirror_serves_what_the_bucket_lost() {
     let data = pattern(250_000);
     let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
     assert_eq!(st, 200, "{v}");
-    let path = format!(
-        "/_matrix/client/v1/media/download/{}",
-        media_path(v["content_uri"].as_str().unwrap())
-    );
+    let path = format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap()));
     // Both copies exist; then the bucket loses everything.
     let raw = raw_store(&env, &p);
     let keys: Vec<String> = raw.list().map(|k| k.unwrap()).collect().await;
@@ -433,19 +354,7 @@ async fn a_200_mib_upload_streams_through_encrypted_s3_with_flat_memory() {
     let s = start(&env, &p, true).await;
     let a = s.register("alice").await;
     let growth = big_round_trip(&s, &a, 200 << 20).await;
-    assert!(
-        growth < 64 << 20,
-        "peak memory grew by {} MiB",
-        growth >> 20
-    );
-    let objects: Vec<String> = raw_store(&env, &p)
-        .list()
-        .map(|k| k.unwrap())
-        .collect()
-        .await;
-    assert_eq!(
-        objects.len(),
-        2,
-        "one data object (multipart) and its key: {objects:?}"
-    );
+    assert!(growth < 64 << 20, "peak memory grew by {} MiB", growth >> 20);
+    let objects: Vec<String> = raw_store(&env, &p).list().map(|k| k.unwrap()).collect().await;
+    assert_eq!(objects.len(), 2, "one data object (multipart) and its key: {objects:?}");
 }

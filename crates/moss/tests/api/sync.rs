@@ -5,10 +5,7 @@ use serde_json::{json, Value};
 use crate::common::{enc, Server};
 
 fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
+    sync["rooms"]["join"][room]["timeline"]["events"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -16,43 +13,29 @@ async fn initial_and_incremental_sync_carry_timeline_state_and_invites() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s
-        .create_room(&alice, json!({"name": "Lobby", "invite": [bob.id]}))
-        .await;
+    let room = s.create_room(&alice, json!({"name": "Lobby", "invite": [bob.id]})).await;
 
     let initial = s.sync(&bob, None, 0).await;
     let invite = &initial["rooms"]["invite"][&room]["invite_state"]["events"];
     assert!(
-        invite
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Lobby"),
+        invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Lobby"),
         "{invite}"
     );
     assert!(invite
         .as_array()
         .unwrap()
         .iter()
-        .any(|e| e["type"] == "m.room.member"
-            && e["state_key"] == bob.id
-            && e["content"]["membership"] == "invite"));
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id && e["content"]["membership"] == "invite"));
     let since = initial["next_batch"].as_str().unwrap().to_owned();
 
     s.join(&bob, &room).await;
     let after_join = s.sync(&bob, Some(&since), 0).await;
     let joined = &after_join["rooms"]["join"][&room];
     assert!(
-        joined["state"]["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "m.room.create"),
+        joined["state"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"),
         "a new room comes with its state: {joined}"
     );
-    assert!(timeline(&after_join, &room)
-        .iter()
-        .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id));
+    assert!(timeline(&after_join, &room).iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id));
     let since = after_join["next_batch"].as_str().unwrap().to_owned();
 
     let id = s.send_text(&alice, &room, "hi bob").await;
@@ -61,33 +44,16 @@ async fn initial_and_incremental_sync_carry_timeline_state_and_invites() {
     assert_eq!(tl.len(), 1, "{inc}");
     assert_eq!(tl[0]["event_id"], id);
     assert_eq!(tl[0]["content"]["body"], "hi bob");
-    assert_eq!(
-        inc["rooms"]["join"][&room]["state"]["events"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
-    assert_eq!(
-        inc["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
-        1
-    );
+    assert_eq!(inc["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().len(), 0);
+    assert_eq!(inc["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1);
     let since = inc["next_batch"].as_str().unwrap().to_owned();
 
     // Nothing new: an empty incremental sync with no rooms.
     let empty = s.sync(&bob, Some(&since), 0).await;
-    assert!(
-        empty["rooms"]["join"].as_object().unwrap().is_empty(),
-        "{empty}"
-    );
+    assert!(empty["rooms"]["join"].as_object().unwrap().is_empty(), "{empty}");
 
     // Leaving puts the room in the leave section.
-    s.post(
-        &format!("/_matrix/client/v3/rooms/{room}/leave"),
-        &bob,
-        json!({}),
-    )
-    .await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &bob, json!({})).await;
     let left = s.sync(&bob, Some(&since), 0).await;
     assert!(left["rooms"]["leave"][&room].is_object(), "{left}");
 }
@@ -97,14 +63,9 @@ async fn long_poll_wakes_on_a_new_message_not_on_its_timeout() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
-    let since = s.sync(&bob, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     let started = Instant::now();
     let (sync, _) = tokio::join!(s.sync(&bob, Some(&since), 20_000), async {
@@ -128,14 +89,9 @@ async fn typing_receipts_and_limited_timelines() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
-    let since = s.sync(&alice, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     let (st, _) = s
         .put(
@@ -148,40 +104,19 @@ async fn typing_receipts_and_limited_timelines() {
     let v = s.sync(&alice, Some(&since), 5000).await;
     let eph = &v["rooms"]["join"][&room]["ephemeral"]["events"];
     assert!(
-        eph.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([bob.id])),
+        eph.as_array().unwrap().iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([bob.id])),
         "{v}"
     );
     let since = v["next_batch"].as_str().unwrap().to_owned();
 
     let ev = s.send_text(&alice, &room, "read me").await;
-    let (st, _) = s
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
-                enc(&ev)
-            ),
-            &bob,
-            json!({}),
-        )
-        .await;
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", enc(&ev)), &bob, json!({})).await;
     assert_eq!(st, 200);
     let v = s.sync(&alice, Some(&since), 0).await;
     let eph = &v["rooms"]["join"][&room]["ephemeral"]["events"];
-    let receipt = eph
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "m.receipt")
-        .expect("receipt in sync");
-    assert!(
-        receipt["content"][&ev]["m.read"][&bob.id]["ts"]
-            .as_u64()
-            .is_some(),
-        "{receipt}"
-    );
+    let receipt = eph.as_array().unwrap().iter().find(|e| e["type"] == "m.receipt").expect("receipt in sync");
+    assert!(receipt["content"][&ev]["m.read"][&bob.id]["ts"].as_u64().is_some(), "{receipt}");
     let since = v["next_batch"].as_str().unwrap().to_owned();
 
     for i in 0..15 {
@@ -194,12 +129,7 @@ async fn typing_receipts_and_limited_timelines() {
     assert_eq!(r["events"][9]["content"]["body"], "burst 14");
     // prev_batch continues exactly where the timeline starts.
     let prev = r["prev_batch"].as_str().unwrap();
-    let (_, back) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"),
-            &bob,
-        )
-        .await;
+    let (_, back) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"), &bob).await;
     assert_eq!(back["chunk"][0]["content"]["body"], "burst 4");
 }
 
@@ -207,34 +137,18 @@ async fn typing_receipts_and_limited_timelines() {
 async fn sigterm_ends_long_polls_and_exits_cleanly() {
     let mut s = Server::start().await;
     let alice = s.register("alice").await;
-    let since = s.sync(&alice, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = format!(
-        "{}/_matrix/client/v3/sync?timeout=30000&since={since}",
-        s.base
-    );
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let url = format!("{}/_matrix/client/v3/sync?timeout=30000&since={since}", s.base);
     let token = alice.token.clone();
     let poll = tokio::spawn(async move {
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
+        reqwest::Client::new().get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let code = tokio::task::spawn_blocking(move || s.terminate())
-        .await
-        .unwrap();
+    let code = tokio::task::spawn_blocking(move || s.terminate()).await.unwrap();
     assert_eq!(code, Some(0), "moss must exit cleanly on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(
-        poll.await.unwrap().expect("the long-poll gets an answer"),
-        200
-    );
+    assert_eq!(poll.await.unwrap().expect("the long-poll gets an answer"), 200);
 }
 
 #[tokio::test]
@@ -242,12 +156,8 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let keep = s
-        .create_room(&alice, json!({"preset": "public_chat", "name": "keep"}))
-        .await;
-    let skip = s
-        .create_room(&alice, json!({"preset": "public_chat", "name": "skip"}))
-        .await;
+    let keep = s.create_room(&alice, json!({"preset": "public_chat", "name": "keep"})).await;
+    let skip = s.create_room(&alice, json!({"preset": "public_chat", "name": "skip"})).await;
     s.join(&bob, &keep).await;
     s.join(&bob, &skip).await;
     s.send_text(&alice, &keep, "plain").await;
@@ -261,12 +171,8 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
         .await;
     assert_eq!(st, 200);
     let uid = enc(&bob.id);
-    s.put(
-        &format!("/_matrix/client/v3/user/{uid}/account_data/org.example.pref"),
-        &bob,
-        json!({"theme": "dark"}),
-    )
-    .await;
+    s.put(&format!("/_matrix/client/v3/user/{uid}/account_data/org.example.pref"), &bob, json!({"theme": "dark"}))
+        .await;
 
     let filter = json!({
         "room": {
@@ -275,13 +181,7 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
             "state": {"lazy_load_members": true},
         }
     });
-    let (st, v) = s
-        .post(
-            &format!("/_matrix/client/v3/user/{uid}/filter"),
-            &bob,
-            filter.clone(),
-        )
-        .await;
+    let (st, v) = s.post(&format!("/_matrix/client/v3/user/{uid}/filter"), &bob, filter.clone()).await;
     assert_eq!(st, 200);
     let fid = v["filter_id"].as_str().unwrap().to_owned();
     let inline = filter
@@ -295,16 +195,10 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
         .replace(':', "%3A")
         .replace(',', "%2C");
     for f in [fid, inline] {
-        let (st, v) = s
-            .get(&format!("/_matrix/client/v3/sync?filter={f}"), &bob)
-            .await;
+        let (st, v) = s.get(&format!("/_matrix/client/v3/sync?filter={f}"), &bob).await;
         assert_eq!(st, 200, "{v}");
         let join = v["rooms"]["join"].as_object().unwrap();
-        assert!(
-            join.contains_key(&keep) && !join.contains_key(&skip),
-            "not_rooms: {:?}",
-            join.keys()
-        );
+        assert!(join.contains_key(&keep) && !join.contains_key(&skip), "not_rooms: {:?}", join.keys());
         let tl = join[&keep]["timeline"]["events"].as_array().unwrap();
         assert_eq!(tl.len(), 2, "{tl:?}");
         assert!(tl.iter().all(|e| e["type"] == "m.room.message"));
@@ -315,10 +209,7 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
             .filter(|e| e["type"] == "m.room.member")
             .map(|e| e["state_key"].as_str().unwrap())
             .collect();
-        assert!(
-            members.contains(&alice.id.as_str()) && members.contains(&bob.id.as_str()),
-            "{members:?}"
-        );
+        assert!(members.contains(&alice.id.as_str()) && members.contains(&bob.id.as_str()), "{members:?}");
         let counts = &join[&keep]["unread_notifications"];
         assert_eq!(counts["highlight_count"], 1, "{counts}");
         assert_eq!(counts["notification_count"], 2, "{counts}");
@@ -330,12 +221,7 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
     }
 
     // Reading up to the newest event clears the counts.
-    let (_, msgs) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{keep}/messages?dir=b&limit=1"),
-            &bob,
-        )
-        .await;
+    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{keep}/messages?dir=b&limit=1"), &bob).await;
     let newest = msgs["chunk"][0]["event_id"].as_str().unwrap().to_owned();
     let (st, _) = s
         .post(
@@ -346,20 +232,14 @@ async fn sync_filters_by_id_and_inline_lazy_members_and_highlights() {
         .await;
     assert_eq!(st, 200);
     let v = s.sync(&bob, None, 0).await;
-    assert_eq!(
-        v["rooms"]["join"][&keep]["unread_notifications"]["notification_count"],
-        0
-    );
+    assert_eq!(v["rooms"]["join"][&keep]["unread_notifications"]["notification_count"], 0);
     let fully_read = v["rooms"]["join"][&keep]["account_data"]["events"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["type"] == "m.fully_read")
         .cloned();
-    assert_eq!(
-        fully_read.expect("m.fully_read in room account data")["content"]["event_id"],
-        newest
-    );
+    assert_eq!(fully_read.expect("m.fully_read in room account data")["content"]["event_id"], newest);
 }
 
 #[tokio::test]
@@ -367,32 +247,16 @@ async fn private_receipts_stay_private() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
     let ev = s.send_text(&alice, &room, "secret read").await;
-    let (st, _) = s
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{}",
-                enc(&ev)
-            ),
-            &bob,
-            json!({}),
-        )
-        .await;
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{}", enc(&ev)), &bob, json!({})).await;
     assert_eq!(st, 200);
     let a = s.sync(&alice, None, 0).await;
     let eph = a["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
-    assert!(
-        !eph.contains("m.read.private"),
-        "alice must not see bob's private receipt: {eph}"
-    );
+    assert!(!eph.contains("m.read.private"), "alice must not see bob's private receipt: {eph}");
     let b = s.sync(&bob, None, 0).await;
     let eph = b["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
-    assert!(
-        eph.contains("m.read.private"),
-        "bob sees his own private receipt: {eph}"
-    );
+    assert!(eph.contains("m.read.private"), "bob sees his own private receipt: {eph}");
 }
