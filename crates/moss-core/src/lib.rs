@@ -58,7 +58,8 @@ impl Moss {
             },
         )?;
         let key = keys::load_or_generate(&config.signing_key_path())?;
-        let media = media::Media::open(&config)?;
+        let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
+        let media = media::Media::open(&config, has_media)?;
         Ok(Arc::new(Moss {
             signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
             server_name,

@@ -1046,3 +1046,12 @@ impl Writer<'_> {
         Ok(())
     }
 }
+
+impl Reader<'_> {
+    /// Whether any upload has been recorded.
+    pub fn has_media(&self) -> Result<bool> {
+        Ok(self
+            .one("SELECT EXISTS (SELECT 1 FROM media WHERE content_key IS NOT NULL)", [], |r| r.get(0))?
+            .unwrap_or(false))
+    }
+}

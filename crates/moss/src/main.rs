@@ -1,6 +1,7 @@
 //! The `moss` binary: command line, configuration, logging and wiring.
 
 mod config_load;
+mod media_cli;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -91,6 +92,12 @@ enum MediaCommand {
         /// Probe size in bytes.
         #[arg(long, default_value_t = 1024 * 1024)]
         size: usize,
+    },
+    /// Restore every file from the store alone (no database needed), with its original name,
+    /// into OUT/<server>/<media id>/: disaster recovery from the bucket and the master key.
+    Decrypt {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -283,25 +290,7 @@ async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {
 
 async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
     match command {
-        MediaCommand::Check { size } => {
-            let store = &moss.media.store;
-            println!("checking {}", store.describe());
-            let steps = moss_media::check::check(store.as_ref(), size).await;
-            let mut failed = false;
-            for s in &steps {
-                match &s.outcome {
-                    Ok(()) => println!("  ok    {:<22} {:>8.1} ms", s.name, s.took.as_secs_f64() * 1000.0),
-                    Err(why) => {
-                        failed = true;
-                        println!("  FAIL  {:<22} {why}", s.name);
-                    }
-                }
-            }
-            if failed || steps.len() < 4 {
-                bail!("the media store is not usable");
-            }
-            println!("the media store works");
-        }
+        MediaCommand::Check { size } => media_cli::check(moss, size).await,
+        MediaCommand::Decrypt { out } => media_cli::decrypt(moss.media.store.as_ref(), &out).await,
     }
-    Ok(())
 }

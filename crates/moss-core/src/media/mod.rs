@@ -46,6 +46,20 @@ pub struct Media {
     writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// What the store keeps beside each upload (object `m-…`), enough to rebuild the media table.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MediaMeta {
+    pub media_id: String,
+    pub server_name: String,
+    pub user_id: String,
+    pub content_key: String,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+    pub created_ts: u64,
+}
+
 /// A media item ready to stream.
 pub struct Download {
     pub content_type: Option<String>,
@@ -82,12 +96,23 @@ fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
 }
 
 impl Media {
-    pub fn open(config: &Config) -> Result<Media> {
+    /// `has_media`: the database already records uploads, so a missing master key is an error
+    /// (a fresh key could not read them), not a first start.
+    pub fn open(config: &Config, has_media: bool) -> Result<Media> {
         let mut store = base_store(config)?;
         let enc = &config.media.encryption;
         if enc.enabled {
-            let master =
-                MasterKey::from_bytes(read_or_create_secret(&config.data_dir.join(&enc.key_file), "media master key")?);
+            let master = MasterKey::from_bytes({
+                let path = config.data_dir.join(&enc.key_file);
+                if has_media && !path.exists() {
+                    return Err(Error::internal(format!(
+                        "the media master key {} is missing but media exists: restore the key from your backup \
+                             (a new key could not decrypt the existing media)",
+                        path.display()
+                    )));
+                }
+                read_or_create_secret(&path, "media master key")?
+            });
             let mut previous = Vec::new();
             for p in &enc.previous_key_files {
                 let path = config.data_dir.join(p);
@@ -118,6 +143,14 @@ impl Media {
             let _ = std::fs::remove_file(entry.path());
         }
         Ok(Media { store, secret, spool, writing: Mutex::new(HashMap::new()) })
+    }
+
+    /// The name of the metadata record of a media id.
+    pub fn meta_key(&self, media_id: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length works");
+        mac.update(b"meta|");
+        mac.update(media_id.as_bytes());
+        format!("m-{}", hex::encode(mac.finalize().into_bytes()))
     }
 
     fn content_key(&self, sha256: &[u8]) -> String {
@@ -290,6 +323,25 @@ impl Moss {
         self.media.writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 
         let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
+        // A small record beside the content, so the store alone (plus the master key, when
+        // encrypted) can restore every file with its name and type: `moss media decrypt`.
+        let meta = MediaMeta {
+            media_id: id.clone(),
+            server_name: self.server_name.to_string(),
+            user_id: user.to_string(),
+            content_key: key.clone(),
+            content_type: content_type.clone(),
+            filename: filename.clone(),
+            size,
+            sha256: hex::encode(sha),
+            created_ts: now_ms(),
+        };
+        let meta_bytes = serde_json::to_vec(&meta)?;
+        self.media
+            .store
+            .put(&self.media.meta_key(&id), meta_bytes.len() as u64, moss_media::store::once(meta_bytes))
+            .await
+            .map_err(store_error)?;
         let (i, u, k, sha_hex) = (id.clone(), user.to_string(), key.clone(), hex::encode(sha));
         let stored = self
             .db

@@ -1,0 +1,111 @@
+//! `moss media …`: operator tools that work on the configured store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use moss_core::{media::MediaMeta, Moss};
+use moss_media::{store::read_all, BlobStore};
+use tokio::io::AsyncWriteExt;
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+pub async fn check(moss: &Moss, size: usize) -> Result<()> {
+    let store = &moss.media.store;
+    println!("checking {}", store.describe());
+    let steps = moss_media::check::check(store.as_ref(), size).await;
+    let mut failed = false;
+    for s in &steps {
+        match &s.outcome {
+            Ok(()) => println!("  ok    {:<22} {:>8.1} ms", s.name, s.took.as_secs_f64() * 1000.0),
+            Err(why) => {
+                failed = true;
+                println!("  FAIL  {:<22} {why}", s.name);
+            }
+        }
+    }
+    if failed || steps.len() < 4 {
+        bail!("the media store is not usable");
+    }
+    println!("the media store works");
+    Ok(())
+}
+
+/// A file name safe to create: no separators, no leading dots, not empty.
+fn safe_name(name: Option<&str>) -> String {
+    let cleaned: String = name
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned();
+    if cleaned.is_empty() {
+        "content".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// Restores every file from the store alone (disaster recovery without the database):
+/// `OUT/<server>/<media id>/<file name>` plus `meta.json` beside it.
+pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
+    let keys: Vec<String> = store
+        .list()
+        .filter_map(|k| async move { k.ok() })
+        .filter(|k| futures_util::future::ready(k.starts_with("m-")))
+        .collect()
+        .await;
+    let pb = bar(keys.len() as u64, "restoring");
+    let (mut restored, mut failed) = (0u64, 0u64);
+    for key in keys {
+        let result: Result<()> = async {
+            let meta: MediaMeta = serde_json::from_slice(&read_all(store.get(&key, None).await?).await?)
+                .with_context(|| format!("{key} is not a media record"))?;
+            let dir: PathBuf = out.join(safe_name(Some(&meta.server_name))).join(safe_name(Some(&meta.media_id)));
+            tokio::fs::create_dir_all(&dir).await?;
+            let mut body = store.get(&meta.content_key, None).await?;
+            let mut file = tokio::fs::File::create(dir.join(safe_name(meta.filename.as_deref()))).await?;
+            let mut written = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                written += chunk.len() as u64;
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            if written != meta.size {
+                bail!("{}: expected {} bytes, got {written}", meta.media_id, meta.size);
+            }
+            tokio::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?).await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => restored += 1,
+            Err(e) => {
+                failed += 1;
+                pb.suspend(|| eprintln!("could not restore {key}: {e:#}"));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!(
+        "restored {restored} file(s) into {}{}",
+        out.display(),
+        if failed > 0 { format!(", {failed} failed") } else { String::new() }
+    );
+    if failed > 0 {
+        bail!("{failed} file(s) could not be restored");
+    }
+    Ok(())
+}
