@@ -99,6 +99,9 @@ enum MediaCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Replace the media master key: re-seal every object's key under a new master key without
+    /// rewriting any data. The old key is kept as <key_file>.previous-<id> and still read.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +165,9 @@ fn run() -> Result<()> {
     init_logging(&config, cli.log_json);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        if let Command::Media { command: MediaCommand::RotateKey } = &command {
+            return media_cli::rotate_key(&config).await;
+        }
         let moss = Moss::open(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         match command {
             Command::Serve => serve(moss).await,
@@ -292,5 +298,6 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
     match command {
         MediaCommand::Check { size } => media_cli::check(moss, size).await,
         MediaCommand::Decrypt { out } => media_cli::decrypt(moss.media.store.as_ref(), &out).await,
+        MediaCommand::RotateKey => unreachable!("handled before the server state is opened"),
     }
 }

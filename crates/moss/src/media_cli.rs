@@ -109,3 +109,15 @@ pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+pub async fn rotate_key(config: &moss_core::Config) -> Result<()> {
+    let pb = ProgressBar::new_spinner();
+    pb.set_message("re-sealing object keys");
+    let (old, new, changed) = moss_core::media::rotate_master_key(config, |n| pb.set_position(n))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pb.finish_and_clear();
+    println!("master key {old} replaced by {new}: {changed} object key(s) re-sealed, no data rewritten");
+    println!("restart moss, then run this again to re-seal anything uploaded meanwhile");
+    Ok(())
+}

@@ -69,6 +69,78 @@ pub struct Download {
     pub body: ByteStream,
 }
 
+fn read_key_file(path: &Path) -> Result<[u8; 32]> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            let t = t.trim();
+            if t.len() == 64 {
+                hex::decode(t).ok()
+            } else {
+                STANDARD.decode(t).ok()
+            }
+        })
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::internal(format!("media key {} is missing or unreadable", path.display())))
+}
+
+/// Master keys still accepted for reading: those configured, and those a rotation left as
+/// `<key_file>.previous-<id>`.
+pub fn previous_master_keys(config: &Config) -> Result<Vec<MasterKey>> {
+    let enc = &config.media.encryption;
+    let mut paths: Vec<PathBuf> = enc.previous_key_files.iter().map(|p| config.data_dir.join(p)).collect();
+    let key_path = config.data_dir.join(&enc.key_file);
+    if let (Some(dir), Some(name)) = (key_path.parent(), key_path.file_name()) {
+        let prefix = format!("{}.previous-", name.to_string_lossy());
+        for e in std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                paths.push(e.path());
+            }
+        }
+    }
+    paths.sort();
+    paths.iter().map(|p| read_key_file(p).map(MasterKey::from_bytes)).collect()
+}
+
+/// Replaces the master key: seals every object's data key under a new one (object data is not
+/// touched), keeps the old key as `<key_file>.previous-<id>`, and returns how many objects
+/// were re-sealed. Run it again after restarting moss to catch uploads made meanwhile.
+pub async fn rotate_master_key(config: &Config, progress: impl Fn(u64) + Send + Sync) -> Result<(String, String, u64)> {
+    let enc = &config.media.encryption;
+    if !enc.enabled {
+        return Err(Error::internal("media encryption is not enabled"));
+    }
+    let key_path = config.data_dir.join(&enc.key_file);
+    let old = read_key_file(&key_path)?;
+    let old_key = MasterKey::from_bytes(old);
+    let new_path = key_path.with_extension("new");
+    // An interrupted rotation resumes with the key it had started with.
+    let new = match read_key_file(&new_path) {
+        Ok(k) => k,
+        Err(_) => {
+            let _ = std::fs::remove_file(&new_path);
+            read_or_create_secret(&new_path, "new media master key")?
+        }
+    };
+    let new_key = MasterKey::from_bytes(new);
+    let mut readable = vec![old_key.clone()];
+    readable.extend(previous_master_keys(config)?);
+    let store = EncryptedStore::new(base_store(config)?, new_key.clone()).with_previous_keys(readable);
+    let changed = store.rewrap_all_with_progress(progress).await.map_err(store_error)?;
+    let kept = key_path.with_file_name(format!(
+        "{}.previous-{}",
+        key_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        old_key.id_hex()
+    ));
+    std::fs::copy(&key_path, &kept).map_err(|e| Error::internal(format!("keeping the old key: {e}")))?;
+    std::fs::rename(&new_path, &key_path).map_err(|e| Error::internal(format!("installing the new key: {e}")))?;
+    Ok((old_key.id_hex(), new_key.id_hex(), changed))
+}
+
 fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let t = text.trim();
@@ -113,16 +185,7 @@ impl Media {
                 }
                 read_or_create_secret(&path, "media master key")?
             });
-            let mut previous = Vec::new();
-            for p in &enc.previous_key_files {
-                let path = config.data_dir.join(p);
-                let bytes = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| STANDARD.decode(t.trim()).ok().or_else(|| hex::decode(t.trim()).ok()))
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| Error::internal(format!("previous media key {} is unreadable", path.display())))?;
-                previous.push(MasterKey::from_bytes(bytes));
-            }
+            let previous = previous_master_keys(config)?;
             tracing::info!(master_key = %master.id_hex(), "media encryption is on");
             store = Arc::new(EncryptedStore::new(store, master).with_previous_keys(previous));
         }

@@ -211,12 +211,20 @@ impl EncryptedStore {
     /// Re-seals every data key under the current master key (after configuring the old one as
     /// a previous key). Object data is not touched. Returns how many key objects changed.
     pub async fn rewrap_all(&self) -> Result<u64> {
+        self.rewrap_all_with_progress(|_| {}).await
+    }
+
+    /// [`EncryptedStore::rewrap_all`], reporting each key object examined.
+    pub async fn rewrap_all_with_progress(&self, progress: impl Fn(u64) + Send + Sync) -> Result<u64> {
         let mut changed = 0;
+        let mut seen = 0;
         let keys: Vec<String> = self.inner.list().filter_map(|k| async move { k.ok() }).collect().await;
         for name in keys {
             let Some(object) = name.strip_suffix(KEY_SUFFIX) else {
                 continue;
             };
+            seen += 1;
+            progress(seen);
             let bytes = read_all(self.inner.get(&name, None).await?).await?;
             let (k, master_id) = open_key(&self.masters(), object, &bytes)?;
             if master_id == self.master.id {
