@@ -70,6 +70,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
     let id = moss.upload_media(&session.user_id, None, content_type(&headers), q.filename, body_stream(body)).await?;
     Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)})))
 }
@@ -93,6 +94,7 @@ pub async fn upload_to(
     if server != moss.server_name.as_str() {
         return Err(ApiError::forbidden("media ids of other servers cannot be uploaded to here"));
     }
+    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
     moss.upload_media(&session.user_id, Some(&media_id), content_type(&headers), q.filename, body_stream(body)).await?;
     Ok(Json(json!({})))
 }

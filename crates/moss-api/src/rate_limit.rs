@@ -16,6 +16,7 @@ pub enum Class {
     Register,
     Message,
     Join,
+    MediaUpload,
 }
 
 struct Tokens {
@@ -39,6 +40,7 @@ pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
         Class::Register => cfg.register,
         Class::Message => cfg.message,
         Class::Join => cfg.join,
+        Class::MediaUpload => cfg.media_upload,
     };
     let mut map = buckets().lock().unwrap_or_else(|p| p.into_inner());
     if map.len() > 100_000 {

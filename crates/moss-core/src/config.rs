@@ -121,6 +121,8 @@ pub struct RateLimitConfig {
     pub register: Bucket,
     pub message: Bucket,
     pub join: Bucket,
+    /// Per user, for media uploads.
+    pub media_upload: Bucket,
 }
 
 impl Default for RateLimitConfig {
@@ -131,6 +133,7 @@ impl Default for RateLimitConfig {
             register: Bucket { per_second: 0.17, burst: 3 },
             message: Bucket { per_second: 10.0, burst: 50 },
             join: Bucket { per_second: 1.0, burst: 10 },
+            media_upload: Bucket { per_second: 1.0, burst: 20 },
         }
     }
 }
@@ -155,6 +158,8 @@ pub struct MediaConfig {
     /// Unauthenticated `/_matrix/media/v3/download|thumbnail`: `frozen` (only media imported
     /// from before the freeze), `on` or `off`.
     pub legacy_media: LegacyMedia,
+    /// Bytes of uploads a user may have in total (0: no limit). Deduplicated files still count.
+    pub quota_per_user: u64,
     /// How many asynchronous uploads (`/create`) a user may have pending at once.
     pub max_pending_uploads: u32,
     /// How long a media id from `/create` stays usable, in milliseconds.
@@ -291,6 +296,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             max_upload_size: 100 * 1024 * 1024,
+            quota_per_user: 0,
             store: StoreKind::Fs,
             path: PathBuf::from("media"),
             legacy_media: LegacyMedia::Frozen,

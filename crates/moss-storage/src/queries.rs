@@ -1055,3 +1055,12 @@ impl Reader<'_> {
             .unwrap_or(false))
     }
 }
+
+impl Reader<'_> {
+    /// Total bytes of a user's uploads.
+    pub fn user_media_bytes(&self, user_id: &str) -> Result<i64> {
+        Ok(self
+            .one("SELECT COALESCE(SUM(size), 0) FROM media WHERE user_id = ?1", [user_id], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+}

@@ -157,10 +157,13 @@ login = {{ per_second = {lps}, burst = {lb} }}
 register = {{ per_second = {rps}, burst = {rb} }}
 message = {{ per_second = {mps}, burst = {mb} }}
 join = {{ per_second = {jps}, burst = {jb} }}
+media_upload = {{ per_second = {ups}, burst = {ub} }}
 
 [media]
 # Largest upload accepted, in bytes.
 max_upload_size = {max_upload}
+# Bytes of uploads each user may keep in total; 0 means no limit.
+quota_per_user = 0
 # Where media lives: "fs" (a directory under data_dir) or "s3" (any S3-compatible store).
 store = "fs"
 # Directory of the fs store, relative to data_dir.
@@ -262,6 +265,8 @@ level = "info"
         mb = d.rate_limits.message.burst,
         jps = d.rate_limits.join.per_second,
         jb = d.rate_limits.join.burst,
+        ups = d.rate_limits.media_upload.per_second,
+        ub = d.rate_limits.media_upload.burst,
         max_upload = d.media.max_upload_size,
         max_pending = d.media.max_pending_uploads,
         pending_expiry = d.media.pending_expiry_ms,

@@ -368,6 +368,18 @@ impl Moss {
         }
         file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         drop(file);
+        let quota = self.config.media.quota_per_user;
+        if quota > 0 {
+            let u = user.to_string();
+            let used = self.db.read(move |r| Ok::<_, Error>(r.user_media_bytes(&u)?)).await? as u64;
+            if used + size > quota {
+                return Err(Error::forbidden(format!(
+                    "this upload would exceed your storage quota ({} of {} MiB used)",
+                    used / (1024 * 1024),
+                    quota / (1024 * 1024)
+                )));
+            }
+        }
         let sha = hasher.finalize();
         let key = self.media.content_key(&sha);
 

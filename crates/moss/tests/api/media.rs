@@ -619,3 +619,29 @@ async fn rotating_the_master_key_reseals_keys_and_keeps_media_readable() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().to_vec(), data);
 }
+
+#[tokio::test]
+async fn quotas_and_upload_rate_limits() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__LOGIN", "{ per_second = 100, burst = 100 }"),
+        ("MOSS_RATE_LIMITS__REGISTER", "{ per_second = 100, burst = 100 }"),
+        ("MOSS_RATE_LIMITS__MEDIA_UPLOAD", "{ per_second = 0.01, burst = 3 }"),
+        ("MOSS_MEDIA__QUOTA_PER_USER", "250000"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let (st, _) = upload(&s, &a, pattern(200_000), "application/octet-stream", None).await;
+    assert_eq!(st, 200);
+    let (st, v) = upload(&s, &a, pattern(100_000), "application/octet-stream", None).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("quota"), "{v}");
+    let (st, _) = upload(&s, &a, pattern(10_000), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "within the quota");
+    let (st, v) = upload(&s, &a, pattern(10), "application/octet-stream", None).await;
+    assert_eq!((st, errcode(&v)), (429, "M_LIMIT_EXCEEDED"), "the fourth upload in a burst of three: {v}");
+    assert!(v["retry_after_ms"].as_u64().unwrap() > 0);
+    // Another user has their own quota and bucket.
+    let b = s.register("bob").await;
+    assert_eq!(upload(&s, &b, pattern(100_000), "application/octet-stream", None).await.0, 200);
+}
