@@ -65,6 +65,9 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(media::thumbnail))
         .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
         .route("/_matrix/media/r0/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
+        .route("/_matrix/client/v1/media/preview_url", get(media::preview_url))
+        .route("/_matrix/media/v3/preview_url", get(media::preview_url))
+        .route("/_matrix/media/r0/preview_url", get(media::preview_url))
         // accounts and sessions
         .ruma(account::register)
         .ruma(account::available)

@@ -352,3 +352,19 @@ mod tests {
         );
     }
 }
+
+#[derive(Deserialize)]
+pub struct PreviewQuery {
+    url: Option<String>,
+}
+
+/// `/_matrix/client/v1/media/preview_url`
+pub async fn preview_url(
+    State(moss): State<Arc<Moss>>,
+    Authed(session): Authed,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let url = q.url.ok_or_else(|| ApiError::from(moss_core::Error::missing_param("url is required")))?;
+    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
+    Ok(Json(moss.preview_url(&url).await?))
+}

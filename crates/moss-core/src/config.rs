@@ -169,6 +169,40 @@ pub struct MediaConfig {
     pub mirror: MirrorConfig,
     pub cache: CacheConfig,
     pub thumbnails: ThumbnailConfig,
+    pub url_preview: UrlPreviewConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlPreviewConfig {
+    /// Fetch pages users link to and serve their OpenGraph data (`/preview_url`).
+    pub enabled: bool,
+    /// Addresses the fetcher may never connect to (checked at connect time and on redirects).
+    pub ip_range_denylist: Vec<String>,
+    /// Exceptions to the deny list.
+    pub ip_range_allowlist: Vec<String>,
+    /// Largest page read, in bytes; longer pages are previewed from their start.
+    pub max_page_bytes: u64,
+    /// Largest preview image fetched, in bytes.
+    pub max_image_bytes: u64,
+    /// Time limit for one fetch, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long a preview is reused, in milliseconds.
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        UrlPreviewConfig {
+            enabled: false,
+            ip_range_denylist: crate::media::preview::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            ip_range_allowlist: Vec::new(),
+            max_page_bytes: 1024 * 1024,
+            max_image_bytes: 10 * 1024 * 1024,
+            timeout_ms: 10_000,
+            cache_ttl_ms: 60 * 60 * 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -307,6 +341,7 @@ impl Default for MediaConfig {
             mirror: MirrorConfig::default(),
             cache: CacheConfig::default(),
             thumbnails: ThumbnailConfig::default(),
+            url_preview: UrlPreviewConfig::default(),
         }
     }
 }

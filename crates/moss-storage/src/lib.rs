@@ -31,8 +31,12 @@ pub enum StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Versioned migrations, applied in order at start-up inside one transaction each.
-const MIGRATIONS: &[&str] =
-    &[include_str!("schema.sql"), include_str!("schema_2_media.sql"), include_str!("schema_3_thumbnails.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_2_media.sql"),
+    include_str!("schema_3_thumbnails.sql"),
+    include_str!("schema_4_url_previews.sql"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {

@@ -1064,3 +1064,20 @@ impl Reader<'_> {
             .unwrap_or(0))
     }
 }
+
+impl Reader<'_> {
+    pub fn url_preview(&self, url: &str) -> Result<Option<(i64, String)>> {
+        self.one("SELECT fetched_ts, preview FROM url_previews WHERE url = ?1", [url], |r| Ok((r.get(0)?, r.get(1)?)))
+    }
+}
+
+impl Writer<'_> {
+    pub fn store_url_preview(&self, url: &str, fetched_ts: i64, preview: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO url_previews (url, fetched_ts, preview) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (url) DO UPDATE SET fetched_ts = excluded.fetched_ts, preview = excluded.preview",
+            params![url, fetched_ts, preview],
+        )?;
+        Ok(())
+    }
+}

@@ -244,6 +244,21 @@ max_image_pixels = {max_pixels}
 # Images larger than this many bytes are not thumbnailed.
 max_source_bytes = {max_source}
 
+[media.url_preview]
+# Fetch pages users link to and serve their OpenGraph title, description and image.
+enabled = false
+# Addresses the fetcher never connects to, checked for every resolved address at connect time
+# and for every redirect, so previews cannot reach into the server's own network.
+ip_range_denylist = [{denylist}]
+# Exceptions to the deny list, e.g. ["192.168.1.10/32"].
+ip_range_allowlist = []
+# Largest page read (longer pages are previewed from their start) and largest image fetched.
+max_page_bytes = {max_page}
+max_image_bytes = {max_image}
+# Time limit for one fetch, and how long a preview is reused (milliseconds).
+timeout_ms = {preview_timeout}
+cache_ttl_ms = {preview_ttl}
+
 [log]
 # "pretty" or "json".
 format = "pretty"
@@ -274,6 +289,12 @@ level = "info"
         s3_timeout = d.media.s3.request_timeout_ms,
         max_pixels = d.media.thumbnails.max_image_pixels,
         cache_size = d.media.cache.max_size,
+        denylist =
+            d.media.url_preview.ip_range_denylist.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "),
+        max_page = d.media.url_preview.max_page_bytes,
+        max_image = d.media.url_preview.max_image_bytes,
+        preview_timeout = d.media.url_preview.timeout_ms,
+        preview_ttl = d.media.url_preview.cache_ttl_ms,
         max_source = d.media.thumbnails.max_source_bytes,
     )
 }

@@ -1,6 +1,7 @@
 //! The media repository: uploads spooled to disk while hashed, stored once per distinct content
 //! under a keyed hash, and served as ranged streams from the configured blob store.
 
+pub mod preview;
 pub mod thumbnail;
 
 use std::{
@@ -42,6 +43,8 @@ pub struct Media {
     /// Keys the content hash so object names reveal nothing about the content.
     secret: [u8; 32],
     spool: PathBuf,
+    /// The URL preview fetcher, when previews are enabled.
+    pub preview: Option<preview::Fetcher>,
     /// Serialises writes of the same content so two uploads never interleave one object.
     writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -205,7 +208,20 @@ impl Media {
         for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(Media { store, secret, spool, writing: Mutex::new(HashMap::new()) })
+        let p = &config.media.url_preview;
+        let preview = if p.enabled {
+            let parse = |list: &[String]| -> Result<Vec<preview::Cidr>> {
+                list.iter()
+                    .map(|s| s.parse().map_err(|e: String| Error::internal(format!("media.url_preview: {e}"))))
+                    .collect()
+            };
+            let policy =
+                preview::AddressPolicy { deny: parse(&p.ip_range_denylist)?, allow: parse(&p.ip_range_allowlist)? };
+            Some(preview::Fetcher::new(policy, Duration::from_millis(p.timeout_ms), p.max_page_bytes as usize)?)
+        } else {
+            None
+        };
+        Ok(Media { store, secret, spool, preview, writing: Mutex::new(HashMap::new()) })
     }
 
     /// The name of the metadata record of a media id.
@@ -593,5 +609,78 @@ impl Moss {
             })
             .await?;
         Ok(moss_storage::ThumbnailRow { thumb_key, content_type: made.content_type.to_owned(), size: len as i64 })
+    }
+}
+
+impl Moss {
+    /// OpenGraph data for a URL a user linked, with its image stored as media. Cached.
+    pub async fn preview_url(&self, url: &str) -> Result<serde_json::Value> {
+        let fetcher = self
+            .media
+            .preview
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Unrecognized, 404, "URL previews are disabled on this server"))?;
+        let cfg = &self.config.media.url_preview;
+        let u = url.to_owned();
+        let cached = self.db.read(move |r| Ok::<_, Error>(r.url_preview(&u)?)).await?;
+        if let Some((ts, json)) = cached {
+            if now_ms().saturating_sub(ts as u64) < cfg.cache_ttl_ms {
+                return Ok(serde_json::from_str(&json)?);
+            }
+        }
+        let page = fetcher.fetch(url, None).await?;
+        let mut og = serde_json::Map::new();
+        let image_url = if page.content_type.starts_with("image/") {
+            Some((page.url.clone(), Some(page)))
+        } else if page.content_type.starts_with("text/html") || page.content_type.starts_with("application/xhtml") {
+            og = preview::parse_html(&String::from_utf8_lossy(&page.body));
+            og.remove("og:image").and_then(|v| v.as_str().and_then(|s| page.url.join(s).ok())).map(|u| (u, None))
+        } else {
+            None
+        };
+        if let Some((image_url, already)) = image_url {
+            let image = match already {
+                Some(p) => Ok(p),
+                None => fetcher.fetch(image_url.as_str(), Some(cfg.max_image_bytes as usize)).await,
+            };
+            match image {
+                Ok(img) if img.content_type.starts_with("image/") && (img.body.len() as u64) < cfg.max_image_bytes => {
+                    if let Err(e) = self.store_preview_image(&mut og, img).await {
+                        tracing::debug!(url, error = %e, "preview image not stored");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(url, error = %e, "preview image not fetched"),
+            }
+        }
+        let value = serde_json::Value::Object(og);
+        let (u, text) = (url.to_owned(), serde_json::to_string(&value)?);
+        self.db.write(move |w| Ok::<_, Error>(w.store_url_preview(&u, now_ms() as i64, &text)?)).await?;
+        Ok(value)
+    }
+
+    async fn store_preview_image(
+        &self,
+        og: &mut serde_json::Map<String, serde_json::Value>,
+        img: preview::Fetched,
+    ) -> Result<()> {
+        let dims = image::ImageReader::new(std::io::Cursor::new(&img.body))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        let size = img.body.len();
+        let owner = UserId::parse(format!("@moss-url-preview:{}", self.server_name))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let ctype = img.content_type.split(';').next().unwrap_or("image/png").trim().to_owned();
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(img.body)) });
+        let id = self.upload_media(&owner, None, Some(ctype.clone()), None, Box::pin(body)).await?;
+        og.insert("og:image".into(), serde_json::json!(format!("mxc://{}/{id}", self.server_name)));
+        og.insert("og:image:type".into(), serde_json::json!(ctype));
+        og.insert("matrix:image:size".into(), serde_json::json!(size));
+        if let Some((w, h)) = dims {
+            og.insert("og:image:width".into(), serde_json::json!(w));
+            og.insert("og:image:height".into(), serde_json::json!(h));
+        }
+        Ok(())
     }
 }

@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod media;
 mod media_s3;
+mod preview;
 mod rooms;
 mod sync;

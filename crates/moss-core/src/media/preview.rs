@@ -1,0 +1,377 @@
+//! URL previews: fetch a page (or image) a user linked, read its OpenGraph data, cache it.
+//!
+//! The fetcher is the server reaching out on a user's behalf, so it must not become a way into
+//! the server's own network (SSRF): every address a host name resolves to is checked against
+//! the deny list at connect time (so DNS rebinding cannot slip past an earlier check), literal
+//! IP addresses and every redirect are checked too, and responses are bounded in size and time.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use reqwest::{dns::Resolve, Url};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+
+/// An address range in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Cidr, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an IP range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix =
+            if p.is_empty() { max } else { p.trim().parse::<u8>().map_err(|_| format!("{s:?}: bad prefix length"))? };
+        if prefix > max {
+            return Err(format!("{s:?}: prefix longer than the address"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Loopback, private, link-local, carrier-grade NAT, multicast, documentation and other
+/// special-purpose ranges: nothing a public web page lives in.
+pub const DEFAULT_DENY: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+#[derive(Debug, Clone)]
+pub struct AddressPolicy {
+    pub deny: Vec<Cidr>,
+    /// Exceptions to `deny`.
+    pub allow: Vec<Cidr>,
+}
+
+impl AddressPolicy {
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip)) || !self.deny.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Resolves host names and drops every address the policy forbids, at connect time.
+struct GuardedResolver(Arc<AddressPolicy>);
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.permits(a.ip())).collect();
+            if allowed.is_empty() {
+                return Err(format!("{host} resolves only to addresses URL previews may not reach").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn literal_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+        url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+pub struct Fetcher {
+    client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+    max_bytes: usize,
+}
+
+/// What a fetch brought back.
+pub struct Fetched {
+    pub url: Url,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Fetcher {
+    pub fn new(policy: AddressPolicy, timeout: Duration, max_bytes: usize) -> Result<Fetcher> {
+        let policy = Arc::new(policy);
+        let p = policy.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                return attempt.error("too many redirects");
+            }
+            let url = attempt.url();
+            if !matches!(url.scheme(), "http" | "https") {
+                return attempt.error("redirect to a non-web URL");
+            }
+            match literal_ip(url) {
+                Some(ip) if !p.permits(ip) => attempt.error("redirect to an address URL previews may not reach"),
+                _ => attempt.follow(),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
+            .redirect(redirects)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent("moss URL preview (Matrix homeserver)")
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::internal(format!("preview client: {e}")))?;
+        Ok(Fetcher { client, policy, max_bytes })
+    }
+
+    /// Fetches `url`, reading at most `max` bytes of the body (or the fetcher's default).
+    pub async fn fetch(&self, url: &str, max: Option<usize>) -> Result<Fetched> {
+        let url = Url::parse(url).map_err(|e| Error::invalid_param(format!("invalid URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::invalid_param("only http and https URLs can be previewed"));
+        }
+        if let Some(ip) = literal_ip(&url) {
+            if !self.policy.permits(ip) {
+                return Err(Error::forbidden("URL previews may not reach that address"));
+            }
+        }
+        let res = self.client.get(url).send().await.map_err(|e| {
+            let chain = error_chain(&e);
+            if chain.contains("may not reach") {
+                Error::forbidden("URL previews may not reach that address")
+            } else {
+                Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("could not fetch the URL: {chain}"))
+            }
+        })?;
+        if !res.status().is_success() {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unknown,
+                502,
+                format!("the URL answered {}", res.status()),
+            ));
+        }
+        let final_url = res.url().clone();
+        let content_type = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let max = max.unwrap_or(self.max_bytes);
+        let mut body = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("reading the URL: {e}")))?;
+            let room = max.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= max {
+                break;
+            }
+        }
+        Ok(Fetched { url: final_url, content_type, body })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn decode_entities(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The attributes of one tag, as (lowercased name, value) pairs.
+fn attributes(tag: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let b = tag.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
+            i += 1;
+        }
+        if start == i {
+            i += 1;
+            continue;
+        }
+        let name = tag[start..i].to_ascii_lowercase();
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                i += 1;
+                let s = i;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                let v = &tag[s..i.min(b.len())];
+                i += 1;
+                v
+            } else {
+                let s = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                &tag[s..i]
+            };
+            out.push((name, decode_entities(value)));
+        } else {
+            out.push((name, String::new()));
+        }
+    }
+    out
+}
+
+/// OpenGraph data from HTML: `og:*` meta tags, falling back to `<title>` and the description.
+pub fn parse_html(html: &str) -> Map<String, Value> {
+    let mut og = Map::new();
+    let lower = html.to_ascii_lowercase();
+    let mut pos = 0;
+    while let Some(off) = lower[pos..].find("<meta") {
+        let start = pos + off + 5;
+        let Some(end) = lower[start..].find('>') else { break };
+        let attrs = attributes(&html[start..start + end]);
+        let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let (Some(key), Some(content)) = (get("property").or_else(|| get("name")), get("content")) {
+            let key = key.to_ascii_lowercase();
+            if key.starts_with("og:") && !og.contains_key(&key) {
+                og.insert(key, json!(content.trim()));
+            } else if key == "description" && !og.contains_key("og:description") {
+                og.insert("og:description".into(), json!(content.trim()));
+            }
+        }
+        pos = start + end;
+    }
+    if !og.contains_key("og:title") {
+        if let Some(s) = lower.find("<title") {
+            if let Some(gt) = lower[s..].find('>') {
+                let from = s + gt + 1;
+                if let Some(e) = lower[from..].find("</title>") {
+                    let t = decode_entities(html[from..from + e].trim());
+                    if !t.is_empty() {
+                        og.insert("og:title".into(), json!(t));
+                    }
+                }
+            }
+        }
+    }
+    og
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let policy = AddressPolicy { deny: DEFAULT_DENY.iter().map(|s| s.parse().unwrap()).collect(), allow: vec![] };
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "100.64.0.1",
+        ] {
+            assert!(!policy.permits(bad.parse().unwrap()), "{bad} must be denied");
+        }
+        for good in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "1.1.1.1"] {
+            assert!(policy.permits(good.parse().unwrap()), "{good} must be allowed");
+        }
+        let mut with_exception = policy.clone();
+        with_exception.allow.push("127.0.0.1/32".parse().unwrap());
+        assert!(with_exception.permits("127.0.0.1".parse().unwrap()));
+        assert!(!with_exception.permits("127.0.0.2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn opengraph() {
+        let html = r#"<html><head><title>Fallback &amp; title</title>
+            <meta property="og:title" content="The &quot;real&quot; title">
+            <META name='description' content='A page'>
+            <meta property=og:image content=/img.png />
+            </head></html>"#;
+        let og = parse_html(html);
+        assert_eq!(og["og:title"], "The \"real\" title");
+        assert_eq!(og["og:description"], "A page");
+        assert_eq!(og["og:image"], "/img.png");
+        let og = parse_html("<title>Only a title</title>");
+        assert_eq!(og["og:title"], "Only a title");
+    }
+}
