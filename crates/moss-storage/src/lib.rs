@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_2_media.sql"),
     include_str!("schema_3_thumbnails.sql"),
     include_str!("schema_4_url_previews.sql"),
+    include_str!("schema_5_inflight.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

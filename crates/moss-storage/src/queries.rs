@@ -920,9 +920,11 @@ pub struct MediaRow {
     pub filename: Option<String>,
     pub size: Option<i64>,
     pub legacy: bool,
+    pub quarantined: bool,
 }
 
-const MEDIA_COLS: &str = "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy";
+const MEDIA_COLS: &str =
+    "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy, quarantined";
 
 fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
     Ok(MediaRow {
@@ -935,6 +937,7 @@ fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
         filename: r.get(6)?,
         size: r.get(7)?,
         legacy: r.get(8)?,
+        quarantined: r.get(9)?,
     })
 }
 
@@ -1079,5 +1082,115 @@ impl Writer<'_> {
             params![url, fetched_ts, preview],
         )?;
         Ok(())
+    }
+}
+
+/// Figures for `moss media stats`.
+#[derive(Debug, Clone, Default)]
+pub struct MediaStats {
+    pub media: i64,
+    pub media_bytes: i64,
+    pub contents: i64,
+    pub content_bytes: i64,
+    pub pending: i64,
+    pub thumbnails: i64,
+    pub thumbnail_bytes: i64,
+}
+
+impl Reader<'_> {
+    pub fn media_stats(&self) -> Result<MediaStats> {
+        let (media, media_bytes) = self
+            .one("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media WHERE content_key IS NOT NULL", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .unwrap_or((0, 0));
+        let (contents, content_bytes) = self
+            .one(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT content_key, MAX(size) AS size FROM media \
+                 WHERE content_key IS NOT NULL GROUP BY content_key)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or((0, 0));
+        let pending = self.one("SELECT COUNT(*) FROM media WHERE content_key IS NULL", [], |r| r.get(0))?.unwrap_or(0);
+        let (thumbnails, thumbnail_bytes) = self
+            .one("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media_thumbnails", [], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .unwrap_or((0, 0));
+        Ok(MediaStats { media, media_bytes, contents, content_bytes, pending, thumbnails, thumbnail_bytes })
+    }
+
+    /// Every object name the database still needs: content, thumbnails, and the media ids whose
+    /// metadata records must stay. In-flight content younger than `inflight_after` counts too.
+    pub fn referenced_media(&self, inflight_after: i64) -> Result<(std::collections::HashSet<String>, Vec<String>)> {
+        let mut keys = std::collections::HashSet::new();
+        for k in self.collect("SELECT DISTINCT content_key FROM media WHERE content_key IS NOT NULL", [], |r| {
+            r.get::<_, String>(0)
+        })? {
+            keys.insert(k);
+        }
+        for k in self.collect("SELECT thumb_key FROM media_thumbnails", [], |r| r.get::<_, String>(0))? {
+            keys.insert(k);
+        }
+        for k in
+            self.collect("SELECT content_key FROM media_inflight WHERE started_ts > ?1", [inflight_after], |r| {
+                r.get::<_, String>(0)
+            })?
+        {
+            keys.insert(k);
+        }
+        let ids = self.collect("SELECT media_id FROM media", [], |r| r.get::<_, String>(0))?;
+        Ok((keys, ids))
+    }
+
+    /// Local media recorded before `cutoff_ts`.
+    pub fn media_older_than(&self, cutoff_ts: i64) -> Result<Vec<String>> {
+        self.collect("SELECT media_id FROM media WHERE created_ts < ?1 AND content_key IS NOT NULL", [cutoff_ts], |r| {
+            r.get(0)
+        })
+    }
+}
+
+impl Writer<'_> {
+    pub fn begin_inflight(&self, content_key: &str, now: i64) -> Result<i64> {
+        self.exec("INSERT INTO media_inflight (content_key, started_ts) VALUES (?1, ?2)", params![content_key, now])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn end_inflight(&self, rowid: i64) -> Result<()> {
+        self.exec("DELETE FROM media_inflight WHERE rowid = ?1", [rowid])?;
+        Ok(())
+    }
+
+    pub fn clear_stale_inflight(&self, before_ts: i64) -> Result<usize> {
+        self.exec("DELETE FROM media_inflight WHERE started_ts <= ?1", [before_ts])
+    }
+
+    /// Deletes a media row. Returns the objects nothing references any more: its content and
+    /// that content's thumbnails, unless another row shares the content.
+    pub fn delete_media(&self, media_id: &str) -> Result<Vec<String>> {
+        let key: Option<String> =
+            self.one("SELECT content_key FROM media WHERE media_id = ?1", [media_id], |r| r.get(0))?.flatten();
+        self.exec("DELETE FROM media WHERE media_id = ?1", [media_id])?;
+        match key {
+            Some(k) if self.media_referencing(&k)? == 0 => {
+                let mut gone =
+                    self.collect("SELECT thumb_key FROM media_thumbnails WHERE content_key = ?1", [&k], |r| r.get(0))?;
+                self.exec("DELETE FROM media_thumbnails WHERE content_key = ?1", [&k])?;
+                gone.push(k);
+                Ok(gone)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Writer<'_> {
+    /// Quarantines one media id, or every upload of a user; returns how many rows changed.
+    pub fn quarantine_media(&self, media_id: Option<&str>, user_id: Option<&str>) -> Result<usize> {
+        match (media_id, user_id) {
+            (Some(id), _) => self.exec("UPDATE media SET quarantined = 1 WHERE media_id = ?1", [id]),
+            (None, Some(u)) => self.exec("UPDATE media SET quarantined = 1 WHERE user_id = ?1", [u]),
+            (None, None) => Ok(0),
+        }
     }
 }

@@ -102,6 +102,26 @@ enum MediaCommand {
     /// Replace the media master key: re-seal every object's key under a new master key without
     /// rewriting any data. The old key is kept as <key_file>.previous-<id> and still read.
     RotateKey,
+    /// How much media there is, and how much deduplication saves.
+    Stats,
+    /// Stop serving media (kept in the store): one mxc:// URI, or everything a user uploaded.
+    Quarantine {
+        mxc: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Really delete media from the store.
+    Purge {
+        /// Objects no record points to (left by crashes or removed records).
+        #[arg(long)]
+        orphans: bool,
+        /// Media uploaded more than this many days ago.
+        #[arg(long, value_name = "DAYS")]
+        older_than: Option<u64>,
+        /// Report what would be deleted without deleting it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,5 +319,21 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
         MediaCommand::Check { size } => media_cli::check(moss, size).await,
         MediaCommand::Decrypt { out } => media_cli::decrypt(moss.media.store.as_ref(), &out).await,
         MediaCommand::RotateKey => unreachable!("handled before the server state is opened"),
+        MediaCommand::Stats => media_cli::stats(moss).await,
+        MediaCommand::Quarantine { mxc, user } => {
+            let user = match user {
+                Some(u) => Some(ruma::UserId::parse(&u).map_err(|e| anyhow::anyhow!("--user: {e}"))?),
+                None => None,
+            };
+            if mxc.is_none() && user.is_none() {
+                bail!("give an mxc:// URI or --user");
+            }
+            let n = moss.quarantine(mxc.as_deref(), user.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("quarantined {n} media");
+            Ok(())
+        }
+        MediaCommand::Purge { orphans, older_than, dry_run } => {
+            media_cli::purge(moss, orphans, older_than, dry_run).await
+        }
     }
 }

@@ -121,3 +121,38 @@ pub async fn rotate_key(config: &moss_core::Config) -> Result<()> {
     println!("restart moss, then run this again to re-seal anything uploaded meanwhile");
     Ok(())
 }
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub async fn stats(moss: &Moss) -> Result<()> {
+    let s = moss.media_stats().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("store            {}", moss.media.store.describe());
+    println!("media            {} ({})", s.media, mib(s.media_bytes));
+    println!("stored contents  {} ({})", s.contents, mib(s.content_bytes));
+    println!("saved by dedup   {}", mib(s.media_bytes - s.content_bytes));
+    println!("thumbnails       {} ({})", s.thumbnails, mib(s.thumbnail_bytes));
+    println!("pending uploads  {}", s.pending);
+    Ok(())
+}
+
+pub async fn purge(moss: &Moss, orphans: bool, older_than: Option<u64>, dry_run: bool) -> Result<()> {
+    if !orphans && older_than.is_none() {
+        bail!("say what to purge: --orphans and/or --older-than DAYS");
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    if let Some(days) = older_than {
+        let cutoff = moss_core::now_ms().saturating_sub(days * 24 * 60 * 60 * 1000);
+        let r = moss.purge_older_than(cutoff, dry_run).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{verb} {} media older than {days} day(s)", r.deleted);
+    }
+    if orphans {
+        let pb = ProgressBar::new_spinner();
+        pb.set_message("examining objects");
+        let r = moss.purge_orphans(dry_run, |n| pb.set_position(n)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        pb.finish_and_clear();
+        println!("examined {} object(s), {verb} {} orphan(s)", r.examined, r.deleted);
+    }
+    Ok(())
+}

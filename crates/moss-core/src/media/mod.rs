@@ -1,6 +1,7 @@
 //! The media repository: uploads spooled to disk while hashed, stored once per distinct content
 //! under a keyed hash, and served as ranged streams from the configured blob store.
 
+pub mod maintenance;
 pub mod preview;
 pub mod thumbnail;
 
@@ -399,6 +400,9 @@ impl Moss {
         let sha = hasher.finalize();
         let key = self.media.content_key(&sha);
 
+        // Mark the content as being written, so a concurrent orphan sweep leaves it alone.
+        let k = key.clone();
+        let inflight = self.db.write(move |w| Ok::<_, Error>(w.begin_inflight(&k, now_ms() as i64)?)).await?;
         let lock = {
             let mut w = self.media.writing.lock().unwrap_or_else(|p| p.into_inner());
             w.entry(key.clone()).or_default().clone()
@@ -437,6 +441,7 @@ impl Moss {
         let stored = self
             .db
             .write(move |w| {
+                w.end_inflight(inflight)?;
                 Ok::<_, Error>(w.store_media(
                     &i,
                     &u,
@@ -466,6 +471,8 @@ impl Moss {
             let row = self.db.read(move |r| Ok::<_, Error>(r.media(&id)?)).await?;
             match row {
                 None => return Err(Error::not_found("media not found")),
+                // Quarantined media looks like no media at all.
+                Some(r) if r.quarantined => return Err(Error::not_found("media not found")),
                 Some(r) if r.content_key.is_some() => return Ok(r),
                 Some(r) if r.expires_ts.is_some_and(|e| e <= now_ms() as i64) => {
                     return Err(Error::not_found("media not found"))

@@ -645,3 +645,89 @@ async fn quotas_and_upload_rate_limits() {
     let b = s.register("bob").await;
     assert_eq!(upload(&s, &b, pattern(100_000), "application/octet-stream", None).await.0, 200);
 }
+
+fn moss_cli(s: &Server, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(crate::common::moss_bin())
+        .args(args)
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test]
+async fn stats_and_purges_delete_exactly_what_they_should() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let mut paths = Vec::new();
+    for data in [pattern(50_000), pattern(50_000), pattern(60_000)] {
+        let (_, v) = upload(&s, &a, data, "application/octet-stream", None).await;
+        paths.push(format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())));
+    }
+    let (_, v) = upload(&s, &a, image_bytes(300, 200, image::ImageFormat::Png), "image/png", None).await;
+    let img = v["content_uri"].as_str().unwrap().to_owned();
+    assert_eq!(thumb(&s, &a, &img, "width=32&height=32&method=crop").await.status(), 200);
+    paths.push(format!("/_matrix/client/v1/media/download/{}", media_path(&img)));
+
+    // An object no record points to, as a crash between store and database would leave.
+    let raw = moss_media::store::fs::FsStore::open(s.data_dir().join("media")).unwrap();
+    moss_media::BlobStore::put(&raw, "c-0rphan", 5, moss_media::store::once(b"stray".to_vec())).await.unwrap();
+
+    let (ok, out) = moss_cli(&s, &["media", "stats"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("media            4"), "{out}");
+    assert!(out.contains("stored contents  3"), "dedup: {out}");
+    assert!(out.contains("thumbnails       1"), "{out}");
+
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--orphans", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("would delete 1 orphan(s)"), "{out}");
+    assert!(moss_media::BlobStore::head(&raw, "c-0rphan").await.unwrap().is_some());
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--orphans"]);
+    assert!(ok && out.contains("deleted 1 orphan(s)"), "{out}");
+    assert!(moss_media::BlobStore::head(&raw, "c-0rphan").await.unwrap().is_none());
+    for p in &paths {
+        assert_eq!(download(&s, Some(&a), p, None).await.status(), 200, "purging orphans must keep {p}");
+    }
+
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--older-than", "0"]);
+    assert!(ok && out.contains("deleted 4 media"), "{out}");
+    for p in &paths {
+        assert_eq!(download(&s, Some(&a), p, None).await.status(), 404);
+    }
+    let left =
+        files(&s.data_dir().join("media")).into_iter().filter(|f| !f.to_string_lossy().contains("/.tmp/")).count();
+    assert_eq!(left, 0, "content, thumbnails and records are all gone from the store");
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--orphans"]);
+    assert!(!ok && out.contains("records no media"), "an empty database must not purge the store: {out}");
+}
+
+#[tokio::test]
+async fn quarantined_media_is_no_longer_served() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let (_, v) = upload(&s, &a, b"bad".to_vec(), "text/plain", None).await;
+    let bad = v["content_uri"].as_str().unwrap().to_owned();
+    let (_, v) = upload(&s, &a, b"fine".to_vec(), "text/plain", None).await;
+    let fine = v["content_uri"].as_str().unwrap().to_owned();
+    let (_, v) = upload(&s, &b, b"bob's".to_vec(), "text/plain", None).await;
+    let bobs = v["content_uri"].as_str().unwrap().to_owned();
+    let status = |mxc: String| {
+        let s = &s;
+        let a = &a;
+        async move {
+            download(s, Some(a), &format!("/_matrix/client/v1/media/download/{}", media_path(&mxc)), None)
+                .await
+                .status()
+        }
+    };
+    let (ok, out) = moss_cli(&s, &["media", "quarantine", &bad]);
+    assert!(ok && out.contains("quarantined 1 media"), "{out}");
+    assert_eq!(status(bad.clone()).await, 404);
+    assert_eq!(status(fine.clone()).await, 200);
+    let (ok, out) = moss_cli(&s, &["media", "quarantine", "--user", &b.id]);
+    assert!(ok && out.contains("quarantined 1 media"), "{out}");
+    assert_eq!(status(bobs).await, 404);
+    assert_eq!(status(fine).await, 200);
+}

@@ -1,0 +1,100 @@
+//! Media maintenance for operators: statistics, purging old media, and sweeping objects no
+//! record points to (left by a crash between storing an object and recording it).
+
+use std::collections::HashSet;
+
+use futures_util::StreamExt;
+use moss_storage::MediaStats;
+
+use crate::{
+    error::{Error, Result},
+    now_ms, Moss,
+};
+
+/// In-flight uploads younger than this are never swept.
+const INFLIGHT_GRACE_MS: u64 = 60 * 60 * 1000;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PurgeReport {
+    pub examined: u64,
+    pub deleted: u64,
+}
+
+impl Moss {
+    pub async fn media_stats(&self) -> Result<MediaStats> {
+        self.db.read(|r| Ok::<_, Error>(r.media_stats()?)).await
+    }
+
+    /// Deletes objects in the store that no database record references.
+    pub async fn purge_orphans(&self, dry_run: bool, progress: impl Fn(u64)) -> Result<PurgeReport> {
+        let has_media = self.db.read(|r| Ok::<_, Error>(r.has_media()?)).await?;
+        if !has_media {
+            // A lost or fresh database would make every object look orphaned.
+            return Err(Error::internal(
+                "the database records no media, so every object would look orphaned; restore the database \
+                 (or recover files with `moss media decrypt`) before purging",
+            ));
+        }
+        let cutoff = now_ms().saturating_sub(INFLIGHT_GRACE_MS) as i64;
+        let (mut keep, ids) = self.db.read(move |r| Ok::<_, Error>(r.referenced_media(cutoff)?)).await?;
+        keep.extend(ids.iter().map(|id| self.media.meta_key(id)));
+        let keep: HashSet<String> = keep;
+        let mut report = PurgeReport::default();
+        let names: Vec<String> = self.media.store.list().filter_map(|k| async move { k.ok() }).collect().await;
+        for name in names {
+            report.examined += 1;
+            progress(report.examined);
+            if keep.contains(&name) {
+                continue;
+            }
+            if !dry_run {
+                self.media.store.delete(&name).await.map_err(|e| Error::internal(format!("deleting {name}: {e}")))?;
+            }
+            report.deleted += 1;
+        }
+        if !dry_run {
+            self.db.write(move |w| Ok::<_, Error>(w.clear_stale_inflight(cutoff)?)).await?;
+        }
+        Ok(report)
+    }
+
+    /// Deletes media uploaded before `cutoff_ms` (records and, when unshared, their objects).
+    pub async fn purge_older_than(&self, cutoff_ms: u64, dry_run: bool) -> Result<PurgeReport> {
+        let ids = self.db.read(move |r| Ok::<_, Error>(r.media_older_than(cutoff_ms as i64)?)).await?;
+        let mut report = PurgeReport { examined: ids.len() as u64, deleted: 0 };
+        if dry_run {
+            report.deleted = report.examined;
+            return Ok(report);
+        }
+        for id in ids {
+            let i = id.clone();
+            let mut gone = self.db.write(move |w| Ok::<_, Error>(w.delete_media(&i)?)).await?;
+            gone.push(self.media.meta_key(&id));
+            for key in gone {
+                self.media.store.delete(&key).await.map_err(|e| Error::internal(format!("deleting {key}: {e}")))?;
+            }
+            report.deleted += 1;
+        }
+        Ok(report)
+    }
+}
+
+impl Moss {
+    /// Stops serving media (one `mxc://` URI, or everything a user uploaded); the content stays.
+    pub async fn quarantine(&self, mxc: Option<&str>, user: Option<&ruma::UserId>) -> Result<usize> {
+        let id = match mxc {
+            Some(uri) => {
+                let rest = uri.strip_prefix("mxc://").ok_or_else(|| Error::invalid_param("expected an mxc:// URI"))?;
+                let (server, id) =
+                    rest.split_once('/').ok_or_else(|| Error::invalid_param("expected mxc://server/id"))?;
+                if server != self.server_name.as_str() {
+                    return Err(Error::invalid_param("that media belongs to another server"));
+                }
+                Some(id.to_owned())
+            }
+            None => None,
+        };
+        let user = user.map(|u| u.to_string());
+        self.db.write(move |w| Ok::<_, Error>(w.quarantine_media(id.as_deref(), user.as_deref())?)).await
+    }
+}
