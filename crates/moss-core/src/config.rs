@@ -167,6 +167,11 @@ pub struct MediaConfig {
     pub encryption: MediaEncryptionConfig,
     pub s3: S3Config,
     pub mirror: MirrorConfig,
+    /// Other stores, by name, for `moss media migrate` and `migrate_from`.
+    pub stores: std::collections::BTreeMap<String, NamedStore>,
+    /// While moving media here from the named store: read from it what the store above
+    /// does not have yet. Remove once `moss media migrate --from NAME` has finished.
+    pub migrate_from: Option<String>,
     pub cache: CacheConfig,
     pub thumbnails: ThumbnailConfig,
     pub url_preview: UrlPreviewConfig,
@@ -202,6 +207,22 @@ impl Default for UrlPreviewConfig {
             timeout_ms: 10_000,
             cache_ttl_ms: 60 * 60 * 1000,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamedStore {
+    /// `fs` or `s3`.
+    pub store: StoreKind,
+    /// Directory of an `fs` store, relative to `data_dir`.
+    pub path: PathBuf,
+    pub s3: S3Config,
+}
+
+impl Default for NamedStore {
+    fn default() -> Self {
+        NamedStore { store: StoreKind::Fs, path: PathBuf::from("media"), s3: S3Config::default() }
     }
 }
 
@@ -339,6 +360,8 @@ impl Default for MediaConfig {
             encryption: MediaEncryptionConfig::default(),
             s3: S3Config::default(),
             mirror: MirrorConfig::default(),
+            stores: Default::default(),
+            migrate_from: None,
             cache: CacheConfig::default(),
             thumbnails: ThumbnailConfig::default(),
             url_preview: UrlPreviewConfig::default(),

@@ -222,6 +222,15 @@ prefix = ""
 part_size = {part_size}
 request_timeout_ms = {s3_timeout}
 
+# Other stores by name, for `moss media migrate --to NAME` / `--from NAME`. For example the
+# local directory you are moving away from:
+#   [media.stores.old]
+#   store = "fs"
+#   path = "media"
+# While moving from such a store into the one configured above, read what is not copied yet
+# from it (remove once `moss media migrate --from old` has finished):
+#   migrate_from = "old"   (a key of the [media] section)
+
 [media.cache]
 # Keep recently used media on local disk in front of the store: downloads of cached media
 # keep working while the store is down, and small media avoids S3 round trips.

@@ -102,6 +102,21 @@ enum MediaCommand {
     /// Replace the media master key: re-seal every object's key under a new master key without
     /// rewriting any data. The old key is kept as <key_file>.previous-<id> and still read.
     RotateKey,
+    /// Copy every object between the configured store and a store named in [media.stores],
+    /// while the server keeps running; resumable, verified, parallel.
+    Migrate {
+        /// Copy from the configured store into this one.
+        #[arg(long, conflicts_with = "from")]
+        to: Option<String>,
+        /// Copy from this store into the configured one (set media.migrate_from to it meanwhile).
+        #[arg(long)]
+        from: Option<String>,
+        /// Delete each object from the source once its copy is verified.
+        #[arg(long)]
+        delete_source: bool,
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
     /// How much media there is, and how much deduplication saves.
     Stats,
     /// Stop serving media (kept in the store): one mxc:// URI, or everything a user uploaded.
@@ -320,6 +335,9 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
         MediaCommand::Decrypt { out } => media_cli::decrypt(moss.media.store.as_ref(), &out).await,
         MediaCommand::RotateKey => unreachable!("handled before the server state is opened"),
         MediaCommand::Stats => media_cli::stats(moss).await,
+        MediaCommand::Migrate { to, from, delete_source, parallel } => {
+            media_cli::migrate(&moss.config, to, from, delete_source, parallel).await
+        }
         MediaCommand::Quarantine { mxc, user } => {
             let user = match user {
                 Some(u) => Some(ruma::UserId::parse(&u).map_err(|e| anyhow::anyhow!("--user: {e}"))?),

@@ -156,3 +156,37 @@ pub async fn purge(moss: &Moss, orphans: bool, older_than: Option<u64>, dry_run:
     }
     Ok(())
 }
+
+pub async fn migrate(
+    config: &moss_core::Config,
+    to: Option<String>,
+    from: Option<String>,
+    delete_source: bool,
+    parallel: usize,
+) -> Result<()> {
+    let err = |e: moss_core::Error| anyhow::anyhow!("{e}");
+    let current = moss_core::media::current_store(config).map_err(err)?;
+    let (source, target) = match (to, from) {
+        (Some(name), None) => (current, moss_core::media::named_store(config, &name).map_err(err)?),
+        (None, Some(name)) => (moss_core::media::named_store(config, &name).map_err(err)?, current),
+        _ => bail!("say where to: --to NAME or --from NAME"),
+    };
+    println!("migrating {} -> {}", source.describe(), target.describe());
+    let pb = bar(0, "copying");
+    let report = moss_media::store::fallback::migrate(source, target, parallel, delete_source, |r| {
+        pb.set_length(r.objects);
+        pb.set_position(r.copied + r.already_there);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pb.finish_and_clear();
+    println!(
+        "{} object(s): {} copied ({:.1} MiB), {} already there, {} deleted from the source",
+        report.objects,
+        report.copied,
+        report.bytes as f64 / (1024.0 * 1024.0),
+        report.already_there,
+        report.deleted_from_source
+    );
+    Ok(())
+}

@@ -20,6 +20,7 @@ use moss_media::{
     store::{
         cache::CacheStore,
         encrypt::{EncryptedStore, MasterKey},
+        fallback::FallbackStore,
         fs::FsStore,
         mirror::MirrorStore,
         s3::{S3Config as S3Settings, S3Store},
@@ -242,6 +243,15 @@ impl Media {
 
 /// The configured backing store (mirrored if asked), before encryption and cache layers.
 pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
+    let current = current_store(config)?;
+    match &config.media.migrate_from {
+        Some(name) => Ok(Arc::new(FallbackStore::new(current, named_store(config, name)?))),
+        None => Ok(current),
+    }
+}
+
+/// The configured store (mirrored if asked), without migration read-through or other layers.
+pub fn current_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
     let m = &config.media;
     let primary = build_store(config, m.store, &m.path, &m.s3, "media.s3")?;
     if !m.mirror.enabled {
@@ -249,6 +259,16 @@ pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
     }
     let secondary = build_store(config, m.mirror.store, &m.mirror.path, &m.mirror.s3, "media.mirror.s3")?;
     Ok(Arc::new(MirrorStore::new(primary, secondary)))
+}
+
+/// A store from `[media.stores.NAME]`.
+pub fn named_store(config: &Config, name: &str) -> Result<Arc<dyn BlobStore>> {
+    let s = config
+        .media
+        .stores
+        .get(name)
+        .ok_or_else(|| Error::internal(format!("no store named {name:?} in [media.stores]")))?;
+    build_store(config, s.store, &s.path, &s.s3, &format!("media.stores.{name}.s3"))
 }
 
 fn build_store(

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod encrypt;
+pub mod fallback;
 pub mod fs;
 pub mod mirror;
 pub mod s3;

@@ -111,6 +111,15 @@ impl Server {
         Server::start_in(dir, &env).await
     }
 
+    /// Starts moss again on the same data directory with other settings.
+    pub async fn restart_with(mut self, env: &[(&str, &str)]) -> Server {
+        self.kill9();
+        let dir = std::mem::take(&mut self.dir);
+        let log = dir.join("moss.log");
+        let _ = std::fs::rename(&log, dir.join("moss.before-restart.log"));
+        Server::start_in(dir, env).await
+    }
+
     /// Logs in with the test password; returns the access token.
     pub async fn login(&self, name: &str) -> String {
         let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "password123"});

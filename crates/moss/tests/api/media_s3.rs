@@ -363,3 +363,91 @@ async fn a_200_mib_upload_streams_through_encrypted_s3_with_flat_memory() {
         "one data object (multipart) and its key: {objects:?}"
     );
 }
+
+#[tokio::test]
+async fn migrating_1000_files_from_disk_to_s3_while_they_are_downloaded() {
+    let Some(env) = s3_env() else { return };
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let mut files = Vec::new();
+    for i in 0..1000u32 {
+        let data = format!("file {i} ").repeat(50 + (i % 7) as usize).into_bytes();
+        let (st, v) = upload(&s, &a, data.clone(), "text/plain", None).await;
+        assert_eq!(st, 200);
+        files.push((
+            format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())),
+            data,
+        ));
+    }
+    let p = prefix();
+    let vars = [
+        ("MOSS_REGISTRATION", "open".to_owned()),
+        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
+        ("MOSS_MEDIA__STORE", "s3".to_owned()),
+        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
+        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
+        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
+        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
+        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
+        ("MOSS_MEDIA__S3__PREFIX", format!("\"{p}\"")),
+        ("MOSS_MEDIA__STORES__OLD__STORE", "fs".to_owned()),
+        ("MOSS_MEDIA__STORES__OLD__PATH", "media".to_owned()),
+        ("MOSS_MEDIA__MIGRATE_FROM", "old".to_owned()),
+    ];
+    let env_refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = s.restart_with(&env_refs).await;
+    let a = crate::common::User { token: s.login("alice").await, ..a };
+
+    // A client reads everything, over and over, while the migration runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (done, base, token, files) = (done.clone(), s.base.clone(), a.token.clone(), files.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut bad) = (0u64, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for (path, data) in files.iter().step_by(7) {
+                    let res = http.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap();
+                    let st = res.status().as_u16();
+                    if st == 200 && res.bytes().await.unwrap().as_ref() == data.as_slice() {
+                        ok += 1;
+                    } else {
+                        bad.push(format!("{path}: {st}"));
+                    }
+                }
+            }
+            (ok, bad)
+        })
+    };
+    let mut cmd = std::process::Command::new(crate::common::moss_bin());
+    cmd.args(["media", "migrate", "--from", "old", "--delete-source", "--parallel", "8"])
+        .env("MOSS_DATA_DIR", s.data_dir());
+    for (k, v) in &vars {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, bad) = reader.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2000 object(s): 2000 copied"), "1000 contents + 1000 records: {stdout}");
+    assert!(bad.is_empty(), "downloads failed during the migration: {:?}", &bad[..bad.len().min(5)]);
+    assert!(ok > 0);
+    let left_on_disk = std::fs::read_dir(s.data_dir().join("media"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+        .sum::<usize>();
+    assert_eq!(left_on_disk, 0, "--delete-source empties the old store");
+
+    // Migration over: no more read-through, everything comes from S3.
+    let env_refs: Vec<(&str, &str)> = env_refs.into_iter().filter(|(k, _)| *k != "MOSS_MEDIA__MIGRATE_FROM").collect();
+    let s = s.restart_with(&env_refs).await;
+    let a = crate::common::User { token: s.login("alice").await, ..a };
+    for (path, data) in files.iter().step_by(13) {
+        let res = download(&s, Some(&a), path, None).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
+    }
+}
