@@ -6,6 +6,7 @@
 //! serial order, which the global stream ordering relies on.
 
 mod queries;
+pub mod synapse;
 
 use std::{
     path::{Path, PathBuf},

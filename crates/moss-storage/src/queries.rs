@@ -1194,3 +1194,15 @@ impl Writer<'_> {
         }
     }
 }
+
+impl Writer<'_> {
+    /// Marks imported media: its original upload time, whether the legacy unauthenticated
+    /// endpoints may serve it, and quarantine.
+    pub fn mark_imported_media(&self, media_id: &str, created_ts: i64, legacy: bool, quarantined: bool) -> Result<()> {
+        self.exec(
+            "UPDATE media SET created_ts = ?2, legacy = ?3, quarantined = ?4 WHERE media_id = ?1",
+            params![media_id, created_ts, legacy, quarantined],
+        )?;
+        Ok(())
+    }
+}

@@ -117,6 +117,16 @@ enum MediaCommand {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
+    /// Import a Synapse media store (local uploads) with its metadata, keeping every mxc:// URI.
+    /// moss must use the same server_name as the Synapse it replaces.
+    ImportSynapse {
+        /// Synapse's media_store_path.
+        #[arg(long)]
+        media_store: PathBuf,
+        /// Synapse's SQLite database file.
+        #[arg(long)]
+        database: PathBuf,
+    },
     /// How much media there is, and how much deduplication saves.
     Stats,
     /// Stop serving media (kept in the store): one mxc:// URI, or everything a user uploaded.
@@ -335,6 +345,9 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
         MediaCommand::Decrypt { out } => media_cli::decrypt(moss.media.store.as_ref(), &out).await,
         MediaCommand::RotateKey => unreachable!("handled before the server state is opened"),
         MediaCommand::Stats => media_cli::stats(moss).await,
+        MediaCommand::ImportSynapse { media_store, database } => {
+            media_cli::import_synapse(moss, &media_store, &database).await
+        }
         MediaCommand::Migrate { to, from, delete_source, parallel } => {
             media_cli::migrate(&moss.config, to, from, delete_source, parallel).await
         }

@@ -190,3 +190,23 @@ pub async fn migrate(
     );
     Ok(())
 }
+
+pub async fn import_synapse(moss: &Moss, media_store: &Path, database: &Path) -> Result<()> {
+    if database.to_string_lossy().starts_with("postgres") {
+        bail!("only Synapse's SQLite database can be read so far; PostgreSQL import is not implemented yet");
+    }
+    let pb = bar(0, "importing");
+    let r = moss
+        .import_synapse(media_store, database, |r| {
+            pb.set_length(r.rows);
+            pb.set_position(r.imported + r.already + r.missing_files + r.skipped);
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pb.finish_and_clear();
+    println!(
+        "{} Synapse media: {} imported, {} already here, {} skipped (URL-preview cache), {} missing on disk",
+        r.rows, r.imported, r.already, r.skipped, r.missing_files
+    );
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The media repository: uploads spooled to disk while hashed, stored once per distinct content
 //! under a keyed hash, and served as ranged streams from the configured blob store.
 
+pub mod import;
 pub mod maintenance;
 pub mod preview;
 pub mod thumbnail;
@@ -370,7 +371,38 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        if let Some(id) = media_id {
+        self.ingest(user, media_id, content_type, filename, body, true).await
+    }
+
+    /// Fills a reserved media id without the checks meant for clients (quota, size limit,
+    /// ownership): for imports by the operator.
+    pub(crate) async fn upload_media_unchecked<S>(
+        &self,
+        user: &UserId,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        body: S,
+    ) -> Result<String>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        self.ingest(user, Some(media_id), content_type, filename, body, false).await
+    }
+
+    async fn ingest<S>(
+        &self,
+        user: &UserId,
+        media_id: Option<&str>,
+        content_type: Option<String>,
+        filename: Option<String>,
+        body: S,
+        enforce: bool,
+    ) -> Result<String>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        if let (Some(id), true) = (media_id, enforce) {
             let (i, u) = (id.to_owned(), user.to_string());
             let now = now_ms() as i64;
             self.db
@@ -397,7 +429,7 @@ impl Moss {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
-            if size > max {
+            if size > max && enforce {
                 return Err(Error::too_large(format!("uploads are limited to {max} bytes")));
             }
             hasher.update(&chunk);
@@ -406,7 +438,7 @@ impl Moss {
         file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         drop(file);
         let quota = self.config.media.quota_per_user;
-        if quota > 0 {
+        if quota > 0 && enforce {
             let u = user.to_string();
             let used = self.db.read(move |r| Ok::<_, Error>(r.user_media_bytes(&u)?)).await? as u64;
             if used + size > quota {
@@ -524,7 +556,7 @@ impl Moss {
     }
 }
 
-async fn file_stream(path: PathBuf) -> Result<ByteStream> {
+pub(crate) async fn file_stream(path: PathBuf) -> Result<ByteStream> {
     let file = tokio::fs::File::open(&path).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
     let s = futures_util::stream::unfold(file, |mut f| async move {
         use tokio::io::AsyncReadExt;

@@ -1,0 +1,51 @@
+//! Reading a Synapse database's media tables, for `moss media import-synapse`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::Result;
+
+/// One row of Synapse's `local_media_repository`.
+#[derive(Debug, Clone)]
+pub struct SynapseLocalMedia {
+    pub media_id: String,
+    pub media_type: Option<String>,
+    pub media_length: Option<i64>,
+    pub created_ts: Option<i64>,
+    pub upload_name: Option<String>,
+    pub user_id: Option<String>,
+    pub quarantined: bool,
+    /// Uploaded while authenticated media was on: never served unauthenticated.
+    pub authenticated: bool,
+    /// Cached URL-preview content rather than a user upload.
+    pub url_cache: bool,
+}
+
+/// Local media rows of the Synapse SQLite database at `path` (opened read-only).
+pub fn synapse_local_media(path: &Path) -> Result<Vec<SynapseLocalMedia>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_authenticated: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('local_media_repository') WHERE name = 'authenticated'")?
+        .exists([])?;
+    let sql = format!(
+        "SELECT media_id, media_type, media_length, created_ts, upload_name, user_id, quarantined_by IS NOT NULL, {}, \
+         url_cache IS NOT NULL FROM local_media_repository ORDER BY created_ts",
+        if has_authenticated { "authenticated" } else { "0" }
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SynapseLocalMedia {
+            media_id: r.get(0)?,
+            media_type: r.get(1)?,
+            media_length: r.get(2)?,
+            created_ts: r.get(3)?,
+            upload_name: r.get(4)?,
+            user_id: r.get(5)?,
+            quarantined: r.get(6)?,
+            authenticated: r.get(7)?,
+            url_cache: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
