@@ -272,6 +272,9 @@ impl Default for CacheConfig {
 pub struct ThumbnailConfig {
     /// The sizes served; a request gets the closest one at least as large.
     pub sizes: Vec<ThumbnailSize>,
+    /// Make thumbnails of exactly the size asked (up to 1600×1600) instead of the closest
+    /// configured one. Costs more CPU and storage.
+    pub dynamic: bool,
     /// Images with more pixels are not decoded (decompression bombs).
     pub max_image_pixels: u64,
     /// Images larger than this (bytes) are not thumbnailed.
@@ -298,6 +301,7 @@ impl Default for ThumbnailConfig {
                 size(640, 480, "scale"),
                 size(800, 600, "scale"),
             ],
+            dynamic: false,
             max_image_pixels: 32_000_000,
             max_source_bytes: 50 * 1024 * 1024,
         }

@@ -248,6 +248,8 @@ sizes = [
     {{ width = 640, height = 480, method = "scale" }},
     {{ width = 800, height = 600, method = "scale" }},
 ]
+# Make thumbnails of exactly the size asked (up to 1600x1600) instead of the closest one above.
+dynamic = false
 # Images with more pixels than this are not decoded (decompression bombs).
 max_image_pixels = {max_pixels}
 # Images larger than this many bytes are not thumbnailed.

@@ -599,12 +599,16 @@ impl Moss {
             sizes.retain(|s| s.2 == method);
         }
         sizes.sort_by_key(|s| s.0 as u64 * s.1 as u64);
-        let (tw, th, tm) = sizes
-            .iter()
-            .find(|s| s.0 >= width && s.1 >= height)
-            .or(sizes.last())
-            .copied()
-            .ok_or_else(|| Error::not_found("thumbnails are not configured"))?;
+        let (tw, th, tm) = if cfg.dynamic {
+            (width.clamp(1, 1600), height.clamp(1, 1600), method)
+        } else {
+            sizes
+                .iter()
+                .find(|s| s.0 >= width && s.1 >= height)
+                .or(sizes.last())
+                .copied()
+                .ok_or_else(|| Error::not_found("thumbnails are not configured"))?
+        };
 
         let (k, m) = (key.clone(), tm.as_str());
         let found = self.db.read(move |r| Ok::<_, Error>(r.thumbnail(&k, tw as i64, th as i64, m, animated)?)).await?;
@@ -640,20 +644,27 @@ impl Moss {
             .await
             .map_err(store_error)?;
         let max_pixels = cfg.max_image_pixels;
-        let made = tokio::task::spawn_blocking(move || thumbnail::make(&source, width, height, method, max_pixels))
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-            .map_err(|e| match e {
-                thumbnail::ThumbnailError::Unsupported => {
-                    Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
+        let made = tokio::task::spawn_blocking(move || {
+            if animated {
+                if let Some(t) = thumbnail::make_animated(&source, width, height, method, max_pixels)? {
+                    return Ok(t);
                 }
-                thumbnail::ThumbnailError::TooLarge => {
-                    Error::new(ErrorKind::TooLarge, 400, "this image has too many pixels to thumbnail")
-                }
-                thumbnail::ThumbnailError::Broken(m) => {
-                    Error::new(ErrorKind::Unknown, 400, format!("the image could not be decoded: {m}"))
-                }
-            })?;
+            }
+            thumbnail::make(&source, width, height, method, max_pixels)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| match e {
+            thumbnail::ThumbnailError::Unsupported => {
+                Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
+            }
+            thumbnail::ThumbnailError::TooLarge => {
+                Error::new(ErrorKind::TooLarge, 400, "this image has too many pixels to thumbnail")
+            }
+            thumbnail::ThumbnailError::Broken(m) => {
+                Error::new(ErrorKind::Unknown, 400, format!("the image could not be decoded: {m}"))
+            }
+        })?;
         let thumb_key = {
             let mut mac = Hmac::<Sha256>::new_from_slice(&self.media.secret).expect("any key length works");
             mac.update(format!("{key}|{width}x{height}|{}|{animated}", method.as_str()).as_bytes());

@@ -150,3 +150,94 @@ mod tests {
         );
     }
 }
+
+/// Most frames an animated thumbnail keeps; longer animations are cut short.
+const MAX_FRAMES: usize = 300;
+
+/// An animated GIF thumbnail of an animated GIF, or `None` when the source is not animated (the
+/// caller then makes a still one). Every frame is decoded within the pixel budget.
+pub fn make_animated(
+    source: &[u8],
+    bw: u32,
+    bh: u32,
+    method: Method,
+    max_pixels: u64,
+) -> Result<Option<Thumbnail>, ThumbnailError> {
+    use image::{
+        codecs::gif::{GifDecoder, GifEncoder, Repeat},
+        AnimationDecoder, Frame,
+    };
+    let format = image::guess_format(source).map_err(|_| ThumbnailError::Unsupported)?;
+    if format != ImageFormat::Gif {
+        return Ok(None);
+    }
+    let decoder = GifDecoder::new(Cursor::new(source)).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > max_pixels {
+        return Err(ThumbnailError::TooLarge);
+    }
+    let frames: Vec<Frame> = decoder
+        .into_frames()
+        .take(MAX_FRAMES)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    if frames.len() < 2 {
+        return Ok(None);
+    }
+    if (w as u64 * h as u64).saturating_mul(frames.len() as u64) > max_pixels.saturating_mul(4) {
+        return Err(ThumbnailError::TooLarge);
+    }
+    let (tw, th) = target_size(w, h, bw, bh, method);
+    let mut resizer = Resizer::new();
+    let mut opts = ResizeOptions::new();
+    if method == Method::Crop {
+        opts = opts.fit_into_destination(Some((0.5, 0.5)));
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
+        encoder.set_repeat(Repeat::Infinite).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+        for frame in frames {
+            let delay = frame.delay();
+            let src = DynamicImage::ImageRgba8(frame.into_buffer());
+            let mut dst = Image::new(tw, th, PixelType::U8x4);
+            resizer.resize(&src, &mut dst, &opts).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+            let buf = image::RgbaImage::from_raw(tw, th, dst.into_vec())
+                .ok_or_else(|| ThumbnailError::Broken("resize".into()))?;
+            encoder
+                .encode_frame(Frame::from_parts(buf, 0, 0, delay))
+                .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+        }
+    }
+    Ok(Some(Thumbnail { bytes, content_type: "image/gif", width: tw, height: th }))
+}
+
+#[cfg(test)]
+mod animated_tests {
+    use super::*;
+
+    pub fn animated_gif(w: u32, h: u32, frames: u32) -> Vec<u8> {
+        use image::{codecs::gif::GifEncoder, Delay, Frame};
+        let mut out = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut out);
+            for i in 0..frames {
+                let img = image::RgbaImage::from_fn(w, h, |x, _| image::Rgba([(x * 3 + i * 40) as u8, 0, 0, 255]));
+                enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1))).unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn animated_gifs_stay_animated() {
+        use image::AnimationDecoder;
+        let t = make_animated(&animated_gif(200, 100, 5), 96, 96, Method::Scale, 1 << 24).unwrap().expect("animated");
+        assert_eq!(t.content_type, "image/gif");
+        let frames = image::codecs::gif::GifDecoder::new(Cursor::new(&t.bytes)).unwrap().into_frames().count();
+        assert_eq!(frames, 5);
+        assert_eq!((t.width, t.height), (96, 48));
+        // A still image is not animated: the caller makes an ordinary thumbnail.
+        assert!(make_animated(&animated_gif(50, 50, 1), 32, 32, Method::Crop, 1 << 24).unwrap().is_none());
+    }
+}

@@ -731,3 +731,47 @@ async fn quarantined_media_is_no_longer_served() {
     assert_eq!(status(bobs).await, 404);
     assert_eq!(status(fine).await, 200);
 }
+
+#[tokio::test]
+async fn animated_gifs_get_animated_thumbnails_when_asked() {
+    use image::AnimationDecoder;
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let mut gif = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut gif);
+        for i in 0..4u32 {
+            let img = image::RgbaImage::from_fn(300, 200, |x, _| image::Rgba([(x + i * 50) as u8, 30, 60, 255]));
+            enc.encode_frame(image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(80, 1))).unwrap();
+        }
+    }
+    let (_, v) = upload(&s, &a, gif, "image/gif", None).await;
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+    let res = thumb(&s, &a, &mxc, "width=96&height=96&method=crop&animated=true").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/gif");
+    let body = res.bytes().await.unwrap();
+    let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&body)).unwrap().into_frames().count();
+    assert_eq!(frames, 4);
+    let res = thumb(&s, &a, &mxc, "width=96&height=96&method=crop").await;
+    assert_eq!(res.headers()["content-type"], "image/png", "without animated=true a still thumbnail");
+}
+
+#[tokio::test]
+async fn dynamic_thumbnails_have_the_size_asked() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__THUMBNAILS__DYNAMIC", "true"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let (_, v) = upload(&s, &a, image_bytes(1000, 800, image::ImageFormat::Png), "image/png", None).await;
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+    let res = thumb(&s, &a, &mxc, "width=123&height=45&method=crop").await;
+    let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (123, 45));
+    let res = thumb(&s, &a, &mxc, "width=200&height=200&method=scale").await;
+    let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (200, 160));
+}
