@@ -33,12 +33,8 @@ impl Moss {
         if current.as_deref() == Some("join") {
             return Ok(room_id);
         }
-        let mut content = self.member_content(user, "join").await?;
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
-        self.append_event(&room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
-            .await?;
+        let content = self.member_content(user, "join").await?;
+        self.send_member(user, &room_id, user, content, reason).await?;
         Ok(room_id)
     }
 
@@ -63,26 +59,8 @@ impl Moss {
             Some("invite") => return Ok(()),
             _ => {}
         }
-        let mut content = json!({"membership": "invite"});
-        if let Some(u) = self.user(target).await? {
-            if let Some(n) = u.displayname {
-                content["displayname"] = json!(n);
-            }
-            if let Some(a) = u.avatar_url {
-                content["avatar_url"] = json!(a);
-            }
-        }
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
-        self.append_event(
-            room_id,
-            sender,
-            NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content),
-            None,
-        )
-        .await?;
-        Ok(())
+        let content = self.member_content(target, "invite").await?;
+        self.send_member(sender, room_id, target, content, reason).await
     }
 
     /// Leaves a room, or rejects an invite or withdraws a knock.
@@ -94,13 +72,7 @@ impl Moss {
             Some("ban") => return Err(Error::forbidden("you are banned from this room")),
             _ => return Err(Error::forbidden("you are not in this room")),
         }
-        let mut content = json!({"membership": "leave"});
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
-        self.append_event(room_id, user, NewPdu::state(TimelineEventType::RoomMember, user.as_str(), content), None)
-            .await?;
-        Ok(())
+        self.send_member(user, room_id, user, json!({"membership": "leave"}), reason).await
     }
 
     pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
@@ -161,27 +133,33 @@ impl Moss {
         membership: &str,
         reason: Option<String>,
     ) -> Result<()> {
-        let mut content = json!({"membership": membership});
+        self.send_member(sender, room_id, target, json!({"membership": membership}), reason).await
+    }
+
+    /// Appends `sender`'s change of `target`'s membership, with the reason if one was given.
+    async fn send_member(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        mut content: Value,
+        reason: Option<String>,
+    ) -> Result<()> {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.append_event(
-            room_id,
-            sender,
-            NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content),
-            None,
-        )
-        .await?;
+        let new = NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content);
+        self.append_event(room_id, sender, new, None).await?;
         Ok(())
     }
 
-    /// Member event content carrying the user's current profile.
     /// A user's current membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).
     pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
         let (room, u) = (room_id.to_string(), user.to_string());
         self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?)).await
     }
 
+    /// Member event content carrying the user's current profile.
     pub(crate) async fn member_content(&self, user: &UserId, membership: &str) -> Result<Value> {
         let mut content = json!({"membership": membership});
         if let Some(u) = self.user(user).await? {

@@ -70,8 +70,9 @@ fn raw_store(env: &S3Env, prefix: &str) -> S3Store {
     .unwrap()
 }
 
-async fn start(env: &S3Env, prefix: &str, encrypted: bool) -> Server {
-    let mut vars = vec![
+/// Settings for moss on the test bucket (objects under `prefix`), open registration, no limits.
+fn s3_vars(env: &S3Env, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
         ("MOSS_REGISTRATION", "open".to_owned()),
         ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
         ("MOSS_MEDIA__STORE", "s3".to_owned()),
@@ -81,10 +82,16 @@ async fn start(env: &S3Env, prefix: &str, encrypted: bool) -> Server {
         ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
         ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
         ("MOSS_MEDIA__S3__PREFIX", format!("\"{prefix}\"")),
+    ]
+}
+
+async fn start(env: &S3Env, prefix: &str, encrypted: bool) -> Server {
+    let mut vars = s3_vars(env, prefix);
+    vars.extend([
         // Small parts so the 5 MiB upload exercises multipart.
         ("MOSS_MEDIA__S3__PART_SIZE", (5 * 1024 * 1024).to_string()),
         ("MOSS_MEDIA__MAX_UPLOAD_SIZE", (1u64 << 30).to_string()),
-    ];
+    ]);
     if encrypted {
         vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
     }
@@ -240,20 +247,13 @@ async fn cached_media_is_served_while_s3_is_down_and_everything_recovers() {
     let Some(_) = s3_env() else { return };
     let mut garage = OwnGarage::start();
     let env = &garage.env;
-    let vars = [
-        ("MOSS_REGISTRATION", "open".to_owned()),
-        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
-        ("MOSS_MEDIA__STORE", "s3".to_owned()),
-        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
-        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
-        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
-        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
-        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
+    let mut vars = s3_vars(env, "");
+    vars.extend([
         ("MOSS_MEDIA__S3__REQUEST_TIMEOUT_MS", "3000".to_owned()),
         ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()),
         ("MOSS_MEDIA__CACHE__ENABLED", "true".to_owned()),
         ("MOSS_MEDIA__CACHE__MAX_SIZE", "100000".to_owned()),
-    ];
+    ]);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s = Server::start_with(&vars).await;
     let a = s.register("alice").await;
@@ -316,19 +316,11 @@ async fn media_check_diagnoses_a_real_store() {
 async fn a_local_mirror_serves_what_the_bucket_lost() {
     let Some(env) = s3_env() else { return };
     let p = prefix();
-    let vars = [
-        ("MOSS_REGISTRATION", "open".to_owned()),
-        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
-        ("MOSS_MEDIA__STORE", "s3".to_owned()),
-        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
-        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
-        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
-        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
-        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
-        ("MOSS_MEDIA__S3__PREFIX", format!("\"{p}\"")),
+    let mut vars = s3_vars(&env, &p);
+    vars.extend([
         ("MOSS_MEDIA__MIRROR__ENABLED", "true".to_owned()),
         ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()),
-    ];
+    ]);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s = Server::start_with(&vars).await;
     let a = s.register("alice").await;
@@ -380,20 +372,12 @@ async fn migrating_1000_files_from_disk_to_s3_while_they_are_downloaded() {
         ));
     }
     let p = prefix();
-    let vars = [
-        ("MOSS_REGISTRATION", "open".to_owned()),
-        ("MOSS_RATE_LIMITS__ENABLED", "false".to_owned()),
-        ("MOSS_MEDIA__STORE", "s3".to_owned()),
-        ("MOSS_MEDIA__S3__ENDPOINT", env.endpoint.clone()),
-        ("MOSS_MEDIA__S3__REGION", env.region.clone()),
-        ("MOSS_MEDIA__S3__BUCKET", env.bucket.clone()),
-        ("MOSS_MEDIA__S3__ACCESS_KEY_ID", env.key_id.clone()),
-        ("MOSS_MEDIA__S3__SECRET_ACCESS_KEY", env.secret.clone()),
-        ("MOSS_MEDIA__S3__PREFIX", format!("\"{p}\"")),
+    let mut vars = s3_vars(&env, &p);
+    vars.extend([
         ("MOSS_MEDIA__STORES__OLD__STORE", "fs".to_owned()),
         ("MOSS_MEDIA__STORES__OLD__PATH", "media".to_owned()),
         ("MOSS_MEDIA__MIGRATE_FROM", "old".to_owned()),
-    ];
+    ]);
     let env_refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s = s.restart_with(&env_refs).await;
     let a = crate::common::User { token: s.login("alice").await, ..a };
