@@ -5,7 +5,7 @@
 set -euo pipefail
 version=2.5.0
 bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
-if [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "v$version"; then
+if [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "$version"; then
     exit 0
 fi
 echo "setup-garage: building garage $version (once; ~15 min on 2 cores)" >&2
