@@ -169,7 +169,9 @@ fn init_logging(config: &Config, json: bool) {
     // ruma logs every auth check at info; that is debug detail for an operator.
     let directives = format!("{},ruma_state_res=warn", config.log.level);
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes help a terminal; in a log file they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json || config.log.format == LogFormat::Json {
         builder.json().init();
     } else {

@@ -64,3 +64,12 @@ async fn user_commands_work_while_the_server_runs() {
     let (_, list) = run(&["user", "list"]);
     assert!(list.contains("@dora:localhost (deactivated)"), "{list}");
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let s = Server::start().await;
+    s.register("logger").await;
+    let log = s.log();
+    assert!(log.contains("registered"), "{log}");
+    assert!(!log.contains('\u{1b}'), "terminal escape codes in a log file: {log}");
+}
