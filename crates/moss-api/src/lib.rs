@@ -22,7 +22,7 @@ use tower_http::{
 };
 
 use crate::{
-    client::{account, rooms, server, user},
+    client::{account, keys, rooms, server, user},
     error::ApiError,
     ruma_wrapper::RouterExt,
 };
@@ -109,6 +109,28 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(user::receipt)
         .ruma(user::read_markers)
         .ruma(user::search_users)
+        // end-to-end encryption
+        .ruma(keys::upload_keys)
+        .ruma(keys::query_keys)
+        .ruma(keys::claim_keys)
+        .ruma(keys::key_changes)
+        .ruma(keys::upload_signing_keys)
+        .ruma(keys::upload_signatures)
+        .ruma(keys::send_to_device)
+        .ruma(keys::create_backup)
+        .ruma(keys::latest_backup)
+        .ruma(keys::backup)
+        .ruma(keys::update_backup)
+        .ruma(keys::delete_backup)
+        .ruma(keys::put_backup_keys)
+        .ruma(keys::put_backup_room_keys)
+        .ruma(keys::put_backup_session_key)
+        .ruma(keys::get_backup_keys)
+        .ruma(keys::get_backup_room_keys)
+        .ruma(keys::get_backup_session_key)
+        .ruma(keys::delete_backup_keys)
+        .ruma(keys::delete_backup_room_keys)
+        .ruma(keys::delete_backup_session_key)
         // rooms
         .ruma(rooms::create)
         .ruma(rooms::send_message)

@@ -45,6 +45,11 @@ impl Error {
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::TooLarge, 413, message)
     }
+    /// An error whose errcode ruma has no variant for (e.g. `M_INVALID_SIGNATURE`).
+    pub fn custom(errcode: &str, status: u16, message: impl Into<String>) -> Self {
+        let kind = serde_json::from_value(serde_json::json!({ "errcode": errcode })).unwrap_or(ErrorKind::Unknown);
+        Self::new(kind, status, message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
     }

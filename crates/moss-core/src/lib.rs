@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod filter;
 pub mod keys;

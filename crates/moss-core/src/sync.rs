@@ -1,8 +1,10 @@
 //! `/sync`: initial and incremental, long-polling until something for the user happens.
 //!
-//! A sync token is `s<stream>_<typing>`: the global stream position plus the typing serial.
-//! Everything persistent (events, account data, receipts) is ordered by the stream, so "what
-//! changed since the token" is a range query per room.
+//! A sync token is `s<stream>_<typing>[_<to-device>]`: the global stream position, the typing
+//! serial, and how far the device's to-device queue was delivered when a batch stopped short of
+//! the stream (omitted when equal to it). Everything persistent (events, account data, receipts,
+//! to-device messages, key changes) is ordered by the stream, so "what changed since the token"
+//! is a range query.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -27,20 +29,35 @@ use crate::{
 pub struct SyncToken {
     pub stream: i64,
     pub typing: u64,
+    /// To-device messages up to here were delivered (and are deleted once this token is used).
+    pub to_device: i64,
 }
 
 impl SyncToken {
     pub fn parse(s: &str) -> Result<SyncToken> {
         let bad = || Error::invalid_param(format!("invalid sync token {s:?}"));
         let rest = s.strip_prefix('s').ok_or_else(bad)?;
-        let (a, b) = rest.split_once('_').ok_or_else(bad)?;
-        Ok(SyncToken { stream: a.parse().map_err(|_| bad())?, typing: b.parse().map_err(|_| bad())? })
+        let mut parts = rest.split('_');
+        let stream: i64 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let typing = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let to_device = match parts.next() {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => stream,
+        };
+        if parts.next().is_some() || stream < 0 || to_device > stream {
+            return Err(bad());
+        }
+        Ok(SyncToken { stream, typing, to_device })
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}", self.stream, self.typing)
+        if self.to_device == self.stream {
+            write!(f, "s{}_{}", self.stream, self.typing)
+        } else {
+            write!(f, "s{}_{}_{}", self.stream, self.typing, self.to_device)
+        }
     }
 }
 
@@ -65,6 +82,9 @@ impl Moss {
             tokio::time::Instant::now() + req.timeout.min(Duration::from_millis(self.config.http.max_sync_timeout_ms));
         let mut rx = self.notifier.subscribe(&session.user_id);
         let mut shutdown = self.shutdown_signal();
+        if let Some(since) = req.since {
+            self.ack_to_device(session, since.to_device).await?;
+        }
         loop {
             rx.borrow_and_update();
             let typing_serial = self.typing.serial();
@@ -97,7 +117,7 @@ impl Moss {
         let since = req.since;
         let full_state = req.full_state;
         let filter = req.filter.clone();
-        let (mut body, unread, empty, typing_rooms) =
+        let (mut body, unread, empty, typing_rooms, to_device_pos) =
             self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial)).await?;
         // Typing lives in memory, outside the database snapshot.
         let mut empty = empty;
@@ -122,8 +142,9 @@ impl Moss {
                 .map(|a| a.push(json!({"type": "m.typing", "content": {"user_ids": users}})));
             empty = false;
         }
+        let stream = body["next_batch"].as_i64().unwrap_or(0);
         body["next_batch"] =
-            json!(SyncToken { stream: body["next_batch"].as_i64().unwrap_or(0), typing: typing_serial }.to_string());
+            json!(SyncToken { stream, typing: typing_serial, to_device: to_device_pos.min(stream) }.to_string());
         Ok((body, unread, empty))
     }
 
@@ -197,7 +218,10 @@ fn state_before(r: &Reader<'_>, room: &str, stream: i64) -> Result<StateMap> {
     })
 }
 
-type Built = (Value, Vec<UnreadCandidates>, bool, Vec<String>);
+type Built = (Value, Vec<UnreadCandidates>, bool, Vec<String>, i64);
+
+/// Most to-device messages one sync response carries; the rest come with the next one.
+const TO_DEVICE_BATCH: usize = 100;
 
 fn build(
     r: &Reader<'_>,
@@ -386,17 +410,41 @@ fn build(
         empty = false;
     }
 
+    // End-to-end encryption: queued to-device messages, whose device lists to refetch, and how
+    // many one-time keys the device has left.
+    let messages = r.to_device_messages(u, device, since.map(|s| s.to_device).unwrap_or(-1), TO_DEVICE_BATCH as i64)?;
+    let to_device_pos = match messages.last() {
+        Some(last) if messages.len() == TO_DEVICE_BATCH => last.stream,
+        _ => current,
+    };
+    let to_device: Vec<Value> = messages
+        .iter()
+        .map(|m| Ok(json!({"sender": m.sender, "type": m.kind, "content": serde_json::from_str::<Value>(&m.content)?})))
+        .collect::<Result<_>>()?;
+    let lists = match since {
+        Some(s) => crate::e2ee::device_lists::delta(r, u, s.stream, current)?,
+        None => Default::default(),
+    };
+    if !to_device.is_empty() || !lists.is_empty() {
+        empty = false;
+    }
+    let mut otk_counts = Map::new();
+    otk_counts.insert("signed_curve25519".into(), json!(0));
+    for (algorithm, n) in r.one_time_key_counts(u, device)? {
+        otk_counts.insert(algorithm, json!(n));
+    }
+
     let body = json!({
         "next_batch": current,
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
         "account_data": {"events": global},
         "presence": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {},
-        "device_unused_fallback_key_types": [],
+        "to_device": {"events": to_device},
+        "device_lists": {"changed": lists.changed, "left": lists.left},
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": r.unused_fallback_key_types(u, device)?,
     });
-    Ok((body, unread, empty, typing_rooms))
+    Ok((body, unread, empty, typing_rooms, to_device_pos))
 }
 
 /// The room summary clients use to name rooms without a name.

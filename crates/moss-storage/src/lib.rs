@@ -5,6 +5,7 @@
 //! SQLite allows one writer at a time anyway; making that explicit gives every write a
 //! serial order, which the global stream ordering relies on.
 
+mod e2ee;
 mod queries;
 pub mod synapse;
 
@@ -15,6 +16,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 
+pub use e2ee::*;
 pub use queries::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_3_thumbnails.sql"),
     include_str!("schema_4_url_previews.sql"),
     include_str!("schema_5_inflight.sql"),
+    include_str!("schema_6_e2ee.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -184,7 +184,7 @@ fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
 const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
 
 impl Reader<'_> {
-    fn collect<T>(
+    pub(crate) fn collect<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
@@ -195,7 +195,7 @@ impl Reader<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
     }
 
-    fn one<T>(
+    pub(crate) fn one<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
@@ -549,7 +549,7 @@ impl Reader<'_> {
 }
 
 impl Writer<'_> {
-    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    pub(crate) fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
         Ok(self.conn.prepare_cached(sql)?.execute(params)?)
     }
 
@@ -627,6 +627,9 @@ impl Writer<'_> {
     pub fn delete_device(&self, user_id: &str, device_id: &str) -> Result<()> {
         self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
         self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
+        self.delete_device_e2ee(user_id, device_id)?;
+        let stream = self.next_stream()?;
+        self.mark_device_list_changed(user_id, stream)?;
         Ok(())
     }
 
@@ -654,7 +657,19 @@ impl Writer<'_> {
     pub fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
         let keep = keep.unwrap_or("");
         self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        let gone: Vec<String> = self.collect(
+            "SELECT device_id FROM devices WHERE user_id = ?1 AND device_id != ?2",
+            [user_id, keep],
+            |r| r.get(0),
+        )?;
         self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", [user_id, keep])?;
+        for device_id in &gone {
+            self.delete_device_e2ee(user_id, device_id)?;
+        }
+        if !gone.is_empty() {
+            let stream = self.next_stream()?;
+            self.mark_device_list_changed(user_id, stream)?;
+        }
         Ok(())
     }
 

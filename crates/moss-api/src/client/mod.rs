@@ -1,6 +1,7 @@
 //! Client-server API handlers, one file per spec area.
 
 pub mod account;
+pub mod keys;
 pub mod rooms;
 pub mod server;
 pub mod user;

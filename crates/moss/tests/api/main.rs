@@ -4,6 +4,7 @@ mod accounts;
 mod bad_input;
 mod cli;
 mod common;
+mod e2ee;
 mod import;
 mod media;
 mod media_s3;

@@ -1,0 +1,618 @@
+#!/usr/bin/env node
+// Real-browser client test: the Hydrogen web client, in headless Chromium, talks to moss.
+//
+// Scenario (exit code 0 = pass):
+//   1. Start the moss binary (env MOSS_BIN, default ../../../target/debug/moss) on a free loopback
+//      port with a temp data dir and open registration, configured through MOSS_* variables exactly
+//      like tests/clients/python/conftest.py does.
+//   2. Serve the Vite build of the Hydrogen app (dist/, see src/main.js; built by
+//      scripts/setup-browser.sh) from a tiny static server on another port, so every request
+//      Hydrogen makes to moss is cross-origin and needs moss's CORS handling.
+//   3. Register alice and bob over the client-server API; alice creates a room that is
+//      end-to-end encrypted (m.room.encryption, m.megolm.v1.aes-sha2, as initial state) and
+//      invites bob; bob joins.  BROWSER_TEST_ENCRYPTED=0 makes it a plain, unencrypted room.
+//   4. Start bob_nio.py (matrix-nio, with E2EE in the encrypted scenario) in the repo's venv: it logs
+//      in a new device, uploads its device and one-time keys, syncs once and says "ready".
+//   5. Launch /usr/bin/chromium through playwright-core with a fresh profile, open the app, type
+//      moss's URL into Hydrogen's homeserver field, log in as alice through the login form, open
+//      the room from the room list, type a message in the composer and press Enter. In the
+//      encrypted room Hydrogen (libolm in WebAssembly) claims bob's one-time key, shares its Megolm
+//      session with bob's device over to-device messages and sends an m.room.encrypted event.
+//   6. Pass when bob_nio reports the message with the exact body, decrypted from a MegolmEvent in
+//      the encrypted scenario.
+//
+// A screenshot is saved after each browser step in MOSS_TEST_OUTPUT (default ./output), together
+// with the browser console log and moss's log. On failure the runner prints moss's log tail, the
+// browser console, every moss response with status >= 400 and bob's output.
+//
+// Env: MOSS_BIN, MOSS_TEST_OUTPUT, BROWSER_TEST_ENCRYPTED (default 1), BROWSER_TEST_PYTHON
+// (default <repo>/.venv/bin/python), CHROMIUM (default /usr/bin/chromium),
+// BROWSER_TEST_KEEP_TMP=1 keeps the temp dirs (moss data, browser profile, nio store).
+// BROWSER_TEST_HOMESERVER=<base url> runs the same scenario against an already running server
+// with open registration (e.g. Synapse) instead of starting moss: a check of the harness itself.
+
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = path.resolve(HERE, "../../..");
+const MOSS_BIN = path.resolve(HERE, process.env.MOSS_BIN || "../../../target/debug/moss");
+const OUTPUT_DIR = path.resolve(process.env.MOSS_TEST_OUTPUT || path.join(HERE, "output"));
+const DIST_DIR = path.join(HERE, "dist");
+const PYTHON = process.env.BROWSER_TEST_PYTHON || path.join(REPO_ROOT, ".venv/bin/python");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ENCRYPTED = process.env.BROWSER_TEST_ENCRYPTED !== "0";
+const KEEP_TMP = process.env.BROWSER_TEST_KEEP_TMP === "1";
+const EXTERNAL_HS = process.env.BROWSER_TEST_HOMESERVER?.replace(/\/+$/, "") || null;
+const SERVER_NAME = "localhost";
+const CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+const STEP_TIMEOUT_MS = 30_000;
+const BOB_TIMEOUT_S = 60;
+const OVERALL_TIMEOUT_MS = 150_000;
+const LOG_TAIL_LINES = 80;
+
+// ---------------------------------------------------------------------------------------------
+// State shared with the failure report and cleanup.
+const state = {
+    started: Date.now(),
+    tmpDirs: [],
+    moss: null, // {proc, logPath, baseUrl}
+    web: null, // http.Server
+    bob: null, // {proc, lines: [], stderr: []}
+    context: null, // playwright BrowserContext
+    page: null,
+    consoleLog: [],
+    badResponses: [],
+    requests: [],
+    warnings: [],
+    step: "setup",
+    shots: 0,
+};
+
+function log(msg) {
+    const t = ((Date.now() - state.started) / 1000).toFixed(1).padStart(5);
+    console.log(`[${t}s] ${msg}`);
+}
+
+function tmpDir(prefix) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+    state.tmpDirs.push(dir);
+    return dir;
+}
+
+async function freePort() {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1");
+    await once(srv, "listening");
+    const { port } = srv.address();
+    srv.close();
+    await once(srv, "close");
+    return port;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// An error that ends a waitFor at once (other errors thrown by the predicate are retried).
+class Fatal extends Error {}
+
+async function waitFor(what, fn, timeoutMs = STEP_TIMEOUT_MS, intervalMs = 100) {
+    const deadline = Date.now() + timeoutMs;
+    let lastErr;
+    while (Date.now() < deadline) {
+        try {
+            const v = await fn();
+            if (v) return v;
+        } catch (err) {
+            if (err instanceof Fatal) throw err;
+            lastErr = err;
+        }
+        await sleep(intervalMs);
+    }
+    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${lastErr.message}` : ""}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// moss
+
+async function startMoss() {
+    if (!existsSync(MOSS_BIN)) {
+        throw new Error(`moss binary not found at ${MOSS_BIN}: build it first or set MOSS_BIN`);
+    }
+    const workdir = tmpDir("moss-browser-");
+    const port = await freePort();
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const logPath = path.join(workdir, "moss.log");
+    // moss reads every MOSS_* variable as configuration and rejects unknown keys: drop ours.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOSS_")));
+    Object.assign(env, {
+        MOSS_DATA_DIR: path.join(workdir, "data"),
+        MOSS_HTTP__BIND: `127.0.0.1:${port}`,
+        MOSS_SERVER_NAME: SERVER_NAME,
+        MOSS_REGISTRATION: "open",
+        MOSS_RATE_LIMITS__ENABLED: "false",
+        MOSS_LOG__LEVEL: "info",
+        RUST_BACKTRACE: "1",
+        NO_COLOR: "1",
+    });
+    const fd = openSync(logPath, "w");
+    const proc = spawn(MOSS_BIN, ["serve"], { cwd: workdir, env, stdio: ["ignore", fd, fd] });
+    state.moss = { proc, logPath, baseUrl, exit: null };
+    proc.on("exit", (code, signal) => (state.moss.exit = { code, signal }));
+    await waitFor(
+        "moss to answer /_matrix/client/versions",
+        async () => {
+            if (state.moss.exit) throw new Fatal(`moss exited during startup (${JSON.stringify(state.moss.exit)})`);
+            const res = await fetch(`${baseUrl}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) });
+            return res.ok;
+        },
+        30_000,
+    );
+    log(`moss ${MOSS_BIN} is up at ${baseUrl} (workdir ${workdir})`);
+    return baseUrl;
+}
+
+async function stopMoss() {
+    const m = state.moss;
+    if (!m || m.exit) return;
+    m.proc.kill("SIGTERM");
+    const exited = await Promise.race([once(m.proc, "exit").then(() => true), sleep(10_000).then(() => false)]);
+    if (!exited) {
+        m.proc.kill("SIGKILL");
+        await once(m.proc, "exit");
+    }
+}
+
+function mossLogTail(lines = LOG_TAIL_LINES) {
+    try {
+        return readFileSync(state.moss.logPath, "utf8").split("\n").slice(-lines).join("\n");
+    } catch (err) {
+        return `<cannot read moss log: ${err.message}>`;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix client-server API (setup only; the scenario itself goes through Hydrogen and nio)
+
+async function api(baseUrl, method, urlPath, { token, body } = {}) {
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const res = await fetch(`${baseUrl}${urlPath}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(15_000),
+    });
+    const text = await res.text();
+    let json;
+    try {
+        json = JSON.parse(text);
+    } catch {
+        json = { raw: text };
+    }
+    return { status: res.status, json };
+}
+
+async function apiOk(baseUrl, method, urlPath, opts) {
+    const { status, json } = await api(baseUrl, method, urlPath, opts);
+    if (status !== 200) {
+        throw new Error(`${method} ${urlPath} -> HTTP ${status} ${JSON.stringify(json)}`);
+    }
+    return json;
+}
+
+// The spec'd user-interactive flow: first request without `auth`; on 401 complete m.login.dummy.
+async function register(baseUrl, username, password) {
+    const url = "/_matrix/client/v3/register";
+    const body = { username, password, initial_device_display_name: "register" };
+    let { status, json } = await api(baseUrl, "POST", url, { body });
+    if (status === 401) {
+        const auth = { type: "m.login.dummy" };
+        if (json.session) auth.session = json.session;
+        ({ status, json } = await api(baseUrl, "POST", url, { body: { ...body, auth } }));
+    }
+    if (status !== 200 || !json.access_token) {
+        throw new Error(`registering ${username} failed: HTTP ${status} ${JSON.stringify(json)}`);
+    }
+    return json;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static server for dist/
+
+const MIME = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm", // needed for WebAssembly.instantiateStreaming
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+};
+
+async function startWebServer() {
+    if (!existsSync(path.join(DIST_DIR, "index.html"))) {
+        throw new Error(`${DIST_DIR}/index.html is missing: run scripts/setup-browser.sh to build the app`);
+    }
+    const server = http.createServer((req, res) => {
+        const urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
+        let file = path.normalize(path.join(DIST_DIR, urlPath));
+        if (!file.startsWith(DIST_DIR)) {
+            res.writeHead(403).end();
+            return;
+        }
+        if (urlPath.endsWith("/")) file = path.join(file, "index.html");
+        let st;
+        try {
+            st = statSync(file);
+        } catch {
+            res.writeHead(404, { "content-type": "text/plain" }).end("not found");
+            return;
+        }
+        res.writeHead(200, {
+            "content-type": MIME[path.extname(file)] || "application/octet-stream",
+            "content-length": st.size,
+            "cache-control": "no-store",
+        });
+        if (req.method === "HEAD") res.end();
+        else createReadStream(file).pipe(res);
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    state.web = server;
+    const url = `http://127.0.0.1:${server.address().port}`;
+    log(`serving ${DIST_DIR} at ${url}`);
+    return url;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bob (matrix-nio)
+
+function startBob(args) {
+    if (!existsSync(PYTHON)) {
+        throw new Error(`${PYTHON} is missing: run scripts/setup-python.sh first`);
+    }
+    const proc = spawn(PYTHON, [path.join(HERE, "bob_nio.py"), ...args], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, PYTHONUNBUFFERED: "1" },
+    });
+    const bob = { proc, lines: [], stderr: [], exit: null, waiters: [] };
+    state.bob = bob;
+    readline.createInterface({ input: proc.stdout }).on("line", (line) => {
+        let msg;
+        try {
+            msg = JSON.parse(line);
+        } catch {
+            msg = { event: "text", line };
+        }
+        bob.lines.push(msg);
+        log(`bob: ${line}`);
+    });
+    readline.createInterface({ input: proc.stderr }).on("line", (line) => bob.stderr.push(line));
+    proc.on("exit", (code, signal) => (bob.exit = { code, signal }));
+    return bob;
+}
+
+async function bobEvent(kind, timeoutMs) {
+    const bob = state.bob;
+    return waitFor(
+        `bob_nio to report "${kind}"`,
+        () => {
+            const hit = bob.lines.find((l) => l.event === kind);
+            if (hit) return hit;
+            const result = bob.lines.find((l) => l.event === "result");
+            if (result) throw new Fatal(`bob_nio finished early: ${JSON.stringify(result)}`);
+            if (bob.exit) throw new Fatal(`bob_nio exited (${JSON.stringify(bob.exit)}) before "${kind}"`);
+            return null;
+        },
+        timeoutMs,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser
+
+async function shot(name) {
+    if (!state.page) return;
+    state.shots += 1;
+    const file = path.join(OUTPUT_DIR, `${String(state.shots).padStart(2, "0")}-${name}.png`);
+    try {
+        await state.page.screenshot({ path: file, fullPage: false, timeout: 10_000 });
+        const rel = path.relative(process.cwd(), file);
+        log(`screenshot ${rel.startsWith("..") ? file : rel}`);
+    } catch (err) {
+        log(`screenshot ${name} failed: ${err.message}`);
+    }
+}
+
+async function step(name, fn) {
+    state.step = name;
+    log(`step: ${name}`);
+    const result = await fn();
+    await shot(name);
+    return result;
+}
+
+async function launchBrowser(mossBase) {
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run scripts/setup-browser.sh`);
+    const profile = tmpDir("moss-chromium-profile-");
+    // launchPersistentContext passes --user-data-dir=<profile> itself (a fresh, empty profile).
+    const context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: CHROMIUM_FLAGS,
+        viewport: { width: 1200, height: 800 },
+        timeout: 30_000,
+    });
+    state.context = context;
+    const page = context.pages()[0] || (await context.newPage());
+    state.page = page;
+    page.setDefaultTimeout(STEP_TIMEOUT_MS);
+    const stamp = () => ((Date.now() - state.started) / 1000).toFixed(1);
+    page.on("console", (msg) => state.consoleLog.push(`[${stamp()}s] console.${msg.type()}: ${msg.text()}`));
+    page.on("pageerror", (err) => state.consoleLog.push(`[${stamp()}s] pageerror: ${err.stack || err}`));
+    page.on("crash", () => state.consoleLog.push(`[${stamp()}s] PAGE CRASHED`));
+    // Record every failing or interesting moss response (the context sees service-worker traffic too).
+    context.on("requestfailed", (req) => {
+        if (req.url().startsWith(mossBase)) {
+            state.consoleLog.push(`[${stamp()}s] request failed: ${req.method()} ${req.url()} ${req.failure()?.errorText}`);
+        }
+    });
+    context.on("response", async (res) => {
+        const url = res.url();
+        // Hydrogen's service worker forwards GETs: the context sees the worker's own request to
+        // moss, and the page sees the same response once more "from the service worker" (with
+        // its body readable): keep the page's view only.
+        if (!url.startsWith(mossBase) || res.request().serviceWorker()) return;
+        const req = res.request();
+        const entry = { t: stamp(), method: req.method(), path: url.slice(mossBase.length), status: res.status() };
+        if (res.status() >= 400) {
+            entry.body = await res.text().catch(() => "<no body>");
+            if (req.method() !== "GET") entry.request = req.postData()?.slice(0, 2000);
+            state.badResponses.push(entry);
+        }
+        state.requests.push(entry);
+    });
+    return page;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario
+
+const ARTIFACTS = ["browser-console.log", "homeserver-requests.json", "moss.log", "bob-nio.log"];
+
+async function scenario() {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    // Drop a previous run's screenshots and logs (only the files this runner writes).
+    for (const f of readdirSync(OUTPUT_DIR)) {
+        if (/^\d\d-.*\.png$/.test(f) || ARTIFACTS.includes(f)) rmSync(path.join(OUTPUT_DIR, f), { force: true });
+    }
+    log(`scenario: ${ENCRYPTED ? "ENCRYPTED room (m.megolm.v1.aes-sha2)" : "unencrypted room"}; output in ${OUTPUT_DIR}`);
+    const mossBase = EXTERNAL_HS || (await startMoss());
+    if (EXTERNAL_HS) log(`using the running homeserver at ${EXTERNAL_HS} instead of starting moss`);
+    const webBase = await startWebServer();
+
+    const suffix = Math.random().toString(36).slice(2, 8);
+    const alicePw = `alice-pw-${suffix}`;
+    const bobPw = `bob-pw-${suffix}`;
+    // A fresh moss has no users yet; a long-lived external server gets unique names.
+    const aliceName = EXTERNAL_HS ? `alice_${suffix}` : "alice";
+    const alice = await register(mossBase, aliceName, alicePw);
+    const bob = await register(mossBase, EXTERNAL_HS ? `bob_${suffix}` : "bob", bobPw);
+    log(`registered ${alice.user_id} and ${bob.user_id}`);
+
+    const roomName = `Browser test ${ENCRYPTED ? "(encrypted)" : "(plain)"}`;
+    const initialState = ENCRYPTED
+        ? [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
+        : [];
+    const { room_id: roomId } = await apiOk(mossBase, "POST", "/_matrix/client/v3/createRoom", {
+        token: alice.access_token,
+        body: { name: roomName, preset: "private_chat", invite: [bob.user_id], initial_state: initialState },
+    });
+    await apiOk(mossBase, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {
+        token: bob.access_token,
+        body: {},
+    });
+    log(`alice created ${roomId} ("${roomName}"), bob joined`);
+
+    const message = `Hello Bob from Hydrogen ${suffix}${ENCRYPTED ? " (encrypted)" : ""}`;
+    const nioStore = tmpDir("moss-nio-store-");
+    startBob([
+        "--homeserver", mossBase,
+        "--user", bob.user_id,
+        "--password", bobPw,
+        "--room-id", roomId,
+        "--sender", alice.user_id,
+        "--expect-body", message,
+        "--store-dir", nioStore,
+        "--timeout", String(BOB_TIMEOUT_S),
+        ...(ENCRYPTED ? ["--encrypted"] : []),
+    ]);
+    const ready = await bobEvent("ready", 30_000);
+    if (ENCRYPTED && !ready.room_encrypted) throw new Error("bob's nio client does not see the room as encrypted");
+    if (ready.keys_error) {
+        // Not fatal yet: go on so the report also shows how far Hydrogen gets; bob cannot
+        // decrypt anything without keys, so the run fails at the end regardless.
+        state.warnings.push(`bob's device has no keys on the server: ${ready.keys_error}`);
+        log(`WARNING: ${state.warnings.at(-1)}`);
+    }
+
+    const page = await launchBrowser(mossBase);
+
+    await step("login-page", async () => {
+        // Without encryption the app is started without libolm (?e2ee=0): Hydrogen then runs as a
+        // client without E2EE support and never touches the /keys endpoints.
+        await page.goto(`${webBase}/index.html${ENCRYPTED ? "" : "?e2ee=0"}`, { waitUntil: "load" });
+        await page.waitForSelector("#homeserver");
+    });
+
+    await step("homeserver-entered", async () => {
+        await page.fill("#homeserver", mossBase);
+        // Hydrogen queries /.well-known and the login flows about 1 s after typing stops.
+        await page.locator("#homeserver").blur();
+        await page.waitForSelector("#username:not([disabled])");
+    });
+
+    await step("credentials-entered", async () => {
+        await page.fill("#username", aliceName);
+        await page.fill("#password", alicePw);
+    });
+
+    await step("logged-in", async () => {
+        await page.click(".PasswordLoginView button[type=submit]");
+        // Login, then Hydrogen's session load (keys upload in the E2EE case) and first sync.
+        await waitFor(
+            "Hydrogen's session view with the room in the room list",
+            async () => {
+                const err = await page.locator(".LoginView .error").allTextContents();
+                if (err.some((e) => e.trim())) throw new Fatal(`Hydrogen shows a login error: ${err.join(" | ")}`);
+                // A failed session load shows its message next to "Export logs" / "Log out" buttons.
+                const load = page.locator(".SessionLoadStatusView", { has: page.locator("button", { hasText: "Log out" }) });
+                if ((await load.count()) > 0) {
+                    throw new Fatal(`Hydrogen's session load failed: ${(await load.first().locator("p").first().innerText()).trim()}`);
+                }
+                return (await page.locator(".SessionView .RoomList li", { hasText: roomName }).count()) > 0;
+            },
+            45_000,
+            250,
+        );
+    });
+
+    await step("room-open", async () => {
+        await page.locator(".SessionView .RoomList li a", { hasText: roomName }).first().click();
+        await page.waitForSelector(".RoomView .MessageComposer textarea");
+        if (ENCRYPTED) {
+            // Hydrogen sets this placeholder only once it knows the room is encrypted.
+            await page.waitForSelector('.MessageComposer textarea[placeholder^="Send an encrypted message"]');
+        }
+    });
+
+    await step("message-typed", async () => {
+        await page.locator(".MessageComposer textarea").fill(message);
+    });
+
+    await step("message-sent", async () => {
+        await page.locator(".MessageComposer textarea").press("Enter");
+        // Moss must have accepted the event: a PUT …/send/<type>/<txn> answered 200.
+        const eventType = ENCRYPTED ? "m.room.encrypted" : "m.room.message";
+        await waitFor(
+            `moss to accept Hydrogen's PUT /send/${eventType}`,
+            async () => {
+                const bad = state.badResponses.find((r) => r.path.includes("/send/"));
+                if (bad) throw new Fatal(`send failed: ${JSON.stringify(bad)}`);
+                return state.requests.some(
+                    (r) => r.method === "PUT" && r.path.includes(`/send/${eventType}/`) && r.status === 200,
+                );
+            },
+            30_000,
+            200,
+        );
+        await page.locator(".Timeline_message", { hasText: message }).first().waitFor();
+    });
+
+    const result = await step("bob-received", async () => {
+        const res = await bobEvent("result", (BOB_TIMEOUT_S + 10) * 1000);
+        // Give the UI a moment so the final screenshot shows the echoed message.
+        await sleep(500);
+        return res;
+    });
+    if (!result.ok) throw new Error(`bob did not get the message: ${JSON.stringify(result)}`);
+    if (result.message.body !== message) throw new Error(`bob got the wrong body: ${JSON.stringify(result)}`);
+    if (ENCRYPTED && !result.message.decrypted) throw new Error(`bob's message was not decrypted: ${JSON.stringify(result)}`);
+    log(`bob received ${JSON.stringify(result.message)}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function writeArtifacts() {
+    try {
+        writeFileSync(path.join(OUTPUT_DIR, "browser-console.log"), state.consoleLog.join("\n") + "\n");
+        writeFileSync(path.join(OUTPUT_DIR, "homeserver-requests.json"), JSON.stringify(state.requests, null, 1));
+        if (state.moss) writeFileSync(path.join(OUTPUT_DIR, "moss.log"), readFileSync(state.moss.logPath));
+        if (state.bob) {
+            writeFileSync(
+                path.join(OUTPUT_DIR, "bob-nio.log"),
+                [...state.bob.lines.map((l) => JSON.stringify(l)), "--- stderr ---", ...state.bob.stderr].join("\n") + "\n",
+            );
+        }
+    } catch (err) {
+        log(`writing artifacts failed: ${err.message}`);
+    }
+}
+
+function failureReport(err) {
+    const out = [];
+    out.push(`\nFAILED at step "${state.step}": ${err.stack || err}`);
+    if (state.moss) {
+        const st = state.moss.exit ? `EXITED ${JSON.stringify(state.moss.exit)}` : "running";
+        out.push(`\n--- moss (${st}) last ${LOG_TAIL_LINES} lines of ${state.moss.logPath} ---\n${mossLogTail()}`);
+    }
+    for (const w of state.warnings) out.push(`WARNING: ${w}`);
+    out.push(`\n--- moss responses with status >= 400 (${state.badResponses.length}) ---`);
+    for (const r of state.badResponses) {
+        const shown = { ...r };
+        if (shown.request && shown.request.length > 300) shown.request = `${shown.request.slice(0, 300)}… (full text in homeserver-requests.json)`;
+        out.push(JSON.stringify(shown));
+    }
+    out.push(`\n--- browser console (last 150 of ${state.consoleLog.length} lines) ---`);
+    out.push(...state.consoleLog.slice(-150));
+    if (state.bob) {
+        out.push(`\n--- bob_nio stdout ---`, ...state.bob.lines.map((l) => JSON.stringify(l)));
+        out.push(`--- bob_nio stderr (last 40) ---`, ...state.bob.stderr.slice(-40));
+    }
+    console.error(out.join("\n"));
+}
+
+async function cleanup() {
+    if (state.context) await state.context.close().catch(() => {});
+    if (state.bob && !state.bob.exit) {
+        state.bob.proc.kill("SIGTERM");
+        await Promise.race([once(state.bob.proc, "exit"), sleep(5000)]);
+    }
+    await stopMoss().catch(() => {});
+    if (state.web) state.web.close();
+    if (!KEEP_TMP) for (const d of state.tmpDirs) rmSync(d, { recursive: true, force: true });
+}
+
+let failed = false;
+const overall = setTimeout(() => {
+    failed = true;
+    failureReport(new Error(`overall timeout of ${OVERALL_TIMEOUT_MS} ms exceeded`));
+    writeArtifacts();
+    cleanup().finally(() => process.exit(1));
+}, OVERALL_TIMEOUT_MS);
+
+try {
+    await scenario();
+} catch (err) {
+    failed = true;
+    if (state.page && !state.page.isClosed()) await shot(`failure-${state.step}`);
+    failureReport(err);
+}
+writeArtifacts();
+await cleanup();
+clearTimeout(overall);
+const secs = ((Date.now() - state.started) / 1000).toFixed(1);
+const scenarioName = ENCRYPTED ? "encrypted" : "unencrypted";
+console.log(`Hydrogen ${scenarioName} scenario ${failed ? "FAILED" : "passed"} in ${secs}s; artifacts in ${OUTPUT_DIR}`);
+// The closing line in the plain 'N passed, N failed' form that test-result readers understand.
+console.log(failed ? "browser: 0 passed, 1 failed" : "browser: 1 passed, 0 failed");
+process.exit(failed ? 1 : 0);
