@@ -22,7 +22,7 @@ use tower_http::{
 };
 
 use crate::{
-    client::{account, keys, rooms, server, user},
+    client::{account, keys, relations, rooms, server, user},
     error::ApiError,
     ruma_wrapper::RouterExt,
 };
@@ -37,6 +37,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/client/r0/capabilities", get(server::capabilities))
         .route("/_synapse/admin/v1/register", get(server::shared_secret_nonce).post(server::shared_secret_register))
         .route("/_matrix/client/v3/sync", get(server::sync))
+        .route("/_matrix/client/v3/search", post(relations::search))
+        .route("/_matrix/client/r0/search", post(relations::search))
         .route("/_matrix/client/r0/sync", get(server::sync))
         .route("/_matrix/client/v3/profile/{user_id}", get(user::get_profile))
         .route("/_matrix/client/r0/profile/{user_id}", get(user::get_profile))
@@ -154,6 +156,10 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(rooms::members)
         .ruma(rooms::joined_members)
         .ruma(rooms::upgrade)
+        .ruma(relations::relating_events)
+        .ruma(relations::relating_events_of_type)
+        .ruma(relations::relating_events_of_type_and_event_type)
+        .ruma(relations::threads)
         // directory
         .ruma(server::put_alias)
         .ruma(server::get_alias)

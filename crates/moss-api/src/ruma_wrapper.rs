@@ -151,11 +151,15 @@ pub type HandlerResult<R> = Result<RumaResponse<<R as IncomingRequest>::Outgoing
 
 pub trait RouterExt {
     /// Mounts `handler` for the ruma endpoint `R` at each of its paths.
-    fn ruma<R, H, F>(self, handler: H) -> Self
+    ///
+    /// Handlers normally answer with ruma's response type; a few answer with plain JSON where
+    /// ruma's type would drop a field clients rely on (any `T: IntoResponse` is accepted).
+    fn ruma<R, H, F, T>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
         H: Fn(Arc<Moss>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = HandlerResult<R>> + Send + 'static;
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+        T: IntoResponse + 'static;
 }
 
 fn method_filter(m: &Method) -> MethodFilter {
@@ -170,11 +174,12 @@ fn method_filter(m: &Method) -> MethodFilter {
 }
 
 impl RouterExt for Router<Arc<Moss>> {
-    fn ruma<R, H, F>(self, handler: H) -> Self
+    fn ruma<R, H, F, T>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
         H: Fn(Arc<Moss>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = HandlerResult<R>> + Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+        T: IntoResponse + 'static,
     {
         let mut router = self;
         let mut paths: Vec<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();

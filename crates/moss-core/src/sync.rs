@@ -21,7 +21,10 @@ use crate::{
     accounts::Session,
     error::{Error, Result},
     filter,
-    rooms::read::{client_event, token},
+    rooms::{
+        read::{client_event, token},
+        relations::served_event,
+    },
     Moss,
 };
 
@@ -264,7 +267,7 @@ fn build(
                 let first_stream = rows.first().map(|e| e.stream).unwrap_or(current + 1);
                 let mut timeline = Vec::new();
                 for row in &rows {
-                    let ev = client_event(row, u, Some(device))?;
+                    let ev = served_event(r, row, u, Some(device))?;
                     if filter::matches(timeline_filter, &ev) {
                         timeline.push(ev);
                     }

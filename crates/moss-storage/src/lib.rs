@@ -7,6 +7,7 @@
 
 mod e2ee;
 mod queries;
+mod relations;
 pub mod synapse;
 
 use std::{
@@ -18,6 +19,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 
 pub use e2ee::*;
 pub use queries::*;
+pub use relations::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_4_url_previews.sql"),
     include_str!("schema_5_inflight.sql"),
     include_str!("schema_6_e2ee.sql"),
+    include_str!("schema_7_relations_search.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -138,7 +138,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
 }
 const USER_COLS: &str = "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
 
-fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+pub(crate) fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
         stream: r.get(0)?,
         event_id: r.get(1)?,
@@ -155,7 +155,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         txn_id: r.get(12)?,
     })
 }
-const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
+pub(crate) const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
                           state_group, redacted_by, txn_user, txn_device, txn_id";
 
 fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {

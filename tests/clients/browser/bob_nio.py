@@ -112,6 +112,10 @@ async def run(args: argparse.Namespace) -> int:
         def check(event: nio.Event) -> dict[str, Any] | None:
             seen_types.append(type(event).__name__)
             if isinstance(event, nio.MegolmEvent):
+                # nio already tried with the room keys it holds (to-device events of the same
+                # sync are handled before the timeline).
+                if event.event_id not in pending:
+                    log(f"cannot decrypt {event.event_id} yet (session {event.session_id})")
                 pending[event.event_id] = event
                 return None
             if isinstance(event, nio.RoomMessageText) and event.sender == args.sender:
@@ -119,7 +123,9 @@ async def run(args: argparse.Namespace) -> int:
                     "event_id": event.event_id,
                     "sender": event.sender,
                     "body": event.body,
+                    # nio marks events it decrypted from a MegolmEvent, with their session.
                     "decrypted": bool(getattr(event, "decrypted", False)),
+                    "megolm_session_id": getattr(event, "session_id", None),
                 }
             return None
 
@@ -148,9 +154,10 @@ async def run(args: argparse.Namespace) -> int:
             if joined is not None:
                 for event in joined.timeline.events:
                     found = check(event) or found
-            # Megolm keys can arrive after the event (to-device lags the timeline):
-            # retry everything still undecrypted with whatever sessions we now hold.
-            for event_id, event in list(pending.items()):
+            # Megolm keys can arrive after the event (to-device lags the timeline): when new
+            # to-device messages came in, retry everything still undecrypted.
+            retry = list(pending.items()) if sync.to_device_events else []
+            for event_id, event in retry:
                 try:
                     decrypted = client.decrypt_event(event)
                 except Exception as err:  # nio raises EncryptionError for unknown sessions

@@ -78,6 +78,7 @@ const state = {
     context: null, // playwright BrowserContext
     page: null,
     consoleLog: [],
+    pageErrors: [],
     badResponses: [],
     requests: [],
     warnings: [],
@@ -294,7 +295,7 @@ function startBob(args) {
         stdio: ["ignore", "pipe", "pipe"],
         env: { ...process.env, PYTHONUNBUFFERED: "1" },
     });
-    const bob = { proc, lines: [], stderr: [], exit: null, waiters: [] };
+    const bob = { proc, lines: [], stderr: [], exit: null };
     state.bob = bob;
     readline.createInterface({ input: proc.stdout }).on("line", (line) => {
         let msg;
@@ -311,11 +312,12 @@ function startBob(args) {
     return bob;
 }
 
-async function bobEvent(kind, timeoutMs) {
+async function bobEvent(kind, timeoutMs, check = () => {}) {
     const bob = state.bob;
     return waitFor(
         `bob_nio to report "${kind}"`,
         () => {
+            check();
             const hit = bob.lines.find((l) => l.event === kind);
             if (hit) return hit;
             const result = bob.lines.find((l) => l.event === "result");
@@ -329,6 +331,15 @@ async function bobEvent(kind, timeoutMs) {
 
 // ---------------------------------------------------------------------------------------------
 // Browser
+
+// An exception that escaped Hydrogen (an unhandled rejection in its key sharing, say) leaves the
+// UI looking fine while the scenario can no longer succeed: fail at once with it.
+function assertNoPageError() {
+    if (state.pageErrors.length > 0) {
+        const err = state.pageErrors[0];
+        throw new Fatal(`uncaught exception in Hydrogen: ${err.stack || err}`);
+    }
+}
 
 async function shot(name) {
     if (!state.page) return;
@@ -368,7 +379,10 @@ async function launchBrowser(mossBase) {
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
     const stamp = () => ((Date.now() - state.started) / 1000).toFixed(1);
     page.on("console", (msg) => state.consoleLog.push(`[${stamp()}s] console.${msg.type()}: ${msg.text()}`));
-    page.on("pageerror", (err) => state.consoleLog.push(`[${stamp()}s] pageerror: ${err.stack || err}`));
+    page.on("pageerror", (err) => {
+        state.consoleLog.push(`[${stamp()}s] pageerror: ${err.stack || err}`);
+        state.pageErrors.push(err);
+    });
     page.on("crash", () => state.consoleLog.push(`[${stamp()}s] PAGE CRASHED`));
     // Record every failing or interesting moss response (the context sees service-worker traffic too).
     context.on("requestfailed", (req) => {
@@ -384,11 +398,12 @@ async function launchBrowser(mossBase) {
         if (!url.startsWith(mossBase) || res.request().serviceWorker()) return;
         const req = res.request();
         const entry = { t: stamp(), method: req.method(), path: url.slice(mossBase.length), status: res.status() };
-        if (res.status() >= 400) {
-            entry.body = await res.text().catch(() => "<no body>");
-            if (req.method() !== "GET") entry.request = req.postData()?.slice(0, 2000);
-            state.badResponses.push(entry);
+        // Bodies are kept for failures and for the E2EE endpoints, whose exact shape matters.
+        if (res.status() >= 400 || /\/(keys|sendToDevice|room_keys)\//.test(entry.path)) {
+            entry.body = (await res.text().catch(() => "<no body>")).slice(0, 4000);
+            if (req.method() !== "GET") entry.request = req.postData()?.slice(0, 4000);
         }
+        if (res.status() >= 400) state.badResponses.push(entry);
         state.requests.push(entry);
     });
     return page;
@@ -482,6 +497,7 @@ async function scenario() {
         await waitFor(
             "Hydrogen's session view with the room in the room list",
             async () => {
+                assertNoPageError();
                 const err = await page.locator(".LoginView .error").allTextContents();
                 if (err.some((e) => e.trim())) throw new Fatal(`Hydrogen shows a login error: ${err.join(" | ")}`);
                 // A failed session load shows its message next to "Export logs" / "Log out" buttons.
@@ -510,14 +526,20 @@ async function scenario() {
     });
 
     await step("message-sent", async () => {
+        const errorsBefore = state.badResponses.length;
         await page.locator(".MessageComposer textarea").press("Enter");
-        // Moss must have accepted the event: a PUT …/send/<type>/<txn> answered 200.
+        // Moss must have accepted the event: a PUT …/send/<type>/<txn> answered 200. In the
+        // encrypted room Hydrogen first fetches the members, queries and claims keys and sends
+        // the room key to bob's device: an error on any of those stops the message, and Hydrogen
+        // would only retry quietly, so report the first one at once.
         const eventType = ENCRYPTED ? "m.room.encrypted" : "m.room.message";
+        const sendPath = /\/(send|sendToDevice|keys|members)\b/;
         await waitFor(
             `moss to accept Hydrogen's PUT /send/${eventType}`,
             async () => {
-                const bad = state.badResponses.find((r) => r.path.includes("/send/"));
-                if (bad) throw new Fatal(`send failed: ${JSON.stringify(bad)}`);
+                assertNoPageError();
+                const bad = state.badResponses.slice(errorsBefore).find((r) => sendPath.test(r.path));
+                if (bad) throw new Fatal(`sending failed at ${bad.method} ${bad.path}: HTTP ${bad.status} ${bad.body}`);
                 return state.requests.some(
                     (r) => r.method === "PUT" && r.path.includes(`/send/${eventType}/`) && r.status === 200,
                 );
@@ -529,7 +551,7 @@ async function scenario() {
     });
 
     const result = await step("bob-received", async () => {
-        const res = await bobEvent("result", (BOB_TIMEOUT_S + 10) * 1000);
+        const res = await bobEvent("result", (BOB_TIMEOUT_S + 10) * 1000, assertNoPageError);
         // Give the UI a moment so the final screenshot shows the echoed message.
         await sleep(500);
         return res;
@@ -571,6 +593,14 @@ function failureReport(err) {
         const shown = { ...r };
         if (shown.request && shown.request.length > 300) shown.request = `${shown.request.slice(0, 300)}… (full text in homeserver-requests.json)`;
         out.push(JSON.stringify(shown));
+    }
+    const e2ee = state.requests.filter((r) => r.body !== undefined && r.status < 400);
+    if (e2ee.length > 0) {
+        out.push(`\n--- E2EE exchanges with the homeserver (${e2ee.length}; bodies cut at 600 characters) ---`);
+        for (const r of e2ee) {
+            const cut = (t) => (t && t.length > 600 ? `${t.slice(0, 600)}…` : t);
+            out.push(JSON.stringify({ ...r, request: cut(r.request), body: cut(r.body) }));
+        }
     }
     out.push(`\n--- browser console (last 150 of ${state.consoleLog.length} lines) ---`);
     out.push(...state.consoleLog.slice(-150));

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use axum::Json;
 use moss_core::{
     e2ee::{backup::BackupSession, to_device::Target},
     Moss,
@@ -20,9 +21,9 @@ use ruma::{
     },
     serde::Raw,
     to_device::DeviceIdOrAllDevices,
-    OneTimeKeyAlgorithm, OwnedOneTimeKeyId, UInt,
+    OneTimeKeyAlgorithm, UInt,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{
     error::ApiError,
@@ -59,27 +60,21 @@ pub async fn upload_keys(
     )))
 }
 
-pub async fn query_keys(moss: Arc<Moss>, req: Ruma<get_keys::v3::Request>) -> HandlerResult<get_keys::v3::Request> {
+// keys/query and keys/claim answer in plain JSON: ruma's types leave out an empty `failures`,
+// and Hydrogen (and older Element) crash without it; Synapse always sends it.
+
+pub async fn query_keys(moss: Arc<Moss>, req: Ruma<get_keys::v3::Request>) -> Result<Json<Value>, ApiError> {
     let found = moss.query_keys(&req.session().user_id, req.body.device_keys.clone()).await?;
-    let mut res = get_keys::v3::Response::new();
-    res.failures = found.failures;
-    for (user, devices) in found.device_keys {
-        let devices = devices.into_iter().map(|(d, k)| Ok((d, raw(&k)?))).collect::<Result<_, ApiError>>()?;
-        res.device_keys.insert(user, devices);
-    }
-    for (from, to) in [
-        (found.master_keys, &mut res.master_keys),
-        (found.self_signing_keys, &mut res.self_signing_keys),
-        (found.user_signing_keys, &mut res.user_signing_keys),
-    ] {
-        for (user, key) in from {
-            to.insert(user, raw(&key)?);
-        }
-    }
-    Ok(RumaResponse(res))
+    Ok(Json(json!({
+        "failures": found.failures,
+        "device_keys": found.device_keys,
+        "master_keys": found.master_keys,
+        "self_signing_keys": found.self_signing_keys,
+        "user_signing_keys": found.user_signing_keys,
+    })))
 }
 
-pub async fn claim_keys(moss: Arc<Moss>, req: Ruma<claim_keys::v3::Request>) -> HandlerResult<claim_keys::v3::Request> {
+pub async fn claim_keys(moss: Arc<Moss>, req: Ruma<claim_keys::v3::Request>) -> Result<Json<Value>, ApiError> {
     let wanted = req
         .body
         .one_time_keys
@@ -87,23 +82,7 @@ pub async fn claim_keys(moss: Arc<Moss>, req: Ruma<claim_keys::v3::Request>) -> 
         .map(|(u, devices)| (u.clone(), devices.iter().map(|(d, alg)| (d.clone(), alg.to_string())).collect()))
         .collect();
     let claimed = moss.claim_keys(wanted).await?;
-    let mut one_time_keys = BTreeMap::new();
-    for (user, devices) in claimed.one_time_keys {
-        let mut per_user = BTreeMap::new();
-        for (device, keys) in devices {
-            let mut per_device = BTreeMap::new();
-            for (id, key) in keys {
-                if let Ok(id) = OwnedOneTimeKeyId::try_from(id.as_str()) {
-                    per_device.insert(id, raw(&key)?);
-                }
-            }
-            per_user.insert(device, per_device);
-        }
-        one_time_keys.insert(user, per_user);
-    }
-    let mut res = claim_keys::v3::Response::new(one_time_keys);
-    res.failures = claimed.failures;
-    Ok(RumaResponse(res))
+    Ok(Json(json!({"failures": claimed.failures, "one_time_keys": claimed.one_time_keys})))
 }
 
 pub async fn key_changes(

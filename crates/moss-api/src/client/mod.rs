@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod keys;
+pub mod relations;
 pub mod rooms;
 pub mod server;
 pub mod user;

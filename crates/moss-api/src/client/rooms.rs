@@ -41,7 +41,7 @@ fn raws<T>(v: &[Value]) -> Result<Vec<Raw<T>>, ApiError> {
     v.iter().map(raw).collect()
 }
 
-fn dir(d: Direction) -> moss_core::Direction {
+pub(crate) fn dir(d: Direction) -> moss_core::Direction {
     match d {
         Direction::Forward => moss_core::Direction::Forward,
         Direction::Backward => moss_core::Direction::Backward,

@@ -5,6 +5,8 @@ pub mod directory;
 pub mod membership;
 pub mod pdu;
 pub mod read;
+pub mod relations;
+pub mod search;
 pub mod timeline;
 pub mod upgrade;
 pub mod visibility;

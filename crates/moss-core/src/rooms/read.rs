@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{
     pdu::Pdu,
+    relations::served_event,
     visibility::{world_readable, Visibility},
 };
 use crate::{
@@ -42,12 +43,12 @@ pub fn client_event(row: &EventRow, user: &str, device: Option<&str>) -> Result<
 
 /// How a user may read a room: its current state if joined, the state when they left if they
 /// were once in it, or the current state of a world-readable room.
-enum ReadAccess {
+pub(crate) enum ReadAccess {
     Current,
     UpTo(i64),
 }
 
-fn read_access(r: &Reader<'_>, room_id: &str, user: &str) -> Result<ReadAccess> {
+pub(crate) fn read_access(r: &Reader<'_>, room_id: &str, user: &str) -> Result<ReadAccess> {
     if r.room(room_id)?.is_none() {
         return Err(Error::forbidden("unknown room, or you may not read it"));
     }
@@ -96,7 +97,7 @@ impl Moss {
                 if !Visibility::new(r, &room, &u)?.can_see(&row)? {
                     return Err(Error::not_found("event not found"));
                 }
-                client_event(&row, &u, Some(&d))
+                served_event(r, &row, &u, Some(&d))
             })
             .await
     }
@@ -247,7 +248,7 @@ impl Moss {
                         if !vis.can_see(&row)? {
                             continue;
                         }
-                        let ev = client_event(&row, &u, Some(&d))?;
+                        let ev = served_event(r, &row, &u, Some(&d))?;
                         if filter::matches(&filter, &ev) {
                             chunk.push(ev);
                             if chunk.len() == limit {
@@ -290,7 +291,7 @@ impl Moss {
                 for e in r.room_events(&room, row.stream - 1, None, Direction::Backward, before_n as i64)? {
                     start = e.stream - 1;
                     if vis.can_see(&e)? {
-                        let ev = client_event(&e, &u, Some(&d))?;
+                        let ev = served_event(r, &e, &u, Some(&d))?;
                         if filter::matches(&filter, &ev) {
                             before.push(ev);
                         }
@@ -301,13 +302,13 @@ impl Moss {
                 for e in r.room_events(&room, row.stream, None, Direction::Forward, after_n as i64)? {
                     end = e.stream;
                     if vis.can_see(&e)? {
-                        let ev = client_event(&e, &u, Some(&d))?;
+                        let ev = served_event(r, &e, &u, Some(&d))?;
                         if filter::matches(&filter, &ev) {
                             after.push(ev);
                         }
                     }
                 }
-                let event = client_event(&row, &u, Some(&d))?;
+                let event = served_event(r, &row, &u, Some(&d))?;
                 let state = if filter::lazy_load(&filter) {
                     let mut all = before.clone();
                     all.push(event.clone());

@@ -9,5 +9,6 @@ mod import;
 mod media;
 mod media_s3;
 mod preview;
+mod relations;
 mod rooms;
 mod sync;

@@ -417,3 +417,59 @@ export function stopClient(client) {
 export function stopAllClients() {
     for (const client of [...liveClients]) stopClient(client);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Clients with extra options (added for the end-to-end-encryption scenarios)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Like `createClient`, but passes `options` (e.g. `cryptoCallbacks`) on to sdk.createClient.
+ * The client is tracked like the others, so stopClient()/stopAllClients() stop it.
+ */
+export function createClientWithOptions(server, user, options = {}) {
+    const client = sdk.createClient({
+        baseUrl: server.baseUrl,
+        accessToken: user.accessToken,
+        userId: user.userId,
+        deviceId: user.deviceId,
+        logger: makeSdkLogger(` ${user.userId}/${user.deviceId}`),
+        ...options,
+    });
+    liveClients.add(client);
+    return client;
+}
+
+/**
+ * Like `startSyncingClient`, but the client is built with `clientOptions`, and
+ * `await beforeStart(client)` runs before the sync loop starts (for example
+ * `client.initRustCrypto(...)`, which must happen before startClient).
+ */
+export async function startCustomClient(
+    server,
+    user,
+    { clientOptions = {}, beforeStart, initialSyncLimit = 20, timeoutMs = WAIT_MS } = {},
+) {
+    const client = createClientWithOptions(server, user, clientOptions);
+    try {
+        if (beforeStart) await beforeStart(client);
+        const prepared = waitFor({
+            emitter: client,
+            events: [sdk.ClientEvent.Sync],
+            check: (state, _prevState, data) => {
+                if (state === sdk.SyncState.Error) {
+                    throw new Error(`initial sync of ${user.userId} failed: ${data?.error ?? "unknown error"}`);
+                }
+                return state === sdk.SyncState.Prepared;
+            },
+            what: () => `the first sync of ${user.userId} (sync state: ${client.getSyncState()})`,
+            timeoutMs,
+        });
+        prepared.catch(() => {}); // observed below; avoids an unhandled rejection if startClient throws
+        await client.startClient({ initialSyncLimit });
+        await prepared;
+    } catch (err) {
+        stopClient(client);
+        throw err;
+    }
+    return client;
+}
