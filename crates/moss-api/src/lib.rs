@@ -22,7 +22,7 @@ use tower_http::{
 };
 
 use crate::{
-    client::{account, keys, relations, rooms, server, user},
+    client::{account, keys, presence, relations, reporting, rooms, server, user},
     error::ApiError,
     ruma_wrapper::RouterExt,
 };
@@ -75,6 +75,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(account::available)
         .ruma(account::login_types)
         .ruma(account::login)
+        .ruma(account::get_login_token)
         .ruma(account::refresh)
         .ruma(account::logout)
         .ruma(account::logout_all)
@@ -160,6 +161,12 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(relations::relating_events_of_type)
         .ruma(relations::relating_events_of_type_and_event_type)
         .ruma(relations::threads)
+        .ruma(reporting::report_event)
+        .ruma(reporting::report_room)
+        .ruma(presence::get)
+        .ruma(presence::set)
+        .ruma(server::turn_server)
+        .ruma(server::thirdparty_protocols)
         // directory
         .ruma(server::put_alias)
         .ruma(server::get_alias)

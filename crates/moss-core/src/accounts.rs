@@ -223,6 +223,33 @@ impl Moss {
         Ok(NewSession { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
     }
 
+    /// `login/get_token`: a one-time token that signs a new device in as `user` for two minutes.
+    pub async fn create_login_token(&self, user: &UserId) -> Result<(String, u64)> {
+        if !self.config.auth.login_token_enabled {
+            return Err(Error::new(ErrorKind::Unrecognized, 404, "login tokens are not enabled on this server"));
+        }
+        const LIFETIME_MS: u64 = 2 * 60 * 1000;
+        let token = random_string(32);
+        let (t, u) = (token.clone(), user.to_string());
+        self.db.write(move |w| Ok::<_, Error>(w.add_login_token(&t, &u, (now_ms() + LIFETIME_MS) as i64)?)).await?;
+        Ok((token, LIFETIME_MS))
+    }
+
+    /// `m.login.token` login: consumes the token.
+    pub async fn login_with_token(&self, token: &str) -> Result<OwnedUserId> {
+        let t = token.to_owned();
+        let user = self.db.write(move |w| Ok::<_, Error>(w.take_login_token(&t, now_ms() as i64)?)).await?;
+        let user = user.ok_or_else(|| Error::forbidden("invalid or expired login token"))?;
+        if self
+            .user(&UserId::parse(&user).map_err(|e| Error::internal(e.to_string()))?)
+            .await?
+            .is_some_and(|u| u.deactivated)
+        {
+            return Err(Error::new(ErrorKind::UserDeactivated, 403, "this account has been deactivated"));
+        }
+        UserId::parse(user).map_err(|e| Error::internal(e.to_string()))
+    }
+
     /// Password login. Fails the same way for unknown users and wrong passwords.
     pub async fn login_password(&self, user_input: &str, password: &str) -> Result<OwnedUserId> {
         let user_id = self.resolve_login_user(user_input)?;

@@ -25,6 +25,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub media: MediaConfig,
+    pub presence: PresenceConfig,
+    pub voip: VoipConfig,
     pub log: LogConfig,
 }
 
@@ -41,6 +43,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rate_limits: RateLimitConfig::default(),
             media: MediaConfig::default(),
+            presence: PresenceConfig::default(),
+            voip: VoipConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -104,12 +108,40 @@ pub struct AuthConfig {
     pub access_token_lifetime_ms: u64,
     /// Shortest password accepted at registration and password change.
     pub min_password_length: usize,
+    /// Lets a signed-in device mint a one-time login token for a new device
+    /// (`login/get_token`, e.g. to sign in by QR code).
+    pub login_token_enabled: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8 }
+        AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8, login_token_enabled: false }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Track and share online/offline status. Off saves a write per user per minute.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { enabled: true }
+    }
+}
+
+/// TURN servers for VoIP calls, handed to clients with time-limited credentials derived from a
+/// secret shared with the TURN server (coturn's `use-auth-secret`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipConfig {
+    /// e.g. `["turn:turn.example.com:3478?transport=udp"]`; empty disables VoIP credentials.
+    pub turn_uris: Vec<String>,
+    pub turn_shared_secret: String,
+    /// Lifetime of the credentials, in milliseconds (default one day).
+    pub turn_user_lifetime_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

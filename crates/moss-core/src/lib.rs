@@ -11,11 +11,13 @@ pub mod filter;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod presence;
 pub mod rooms;
 pub mod sync;
 pub mod typing;
 pub mod uiaa;
 pub mod user_data;
+pub mod voip;
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +43,7 @@ pub struct Moss {
     pub(crate) uiaa: UiaaSessions,
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub(crate) presence_activity: presence::PresenceActivity,
     shutdown: watch::Sender<bool>,
 }
 
@@ -71,6 +74,7 @@ impl Moss {
             media,
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
+            presence_activity: Default::default(),
             shutdown: watch::channel(false).0,
         }))
     }

@@ -69,6 +69,8 @@ pub struct SyncRequest {
     pub full_state: bool,
     pub timeout: Duration,
     pub filter: FilterDefinition,
+    /// `online`, `unavailable` or `offline` (the last leaves presence alone).
+    pub set_presence: String,
 }
 
 /// Events after the user's read receipt, for counting notifications.
@@ -88,6 +90,7 @@ impl Moss {
         if let Some(since) = req.since {
             self.ack_to_device(session, since.to_device).await?;
         }
+        self.note_sync_presence(&session.user_id, &req.set_presence).await?;
         loop {
             rx.borrow_and_update();
             let typing_serial = self.typing.serial();
@@ -242,6 +245,7 @@ fn build(
     let limit = timeline_filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 500);
     let lazy = filter::lazy_load(&filter.room.state);
 
+    let ignored = crate::user_data::ignored_users(r, u)?;
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -266,7 +270,7 @@ fn build(
                 rows.reverse();
                 let first_stream = rows.first().map(|e| e.stream).unwrap_or(current + 1);
                 let mut timeline = Vec::new();
-                for row in &rows {
+                for row in rows.iter().filter(|row| row.state_key.is_some() || !ignored.contains(&row.sender)) {
                     let ev = served_event(r, row, u, Some(device))?;
                     if filter::matches(timeline_filter, &ev) {
                         timeline.push(ev);
@@ -347,7 +351,7 @@ fn build(
                 join.insert(m.room_id.clone(), room);
                 unread.push(unread_candidates(r, &m.room_id, user)?);
             }
-            "invite" if changed => {
+            "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
                 empty = false;
                 let mut events = Vec::new();
                 for kind in [
@@ -437,17 +441,30 @@ fn build(
         otk_counts.insert(algorithm, json!(n));
     }
 
+    let presence = if since.is_none_or(|s| s.stream < current) {
+        crate::presence::sync_events(r, u, since_stream.unwrap_or(-1))?
+    } else {
+        vec![]
+    };
+    if since.is_some() && !presence.is_empty() {
+        empty = false;
+    }
+
     let body = json!({
         "next_batch": current,
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
         "account_data": {"events": global},
-        "presence": {"events": []},
+        "presence": {"events": presence},
         "to_device": {"events": to_device},
         "device_lists": {"changed": lists.changed, "left": lists.left},
         "device_one_time_keys_count": otk_counts,
         "device_unused_fallback_key_types": r.unused_fallback_key_types(u, device)?,
     });
     Ok((body, unread, empty, typing_rooms, to_device_pos))
+}
+
+fn invited_by_ignored(r: &Reader<'_>, invite_event: &str, ignored: &std::collections::HashSet<String>) -> Result<bool> {
+    Ok(!ignored.is_empty() && r.event(invite_event)?.is_some_and(|e| ignored.contains(&e.sender)))
 }
 
 /// The room summary clients use to name rooms without a name.

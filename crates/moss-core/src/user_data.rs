@@ -20,6 +20,19 @@ use crate::{
 };
 
 pub const PUSH_RULES: &str = "m.push_rules";
+pub const IGNORED_USERS: &str = "m.ignored_user_list";
+
+/// The users `user` ignores (`m.ignored_user_list`): their messages and invites are not served.
+pub fn ignored_users(
+    r: &moss_storage::Reader<'_>,
+    user: &str,
+) -> crate::error::Result<std::collections::HashSet<String>> {
+    let Some(text) = r.account_data(user, "", IGNORED_USERS)? else {
+        return Ok(Default::default());
+    };
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v["ignored_users"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
+}
 
 impl Moss {
     // ---- profile ----

@@ -6,6 +6,7 @@
 //! serial order, which the global stream ordering relies on.
 
 mod e2ee;
+mod presence;
 mod queries;
 mod relations;
 pub mod synapse;
@@ -18,6 +19,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 pub use e2ee::*;
+pub use presence::*;
 pub use queries::*;
 pub use relations::*;
 
@@ -44,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_5_inflight.sql"),
     include_str!("schema_6_e2ee.sql"),
     include_str!("schema_7_relations_search.sql"),
+    include_str!("schema_8_presence_reports.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "rate_limits",
     "media",
+    "presence",
+    "voip",
     "log",
 ];
 
@@ -149,6 +151,8 @@ synchronous = "full"
 # Lifetime of access tokens issued together with a refresh token, in milliseconds.
 access_token_lifetime_ms = {lifetime}
 min_password_length = {min_pw}
+# Let a signed-in device mint a one-time login token for a new one (login/get_token).
+login_token_enabled = false
 
 [rate_limits]
 # Set to false for benchmarks and test setups.
@@ -269,6 +273,17 @@ max_image_bytes = {max_image}
 # Time limit for one fetch, and how long a preview is reused (milliseconds).
 timeout_ms = {preview_timeout}
 cache_ttl_ms = {preview_ttl}
+
+[presence]
+# Share online/offline status with people in the same rooms.
+enabled = true
+
+[voip]
+# TURN servers for calls; clients get credentials derived from the secret shared with the TURN
+# server (coturn: use-auth-secret, static-auth-secret). Empty: no TURN.
+turn_uris = []
+turn_shared_secret = ""
+# turn_user_lifetime_ms = 86400000
 
 [log]
 # "pretty" or "json".

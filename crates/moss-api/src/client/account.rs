@@ -9,7 +9,7 @@ use moss_core::{
 };
 use ruma::api::client::{
     account::{change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus},
-    session::{get_login_types, login, logout, logout_all, refresh_token},
+    session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
     uiaa::{AuthType, UserIdentifier},
 };
 
@@ -80,24 +80,52 @@ pub async fn available(
 }
 
 pub async fn login_types(
-    _moss: Arc<Moss>,
+    moss: Arc<Moss>,
     _req: Ruma<get_login_types::v3::Request>,
 ) -> HandlerResult<get_login_types::v3::Request> {
-    use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(RumaResponse(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())])))
+    use get_login_types::v3::{LoginType, PasswordLoginType, TokenLoginType};
+    let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    if moss.config.auth.login_token_enabled {
+        let mut token = TokenLoginType::new();
+        token.get_login_token = true;
+        types.push(LoginType::Token(token));
+    }
+    Ok(RumaResponse(get_login_types::v3::Response::new(types)))
+}
+
+pub async fn get_login_token(
+    moss: Arc<Moss>,
+    req: Ruma<get_login_token::v1::Request>,
+) -> HandlerResult<get_login_token::v1::Request> {
+    let user = req.session().user_id.clone();
+    if !moss.config.auth.login_token_enabled {
+        return Err(ApiError::unrecognized());
+    }
+    moss.uiaa(password_flow("get_login_token", &user), req.body.auth.clone()).await?;
+    let (token, ms) = moss.create_login_token(&user).await?;
+    Ok(RumaResponse(get_login_token::v1::Response::new(Duration::from_millis(ms), token)))
 }
 
 pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerResult<login::v3::Request> {
     crate::rate_limit::check(&moss, Class::Login, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
     let body = req.body;
-    let login::v3::LoginInfo::Password(p) = &body.login_info else {
-        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::Unknown, 400, "unsupported login type").into());
+    let user_id = match &body.login_info {
+        login::v3::LoginInfo::Password(p) => {
+            let input = match &p.identifier {
+                Some(UserIdentifier::Matrix(m)) => m.user.clone(),
+                _ => return Err(ApiError::forbidden("only user identifiers are supported")),
+            };
+            moss.login_password(&input, &p.password).await?
+        }
+        login::v3::LoginInfo::Token(t) if moss.config.auth.login_token_enabled => {
+            moss.login_with_token(&t.token).await?
+        }
+        _ => {
+            return Err(
+                moss_core::Error::new(ruma::api::error::ErrorKind::Unknown, 400, "unsupported login type").into()
+            )
+        }
     };
-    let input = match &p.identifier {
-        Some(UserIdentifier::Matrix(m)) => m.user.clone(),
-        _ => return Err(ApiError::forbidden("only user identifiers are supported")),
-    };
-    let user_id = moss.login_password(&input, &p.password).await?;
     let s = moss
         .create_session(
             &user_id,

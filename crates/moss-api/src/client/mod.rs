@@ -2,7 +2,9 @@
 
 pub mod account;
 pub mod keys;
+pub mod presence;
 pub mod relations;
+pub mod reporting;
 pub mod rooms;
 pub mod server;
 pub mod user;

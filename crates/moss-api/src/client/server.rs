@@ -43,7 +43,10 @@ pub async fn well_known_server(State(moss): State<Arc<Moss>>) -> Json<Value> {
     Json(json!({"m.server": format!("{}:443", moss.server_name)}))
 }
 
-pub async fn capabilities(_req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>) -> Json<Value> {
+pub async fn capabilities(
+    State(moss): State<Arc<Moss>>,
+    _req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>,
+) -> Json<Value> {
     let available: serde_json::Map<String, Value> =
         SUPPORTED_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Json(json!({
@@ -53,7 +56,7 @@ pub async fn capabilities(_req: Ruma<ruma::api::client::discovery::get_capabilit
             "m.set_displayname": {"enabled": true},
             "m.set_avatar_url": {"enabled": true},
             "m.3pid_changes": {"enabled": false},
-            "m.get_login_token": {"enabled": false},
+            "m.get_login_token": {"enabled": moss.config.auth.login_token_enabled},
         }
     }))
 }
@@ -159,7 +162,9 @@ pub async fn sync(State(moss): State<Arc<Moss>>, req: Ruma<sync_events::v3::Requ
     };
     let since = b.since.as_deref().map(SyncToken::parse).transpose()?;
     let timeout = b.timeout.unwrap_or(Duration::ZERO);
-    let res = moss.sync(&session, SyncRequest { since, full_state: b.full_state, timeout, filter }).await?;
+    let set_presence = b.set_presence.as_str().to_owned();
+    let res =
+        moss.sync(&session, SyncRequest { since, full_state: b.full_state, timeout, filter, set_presence }).await?;
     Ok(Json(res))
 }
 
@@ -212,4 +217,22 @@ pub async fn shared_secret_register(
     Ok(Json(json!({
         "user_id": user_id, "access_token": s.access_token, "device_id": s.device_id, "home_server": moss.server_name,
     })))
+}
+
+// ---- VoIP and third-party networks ----
+
+/// `GET /voip/turnServer` (plain JSON: with no TURN configured the answer is `{}`).
+pub async fn turn_server(
+    moss: Arc<Moss>,
+    req: Ruma<ruma::api::client::voip::get_turn_server_info::v3::Request>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(moss.turn_server(&req.session().user_id)))
+}
+
+/// `GET /thirdparty/protocols`: no bridges (application services) are registered yet.
+pub async fn thirdparty_protocols(
+    _moss: Arc<Moss>,
+    _req: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({})))
 }

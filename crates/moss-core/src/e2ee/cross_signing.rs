@@ -110,7 +110,7 @@ impl Moss {
                 Ok::<_, Error>(())
             })
             .await?;
-        self.notify_device_list_change(&user).await;
+        self.notify_sharing_users(&user).await;
         Ok(())
     }
 
@@ -155,7 +155,7 @@ impl Moss {
             })
             .await?;
         if changed {
-            self.notify_device_list_change(&session.user_id).await;
+            self.notify_sharing_users(&session.user_id).await;
         }
         Ok(failures)
     }

@@ -142,7 +142,7 @@ impl Moss {
             })
             .await?;
         if changed {
-            self.notify_device_list_change(&session.user_id).await;
+            self.notify_sharing_users(&session.user_id).await;
         }
         Ok(counts)
     }

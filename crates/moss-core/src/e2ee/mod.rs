@@ -66,8 +66,9 @@ pub(crate) fn key_object(v: &Value, what: &str) -> Result<CanonicalJsonObject> {
 }
 
 impl Moss {
-    /// Wakes the syncs of everyone who must learn that `user`'s devices or keys changed.
-    pub(crate) async fn notify_device_list_change(&self, user: &UserId) {
+    /// Wakes the syncs of `user` and everyone sharing a room with them (device list, key and
+    /// presence changes).
+    pub(crate) async fn notify_sharing_users(&self, user: &UserId) {
         let u = user.to_string();
         let users = self
             .db

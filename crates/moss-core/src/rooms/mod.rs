@@ -6,6 +6,7 @@ pub mod membership;
 pub mod pdu;
 pub mod read;
 pub mod relations;
+pub mod report;
 pub mod search;
 pub mod timeline;
 pub mod upgrade;

@@ -228,6 +228,7 @@ impl Moss {
                     pos = pos.min(cap);
                 }
                 let mut vis = Visibility::new(r, &room, &u)?;
+                let ignored = crate::user_data::ignored_users(r, &u)?;
                 let mut chunk = Vec::new();
                 let mut exhausted = false;
                 // Filtered-out events still advance the position, so fetch in batches.
@@ -245,7 +246,7 @@ impl Moss {
                             Direction::Backward => row.stream - 1,
                             Direction::Forward => row.stream,
                         };
-                        if !vis.can_see(&row)? {
+                        if !vis.can_see(&row)? || (row.state_key.is_none() && ignored.contains(&row.sender)) {
                             continue;
                         }
                         let ev = served_event(r, &row, &u, Some(&d))?;

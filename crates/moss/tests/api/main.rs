@@ -3,11 +3,13 @@
 mod accounts;
 mod bad_input;
 mod cli;
+mod client_features;
 mod common;
 mod e2ee;
 mod import;
 mod media;
 mod media_s3;
+mod presence;
 mod preview;
 mod relations;
 mod rooms;

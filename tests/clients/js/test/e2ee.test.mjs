@@ -12,7 +12,11 @@
 //      checked against the Matrix spec v1.18.
 //
 // Each scenario uses its own users on one shared server. The steps of a scenario run in order;
-// once a step fails the rest of that scenario is skipped (their failures would be echoes).
+// in scenarios 1-3 a failed step skips the rest (their failures would be echoes), while the
+// steps of scenario 4 each check their own endpoint and fail on their own.
+//
+// Run: MOSS_BIN=/path/to/moss node --test --test-concurrency=1 test/e2ee.test.mjs
+// (MOSS_SDK_LOG=debug shows the SDK's and the Rust crypto's own logs).
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -200,6 +204,19 @@ async function startCryptoClient(user, { secretKeys = new Map(), initialSyncLimi
 }
 
 /**
+ * Stops a crypto client between two sync responses where possible: stopping it while it is
+ * still applying a response frees the Rust OlmMachine under the sync loop's feet, which the
+ * SDK then logs as a (harmless but confusing) "null pointer passed to rust" /sync error.
+ */
+async function stopCryptoClient(client) {
+    await Promise.race([
+        new Promise((resolve) => client.once(sdk.ClientEvent.Sync, resolve)),
+        sleep(1_000),
+    ]);
+    stopClient(client);
+}
+
+/**
  * Waits until `event` has been decrypted successfully and returns it. Rust crypto retries a
  * failed decryption by itself once the room key arrives (to-device, or from backup).
  */
@@ -273,6 +290,36 @@ function crossSigningReady(crypto) {
         const ready = await crypto.isCrossSigningReady();
         return { ok: ready, value: true, seen: JSON.stringify(await crypto.getCrossSigningStatus()) };
     }, "isCrossSigningReady()");
+}
+
+/**
+ * Waits until `client` has seen everything the server had for it so far and has finished
+ * re-querying its own keys: it writes a marker into account data, waits for that marker to come
+ * back through /sync, for the end of that sync's processing, and then for any pending
+ * keys/query of its own user (getUserDeviceInfo waits for one of those for up to 1 s).
+ */
+async function settleOwnIdentity(client) {
+    const type = "org.moss.test.barrier";
+    const marker = `${Date.now()}-${Math.random()}`;
+    let markerSeen = false;
+    // AccountData fires while a sync response is processed, Sync once it is done (after the
+    // crypto stack's onSyncCompleted), so the first Sync after the marker closes the barrier.
+    const synced = waitFor({
+        emitter: client,
+        events: [sdk.ClientEvent.AccountData, sdk.ClientEvent.Sync],
+        check: (arg) => {
+            if (arg instanceof sdk.MatrixEvent) {
+                if (arg.getType() === type && arg.getContent().marker === marker) markerSeen = true;
+                return false;
+            }
+            return markerSeen && arg !== undefined;
+        },
+        what: () => `${client.getUserId()} to get its account-data marker back through /sync (seen: ${markerSeen})`,
+    });
+    synced.catch(() => {});
+    await withTimeout(client.setAccountData(type, { marker }), "setAccountData (barrier)");
+    await synced;
+    await client.getCrypto().getUserDeviceInfo([client.getUserId()]);
 }
 
 /** Creates an encrypted room as `client`, waits until the client is joined and knows it is encrypted. */
@@ -432,13 +479,12 @@ scenario("encrypted DM between two Rust-crypto clients", (step) => {
             await decrypted(alice2, event, `"${body}" on alice's new device`);
             assert.deepEqual(event.getContent(), text(body));
         } finally {
-            stopClient(alice2);
+            await stopCryptoClient(alice2);
         }
     });
 
     step("/sync reports one-time key counts and unused fallback key types", async () => {
-        stopClient(alice);
-        stopClient(bob);
+        await Promise.all([stopCryptoClient(alice), stopCryptoClient(bob)]);
         // Each side claimed one of the other's one-time keys to open an Olm session; the SDK
         // keeps them topped up from device_one_time_keys_count, and publishes a fallback key.
         for (const user of [aliceUser, bobUser]) {
@@ -489,6 +535,11 @@ scenario("cross-signing and secret storage bootstrap with key backup", (step) =>
     });
 
     step("replacing the cross-signing keys requires UIA with m.login.password", async (t) => {
+        // The first upload makes the server report alice in device_lists.changed, and her
+        // client re-queries her keys. If that keys/query is still outstanding while the reset
+        // below uploads new keys, it returns the old master key and the Rust crypto drops the
+        // brand-new private keys as "not matching" (a client race, seen here 1 run in 2).
+        await settleOwnIdentity(alice);
         const record = [];
         await withTimeout(
             crypto.bootstrapCrossSigning({
@@ -598,7 +649,7 @@ scenario("cross-signing and secret storage bootstrap with key backup", (step) =>
         // The passphrase alone (with the salt and iterations the server kept) gives the key back.
         const derived = await deriveRecoveryKeyFromPassphrase(passphrase, keyInfo.passphrase.salt, keyInfo.passphrase.iterations);
         assert.deepEqual(Buffer.from(derived), Buffer.from(recoveryKey.privateKey));
-        stopClient(alice);
+        await stopCryptoClient(alice);
     });
 });
 
@@ -673,7 +724,7 @@ scenario("key backup restored on a new device decrypts old history", (step) => {
         assert.ok(version.count >= 1, version.describe);
 
         // The old device goes away, so nothing but the backup can give the new one the key.
-        stopClient(alice);
+        await stopCryptoClient(alice);
     });
 
     step("a new login restores the backup with the recovery key and decrypts the history", async () => {
@@ -708,7 +759,7 @@ scenario("key backup restored on a new device decrypts old history", (step) => {
                 assert.deepEqual(event.getContent(), text(body));
             }
         } finally {
-            stopClient(fresh);
+            await stopCryptoClient(fresh);
         }
     });
 });
@@ -867,7 +918,7 @@ scenario("relations, threads and bundled aggregations", (step) => {
             assert.equal(context.event?.event_id, ids.original, context.describe);
             return context.event;
         });
-        assert.deepEqual(problems, [], `bundled aggregations missing or wrong:\n${problems.join("\n")}`);
+        if (problems.length > 0) assert.fail(`bundled aggregations missing or wrong:\n${problems.join("\n")}`);
     });
 
     step("stop the clients", async () => {

@@ -1,0 +1,157 @@
+//! Smaller client features: ignoring users, reporting content, TURN credentials, third-party
+//! protocols and login tokens.
+
+use serde_json::json;
+
+use crate::common::{errcode, Server};
+
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_hidden() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", alice.id),
+            &alice,
+            json!({"ignored_users": {&bob.id: {}}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    s.send_text(&bob, &room, "you cannot see me").await;
+    s.send_text(&alice, &room, "talking to myself").await;
+
+    let v = s.sync(&alice, None, 0).await;
+    let bodies: Vec<&str> = v["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["talking to myself"], "{v}");
+    let (_, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), &alice).await;
+    assert!(!v["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["sender"] == bob.id.as_str() && e["type"] == "m.room.message"));
+    // Bob's membership (state) is still there: the room's state stays whole.
+    assert!(v["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["sender"] == bob.id.as_str() && e["type"] == "m.room.member"));
+
+    // An invite from an ignored user does not show up.
+    let bobs = s.create_room(&bob, json!({"invite": [alice.id]})).await;
+    let v = s.sync(&alice, None, 0).await;
+    assert!(v["rooms"]["invite"].get(&bobs).is_none(), "{v}");
+}
+
+#[tokio::test]
+async fn reporting_events_and_rooms() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let eve = s.register("eve").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let ev = s.send_text(&bob, &room, "spam spam spam").await;
+
+    let (st, v) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/report/{ev}"), &alice, json!({"reason": "spam", "score": -100}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/report"), &alice, json!({"reason": "spam room"})).await;
+    assert_eq!(st, 200);
+    // Someone outside the room cannot probe for events; unknown ones are 404; scores are checked.
+    let (st, v) = s.post(&format!("/_matrix/client/v3/rooms/{room}/report/{ev}"), &eve, json!({"reason": "x"})).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"));
+    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/report/$nope"), &alice, json!({})).await;
+    assert_eq!(st, 404);
+    let (st, v) = s.post(&format!("/_matrix/client/v3/rooms/{room}/report/{ev}"), &alice, json!({"score": 5})).await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
+    let (st, _) = s.post("/_matrix/client/v3/rooms/!nope:localhost/report", &alice, json!({"reason": "x"})).await;
+    assert_eq!(st, 404);
+    assert!(s.log().contains("content reported"));
+}
+
+#[tokio::test]
+async fn turn_credentials_and_thirdparty_protocols() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let (st, v) = s.get("/_matrix/client/v3/voip/turnServer", &alice).await;
+    assert_eq!((st, v), (200, json!({})), "no TURN configured");
+    let (st, v) = s.get("/_matrix/client/v3/thirdparty/protocols", &alice).await;
+    assert_eq!((st, v), (200, json!({})));
+    drop(s);
+
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_VOIP__TURN_URIS", "[\"turn:turn.example.com:3478?transport=udp\"]"),
+        ("MOSS_VOIP__TURN_SHARED_SECRET", "s3cret"),
+        ("MOSS_VOIP__TURN_USER_LIFETIME_MS", "60000"),
+    ])
+    .await;
+    let alice = s.register("alice").await;
+    let (st, v) = s.get("/_matrix/client/v3/voip/turnServer", &alice).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["uris"], json!(["turn:turn.example.com:3478?transport=udp"]));
+    assert_eq!(v["ttl"], 60);
+    let username = v["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, alice.id);
+    let expiry: u64 = expiry.parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(expiry > now && expiry <= now + 61);
+    // coturn's check: base64(HMAC-SHA1(secret, username)).
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+    mac.update(username.as_bytes());
+    let expected = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(mac.finalize().into_bytes().to_vec());
+    assert_eq!(v["password"].as_str().unwrap().trim_end_matches('='), expected.encode());
+}
+
+#[tokio::test]
+async fn login_tokens_sign_in_a_new_device_once() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let (st, v) = s.post("/_matrix/client/v1/login/get_token", &alice, json!({})).await;
+    assert_eq!((st, errcode(&v)), (404, "M_UNRECOGNIZED"), "disabled by default: {v}");
+    drop(s);
+
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_AUTH__LOGIN_TOKEN_ENABLED", "true"),
+    ])
+    .await;
+    let alice = s.register("alice").await;
+    let (_, v) = s.call("GET", "/_matrix/client/v3/login", None, None).await;
+    assert!(
+        v["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.token" && f["get_login_token"] == true),
+        "{v}"
+    );
+    let (_, v) = s.get("/_matrix/client/v3/capabilities", &alice).await;
+    assert_eq!(v["capabilities"]["m.get_login_token"]["enabled"], true);
+
+    let (st, v) = s.post("/_matrix/client/v1/login/get_token", &alice, json!({})).await;
+    assert_eq!(st, 401, "needs the password first: {v}");
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.id}, "password": "password123"}});
+    let (st, v) = s.post("/_matrix/client/v1/login/get_token", &alice, auth).await;
+    assert_eq!(st, 200, "{v}");
+    let token = v["login_token"].as_str().unwrap().to_owned();
+    assert_eq!(v["expires_in_ms"], 120_000);
+
+    let login = json!({"type": "m.login.token", "token": token});
+    let (st, v) = s.call("POST", "/_matrix/client/v3/login", None, Some(login.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["user_id"], alice.id.as_str());
+    assert_ne!(v["device_id"], alice.device.as_str());
+    let (st, v) = s.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "a token works once");
+}
