@@ -148,6 +148,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(rooms::join_by_id)
         .ruma(rooms::join)
         .ruma(rooms::invite)
+        .ruma(rooms::knock)
         .ruma(rooms::leave)
         .ruma(rooms::forget)
         .ruma(rooms::kick)

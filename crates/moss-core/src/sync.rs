@@ -248,6 +248,7 @@ fn build(
     let ignored = crate::user_data::ignored_users(r, u)?;
     let mut join = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
     let mut leave = Map::new();
     let mut unread = Vec::new();
     let mut typing_rooms = Vec::new();
@@ -353,24 +354,13 @@ fn build(
             }
             "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
                 empty = false;
-                let mut events = Vec::new();
-                for kind in [
-                    "m.room.create",
-                    "m.room.join_rules",
-                    "m.room.name",
-                    "m.room.avatar",
-                    "m.room.canonical_alias",
-                    "m.room.encryption",
-                    "m.room.topic",
-                ] {
-                    if let Some(row) = r.current_state_event(&m.room_id, kind, "")? {
-                        events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
-                    }
-                }
-                if let Some(row) = r.event(&m.event_id)? {
-                    events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
-                }
+                let events = stripped_state(r, &m.room_id, &m.event_id)?;
                 invite.insert(m.room_id.clone(), json!({"invite_state": {"events": events}}));
+            }
+            "knock" if changed => {
+                empty = false;
+                let events = stripped_state(r, &m.room_id, &m.event_id)?;
+                knock.insert(m.room_id.clone(), json!({"knock_state": {"events": events}}));
             }
             "leave" | "ban" if changed && !m.forgotten && (since.is_some() || filter.room.include_leave) => {
                 empty = false;
@@ -452,7 +442,7 @@ fn build(
 
     let body = json!({
         "next_batch": current,
-        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": global},
         "presence": {"events": presence},
         "to_device": {"events": to_device},
@@ -461,6 +451,29 @@ fn build(
         "device_unused_fallback_key_types": r.unused_fallback_key_types(u, device)?,
     });
     Ok((body, unread, empty, typing_rooms, to_device_pos))
+}
+
+/// The stripped state an invitee or knocker sees of a room they are not in, plus their own
+/// membership event.
+fn stripped_state(r: &Reader<'_>, room: &str, membership_event: &str) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    for kind in [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ] {
+        if let Some(row) = r.current_state_event(room, kind, "")? {
+            events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
+        }
+    }
+    if let Some(row) = r.event(membership_event)? {
+        events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
+    }
+    Ok(events)
 }
 
 fn invited_by_ignored(r: &Reader<'_>, invite_event: &str, ignored: &std::collections::HashSet<String>) -> Result<bool> {

@@ -10,6 +10,7 @@ use ruma::{
     api::{
         client::{
             context::get_context,
+            knock::knock_room,
             membership::{
                 ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
                 joined_members, joined_rooms, kick_user, leave_room, unban_user,
@@ -235,6 +236,13 @@ pub async fn join(
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
     let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
+}
+
+pub async fn knock(moss: Arc<Moss>, req: Ruma<knock_room::v3::Request>) -> HandlerResult<knock_room::v3::Request> {
+    let s = req.session().clone();
+    rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
+    let room_id = moss.knock(&s.user_id, &req.body.room_id_or_alias, req.body.reason.clone()).await?;
+    Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 
 pub async fn invite(moss: Arc<Moss>, req: Ruma<invite_user::v3::Request>) -> HandlerResult<invite_user::v3::Request> {

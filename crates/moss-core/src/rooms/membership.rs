@@ -3,7 +3,8 @@
 //! The auth rules decide whether a change is allowed; these functions add the checks the rules
 //! cannot express (the target must exist, a kick needs someone to kick) and fill in profiles.
 
-use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, RoomOrAliasId, UserId};
+use moss_storage::Reader;
+use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, RoomOrAliasId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use super::{membership_of, timeline::NewPdu};
@@ -23,9 +24,19 @@ impl Moss {
             Ok(id) => id.to_owned(),
             Err(alias) => self.resolve_alias(alias).await?,
         };
-        let (room, u) = (room_id.to_string(), user.to_string());
-        let (exists, current) =
-            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
+        let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
+        let (exists, current, authoriser) = self
+            .db
+            .read(move |r| {
+                let exists = r.room(&room)?.is_some();
+                let current = membership_of(r, &room, &u)?;
+                let authoriser = match exists && !matches!(current.as_deref(), Some("join") | Some("invite")) {
+                    true => restricted_join_authoriser(r, &room, &u, &server)?,
+                    false => None,
+                };
+                Ok::<_, Error>((exists, current, authoriser))
+            })
+            .await?;
         if !exists {
             // Rooms on other servers arrive with federation.
             return Err(Error::not_found("no known room with that id or alias"));
@@ -33,7 +44,35 @@ impl Moss {
         if current.as_deref() == Some("join") {
             return Ok(room_id);
         }
-        let content = self.member_content(user, "join").await?;
+        let mut content = self.member_content(user, "join").await?;
+        if let Some(a) = authoriser {
+            content["join_authorised_via_users_server"] = json!(a);
+        }
+        self.send_member(user, &room_id, user, content, reason).await?;
+        Ok(room_id)
+    }
+
+    /// `POST /knock/{roomIdOrAlias}`: asks to be let into a room whose join rule is `knock` or
+    /// `knock_restricted`. Members with invite power answer by inviting (or kicking).
+    pub async fn knock(&self, user: &UserId, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId> {
+        let room_id = match <&RoomId>::try_from(target) {
+            Ok(id) => id.to_owned(),
+            Err(alias) => self.resolve_alias(alias).await?,
+        };
+        let (room, u) = (room_id.to_string(), user.to_string());
+        let (exists, current) =
+            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
+        if !exists {
+            return Err(Error::not_found("no known room with that id or alias"));
+        }
+        match current.as_deref() {
+            Some("join") => return Err(Error::forbidden("you are already in this room")),
+            Some("invite") => return Err(Error::forbidden("you are already invited; join instead")),
+            Some("ban") => return Err(Error::forbidden("you are banned from this room")),
+            Some("knock") => return Ok(room_id),
+            _ => {}
+        }
+        let content = self.member_content(user, "knock").await?;
         self.send_member(user, &room_id, user, content, reason).await?;
         Ok(room_id)
     }
@@ -172,4 +211,48 @@ impl Moss {
         }
         Ok(content)
     }
+}
+
+/// For a room with a `restricted` or `knock_restricted` join rule: whether `user` may join
+/// through one of the allowed rooms, and if so which local member with invite power vouches for
+/// it (the `join_authorised_via_users_server` the auth rules require). `None` when the join rule
+/// is not restricted (the auth rules alone decide); an error when no allow condition holds.
+fn restricted_join_authoriser(r: &Reader<'_>, room: &str, user: &str, server: &ServerName) -> Result<Option<String>> {
+    let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? else {
+        return Ok(None);
+    };
+    let content: Value = serde_json::from_str::<Value>(&rules.pdu)?["content"].clone();
+    let rule = content["join_rule"].as_str().unwrap_or_default();
+    if rule != "restricted" && rule != "knock_restricted" {
+        return Ok(None);
+    }
+    let allowed = content["allow"].as_array().into_iter().flatten().any(|a| {
+        a["type"] == "m.room_membership"
+            && a["room_id"]
+                .as_str()
+                .is_some_and(|other| r.membership(other, user).ok().flatten().is_some_and(|m| m.membership == "join"))
+    });
+    if !allowed {
+        return Err(Error::forbidden(if rule == "knock_restricted" {
+            "you are not a member of any room this room admits; knock to ask for an invite"
+        } else {
+            "you are not invited and not a member of any room this room admits"
+        }));
+    }
+    let info = super::room_info(r, room)?.ok_or_else(|| Error::not_found("unknown room"))?;
+    let levels = super::power_levels(r, room, &info.rules)?;
+    for m in r.room_members(room)? {
+        if m.membership != "join" {
+            continue;
+        }
+        let Ok(candidate) = UserId::parse(&m.user_id) else { continue };
+        if candidate.server_name() == server && levels.user_can_invite(&candidate) {
+            return Ok(Some(m.user_id));
+        }
+    }
+    Err(Error::new(
+        ruma::api::error::ErrorKind::UnableToAuthorizeJoin,
+        400,
+        "no member of this server can authorise the join",
+    ))
 }

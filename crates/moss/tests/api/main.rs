@@ -7,6 +7,7 @@ mod client_features;
 mod common;
 mod e2ee;
 mod import;
+mod join_rules;
 mod media;
 mod media_s3;
 mod presence;
