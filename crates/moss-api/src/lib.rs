@@ -162,6 +162,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(relations::relating_events_of_type)
         .ruma(relations::relating_events_of_type_and_event_type)
         .ruma(relations::threads)
+        .ruma(relations::hierarchy)
         .ruma(reporting::report_event)
         .ruma(reporting::report_room)
         .ruma(presence::get)

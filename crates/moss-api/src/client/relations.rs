@@ -1,4 +1,4 @@
-//! Relations, threads and search.
+//! Relations, threads, search and space hierarchies: ways of finding events and rooms.
 
 use std::sync::Arc;
 
@@ -174,4 +174,27 @@ pub async fn search(
         next_batch: query.get("next_batch").cloned(),
     };
     Ok(Json(moss.search(&session.user_id, req).await?))
+}
+
+/// `GET /rooms/{roomId}/hierarchy` (spaces).
+pub async fn hierarchy(
+    moss: Arc<Moss>,
+    req: Ruma<ruma::api::client::space::get_hierarchy::v1::Request>,
+) -> Result<Json<Value>, ApiError> {
+    let b = &req.body;
+    let page = moss
+        .hierarchy(
+            &req.session().user_id,
+            &b.room_id,
+            b.from.clone(),
+            b.limit.map(u64::from),
+            b.max_depth.map(u64::from),
+            b.suggested_only,
+        )
+        .await?;
+    let mut v = json!({"rooms": page.rooms});
+    if let Some(n) = page.next_batch {
+        v["next_batch"] = json!(n);
+    }
+    Ok(Json(v))
 }

@@ -138,36 +138,15 @@ impl Moss {
             .read(move |r| {
                 let mut out = Vec::new();
                 for room in r.published_rooms()? {
-                    let state = |k: &str, f: &str| -> Result<Option<String>> {
-                        Ok(match r.current_state_event(&room, k, "")? {
-                            Some(row) => serde_json::from_str::<Value>(&row.pdu)?["content"][f].as_str().map(str::to_owned),
-                            None => None,
-                        })
-                    };
-                    let name = state("m.room.name", "name")?;
-                    let topic = state("m.room.topic", "topic")?;
-                    let alias = state("m.room.canonical_alias", "alias")?;
+                    let entry = room_chunk(r, &room)?;
                     if let Some(term) = &search {
-                        let hit = [&name, &topic, &alias].iter().any(|f| f.as_ref().is_some_and(|v| v.to_lowercase().contains(term)))
+                        let hit = ["name", "topic", "canonical_alias"]
+                            .iter()
+                            .any(|f| entry[f].as_str().is_some_and(|v| v.to_lowercase().contains(term)))
                             || room.to_lowercase().contains(term);
                         if !hit {
                             continue;
                         }
-                    }
-                    let mut entry = json!({
-                        "room_id": room,
-                        "num_joined_members": r.joined_member_count(&room)?,
-                        "world_readable": state("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable"),
-                        "guest_can_join": state("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join"),
-                        "join_rule": state("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".into()),
-                    });
-                    for (k, v) in [("name", name), ("topic", topic), ("canonical_alias", alias), ("avatar_url", state("m.room.avatar", "url")?)] {
-                        if let Some(v) = v {
-                            entry[k] = json!(v);
-                        }
-                    }
-                    if let Some(t) = state("m.room.create", "type")? {
-                        entry["room_type"] = json!(t);
                     }
                     out.push(entry);
                 }
@@ -210,4 +189,33 @@ impl Moss {
             .collect();
         Ok((results, limited))
     }
+}
+
+/// What directories show of a room: the "public rooms chunk" of `publicRooms` and `/hierarchy`.
+pub(crate) fn room_chunk(r: &moss_storage::Reader<'_>, room: &str) -> Result<Value> {
+    let state = |k: &str, f: &str| -> Result<Option<String>> {
+        Ok(match r.current_state_event(room, k, "")? {
+            Some(row) => serde_json::from_str::<Value>(&row.pdu)?["content"][f].as_str().map(str::to_owned),
+            None => None,
+        })
+    };
+    let mut entry = json!({
+        "room_id": room,
+        "num_joined_members": r.joined_member_count(room)?,
+        "world_readable": state("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable"),
+        "guest_can_join": state("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join"),
+        "join_rule": state("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".into()),
+    });
+    for (k, v) in [
+        ("name", state("m.room.name", "name")?),
+        ("topic", state("m.room.topic", "topic")?),
+        ("canonical_alias", state("m.room.canonical_alias", "alias")?),
+        ("avatar_url", state("m.room.avatar", "url")?),
+        ("room_type", state("m.room.create", "type")?),
+    ] {
+        if let Some(v) = v {
+            entry[k] = json!(v);
+        }
+    }
+    Ok(entry)
 }

@@ -14,4 +14,5 @@ mod presence;
 mod preview;
 mod relations;
 mod rooms;
+mod spaces;
 mod sync;

@@ -1,0 +1,139 @@
+//! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, breadth first, as far as the user may
+//! see them. Rooms on other servers appear once federation can fetch their summaries.
+
+use std::collections::{HashSet, VecDeque};
+
+use moss_storage::Reader;
+use ruma::{RoomId, UserId};
+use serde_json::{json, Value};
+
+use super::{directory::room_chunk, visibility::world_readable};
+use crate::{
+    error::{Error, Result},
+    Moss,
+};
+
+/// Upper bounds that keep one request cheap whatever the space looks like.
+const MAX_ROOMS: usize = 1000;
+const MAX_DEPTH: u64 = 20;
+
+pub struct HierarchyPage {
+    pub rooms: Vec<Value>,
+    pub next_batch: Option<String>,
+}
+
+/// Whether `user` may see a room's summary: they are in it (or invited), anyone may read or join
+/// it, or its restricted join rule admits them.
+fn can_preview(r: &Reader<'_>, room: &str, user: &str) -> Result<bool> {
+    if r.room(room)?.is_none() {
+        return Ok(false);
+    }
+    if matches!(r.membership(room, user)?.map(|m| m.membership).as_deref(), Some("join") | Some("invite")) {
+        return Ok(true);
+    }
+    if world_readable(r, room)? {
+        return Ok(true);
+    }
+    let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? else { return Ok(false) };
+    let content = serde_json::from_str::<Value>(&rules.pdu)?["content"].clone();
+    Ok(match content["join_rule"].as_str() {
+        Some("public") | Some("knock") => true,
+        Some("restricted") | Some("knock_restricted") => {
+            content["allow"].as_array().into_iter().flatten().any(|a| {
+                a["room_id"]
+                    .as_str()
+                    .is_some_and(|o| r.membership(o, user).ok().flatten().is_some_and(|m| m.membership == "join"))
+            }) || content["join_rule"] == "knock_restricted"
+        }
+        _ => false,
+    })
+}
+
+/// The `m.space.child` events of a room that point somewhere (non-empty `via`), stripped.
+fn children(r: &Reader<'_>, room: &str, suggested_only: bool) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for ((kind, key), event_id) in r.current_state(room)? {
+        if kind != "m.space.child" {
+            continue;
+        }
+        let Some(row) = r.event(&event_id)? else { continue };
+        let pdu: Value = serde_json::from_str(&row.pdu)?;
+        let content = &pdu["content"];
+        if !content["via"].as_array().is_some_and(|v| !v.is_empty()) || (suggested_only && content["suggested"] != true)
+        {
+            continue;
+        }
+        out.push(json!({
+            "type": kind, "state_key": key, "content": content,
+            "sender": pdu["sender"], "origin_server_ts": pdu["origin_server_ts"],
+        }));
+    }
+    // Children order by their `order` string, then by room id (the spec's ordering).
+    out.sort_by(|a, b| {
+        let key = |v: &Value| {
+            (
+                v["content"]["order"].as_str().map(str::to_owned).unwrap_or_else(|| "\u{10FFFF}".into()),
+                v["state_key"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    Ok(out)
+}
+
+impl Moss {
+    pub async fn hierarchy(
+        &self,
+        user: &UserId,
+        root: &RoomId,
+        from: Option<String>,
+        limit: Option<u64>,
+        max_depth: Option<u64>,
+        suggested_only: bool,
+    ) -> Result<HierarchyPage> {
+        let offset = match &from {
+            Some(t) => t
+                .strip_prefix('h')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| Error::invalid_param(format!("invalid from token {t:?}")))?,
+            None => 0,
+        };
+        let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
+        let max_depth = max_depth.unwrap_or(MAX_DEPTH).min(MAX_DEPTH);
+        let (root, u) = (root.to_string(), user.to_string());
+        self.db
+            .read(move |r| {
+                if r.room(&root)?.is_none() {
+                    return Err(Error::not_found("unknown room"));
+                }
+                if !can_preview(r, &root, &u)? {
+                    return Err(Error::forbidden("you cannot see this room"));
+                }
+                let mut seen = HashSet::from([root.clone()]);
+                let mut queue = VecDeque::from([(root.clone(), 0u64)]);
+                let mut rooms = Vec::new();
+                while let Some((room, depth)) = queue.pop_front() {
+                    if rooms.len() >= offset + limit || rooms.len() >= MAX_ROOMS {
+                        break;
+                    }
+                    let kids = children(r, &room, suggested_only)?;
+                    let mut chunk = room_chunk(r, &room)?;
+                    chunk["children_state"] = json!(kids);
+                    rooms.push(chunk);
+                    if depth >= max_depth {
+                        continue;
+                    }
+                    for kid in kids {
+                        let Some(id) = kid["state_key"].as_str() else { continue };
+                        if seen.insert(id.to_owned()) && can_preview(r, id, &u)? {
+                            queue.push_back((id.to_owned(), depth + 1));
+                        }
+                    }
+                }
+                let more = !queue.is_empty() && rooms.len() >= offset + limit;
+                let page: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
+                Ok(HierarchyPage { next_batch: more.then(|| format!("h{}", offset + page.len())), rooms: page })
+            })
+            .await
+    }
+}
