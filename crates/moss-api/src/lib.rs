@@ -107,6 +107,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(user::push_rule_actions)
         .ruma(user::set_push_rule_actions)
         .ruma(user::pushers)
+        .ruma(user::notifications)
         .ruma(user::set_pusher)
         .ruma(user::typing)
         .ruma(user::receipt)

@@ -10,6 +10,7 @@ pub mod error;
 pub mod filter;
 pub mod keys;
 pub mod media;
+pub mod notifications;
 pub mod notifier;
 pub mod presence;
 pub mod rooms;

@@ -404,3 +404,13 @@ pub async fn search_users(
     let res = search_users::v3::Response::new(results, limited);
     Ok(RumaResponse(res))
 }
+
+/// `GET /notifications` (plain JSON: the push actions are passed through as evaluated).
+pub async fn notifications(
+    moss: Arc<Moss>,
+    req: Ruma<ruma::api::client::push::get_notifications::v3::Request>,
+) -> Result<Json<Value>, ApiError> {
+    let b = &req.body;
+    let only_highlight = b.only.as_deref() == Some("highlight");
+    Ok(Json(moss.notifications(&req.session().user_id, b.from.clone(), b.limit.map(u64::from), only_highlight).await?))
+}

@@ -155,3 +155,51 @@ async fn login_tokens_sign_in_a_new_device_once() {
     let (st, v) = s.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
     assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "a token works once");
 }
+
+#[tokio::test]
+async fn notifications_list_what_the_push_rules_notified() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let first = s.send_text(&bob, &room, "hello everyone").await;
+    let (st, v) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/mention1"),
+            &bob,
+            json!({"msgtype": "m.text", "body": "hey alice, look", "m.mentions": {"user_ids": [alice.id]}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let mention = v["event_id"].as_str().unwrap().to_owned();
+    s.send_text(&alice, &room, "my own message does not notify me").await;
+
+    let (st, v) = s.get("/_matrix/client/v3/notifications", &alice).await;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<&str> =
+        v["notifications"].as_array().unwrap().iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [mention.as_str(), first.as_str()], "newest first, only others' events: {v}");
+    let n = &v["notifications"][0];
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["read"], false);
+    assert!(n["actions"].as_array().unwrap().iter().any(|a| a == "notify"), "{n}");
+
+    // Highlights only: the intentional mention.
+    let (_, v) = s.get("/_matrix/client/v3/notifications?only=highlight", &alice).await;
+    let ids: Vec<&str> =
+        v["notifications"].as_array().unwrap().iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [mention.as_str()], "{v}");
+
+    // Paging, and read once a receipt passes the event.
+    let (_, v) = s.get("/_matrix/client/v3/notifications?limit=1", &alice).await;
+    let next = v["next_token"].as_str().expect("a next page").to_owned();
+    let (_, v) = s.get(&format!("/_matrix/client/v3/notifications?limit=1&from={next}"), &alice).await;
+    assert_eq!(v["notifications"][0]["event"]["event_id"], first.as_str());
+    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{mention}"), &alice, json!({})).await;
+    assert_eq!(st, 200);
+    let (_, v) = s.get("/_matrix/client/v3/notifications", &alice).await;
+    assert!(v["notifications"].as_array().unwrap().iter().all(|n| n["read"] == true), "{v}");
+    let (st, v) = s.get("/_matrix/client/v3/notifications?from=bogus", &alice).await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
+}
