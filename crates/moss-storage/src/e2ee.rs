@@ -221,7 +221,30 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// `(device_id, device_data)` of the user's dehydrated device.
+    pub fn dehydrated_device(&self, user_id: &str) -> Result<Option<(String, String)>> {
+        self.one("SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = ?1", [user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+    }
+}
+
 impl Writer<'_> {
+    pub fn set_dehydrated_device(&self, user_id: &str, device_id: &str, device_data: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO dehydrated_devices (user_id, device_id, device_data) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user_id) DO UPDATE SET device_id = excluded.device_id, device_data = excluded.device_data",
+            params![user_id, device_id, device_data],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_dehydrated_device(&self, user_id: &str) -> Result<()> {
+        self.exec("DELETE FROM dehydrated_devices WHERE user_id = ?1", [user_id])?;
+        Ok(())
+    }
+
     pub fn set_device_keys(&self, user_id: &str, device_id: &str, keys: &str) -> Result<()> {
         self.exec(
             "INSERT INTO device_keys (user_id, device_id, keys) VALUES (?1, ?2, ?3) \

@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_6_e2ee.sql"),
     include_str!("schema_7_relations_search.sql"),
     include_str!("schema_8_presence_reports.sql"),
+    include_str!("schema_9_dehydrated_devices.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use ruma::{
             get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
             get_latest_backup_info, update_backup_version,
         },
+        dehydrated_device::{delete_dehydrated_device, get_dehydrated_device, get_events, put_dehydrated_device},
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
@@ -318,4 +319,53 @@ pub async fn delete_backup_session_key(
         .delete_backup_keys(&req.session().user_id, &b.version, Some(b.room_id.to_string()), Some(b.session_id.clone()))
         .await?;
     Ok(RumaResponse(delete_backup_keys_for_session::v3::Response::new(etag, uint(count))))
+}
+
+// ---- dehydrated devices (MSC3814) ----
+
+pub async fn put_dehydrated_device(
+    moss: Arc<Moss>,
+    req: Ruma<put_dehydrated_device::unstable::Request>,
+) -> HandlerResult<put_dehydrated_device::unstable::Request> {
+    let b = &req.body;
+    let otks = b.one_time_keys.iter().map(|(k, v)| Ok((k.to_string(), value(v)?))).collect::<Result<_, ApiError>>()?;
+    let fallback =
+        b.fallback_keys.iter().map(|(k, v)| Ok((k.to_string(), value(v)?))).collect::<Result<_, ApiError>>()?;
+    moss.put_dehydrated_device(
+        &req.session().user_id,
+        b.device_id.clone(),
+        b.initial_device_display_name.clone(),
+        value(&b.device_data)?,
+        value(&b.device_keys)?,
+        otks,
+        fallback,
+    )
+    .await?;
+    Ok(RumaResponse(put_dehydrated_device::unstable::Response::new(b.device_id.clone())))
+}
+
+pub async fn get_dehydrated_device(
+    moss: Arc<Moss>,
+    req: Ruma<get_dehydrated_device::unstable::Request>,
+) -> HandlerResult<get_dehydrated_device::unstable::Request> {
+    let (id, data) = moss.get_dehydrated_device(&req.session().user_id).await?;
+    Ok(RumaResponse(get_dehydrated_device::unstable::Response::new(id.into(), raw(&data)?)))
+}
+
+pub async fn delete_dehydrated_device(
+    moss: Arc<Moss>,
+    req: Ruma<delete_dehydrated_device::unstable::Request>,
+) -> HandlerResult<delete_dehydrated_device::unstable::Request> {
+    let id = moss.delete_dehydrated_device(&req.session().user_id).await?;
+    Ok(RumaResponse(delete_dehydrated_device::unstable::Response::new(id.into())))
+}
+
+pub async fn dehydrated_device_events(
+    moss: Arc<Moss>,
+    req: Ruma<get_events::unstable::Request>,
+) -> Result<Json<Value>, ApiError> {
+    let b = &req.body;
+    let (events, next) =
+        moss.dehydrated_device_events(&req.session().user_id, b.device_id.as_str(), b.next_batch.clone()).await?;
+    Ok(Json(json!({"events": events, "next_batch": next})))
 }

@@ -58,7 +58,7 @@ fn check_one_time_key(id: &str, key: &Value) -> Result<()> {
 }
 
 /// Validates a device_keys object for the session's own device.
-fn check_device_keys(session: &Session, keys: &Value) -> Result<()> {
+pub(crate) fn check_device_keys(session: &Session, keys: &Value) -> Result<()> {
     key_object(keys, "device_keys")?;
     if keys["user_id"].as_str() != Some(session.user_id.as_str()) {
         return Err(Error::invalid_param("device_keys.user_id must be the user's own id"));

@@ -5,9 +5,11 @@
 //! - [`device_lists`]: who must be told that whose devices changed (sync and `keys/changes`).
 //! - [`to_device`]: the per-device message queue.
 //! - [`backup`]: server-side room key backup.
+//! - [`dehydrated`]: a parked device that collects room keys while every client is offline.
 
 pub mod backup;
 pub mod cross_signing;
+pub mod dehydrated;
 pub mod device_keys;
 pub mod device_lists;
 pub mod to_device;

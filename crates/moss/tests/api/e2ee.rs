@@ -456,3 +456,70 @@ async fn key_backup_versions_and_the_better_session_rule() {
     let (_, v) = s.post("/_matrix/client/v3/room_keys/version", &alice, algorithm).await;
     assert_ne!(v["version"].as_str().unwrap(), version, "a deleted version number is not reused");
 }
+
+#[tokio::test]
+async fn dehydrated_device_collects_messages_while_clients_are_offline() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    const PATH: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+    let (st, v) = s.get(PATH, &alice).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"));
+
+    let parked = User { id: alice.id.clone(), token: String::new(), device: "DEHYDRATED1".into() };
+    let key = Key::new(Some("DEHYDRATED1"));
+    let body = json!({
+        "device_id": "DEHYDRATED1",
+        "initial_device_display_name": "Dehydrated device",
+        "device_data": {"algorithm": "org.matrix.msc3814.v2", "device_pickle": "opaque", "nonce": "n"},
+        "device_keys": device_keys(&parked, &key),
+        "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "k1"}},
+    });
+    let (st, v) = s.put(PATH, &alice, body).await;
+    assert_eq!((st, v["device_id"].as_str()), (200, Some("DEHYDRATED1")), "{v}");
+    let (st, v) = s.get(PATH, &alice).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["device_data"]["device_pickle"], "opaque");
+    // Others see the device and can claim its keys and message it.
+    assert!(query(&s, &bob, &alice).await["device_keys"][&alice.id]["DEHYDRATED1"].is_object());
+    assert_eq!(claim(&s, &bob, &parked).await["signed_curve25519:AAAAAQ"]["key"], "k1");
+    let (st, _) = s
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/d1",
+            &bob,
+            json!({"messages": {&alice.id: {"*": {"ciphertext": "x"}}}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+
+    // A new client drains the messages; the token acknowledges them.
+    let events = format!("{PATH}/DEHYDRATED1/events");
+    let (st, v) = s.post(&events, &alice, json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    assert_eq!(v["events"][0]["content"]["ciphertext"], "x");
+    let next = v["next_batch"].as_str().unwrap().to_owned();
+    let (_, v) = s.post(&events, &alice, json!({"next_batch": next})).await;
+    assert_eq!(v["events"], json!([]), "{v}");
+    let (st, _) = s.post(&format!("{PATH}/{}/events", alice.device), &alice, json!({})).await;
+    assert_eq!(st, 403, "only the dehydrated device's queue can be read this way");
+    let (st, _) = s.post(&events, &bob, json!({})).await;
+    assert_eq!(st, 403);
+
+    // Bad device data or keys for another device are refused; a real device id cannot be taken.
+    let (st, _) = s
+        .put(PATH, &alice, json!({"device_id": "D2", "device_data": {}, "device_keys": device_keys(&parked, &key)}))
+        .await;
+    assert_eq!(st, 400);
+    let mine = User { id: alice.id.clone(), token: String::new(), device: alice.device.clone() };
+    let (st, v) = s
+        .put(PATH, &alice, json!({"device_id": alice.device, "device_data": {}, "device_keys": device_keys(&mine, &Key::new(Some(&alice.device)))}))
+        .await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"), "{v}");
+
+    // Deleting it removes the device.
+    let (st, v) = s.call("DELETE", PATH, Some(&alice.token), None).await;
+    assert_eq!((st, v["device_id"].as_str()), (200, Some("DEHYDRATED1")));
+    assert!(query(&s, &bob, &alice).await["device_keys"][&alice.id].get("DEHYDRATED1").is_none());
+    assert_eq!(s.get(PATH, &alice).await.0, 404);
+}
