@@ -1,14 +1,44 @@
 #!/usr/bin/env bash
 # Installs Synapse from PyPI into .venv-synapse (its pinned dependencies would clash with the
 # client test venv). Used by the import-synapse test and the benchmarks. Idempotent.
+#
+# PostgreSQL driver (for the Synapse-on-PostgreSQL benchmark row): Synapse's `postgres` extra
+# wants psycopg2, which builds from source (libpq-dev and a C compiler). psycopg2-binary installs
+# the same `psycopg2` module from a prebuilt wheel that bundles libpq, and Synapse accepts it: it
+# only imports `psycopg2`, and its dependency check (synapse/util/check_dependencies.py) only
+# checks extras' packages that are installed under their own name. So: the wheel first; only if
+# there is none for this platform, Debian's libpq-dev + gcc and a source build of psycopg2.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv-synapse"
-want="matrix-synapse==1.163.* aiohttp==3.14.5"
+base="matrix-synapse==1.163.* aiohttp==3.14.5"
+pg_wheel="psycopg2-binary==2.9.*"
+pg_source="psycopg2==2.9.*"
+want="$base $pg_wheel"
 stamp="$venv/.installed"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
 fi
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check $want
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" $base
+
+if ! "$venv/bin/python" -c 'import psycopg2' 2> /dev/null; then
+    if ! "${pip[@]}" --only-binary=psycopg2-binary "$pg_wheel"; then
+        echo "setup-synapse: no psycopg2-binary wheel here; building psycopg2 from source" >&2
+        need=()
+        command -v pg_config > /dev/null || need+=(libpq-dev)
+        command -v cc > /dev/null || need+=(gcc)
+        "$venv/bin/python" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+            || need+=(python3-dev)
+        if (( ${#need[@]} )); then
+            sudo=()
+            [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+            apt_install() { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" > /dev/null; }
+            apt_install || { "${sudo[@]}" apt-get update -q > /dev/null; apt_install; }
+        fi
+        "${pip[@]}" --no-binary=psycopg2 "$pg_source"
+    fi
+    "$venv/bin/python" -c 'import psycopg2'
+fi
 echo "$want" > "$stamp"

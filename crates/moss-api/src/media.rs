@@ -196,12 +196,8 @@ async fn serve(
     headers: &HeaderMap,
     legacy: bool,
 ) -> Result<Response, ApiError> {
-    if server != moss.server_name.as_str() {
-        // Remote media arrives with federation.
-        return Err(moss_core::Error::not_found("media not found").into());
-    }
     let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
-    let row = moss.media_row(media_id, wait).await?;
+    let row = moss.media_row_of(server, media_id, wait).await?;
     if legacy {
         if !legacy_allowed(moss, &row) {
             return Err(moss_core::Error::not_found(
@@ -297,11 +293,8 @@ async fn serve_thumbnail(
         Some("crop") => moss_core::media::thumbnail::Method::Crop,
         Some(other) => return Err(ApiError::invalid_param(format!("unknown method {other:?}"))),
     };
-    if server != moss.server_name.as_str() {
-        return Err(moss_core::Error::not_found("media not found").into());
-    }
     let wait = Duration::from_millis(q.timeout_ms.unwrap_or(20_000).min(120_000));
-    let row = moss.media_row(media_id, wait).await?;
+    let row = moss.media_row_of(server, media_id, wait).await?;
     if legacy && !legacy_allowed(moss, &row) {
         return Err(moss_core::Error::not_found(
             "media not found: use the authenticated /_matrix/client/v1/media endpoints",

@@ -9,6 +9,7 @@ mod e2ee;
 mod presence;
 mod queries;
 mod relations;
+mod remote_media;
 pub mod synapse;
 
 use std::{
@@ -22,6 +23,7 @@ pub use e2ee::*;
 pub use presence::*;
 pub use queries::*;
 pub use relations::*;
+pub use remote_media::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -48,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_7_relations_search.sql"),
     include_str!("schema_8_presence_reports.sql"),
     include_str!("schema_9_dehydrated_devices.sql"),
+    include_str!("schema_10_media_access.sql"),
+    include_str!("schema_11_remote_media.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -973,7 +973,14 @@ impl Reader<'_> {
     }
 
     pub fn media_referencing(&self, content_key: &str) -> Result<i64> {
-        Ok(self.one("SELECT COUNT(*) FROM media WHERE content_key = ?1", [content_key], |r| r.get(0))?.unwrap_or(0))
+        Ok(self
+            .one(
+                "SELECT (SELECT COUNT(*) FROM media WHERE content_key = ?1) \
+                      + (SELECT COUNT(*) FROM remote_media WHERE content_key = ?1)",
+                [content_key],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
     }
 }
 
@@ -1069,7 +1076,11 @@ impl Reader<'_> {
     /// Whether any upload has been recorded.
     pub fn has_media(&self) -> Result<bool> {
         Ok(self
-            .one("SELECT EXISTS (SELECT 1 FROM media WHERE content_key IS NOT NULL)", [], |r| r.get(0))?
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM media WHERE content_key IS NOT NULL) OR EXISTS (SELECT 1 FROM remote_media)",
+                [],
+                |r| r.get(0),
+            )?
             .unwrap_or(false))
     }
 }
@@ -1143,6 +1154,9 @@ impl Reader<'_> {
         })? {
             keys.insert(k);
         }
+        for k in self.collect("SELECT DISTINCT content_key FROM remote_media", [], |r| r.get::<_, String>(0))? {
+            keys.insert(k);
+        }
         for k in self.collect("SELECT thumb_key FROM media_thumbnails", [], |r| r.get::<_, String>(0))? {
             keys.insert(k);
         }
@@ -1153,7 +1167,12 @@ impl Reader<'_> {
         {
             keys.insert(k);
         }
-        let ids = self.collect("SELECT media_id FROM media", [], |r| r.get::<_, String>(0))?;
+        // Remote media's metadata records are named after `origin/media_id`.
+        let ids = self.collect(
+            "SELECT media_id FROM media UNION ALL SELECT origin || '/' || media_id FROM remote_media",
+            [],
+            |r| r.get::<_, String>(0),
+        )?;
         Ok((keys, ids))
     }
 
@@ -1163,9 +1182,23 @@ impl Reader<'_> {
             r.get(0)
         })
     }
+
+    /// Media neither uploaded nor served since `cutoff_ts`.
+    pub fn media_unused_since(&self, cutoff_ts: i64) -> Result<Vec<String>> {
+        self.collect(
+            "SELECT media_id FROM media WHERE content_key IS NOT NULL AND MAX(created_ts, COALESCE(last_access_ts, 0)) < ?1",
+            [cutoff_ts],
+            |r| r.get(0),
+        )
+    }
 }
 
 impl Writer<'_> {
+    pub fn touch_media(&self, media_id: &str, now: i64) -> Result<()> {
+        self.exec("UPDATE media SET last_access_ts = ?2 WHERE media_id = ?1", params![media_id, now])?;
+        Ok(())
+    }
+
     pub fn begin_inflight(&self, content_key: &str, now: i64) -> Result<i64> {
         self.exec("INSERT INTO media_inflight (content_key, started_ts) VALUES (?1, ?2)", params![content_key, now])?;
         Ok(self.conn.last_insert_rowid())

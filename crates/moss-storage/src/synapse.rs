@@ -49,3 +49,37 @@ pub fn synapse_local_media(path: &Path) -> Result<Vec<SynapseLocalMedia>> {
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// One row of Synapse's `remote_media_cache`: another server's media Synapse fetched and kept.
+#[derive(Debug, Clone)]
+pub struct SynapseRemoteMedia {
+    pub origin: String,
+    pub media_id: String,
+    pub media_type: Option<String>,
+    pub created_ts: Option<i64>,
+    pub upload_name: Option<String>,
+    /// Names the file under `remote_content/<origin>/`, instead of the media id.
+    pub filesystem_id: String,
+    pub quarantined: bool,
+}
+
+/// Remote media rows of the Synapse SQLite database at `path` (opened read-only).
+pub fn synapse_remote_media(path: &Path) -> Result<Vec<SynapseRemoteMedia>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT media_origin, media_id, media_type, created_ts, upload_name, filesystem_id, quarantined_by IS NOT NULL \
+         FROM remote_media_cache ORDER BY created_ts",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SynapseRemoteMedia {
+            origin: r.get(0)?,
+            media_id: r.get(1)?,
+            media_type: r.get(2)?,
+            created_ts: r.get(3)?,
+            upload_name: r.get(4)?,
+            filesystem_id: r.get(5)?,
+            quarantined: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

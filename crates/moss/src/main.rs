@@ -140,9 +140,12 @@ enum MediaCommand {
         /// Objects no record points to (left by crashes or removed records).
         #[arg(long)]
         orphans: bool,
-        /// Media uploaded more than this many days ago.
-        #[arg(long, value_name = "DAYS")]
+        /// Media uploaded longer ago than this: days, or a number with s, m, h or d.
+        #[arg(long, value_name = "AGE", value_parser = media_cli::parse_age)]
         older_than: Option<u64>,
+        /// Media neither uploaded nor downloaded (or thumbnailed) for this long (as --older-than).
+        #[arg(long, value_name = "AGE", value_parser = media_cli::parse_age)]
+        unused_for: Option<u64>,
         /// Report what would be deleted without deleting it.
         #[arg(long)]
         dry_run: bool,
@@ -376,8 +379,8 @@ async fn media_command(moss: &Moss, command: MediaCommand) -> Result<()> {
             println!("quarantined {n} media");
             Ok(())
         }
-        MediaCommand::Purge { orphans, older_than, dry_run } => {
-            media_cli::purge(moss, orphans, older_than, dry_run).await
+        MediaCommand::Purge { orphans, older_than, unused_for, dry_run } => {
+            media_cli::purge(moss, orphans, older_than, unused_for, dry_run).await
         }
     }
 }

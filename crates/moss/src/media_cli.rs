@@ -137,15 +137,48 @@ pub async fn stats(moss: &Moss) -> Result<()> {
     Ok(())
 }
 
-pub async fn purge(moss: &Moss, orphans: bool, older_than: Option<u64>, dry_run: bool) -> Result<()> {
-    if !orphans && older_than.is_none() {
-        bail!("say what to purge: --orphans and/or --older-than DAYS");
+/// An age for `purge`: a number of days, or a number with a unit (`90s`, `30m`, `12h`, `7d`), in
+/// milliseconds.
+pub fn parse_age(s: &str) -> std::result::Result<u64, String> {
+    let (num, unit_ms) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1_000),
+        Some((i, 'm')) => (&s[..i], 60_000),
+        Some((i, 'h')) => (&s[..i], 3_600_000),
+        Some((i, 'd')) => (&s[..i], 86_400_000),
+        _ => (s, 86_400_000),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not an age like 30, 30d, 12h, 45m or 90s"))?;
+    n.checked_mul(unit_ms).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn show_age(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{} day(s)", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{} hour(s)", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{} minute(s)", ms / 60_000),
+        ms => format!("{} second(s)", ms / 1_000),
+    }
+}
+
+pub async fn purge(
+    moss: &Moss,
+    orphans: bool,
+    older_than: Option<u64>,
+    unused_for: Option<u64>,
+    dry_run: bool,
+) -> Result<()> {
+    if !orphans && older_than.is_none() && unused_for.is_none() {
+        bail!("say what to purge: --orphans, --older-than DAYS and/or --unused-for DAYS");
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
-    if let Some(days) = older_than {
-        let cutoff = moss_core::now_ms().saturating_sub(days * 24 * 60 * 60 * 1000);
-        let r = moss.purge_older_than(cutoff, dry_run).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!("{verb} {} media older than {days} day(s)", r.deleted);
+    let cutoff = |age_ms: u64| moss_core::now_ms().saturating_sub(age_ms);
+    if let Some(age) = older_than {
+        let r = moss.purge_older_than(cutoff(age), dry_run).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{verb} {} media older than {}", r.deleted, show_age(age));
+    }
+    if let Some(age) = unused_for {
+        let r = moss.purge_unused_since(cutoff(age), dry_run).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{verb} {} media not served for {}", r.deleted, show_age(age));
     }
     if orphans {
         let pb = ProgressBar::new_spinner();
@@ -205,8 +238,9 @@ pub async fn import_synapse(moss: &Moss, media_store: &Path, database: &Path) ->
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     pb.finish_and_clear();
     println!(
-        "{} Synapse media: {} imported, {} already here, {} skipped (URL-preview cache), {} missing on disk",
-        r.rows, r.imported, r.already, r.skipped, r.missing_files
+        "{} Synapse media: {} imported ({} of them other servers' media from the remote cache), {} already here, \
+         {} skipped (URL-preview cache), {} missing on disk",
+        r.rows, r.imported, r.remote, r.already, r.skipped, r.missing_files
     );
     Ok(())
 }

@@ -61,6 +61,16 @@ impl Moss {
     /// Deletes media uploaded before `cutoff_ms` (records and, when unshared, their objects).
     pub async fn purge_older_than(&self, cutoff_ms: u64, dry_run: bool) -> Result<PurgeReport> {
         let ids = self.db.read(move |r| Ok::<_, Error>(r.media_older_than(cutoff_ms as i64)?)).await?;
+        self.purge_media(ids, dry_run).await
+    }
+
+    /// Deletes media neither uploaded nor served since `cutoff_ms`.
+    pub async fn purge_unused_since(&self, cutoff_ms: u64, dry_run: bool) -> Result<PurgeReport> {
+        let ids = self.db.read(move |r| Ok::<_, Error>(r.media_unused_since(cutoff_ms as i64)?)).await?;
+        self.purge_media(ids, dry_run).await
+    }
+
+    async fn purge_media(&self, ids: Vec<String>, dry_run: bool) -> Result<PurgeReport> {
         let mut report = PurgeReport { examined: ids.len() as u64, deleted: 0 };
         if dry_run {
             report.deleted = report.examined;

@@ -50,6 +50,16 @@ pub struct Media {
     pub preview: Option<preview::Fetcher>,
     /// Serialises writes of the same content so two uploads never interleave one object.
     writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each media item's last access was last written (at most hourly).
+    accessed: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Content put in the store, not yet recorded.
+struct StoredContent {
+    key: String,
+    sha_hex: String,
+    size: u64,
+    inflight: i64,
 }
 
 /// What the store keeps beside each upload (object `m-…`), enough to rebuild the media table.
@@ -224,7 +234,7 @@ impl Media {
         } else {
             None
         };
-        Ok(Media { store, secret, spool, preview, writing: Mutex::new(HashMap::new()) })
+        Ok(Media { store, secret, spool, preview, writing: Mutex::new(HashMap::new()), accessed: Default::default() })
     }
 
     /// The name of the metadata record of a media id.
@@ -418,6 +428,55 @@ impl Moss {
                 .await?;
         }
 
+        let content = self.store_content(body, enforce.then_some(user)).await?;
+        let StoredContent { key, sha_hex, size, inflight } = content;
+
+        let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
+        // A small record beside the content, so the store alone (plus the master key, when
+        // encrypted) can restore every file with its name and type: `moss media decrypt`.
+        let meta = MediaMeta {
+            media_id: id.clone(),
+            server_name: self.server_name.to_string(),
+            user_id: user.to_string(),
+            content_key: key.clone(),
+            content_type: content_type.clone(),
+            filename: filename.clone(),
+            size,
+            sha256: sha_hex.clone(),
+            created_ts: now_ms(),
+        };
+        self.write_meta(&id, &meta).await?;
+        let (i, u, k) = (id.clone(), user.to_string(), key.clone());
+        let stored = self
+            .db
+            .write(move |w| {
+                w.end_inflight(inflight)?;
+                Ok::<_, Error>(w.store_media(
+                    &i,
+                    &u,
+                    now_ms() as i64,
+                    &k,
+                    content_type.as_deref(),
+                    filename.as_deref(),
+                    size as i64,
+                    &sha_hex,
+                )?)
+            })
+            .await?;
+        if !stored {
+            return Err(Error::new(ErrorKind::CannotOverwriteMedia, 409, "media already uploaded"));
+        }
+        Ok(id)
+    }
+
+    /// Spools a body to disk while hashing it (memory stays flat, and the content key is known
+    /// before anything reaches the store), then puts it in the store unless an identical object
+    /// is there already. With `limits_for`, the size limit and that user's quota apply. The
+    /// content is marked in flight until the caller records it (`end_inflight`).
+    async fn store_content<S>(&self, body: S, limits_for: Option<&UserId>) -> Result<StoredContent>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
         // Spool to disk while hashing: memory stays flat, and the content key (a hash of the
         // content) is known before anything reaches the store.
         let max = self.config.media.max_upload_size;
@@ -429,7 +488,7 @@ impl Moss {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
-            if size > max && enforce {
+            if size > max && limits_for.is_some() {
                 return Err(Error::too_large(format!("uploads are limited to {max} bytes")));
             }
             hasher.update(&chunk);
@@ -438,7 +497,7 @@ impl Moss {
         file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
         drop(file);
         let quota = self.config.media.quota_per_user;
-        if quota > 0 && enforce {
+        if let (true, Some(user)) = (quota > 0, limits_for) {
             let u = user.to_string();
             let used = self.db.read(move |r| Ok::<_, Error>(r.user_media_bytes(&u)?)).await? as u64;
             if used + size > quota {
@@ -468,48 +527,80 @@ impl Moss {
             }
         }
         self.media.writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        Ok(StoredContent { key, sha_hex: hex::encode(sha), size, inflight })
+    }
 
-        let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
-        // A small record beside the content, so the store alone (plus the master key, when
-        // encrypted) can restore every file with its name and type: `moss media decrypt`.
+    /// Writes the metadata record that lets the store alone restore a file (`moss media decrypt`).
+    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<()> {
+        let bytes = serde_json::to_vec(meta)?;
+        self.media
+            .store
+            .put(&self.media.meta_key(name), bytes.len() as u64, moss_media::store::once(bytes))
+            .await
+            .map_err(store_error)
+    }
+
+    /// Keeps another server's media (`mxc://origin/media_id`) in our store: for imports now, for
+    /// federation later. Returns false if it was already kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn store_remote_media<S>(
+        &self,
+        origin: &str,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        created_ts: i64,
+        quarantined: bool,
+        body: S,
+    ) -> Result<bool>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None).await?;
         let meta = MediaMeta {
-            media_id: id.clone(),
-            server_name: self.server_name.to_string(),
-            user_id: user.to_string(),
+            media_id: media_id.to_owned(),
+            server_name: origin.to_owned(),
+            user_id: String::new(),
             content_key: key.clone(),
             content_type: content_type.clone(),
             filename: filename.clone(),
             size,
-            sha256: hex::encode(sha),
-            created_ts: now_ms(),
+            sha256: sha_hex.clone(),
+            created_ts: created_ts as u64,
         };
-        let meta_bytes = serde_json::to_vec(&meta)?;
-        self.media
-            .store
-            .put(&self.media.meta_key(&id), meta_bytes.len() as u64, moss_media::store::once(meta_bytes))
-            .await
-            .map_err(store_error)?;
-        let (i, u, k, sha_hex) = (id.clone(), user.to_string(), key.clone(), hex::encode(sha));
-        let stored = self
-            .db
+        self.write_meta(&format!("{origin}/{media_id}"), &meta).await?;
+        let (o, id) = (origin.to_owned(), media_id.to_owned());
+        self.db
             .write(move |w| {
                 w.end_inflight(inflight)?;
-                Ok::<_, Error>(w.store_media(
-                    &i,
-                    &u,
-                    now_ms() as i64,
-                    &k,
-                    content_type.as_deref(),
-                    filename.as_deref(),
-                    size as i64,
-                    &sha_hex,
-                )?)
+                Ok::<_, Error>(w.store_remote_media(&moss_storage::NewRemoteMedia {
+                    origin: &o,
+                    media_id: &id,
+                    content_key: &key,
+                    content_type: content_type.as_deref(),
+                    filename: filename.as_deref(),
+                    size: size as i64,
+                    sha256: &sha_hex,
+                    created_ts,
+                    quarantined,
+                })?)
             })
-            .await?;
-        if !stored {
-            return Err(Error::new(ErrorKind::CannotOverwriteMedia, 409, "media already uploaded"));
+            .await
+    }
+
+    /// Looks up `mxc://server/media_id`: local media (see [`Moss::media_row`]) or another
+    /// server's media kept in our store.
+    pub async fn media_row_of(&self, server: &str, media_id: &str, wait: Duration) -> Result<MediaRow> {
+        if server == self.server_name.as_str() {
+            return self.media_row(media_id, wait).await;
         }
-        Ok(id)
+        let (o, id) = (server.to_owned(), media_id.to_owned());
+        let row = self.db.read(move |r| Ok::<_, Error>(r.remote_media(&o, &id)?)).await?;
+        match row {
+            Some(r) if !r.quarantined => Ok(r),
+            // Fetching media from its server comes with federation.
+            _ => Err(Error::not_found("media not found")),
+        }
     }
 
     /// Looks media up, waiting up to `wait` for a pending upload to arrive.
@@ -552,7 +643,37 @@ impl Moss {
             }
         };
         let body = self.media.store.get(key, range).await.map_err(store_error)?;
+        self.note_media_access(&row.media_id);
         Ok(Download { content_type: row.content_type.clone(), filename: row.filename.clone(), size, range, body })
+    }
+
+    /// Records that media was served, for `purge --unused-for`; at most hourly per item, in the
+    /// background, so serving never waits on it.
+    pub(crate) fn note_media_access(&self, media_id: &str) {
+        {
+            let mut seen = self.media.accessed.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get(media_id).is_some_and(|t| t.elapsed().as_secs() < 3600) {
+                return;
+            }
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            seen.insert(media_id.to_owned(), std::time::Instant::now());
+        }
+        let (db, id) = (self.db.clone(), media_id.to_owned());
+        tokio::spawn(async move {
+            let touch = move |w: &moss_storage::Writer<'_>| {
+                let now = now_ms() as i64;
+                // Remote media rows are named `origin/media_id`.
+                match id.split_once('/') {
+                    Some((origin, remote_id)) => w.touch_remote_media(origin, remote_id, now),
+                    None => w.touch_media(&id, now),
+                }
+            };
+            if let Err(e) = db.write(move |w| Ok::<_, Error>(touch(w)?)).await {
+                tracing::debug!(error = %e, "could not record media access");
+            }
+        });
     }
 }
 
@@ -584,6 +705,7 @@ impl Moss {
         animated: bool,
     ) -> Result<Download> {
         use thumbnail::Method;
+        self.note_media_access(&row.media_id);
         let key = row.content_key.clone().ok_or_else(|| Error::not_found("media not found"))?;
         let cfg = &self.config.media.thumbnails;
         let parse = |m: &str| {

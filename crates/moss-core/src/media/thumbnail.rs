@@ -154,8 +154,10 @@ mod tests {
 /// Most frames an animated thumbnail keeps; longer animations are cut short.
 const MAX_FRAMES: usize = 300;
 
-/// An animated GIF thumbnail of an animated GIF, or `None` when the source is not animated (the
-/// caller then makes a still one). Every frame is decoded within the pixel budget.
+/// An animated thumbnail of an animated GIF or WebP, or `None` when the source is not animated
+/// (the caller then makes a still one). Every frame is decoded within the pixel budget. The
+/// thumbnail is an animated GIF either way: the `image` crate cannot encode animated WebP, and
+/// every client plays GIF.
 pub fn make_animated(
     source: &[u8],
     bw: u32,
@@ -164,23 +166,37 @@ pub fn make_animated(
     max_pixels: u64,
 ) -> Result<Option<Thumbnail>, ThumbnailError> {
     use image::{
-        codecs::gif::{GifDecoder, GifEncoder, Repeat},
+        codecs::{
+            gif::{GifDecoder, GifEncoder, Repeat},
+            webp::WebPDecoder,
+        },
         AnimationDecoder, Frame,
     };
+    let broken = |e: image::ImageError| ThumbnailError::Broken(e.to_string());
     let format = image::guess_format(source).map_err(|_| ThumbnailError::Unsupported)?;
-    if format != ImageFormat::Gif {
-        return Ok(None);
-    }
-    let decoder = GifDecoder::new(Cursor::new(source)).map_err(|e| ThumbnailError::Broken(e.to_string()))?;
-    let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > max_pixels {
-        return Err(ThumbnailError::TooLarge);
-    }
-    let frames: Vec<Frame> = decoder
-        .into_frames()
-        .take(MAX_FRAMES)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ThumbnailError::Broken(e.to_string()))?;
+    let ((w, h), frames) = match format {
+        ImageFormat::Gif => {
+            let decoder = GifDecoder::new(Cursor::new(source)).map_err(broken)?;
+            let dims = decoder.dimensions();
+            if dims.0 as u64 * dims.1 as u64 > max_pixels {
+                return Err(ThumbnailError::TooLarge);
+            }
+            (dims, decoder.into_frames())
+        }
+        ImageFormat::WebP => {
+            let decoder = WebPDecoder::new(Cursor::new(source)).map_err(broken)?;
+            if !decoder.has_animation() {
+                return Ok(None);
+            }
+            let dims = decoder.dimensions();
+            if dims.0 as u64 * dims.1 as u64 > max_pixels {
+                return Err(ThumbnailError::TooLarge);
+            }
+            (dims, decoder.into_frames())
+        }
+        _ => return Ok(None),
+    };
+    let frames: Vec<Frame> = frames.take(MAX_FRAMES).collect::<Result<_, _>>().map_err(broken)?;
     if frames.len() < 2 {
         return Ok(None);
     }
@@ -237,6 +253,14 @@ mod animated_tests {
         let frames = image::codecs::gif::GifDecoder::new(Cursor::new(&t.bytes)).unwrap().into_frames().count();
         assert_eq!(frames, 5);
         assert_eq!((t.width, t.height), (96, 48));
+        // Animated WebP becomes an animated GIF with every frame.
+        let webp = include_bytes!("../../testdata/animated.webp");
+        let t = make_animated(webp, 32, 32, Method::Crop, 1 << 24).unwrap().expect("animated webp");
+        assert_eq!((t.content_type, t.width, t.height), ("image/gif", 32, 32));
+        let frames = image::codecs::gif::GifDecoder::new(Cursor::new(&t.bytes)).unwrap().into_frames();
+        let colours: Vec<[u8; 4]> = frames.map(|f| f.unwrap().into_buffer().get_pixel(16, 16).0).collect();
+        assert_eq!(colours.len(), 3);
+        assert!(colours[0][0] > 200 && colours[1][1] > 200 && colours[2][2] > 200, "{colours:?}");
         // A still image is not animated: the caller makes an ordinary thumbnail.
         assert!(make_animated(&animated_gif(50, 50, 1), 32, 32, Method::Crop, 1 << 24).unwrap().is_none());
     }

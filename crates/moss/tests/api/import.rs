@@ -32,8 +32,10 @@ async fn a_synapse_media_store_imports_with_every_uri_intact() {
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("synapse/fixture.json")).unwrap()).unwrap();
 
-    // Server::start_in keeps its data in DIR/data.
+    // Server::start_in keeps its data in DIR/data. moss takes over Synapse's server name (which
+    // has a port: the fixture federates two Synapses on loopback to fill the remote cache).
     let data_dir = work.join("data");
+    let server_name = fixture["server_name"].as_str().unwrap().to_owned();
     let import = || {
         let out = std::process::Command::new(moss_bin())
             .args(["media", "import-synapse", "--media-store"])
@@ -41,18 +43,25 @@ async fn a_synapse_media_store_imports_with_every_uri_intact() {
             .arg("--database")
             .arg(work.join("synapse/homeserver.db"))
             .env("MOSS_DATA_DIR", &data_dir)
+            .env("MOSS_SERVER_NAME", &server_name)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = import();
-    assert!(first.contains("3 Synapse media: 3 imported"), "{first}");
+    assert!(first.contains("5 Synapse media: 5 imported (2 of them other servers' media"), "{first}");
     let again = import();
-    assert!(again.contains("0 imported, 3 already here"), "running it again is harmless: {again}");
+    assert!(
+        again.contains("0 imported (0 of them other servers' media from the remote cache), 5 already here"),
+        "running it again is harmless: {again}"
+    );
 
-    let s =
-        Server::start_in(work.clone(), &[("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await;
+    let s = Server::start_in(
+        work.clone(),
+        &[("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false"), ("MOSS_SERVER_NAME", &server_name)],
+    )
+    .await;
     let a = s.register("reader").await;
     for m in fixture["media"].as_array().unwrap() {
         let path = m["mxc"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
@@ -66,6 +75,36 @@ async fn a_synapse_media_store_imports_with_every_uri_intact() {
             assert_eq!(hex::encode(sha2::Sha256::digest(&body)), m["sha256"].as_str().unwrap(), "{url}");
         }
     }
+    // Other servers' media Synapse had cached keeps its mxc:// URI too, with its type and name.
+    for m in fixture["remote_media"].as_array().unwrap() {
+        let path = m["mxc"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+        let url = format!("/_matrix/client/v1/media/download/{path}");
+        let res = download(&s, Some(&a), &url, None).await;
+        assert_eq!(res.status(), 200, "{url}");
+        assert_eq!(res.headers()["content-type"], m["content_type"].as_str().unwrap());
+        assert!(res.headers()["content-disposition"].to_str().unwrap().contains(m["filename"].as_str().unwrap()));
+        let body = res.bytes().await.unwrap();
+        assert_eq!(hex::encode(sha2::Sha256::digest(&body)), m["sha256"].as_str().unwrap(), "{url}");
+    }
+    let remote_png = fixture["remote_media"][0]["mxc"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let url = format!("/_matrix/client/v1/media/thumbnail/{remote_png}?width=32&height=32&method=crop");
+    assert_eq!(download(&s, Some(&a), &url, None).await.status(), 200, "thumbnails of remote media");
+    let url = format!("/_matrix/client/v1/media/download/{}/nosuchmedia", remote_png.split('/').next().unwrap());
+    assert_eq!(download(&s, Some(&a), &url, None).await.status(), 404);
+
+    // Purging orphans keeps every imported object (remote ones included).
+    let out = std::process::Command::new(moss_bin())
+        .args(["media", "purge", "--orphans"])
+        .env("MOSS_DATA_DIR", &data_dir)
+        .env("MOSS_SERVER_NAME", &server_name)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deleted 0 orphan(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let png = fixture["media"][0]["mxc"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
     let res = download(
         &s,

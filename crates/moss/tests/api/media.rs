@@ -703,6 +703,29 @@ async fn stats_and_purges_delete_exactly_what_they_should() {
 }
 
 #[tokio::test]
+async fn purge_unused_for_keeps_what_was_served_recently() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let mut paths = Vec::new();
+    for data in [pattern(1000), pattern(2000)] {
+        let (_, v) = upload(&s, &a, data, "application/octet-stream", None).await;
+        paths.push(format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(download(&s, Some(&a), &paths[0], None).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the access is written in the background
+
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--unused-for", "2s", "--dry-run"]);
+    assert!(ok && out.contains("would delete 1 media not served for 2 second(s)"), "{out}");
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--unused-for", "2s"]);
+    assert!(ok && out.contains("deleted 1 media"), "{out}");
+    assert_eq!(download(&s, Some(&a), &paths[0], None).await.status(), 200, "served a moment ago: kept");
+    assert_eq!(download(&s, Some(&a), &paths[1], None).await.status(), 404, "never served: purged");
+    let (ok, out) = moss_cli(&s, &["media", "purge", "--unused-for", "soon"]);
+    assert!(!ok && out.contains("is not an age"), "{out}");
+}
+
+#[tokio::test]
 async fn quarantined_media_is_no_longer_served() {
     let s = Server::start().await;
     let a = s.register("alice").await;
