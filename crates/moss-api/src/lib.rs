@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod rate_limit;
 pub mod ruma_wrapper;

@@ -27,6 +27,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub presence: PresenceConfig,
     pub voip: VoipConfig,
+    pub federation: FederationConfig,
     pub log: LogConfig,
 }
 
@@ -45,6 +46,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             presence: PresenceConfig::default(),
             voip: VoipConfig::default(),
+            federation: FederationConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -116,6 +118,43 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig { access_token_lifetime_ms: 5 * 60 * 1000, min_password_length: 8, login_token_enabled: false }
+    }
+}
+
+/// Talking to other Matrix servers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub enabled: bool,
+    /// Address of the federation listener (other servers connect here; 8448 by convention).
+    pub bind: SocketAddr,
+    /// PEM certificate chain and private key: with both, the listener speaks TLS itself;
+    /// without, it is plain HTTP for a TLS-terminating reverse proxy in front.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    /// Check other servers' TLS certificates (turn off only for test setups with self-signed ones).
+    pub verify_certificates: bool,
+    /// Addresses outbound federation may never connect to (so federation cannot be used to probe
+    /// the server's own network); defaults to loopback, private and link-local ranges.
+    pub ip_range_denylist: Vec<String>,
+    /// Exceptions to the deny list (e.g. `127.0.0.1` for two servers on one test machine).
+    pub ip_range_allowlist: Vec<String>,
+    /// Upper bound on one outbound request, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            bind: "0.0.0.0:8448".parse().expect("valid address"),
+            tls_certificate: None,
+            tls_private_key: None,
+            verify_certificates: true,
+            ip_range_denylist: crate::net::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            ip_range_allowlist: Vec::new(),
+            request_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -232,7 +271,7 @@ impl Default for UrlPreviewConfig {
     fn default() -> Self {
         UrlPreviewConfig {
             enabled: false,
-            ip_range_denylist: crate::media::preview::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            ip_range_denylist: crate::net::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
             ip_range_allowlist: Vec::new(),
             max_page_bytes: 1024 * 1024,
             max_image_bytes: 10 * 1024 * 1024,

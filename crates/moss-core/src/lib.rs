@@ -7,9 +7,11 @@ pub mod accounts;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod filter;
 pub mod keys;
 pub mod media;
+pub mod net;
 pub mod notifications;
 pub mod notifier;
 pub mod presence;
@@ -41,6 +43,8 @@ pub struct Moss {
     pub notifier: Notifier,
     pub typing: Typing,
     pub media: media::Media,
+    /// `None` when federation is disabled.
+    pub federation: Option<federation::Federation>,
     pub(crate) uiaa: UiaaSessions,
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -65,6 +69,8 @@ impl Moss {
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let media = media::Media::open(&config, has_media)?;
+        let federation =
+            if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
         Ok(Arc::new(Moss {
             signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
             server_name,
@@ -73,6 +79,7 @@ impl Moss {
             notifier: Notifier::default(),
             typing: Typing::default(),
             media,
+            federation,
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
             presence_activity: Default::default(),

@@ -6,6 +6,7 @@
 //! serial order, which the global stream ordering relies on.
 
 mod e2ee;
+mod federation;
 mod presence;
 mod queries;
 mod relations;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_9_dehydrated_devices.sql"),
     include_str!("schema_10_media_access.sql"),
     include_str!("schema_11_remote_media.sql"),
+    include_str!("schema_12_server_keys.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "media",
     "presence",
     "voip",
+    "federation",
     "log",
 ];
 
@@ -284,6 +285,19 @@ enabled = true
 turn_uris = []
 turn_shared_secret = ""
 # turn_user_lifetime_ms = 86400000
+
+[federation]
+# Talk to other Matrix servers (first steps: server keys, signed requests, profile queries).
+enabled = false
+bind = "0.0.0.0:8448"
+# PEM files (relative to data_dir); without them the listener is plain HTTP for a TLS proxy.
+# tls_certificate = "federation.crt"
+# tls_private_key = "federation.key"
+verify_certificates = true
+# Outbound federation never connects to these ranges (loopback, private, link-local, ...)
+# unless allowed here, e.g. ip_range_allowlist = ["127.0.0.1/32"] for two servers on one machine.
+ip_range_allowlist = []
+request_timeout_ms = 30000
 
 [log]
 # "pretty" or "json".

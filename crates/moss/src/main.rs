@@ -1,6 +1,7 @@
 //! The `moss` binary: command line, configuration, logging and wiring.
 
 mod config_load;
+mod listener;
 mod media_cli;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -243,6 +244,9 @@ fn run() -> Result<()> {
 async fn serve(moss: Arc<Moss>) -> Result<()> {
     let addr: SocketAddr = moss.config.http.bind;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    if moss.config.federation.enabled {
+        tokio::spawn(listener::federation(moss.clone()).await?);
+    }
     moss.spawn_background();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
     let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();

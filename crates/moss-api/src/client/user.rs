@@ -90,6 +90,9 @@ pub async fn delete_devices(
 
 pub async fn get_profile(State(moss): State<Arc<Moss>>, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
     let user = UserId::parse(&user).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+    if user.server_name() != moss.server_name {
+        return Ok(Json(remote_profile(&moss, &user).await?));
+    }
     let (name, avatar) = moss.profile(&user).await?;
     let mut v = json!({});
     if let Some(n) = name {
@@ -106,7 +109,12 @@ pub async fn get_profile_field(
     Path((user, field)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let user = UserId::parse(&user).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-    let (name, avatar) = moss.profile(&user).await?;
+    let (name, avatar) = if user.server_name() != moss.server_name {
+        let p = remote_profile(&moss, &user).await?;
+        (p["displayname"].as_str().map(str::to_owned), p["avatar_url"].as_str().map(str::to_owned))
+    } else {
+        moss.profile(&user).await?
+    };
     let value = match field.as_str() {
         "displayname" => name,
         "avatar_url" => avatar,
@@ -116,6 +124,17 @@ pub async fn get_profile_field(
         Some(v) => Ok(Json(json!({ field: v }))),
         None => Err(moss_core::Error::not_found("profile field not set").into()),
     }
+}
+
+/// A remote user's profile over federation; "not found" when federation is off or the other
+/// server does not know them.
+async fn remote_profile(moss: &Moss, user: &UserId) -> Result<Value, ApiError> {
+    if moss.federation.is_none() {
+        return Err(
+            moss_core::Error::not_found("profiles of other servers' users need federation, which is disabled").into()
+        );
+    }
+    Ok(moss.remote_profile(user).await?)
 }
 
 pub async fn set_profile_field(

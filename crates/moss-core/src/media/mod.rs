@@ -223,13 +223,11 @@ impl Media {
         }
         let p = &config.media.url_preview;
         let preview = if p.enabled {
-            let parse = |list: &[String]| -> Result<Vec<preview::Cidr>> {
-                list.iter()
-                    .map(|s| s.parse().map_err(|e: String| Error::internal(format!("media.url_preview: {e}"))))
-                    .collect()
-            };
-            let policy =
-                preview::AddressPolicy { deny: parse(&p.ip_range_denylist)?, allow: parse(&p.ip_range_allowlist)? };
+            let policy = crate::net::AddressPolicy::from_lists(
+                &p.ip_range_denylist,
+                &p.ip_range_allowlist,
+                "media.url_preview",
+            )?;
             Some(preview::Fetcher::new(policy, Duration::from_millis(p.timeout_ms), p.max_page_bytes as usize)?)
         } else {
             None

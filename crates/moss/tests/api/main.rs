@@ -6,6 +6,7 @@ mod cli;
 mod client_features;
 mod common;
 mod e2ee;
+mod federation;
 mod import;
 mod join_rules;
 mod media;

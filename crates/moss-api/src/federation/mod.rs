@@ -1,0 +1,73 @@
+//! The server-server API, served on the federation listener.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{FromRequest, Query, Request, State},
+    routing::get,
+    Json, Router,
+};
+use moss_core::Moss;
+use ruma::UserId;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// Largest federation request body accepted (transactions are bounded by the spec well below).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// A request whose X-Matrix signature verified: the origin server and the body.
+pub struct Signed {
+    pub origin: ruma::OwnedServerName,
+    pub body: Vec<u8>,
+}
+
+impl FromRequest<Arc<Moss>> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, moss: &Arc<Moss>) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| ApiError::too_large(format!("request body is larger than {MAX_BODY} bytes")))?
+            .to_vec();
+        // Signatures cover the path and query as sent, not the whole URL.
+        let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        let mut signed = http::Request::builder().method(parts.method.clone()).uri(uri);
+        for (k, v) in &parts.headers {
+            signed = signed.header(k, v);
+        }
+        let signed = signed.body(bytes).map_err(|e| ApiError::bad_json(e.to_string()))?;
+        let origin = moss.authenticate_server(&signed).await?;
+        Ok(Signed { origin, body: signed.into_body() })
+    }
+}
+
+pub fn router(moss: Arc<Moss>) -> Router {
+    Router::new()
+        .route("/_matrix/key/v2/server", get(server_keys))
+        .route("/_matrix/federation/v1/version", get(version))
+        .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .fallback(|| async { ApiError::unrecognized() })
+        .with_state(moss)
+}
+
+async fn server_keys(State(moss): State<Arc<Moss>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(moss.server_keys_document()?))
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"server": {"name": "moss", "version": env!("CARGO_PKG_VERSION")}}))
+}
+
+async fn query_profile(
+    State(moss): State<Arc<Moss>>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let _ = signed.origin;
+    let user =
+        q.get("user_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("user_id is required")))?;
+    let user = UserId::parse(user.as_str()).map_err(|e| ApiError::invalid_param(format!("user_id: {e}")))?;
+    Ok(Json(moss.serve_profile_query(&user, q.get("field").map(String::as_str)).await?))
+}

@@ -1,0 +1,182 @@
+//! Outbound federation: finding where a server name lives and sending it signed requests.
+//!
+//! Discovery follows the spec's order as far as this slice goes: an IP literal or an explicit
+//! port is used as is; otherwise `/.well-known/matrix/server` may delegate (cached for a day),
+//! and the default port 8448 applies. SRV records (`_matrix-fed._tcp`) are not looked up yet.
+//! Every connection goes through the address policy, so federation cannot reach the server's own
+//! network unless the operator allows it.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{api::federation::authentication::XMatrix, ServerName};
+use serde_json::Value;
+
+use super::Federation;
+use crate::{
+    config::FederationConfig,
+    error::{Error, Result},
+    net::{AddressPolicy, GuardedResolver},
+    Moss,
+};
+
+const WELL_KNOWN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest response read from another server.
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Where to connect for a server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `https://host:port`
+    pub base: String,
+}
+
+pub(crate) fn build(config: &FederationConfig, policy: AddressPolicy) -> Result<reqwest::Client> {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(policy), "federation")))
+        .danger_accept_invalid_certs(!config.verify_certificates)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("moss/", env!("CARGO_PKG_VERSION")))
+        .no_proxy()
+        .build()
+        .map_err(|e| Error::internal(format!("federation client: {e}")))
+}
+
+fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
+    Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("could not reach {server}: {why}"))
+}
+
+/// The host part has an explicit port, or is an IP literal: no discovery needed.
+fn literal(server: &str) -> Option<String> {
+    let has_port = server.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']'))
+    });
+    let ip = server.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+    match (has_port, ip) {
+        (true, _) => Some(format!("https://{server}")),
+        (false, true) if server.contains(':') && !server.starts_with('[') => Some(format!("https://[{server}]:8448")),
+        (false, true) => Some(format!("https://{server}:8448")),
+        _ => None,
+    }
+}
+
+impl Federation {
+    async fn resolve(&self, server: &ServerName) -> Result<Destination> {
+        if let Some(base) = literal(server.as_str()) {
+            return Ok(Destination { base });
+        }
+        if let Some((d, at)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(server) {
+            if at.elapsed() < WELL_KNOWN_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let delegated = async {
+            let res = self.client.get(format!("https://{server}/.well-known/matrix/server")).send().await.ok()?;
+            if !res.status().is_success() {
+                return None;
+            }
+            let v: Value = serde_json::from_slice(&res.bytes().await.ok()?).ok()?;
+            v["m.server"].as_str().map(str::to_owned)
+        }
+        .await;
+        let base = match delegated {
+            Some(to) => literal(&to).unwrap_or_else(|| format!("https://{to}:8448")),
+            None => format!("https://{server}:8448"),
+        };
+        let d = Destination { base };
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), (d.clone(), std::time::Instant::now()));
+        Ok(d)
+    }
+
+    /// An unauthenticated GET (key documents), parsed as JSON.
+    pub(crate) async fn get_json(&self, server: &ServerName, path: &str) -> Result<Value> {
+        let d = self.resolve(server).await?;
+        let res = self.client.get(format!("{}{path}", d.base)).send().await.map_err(|e| unreachable(server, e))?;
+        read_json(server, res).await
+    }
+}
+
+async fn read_json(server: &ServerName, res: reqwest::Response) -> Result<Value> {
+    let status = res.status();
+    if res.content_length().is_some_and(|l| l as usize > MAX_RESPONSE) {
+        return Err(unreachable(server, "response too large"));
+    }
+    let bytes = res.bytes().await.map_err(|e| unreachable(server, e))?;
+    if bytes.len() > MAX_RESPONSE {
+        return Err(unreachable(server, "response too large"));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| unreachable(server, format!("not JSON: {e}")))?;
+    if !status.is_success() {
+        let code = v["errcode"].as_str().unwrap_or("M_UNKNOWN");
+        let msg = v["error"].as_str().unwrap_or_default();
+        let message = format!("{server} answered {status} {code}: {msg}");
+        // "Not found" and "forbidden" are answers the client should see as such; anything else is
+        // the other server failing us.
+        return Err(match status.as_u16() {
+            404 => Error::not_found(message),
+            403 => Error::forbidden(message),
+            _ => Error::new(ruma::api::error::ErrorKind::Unknown, 502, message),
+        });
+    }
+    Ok(v)
+}
+
+impl Moss {
+    pub(crate) fn federation(&self) -> Result<&Federation> {
+        self.federation.as_ref().ok_or_else(|| Error::forbidden("federation is disabled on this server"))
+    }
+
+    /// Sends `destination` a request signed with our key (X-Matrix) and returns its JSON answer.
+    /// `path` includes the query string.
+    pub async fn federation_request(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let fed = self.federation()?;
+        let d = fed.resolve(destination).await?;
+        let bytes = match &body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => Vec::new(),
+        };
+        // Signed over method, path and body as the receiver will see them.
+        let to_sign = http::Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .body(bytes.clone())
+            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
+            self.server_name.clone(),
+            destination.to_owned(),
+            &self.signer.key,
+        );
+        let auth = XMatrix::sign_http_request(&to_sign, input).map_err(|e| Error::internal(format!("signing: {e}")))?;
+        let mut req = fed
+            .client
+            .request(method, format!("{}{path}", d.base))
+            .header(http::header::AUTHORIZATION, auth.to_string());
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
+        }
+        let res = req.send().await.map_err(|e| unreachable(destination, error_chain(&e)))?;
+        read_json(destination, res).await
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

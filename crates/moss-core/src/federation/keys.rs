@@ -1,0 +1,114 @@
+//! Server signing keys: ours, published and self-signed; theirs, fetched from the server itself,
+//! checked against its own signature and cached until the validity it states (capped).
+
+use std::collections::BTreeMap;
+
+use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, ServerName};
+use serde_json::{json, Value};
+
+use super::KEY_VALIDITY;
+use crate::{
+    error::{Error, Result},
+    now_ms, Moss,
+};
+
+/// Remote keys are refetched after at most this long, whatever they claim.
+const MAX_CACHE_MS: i64 = 24 * 3600 * 1000;
+
+impl Moss {
+    /// Our `/_matrix/key/v2/server` document, signed with our key.
+    pub fn server_keys_document(&self) -> Result<Value> {
+        let key = &self.signer.key;
+        let key_id = format!("ed25519:{}", key.version());
+        let doc = json!({
+            "server_name": self.server_name,
+            "verify_keys": { key_id: { "key": STANDARD_NO_PAD.encode(key.public_key()) } },
+            "old_verify_keys": {},
+            "valid_until_ts": now_ms() + KEY_VALIDITY.as_millis() as u64,
+        });
+        let CanonicalJsonValue::Object(mut obj) =
+            CanonicalJsonValue::try_from(doc).map_err(|e| Error::internal(e.to_string()))?
+        else {
+            return Err(Error::internal("key document is not an object"));
+        };
+        ruma::signatures::sign_json(self.server_name.as_str(), key.as_ref(), &mut obj)
+            .map_err(|e| Error::internal(format!("signing the key document: {e}")))?;
+        Ok(serde_json::to_value(obj)?)
+    }
+
+    /// A server's current verify keys, `key id -> base64 public key`: from the cache, or fetched
+    /// from the server and verified.
+    pub async fn server_verify_keys(&self, server: &ServerName) -> Result<BTreeMap<String, String>> {
+        if server == self.server_name {
+            let k = &self.signer.key;
+            return Ok(BTreeMap::from([(format!("ed25519:{}", k.version()), STANDARD_NO_PAD.encode(k.public_key()))]));
+        }
+        let s = server.to_string();
+        let now = now_ms() as i64;
+        let cached = self.db.read(move |r| Ok::<_, Error>(r.server_keys(&s, now)?)).await?;
+        if !cached.is_empty() {
+            return Ok(cached.into_iter().collect());
+        }
+        let doc = self.federation()?.get_json(server, "/_matrix/key/v2/server").await?;
+        let keys = verify_key_document(server, &doc)?;
+        let valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0).min(now + MAX_CACHE_MS);
+        if valid_until <= now {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unauthorized,
+                401,
+                format!("{server}'s key document has expired"),
+            ));
+        }
+        let (s, stored) = (server.to_string(), keys.clone());
+        self.db
+            .write(move |w| {
+                for (id, key) in &stored {
+                    w.store_server_key(&s, id, key, valid_until, now)?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        Ok(keys)
+    }
+}
+
+/// Checks a fetched key document: it names the server we asked, and every key it lists signed it.
+pub(crate) fn verify_key_document(server: &ServerName, doc: &Value) -> Result<BTreeMap<String, String>> {
+    let bad =
+        |why: String| Error::new(ruma::api::error::ErrorKind::Unauthorized, 401, format!("{server}'s keys: {why}"));
+    if doc["server_name"].as_str() != Some(server.as_str()) {
+        return Err(bad("the document names another server".into()));
+    }
+    let keys: BTreeMap<String, String> = doc["verify_keys"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(id, v)| Some((id.clone(), v["key"].as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return Err(bad("no verify keys".into()));
+    }
+    let CanonicalJsonValue::Object(obj) =
+        CanonicalJsonValue::try_from(doc.clone()).map_err(|e| bad(format!("not canonical JSON: {e}")))?
+    else {
+        return Err(bad("not an object".into()));
+    };
+    let obj: CanonicalJsonObject = obj;
+    for (id, key) in &keys {
+        let public = ruma::serde::Base64::<ruma::serde::base64::Standard, Vec<u8>>::parse(key)
+            .map_err(|e| bad(format!("key {id} is not base64: {e}")))?;
+        let map = BTreeMap::from([(
+            server.to_string(),
+            BTreeMap::from([(id.clone(), ruma::serde::Base64::new(public.into_inner()))]),
+        )]);
+        let mut only_this = obj.clone();
+        // verify_json checks every signing entity listed; keep only this key's signature.
+        if let Some(CanonicalJsonValue::Object(sigs)) = only_this.get_mut("signatures") {
+            sigs.retain(|entity, _| entity == server.as_str());
+            if let Some(CanonicalJsonValue::Object(by_server)) = sigs.get_mut(server.as_str()) {
+                by_server.retain(|k, _| k == id);
+            }
+        }
+        ruma::signatures::verify_json(&map, &only_this).map_err(|e| bad(format!("self-signature by {id}: {e}")))?;
+    }
+    Ok(keys)
+}

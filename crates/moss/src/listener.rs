@@ -1,0 +1,79 @@
+//! The federation listener: the server-server API on its own port, over TLS when a certificate
+//! is configured (or plain HTTP behind a TLS-terminating reverse proxy).
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use anyhow::{Context, Result};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto::Builder,
+    service::TowerToHyperService,
+};
+use moss_core::Moss;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the federation certificate and key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Binds the federation listener; the returned future serves until `shutdown` fires.
+pub async fn federation(moss: Arc<Moss>) -> Result<impl std::future::Future<Output = ()>> {
+    let cfg = &moss.config.federation;
+    let addr: SocketAddr = cfg.bind;
+    let tls = match (&cfg.tls_certificate, &cfg.tls_private_key) {
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(
+            &moss.config.data_dir.join(c),
+            &moss.config.data_dir.join(k),
+        )?))),
+        (None, None) => None,
+        _ => anyhow::bail!("federation.tls_certificate and federation.tls_private_key go together"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, tls = tls.is_some(), "federation listener is up");
+    let app = moss_api::federation::router(moss.clone());
+    let mut shutdown = moss.shutdown_signal();
+    Ok(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "federation accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let (app, tls) = (app.clone(), tls.clone());
+            tokio::spawn(async move {
+                let service = TowerToHyperService::new(app);
+                let builder = Builder::new(TokioExecutor::new());
+                let served = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "federation connection ended with an error");
+                }
+            });
+        }
+    })
+}
