@@ -8,13 +8,21 @@
 # only imports `psycopg2`, and its dependency check (synapse/util/check_dependencies.py) only
 # checks extras' packages that are installed under their own name. So: the wheel first; only if
 # there is none for this platform, Debian's libpq-dev + gcc and a source build of psycopg2.
+#
+# Benchmark extras (bench/run.py): synapse-s3-storage-provider for the Synapse-on-S3 media row,
+# installed with --no-deps because it declares a dependency on psycopg2 (the source build, for
+# its s3_media_upload script only), which would clobber psycopg2-binary's files; its real
+# runtime dependencies (boto3, humanize, tqdm) are pinned here instead. boto3 also puts the
+# benchmark's reference object into Garage. matplotlib draws the plots.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv-synapse"
 base="matrix-synapse==1.163.* aiohttp==3.14.5"
 pg_wheel="psycopg2-binary==2.9.*"
 pg_source="psycopg2==2.9.*"
-want="$base $pg_wheel"
+bench="boto3==1.44.8 humanize==4.17.0 tqdm==4.70.1 matplotlib==3.11.2"
+s3_provider="synapse-s3-storage-provider==1.7.0"
+want="$base $pg_wheel $bench $s3_provider"
 stamp="$venv/.installed"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
@@ -41,4 +49,7 @@ if ! "$venv/bin/python" -c 'import psycopg2' 2> /dev/null; then
     fi
     "$venv/bin/python" -c 'import psycopg2'
 fi
+"${pip[@]}" $bench
+"${pip[@]}" --no-deps "$s3_provider"
+"$venv/bin/python" -c 'import psycopg2, boto3, matplotlib, s3_storage_provider'
 echo "$want" > "$stamp"

@@ -34,6 +34,8 @@ pub enum StorageError {
     Json(#[from] serde_json::Error),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("database schema version {found} is newer than this moss understands ({known})")]
     TooNew { found: i64, known: i64 },
 }

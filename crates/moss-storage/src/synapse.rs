@@ -1,4 +1,5 @@
-//! Reading a Synapse database's media tables, for `moss media import-synapse`.
+//! Reading a Synapse database's media tables (SQLite or PostgreSQL), for
+//! `moss media import-synapse`.
 
 use std::path::Path;
 
@@ -82,4 +83,71 @@ pub fn synapse_remote_media(path: &Path) -> Result<Vec<SynapseRemoteMedia>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Both media tables of a Synapse database on PostgreSQL, given a connection URL
+/// (`postgres://user:password@host:port/database`; no TLS: run the import next to the database).
+pub async fn synapse_media_postgres(url: &str) -> Result<(Vec<SynapseLocalMedia>, Vec<SynapseRemoteMedia>)> {
+    let pg = |e: tokio_postgres::Error| crate::StorageError::Postgres(e.to_string());
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(pg)?;
+    let conn = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "Synapse PostgreSQL connection ended");
+        }
+    });
+    let has_authenticated = !client
+        .query(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'local_media_repository' \
+             AND column_name = 'authenticated'",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .is_empty();
+    let local = client
+        .query(
+            &format!(
+                "SELECT media_id, media_type, media_length::BIGINT, created_ts, upload_name, user_id, \
+                 quarantined_by IS NOT NULL, {}, url_cache IS NOT NULL FROM local_media_repository ORDER BY created_ts",
+                if has_authenticated { "authenticated" } else { "FALSE" }
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .into_iter()
+        .map(|r| SynapseLocalMedia {
+            media_id: r.get(0),
+            media_type: r.get(1),
+            media_length: r.get(2),
+            created_ts: r.get(3),
+            upload_name: r.get(4),
+            user_id: r.get(5),
+            quarantined: r.get(6),
+            authenticated: r.get(7),
+            url_cache: r.get(8),
+        })
+        .collect();
+    let remote = client
+        .query(
+            "SELECT media_origin, media_id, media_type, created_ts, upload_name, filesystem_id, \
+             quarantined_by IS NOT NULL FROM remote_media_cache ORDER BY created_ts",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .into_iter()
+        .map(|r| SynapseRemoteMedia {
+            origin: r.get(0),
+            media_id: r.get(1),
+            media_type: r.get(2),
+            created_ts: r.get(3),
+            upload_name: r.get(4),
+            filesystem_id: r.get(5),
+            quarantined: r.get(6),
+        })
+        .collect();
+    drop(client);
+    let _ = conn.await;
+    Ok((local, remote))
 }

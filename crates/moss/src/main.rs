@@ -124,9 +124,9 @@ enum MediaCommand {
         /// Synapse's media_store_path.
         #[arg(long)]
         media_store: PathBuf,
-        /// Synapse's SQLite database file.
+        /// Synapse's database: its SQLite file, or a postgres://user:password@host:port/db URL.
         #[arg(long)]
-        database: PathBuf,
+        database: String,
     },
     /// How much media there is, and how much deduplication saves.
     Stats,

@@ -224,10 +224,7 @@ pub async fn migrate(
     Ok(())
 }
 
-pub async fn import_synapse(moss: &Moss, media_store: &Path, database: &Path) -> Result<()> {
-    if database.to_string_lossy().starts_with("postgres") {
-        bail!("only Synapse's SQLite database can be read so far; PostgreSQL import is not implemented yet");
-    }
+pub async fn import_synapse(moss: &Moss, media_store: &Path, database: &str) -> Result<()> {
     let pb = bar(0, "importing");
     let r = moss
         .import_synapse(media_store, database, |r| {

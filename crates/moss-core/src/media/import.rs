@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use moss_storage::synapse::{synapse_local_media, synapse_remote_media, SynapseLocalMedia, SynapseRemoteMedia};
+use moss_storage::synapse::{
+    synapse_local_media, synapse_media_postgres, synapse_remote_media, SynapseLocalMedia, SynapseRemoteMedia,
+};
 use ruma::UserId;
 
 use crate::{
@@ -42,20 +44,26 @@ fn local_path(store: &Path, media_id: &str) -> Option<std::path::PathBuf> {
 }
 
 impl Moss {
+    /// `database` is the path of Synapse's SQLite file or a `postgres://` URL.
     pub async fn import_synapse(
         &self,
         media_store: &Path,
-        database: &Path,
+        database: &str,
         progress: impl Fn(ImportReport),
     ) -> Result<ImportReport> {
-        let db = database.to_owned();
+        let read_error = |e: moss_storage::StorageError| Error::internal(format!("reading the Synapse database: {e}"));
         let (rows, remote): (Vec<SynapseLocalMedia>, Vec<SynapseRemoteMedia>) =
-            tokio::task::spawn_blocking(move || {
-                Ok::<_, moss_storage::StorageError>((synapse_local_media(&db)?, synapse_remote_media(&db)?))
-            })
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-            .map_err(|e| Error::internal(format!("reading the Synapse database: {e}")))?;
+            if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+                synapse_media_postgres(database).await.map_err(read_error)?
+            } else {
+                let db = std::path::PathBuf::from(database);
+                tokio::task::spawn_blocking(move || {
+                    Ok::<_, moss_storage::StorageError>((synapse_local_media(&db)?, synapse_remote_media(&db)?))
+                })
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?
+                .map_err(read_error)?
+            };
         let mut report = ImportReport { rows: (rows.len() + remote.len()) as u64, ..Default::default() };
         for row in rows {
             progress(report);

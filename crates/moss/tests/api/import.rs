@@ -21,13 +21,39 @@ fn synapse_python() -> Option<String> {
     }
 }
 
+/// Whether a PostgreSQL for tests is running (scripts/test starts one: scripts/postgres-start.sh).
+fn postgres_available() -> bool {
+    if std::env::var("MOSS_TEST_PG_PORT").is_ok_and(|p| !p.is_empty()) {
+        return true;
+    }
+    assert!(std::env::var("MOSS_REQUIRE_PG").is_err(), "MOSS_REQUIRE_PG is set but MOSS_TEST_PG_* are not");
+    eprintln!("skipping: no PostgreSQL (run scripts/test, which starts one)");
+    false
+}
+
 #[tokio::test]
 async fn a_synapse_media_store_imports_with_every_uri_intact() {
+    import_round_trip(false).await;
+}
+
+#[tokio::test]
+async fn a_synapse_on_postgresql_imports_too() {
+    if postgres_available() {
+        import_round_trip(true).await;
+    }
+}
+
+async fn import_round_trip(postgres: bool) {
     let Some(python) = synapse_python() else { return };
-    let work = std::env::temp_dir().join(format!("moss-synapse-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("moss-synapse-{}-{postgres}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let fixture_script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/synapse_media.py");
-    let out = std::process::Command::new(&python).arg(&fixture_script).arg(work.join("synapse")).output().unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(&fixture_script)
+        .arg(work.join("synapse"))
+        .env("SYNAPSE_FIXTURE_PG", if postgres { "1" } else { "0" })
+        .output()
+        .unwrap();
     assert!(out.status.success(), "making the Synapse fixture failed: {}", String::from_utf8_lossy(&out.stderr));
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("synapse/fixture.json")).unwrap()).unwrap();
@@ -41,7 +67,7 @@ async fn a_synapse_media_store_imports_with_every_uri_intact() {
             .args(["media", "import-synapse", "--media-store"])
             .arg(work.join("synapse/media_store"))
             .arg("--database")
-            .arg(work.join("synapse/homeserver.db"))
+            .arg(fixture["database"].as_str().unwrap())
             .env("MOSS_DATA_DIR", &data_dir)
             .env("MOSS_SERVER_NAME", &server_name)
             .output()
