@@ -8,9 +8,16 @@ Rows: moss, Synapse on PostgreSQL (the fair comparison: the issue 5 targets are 
 Synapse on SQLite. The harness starts a throwaway PostgreSQL cluster with scripts/postgres-start.sh
 and stops it at the end, unless --pg-env names the env file of a running one.
 
-Writes <out>/<UTC time>.json and .md (and latest.md for full runs). --quick shrinks every workload
-so the whole run takes well under three minutes; CI runs it only to keep the harness working.
-Messaging, sync, login and memory workloads; the media workloads and the plots are still to come.
+Writes <out>/<UTC time>.json and .md (and latest.md for full runs), and PNG plots beside them
+(<UTC time>-*.png, linked from the Markdown). --quick shrinks every workload so the whole run takes
+well under three minutes; CI runs it only to keep the harness working.
+
+Workloads 1-5 (messaging, sync, login, rooms) and memory run once per row. Workload 6 (media, see
+bench/media.py) runs in fresh processes: moss on its fs, s3 and encrypt+s3 stores, Synapse (on the
+database of the first Synapse row) on its local store and with synapse-s3-storage-provider, beside
+nginx serving the same files and raw GETs from Garage. Garage is started here on free ports with
+scripts/garage-start.sh; nginx comes from scripts/setup-nginx.sh. Without either, the rows that
+need it are left out and the report says so.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+
+import media as media6
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,9 +149,10 @@ class Server:
 class Moss(Server):
     name = "moss"
 
-    def __init__(self, work: Path, binary: Path):
+    def __init__(self, work: Path, binary: Path, extra_env: dict | None = None):
         super().__init__(work)
         self.binary = binary
+        self.extra_env = extra_env or {}
 
     def command(self):
         env = {
@@ -151,6 +161,7 @@ class Moss(Server):
             "MOSS_REGISTRATION": "open",
             "MOSS_RATE_LIMITS__ENABLED": "false",
             "MOSS_LOG__LEVEL": "warn",
+            **self.extra_env,
         }
         return [str(self.binary), "serve"], env
 
@@ -246,8 +257,20 @@ class Synapse(Server):
             conf["rc_invites"] = {"per_room": fast, "per_user": fast, "per_issuer": fast}
             conf["rc_federation"] = {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 1, "reject_limit": 100000, "concurrent": 1000}
             conf.pop("log_config", None)
+            conf["max_upload_size"] = str(media6.MAX_UPLOAD)  # the default 50M is below the media sizes
             cfg.write_text(yaml.safe_dump(conf))
         return [sys.executable, "-m", "synapse.app.homeserver", "-c", str(cfg)], {}
+
+    def configure_media(self, store: Path, provider: dict | None) -> None:
+        """For the media rows: a fresh media store directory, and the S3 provider or none."""
+        cfg = self.work / "homeserver.yaml"
+        conf = yaml.safe_load(cfg.read_text())
+        conf["media_store_path"] = str(store)
+        if provider:
+            conf["media_storage_providers"] = [provider]
+        else:
+            conf.pop("media_storage_providers", None)
+        cfg.write_text(yaml.safe_dump(conf))
 
 
 class SynapsePg(Synapse):
@@ -256,6 +279,7 @@ class SynapsePg(Synapse):
     def __init__(self, work: Path, pg: Postgres):
         super().__init__(work)
         self.pg = pg
+        self.fresh_db = True
 
     def database(self) -> dict:
         e = self.pg.env
@@ -266,7 +290,9 @@ class SynapsePg(Synapse):
             "cp_min": 5, "cp_max": 10}}
 
     async def start(self) -> None:
-        self.pg.reset()
+        if self.fresh_db:  # the first start; the media rows restart it on the same database
+            self.pg.reset()
+            self.fresh_db = False
         await super().start()
 
 
@@ -348,7 +374,8 @@ async def workloads(server: Server, quick: bool) -> dict:
             s = time.perf_counter()
             await alice.send(room, f"seq {i}")
             lat.append((time.perf_counter() - s) * 1000)
-        out["seq_send"] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "events_per_s": n_seq / (time.perf_counter() - t0)}
+        out["seq_send"] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "events_per_s": n_seq / (time.perf_counter() - t0),
+                           "samples_ms": lat}
 
         # 2. concurrent send throughput
         room = await alice.create_room()
@@ -376,7 +403,7 @@ async def workloads(server: Server, quick: bool) -> dict:
             res = await poll
             lat.append((time.perf_counter() - s) * 1000)
             since = res["next_batch"]
-        out["delivery"] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+        out["delivery"] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "samples_ms": lat}
 
         # 4. initial sync for a user in many rooms, with a fresh device each time
         carol = await Client(http, server.base).register(f"carol{tag}")
@@ -426,6 +453,88 @@ async def workloads(server: Server, quick: bool) -> dict:
     return out
 
 
+class MediaBench:
+    """Workload 6 across the rows: the data files, Garage and the reference rows are made on first
+    use (right before the first server's media rows) and shared by every row after."""
+
+    def __init__(self, work: Path, quick: bool, sizes: list[int], stores: list[str]):
+        self.work, self.quick, self.sizes, self.stores = work, quick, sizes, stores
+        reps = media6.QUICK_REPS if quick else media6.FULL_REPS
+        self.reps = {s: reps.get(s, 1) for s in sizes}
+        self.files: media6.DataFiles | None = None
+        self.garage: media6.Garage | None = None
+        self.result: dict = {"sizes": sizes, "reps": {str(s): n for s, n in self.reps.items()}, "rows": {},
+                             "skipped": {}, "versions": {}}
+
+    async def measure(self, row: media6.Row, idle_rss_mib: float) -> None:
+        self.result["rows"][row.id] = await media6.measure_row(row, self.files, self.sizes, self.reps, idle_rss_mib)
+
+    async def prepare(self) -> None:
+        if self.files is not None:
+            return
+        started = time.perf_counter()
+        self.files = media6.DataFiles(self.work / "media-files", self.sizes)
+        print(f"media: data files ({', '.join(map(media6.size_label, self.sizes))}) written in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        if media6.garage_binary():
+            self.garage = media6.Garage(self.work / "garage", REPO)
+            self.garage.start()
+            self.result["versions"]["Garage"] = self.garage.version()
+        else:
+            self.result["skipped"]["S3 rows"] = "Garage is not installed (scripts/setup-garage.sh)"
+        if media6.nginx_binary():
+            nginx = media6.Nginx(self.work / "nginx", self.files.dir)
+            self.result["versions"]["nginx"] = nginx.version()
+            try:
+                await nginx.start()
+                await self.measure(media6.NginxRow(nginx), media6.rss_mib(nginx.pids()))
+            finally:
+                nginx.stop()
+        else:
+            self.result["skipped"]["nginx"] = "nginx is not installed (scripts/setup-nginx.sh)"
+        if self.garage:
+            await self.measure(media6.GarageRow(self.garage), media6.rss_mib([self.garage.pid]))
+
+    async def moss_rows(self, binary: Path) -> None:
+        await self.prepare()
+        for store in self.stores:
+            if store != "fs" and not self.garage:
+                continue
+            server = Moss(self.work / f"moss-media-{store.replace('+', '-')}", binary,
+                          media6.moss_store_env(store, self.garage))
+            server.work.mkdir(parents=True)
+            try:
+                await server.start()
+                idle = rss_kib(server.proc.pid, "VmRSS") / 1024
+                await self.measure(media6.MatrixRow(f"moss-{store}", f"moss {store}", server.base, server.proc.pid), idle)
+            finally:
+                server.stop()
+
+    async def synapse_rows(self, server: "Synapse") -> None:
+        """Restarts a Synapse row's server (same database) with a fresh media store, twice: local
+        disk only, then with synapse-s3-storage-provider on Garage."""
+        await self.prepare()
+        self.result["versions"]["synapse-s3-storage-provider"] = versions().get("synapse-s3-storage-provider", "?")
+        variants = ["local"] + (["s3"] if self.garage else [])
+        for variant in variants:
+            store = server.work / f"media-{variant}"
+            provider = self.garage.synapse_provider("synapse/") if variant == "s3" else None
+            server.configure_media(store, provider)
+            title = f"{TITLES[server.name]}, " + ("local disk" if variant == "local" else "s3-storage-provider")
+            try:
+                await server.start()
+                idle = rss_kib(server.proc.pid, "VmRSS") / 1024
+                row = (media6.SynapseS3Row(f"synapse-{variant}", title, server.base, server.proc.pid, store)
+                       if provider else media6.MatrixRow(f"synapse-{variant}", title, server.base, server.proc.pid))
+                await self.measure(row, idle)
+            finally:
+                server.stop()
+
+    def stop(self) -> None:
+        if self.garage:
+            self.garage.stop()
+
+
 def machine() -> dict:
     mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
@@ -444,6 +553,11 @@ def versions(pg: "Postgres | None" = None) -> dict:
         try:
             v["psycopg2"] = f"{dist} {metadata.version(dist)}"
             break
+        except metadata.PackageNotFoundError:
+            pass
+    for dist in ("synapse-s3-storage-provider", "boto3", "matplotlib", "aiohttp"):
+        try:
+            v[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
     if pg:
@@ -524,7 +638,7 @@ def fmt(v) -> str:
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def report(results: dict, meta: dict) -> str:
+def report(results: dict, meta: dict, media: dict | None = None) -> str:
     m, v = meta["machine"], meta["versions"]
     names = [n for n in TITLES if n in results]
     others = [n for n in (PRIMARY, "synapse-sqlite") if n in results and "moss" in results]
@@ -557,6 +671,8 @@ def report(results: dict, meta: dict) -> str:
               "a postmaster plus a backend per pooled connection, sampled every 0.25 s. Its RSS summed over "
               "processes counts shared buffers and libraries once per process; PSS splits shared pages between "
               "them, so the \"incl. database\" rows add PostgreSQL's PSS to the server's RSS.", ""]
+    if media and media.get("rows"):
+        lines += media6.report(media)
     ts = meta.get("targets", [])
     if ts:
         lines += ["## Issue 5 targets", "", "| target | goal | this run | |", "|---|---|---|---|"]
@@ -579,6 +695,12 @@ def report(results: dict, meta: dict) -> str:
             lines.append("Quick mode shrinks every workload: these numbers show that the harness works, "
                          "not whether moss meets the targets.")
         lines.append("")
+    if meta.get("plots"):
+        lines += ["## Plots", ""]
+        for title, name in meta["plots"]:
+            lines += [f"![{title}]({name})", ""]
+    if meta.get("plots_error"):
+        lines += [f"Plots failed: {meta['plots_error']}", ""]
     return "\n".join(lines)
 
 
@@ -590,6 +712,11 @@ async def main() -> None:
     ap.add_argument("--pg-env", help="env file of a running cluster from scripts/postgres-start.sh "
                                      "(default: start a throwaway one, and stop it after its row)")
     ap.add_argument("--servers", default=",".join(TITLES), help="comma-separated rows to run, in this order")
+    ap.add_argument("--no-media", action="store_true", help="skip workload 6 (media)")
+    ap.add_argument("--media-sizes", help="comma-separated, e.g. 4K,1M,64M,1G (default: those four; "
+                                          "--quick: 4K,1M,64M)")
+    ap.add_argument("--media-stores", help="moss stores, comma-separated from fs,s3,encrypt+s3 (default: all; "
+                                           "--quick: fs,encrypt+s3)")
     args = ap.parse_args()
     binary = Path(args.moss).resolve()
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -600,6 +727,13 @@ async def main() -> None:
         raise SystemExit(f"{binary} does not exist: build it (cargo build --release) or pass --moss")
     if args.pg_env and not Path(args.pg_env).exists():
         raise SystemExit(f"{args.pg_env} does not exist")
+    sizes = sorted({media6.parse_size(x) for x in args.media_sizes.split(",")}) if args.media_sizes \
+        else (media6.QUICK_SIZES if args.quick else media6.FULL_SIZES)
+    stores = [x.strip() for x in args.media_stores.split(",")] if args.media_stores \
+        else (media6.QUICK_MOSS_STORES if args.quick else media6.MOSS_STORES)
+    if set(stores) - set(media6.MOSS_STORES):
+        raise SystemExit(f"--media-stores: from {media6.MOSS_STORES}")
+    media_synapse = next((n for n in servers if n.startswith("synapse")), None)
     # SIGTERM (a CI timeout, say) cancels the run like ^C does, so that the servers get stopped.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     started = time.perf_counter()
@@ -610,6 +744,7 @@ async def main() -> None:
     results: dict = {}
     pg: Postgres | None = None
     pg_version = None
+    bench6 = None if args.no_media else MediaBench(work, args.quick, sizes, stores)
     try:
         for name in servers:
             if name == "moss":
@@ -629,10 +764,18 @@ async def main() -> None:
                 results[server.name] = await workloads(server, args.quick)
             finally:
                 server.stop()
+            if bench6 and name == "moss":
+                print("running media: references and moss …", flush=True)
+                await bench6.moss_rows(binary)
+            if bench6 and name == media_synapse:
+                print(f"running media: {server.name} …", flush=True)
+                await bench6.synapse_rows(server)
             if name == PRIMARY and pg is not None:
                 pg.stop()  # right after its row: the other rows run without PostgreSQL beside them
                 pg = None
     finally:
+        if bench6:
+            bench6.stop()
         if pg is not None:
             pg.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -643,11 +786,26 @@ async def main() -> None:
         vers["postgresql"] = pg_version
     meta = {"when": when, "mode": "quick" if args.quick else "full", "machine": machine(), "versions": vers,
             "moss_binary": binary.name, "duration_s": round(time.perf_counter() - started, 1)}
-    meta["targets"] = targets(results)
+    media = bench6.result if bench6 else None
+    meta["targets"] = targets(results) + media6.targets(media)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{when}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    md = report(results, meta)
+    try:
+        import plots
+        made = [
+            ("Message send latency (workload 1)", plots.latency(results, TITLES, "seq_send", "sequential send", out,
+                                                                f"{when}-send-latency.png")),
+            ("Delivery latency (workload 3)", plots.latency(results, TITLES, "delivery", "delivery", out,
+                                                            f"{when}-delivery-latency.png")),
+            ("Media throughput and peak RSS by file size (workload 6)",
+             plots.media_throughput(media, out, f"{when}-media.png") if media else None),
+        ]
+        meta["plots"] = [(title, name) for title, name in made if name]
+    except Exception as e:  # noqa: BLE001 - the numbers are still worth writing
+        meta["plots_error"] = f"{type(e).__name__}: {e}"
+    meta["duration_s"] = round(time.perf_counter() - started, 1)
+    (out / f"{when}.json").write_text(json.dumps({"meta": meta, "results": results, "media": media}, indent=2))
+    md = report(results, meta, media)
     (out / f"{when}.md").write_text(md)
     if not args.quick:
         (out / "latest.md").write_text(md)

@@ -169,7 +169,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Option<(u64, Option<u64>)> {
 }
 
 /// RFC 6266: a plain ASCII `filename` where possible, always an RFC 8187 `filename*`.
-fn disposition(kind: &str, filename: Option<&str>) -> String {
+pub(crate) fn disposition(kind: &str, filename: Option<&str>) -> String {
     let Some(name) = filename.filter(|n| !n.is_empty()) else {
         return kind.to_owned();
     };

@@ -48,6 +48,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
+        .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail))
         .fallback(|| async { ApiError::unrecognized() })
         .with_state(moss)
 }
@@ -70,4 +72,61 @@ async fn query_profile(
         q.get("user_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("user_id is required")))?;
     let user = UserId::parse(user.as_str()).map_err(|e| ApiError::invalid_param(format!("user_id: {e}")))?;
     Ok(Json(moss.serve_profile_query(&user, q.get("field").map(String::as_str)).await?))
+}
+
+/// The spec's multipart/mixed answer: a JSON part (metadata, empty today) then the content,
+/// streamed without buffering.
+fn multipart(dl: moss_core::media::Download) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let boundary = moss_core::accounts::random_string(32);
+    let ctype = dl.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let head = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\
+         Content-Disposition: {}\r\n\r\n",
+        crate::media::disposition("attachment", dl.filename.as_deref())
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let body = futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) })
+        .chain(dl.body)
+        .chain(futures_util::stream::once(async move { Ok(bytes::Bytes::from(tail)) }));
+    (
+        [(http::header::CONTENT_TYPE, format!("multipart/mixed; boundary={boundary}"))],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+async fn media_download(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(media_id): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<axum::response::Response, ApiError> {
+    // Only our own media: servers do not proxy each other's.
+    let row = moss.media_row(&media_id, std::time::Duration::ZERO).await?;
+    tracing::info!(origin = %signed.origin, %media_id, "serving media over federation");
+    Ok(multipart(moss.download_media(&row, None).await?))
+}
+
+async fn media_thumbnail(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(media_id): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<axum::response::Response, ApiError> {
+    let _ = signed.origin;
+    let dim = |name: &str| -> Result<u32, ApiError> {
+        q.get(name)
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::invalid_param(format!("{name} must be a positive integer")))
+    };
+    let method = match q.get("method").map(String::as_str) {
+        None | Some("scale") => moss_core::media::thumbnail::Method::Scale,
+        Some("crop") => moss_core::media::thumbnail::Method::Crop,
+        Some(other) => return Err(ApiError::invalid_param(format!("unknown method {other:?}"))),
+    };
+    let row = moss.media_row(&media_id, std::time::Duration::ZERO).await?;
+    let animated = q.get("animated").is_some_and(|v| v == "true");
+    Ok(multipart(moss.thumbnail(&row, dim("width")?, dim("height")?, method, animated).await?))
 }

@@ -131,6 +131,36 @@ impl Moss {
         self.federation.as_ref().ok_or_else(|| Error::forbidden("federation is disabled on this server"))
     }
 
+    /// A signed GET whose answer the caller reads itself (media streams).
+    pub(crate) async fn federation_get_raw(&self, destination: &ServerName, path: &str) -> Result<reqwest::Response> {
+        let fed = self.federation()?;
+        let d = fed.resolve(destination).await?;
+        let auth = self.sign_request(destination, http::Method::GET, path, &[])?;
+        fed.client
+            .get(format!("{}{path}", d.base))
+            .header(http::header::AUTHORIZATION, auth)
+            .send()
+            .await
+            .map_err(|e| unreachable(destination, error_chain(&e)))
+    }
+
+    /// The X-Matrix `Authorization` value for a request, signed over method, path and body as
+    /// the receiver will see them.
+    fn sign_request(&self, destination: &ServerName, method: http::Method, path: &str, body: &[u8]) -> Result<String> {
+        let to_sign = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body.to_vec())
+            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
+            self.server_name.clone(),
+            destination.to_owned(),
+            &self.signer.key,
+        );
+        let auth = XMatrix::sign_http_request(&to_sign, input).map_err(|e| Error::internal(format!("signing: {e}")))?;
+        Ok(auth.to_string())
+    }
+
     /// Sends `destination` a request signed with our key (X-Matrix) and returns its JSON answer.
     /// `path` includes the query string.
     pub async fn federation_request(
@@ -146,22 +176,8 @@ impl Moss {
             Some(b) => serde_json::to_vec(b)?,
             None => Vec::new(),
         };
-        // Signed over method, path and body as the receiver will see them.
-        let to_sign = http::Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .body(bytes.clone())
-            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
-        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
-            self.server_name.clone(),
-            destination.to_owned(),
-            &self.signer.key,
-        );
-        let auth = XMatrix::sign_http_request(&to_sign, input).map_err(|e| Error::internal(format!("signing: {e}")))?;
-        let mut req = fed
-            .client
-            .request(method, format!("{}{path}", d.base))
-            .header(http::header::AUTHORIZATION, auth.to_string());
+        let auth = self.sign_request(destination, method.clone(), path, &bytes)?;
+        let mut req = fed.client.request(method, format!("{}{path}", d.base)).header(http::header::AUTHORIZATION, auth);
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
         }

@@ -4,6 +4,7 @@
 pub mod import;
 pub mod maintenance;
 pub mod preview;
+pub mod remote;
 pub mod thumbnail;
 
 use std::{
@@ -52,6 +53,8 @@ pub struct Media {
     writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each media item's last access was last written (at most hourly).
     accessed: Mutex<HashMap<String, std::time::Instant>>,
+    /// Remote media being fetched, so concurrent requests for it share one fetch.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Content put in the store, not yet recorded.
@@ -232,7 +235,15 @@ impl Media {
         } else {
             None
         };
-        Ok(Media { store, secret, spool, preview, writing: Mutex::new(HashMap::new()), accessed: Default::default() })
+        Ok(Media {
+            store,
+            secret,
+            spool,
+            preview,
+            writing: Mutex::new(HashMap::new()),
+            accessed: Default::default(),
+            fetching: Default::default(),
+        })
     }
 
     /// The name of the metadata record of a media id.
@@ -595,9 +606,13 @@ impl Moss {
         let (o, id) = (server.to_owned(), media_id.to_owned());
         let row = self.db.read(move |r| Ok::<_, Error>(r.remote_media(&o, &id)?)).await?;
         match row {
-            Some(r) if !r.quarantined => Ok(r),
-            // Fetching media from its server comes with federation.
-            _ => Err(Error::not_found("media not found")),
+            Some(r) if r.quarantined => Err(Error::not_found("media not found")),
+            Some(r) => Ok(r),
+            None if self.federation.is_some() && valid_media_id(media_id) => {
+                let origin = ruma::ServerName::parse(server).map_err(|_| Error::not_found("media not found"))?;
+                self.fetch_remote_media(&origin, media_id).await
+            }
+            None => Err(Error::not_found("media not found")),
         }
     }
 

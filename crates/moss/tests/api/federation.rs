@@ -166,3 +166,80 @@ async fn federation_refuses_private_addresses_unless_allowed_and_is_off_by_defau
     let (st, v) = s.get(&format!("/_matrix/client/v3/profile/@bob:{}", b.name), &u).await;
     assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"), "{v}");
 }
+
+#[tokio::test]
+async fn remote_media_is_fetched_once_over_federation_and_kept() {
+    let a = fed_server().await;
+    let mut b = fed_server().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let res = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload?filename=song.ogg", b.server.base))
+        .bearer_auth(&bob.token)
+        .header("content-type", "audio/ogg")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let mxc = res.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
+    let path = mxc.trim_start_matches("mxc://").to_owned();
+    assert!(path.starts_with(b.name.as_str()));
+
+    // Alice downloads through her server, several requests at once: one fetch from B.
+    let url = format!("{}/_matrix/client/v1/media/download/{path}", a.server.base);
+    let get = || reqwest::Client::new().get(&url).bearer_auth(&alice.token).send();
+    let results = futures_util::future::join_all((0..5).map(|_| get())).await;
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "audio/ogg");
+        assert!(r.headers()["content-disposition"].to_str().unwrap().contains("song.ogg"));
+        assert_eq!(r.bytes().await.unwrap().to_vec(), data);
+    }
+    let fetches = b.server.log().matches("serving media over federation").count();
+    assert_eq!(fetches, 1, "B served the media {fetches} times; concurrent requests must share one fetch");
+
+    // Once kept, A serves it (and thumbnails of remote images) with B gone.
+    let png = {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]))
+            .write_to(&mut buf, image::ImageFormat::Png)
+            .unwrap();
+        buf.into_inner()
+    };
+    let res = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", b.server.base))
+        .bearer_auth(&bob.token)
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    let png_path =
+        res.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let thumb = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v1/media/thumbnail/{png_path}?width=32&height=32&method=crop", a.server.base))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thumb.status(), 200);
+    assert_eq!(thumb.headers()["content-type"], "image/png");
+
+    // Unknown media on B is a 404 through A; B's federation media endpoint wants a signature.
+    let (st, _) = a.server.get(&format!("/_matrix/client/v1/media/download/{}/NoSuchMedia", b.name), &alice).await;
+    assert_eq!(st, 404);
+    let media_id = path.split('/').nth(1).unwrap();
+    let raw = tls_client()
+        .get(format!("https://127.0.0.1:{}/_matrix/federation/v1/media/download/{media_id}", b.fed_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 401);
+
+    b.server.kill9();
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200, "kept in A's store");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), data);
+}

@@ -1,0 +1,656 @@
+"""Workload 6 of bench/run.py: media upload and download throughput by file size, and the memory a
+server takes while it moves the bytes.
+
+Rows (each measured with the same client code, one after the other):
+  - nginx serving the data file from local disk (sendfile), and taking uploads by WebDAV PUT:
+    the ceiling for the `fs` store;
+  - Garage itself, a raw S3 GET and PUT of the same file with presigned URLs: the ceiling for the
+    `s3` and `encrypt+s3` stores;
+  - moss with its `fs`, `s3` and `encrypt+s3` media stores, a fresh process and data dir each;
+  - Synapse with its local media store, and with synapse-s3-storage-provider
+    (`store_synchronous: true`) on the same Garage.
+
+The client streams both ways: uploads send the file from disk (aiohttp's file payload, 256 KiB
+reads), downloads read the body as it arrives and keep nothing but the byte count (bodies up to
+1 MiB are compared with the file). Before every upload, 16 bytes at every 64 KiB of the data file
+are replaced with fresh random bytes, so that every upload is new content: moss deduplicates whole
+files and Garage deduplicates 1 MiB blocks, and a repeated upload would otherwise skip the write.
+
+Memory: before each transfer the server's peak RSS (VmHWM) is reset (`echo 5 >
+/proc/PID/clear_refs`) and read again after it, so each transfer gets its own exact peak; VmRSS is
+also sampled every 50 ms in a thread (kept in the JSON; it is the fallback where clear_refs is not
+allowed). For nginx, whose master and workers are separate processes, the peaks are summed (an upper
+bound). "Above idle" is that peak minus the VmRSS right after the process started (before the
+benchmark user registered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+MiB = 1 << 20
+FULL_SIZES = [4 << 10, MiB, 64 * MiB, 1024 * MiB]
+QUICK_SIZES = [4 << 10, MiB, 64 * MiB]
+MOSS_STORES = ["fs", "s3", "encrypt+s3"]
+QUICK_MOSS_STORES = ["fs", "encrypt+s3"]
+# Repetitions per size and direction: many for small files (latency bound, noisy), few for big.
+FULL_REPS = {4 << 10: 30, MiB: 10, 64 * MiB: 3, 1024 * MiB: 2}
+QUICK_REPS = {4 << 10: 10, MiB: 3, 64 * MiB: 1}
+VERIFY_UP_TO = MiB  # downloads up to this size are compared byte for byte with the file
+RSS_INTERVAL_S = 0.05
+MAX_UPLOAD = 2 << 30  # servers' upload limit: above the 1 GiB file
+
+# Row ids, in report order; the titles are set where the rows are made.
+ROW_ORDER = ["nginx", "garage", "moss-fs", "moss-s3", "moss-encrypt+s3", "synapse-local", "synapse-s3"]
+
+
+def size_label(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().replace(" ", "").removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    return int(t.rstrip("KMG")) * mult
+
+
+def mb_per_s(size: int, seconds: float) -> float:
+    """MB/s with MB = 10^6 bytes."""
+    return size / seconds / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files
+
+
+class DataFiles:
+    """One file of random bytes per size, written once per run (1 GiB takes a few seconds)."""
+
+    def __init__(self, directory: Path, sizes: list[int]):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.paths: dict[int, Path] = {}
+        rng = random.Random(os.urandom(16))
+        for size in sizes:
+            path = self.dir / f"{size_label(size).replace(' ', '')}.bin"
+            with open(path, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 8 * MiB)
+                    f.write(rng.randbytes(n))
+                    left -= n
+            self.paths[size] = path
+
+    def refresh(self, size: int) -> None:
+        """Makes the file new content: 16 fresh bytes at every 64 KiB (and at its start)."""
+        fd = os.open(self.paths[size], os.O_WRONLY)
+        try:
+            for off in range(0, size, 64 << 10):
+                os.pwrite(fd, os.urandom(min(16, size - off)), off)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak(pid: int) -> bool:
+    """Resets VmHWM to the current VmRSS (Linux ≥ 4.0; our own processes or root)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRss:
+    """Peak resident memory of some processes over a `with` block, in MiB (see the module doc)."""
+
+    def __init__(self, pids: Callable[[], list[int]]):
+        self.get_pids = pids
+        self.pids: list[int] = []
+        self.sampled_mib = 0.0
+        self.hwm_mib: float | None = None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        total = sum(status_kib(p, "VmRSS") or 0 for p in self.pids) / 1024
+        self.sampled_mib = max(self.sampled_mib, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_INTERVAL_S):
+            self._sample()
+
+    def __enter__(self) -> "PeakRss":
+        self.pids = self.get_pids()
+        self._reset_ok = all([reset_peak(p) for p in self.pids]) and bool(self.pids)
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        if self._reset_ok:
+            hwm = [status_kib(p, "VmHWM") for p in self.pids]
+            if all(h is not None for h in hwm):
+                self.hwm_mib = sum(hwm) / 1024
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.sampled_mib, self.hwm_mib or 0.0)
+
+
+def rss_mib(pids: list[int]) -> float:
+    return sum(status_kib(p, "VmRSS") or 0 for p in pids) / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfers (the same client code for every row)
+
+
+async def _check(r: aiohttp.ClientResponse, what: str) -> None:
+    if r.status >= 300:
+        body = (await r.read())[:500]
+        raise RuntimeError(f"{what}: HTTP {r.status} {body!r}")
+
+
+async def put_file(http: aiohttp.ClientSession, method: str, url: str, path: Path, headers: dict) -> bytes:
+    """Sends the file as the request body, streamed from disk; returns the response body."""
+    with open(path, "rb") as f:
+        async with http.request(method, url, data=f, headers={"Content-Type": "application/octet-stream", **headers}) as r:
+            await _check(r, f"{method} {url.split('?')[0]}")
+            return await r.read()
+
+
+async def get_stream(http: aiohttp.ClientSession, url: str, headers: dict, size: int, verify: Path | None) -> None:
+    """Reads the response body as it arrives, keeping only its length (or, for small bodies, the bytes)."""
+    got = 0
+    keep = [] if verify else None
+    async with http.get(url, headers=headers) as r:
+        await _check(r, f"GET {url.split('?')[0]}")
+        async for chunk in r.content.iter_any():
+            got += len(chunk)
+            if keep is not None:
+                keep.append(chunk)
+    if got != size:
+        raise RuntimeError(f"GET {url.split('?')[0]}: {got} bytes, expected {size}")
+    if keep is not None and b"".join(keep) != verify.read_bytes():
+        raise RuntimeError(f"GET {url.split('?')[0]}: the body differs from the uploaded file")
+
+
+class Row:
+    """One way of storing and serving a file; subclasses say how."""
+
+    id = "?"
+    title = "?"
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    async def setup(self, http: aiohttp.ClientSession) -> None:
+        pass
+
+    async def upload(self, http: aiohttp.ClientSession, path: Path, size: int) -> str:
+        """Uploads and returns the URL to download it from."""
+        raise NotImplementedError
+
+    def download_headers(self) -> dict:
+        return {}
+
+    async def after_uploads(self) -> None:
+        """Called between a size's uploads and its downloads."""
+
+
+class MatrixRow(Row):
+    """moss or Synapse: POST /_matrix/media/v3/upload, GET /_matrix/client/v1/media/download."""
+
+    def __init__(self, row_id: str, title: str, base: str, pid: int):
+        self.id, self.title, self.base, self.pid = row_id, title, base, pid
+        self.token = ""
+
+    def pids(self) -> list[int]:
+        return [self.pid]
+
+    async def setup(self, http: aiohttp.ClientSession) -> None:
+        body = {"username": f"media{os.urandom(4).hex()}", "password": "bench-password-1",
+                "auth": {"type": "m.login.dummy"}}
+        url = self.base + "/_matrix/client/v3/register"
+        async with http.post(url, json=body) as r:
+            data = await r.json(content_type=None)
+        if "access_token" not in data:
+            body["auth"]["session"] = data.get("session")
+            async with http.post(url, json=body) as r:
+                data = await r.json(content_type=None)
+        if "access_token" not in data:
+            raise RuntimeError(f"register on {self.title}: {data}")
+        self.token = data["access_token"]
+
+    def download_headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def upload(self, http, path, size):
+        import json
+        body = await put_file(http, "POST", f"{self.base}/_matrix/media/v3/upload?filename={path.name}", path,
+                              self.download_headers())
+        mxc = json.loads(body)["content_uri"]
+        return f"{self.base}/_matrix/client/v1/media/download/{mxc.removeprefix('mxc://')}"
+
+
+class SynapseS3Row(MatrixRow):
+    """Synapse with synapse-s3-storage-provider: the local copies are deleted after the uploads,
+    so downloads come through the provider from Garage (Synapse would serve a local copy first)."""
+
+    def __init__(self, row_id, title, base, pid, media_store: Path):
+        super().__init__(row_id, title, base, pid)
+        self.media_store = media_store
+
+    async def after_uploads(self) -> None:
+        local = self.media_store / "local_content"
+        if local.exists():
+            shutil.rmtree(local)
+
+
+class NginxRow(Row):
+    id = "nginx"
+    title = "nginx (local disk, sendfile; uploads: WebDAV PUT)"
+
+    def __init__(self, nginx: "Nginx"):
+        self.nginx = nginx
+
+    def pids(self):
+        return self.nginx.pids()
+
+    async def upload(self, http, path, size):
+        await put_file(http, "PUT", f"{self.nginx.base}/upload/{path.name}", path, {})
+        return f"{self.nginx.base}/files/{path.name}"
+
+
+class GarageRow(Row):
+    id = "garage"
+    title = "Garage, raw S3 PUT/GET (presigned URLs)"
+
+    def __init__(self, garage: "Garage"):
+        self.garage = garage
+
+    def pids(self):
+        return [self.garage.pid]
+
+    async def upload(self, http, path, size):
+        key = f"raw/{path.name}"
+        await put_file(http, "PUT", self.garage.presign("put_object", key), path, {})
+        return self.garage.presign("get_object", key)
+
+
+async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[int, int], idle_rss_mib: float) -> dict:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+    out: dict = {"title": row.title, "idle_rss_mib": idle_rss_mib, "sizes": {}}
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as http:
+        await row.setup(http)
+        for size in sizes:
+            n = reps[size]
+            path = files.paths[size]
+            entry = {}
+            ups, up_peaks, up_sampled, url = [], [], [], ""
+            for _ in range(n):
+                files.refresh(size)
+                with PeakRss(row.pids) as mem:
+                    t0 = time.perf_counter()
+                    url = await row.upload(http, path, size)
+                    ups.append(time.perf_counter() - t0)
+                up_peaks.append(mem.peak_mib)
+                up_sampled.append(mem.sampled_mib)
+            await row.after_uploads()
+            downs, down_peaks, down_sampled = [], [], []
+            verify = path if size <= VERIFY_UP_TO else None
+            for _ in range(n):
+                with PeakRss(row.pids) as mem:
+                    t0 = time.perf_counter()
+                    await get_stream(http, url, row.download_headers(), size, verify)
+                    downs.append(time.perf_counter() - t0)
+                down_peaks.append(mem.peak_mib)
+                down_sampled.append(mem.sampled_mib)
+            for name, times, peaks, sampled in (("upload", ups, up_peaks, up_sampled),
+                                                ("download", downs, down_peaks, down_sampled)):
+                rates = [mb_per_s(size, t) for t in times]
+                entry[name] = {
+                    "mb_s": statistics.median(rates), "mb_s_samples": rates,
+                    "ms_median": statistics.median(times) * 1000,
+                    "peak_rss_mib": max(peaks), "peak_above_idle_mib": max(peaks) - idle_rss_mib,
+                    "peak_rss_samples_mib": peaks, "sampled_peak_rss_mib": max(sampled),
+                }
+            out["sizes"][str(size)] = entry
+            print(f"  {row.title}: {size_label(size)} up {entry['upload']['mb_s']:.1f} MB/s, "
+                  f"down {entry['download']['mb_s']:.1f} MB/s, peak +{max(up_peaks + down_peaks) - idle_rss_mib:.1f} MiB",
+                  flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference servers
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+
+
+class Nginx:
+    """nginx in the foreground with a generated config on a free loopback port: serves DIR's files
+    at /files/ (sendfile) and takes WebDAV PUTs at /upload/."""
+
+    def __init__(self, work: Path, files: Path):
+        self.work, self.files = work, files
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def version(self) -> str:
+        res = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)
+        return (res.stderr or res.stdout).strip().rpartition("/")[2]
+
+    async def start(self) -> None:
+        w = self.work
+        w.mkdir(parents=True, exist_ok=True)
+        (w / "upload").mkdir(exist_ok=True)
+        # As root, workers would run as nobody and could not read our private temp dirs.
+        user = "user root;" if os.geteuid() == 0 else ""
+        (w / "nginx.conf").write_text(f"""
+daemon off;
+master_process on;
+worker_processes auto;
+{user}
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {w}/client_body;
+    proxy_temp_path {w}/proxy;
+    fastcgi_temp_path {w}/fastcgi;
+    uwsgi_temp_path {w}/uwsgi;
+    scgi_temp_path {w}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        location /files/ {{ alias {self.files}/; }}
+        location /upload/ {{
+            root {w};
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+            client_body_buffer_size 1m;
+        }}
+    }}
+}}
+""")
+        log = open(w / "stderr.log", "w")
+        self.proc = subprocess.Popen([nginx_binary(), "-p", str(w), "-c", str(w / "nginx.conf"), "-e", str(w / "error.log")],
+                                     stdout=log, stderr=log)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(500):
+                try:
+                    async with http.get(f"{self.base}/files/") as r:
+                        await r.read()
+                        return
+                except aiohttp.ClientError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"nginx exited during start: {(w / 'error.log').read_text()[-500:]}")
+                await asyncio.sleep(0.01)
+        raise RuntimeError("nginx did not start")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)] if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def garage_binary() -> str | None:
+    path = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / "garage"
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+class Garage:
+    """A single-node Garage of our own (scripts/garage-start.sh), on free ports."""
+
+    def __init__(self, directory: Path, repo: Path):
+        self.dir, self.repo = directory, repo
+        self.pid = 0
+        self.env: dict = {}
+        self._client = None
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        env = {**os.environ, "GARAGE_S3_PORT": str(free_port()), "GARAGE_RPC_PORT": str(free_port())}
+        res = subprocess.run([str(self.repo / "scripts/garage-start.sh"), str(self.dir)], capture_output=True, text=True, env=env)
+        pidfile = self.dir / "garage.pid"
+        if pidfile.exists():
+            self.pid = int(pidfile.read_text().split()[0])
+        if res.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"garage-start.sh failed:\n{res.stderr[-2000:]}")
+        for line in Path(res.stdout.strip().splitlines()[-1]).read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            self.env[key] = value
+        print(f"Garage up at {self.endpoint} in {time.perf_counter() - started:.1f} s", flush=True)
+
+    @property
+    def endpoint(self) -> str:
+        return self.env["MOSS_TEST_S3_ENDPOINT"]
+
+    def version(self) -> str:
+        res = subprocess.run([garage_binary(), "--version"], capture_output=True, text=True)
+        words = res.stdout.split()
+        return words[1].removeprefix("cargo:") if res.returncode == 0 and len(words) > 1 else "?"
+
+    def presign(self, op: str, key: str) -> str:
+        """A presigned URL (SigV4, path style) for the benchmark bucket; boto3 only signs here."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+            self._client = boto3.client(
+                "s3", endpoint_url=self.endpoint, region_name=self.env["MOSS_TEST_S3_REGION"],
+                aws_access_key_id=self.env["MOSS_TEST_S3_KEY_ID"], aws_secret_access_key=self.env["MOSS_TEST_S3_SECRET"],
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        return self._client.generate_presigned_url(op, Params={"Bucket": self.env["MOSS_TEST_S3_BUCKET"], "Key": key},
+                                                   ExpiresIn=3600)
+
+    def moss_env(self, prefix: str) -> dict:
+        e = self.env
+        return {
+            "MOSS_MEDIA__STORE": "s3",
+            "MOSS_MEDIA__S3__ENDPOINT": e["MOSS_TEST_S3_ENDPOINT"],
+            "MOSS_MEDIA__S3__REGION": e["MOSS_TEST_S3_REGION"],
+            "MOSS_MEDIA__S3__BUCKET": e["MOSS_TEST_S3_BUCKET"],
+            "MOSS_MEDIA__S3__ACCESS_KEY_ID": e["MOSS_TEST_S3_KEY_ID"],
+            "MOSS_MEDIA__S3__SECRET_ACCESS_KEY": e["MOSS_TEST_S3_SECRET"],
+            # Quoted: the value would otherwise be parsed as something other than a string.
+            "MOSS_MEDIA__S3__PREFIX": f'"{prefix}"',
+        }
+
+    def synapse_provider(self, prefix: str) -> dict:
+        e = self.env
+        return {
+            "module": "s3_storage_provider.S3StorageProviderBackend",
+            "store_local": True, "store_remote": True, "store_synchronous": True,
+            "config": {"bucket": e["MOSS_TEST_S3_BUCKET"], "region_name": e["MOSS_TEST_S3_REGION"],
+                       "endpoint_url": e["MOSS_TEST_S3_ENDPOINT"], "access_key_id": e["MOSS_TEST_S3_KEY_ID"],
+                       "secret_access_key": e["MOSS_TEST_S3_SECRET"], "prefix": prefix},
+        }
+
+    def stop(self) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, 15)
+            except OSError:
+                pass
+            for _ in range(100):
+                if not Path(f"/proc/{self.pid}").exists():
+                    break
+                time.sleep(0.05)
+            self.pid = 0
+
+
+def moss_store_env(store: str, garage: Garage | None) -> dict:
+    env = {"MOSS_MEDIA__MAX_UPLOAD_SIZE": str(MAX_UPLOAD)}
+    if store in ("s3", "encrypt+s3"):
+        env.update(garage.moss_env(f"moss-{store.replace('+', '-')}/"))
+    if store == "encrypt+s3":
+        env["MOSS_MEDIA__ENCRYPTION__ENABLED"] = "true"
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def ratio(media: dict, row: str, ref: str, size: int, direction: str) -> float | None:
+    a = media["rows"].get(row, {}).get("sizes", {}).get(str(size), {}).get(direction, {}).get("mb_s")
+    b = media["rows"].get(ref, {}).get("sizes", {}).get(str(size), {}).get(direction, {}).get("mb_s")
+    return a / b if a and b else None
+
+
+def targets(media: dict | None) -> list[dict]:
+    """The media targets: download ≥ 80% of nginx (fs) and of a raw Garage GET (encrypt+s3), for
+    the large sizes (64 MiB and up: the smaller ones measure request latency more than throughput);
+    peak RSS during a 1 GiB transfer < idle + 100 MiB (the largest size of the run, in quick mode)."""
+    if not media:
+        return []
+    out = []
+    sizes = media["sizes"]
+    big = [s for s in sizes if s >= 64 * MiB] or sizes[-1:]
+    for row, ref, what in (("moss-fs", "nginx", "nginx (fs)"), ("moss-encrypt+s3", "garage", "a raw Garage GET (encrypt+s3)")):
+        for size in big:
+            t = {"target": f"media download {size_label(size)}, {row.removeprefix('moss-')} vs {what.split(' (')[0]}",
+                 "goal": f"≥ 80% of {what}"}
+            r = ratio(media, row, ref, size, "download")
+            if r is None:
+                t.update(measured="not measured", met=None)
+            else:
+                a = media["rows"][row]["sizes"][str(size)]["download"]["mb_s"]
+                b = media["rows"][ref]["sizes"][str(size)]["download"]["mb_s"]
+                t.update(measured=f"{r:.0%} ({a:.0f} vs {b:.0f} MB/s)", ratio=r, met=r >= 0.8,
+                         miss=f"{r:.0%} of {what.split(' (')[0]}, needs ≥ 80%")
+            out.append(t)
+    top = sizes[-1] if sizes else None
+    for store in MOSS_STORES:
+        row = f"moss-{store}"
+        if row not in media["rows"] or top is None:
+            continue
+        e = media["rows"][row]["sizes"].get(str(top))
+        t = {"target": f"peak RSS, {size_label(top)} transfer, moss {store}", "goal": "< idle + 100 MiB"}
+        if not e:
+            t.update(measured="not measured", met=None)
+        else:
+            above = max(e["upload"]["peak_above_idle_mib"], e["download"]["peak_above_idle_mib"])
+            t.update(measured=f"idle + {above:.1f} MiB (upload +{e['upload']['peak_above_idle_mib']:.1f}, "
+                              f"download +{e['download']['peak_above_idle_mib']:.1f})",
+                     value=above, met=above < 100, miss=f"idle + {above:.0f} MiB, needs < idle + 100 MiB")
+        out.append(t)
+    return out
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def report(media: dict) -> list[str]:
+    lines = ["## Media (workload 6)", ""]
+    v = media.get("versions", {})
+    lines.append(" · ".join(f"{k} {val}" for k, val in v.items()) + " · "
+                 + ", ".join(f"{size_label(s)} × {media['reps'][str(s)]}" for s in media["sizes"])
+                 + " repetitions per direction (medians)")
+    lines += ["", "| size | row | upload MB/s | download MB/s | peak RSS above idle, up / down (MiB) "
+              "| download vs nginx | download vs raw Garage | upload vs raw Garage |",
+              "|---|---|---|---|---|---|---|---|"]
+    rows = [r for r in ROW_ORDER if r in media["rows"]]
+    for size in media["sizes"]:
+        for r in rows:
+            e = media["rows"][r]["sizes"].get(str(size))
+            if not e:
+                continue
+            up, down = e["upload"], e["download"]
+            is_ref = r in ("nginx", "garage")
+            lines.append("| " + " | ".join([
+                size_label(size), media["rows"][r]["title"], fmt(up["mb_s"]), fmt(down["mb_s"]),
+                f"{up['peak_above_idle_mib']:.1f} / {down['peak_above_idle_mib']:.1f}",
+                "" if is_ref else pct(ratio(media, r, "nginx", size, "download")),
+                "" if is_ref else pct(ratio(media, r, "garage", size, "download")),
+                "" if is_ref else pct(ratio(media, r, "garage", size, "upload")),
+            ]) + " |")
+    lines += ["", "MB/s = 10⁶ bytes per second, the median over the repetitions; one client streams the "
+              "file from disk and reads the response as it arrives. Every upload is new content (moss "
+              "deduplicates files, Garage 1 MiB blocks). Peak RSS: each transfer's own peak (VmHWM reset "
+              "before it), minus the process's RSS right after it started; for nginx, master and workers "
+              "summed. Idle RSS: " + ", ".join(
+                  f"{media['rows'][r]['title'].split(' (')[0]} {media['rows'][r]['idle_rss_mib']:.1f} MiB" for r in rows)
+              + ". nginx uploads are WebDAV PUTs to its temp dir then a rename (no fsync); the Synapse "
+              "s3 row deletes Synapse's local copies after the uploads so that downloads come from Garage "
+              "through the provider."]
+    for r, why in media.get("skipped", {}).items():
+        lines.append(f"")
+        lines.append(f"Not measured: {r}: {why}")
+    lines.append("")
+    return lines
