@@ -65,7 +65,7 @@ pub async fn upload_keys(
 // and Hydrogen (and older Element) crash without it; Synapse always sends it.
 
 pub async fn query_keys(moss: Arc<Moss>, req: Ruma<get_keys::v3::Request>) -> Result<Json<Value>, ApiError> {
-    let found = moss.query_keys(&req.session().user_id, req.body.device_keys.clone()).await?;
+    let found = moss.query_keys(Some(&req.session().user_id), req.body.device_keys.clone()).await?;
     Ok(Json(json!({
         "failures": found.failures,
         "device_keys": found.device_keys,

@@ -48,6 +48,9 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .route("/_matrix/federation/v1/user/keys/query", axum::routing::post(user_keys_query))
+        .route("/_matrix/federation/v1/user/keys/claim", axum::routing::post(user_keys_claim))
+        .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
         .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
         .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail))
         .fallback(|| async { ApiError::unrecognized() })
@@ -129,4 +132,50 @@ async fn media_thumbnail(
     let row = moss.media_row(&media_id, std::time::Duration::ZERO).await?;
     let animated = q.get("animated").is_some_and(|v| v == "true");
     Ok(multipart(moss.thumbnail(&row, dim("width")?, dim("height")?, method, animated).await?))
+}
+
+fn json_body(signed: &Signed) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(&signed.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_json("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+/// The users of a request map that live here: a server answers only for its own users.
+fn local_users<T: serde::de::DeserializeOwned>(
+    moss: &Moss,
+    v: &Value,
+) -> Result<std::collections::BTreeMap<ruma::OwnedUserId, T>, ApiError> {
+    let map: std::collections::BTreeMap<ruma::OwnedUserId, T> =
+        serde_json::from_value(v.clone()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    Ok(map.into_iter().filter(|(u, _)| u.server_name() == moss.server_name).collect())
+}
+
+async fn user_keys_query(State(moss): State<Arc<Moss>>, signed: Signed) -> Result<Json<Value>, ApiError> {
+    let v = json_body(&signed)?;
+    let wanted = local_users::<Vec<ruma::OwnedDeviceId>>(&moss, &v["device_keys"])?;
+    let found = moss.query_keys(None, wanted).await?;
+    Ok(Json(json!({
+        "device_keys": found.device_keys,
+        "master_keys": found.master_keys,
+        "self_signing_keys": found.self_signing_keys,
+    })))
+}
+
+async fn user_keys_claim(State(moss): State<Arc<Moss>>, signed: Signed) -> Result<Json<Value>, ApiError> {
+    let v = json_body(&signed)?;
+    let wanted = local_users::<std::collections::BTreeMap<ruma::OwnedDeviceId, String>>(&moss, &v["one_time_keys"])?;
+    let claimed = moss.claim_keys(wanted).await?;
+    Ok(Json(json!({ "one_time_keys": claimed.one_time_keys })))
+}
+
+async fn user_devices(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let _ = signed.origin;
+    let user = UserId::parse(user_id.as_str()).map_err(|e| ApiError::invalid_param(format!("user id: {e}")))?;
+    Ok(Json(moss.serve_user_devices(&user).await?))
 }

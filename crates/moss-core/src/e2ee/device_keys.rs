@@ -148,27 +148,24 @@ impl Moss {
     }
 
     /// `POST /keys/query`: device keys and cross-signing keys of the named users.
+    /// `POST /keys/query`; `requester` is `None` when another server asks (over federation),
+    /// which then sees no user-signing keys and only signatures made by the keys' owners.
     pub async fn query_keys(
         &self,
-        requester: &UserId,
+        requester: Option<&UserId>,
         wanted: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<KeysQueryResult> {
         if wanted.values().map(|d| d.len().max(1)).sum::<usize>() > MAX_DEVICES_PER_REQUEST {
             return Err(Error::invalid_param(format!("at most {MAX_DEVICES_PER_REQUEST} devices per query")));
         }
-        let me = requester.to_string();
-        let server = self.server_name.clone();
-        self.db
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            wanted.into_iter().partition(|(u, _)| u.server_name() == self.server_name);
+        let me = requester.map(|r| r.to_string()).unwrap_or_default();
+        let mut out = self
+            .db
             .read(move |r| {
                 let mut out = KeysQueryResult::default();
-                for (user, devices) in wanted {
-                    if user.server_name() != server {
-                        out.failures.insert(
-                            user.server_name().to_string(),
-                            json!({"status": 503, "message": "federation is not available on this server"}),
-                        );
-                        continue;
-                    }
+                for (user, devices) in local {
                     let u = user.as_str();
                     let names: BTreeMap<String, Option<String>> =
                         r.devices(u)?.into_iter().map(|d| (d.device_id, d.display_name)).collect();
@@ -205,7 +202,11 @@ impl Moss {
                 }
                 Ok::<_, Error>(out)
             })
-            .await
+            .await?;
+        if !remote.is_empty() {
+            self.query_remote_keys(&mut out, remote).await;
+        }
+        Ok(out)
     }
 
     /// `POST /keys/claim`: takes one one-time key (or the fallback key) per named device.
@@ -216,18 +217,13 @@ impl Moss {
         if wanted.values().map(BTreeMap::len).sum::<usize>() > MAX_DEVICES_PER_REQUEST {
             return Err(Error::invalid_param(format!("at most {MAX_DEVICES_PER_REQUEST} devices per claim")));
         }
-        let server = self.server_name.clone();
-        self.db
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            wanted.into_iter().partition(|(u, _)| u.server_name() == self.server_name);
+        let mut out = self
+            .db
             .write(move |w| {
                 let mut out = KeysClaimResult::default();
-                for (user, devices) in wanted {
-                    if user.server_name() != server {
-                        out.failures.insert(
-                            user.server_name().to_string(),
-                            json!({"status": 503, "message": "federation is not available on this server"}),
-                        );
-                        continue;
-                    }
+                for (user, devices) in local {
                     let mut per_user = BTreeMap::new();
                     for (device, algorithm) in devices {
                         if let Some((key_id, key)) = w.claim_key(user.as_str(), device.as_str(), &algorithm)? {
@@ -242,7 +238,11 @@ impl Moss {
                 }
                 Ok::<_, Error>(out)
             })
-            .await
+            .await?;
+        if !remote.is_empty() {
+            self.claim_remote_keys(&mut out, remote).await;
+        }
+        Ok(out)
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod e2ee;
 pub mod keys;
 pub mod query;
 

@@ -243,3 +243,70 @@ async fn remote_media_is_fetched_once_over_federation_and_kept() {
     assert_eq!(r.status(), 200, "kept in A's store");
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
 }
+
+#[tokio::test]
+async fn device_and_one_time_keys_cross_servers() {
+    let a = fed_server().await;
+    let b = fed_server().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let keys = json!({
+        "user_id": bob.id, "device_id": bob.device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {format!("curve25519:{}", bob.device): "Y3VydmU", format!("ed25519:{}", bob.device): "placeholder"},
+    });
+    // moss checks that device keys are self-signed: sign them as the device would.
+    let doc = Ed25519KeyPair::generate();
+    let pair = Ed25519KeyPair::from_der(&doc, bob.device.clone()).unwrap();
+    let public = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec()).encode();
+    let mut keys = keys;
+    keys["keys"][format!("ed25519:{}", bob.device)] = json!(public);
+    let ruma::CanonicalJsonValue::Object(mut obj) = ruma::CanonicalJsonValue::try_from(keys).unwrap() else { panic!() };
+    ruma::signatures::sign_json(&bob.id, &pair, &mut obj).unwrap();
+    let (st, v) = b
+        .server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            &bob,
+            json!({"device_keys": obj, "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "otk1"}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    // Alice asks her own server, which asks Bob's.
+    let (st, v) = a.server.post("/_matrix/client/v3/keys/query", &alice, json!({"device_keys": {&bob.id: []}})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["device_keys"][&bob.id][&bob.device]["keys"][format!("ed25519:{}", bob.device)],
+        public.as_str(),
+        "{v}"
+    );
+    assert_eq!(v["failures"], json!({}));
+    let (st, v) = a
+        .server
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            &alice,
+            json!({"one_time_keys": {&bob.id: {&bob.device: "signed_curve25519"}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["one_time_keys"][&bob.id][&bob.device]["signed_curve25519:AAAAAQ"]["key"], "otk1", "{v}");
+    // The key is gone on B now.
+    let sync = b.server.sync(&bob, None, 0).await;
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 0);
+
+    // A server that does not answer is a failure entry, not an error.
+    let (st, v) = a
+        .server
+        .post("/_matrix/client/v3/keys/query", &alice, json!({"device_keys": {"@ghost:localhost:1": []}}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["failures"]["localhost:1"].is_object(), "{v}");
+
+    // B's federation key endpoints want signed requests.
+    for path in [format!("/_matrix/federation/v1/user/devices/{}", bob.id)] {
+        let res = tls_client().get(format!("https://127.0.0.1:{}{path}", b.fed_port)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+    }
+}
