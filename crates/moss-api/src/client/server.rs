@@ -72,8 +72,8 @@ pub async fn put_alias(
 }
 
 pub async fn get_alias(moss: Arc<Moss>, req: Ruma<get_alias::v3::Request>) -> HandlerResult<get_alias::v3::Request> {
-    let room = moss.resolve_alias(&req.body.room_alias).await?;
-    Ok(RumaResponse(get_alias::v3::Response::new(room, vec![moss.server_name.clone()])))
+    let (room, servers) = moss.resolve_alias_with_servers(&req.body.room_alias).await?;
+    Ok(RumaResponse(get_alias::v3::Response::new(room, servers)))
 }
 
 pub async fn delete_alias(
@@ -119,11 +119,11 @@ pub async fn public_rooms(
     moss: Arc<Moss>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> HandlerResult<get_public_rooms::v3::Request> {
-    if req.body.server.as_ref().is_some_and(|s| *s != moss.server_name) {
-        return Err(moss_core::Error::not_found("other servers' directories need federation").into());
-    }
-    let page =
-        moss.public_rooms(req.body.since.as_deref(), req.body.limit.map(|l| u64::from(l) as usize), None).await?;
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let page = match req.body.server.as_ref().filter(|s| **s != moss.server_name) {
+        Some(server) => moss.remote_public_rooms(server, req.body.since.as_deref(), limit, None).await?,
+        None => moss.public_rooms(req.body.since.as_deref(), limit, None).await?,
+    };
     let mut res = get_public_rooms::v3::Response::new(public_chunk(page.chunk));
     res.next_batch = page.next_batch;
     res.prev_batch = page.prev_batch;
@@ -135,12 +135,12 @@ pub async fn public_rooms_filtered(
     moss: Arc<Moss>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> HandlerResult<get_public_rooms_filtered::v3::Request> {
-    if req.body.server.as_ref().is_some_and(|s| *s != moss.server_name) {
-        return Err(moss_core::Error::not_found("other servers' directories need federation").into());
-    }
     let term = req.body.filter.generic_search_term.clone();
-    let page =
-        moss.public_rooms(req.body.since.as_deref(), req.body.limit.map(|l| u64::from(l) as usize), term).await?;
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let page = match req.body.server.as_ref().filter(|s| **s != moss.server_name) {
+        Some(server) => moss.remote_public_rooms(server, req.body.since.as_deref(), limit, term).await?,
+        None => moss.public_rooms(req.body.since.as_deref(), limit, term).await?,
+    };
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = public_chunk(page.chunk);
     res.next_batch = page.next_batch;

@@ -48,6 +48,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .route("/_matrix/federation/v1/query/directory", get(query_directory))
+        .route("/_matrix/federation/v1/publicRooms", get(public_rooms).post(public_rooms_filtered))
         .route("/_matrix/federation/v1/user/keys/query", axum::routing::post(user_keys_query))
         .route("/_matrix/federation/v1/user/keys/claim", axum::routing::post(user_keys_claim))
         .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
@@ -178,4 +180,45 @@ async fn user_devices(
     let _ = signed.origin;
     let user = UserId::parse(user_id.as_str()).map_err(|e| ApiError::invalid_param(format!("user id: {e}")))?;
     Ok(Json(moss.serve_user_devices(&user).await?))
+}
+
+async fn query_directory(
+    State(moss): State<Arc<Moss>>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let _ = signed.origin;
+    let alias =
+        q.get("room_alias").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("room_alias is required")))?;
+    let alias =
+        ruma::RoomAliasId::parse(alias.as_str()).map_err(|e| ApiError::invalid_param(format!("room_alias: {e}")))?;
+    Ok(Json(moss.serve_directory_query(&alias).await?))
+}
+
+fn public_rooms_json(page: moss_core::rooms::directory::PublicRoomsPage) -> Json<Value> {
+    let mut v = json!({"chunk": page.chunk, "total_room_count_estimate": page.total});
+    if let Some(n) = page.next_batch {
+        v["next_batch"] = json!(n);
+    }
+    if let Some(p) = page.prev_batch {
+        v["prev_batch"] = json!(p);
+    }
+    Json(v)
+}
+
+async fn public_rooms(
+    State(moss): State<Arc<Moss>>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let _ = signed.origin;
+    let limit = q.get("limit").and_then(|l| l.parse().ok());
+    Ok(public_rooms_json(moss.public_rooms(q.get("since").map(String::as_str), limit, None).await?))
+}
+
+async fn public_rooms_filtered(State(moss): State<Arc<Moss>>, signed: Signed) -> Result<Json<Value>, ApiError> {
+    let v = json_body(&signed)?;
+    let limit = v["limit"].as_u64().map(|l| l as usize);
+    let term = v["filter"]["generic_search_term"].as_str().map(str::to_owned);
+    Ok(public_rooms_json(moss.public_rooms(v["since"].as_str(), limit, term).await?))
 }

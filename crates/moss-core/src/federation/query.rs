@@ -1,5 +1,6 @@
-//! Queries between servers: profiles (`/_matrix/federation/v1/query/profile`), served to other
-//! servers and asked of them when a local user looks up a remote user.
+//! Queries between servers: profiles (`/_matrix/federation/v1/query/profile`) and room aliases
+//! (`/query/directory`), served to other servers and asked of them when a local user looks up a
+//! remote user or alias.
 
 use ruma::UserId;
 use serde_json::{json, Value};
@@ -40,11 +41,22 @@ impl Moss {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+impl Moss {
+    /// Answers another server's alias query about one of our aliases.
+    pub async fn serve_directory_query(&self, alias: &ruma::RoomAliasId) -> Result<Value> {
+        if alias.server_name() != self.server_name {
+            return Err(Error::not_found("that alias is not on this server"));
+        }
+        let (room, servers) = self.resolve_alias_with_servers(alias).await?;
+        Ok(json!({"room_id": room, "servers": servers}))
+    }
 }

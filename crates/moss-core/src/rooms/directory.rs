@@ -1,6 +1,6 @@
 //! Room aliases, the public room directory and the user directory.
 
-use ruma::{api::error::ErrorKind, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{api::error::ErrorKind, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use super::{power_levels, room_info, visibility::world_readable};
@@ -18,13 +18,71 @@ pub struct PublicRoomsPage {
 
 impl Moss {
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
+        Ok(self.resolve_alias_with_servers(alias).await?.0)
+    }
+
+    /// An alias's room and servers to join it through: ours, or asked of the alias's server.
+    pub async fn resolve_alias_with_servers(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         if alias.server_name() != self.server_name {
-            return Err(Error::not_found("aliases on other servers need federation, which is not enabled"));
+            if self.federation.is_none() {
+                return Err(Error::not_found("aliases on other servers need federation, which is disabled"));
+            }
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                crate::federation::query::urlencode(alias.as_str())
+            );
+            let v = self.federation_request(alias.server_name(), http::Method::GET, &path, None).await?;
+            let room = v["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unknown,
+                    502,
+                    format!("{} answered the alias query without a room id", alias.server_name()),
+                )
+            })?;
+            let servers = v["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().and_then(|s| ServerName::parse(s).ok()))
+                .collect();
+            return Ok((room, servers));
         }
         let a = alias.to_string();
         let found = self.db.read(move |r| Ok::<_, Error>(r.alias(&a)?)).await?;
         let (room, _) = found.ok_or_else(|| Error::not_found("room alias not found"))?;
-        RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))
+        Ok((RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?, vec![self.server_name.clone()]))
+    }
+
+    /// Another server's public room directory.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ServerName,
+        since: Option<&str>,
+        limit: Option<usize>,
+        search: Option<String>,
+    ) -> Result<PublicRoomsPage> {
+        if self.federation.is_none() {
+            return Err(Error::not_found("other servers' directories need federation, which is disabled"));
+        }
+        let mut body = json!({});
+        if let Some(s) = since {
+            body["since"] = json!(s);
+        }
+        if let Some(l) = limit {
+            body["limit"] = json!(l);
+        }
+        if let Some(term) = search {
+            body["filter"] = json!({"generic_search_term": term});
+        }
+        let v = self
+            .federation_request(server, http::Method::POST, "/_matrix/federation/v1/publicRooms", Some(body))
+            .await?;
+        Ok(PublicRoomsPage {
+            chunk: v["chunk"].as_array().cloned().unwrap_or_default(),
+            next_batch: v["next_batch"].as_str().map(str::to_owned),
+            prev_batch: v["prev_batch"].as_str().map(str::to_owned),
+            total: v["total_room_count_estimate"].as_u64().unwrap_or(0) as usize,
+        })
     }
 
     pub async fn put_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {

@@ -310,3 +310,50 @@ async fn device_and_one_time_keys_cross_servers() {
         assert_eq!(res.status(), 401, "{path}");
     }
 }
+
+#[tokio::test]
+async fn aliases_and_public_rooms_of_other_servers() {
+    let a = fed_server().await;
+    let b = fed_server().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = b
+        .server
+        .create_room(
+            &bob,
+            json!({"preset": "public_chat", "name": "Gardening", "room_alias_name": "garden", "visibility": "public"}),
+        )
+        .await;
+    let alias = format!("#garden:{}", b.name);
+
+    let (st, v) =
+        a.server.get(&format!("/_matrix/client/v3/directory/room/{}", alias.replace('#', "%23")), &alice).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["room_id"], room.as_str());
+    assert_eq!(v["servers"], json!([b.name]));
+    let (st, v) = a.server.get(&format!("/_matrix/client/v3/directory/room/%23nope:{}", b.name), &alice).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"), "{v}");
+
+    let (st, v) = a.server.get(&format!("/_matrix/client/v3/publicRooms?server={}", b.name), &alice).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["chunk"][0]["room_id"], room.as_str(), "{v}");
+    assert_eq!(v["chunk"][0]["name"], "Gardening");
+    let (st, v) = a
+        .server
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", b.name),
+            &alice,
+            json!({"filter": {"generic_search_term": "garden"}}),
+        )
+        .await;
+    assert_eq!((st, v["chunk"].as_array().map(|c| c.len())), (200, Some(1)), "{v}");
+    let (_, v) = a
+        .server
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", b.name),
+            &alice,
+            json!({"filter": {"generic_search_term": "knitting"}}),
+        )
+        .await;
+    assert_eq!(v["chunk"], json!([]));
+}
