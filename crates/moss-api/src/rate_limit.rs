@@ -17,6 +17,7 @@ pub enum Class {
     Message,
     Join,
     MediaUpload,
+    Federation,
 }
 
 struct Tokens {
@@ -41,6 +42,7 @@ pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
         Class::Message => cfg.message,
         Class::Join => cfg.join,
         Class::MediaUpload => cfg.media_upload,
+        Class::Federation => cfg.federation,
     };
     let mut map = buckets().lock().unwrap_or_else(|p| p.into_inner());
     if map.len() > 100_000 {

@@ -194,6 +194,8 @@ pub struct RateLimitConfig {
     pub join: Bucket,
     /// Per user, for media uploads.
     pub media_upload: Bucket,
+    /// Per origin server, for signed federation requests.
+    pub federation: Bucket,
 }
 
 impl Default for RateLimitConfig {
@@ -205,6 +207,7 @@ impl Default for RateLimitConfig {
             message: Bucket { per_second: 10.0, burst: 50 },
             join: Bucket { per_second: 1.0, burst: 10 },
             media_upload: Bucket { per_second: 1.0, burst: 20 },
+            federation: Bucket { per_second: 50.0, burst: 300 },
         }
     }
 }

@@ -7,3 +7,11 @@ CREATE TABLE server_keys (
     fetched_ts     INTEGER NOT NULL,
     PRIMARY KEY (server_name, key_id)
 );
+
+-- The whole key document each server published (as it signed it), so we can vouch for it to
+-- others as a notary (`/_matrix/key/v2/query`).
+CREATE TABLE server_key_docs (
+    server_name    TEXT PRIMARY KEY,
+    doc            TEXT NOT NULL,
+    valid_until_ts INTEGER NOT NULL
+);

@@ -163,6 +163,7 @@ register = {{ per_second = {rps}, burst = {rb} }}
 message = {{ per_second = {mps}, burst = {mb} }}
 join = {{ per_second = {jps}, burst = {jb} }}
 media_upload = {{ per_second = {ups}, burst = {ub} }}
+federation = {{ per_second = {fps}, burst = {fb} }}
 
 [media]
 # Largest upload accepted, in bytes.
@@ -322,6 +323,8 @@ level = "info"
         jb = d.rate_limits.join.burst,
         ups = d.rate_limits.media_upload.per_second,
         ub = d.rate_limits.media_upload.burst,
+        fps = d.rate_limits.federation.per_second,
+        fb = d.rate_limits.federation.burst,
         max_upload = d.media.max_upload_size,
         max_pending = d.media.max_pending_uploads,
         pending_expiry = d.media.pending_expiry_ms,

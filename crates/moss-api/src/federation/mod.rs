@@ -39,6 +39,7 @@ impl FromRequest<Arc<Moss>> for Signed {
         }
         let signed = signed.body(bytes).map_err(|e| ApiError::bad_json(e.to_string()))?;
         let origin = moss.authenticate_server(&signed).await?;
+        crate::rate_limit::check(moss, crate::rate_limit::Class::Federation, origin.as_str())?;
         Ok(Signed { origin, body: signed.into_body() })
     }
 }
@@ -46,6 +47,8 @@ impl FromRequest<Arc<Moss>> for Signed {
 pub fn router(moss: Arc<Moss>) -> Router {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys))
+        .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
+        .route("/_matrix/key/v2/query", axum::routing::post(notary_batch))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
         .route("/_matrix/federation/v1/query/directory", get(query_directory))
@@ -221,4 +224,38 @@ async fn public_rooms_filtered(State(moss): State<Arc<Moss>>, signed: Signed) ->
     let limit = v["limit"].as_u64().map(|l| l as usize);
     let term = v["filter"]["generic_search_term"].as_str().map(str::to_owned);
     Ok(public_rooms_json(moss.public_rooms(v["since"].as_str(), limit, term).await?))
+}
+
+/// Notary: `GET /_matrix/key/v2/query/{serverName}` (no authentication, as the spec says).
+async fn notary_one(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(server): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let server = ruma::ServerName::parse(&server).map_err(|e| ApiError::invalid_param(format!("server name: {e}")))?;
+    let min = q.get("minimum_valid_until_ts").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Json(json!({ "server_keys": moss.notary_key_docs(vec![(server, min)]).await? })))
+}
+
+/// Notary: `POST /_matrix/key/v2/query` with `{"server_keys": {server: {key id: {minimum_valid_until_ts}}}}`.
+async fn notary_batch(
+    State(moss): State<Arc<Moss>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_json(e.body_text()))?;
+    let wanted = body["server_keys"].as_object().ok_or_else(|| ApiError::bad_json("server_keys must be an object"))?;
+    let mut servers = Vec::new();
+    for (name, keys) in wanted {
+        let server =
+            ruma::ServerName::parse(name).map_err(|e| ApiError::invalid_param(format!("server name {name:?}: {e}")))?;
+        let min = keys
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, k)| k["minimum_valid_until_ts"].as_u64())
+            .max()
+            .unwrap_or(0);
+        servers.push((server, min));
+    }
+    Ok(Json(json!({ "server_keys": moss.notary_key_docs(servers).await? })))
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, ServerName};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
 use serde_json::{json, Value};
 
 use super::KEY_VALIDITY;
@@ -60,16 +60,79 @@ impl Moss {
                 format!("{server}'s key document has expired"),
             ));
         }
-        let (s, stored) = (server.to_string(), keys.clone());
+        let (s, stored, text) = (server.to_string(), keys.clone(), serde_json::to_string(&doc)?);
+        let doc_valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0);
         self.db
             .write(move |w| {
                 for (id, key) in &stored {
                     w.store_server_key(&s, id, key, valid_until, now)?;
                 }
+                w.store_server_key_doc(&s, &text, doc_valid_until)?;
                 Ok::<_, Error>(())
             })
             .await?;
         Ok(keys)
+    }
+
+    /// Notary service (`/_matrix/key/v2/query`): the key documents of `servers` as they signed
+    /// them, each countersigned by us. Documents not valid until `min_valid_until` are fetched
+    /// anew; servers that cannot be reached are left out.
+    pub async fn notary_key_docs(&self, servers: Vec<(OwnedServerName, u64)>) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for (server, min_valid_until) in servers.into_iter().take(100) {
+            let mut doc = if server == self.server_name {
+                self.server_keys_document()?
+            } else {
+                let s = server.to_string();
+                let stored = self.db.read(move |r| Ok::<_, Error>(r.server_key_doc(&s)?)).await?;
+                match stored {
+                    Some((text, until)) if until as u64 >= min_valid_until.max(now_ms()) => {
+                        serde_json::from_str(&text)?
+                    }
+                    _ => {
+                        // Forget the cached keys so server_verify_keys fetches afresh.
+                        if let Err(e) = self.refetch_server_keys(&server).await {
+                            tracing::info!(%server, error = %e, "notary: could not fetch keys");
+                            continue;
+                        }
+                        let s = server.to_string();
+                        match self.db.read(move |r| Ok::<_, Error>(r.server_key_doc(&s)?)).await? {
+                            Some((text, _)) => serde_json::from_str(&text)?,
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            if server != self.server_name {
+                let CanonicalJsonValue::Object(mut obj) =
+                    CanonicalJsonValue::try_from(doc.clone()).map_err(|e| Error::internal(e.to_string()))?
+                else {
+                    continue;
+                };
+                ruma::signatures::sign_json(self.server_name.as_str(), self.signer.key.as_ref(), &mut obj)
+                    .map_err(|e| Error::internal(format!("countersigning: {e}")))?;
+                doc = serde_json::to_value(obj)?;
+            }
+            out.push(doc);
+        }
+        Ok(out)
+    }
+
+    async fn refetch_server_keys(&self, server: &ServerName) -> Result<()> {
+        let doc = self.federation()?.get_json(server, "/_matrix/key/v2/server").await?;
+        let keys = verify_key_document(server, &doc)?;
+        let now = now_ms() as i64;
+        let valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0);
+        let (s, text) = (server.to_string(), serde_json::to_string(&doc)?);
+        self.db
+            .write(move |w| {
+                for (id, key) in &keys {
+                    w.store_server_key(&s, id, key, valid_until.min(now + MAX_CACHE_MS), now)?;
+                }
+                w.store_server_key_doc(&s, &text, valid_until)?;
+                Ok::<_, Error>(())
+            })
+            .await
     }
 }
 

@@ -33,6 +33,10 @@ struct FedServer {
 }
 
 async fn fed_server() -> FedServer {
+    fed_server_with(&[]).await
+}
+
+async fn fed_server_with(extra: &[(&str, &str)]) -> FedServer {
     let dir = std::env::temp_dir().join(format!("moss-fed-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     self_signed(&dir);
@@ -52,7 +56,10 @@ async fn fed_server() -> FedServer {
             ("MOSS_FEDERATION__TLS_PRIVATE_KEY", &key),
             ("MOSS_FEDERATION__VERIFY_CERTIFICATES", "false"),
             ("MOSS_FEDERATION__IP_RANGE_ALLOWLIST", "[\"127.0.0.1/32\", \"::1/128\"]"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )
     .await;
     FedServer { server, name: name.try_into().unwrap(), fed_port }
@@ -129,6 +136,35 @@ async fn two_servers_exchange_keys_and_answer_signed_queries() {
         let res = tls_client().get(&url).header("authorization", header).send().await.unwrap();
         assert_eq!(res.status(), 401, "{why}");
     }
+    // B vouches for A's keys as a notary: A's own signature plus B's.
+    let v = json_of(
+        tls_client()
+            .get(format!("https://127.0.0.1:{}/_matrix/key/v2/query/{}", b.fed_port, a.name))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let doc = &v["server_keys"][0];
+    assert_eq!(doc["server_name"], a.name.as_str(), "{v}");
+    assert!(doc["signatures"][a.name.as_str()].is_object() && doc["signatures"][b.name.as_str()].is_object(), "{doc}");
+    let v = json_of(
+        tls_client()
+            .post(format!("https://127.0.0.1:{}/_matrix/key/v2/query", b.fed_port))
+            .header("content-type", "application/json")
+            .body(json!({"server_keys": {a.name.as_str(): {}, b.name.as_str(): {}, "localhost:1": {}}}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut names: Vec<&str> =
+        v["server_keys"].as_array().unwrap().iter().map(|d| d["server_name"].as_str().unwrap()).collect();
+    names.sort();
+    let mut want = [a.name.as_str(), b.name.as_str()];
+    want.sort();
+    assert_eq!(names, want, "unreachable servers are left out: {v}");
+
     // The federation version endpoint answers without authentication.
     let v = json_of(
         tls_client()
@@ -356,4 +392,25 @@ async fn aliases_and_public_rooms_of_other_servers() {
         )
         .await;
     assert_eq!(v["chunk"], json!([]));
+}
+
+#[tokio::test]
+async fn inbound_federation_is_rate_limited_per_origin() {
+    let a = fed_server().await;
+    let b = fed_server_with(&[
+        ("MOSS_RATE_LIMITS__ENABLED", "true"),
+        ("MOSS_RATE_LIMITS__REGISTER", "{ per_second = 100, burst = 100 }"),
+        ("MOSS_RATE_LIMITS__FEDERATION", "{ per_second = 0.01, burst = 2 }"),
+    ])
+    .await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(a.server.get(&format!("/_matrix/client/v3/profile/{}", bob.id), &alice).await);
+    }
+    assert_eq!(statuses[0].0, 200);
+    assert_eq!(statuses[1].0, 200);
+    assert_ne!(statuses[2].0, 200, "the third request within the burst is refused");
+    assert!(statuses[2].1["error"].as_str().unwrap_or_default().contains("429"), "{:?}", statuses[2]);
 }
