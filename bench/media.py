@@ -624,7 +624,7 @@ def report(media: dict) -> list[str]:
     v = media.get("versions", {})
     lines.append(" · ".join(f"{k} {val}" for k, val in v.items()) + " · "
                  + ", ".join(f"{size_label(s)} × {media['reps'][str(s)]}" for s in media["sizes"])
-                 + " repetitions per direction (medians)")
+                 + f" repetitions per direction (medians) · {media.get('duration_s', 0):.0f} s for the media rows")
     lines += ["", "| size | row | upload MB/s | download MB/s | peak RSS above idle, up / down (MiB) "
               "| download vs nginx | download vs raw Garage | upload vs the same reference |",
               "|---|---|---|---|---|---|---|---|"]
@@ -653,7 +653,8 @@ def report(media: dict) -> list[str]:
                   f"{media['rows'][r]['title'].split(' (')[0]} {media['rows'][r]['idle_rss_mib']:.1f} MiB" for r in rows)
               + ". nginx uploads are WebDAV PUTs to its temp dir then a rename (no fsync); the Synapse "
               "s3 row deletes Synapse's local copies after the uploads so that downloads come from Garage "
-              "through the provider."]
+              "through the provider. How to read these (which rows fsync, the ≈ 40 ms stalls of small "
+              "objects on reused connections): docs/benchmarks.md, \"Media (workload 6)\"."]
     for r, why in media.get("skipped", {}).items():
         lines.append(f"")
         lines.append(f"Not measured: {r}: {why}")

@@ -465,9 +465,12 @@ class MediaBench:
         self.garage: media6.Garage | None = None
         self.result: dict = {"sizes": sizes, "reps": {str(s): n for s, n in self.reps.items()}, "rows": {},
                              "skipped": {}, "versions": {}}
+        self.result["duration_s"] = 0.0  # the media phases only, server starts included
 
     async def measure(self, row: media6.Row, idle_rss_mib: float) -> None:
+        started = time.perf_counter()
         self.result["rows"][row.id] = await media6.measure_row(row, self.files, self.sizes, self.reps, idle_rss_mib)
+        self.result["rows"][row.id]["duration_s"] = round(time.perf_counter() - started, 1)
 
     async def prepare(self) -> None:
         if self.files is not None:
@@ -496,6 +499,20 @@ class MediaBench:
             await self.measure(media6.GarageRow(self.garage), media6.rss_mib([self.garage.pid]))
 
     async def moss_rows(self, binary: Path) -> None:
+        started = time.perf_counter()
+        try:
+            await self._moss_rows(binary)
+        finally:
+            self.result["duration_s"] = round(self.result["duration_s"] + time.perf_counter() - started, 1)
+
+    async def synapse_rows(self, server: "Synapse") -> None:
+        started = time.perf_counter()
+        try:
+            await self._synapse_rows(server)
+        finally:
+            self.result["duration_s"] = round(self.result["duration_s"] + time.perf_counter() - started, 1)
+
+    async def _moss_rows(self, binary: Path) -> None:
         await self.prepare()
         for store in self.stores:
             if store != "fs" and not self.garage:
@@ -509,8 +526,9 @@ class MediaBench:
                 await self.measure(media6.MatrixRow(f"moss-{store}", f"moss {store}", server.base, server.proc.pid), idle)
             finally:
                 server.stop()
+                shutil.rmtree(server.work, ignore_errors=True)  # its copies of the files: up to GiBs
 
-    async def synapse_rows(self, server: "Synapse") -> None:
+    async def _synapse_rows(self, server: "Synapse") -> None:
         """Restarts a Synapse row's server (same database) with a fresh media store, twice: local
         disk only, then with synapse-s3-storage-provider on Garage."""
         await self.prepare()
@@ -529,6 +547,7 @@ class MediaBench:
                 await self.measure(row, idle)
             finally:
                 server.stop()
+                shutil.rmtree(store, ignore_errors=True)
 
     def stop(self) -> None:
         if self.garage:

@@ -141,6 +141,9 @@ pub struct FederationConfig {
     pub ip_range_allowlist: Vec<String>,
     /// Upper bound on one outbound request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// `host:port` other servers should connect to, advertised in `/.well-known/matrix/server`
+    /// (default: the server name with the federation listener's port).
+    pub public_address: Option<String>,
 }
 
 impl Default for FederationConfig {
@@ -154,6 +157,7 @@ impl Default for FederationConfig {
             ip_range_denylist: crate::net::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
             ip_range_allowlist: Vec::new(),
             request_timeout_ms: 30_000,
+            public_address: None,
         }
     }
 }

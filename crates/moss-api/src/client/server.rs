@@ -40,7 +40,14 @@ pub async fn well_known_client(State(moss): State<Arc<Moss>>) -> Json<Value> {
 }
 
 pub async fn well_known_server(State(moss): State<Arc<Moss>>) -> Json<Value> {
-    Json(json!({"m.server": format!("{}:443", moss.server_name)}))
+    let fed = &moss.config.federation;
+    let address = match (&fed.public_address, fed.enabled) {
+        (Some(a), _) => a.clone(),
+        (None, true) => format!("{}:{}", moss.server_name.host(), fed.bind.port()),
+        // Federation handled by something else in front (a reverse proxy on 443).
+        (None, false) => format!("{}:443", moss.server_name.host()),
+    };
+    Json(json!({ "m.server": address }))
 }
 
 pub async fn capabilities(

@@ -165,6 +165,10 @@ async fn two_servers_exchange_keys_and_answer_signed_queries() {
     want.sort();
     assert_eq!(names, want, "unreachable servers are left out: {v}");
 
+    // The client listener's .well-known points other servers at the federation listener.
+    let (_, wk) = b.server.call("GET", "/.well-known/matrix/server", None, None).await;
+    assert_eq!(wk["m.server"], format!("localhost:{}", b.fed_port));
+
     // The federation version endpoint answers without authentication.
     let v = json_of(
         tls_client()
