@@ -49,6 +49,8 @@ pub struct Moss {
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub(crate) presence_activity: presence::PresenceActivity,
+    /// Notification counts already computed, per user and room (see `sync::UnreadCache`).
+    pub(crate) unread: std::sync::Arc<sync::UnreadCache>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -83,6 +85,7 @@ impl Moss {
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
             presence_activity: Default::default(),
+            unread: Default::default(),
             shutdown: watch::channel(false).0,
         }))
     }

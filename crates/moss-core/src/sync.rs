@@ -73,12 +73,54 @@ pub struct SyncRequest {
     pub set_presence: String,
 }
 
-/// Events after the user's read receipt, for counting notifications.
+/// Events after the user's read receipt still to be counted, for one room, plus what an earlier
+/// count already established.
 struct UnreadCandidates {
     room_id: OwnedRoomId,
     events: Vec<Value>,
     member_count: u64,
     display_name: String,
+    /// Counted from here (the read receipt or the join).
+    after: i64,
+    /// The newest event considered, once `events` are counted.
+    through: i64,
+    /// Counts carried over from the cache for events up to its `through`.
+    base: (u64, u64),
+}
+
+/// Notification counts per user and room, so each sync evaluates push rules only for events
+/// that arrived since the last count (an initial sync of a big account would otherwise evaluate
+/// hundreds of events per request). An entry is reused only while the read receipt, the member
+/// count and the push rules it was computed with are unchanged.
+#[derive(Default)]
+pub struct UnreadCache(std::sync::Mutex<std::collections::HashMap<(String, String), UnreadEntry>>);
+
+#[derive(Clone, Copy)]
+struct UnreadEntry {
+    after: i64,
+    through: i64,
+    member_count: u64,
+    notify: u64,
+    highlight: u64,
+}
+
+impl UnreadCache {
+    fn get(&self, user: &str, room: &str) -> Option<UnreadEntry> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&(user.to_owned(), room.to_owned())).copied()
+    }
+
+    fn put(&self, user: &str, room: &str, e: UnreadEntry) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 200_000 {
+            map.clear();
+        }
+        map.insert((user.to_owned(), room.to_owned()), e);
+    }
+
+    /// Forgets a user's counts (their push rules changed).
+    pub fn invalidate_user(&self, user: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user);
+    }
 }
 
 impl Moss {
@@ -123,8 +165,9 @@ impl Moss {
         let since = req.since;
         let full_state = req.full_state;
         let filter = req.filter.clone();
+        let cache = self.unread.clone();
         let (mut body, unread, empty, typing_rooms, to_device_pos) =
-            self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial)).await?;
+            self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial, &cache)).await?;
         // Typing lives in memory, outside the database snapshot.
         let mut empty = empty;
         let since_typing = since.map(|s| s.typing).unwrap_or(0);
@@ -167,7 +210,7 @@ impl Moss {
                 room.display_name.clone(),
             );
             ctx.power_levels = None;
-            let (mut notify, mut highlight) = (0u64, 0u64);
+            let (mut notify, mut highlight) = room.base;
             for ev in &room.events {
                 let Ok(raw) = Raw::<Value>::new(ev) else {
                     continue;
@@ -180,6 +223,17 @@ impl Moss {
                     }
                 }
             }
+            self.unread.put(
+                user.as_str(),
+                room.room_id.as_str(),
+                UnreadEntry {
+                    after: room.after,
+                    through: room.through,
+                    member_count: room.member_count,
+                    notify,
+                    highlight,
+                },
+            );
             let entry = &mut body["rooms"]["join"][room.room_id.as_str()];
             if entry.is_object() {
                 entry["unread_notifications"] = json!({"notification_count": notify, "highlight_count": highlight});
@@ -229,6 +283,7 @@ type Built = (Value, Vec<UnreadCandidates>, bool, Vec<String>, i64);
 /// Most to-device messages one sync response carries; the rest come with the next one.
 const TO_DEVICE_BATCH: usize = 100;
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     r: &Reader<'_>,
     user: &UserId,
@@ -237,6 +292,7 @@ fn build(
     full_state: bool,
     filter: &FilterDefinition,
     _typing_serial: u64,
+    unread_cache: &UnreadCache,
 ) -> Result<Built> {
     let u = user.as_str();
     let current = r.current_stream()?;
@@ -350,7 +406,7 @@ fn build(
                 room["account_data"] = json!({"events": account_data});
                 room["summary"] = summary(r, &m.room_id, u)?;
                 join.insert(m.room_id.clone(), room);
-                unread.push(unread_candidates(r, &m.room_id, user)?);
+                unread.push(unread_candidates(r, &m.room_id, user, current, unread_cache)?);
             }
             "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
                 empty = false;
@@ -494,7 +550,13 @@ fn summary(r: &Reader<'_>, room: &str, user: &str) -> Result<Value> {
     Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
 }
 
-fn unread_candidates(r: &Reader<'_>, room: &str, user: &UserId) -> Result<UnreadCandidates> {
+fn unread_candidates(
+    r: &Reader<'_>,
+    room: &str,
+    user: &UserId,
+    current: i64,
+    cache: &UnreadCache,
+) -> Result<UnreadCandidates> {
     let u = user.as_str();
     let mut after = -1;
     for rc in r.user_receipts(room, u)? {
@@ -506,7 +568,17 @@ fn unread_candidates(r: &Reader<'_>, room: &str, user: &UserId) -> Result<Unread
     }
     let membership_stream = r.membership(room, u)?.map(|m| m.stream).unwrap_or(-1);
     let after = after.max(membership_stream);
-    let rows = r.room_events(room, after, None, Direction::Forward, 100)?;
+    let member_count = r.joined_member_count(room)? as u64;
+    // Continue from an earlier count when it still applies; else count afresh (at most the 100
+    // oldest unread events, as clients show "99+" anyway).
+    let (from, base, limit) = match cache.get(u, room) {
+        Some(e) if e.after == after && e.member_count == member_count && e.through <= current => {
+            (e.through, (e.notify, e.highlight), 1000)
+        }
+        _ => (after, (0, 0), 100),
+    };
+    let rows = r.room_events(room, from, None, Direction::Forward, limit)?;
+    let through = rows.last().map(|e| e.stream).unwrap_or(from.max(after));
     let mut events = Vec::new();
     for row in rows {
         if row.sender != u {
@@ -521,7 +593,10 @@ fn unread_candidates(r: &Reader<'_>, room: &str, user: &UserId) -> Result<Unread
     Ok(UnreadCandidates {
         room_id: RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?,
         events,
-        member_count: r.joined_member_count(room)? as u64,
+        member_count,
         display_name,
+        after,
+        through,
+        base,
     })
 }

@@ -156,7 +156,10 @@ impl Moss {
     }
 
     async fn save_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<()> {
-        self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await
+        self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await?;
+        // Counts made with the old rules no longer hold.
+        self.unread.invalidate_user(user.as_str());
+        Ok(())
     }
 
     pub async fn put_push_rule(

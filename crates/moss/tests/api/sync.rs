@@ -260,3 +260,47 @@ async fn private_receipts_stay_private() {
     let eph = b["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
     assert!(eph.contains("m.read.private"), "bob sees his own private receipt: {eph}");
 }
+
+#[tokio::test]
+async fn notification_counts_stay_right_as_they_are_counted_incrementally() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let count = |v: &serde_json::Value| v["rooms"]["join"][&room]["unread_notifications"]["notification_count"].clone();
+
+    for i in 0..3 {
+        s.send_text(&bob, &room, &format!("m{i}")).await;
+    }
+    let first = s.sync(&alice, None, 0).await;
+    assert_eq!(count(&first), 3, "{first}");
+    let mut ids = Vec::new();
+    for i in 3..5 {
+        ids.push(s.send_text(&bob, &room, &format!("m{i}")).await);
+    }
+    let inc = s.sync(&alice, first["next_batch"].as_str(), 0).await;
+    assert_eq!(count(&inc), 5, "new events add to the earlier count: {inc}");
+    assert_eq!(count(&s.sync(&alice, None, 0).await), 5, "an initial sync agrees");
+
+    // A read receipt moves the starting point: only what follows it counts.
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", ids[0]), &alice, json!({})).await;
+    assert_eq!(st, 200);
+    assert_eq!(count(&s.sync(&alice, None, 0).await), 1);
+
+    // Changing push rules recounts: with ordinary (and one-to-one) messages switched off,
+    // nothing notifies, not even the messages counted before.
+    for rule in [".m.rule.message", ".m.rule.room_one_to_one"] {
+        let (st, _) = s
+            .put(
+                &format!("/_matrix/client/v3/pushrules/global/underride/{rule}/enabled"),
+                &alice,
+                json!({"enabled": false}),
+            )
+            .await;
+        assert_eq!(st, 200);
+    }
+    s.send_text(&bob, &room, "m5").await;
+    assert_eq!(count(&s.sync(&alice, None, 0).await), 0);
+}
