@@ -27,6 +27,7 @@ benchmark user registered).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -260,7 +261,6 @@ class MatrixRow(Row):
         return {"Authorization": f"Bearer {self.token}"}
 
     async def upload(self, http, path, size):
-        import json
         body = await put_file(http, "POST", f"{self.base}/_matrix/media/v3/upload?filename={path.name}", path,
                               self.download_headers())
         mxc = json.loads(body)["content_uri"]
@@ -622,9 +622,10 @@ def pct(v: float | None) -> str:
 def report(media: dict) -> list[str]:
     lines = ["## Media (workload 6)", ""]
     v = media.get("versions", {})
-    lines.append(" · ".join(f"{k} {val}" for k, val in v.items()) + " · "
-                 + ", ".join(f"{size_label(s)} × {media['reps'][str(s)]}" for s in media["sizes"])
-                 + f" repetitions per direction (medians) · {media.get('duration_s', 0):.0f} s for the media rows")
+    lines.append(" · ".join([*(f"{k} {val}" for k, val in v.items()),
+                             ", ".join(f"{size_label(s)} × {media['reps'][str(s)]}" for s in media["sizes"])
+                             + " repetitions per direction (medians)",
+                             f"{media.get('duration_s', 0):.0f} s for the media rows"]))
     lines += ["", "| size | row | upload MB/s | download MB/s | peak RSS above idle, up / down (MiB) "
               "| download vs nginx | download vs raw Garage | upload vs the same reference |",
               "|---|---|---|---|---|---|---|---|"]
@@ -656,7 +657,6 @@ def report(media: dict) -> list[str]:
               "through the provider. How to read these (which rows fsync, the ≈ 40 ms stalls of small "
               "objects on reused connections): docs/benchmarks.md, \"Media (workload 6)\"."]
     for r, why in media.get("skipped", {}).items():
-        lines.append(f"")
-        lines.append(f"Not measured: {r}: {why}")
+        lines += ["", f"Not measured: {r}: {why}"]
     lines.append("")
     return lines

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_10_media_access.sql"),
     include_str!("schema_11_remote_media.sql"),
     include_str!("schema_12_server_keys.sql"),
+    include_str!("schema_13_state_event_index.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -466,6 +466,18 @@ impl Reader<'_> {
         )
     }
 
+    /// The stream position of the user's latest `join` membership event in the room.
+    pub fn last_join_stream(&self, room_id: &str, user_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .one(
+                "SELECT MAX(stream) FROM events WHERE room_id = ?1 AND type = 'm.room.member' AND state_key = ?2 \
+                 AND json_extract(pdu, '$.content.membership') = 'join'",
+                [room_id, user_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .flatten())
+    }
+
     pub fn room_members(&self, room_id: &str) -> Result<Vec<MembershipRow>> {
         self.collect(
             &format!("SELECT {MEMBERSHIP_COLS} FROM memberships WHERE room_id = ?1 ORDER BY user_id"),

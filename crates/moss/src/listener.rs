@@ -56,6 +56,7 @@ pub async fn federation(moss: Arc<Moss>) -> Result<impl std::future::Future<Outp
                 },
                 _ = shutdown.changed() => break,
             };
+            let _ = stream.set_nodelay(true);
             let (app, tls) = (app.clone(), tls.clone());
             tokio::spawn(async move {
                 let service = TowerToHyperService::new(app);

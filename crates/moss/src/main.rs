@@ -251,6 +251,11 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
     let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown_moss = moss.clone();
+    // Small responses must not wait for delayed ACKs (Nagle): a /sync answer or a 4 KiB
+    // download would otherwise stall ~40 ms on a reused connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

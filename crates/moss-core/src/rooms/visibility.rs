@@ -14,6 +14,9 @@ pub struct Visibility<'a, 'r> {
     /// Events at or after this stream position are visible without looking (the user has been
     /// joined since).
     joined_since: Option<i64>,
+    /// The user's latest join, for "shared" history: a user who joined at any point after an
+    /// event may see it, even after leaving.
+    last_join: Option<i64>,
     by_group: HashMap<i64, bool>,
 }
 
@@ -21,10 +24,12 @@ impl<'a, 'r> Visibility<'a, 'r> {
     pub fn new(r: &'a Reader<'r>, room_id: &str, user: &str) -> Result<Self> {
         let m = r.membership(room_id, user)?;
         let currently_joined = m.as_ref().is_some_and(|m| m.membership == "join");
+        let last_join = if currently_joined { None } else { r.last_join_stream(room_id, user)? };
         Ok(Visibility {
             r,
             user: user.to_owned(),
             currently_joined,
+            last_join,
             joined_since: m.filter(|m| m.membership == "join").map(|m| m.stream),
             by_group: HashMap::new(),
         })
@@ -42,7 +47,7 @@ impl<'a, 'r> Visibility<'a, 'r> {
         let visible = match (visibility.as_deref().unwrap_or("shared"), membership.as_deref()) {
             ("world_readable", _) => true,
             (_, Some("join")) => true,
-            ("shared", _) => self.currently_joined,
+            ("shared", _) => self.currently_joined || self.last_join.is_some_and(|j| j > ev.stream),
             ("invited", Some("invite")) => true,
             _ => false,
         };

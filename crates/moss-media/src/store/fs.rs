@@ -12,12 +12,12 @@ use std::{
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{valid_key, BlobStore, ByteStream, ObjectInfo, Range};
 use crate::{MediaError, Result};
 
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 
 pub struct FsStore {
     root: PathBuf,
@@ -99,18 +99,27 @@ impl BlobStore for FsStore {
                 return Err(MediaError::BadRange);
             }
             f.seek(SeekFrom::Start(range.start)).await?;
-            let remaining = range.len();
-            let stream = futures_util::stream::unfold((f, remaining), |(mut f, remaining)| async move {
-                if remaining == 0 {
-                    return None;
-                }
-                let want = remaining.min(READ_CHUNK as u64) as usize;
-                let mut buf = vec![0u8; want];
-                match f.read_exact(&mut buf).await {
-                    Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
-                    Err(e) => Some((Err(e), (f, 0))),
+            // One blocking thread reads the whole range in large chunks and hands them over a
+            // small bounded channel: far cheaper than a trip to the blocking pool per chunk, and
+            // memory stays at a few chunks however large the file.
+            let mut f = f.into_std().await;
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+            let mut remaining = range.len();
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                while remaining > 0 {
+                    let want = remaining.min(READ_CHUNK as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    let item = f.read_exact(&mut buf).map(|_| Bytes::from(buf));
+                    let failed = item.is_err();
+                    if tx.blocking_send(item).is_err() || failed {
+                        break; // the client went away, or the read failed (and was reported)
+                    }
+                    remaining -= want as u64;
                 }
             });
+            let stream =
+                futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
             Ok(Box::pin(stream) as ByteStream)
         }
         .boxed()

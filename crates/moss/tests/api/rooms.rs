@@ -227,6 +227,15 @@ async fn history_visibility_hides_events_from_before_joining() {
     s.join(&bob, &shared).await;
     let (_, v) = s.get(&format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=100"), &bob).await;
     assert!(v["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "old news"));
+    // Having left, Bob still reads what came before his join (he joined after it was sent), but
+    // nothing sent after he left.
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{shared}/leave"), &bob, json!({})).await.0, 200);
+    s.send_text(&alice, &shared, "after bob left").await;
+    let (st, v) = s.get(&format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=100"), &bob).await;
+    assert_eq!(st, 200, "{v}");
+    let bodies: Vec<&str> =
+        v["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["old news"], "{v}");
 }
 
 #[tokio::test]
