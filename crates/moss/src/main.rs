@@ -55,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// List what users reported (rooms and events), newest first.
+    Reports {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +196,10 @@ fn tune_allocator() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        // Few arenas: with one per blocking thread, memory freed in one arena cannot serve
+        // another thread's next allocation, and streaming media through many threads would
+        // leave tens of MiB stranded in idle arenas.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -236,6 +246,7 @@ fn run() -> Result<()> {
             Command::User { command } => user_command(&moss, command).await,
             Command::RegistrationToken { command } => token_command(&moss, command).await,
             Command::Media { command } => media_command(&moss, command).await,
+            Command::Reports { limit } => reports(&moss, limit).await,
             Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
         }
     })
@@ -340,6 +351,42 @@ async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn reports(moss: &Moss, limit: u32) -> Result<()> {
+    let reports = moss.reports(limit).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if reports.is_empty() {
+        println!("no reports");
+    }
+    for r in reports {
+        let when = chrono_like(r.received_ts);
+        let what = r.event_id.as_deref().map(|e| format!("event {e} in")).unwrap_or_else(|| "room".into());
+        println!(
+            "#{} {when} {} reported {what} {}{}{}",
+            r.id,
+            r.reporter,
+            r.room_id,
+            r.score.map(|s| format!(" (score {s})")).unwrap_or_default(),
+            r.reason.map(|s| format!(": {s}")).unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from milliseconds since the epoch (civil-from-days, no date crate).
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
 
 async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {

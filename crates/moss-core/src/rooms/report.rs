@@ -53,3 +53,10 @@ impl Moss {
         Ok(())
     }
 }
+
+impl Moss {
+    /// The latest reports, newest first (`moss reports`).
+    pub async fn reports(&self, limit: u32) -> Result<Vec<moss_storage::ReportRow>> {
+        self.db.read(move |r| Ok::<_, Error>(r.reports(limit.clamp(1, 10_000) as i64)?)).await
+    }
+}

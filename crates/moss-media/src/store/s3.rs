@@ -12,7 +12,6 @@ use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path,
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
 };
 
 use super::{valid_key, BlobStore, ByteStream, ObjectInfo, Range};
@@ -134,31 +133,49 @@ impl BlobStore for S3Store {
                 self.store.put(&path, PutPayload::from(buf.freeze())).await.map_err(|e| self.write_err(e))?;
                 return Ok(());
             }
-            let upload = self.store.put_multipart(&path).await.map_err(|e| self.write_err(e))?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+            let mut upload = self.store.put_multipart(&path).await.map_err(|e| self.write_err(e))?;
+            // Parts are filled in one contiguous buffer and uploaded one at a time: memory stays at
+            // one part (64 MiB by default) whatever the object's size, and the buffer (large enough
+            // to be mmapped) goes back to the system as soon as its part is stored. Uploads come
+            // from the spool on local disk, which fills a part far faster than S3 takes it, so
+            // uploading parts in parallel would buy little.
             let mut written = 0u64;
             let result: Result<()> = async {
+                let mut buf: Vec<u8> = Vec::new();
                 while let Some(chunk) = data.next().await {
                     let chunk = chunk?;
-                    written += chunk.len() as u64;
-                    // One part in flight while the next fills keeps memory to about two parts.
-                    w.wait_for_capacity(1).await.map_err(map_err)?;
-                    w.write(&chunk);
+                    let mut rest: &[u8] = &chunk;
+                    while !rest.is_empty() {
+                        if buf.capacity() == 0 {
+                            buf = Vec::with_capacity(part);
+                        }
+                        let take = rest.len().min(part - buf.len());
+                        buf.extend_from_slice(&rest[..take]);
+                        written += take as u64;
+                        rest = &rest[take..];
+                        if buf.len() == part {
+                            let full = Bytes::from(std::mem::take(&mut buf));
+                            upload.put_part(PutPayload::from(full)).await.map_err(map_err)?;
+                        }
+                    }
                 }
                 if written != size {
                     return Err(MediaError::Other(format!("expected {size} bytes, got {written}")));
+                }
+                if !buf.is_empty() {
+                    upload.put_part(PutPayload::from(Bytes::from(buf))).await.map_err(map_err)?;
                 }
                 Ok(())
             }
             .await;
             match result {
                 Ok(()) => {
-                    w.finish().await.map_err(map_err)?;
+                    upload.complete().await.map_err(map_err)?;
                     Ok(())
                 }
                 Err(e) => {
                     // Abandoned parts cost storage until aborted.
-                    let _ = w.abort().await;
+                    let _ = upload.abort().await;
                     Err(e)
                 }
             }

@@ -77,6 +77,15 @@ async fn reporting_events_and_rooms() {
     let (st, _) = s.post("/_matrix/client/v3/rooms/!nope:localhost/report", &alice, json!({"reason": "x"})).await;
     assert_eq!(st, 404);
     assert!(s.log().contains("content reported"));
+    let out = std::process::Command::new(crate::common::moss_bin())
+        .arg("reports")
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("reported event {ev} in {room} (score -100): spam")), "{text}");
+    assert!(text.contains(&format!("reported room {room}: spam room")), "{text}");
 }
 
 #[tokio::test]
