@@ -44,13 +44,11 @@ import yaml
 
 import media as media6
 
+# One definition each, shared with the media workload.
+free_port = media6.free_port
+children = media6.children
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -62,20 +60,6 @@ def rss_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of a process (scans /proc: /proc/PID/task/PID/children is not always there)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def pss_kib(pid: int) -> int:
