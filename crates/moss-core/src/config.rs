@@ -144,6 +144,9 @@ pub struct FederationConfig {
     /// `host:port` other servers should connect to, advertised in `/.well-known/matrix/server`
     /// (default: the server name with the federation listener's port).
     pub public_address: Option<String>,
+    /// Longest wait between retries to a server that keeps failing, in milliseconds (retries
+    /// back off exponentially from 2 s up to this; any request from that server retries at once).
+    pub max_retry_delay_ms: u64,
 }
 
 impl Default for FederationConfig {
@@ -158,6 +161,7 @@ impl Default for FederationConfig {
             ip_range_allowlist: Vec::new(),
             request_timeout_ms: 30_000,
             public_address: None,
+            max_retry_delay_ms: 10 * 60 * 1000,
         }
     }
 }

@@ -90,8 +90,9 @@ impl Moss {
         }))
     }
 
-    /// Starts the background tasks (typing expiry).
+    /// Starts the background tasks (typing expiry, federation delivery).
     pub fn spawn_background(self: &Arc<Self>) {
+        self.spawn_federation_sender();
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

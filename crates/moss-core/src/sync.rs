@@ -410,7 +410,11 @@ fn build(
             }
             "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
                 empty = false;
-                let events = stripped_state(r, &m.room_id, &m.event_id)?;
+                // An invite to a room on another server: the state its server sent with it.
+                let events = match r.remote_invite(&m.room_id, u)? {
+                    Some(inv) => serde_json::from_str::<Vec<Value>>(&inv.invite_state)?,
+                    None => stripped_state(r, &m.room_id, &m.event_id)?,
+                };
                 invite.insert(m.room_id.clone(), json!({"invite_state": {"events": events}}));
             }
             "knock" if changed => {

@@ -275,7 +275,27 @@ impl Moss {
         let timeout = typing.then(|| timeout.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(120)));
         if self.typing.set(room, user, timeout) {
             self.notify_room(room).await;
+            let edu = json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": user, "typing": typing}});
+            self.send_room_edu(room, edu).await?;
         }
+        Ok(())
+    }
+
+    /// Queues an EDU for every other server with a member in the room.
+    pub(crate) async fn send_room_edu(&self, room: &RoomId, edu: Value) -> Result<()> {
+        if self.federation.is_none() {
+            return Ok(());
+        }
+        let (r, us) = (room.to_string(), self.server_name.clone());
+        let dests = self
+            .db
+            .write(move |w| {
+                let dests = crate::federation::rooms::remote_servers(w, &r, &us)?;
+                crate::federation::sender::queue_edu(w, dests.iter().map(String::as_str), &edu)?;
+                Ok::<_, Error>(dests)
+            })
+            .await?;
+        self.wake_destinations(dests.iter().map(String::as_str));
         Ok(())
     }
 
@@ -305,6 +325,16 @@ impl Moss {
         }
         let receipt_type = receipt_type.to_owned();
         let thread = thread_id.unwrap_or_default();
+        // Public receipts travel to the other servers in the room.
+        let edu = (receipt_type == "m.read").then(|| {
+            let mut data = json!({"ts": now_ms()});
+            if !thread.is_empty() {
+                data["thread_id"] = json!(thread);
+            }
+            json!({"edu_type": "m.receipt", "content": {room.as_str(): {"m.read": {user.as_str(): {
+                "event_ids": [event_id], "data": data,
+            }}}}})
+        });
         self.db
             .write(move |w| {
                 let stream = w.next_stream()?;
@@ -321,6 +351,9 @@ impl Moss {
             })
             .await?;
         self.notify_room(room).await;
+        if let Some(edu) = edu {
+            self.send_room_edu(room, edu).await?;
+        }
         Ok(())
     }
 

@@ -1,10 +1,71 @@
-//! Queries for federation: other servers' signing keys.
+//! Queries for federation: other servers' signing keys, events held outside the timeline, the
+//! outbound queue, inbound transactions and invites to rooms elsewhere.
 
 use rusqlite::params;
 
 use crate::{Reader, Result, Writer};
 
+/// One queued PDU or EDU for a destination.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteInviteRow {
+    pub room_id: String,
+    pub event_id: String,
+    pub room_version: String,
+    pub invite_state: String,
+}
+
+
 impl Reader<'_> {
+    /// An event held outside the timeline: `(room id, pdu, status)`.
+    pub fn outlier(&self, event_id: &str) -> Result<Option<(String, String, String)>> {
+        self.one("SELECT room_id, pdu, status FROM outliers WHERE event_id = ?1", [event_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    }
+
+    /// The next queued PDUs and EDUs for one destination, oldest first.
+    pub fn outbox(&self, destination: &str, kind: &str, limit: i64) -> Result<Vec<OutboxRow>> {
+        self.collect(
+            "SELECT id, kind, payload FROM federation_outbox WHERE destination = ?1 AND kind = ?2 ORDER BY id LIMIT ?3",
+            params![destination, kind, limit],
+            |r| Ok(OutboxRow { id: r.get(0)?, kind: r.get(1)?, payload: r.get(2)? }),
+        )
+    }
+
+    /// Every destination something is queued for.
+    pub fn outbox_destinations(&self) -> Result<Vec<String>> {
+        self.collect("SELECT DISTINCT destination FROM federation_outbox", [], |r| r.get(0))
+    }
+
+    pub fn inbound_txn(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
+        self.one(
+            "SELECT response FROM federation_inbound_txns WHERE origin = ?1 AND txn_id = ?2",
+            [origin, txn_id],
+            |r| r.get(0),
+        )
+    }
+
+    pub fn remote_invite(&self, room_id: &str, user_id: &str) -> Result<Option<RemoteInviteRow>> {
+        self.one(
+            "SELECT room_id, event_id, room_version, invite_state FROM remote_invites WHERE room_id = ?1 AND user_id = ?2",
+            [room_id, user_id],
+            |r| Ok(RemoteInviteRow { room_id: r.get(0)?, event_id: r.get(1)?, room_version: r.get(2)?, invite_state: r.get(3)? }),
+        )
+    }
+
+    /// The lowest stream position of a room's events (its earliest known event).
+    pub fn earliest_stream(&self, room_id: &str) -> Result<Option<i64>> {
+        self.one("SELECT MIN(stream) FROM events WHERE room_id = ?1", [room_id], |r| r.get::<_, Option<i64>>(0))
+            .map(Option::flatten)
+    }
+
     /// A server's stored key document and its validity.
     pub fn server_key_doc(&self, server_name: &str) -> Result<Option<(String, i64)>> {
         self.one("SELECT doc, valid_until_ts FROM server_key_docs WHERE server_name = ?1", [server_name], |r| {
@@ -23,6 +84,84 @@ impl Reader<'_> {
 }
 
 impl Writer<'_> {
+    /// Keeps an event outside the timeline (ignored if already held).
+    pub fn insert_outlier(&self, event_id: &str, room_id: &str, pdu: &str, status: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO outliers (event_id, room_id, pdu, status) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![event_id, room_id, pdu, status],
+        )?;
+        Ok(())
+    }
+
+    /// A position before everything sync has handed out: `state` ones (for the state a join
+    /// brings) sort before `history` ones (backfilled events, newest first).
+    pub fn next_history_position(&self, state: bool) -> Result<i64> {
+        let sql = if state {
+            "UPDATE history_counter SET state = state + 1 WHERE id = 0 RETURNING state"
+        } else {
+            "UPDATE history_counter SET history = history - 1 WHERE id = 0 RETURNING history"
+        };
+        Ok(self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?)
+    }
+
+    pub fn enqueue_outbound(&self, destination: &str, kind: &str, payload: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO federation_outbox (destination, kind, payload) VALUES (?1, ?2, ?3)",
+            params![destination, kind, payload],
+        )?;
+        Ok(())
+    }
+
+    /// Drops what a destination acknowledged.
+    pub fn dequeue_outbound(&self, destination: &str, ids: &[i64]) -> Result<()> {
+        for id in ids {
+            self.exec("DELETE FROM federation_outbox WHERE destination = ?1 AND id = ?2", params![destination, id])?;
+        }
+        Ok(())
+    }
+
+    pub fn store_inbound_txn(&self, origin: &str, txn_id: &str, response: &str, now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO federation_inbound_txns (origin, txn_id, response, ts) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+            params![origin, txn_id, response, now],
+        )?;
+        // A day of history is plenty for retries.
+        self.exec("DELETE FROM federation_inbound_txns WHERE ts < ?1", params![now - 24 * 3600 * 1000])?;
+        Ok(())
+    }
+
+    pub fn store_remote_invite(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        event_id: &str,
+        room_version: &str,
+        invite_state: &str,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO remote_invites (room_id, user_id, event_id, room_version, invite_state) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id, \
+               room_version = excluded.room_version, invite_state = excluded.invite_state",
+            params![room_id, user_id, event_id, room_version, invite_state],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_remote_invite(&self, room_id: &str, user_id: &str) -> Result<()> {
+        self.exec("DELETE FROM remote_invites WHERE room_id = ?1 AND user_id = ?2", params![room_id, user_id])?;
+        Ok(())
+    }
+
+    /// Replaces a room's current state wholesale (after state resolution).
+    pub fn delete_current_state_entry(&self, room_id: &str, kind: &str, state_key: &str) -> Result<()> {
+        self.exec(
+            "DELETE FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
+            params![room_id, kind, state_key],
+        )?;
+        Ok(())
+    }
+
     pub fn store_server_key_doc(&self, server_name: &str, doc: &str, valid_until_ts: i64) -> Result<()> {
         self.exec(
             "INSERT INTO server_key_docs (server_name, doc, valid_until_ts) VALUES (?1, ?2, ?3) \

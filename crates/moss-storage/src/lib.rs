@@ -21,6 +21,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 pub use e2ee::*;
+pub use federation::*;
 pub use presence::*;
 pub use queries::*;
 pub use relations::*;
@@ -57,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_11_remote_media.sql"),
     include_str!("schema_12_server_keys.sql"),
     include_str!("schema_13_state_event_index.sql"),
+    include_str!("schema_14_federation_rooms.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -353,7 +353,7 @@ impl Reader<'_> {
                     "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream <= ?2 AND stream > ?3 \
                      ORDER BY stream DESC LIMIT ?4"
                 ),
-                params![room_id, from, to.unwrap_or(-1), limit],
+                params![room_id, from, to.unwrap_or(i64::MIN), limit],
                 event_row,
             ),
         }

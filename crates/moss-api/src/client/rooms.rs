@@ -224,7 +224,7 @@ pub async fn join_by_id(
     let s = req.session().clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
     let target: &RoomOrAliasId = <&RoomOrAliasId>::from(&*req.body.room_id);
-    let room_id = moss.join_room(&s.user_id, target, req.body.reason).await?;
+    let room_id = moss.join_room(&s.user_id, target, req.body.reason, vec![]).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(room_id)))
 }
 
@@ -234,7 +234,7 @@ pub async fn join(
 ) -> HandlerResult<join_room_by_id_or_alias::v3::Request> {
     let s = req.session().clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
-    let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason).await?;
+    let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason, req.body.via).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 

@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{FromRequest, Query, Request, State},
-    routing::get,
+    routing::{get, put},
     Json, Router,
 };
 use moss_core::Moss;
@@ -40,6 +40,8 @@ impl FromRequest<Arc<Moss>> for Signed {
         let signed = signed.body(bytes).map_err(|e| ApiError::bad_json(e.to_string()))?;
         let origin = moss.authenticate_server(&signed).await?;
         crate::rate_limit::check(moss, crate::rate_limit::Class::Federation, origin.as_str())?;
+        // It is up: whatever we had queued for it need not wait out a backoff.
+        moss.destination_is_back(&origin);
         Ok(Signed { origin, body: signed.into_body() })
     }
 }
@@ -58,6 +60,18 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
         .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
         .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail))
+        .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
+        .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(make_leave))
+        .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
+        .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
+        .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
+        .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
+        .route("/_matrix/federation/v1/event/{event_id}", get(event))
+        .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
+        .route("/_matrix/federation/v1/state/{room_id}", get(state))
+        .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(event_auth))
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events))
         .fallback(|| async { ApiError::unrecognized() })
         .with_state(moss)
 }
@@ -258,4 +272,138 @@ async fn notary_batch(
         servers.push((server, min));
     }
     Ok(Json(json!({ "server_keys": moss.notary_key_docs(servers).await? })))
+}
+
+// ---- rooms ----
+
+fn room_id(s: &str) -> Result<ruma::OwnedRoomId, ApiError> {
+    ruma::RoomId::parse(s).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))
+}
+
+fn event_id(s: &str) -> Result<ruma::OwnedEventId, ApiError> {
+    ruma::EventId::parse(s).map_err(|e| ApiError::invalid_param(format!("event id: {e}")))
+}
+
+fn user_id(s: &str) -> Result<ruma::OwnedUserId, ApiError> {
+    UserId::parse(s).map_err(|e| ApiError::invalid_param(format!("user id: {e}")))
+}
+
+/// Query parameters that may repeat (`ver`, `v`).
+fn all(q: &[(String, String)], name: &str) -> Vec<String> {
+    q.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+}
+
+async fn make_join(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let versions = all(&q, "ver");
+    // Without `ver` the caller only speaks room version 1, which we do not.
+    let versions = if versions.is_empty() { vec!["1".to_owned()] } else { versions };
+    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "join", versions).await?))
+}
+
+async fn make_leave(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "leave", vec![]).await?))
+}
+
+async fn send_join(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "join", body).await?))
+}
+
+async fn send_leave(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "leave", body).await?))
+}
+
+async fn invite(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.serve_invite(&signed.origin, &room_id(&room)?, &event_id(&event)?, body).await?))
+}
+
+async fn send_transaction(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(txn_id): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.receive_transaction(&signed.origin, &txn_id, body).await?))
+}
+
+async fn event(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(event): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(moss.serve_event(&signed.origin, &event_id(&event)?).await?))
+}
+
+async fn state_ids(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let at = q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
+    Ok(Json(moss.serve_state(&signed.origin, &room_id(&room)?, &event_id(at)?, true).await?))
+}
+
+async fn state(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let at = q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
+    Ok(Json(moss.serve_state(&signed.origin, &room_id(&room)?, &event_id(at)?, false).await?))
+}
+
+async fn event_auth(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(moss.serve_event_auth(&signed.origin, &room_id(&room)?, &event_id(&event)?).await?))
+}
+
+async fn backfill(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let from = all(&q, "v");
+    if from.is_empty() {
+        return Err(moss_core::Error::missing_param("v is required").into());
+    }
+    let limit = all(&q, "limit").first().and_then(|l| l.parse().ok()).unwrap_or(10);
+    Ok(Json(moss.serve_backfill(&signed.origin, &room_id(&room)?, from, limit).await?))
+}
+
+async fn missing_events(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.serve_missing_events(&signed.origin, &room_id(&room)?, body).await?))
 }

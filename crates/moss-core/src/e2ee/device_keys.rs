@@ -143,6 +143,7 @@ impl Moss {
             .await?;
         if changed {
             self.notify_sharing_users(&session.user_id).await;
+            self.announce_device_list_change(&session.user_id, session.device_id.as_str()).await;
         }
         Ok(counts)
     }

@@ -82,4 +82,35 @@ impl Moss {
             .collect::<Vec<_>>();
         self.notifier.notify(users.iter().map(|u| u.as_ref()).chain([user]));
     }
+
+    /// Tells the other servers sharing a room with `user` that their device list changed
+    /// (`m.device_list_update`). No `prev_id`: receivers refetch the whole list, which is also
+    /// how they learn new cross-signing keys.
+    pub(crate) async fn announce_device_list_change(&self, user: &UserId, device_id: &str) {
+        if self.federation.is_none() || user.server_name() != self.server_name {
+            return;
+        }
+        let (u, d, us) = (user.to_string(), device_id.to_owned(), self.server_name.clone());
+        let dests = self
+            .db
+            .write(move |w| {
+                let mut dests = std::collections::BTreeSet::new();
+                for other in w.users_sharing_rooms(&u)? {
+                    if let Ok(o) = UserId::parse(&other) {
+                        if o.server_name() != us {
+                            dests.insert(o.server_name().to_string());
+                        }
+                    }
+                }
+                let stream = w.next_stream()?;
+                let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": {
+                    "user_id": u, "device_id": d, "stream_id": stream, "prev_id": [], "deleted": false,
+                }});
+                crate::federation::sender::queue_edu(w, dests.iter().map(String::as_str), &edu)?;
+                Ok::<_, Error>(dests)
+            })
+            .await
+            .unwrap_or_default();
+        self.wake_destinations(dests.iter().map(String::as_str));
+    }
 }

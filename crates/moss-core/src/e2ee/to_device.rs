@@ -38,9 +38,25 @@ impl Moss {
             return Err(Error::invalid_param(format!("at most {MAX_MESSAGES_PER_REQUEST} messages per request")));
         }
         let mut encoded = Vec::new();
+        // Messages for other servers' users travel as one m.direct_to_device EDU per server.
+        let mut remote: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
         for (user, targets) in messages {
             if user.server_name() != self.server_name {
-                tracing::debug!(%user, "dropping to-device message for a remote user (no federation)");
+                if self.federation.is_none() {
+                    continue;
+                }
+                let mut per_device = serde_json::Map::new();
+                for (target, content) in targets {
+                    if !content.is_object() {
+                        return Err(Error::bad_json("each to-device message must be a JSON object"));
+                    }
+                    let key = match target {
+                        Target::AllDevices => "*".to_owned(),
+                        Target::Device(d) => d,
+                    };
+                    per_device.insert(key, content);
+                }
+                remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), Value::Object(per_device));
                 continue;
             }
             for (target, content) in targets {
@@ -63,7 +79,17 @@ impl Moss {
             .write(move |w| {
                 let mut recipients = Vec::new();
                 if !w.record_to_device_txn(&sender, &sender_device, &txn_id)? {
-                    return Ok::<_, Error>(recipients);
+                    return Ok::<_, Error>((recipients, vec![]));
+                }
+                let mut servers = Vec::new();
+                for (server, msgs) in remote {
+                    let edu = serde_json::json!({"edu_type": "m.direct_to_device", "content": {
+                        "sender": sender, "type": kind,
+                        "message_id": format!("{sender_device}-{txn_id}-{server}"),
+                        "messages": msgs,
+                    }});
+                    crate::federation::sender::queue_edu(w, [server.as_str()], &edu)?;
+                    servers.push(server);
                 }
                 for (user, target, content) in encoded {
                     let devices: Vec<String> = match target {
@@ -77,7 +103,49 @@ impl Moss {
                     }
                     recipients.push(user);
                 }
-                Ok(recipients)
+                Ok((recipients, servers))
+            })
+            .await?;
+        let (recipients, servers) = recipients;
+        self.wake_destinations(servers.iter().map(String::as_str));
+        self.notifier.notify(recipients.iter().map(|u| -> &UserId { u }));
+        Ok(())
+    }
+
+    /// To-device messages another server sent to our users (`m.direct_to_device`); each entry is
+    /// a device id (`None` for all devices) and the message content as JSON text.
+    pub(crate) async fn deliver_remote_to_device(
+        &self,
+        sender: &UserId,
+        kind: &str,
+        messages: BTreeMap<String, Vec<(Option<String>, String)>>,
+    ) -> Result<()> {
+        let (sender, kind, us) = (sender.to_string(), kind.to_owned(), self.server_name.clone());
+        let recipients = self
+            .db
+            .write(move |w| {
+                let mut recipients = Vec::new();
+                for (user, targets) in messages {
+                    let Ok(uid) = UserId::parse(&user) else { continue };
+                    if uid.server_name() != us {
+                        continue;
+                    }
+                    for (target, content) in targets {
+                        if content.len() > MAX_CONTENT_BYTES {
+                            continue;
+                        }
+                        let devices: Vec<String> = match target {
+                            None => w.devices(&user)?.into_iter().map(|d| d.device_id).collect(),
+                            Some(d) => w.device(&user, &d)?.map(|d| d.device_id).into_iter().collect(),
+                        };
+                        for device in devices {
+                            let stream = w.next_stream()?;
+                            w.queue_to_device(stream, &user, &device, &sender, &kind, &content)?;
+                        }
+                    }
+                    recipients.push(uid);
+                }
+                Ok::<_, Error>(recipients)
             })
             .await?;
         self.notifier.notify(recipients.iter().map(|u| -> &UserId { u }));

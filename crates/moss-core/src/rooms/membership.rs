@@ -4,7 +4,7 @@
 //! cannot express (the target must exist, a kick needs someone to kick) and fill in profiles.
 
 use moss_storage::Reader;
-use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, RoomOrAliasId, ServerName, UserId};
+use ruma::{events::TimelineEventType, OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use super::{membership_of, timeline::NewPdu};
@@ -14,36 +14,70 @@ use crate::{
 };
 
 impl Moss {
+    /// Joins a room by id or alias; rooms this server is not in are joined through `via`, the
+    /// alias's servers, the inviting server or the server in the room id.
     pub async fn join_room(
         &self,
         user: &UserId,
         target: &RoomOrAliasId,
         reason: Option<String>,
+        via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
+        let mut servers = via;
         let room_id = match <&RoomId>::try_from(target) {
             Ok(id) => id.to_owned(),
-            Err(alias) => self.resolve_alias(alias).await?,
+            Err(alias) => {
+                let (id, alias_servers) = self.resolve_alias_with_servers(alias).await?;
+                servers.extend(alias_servers);
+                id
+            }
         };
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
-        let (exists, current, authoriser) = self
+        let (resident, current, inviter) = self
             .db
             .read(move |r| {
-                let exists = r.room(&room)?.is_some();
+                let resident = r.room(&room)?.is_some()
+                    && r.room_members(&room)?.iter().any(|m| {
+                        m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)
+                    });
                 let current = membership_of(r, &room, &u)?;
-                let authoriser = match exists && !matches!(current.as_deref(), Some("join") | Some("invite")) {
-                    true => restricted_join_authoriser(r, &room, &u, &server)?,
-                    false => None,
+                let inviter = match r.remote_invite(&room, &u)? {
+                    Some(inv) => r.outlier(&inv.event_id)?.and_then(|(_, pdu, _)| {
+                        serde_json::from_str::<Value>(&pdu).ok()?["sender"].as_str().map(str::to_owned)
+                    }),
+                    None => None,
                 };
-                Ok::<_, Error>((exists, current, authoriser))
+                Ok::<_, Error>((resident, current, inviter))
             })
             .await?;
-        if !exists {
-            // Rooms on other servers arrive with federation.
-            return Err(Error::not_found("no known room with that id or alias"));
-        }
-        if current.as_deref() == Some("join") {
+        if current.as_deref() == Some("join") && resident {
             return Ok(room_id);
         }
+        if !resident {
+            if self.federation.is_none() {
+                return Err(Error::not_found("no known room with that id or alias"));
+            }
+            if let Some(s) = inviter.as_deref().and_then(|i| UserId::parse(i).ok()) {
+                servers.insert(0, s.server_name().to_owned());
+            }
+            if let Some(s) = room_id.server_name() {
+                servers.push(s.to_owned());
+            }
+            let mut seen = std::collections::HashSet::new();
+            servers.retain(|s| seen.insert(s.clone()) && *s != self.server_name);
+            self.join_remote(user, &room_id, &servers).await?;
+            return Ok(room_id);
+        }
+        let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
+        let authoriser = self
+            .db
+            .read(move |r| {
+                Ok::<_, Error>(match !matches!(membership_of(r, &room, &u)?.as_deref(), Some("join") | Some("invite")) {
+                    true => restricted_join_authoriser(r, &room, &u, &server)?,
+                    false => None,
+                })
+            })
+            .await?;
         let mut content = self.member_content(user, "join").await?;
         if let Some(a) = authoriser {
             content["join_authorised_via_users_server"] = json!(a);
@@ -85,10 +119,11 @@ impl Moss {
         reason: Option<String>,
     ) -> Result<()> {
         self.require_joined(sender, room_id).await?;
-        if target.server_name() != self.server_name {
+        let remote = target.server_name() != self.server_name;
+        if remote && self.federation.is_none() {
             return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));
         }
-        if !self.is_local_user_active(target).await? {
+        if !remote && !self.is_local_user_active(target).await? {
             return Err(Error::not_found(format!("unknown user {target}")));
         }
         let current = self.membership(room_id, target).await?;
@@ -97,6 +132,9 @@ impl Moss {
             Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
             Some("invite") => return Ok(()),
             _ => {}
+        }
+        if remote {
+            return self.invite_remote(sender, room_id, target, reason).await;
         }
         let content = self.member_content(target, "invite").await?;
         self.send_member(sender, room_id, target, content, reason).await
@@ -110,6 +148,35 @@ impl Moss {
             Some("leave") => return Ok(()),
             Some("ban") => return Err(Error::forbidden("you are banned from this room")),
             _ => return Err(Error::forbidden("you are not in this room")),
+        }
+        // An invite to a room this server is not in is rejected through the inviting server.
+        let (room, u) = (room_id.to_string(), user.to_string());
+        let inviter = self
+            .db
+            .read(move |r| {
+                let Some(inv) = r.remote_invite(&room, &u)? else { return Ok::<_, Error>(None) };
+                Ok(r.outlier(&inv.event_id)?.and_then(|(_, pdu, _)| {
+                    serde_json::from_str::<Value>(&pdu).ok()?["sender"].as_str().and_then(|s| UserId::parse(s).ok())
+                }))
+            })
+            .await?;
+        if let Some(inviter) = inviter {
+            if let Err(e) = self.leave_remote(user, room_id, inviter.server_name()).await {
+                // The inviting server may be gone for good; the user still gets rid of the invite.
+                tracing::info!(room = %room_id, error = %e, "rejecting a remote invite failed; dropping it locally");
+                let (room, u) = (room_id.to_string(), user.to_string());
+                self.db
+                    .write(move |w| {
+                        w.delete_remote_invite(&room, &u)?;
+                        let stream = w.next_stream()?;
+                        let event = w.membership(&room, &u)?.map(|m| m.event_id).unwrap_or_default();
+                        w.set_membership(&room, &u, "leave", &event, stream)?;
+                        Ok::<_, Error>(())
+                    })
+                    .await?;
+                self.notifier.notify([user]);
+            }
+            return Ok(());
         }
         self.send_member(user, room_id, user, json!({"membership": "leave"}), reason).await
     }
@@ -217,7 +284,7 @@ impl Moss {
 /// through one of the allowed rooms, and if so which local member with invite power vouches for
 /// it (the `join_authorised_via_users_server` the auth rules require). `None` when the join rule
 /// is not restricted (the auth rules alone decide); an error when no allow condition holds.
-fn restricted_join_authoriser(r: &Reader<'_>, room: &str, user: &str, server: &ServerName) -> Result<Option<String>> {
+pub(crate) fn restricted_join_authoriser(r: &Reader<'_>, room: &str, user: &str, server: &ServerName) -> Result<Option<String>> {
     let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? else {
         return Ok(None);
     };

@@ -2,6 +2,7 @@
 
 pub mod create;
 pub mod directory;
+pub mod external;
 pub mod hierarchy;
 pub mod membership;
 pub mod pdu;
@@ -88,7 +89,8 @@ impl Moss {
     ) -> Result<Appended> {
         let signer = self.signer.clone();
         let (room, sender) = (room_id.to_owned(), sender.to_owned());
-        let (appended, notify) = self
+        let federates = self.federation.is_some();
+        let (appended, notify, dests) = self
             .db
             .write(move |w| {
                 let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
@@ -96,15 +98,31 @@ impl Moss {
                     if let Some(id) = w.event_by_txn(u, d, t)? {
                         let row = w.event(&id)?.ok_or_else(|| Error::internal("transaction event vanished"))?;
                         let pdu = Pdu::from_stored(&row.event_id, &row.pdu)?;
-                        return Ok((Appended { pdu, room_id: room.clone(), stream: row.stream }, vec![]));
+                        return Ok((Appended { pdu, room_id: room.clone(), stream: row.stream }, vec![], vec![]));
+                    }
+                }
+                // Every server with a member in the room, before this event (a kick or ban must
+                // still reach the server of the user it removes) and the target's if remote.
+                let mut dests = Vec::new();
+                if federates {
+                    dests = crate::federation::rooms::remote_servers(w, room.as_str(), &signer.server_name)?;
+                    if let (TimelineEventType::RoomMember, Some(Ok(target))) =
+                        (&new.kind, new.state_key.as_deref().map(UserId::parse))
+                    {
+                        let s = target.server_name().to_string();
+                        if target.server_name() != signer.server_name && !dests.contains(&s) {
+                            dests.push(s);
+                        }
                     }
                 }
                 let txn_ref = txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str()));
                 let appended = append(w, &signer, &info.version, Some(&room), &sender, new, txn_ref, now_ms())?;
+                crate::federation::sender::queue_pdu(w, dests.iter().map(String::as_str), appended.pdu.event_id.as_str())?;
                 let notify = interested_users(w, &appended)?;
-                Ok::<_, Error>((appended, notify))
+                Ok::<_, Error>((appended, notify, dests))
             })
             .await?;
+        self.wake_destinations(dests.iter().map(String::as_str));
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
         Ok(appended)
     }

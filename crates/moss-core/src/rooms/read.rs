@@ -18,11 +18,13 @@ use crate::{
 /// Pagination tokens are stream positions: `t<N>` sits just after the event at stream N. Sync
 /// tokens (`s<N>_<typing>`) are accepted too.
 pub fn parse_token(token: &str) -> Result<i64> {
-    let n = token
-        .strip_prefix('t')
-        .or_else(|| token.strip_prefix('s').map(|s| s.split('_').next().unwrap_or_default()))
-        .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0);
+    // Backfilled history sits at negative positions, so `t` tokens may be negative; sync tokens
+    // never are.
+    let n = match token.strip_prefix('t') {
+        Some(n) => n.parse::<i64>().ok(),
+        None => token.strip_prefix('s').and_then(|s| s.split('_').next()).and_then(|n| n.parse::<i64>().ok()),
+    }
+    .filter(|n| *n >= 0 || token.starts_with('t'));
     n.ok_or_else(|| Error::invalid_param(format!("invalid pagination token {token:?}")))
 }
 

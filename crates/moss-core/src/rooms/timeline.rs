@@ -57,9 +57,18 @@ pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version.rules().ok_or_else(|| Error::internal(format!("no rules for room version {version}")))
 }
 
+/// Any event we hold, in the timeline or outside it (auth chains, soft-failed events); the auth
+/// rules need both.
 pub fn load_pdu(w: &moss_storage::Reader<'_>, event_id: &str) -> Result<Option<Pdu>> {
-    match w.event(event_id)? {
-        Some(row) => Ok(Some(Pdu::from_stored(&row.event_id, &row.pdu)?)),
+    if let Some(row) = w.event(event_id)? {
+        return Ok(Some(Pdu::from_stored(&row.event_id, &row.pdu)?));
+    }
+    match w.outlier(event_id)? {
+        Some((_, pdu, status)) => {
+            let mut pdu = Pdu::from_stored(event_id, &pdu)?;
+            pdu.rejected = status == "rejected";
+            Ok(Some(pdu))
+        }
         None => Ok(None),
     }
 }
@@ -89,23 +98,65 @@ pub fn append(
     txn: Option<(&str, &str, &str)>,
     now: u64,
 ) -> Result<Appended> {
-    let rules = rules_for(version)?;
+    let built = build(w, signer, version, room_id, sender, new, now)?;
+    persist_local(w, version, built, txn)
+}
+
+/// A signed, authorized event not yet stored.
+pub struct Built {
+    pub pdu: Pdu,
+    pub canon: CanonicalJsonObject,
+    pub room_id: OwnedRoomId,
+    pub depth: i64,
+    /// The state group the event's state builds on.
+    pub parent_group: Option<i64>,
+}
+
+impl Built {
+    /// The event as other servers receive it: without our `unsigned` annotations.
+    pub fn federation_json(&self) -> Value {
+        let mut obj = self.canon.clone();
+        obj.remove("unsigned");
+        serde_json::to_value(obj).unwrap_or(Value::Null)
+    }
+}
+
+/// The unsigned event: where it goes in the room graph (prev events, depth), the state it is
+/// authorized by (auth events) and what a state event replaces (for clients).
+pub(crate) struct Template {
+    pub obj: Value,
+    pub depth: i64,
+    pub parent_group: Option<i64>,
+    pub unsigned: serde_json::Map<String, Value>,
+}
+
+pub(crate) fn template(
+    w: &Writer<'_>,
+    rules: &RoomVersionRules,
+    room_id: Option<&RoomId>,
+    sender: &UserId,
+    new: NewPdu,
+    now: u64,
+) -> Result<Template> {
     let room_str = room_id.map(|r| r.as_str().to_owned()).unwrap_or_default();
 
     // Where the event goes in the room graph.
     let extremities = if room_id.is_some() { w.forward_extremities(&room_str)? } else { Vec::new() };
     let mut depth = 0i64;
     let mut parent_group = None;
-    let mut best_stream = -1;
     for e in &extremities {
         if let Some(row) = w.event(e)? {
-            let d = w.event_depth(e)?.unwrap_or(0);
-            depth = depth.max(d);
-            if row.stream > best_stream {
-                best_stream = row.stream;
-                parent_group = Some(row.state_group);
-            }
+            depth = depth.max(w.event_depth(e)?.unwrap_or(0));
+            parent_group = Some(row.state_group);
         }
+    }
+    // With several extremities (a fork another server made) the room's state is their resolved
+    // state, which `current_state` holds; build on a snapshot of it.
+    if extremities.len() > 1 {
+        let current = w.current_state(&room_str)?;
+        let entries: Vec<(&str, &str, &str)> =
+            current.iter().map(|((k, sk), ev)| (k.as_str(), sk.as_str(), ev.as_str())).collect();
+        parent_group = Some(w.new_state_group(&room_str, None, &entries)?);
     }
     let depth = (depth + 1).min(i64::MAX / 2);
 
@@ -156,6 +207,22 @@ pub fn append(
             obj["redacts"] = json!(r);
         }
     }
+    Ok(Template { obj, depth, parent_group, unsigned })
+}
+
+/// Builds, signs and authorizes an event against the room's current state, without storing it.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    w: &Writer<'_>,
+    signer: &Signer,
+    version: &RoomVersionId,
+    room_id: Option<&RoomId>,
+    sender: &UserId,
+    new: NewPdu,
+    now: u64,
+) -> Result<Built> {
+    let rules = rules_for(version)?;
+    let Template { obj, depth, parent_group, unsigned } = template(w, &rules, room_id, sender, new, now)?;
     let mut canon: CanonicalJsonObject = match serde_json::from_value(obj) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         Ok(_) => return Err(Error::internal("event is not an object")),
@@ -199,47 +266,90 @@ pub fn append(
         |kind: &StateEventType, sk: &str| current_state_pdu(w, &room_str, &kind.to_string(), sk).ok().flatten();
     check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+    Ok(Built { pdu, canon, room_id, depth, parent_group })
+}
 
-    // Persist.
+/// Stores an event built here: it follows every forward extremity, so it becomes the only one
+/// and the room's state is the state after it.
+pub fn persist_local(
+    w: &Writer<'_>,
+    version: &RoomVersionId,
+    built: Built,
+    txn: Option<(&str, &str, &str)>,
+) -> Result<Appended> {
+    let rules = rules_for(version)?;
+    let Built { pdu, canon, room_id, depth, parent_group } = built;
+    let room_str = room_id.as_str();
     let stream = w.next_stream()?;
     let kind = pdu.kind.to_string();
     let state_group = match &pdu.state_key {
-        Some(sk) => w.new_state_group(&room_str, parent_group, &[(&kind, sk, event_id.as_str())])?,
+        Some(sk) => w.new_state_group(room_str, parent_group, &[(&kind, sk, pdu.event_id.as_str())])?,
         None => match parent_group {
             Some(g) => g,
-            None => w.new_state_group(&room_str, None, &[])?,
+            None => w.new_state_group(room_str, None, &[])?,
         },
     };
+    store_event(w, &rules, &pdu, &canon, depth, stream, state_group, txn)?;
+    w.set_forward_extremities(room_str, &[pdu.event_id.as_str()])?;
+    if let Some(sk) = &pdu.state_key {
+        set_current(w, room_str, &kind, sk, &pdu, stream)?;
+    }
+    Ok(Appended { pdu, room_id, stream })
+}
+
+/// Makes `pdu` the current state for its (type, state key), keeping memberships in step.
+pub(crate) fn set_current(w: &Writer<'_>, room: &str, kind: &str, sk: &str, pdu: &Pdu, stream: i64) -> Result<()> {
+    w.set_current_state(room, kind, sk, pdu.event_id.as_str(), stream)?;
+    if pdu.kind == TimelineEventType::RoomMember {
+        let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
+        w.set_membership(room, sk, &membership, pdu.event_id.as_str(), stream)?;
+    }
+    Ok(())
+}
+
+/// Inserts an event row at `stream` and applies what it does beyond state (redactions).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_event(
+    w: &Writer<'_>,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    canon: &CanonicalJsonObject,
+    depth: i64,
+    stream: i64,
+    state_group: i64,
+    txn: Option<(&str, &str, &str)>,
+) -> Result<()> {
+    let room_str = pdu.room_id.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default();
+    let room_str = if room_str.is_empty() {
+        // Room v12 create events carry no room id: it is their own hash.
+        format!("!{}", pdu.event_id.as_str().trim_start_matches('$'))
+    } else {
+        room_str
+    };
+    let kind = pdu.kind.to_string();
+    let stored = serde_json::to_string(canon)?;
     w.insert_event(&NewEvent {
         stream,
-        event_id: event_id.as_str(),
+        event_id: pdu.event_id.as_str(),
         room_id: &room_str,
         kind: &kind,
         state_key: pdu.state_key.as_deref(),
         sender: pdu.sender.as_str(),
-        origin_server_ts: now as i64,
+        origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
         depth,
         pdu: &stored,
         state_group,
         txn,
     })?;
-    w.set_forward_extremities(&room_str, &[event_id.as_str()])?;
-    if let Some(sk) = &pdu.state_key {
-        w.set_current_state(&room_str, &kind, sk, event_id.as_str(), stream)?;
-        if pdu.kind == TimelineEventType::RoomMember {
-            let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
-            w.set_membership(&room_str, sk, &membership, event_id.as_str(), stream)?;
-        }
-    }
     if pdu.kind == TimelineEventType::RoomRedaction {
         if let Some(target) = pdu.redacts_id() {
             if let Some(row) = w.event(target.as_str())? {
                 if row.room_id == room_str && row.redacted_by.is_none() {
-                    let red = pdu::redacted(&row.pdu, &rules, &canon)?;
-                    w.redact_event(target.as_str(), event_id.as_str(), &red)?;
+                    let red = pdu::redacted(&row.pdu, rules, canon)?;
+                    w.redact_event(target.as_str(), pdu.event_id.as_str(), &red)?;
                 }
             }
         }
     }
-    Ok(Appended { pdu, room_id, stream })
+    Ok(())
 }
