@@ -21,7 +21,6 @@ pub struct RemoteInviteRow {
     pub invite_state: String,
 }
 
-
 impl Reader<'_> {
     /// An event held outside the timeline: `(room id, pdu, status)`.
     pub fn outlier(&self, event_id: &str) -> Result<Option<(String, String, String)>> {

@@ -363,7 +363,8 @@ async fn state_ids(
     Query(q): Query<HashMap<String, String>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let at = q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
+    let at =
+        q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
     Ok(Json(moss.serve_state(&signed.origin, &room_id(&room)?, &event_id(at)?, true).await?))
 }
 
@@ -373,7 +374,8 @@ async fn state(
     Query(q): Query<HashMap<String, String>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let at = q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
+    let at =
+        q.get("event_id").ok_or_else(|| ApiError::from(moss_core::Error::missing_param("event_id is required")))?;
     Ok(Json(moss.serve_state(&signed.origin, &room_id(&room)?, &event_id(at)?, false).await?))
 }
 

@@ -56,7 +56,10 @@ impl Moss {
                     };
                     per_device.insert(key, content);
                 }
-                remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), Value::Object(per_device));
+                remote
+                    .entry(user.server_name().to_string())
+                    .or_default()
+                    .insert(user.to_string(), Value::Object(per_device));
                 continue;
             }
             for (target, content) in targets {

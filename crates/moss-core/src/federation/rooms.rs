@@ -5,12 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use moss_storage::{Reader, StateMap, Writer};
 use ruma::{
-    events::TimelineEventType,
-    room_version_rules::RoomVersionRules,
-    signatures::hash_and_sign_event,
-    state_res::check_state_dependent_auth_rules,
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
-    ServerName, UserId,
+    events::TimelineEventType, room_version_rules::RoomVersionRules, signatures::hash_and_sign_event,
+    state_res::check_state_dependent_auth_rules, CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::{json, Value};
 
@@ -67,9 +64,10 @@ fn require_server_in_room(r: &Reader<'_>, room: &str, server: &ServerName) -> Re
     if r.room(room)?.is_none() {
         return Err(Error::not_found("unknown room"));
     }
-    let joined = r.room_members(room)?.into_iter().any(|m| {
-        m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)
-    });
+    let joined = r
+        .room_members(room)?
+        .into_iter()
+        .any(|m| m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server));
     let world_readable = r
         .current_state_event(room, "m.room.history_visibility", "")?
         .and_then(|e| serde_json::from_str::<Value>(&e.pdu).ok())
@@ -157,7 +155,9 @@ impl Moss {
                 }
                 let mut content = json!({"membership": membership});
                 if membership == "join" {
-                    if let Some(a) = crate::rooms::membership::restricted_join_authoriser(w, room.as_str(), u.as_str(), &server)? {
+                    if let Some(a) =
+                        crate::rooms::membership::restricted_join_authoriser(w, room.as_str(), u.as_str(), &server)?
+                    {
                         content["join_authorised_via_users_server"] = json!(a);
                     }
                 }
@@ -166,9 +166,13 @@ impl Moss {
                 // Refuse now what the auth rules would refuse later (bans, invite-only rooms).
                 let mut obj = t.obj;
                 let probe = Pdu::from_stored("$probe", &serde_json::to_string(&obj)?)?;
-                check_state_dependent_auth_rules(&info.rules.authorization, &probe, |k: &ruma::events::StateEventType, sk: &str| {
-                    current_state_pdu(w, room.as_str(), &k.to_string(), sk).ok().flatten()
-                })
+                check_state_dependent_auth_rules(
+                    &info.rules.authorization,
+                    &probe,
+                    |k: &ruma::events::StateEventType, sk: &str| {
+                        current_state_pdu(w, room.as_str(), &k.to_string(), sk).ok().flatten()
+                    },
+                )
                 .map_err(|e| Error::forbidden(format!("you may not {membership} this room: {e}")))?;
                 obj["origin"] = json!(signer.server_name);
                 Ok(json!({"room_version": v, "event": obj}))
@@ -347,21 +351,32 @@ impl Moss {
     }
 
     /// `GET /state_ids` and `/state`: the room's state before an event, and its auth chain.
-    pub async fn serve_state(&self, origin: &ServerName, room_id: &RoomId, event_id: &EventId, ids_only: bool) -> Result<Value> {
+    pub async fn serve_state(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        ids_only: bool,
+    ) -> Result<Value> {
         let (room, id, origin_s) = (room_id.to_string(), event_id.to_string(), origin.to_owned());
         self.db
             .read(move |w| {
                 require_server_in_room(w, &room, &origin_s)?;
-                let row = w.event(&id)?.filter(|e| e.room_id == room).ok_or_else(|| Error::not_found("unknown event"))?;
+                let row =
+                    w.event(&id)?.filter(|e| e.room_id == room).ok_or_else(|| Error::not_found("unknown event"))?;
                 let rules = rules_for(&Self::room_version_of(w, &room)?)?;
                 let pdu = Pdu::from_stored(&row.event_id, &row.pdu)?;
                 let state = external::state_before_pdu(w, &rules, &pdu)?.unwrap_or_default();
                 let chain = external::auth_chain(w, state.values().cloned())?;
                 if ids_only {
-                    return Ok::<_, Error>(json!({"pdu_ids": state.values().collect::<Vec<_>>(), "auth_chain_ids": chain}));
+                    return Ok::<_, Error>(
+                        json!({"pdu_ids": state.values().collect::<Vec<_>>(), "auth_chain_ids": chain}),
+                    );
                 }
-                let pdus: Vec<Value> = state.values().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
-                let chain: Vec<Value> = chain.iter().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
+                let pdus: Vec<Value> =
+                    state.values().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
+                let chain: Vec<Value> =
+                    chain.iter().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
                 Ok(json!({"pdus": pdus, "auth_chain": chain}))
             })
             .await
@@ -377,14 +392,21 @@ impl Moss {
                     return Err(Error::not_found("unknown event"));
                 }
                 let chain = external::auth_chain(w, [id])?;
-                let pdus: Vec<Value> = chain.iter().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
+                let pdus: Vec<Value> =
+                    chain.iter().filter_map(|i| fed_event(w, i).ok().flatten().map(|(_, p)| p)).collect();
                 Ok::<_, Error>(json!({"auth_chain": pdus}))
             })
             .await
     }
 
     /// `GET /backfill/{roomId}`: the given events and those before them, newest first.
-    pub async fn serve_backfill(&self, origin: &ServerName, room_id: &RoomId, from: Vec<String>, limit: usize) -> Result<Value> {
+    pub async fn serve_backfill(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        from: Vec<String>,
+        limit: usize,
+    ) -> Result<Value> {
         let (room, origin_s) = (room_id.to_string(), origin.to_owned());
         let limit = limit.clamp(1, MAX_EVENTS_PER_REQUEST);
         let pdus = self
@@ -414,7 +436,9 @@ impl Moss {
                 let mut starts = Vec::new();
                 for id in &latest {
                     if let Some(row) = r.event(id)? {
-                        starts.extend(Pdu::from_stored(&row.event_id, &row.pdu)?.prev_events.iter().map(|e| e.to_string()));
+                        starts.extend(
+                            Pdu::from_stored(&row.event_id, &row.pdu)?.prev_events.iter().map(|e| e.to_string()),
+                        );
                     }
                 }
                 let stop: HashSet<String> = earliest.into_iter().chain(latest).collect();
@@ -445,7 +469,8 @@ impl Moss {
 
     async fn join_via(&self, user: &UserId, room_id: &RoomId, server: &ServerName) -> Result<()> {
         let versions: String = SUPPORTED_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
-        let path = format!("/_matrix/federation/v1/make_join/{}/{}?{versions}", enc(room_id.as_str()), enc(user.as_str()));
+        let path =
+            format!("/_matrix/federation/v1/make_join/{}/{}?{versions}", enc(room_id.as_str()), enc(user.as_str()));
         let made = self.federation_request(server, http::Method::GET, &path, None).await?;
         let version_s = made["room_version"].as_str().unwrap_or("1");
         let version = RoomVersionId::try_from(version_s).map_err(|_| incompatible(version_s))?;
@@ -455,7 +480,11 @@ impl Moss {
         let rules = rules_for(&version)?;
         let mut event = made["event"].clone();
         if !event.is_object() || event["type"] != "m.room.member" || event["state_key"] != user.as_str() {
-            return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("{server} sent a bad join template")));
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unknown,
+                502,
+                format!("{server} sent a bad join template"),
+            ));
         }
         let profile = self.member_content(user, "join").await?;
         for key in ["displayname", "avatar_url"] {
@@ -467,7 +496,13 @@ impl Moss {
         event["origin"] = json!(self.server_name);
         let mut canon = match serde_json::from_value::<CanonicalJsonValue>(event) {
             Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, "the join template is not canonical JSON")),
+            _ => {
+                return Err(Error::new(
+                    ruma::api::error::ErrorKind::Unknown,
+                    502,
+                    "the join template is not canonical JSON",
+                ))
+            }
         };
         canon.remove("signatures");
         canon.remove("hashes");
@@ -478,7 +513,8 @@ impl Moss {
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
         let answer =
             self.federation_request(server, http::Method::PUT, &path, Some(serde_json::to_value(&canon)?)).await?;
-        let join_json = if answer["event"].is_object() { answer["event"].clone() } else { serde_json::to_value(&canon)? };
+        let join_json =
+            if answer["event"].is_object() { answer["event"].clone() } else { serde_json::to_value(&canon)? };
 
         // Check every event the answer carries; drop what fails.
         let mut state_ids = Vec::new();
@@ -501,14 +537,15 @@ impl Moss {
         }
         let join = self.verify_pdu(&version, &join_json).await?;
         if join.pdu.event_id != event_id {
-            return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("{server} changed our join event")));
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unknown,
+                502,
+                format!("{server} changed our join event"),
+            ));
         }
         let (room, u) = (room_id.to_owned(), user.to_owned());
         let prev_events: Vec<String> = join.pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        let before = self
-            .db
-            .write(move |w| persist_join(w, &version, &room, &u, verified, &state_ids, join))
-            .await?;
+        let before = self.db.write(move |w| persist_join(w, &version, &room, &u, verified, &state_ids, join)).await?;
         self.notifier.notify([user]);
         self.notify_room(room_id).await;
         // History before the join, best effort: the room works without it.
@@ -568,11 +605,13 @@ impl Moss {
 
     /// Invites a user of another server: their server countersigns the invite, then it is ours
     /// to store and send to the room.
-    pub(crate) async fn invite_remote(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
-        let mut content = json!({"membership": "invite"});
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
+    pub(crate) async fn invite_remote(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<()> {
         let (room, s, t, signer) = (room_id.to_owned(), sender.to_owned(), target.to_owned(), self.signer.clone());
         let (built_json, version, stripped) = self
             .db
@@ -581,7 +620,15 @@ impl Moss {
                 let new = NewPdu::state(TimelineEventType::RoomMember, t.as_str(), content);
                 let built = crate::rooms::timeline::build(w, &signer, &info.version, Some(&room), &s, new, now_ms())?;
                 let mut stripped = Vec::new();
-                for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+                for kind in [
+                    "m.room.create",
+                    "m.room.join_rules",
+                    "m.room.name",
+                    "m.room.avatar",
+                    "m.room.canonical_alias",
+                    "m.room.encryption",
+                    "m.room.topic",
+                ] {
                     if let Some(p) = current_state_pdu(w, room.as_str(), kind, "")? {
                         stripped.push(p.to_stripped());
                     }
@@ -605,16 +652,14 @@ impl Moss {
         let (room, us) = (room_id.to_string(), self.server_name.clone());
         let dests = self
             .db
-            .write(move |w| {
-                match accept(w, &version, v, Place::Live)? {
-                    Outcome::Accepted(a) => {
-                        let dests = remote_servers(w, &room, &us)?;
-                        queue_pdu(w, dests.iter().map(String::as_str), a.pdu.event_id.as_str())?;
-                        Ok::<_, Error>(dests)
-                    }
-                    Outcome::AlreadyKnown => Ok(vec![]),
-                    Outcome::SoftFailed | Outcome::Rejected(_) => Err(Error::forbidden("the invite is not allowed")),
+            .write(move |w| match accept(w, &version, v, Place::Live)? {
+                Outcome::Accepted(a) => {
+                    let dests = remote_servers(w, &room, &us)?;
+                    queue_pdu(w, dests.iter().map(String::as_str), a.pdu.event_id.as_str())?;
+                    Ok::<_, Error>(dests)
                 }
+                Outcome::AlreadyKnown => Ok(vec![]),
+                Outcome::SoftFailed | Outcome::Rejected(_) => Err(Error::forbidden("the invite is not allowed")),
             })
             .await?;
         self.wake_destinations(dests.iter().map(String::as_str));
@@ -743,7 +788,8 @@ fn persist_join(
             }
         }
     }
-    let entries: Vec<(&str, &str, &str)> = state.iter().map(|((k, sk), e)| (k.as_str(), sk.as_str(), e.as_str())).collect();
+    let entries: Vec<(&str, &str, &str)> =
+        state.iter().map(|((k, sk), e)| (k.as_str(), sk.as_str(), e.as_str())).collect();
     let group = w.new_state_group(room_s, None, &entries)?;
     for v in &accepted_state {
         if w.event(v.pdu.event_id.as_str())?.is_some() {

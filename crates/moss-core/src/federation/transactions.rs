@@ -87,11 +87,8 @@ impl Moss {
             }
         }
         // Nothing to relay: every server sends its own events to all the others.
-        let result = self
-            .db
-            .write(move |w| accept(w, &version, v, Place::Live))
-            .await
-            .map_err(|e| (Some(id.clone()), e))?;
+        let result =
+            self.db.write(move |w| accept(w, &version, v, Place::Live)).await.map_err(|e| (Some(id.clone()), e))?;
         match result {
             Outcome::Accepted(a) => {
                 self.notify_room(&a.room_id).await;
@@ -204,7 +201,8 @@ impl Moss {
                         }
                         for (user, receipt) in by_user.as_object().into_iter().flatten() {
                             let Ok(user) = self.remote_member(origin, Some(user), Some(room)).await else { continue };
-                            let Some(event) = receipt["event_ids"].as_array().and_then(|a| a.last()).and_then(Value::as_str)
+                            let Some(event) =
+                                receipt["event_ids"].as_array().and_then(|a| a.last()).and_then(Value::as_str)
                             else {
                                 continue;
                             };

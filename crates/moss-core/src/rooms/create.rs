@@ -55,15 +55,23 @@ impl Moss {
             }
             None => None,
         };
-        for user in &req.invite {
-            if user.server_name() != self.server_name || !self.is_local_user_active(user).await? {
+        // Users of other servers are invited once the room exists: their servers must countersign.
+        let remote_invites: Vec<_> =
+            req.invite.iter().filter(|u| u.server_name() != self.server_name).cloned().collect();
+        if !remote_invites.is_empty() && self.federation.is_none() {
+            return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));
+        }
+        for user in req.invite.iter().filter(|u| u.server_name() == self.server_name) {
+            if !self.is_local_user_active(user).await? {
                 return Err(Error::new(ErrorKind::NotFound, 404, format!("cannot invite unknown user {user}")));
             }
         }
+        let is_direct = req.is_direct;
         let profile = self.user(creator).await?.ok_or_else(|| Error::forbidden("unknown user"))?;
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
         let signer = self.signer.clone();
         let creator = creator.to_owned();
+        let creator_id = creator.clone();
         let server_name = self.server_name.clone();
 
         let (room_id, notify) = self
@@ -186,7 +194,7 @@ impl Moss {
 
                 // 7. invites
                 let mut notify = vec![creator.clone()];
-                for invitee in &req.invite {
+                for invitee in req.invite.iter().filter(|u| u.server_name() == server_name) {
                     let mut content = json!({"membership": "invite"});
                     if req.is_direct {
                         content["is_direct"] = json!(true);
@@ -201,6 +209,16 @@ impl Moss {
             })
             .await?;
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
+        for invitee in remote_invites {
+            let mut content = json!({"membership": "invite"});
+            if is_direct {
+                content["is_direct"] = json!(true);
+            }
+            // The room exists either way; a server that cannot be reached costs only its invite.
+            if let Err(e) = self.invite_remote(&creator_id, &room_id, &invitee, content).await {
+                tracing::warn!(%invitee, room = %room_id, error = %e, "inviting a remote user at room creation failed");
+            }
+        }
         Ok(room_id)
     }
 }

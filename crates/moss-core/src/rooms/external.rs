@@ -128,6 +128,15 @@ fn check_against_auth_events(w: &Reader<'_>, rules: &RoomVersionRules, pdu: &Pdu
             by_key.insert((ev.kind.to_string(), sk.clone()), ev);
         }
     }
+    // Since room v12 the create event is implied by the room id rather than listed.
+    if let Some(room) = &pdu.room_id {
+        let create_id = format!("${}", room.as_str().trim_start_matches('!'));
+        if let Some(create) = load_pdu(w, &create_id).ok().flatten() {
+            if create.kind == TimelineEventType::RoomCreate {
+                by_key.entry(("m.room.create".to_owned(), String::new())).or_insert(create);
+            }
+        }
+    }
     check_state_dependent_auth_rules(&rules.authorization, pdu, |k: &StateEventType, sk: &str| {
         by_key.get(&state_key_of(k, sk)).cloned()
     })
@@ -147,7 +156,11 @@ fn check_against_state(
 }
 
 /// The auth rules against the event's auth events alone (for events outside the timeline).
-pub(crate) fn check_auth_events_only(w: &Reader<'_>, rules: &RoomVersionRules, pdu: &Pdu) -> std::result::Result<(), String> {
+pub(crate) fn check_auth_events_only(
+    w: &Reader<'_>,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+) -> std::result::Result<(), String> {
     check_against_auth_events(w, rules, pdu)
 }
 
@@ -357,9 +370,8 @@ pub(crate) fn resolve(w: &Reader<'_>, rules: &RoomVersionRules, states: &[StateM
     let subgraph = |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| -> Option<EventIdSet<OwnedEventId>> {
         conflicted_subgraph(w, conflicted.values().flatten().map(|e| e.to_string()).collect()).ok()
     };
-    let resolved =
-        ruma::state_res::resolve(&rules.authorization, state_rules, maps.iter(), chains, fetch, subgraph)
-            .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+    let resolved = ruma::state_res::resolve(&rules.authorization, state_rules, maps.iter(), chains, fetch, subgraph)
+        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
     Ok(resolved.into_iter().map(|((k, sk), ev)| ((k.to_string(), sk), ev.to_string())).collect())
 }
 

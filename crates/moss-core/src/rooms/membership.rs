@@ -72,10 +72,12 @@ impl Moss {
         let authoriser = self
             .db
             .read(move |r| {
-                Ok::<_, Error>(match !matches!(membership_of(r, &room, &u)?.as_deref(), Some("join") | Some("invite")) {
-                    true => restricted_join_authoriser(r, &room, &u, &server)?,
-                    false => None,
-                })
+                Ok::<_, Error>(
+                    match !matches!(membership_of(r, &room, &u)?.as_deref(), Some("join") | Some("invite")) {
+                        true => restricted_join_authoriser(r, &room, &u, &server)?,
+                        false => None,
+                    },
+                )
             })
             .await?;
         let mut content = self.member_content(user, "join").await?;
@@ -134,7 +136,11 @@ impl Moss {
             _ => {}
         }
         if remote {
-            return self.invite_remote(sender, room_id, target, reason).await;
+            let mut content = json!({"membership": "invite"});
+            if let Some(r) = reason {
+                content["reason"] = json!(r);
+            }
+            return self.invite_remote(sender, room_id, target, content).await;
         }
         let content = self.member_content(target, "invite").await?;
         self.send_member(sender, room_id, target, content, reason).await
@@ -284,7 +290,12 @@ impl Moss {
 /// through one of the allowed rooms, and if so which local member with invite power vouches for
 /// it (the `join_authorised_via_users_server` the auth rules require). `None` when the join rule
 /// is not restricted (the auth rules alone decide); an error when no allow condition holds.
-pub(crate) fn restricted_join_authoriser(r: &Reader<'_>, room: &str, user: &str, server: &ServerName) -> Result<Option<String>> {
+pub(crate) fn restricted_join_authoriser(
+    r: &Reader<'_>,
+    room: &str,
+    user: &str,
+    server: &ServerName,
+) -> Result<Option<String>> {
     let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? else {
         return Ok(None);
     };

@@ -117,7 +117,11 @@ impl Moss {
                 }
                 let txn_ref = txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str()));
                 let appended = append(w, &signer, &info.version, Some(&room), &sender, new, txn_ref, now_ms())?;
-                crate::federation::sender::queue_pdu(w, dests.iter().map(String::as_str), appended.pdu.event_id.as_str())?;
+                crate::federation::sender::queue_pdu(
+                    w,
+                    dests.iter().map(String::as_str),
+                    appended.pdu.event_id.as_str(),
+                )?;
                 let notify = interested_users(w, &appended)?;
                 Ok::<_, Error>((appended, notify, dests))
             })

@@ -26,17 +26,17 @@ fn self_signed(dir: &Path) {
     assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-struct FedServer {
-    server: Server,
-    name: OwnedServerName,
-    fed_port: u16,
+pub(crate) struct FedServer {
+    pub server: Server,
+    pub name: OwnedServerName,
+    pub fed_port: u16,
 }
 
 async fn fed_server() -> FedServer {
     fed_server_with(&[]).await
 }
 
-async fn fed_server_with(extra: &[(&str, &str)]) -> FedServer {
+pub(crate) async fn fed_server_with(extra: &[(&str, &str)]) -> FedServer {
     let dir = std::env::temp_dir().join(format!("moss-fed-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     self_signed(&dir);
@@ -65,7 +65,7 @@ async fn fed_server_with(extra: &[(&str, &str)]) -> FedServer {
     FedServer { server, name: name.try_into().unwrap(), fed_port }
 }
 
-fn tls_client() -> reqwest_tls::Client {
+pub(crate) fn tls_client() -> reqwest_tls::Client {
     reqwest_tls::Client::builder().danger_accept_invalid_certs(true).build().unwrap()
 }
 

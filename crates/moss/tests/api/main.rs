@@ -7,6 +7,7 @@ mod client_features;
 mod common;
 mod e2ee;
 mod federation;
+mod federation_rooms;
 mod import;
 mod join_rules;
 mod media;
