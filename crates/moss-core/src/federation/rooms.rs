@@ -58,12 +58,28 @@ pub(crate) fn remote_servers(r: &Reader<'_>, room: &str, us: &ServerName) -> Res
     Ok(servers.into_iter().collect())
 }
 
+/// The room's `m.room.server_acl`: a server it denies is refused everything about the room.
+pub(crate) fn require_acl(r: &Reader<'_>, room: &str, server: &ServerName) -> Result<()> {
+    let Some(acl) = r.current_state_event(room, "m.room.server_acl", "")? else { return Ok(()) };
+    let content = serde_json::from_str::<Value>(&acl.pdu)?["content"].clone();
+    // Content that does not parse denies nobody (as if there were no ACL), like other servers do.
+    let Ok(acl) = serde_json::from_value::<ruma::events::room::server_acl::RoomServerAclEventContent>(content) else {
+        return Ok(());
+    };
+    if acl.is_allowed(server) {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!("{server} is denied by the room's server ACL")))
+    }
+}
+
 /// Whether `server` may see the room's events: one of its users is joined (or the room is
-/// world-readable).
+/// world-readable), and the room's ACL does not deny it.
 fn require_server_in_room(r: &Reader<'_>, room: &str, server: &ServerName) -> Result<()> {
     if r.room(room)?.is_none() {
         return Err(Error::not_found("unknown room"));
     }
+    require_acl(r, room, server)?;
     let joined = r
         .room_members(room)?
         .into_iter()
@@ -117,6 +133,11 @@ impl Moss {
         Ok(info.version)
     }
 
+    pub(crate) async fn check_acl(&self, room: &str, server: &ServerName) -> Result<()> {
+        let (room, server) = (room.to_owned(), server.to_owned());
+        self.db.read(move |r| require_acl(r, &room, &server)).await
+    }
+
     /// The rooms a transaction's events belong to must be ones we are in.
     pub(crate) async fn known_room_version(&self, room: &str) -> Result<RoomVersionId> {
         let room = room.to_owned();
@@ -144,6 +165,7 @@ impl Moss {
         self.db
             .write(move |w| {
                 let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
+                require_acl(w, room.as_str(), u.server_name())?;
                 let v = info.version.to_string();
                 if membership == "join" && !versions.is_empty() && !versions.contains(&v) {
                     return Err(incompatible(&v));
@@ -191,6 +213,7 @@ impl Moss {
         event: Value,
     ) -> Result<Value> {
         let version = self.known_room_version(room_id.as_str()).await?;
+        self.check_acl(room_id.as_str(), origin).await?;
         let rules = rules_for(&version)?;
         let mut v = self.verify_pdu(&version, &event).await?;
         if v.pdu.event_id != event_id {

@@ -76,7 +76,17 @@ impl Moss {
         fill_gaps: bool,
     ) -> std::result::Result<Option<String>, (Option<String>, Error)> {
         let version = self.known_room_version(room).await.map_err(|e| (None, e))?;
-        let v = self.verify_pdu(&version, raw).await.map_err(|e| (None, e))?;
+        // The id first, so every refusal below can be reported against it.
+        let early_id = crate::rooms::timeline::rules_for(&version)
+            .ok()
+            .and_then(|rules| {
+                let mut canon: ruma::CanonicalJsonObject = serde_json::from_value(raw.clone()).ok()?;
+                canon.remove("unsigned");
+                crate::rooms::external::event_id_of(&canon, &rules).ok()
+            })
+            .map(|id| id.to_string());
+        self.check_acl(room, origin).await.map_err(|e| (early_id.clone(), e))?;
+        let v = self.verify_pdu(&version, raw).await.map_err(|e| (early_id.clone(), e))?;
         let id = v.pdu.event_id.to_string();
         if room_of(&v.pdu) != room {
             return Err((Some(id), Error::bad_json("the event's room is not the one it was sent for")));
@@ -306,6 +316,7 @@ impl Moss {
             return Err(Error::forbidden("EDU about a user of another server"));
         }
         if let Some(room) = room {
+            self.check_acl(room, origin).await?;
             let (r, u) = (room.to_owned(), user.to_string());
             let joined = self
                 .db

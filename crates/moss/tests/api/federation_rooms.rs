@@ -345,4 +345,26 @@ async fn forged_and_unauthorised_events_are_refused() {
     let good = make(&alice.id, "signed and allowed", &key);
     let answer = send_as(&a, &b, &key, vec![good.clone()]).await;
     assert_eq!(answer["pdus"][&event_id_of(&good)], json!({}), "{answer}\n--- B ---\n{}", b.server.log());
+
+    // The room's server ACL denies A's host (ACLs match names without the port): A's events and
+    // joins are refused from then on.
+    let (st, v) = b
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(&room)),
+            &bob,
+            json!({"allow": ["*"], "deny": ["localhost"], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let late = make(&alice.id, "after the ACL", &key);
+    let answer = send_as(&a, &b, &key, vec![late.clone()]).await;
+    let error = answer["pdus"][&event_id_of(&late)]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("ACL"), "{answer}");
+    // A is already in the room, so Carol's join is A's own event; B refuses it when it arrives.
+    let (st, v) = a.server.join(&carol, &enc(&format!("#hall:{}", b.name))).await;
+    assert_eq!(st, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(membership(&b.server, &bob, &room, &carol.id).await.as_deref(), Some("join"));
+    assert!(a.server.log().contains("server ACL"), "A logs the refusal: {}", a.server.log());
 }
