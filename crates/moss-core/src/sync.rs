@@ -419,7 +419,10 @@ fn build(
             }
             "knock" if changed => {
                 empty = false;
-                let events = stripped_state(r, &m.room_id, &m.event_id)?;
+                let events = match r.remote_invite(&m.room_id, u)? {
+                    Some(k) => serde_json::from_str::<Vec<Value>>(&k.invite_state)?,
+                    None => stripped_state(r, &m.room_id, &m.event_id)?,
+                };
                 knock.insert(m.room_id.clone(), json!({"knock_state": {"events": events}}));
             }
             "leave" | "ban" if changed && !m.forgotten && (since.is_some() || filter.room.include_leave) => {

@@ -241,7 +241,8 @@ pub async fn join(
 pub async fn knock(moss: Arc<Moss>, req: Ruma<knock_room::v3::Request>) -> HandlerResult<knock_room::v3::Request> {
     let s = req.session().clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
-    let room_id = moss.knock(&s.user_id, &req.body.room_id_or_alias, req.body.reason.clone()).await?;
+    let room_id =
+        moss.knock(&s.user_id, &req.body.room_id_or_alias, req.body.reason.clone(), req.body.via.clone()).await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 

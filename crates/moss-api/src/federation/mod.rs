@@ -65,6 +65,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
         .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
+        .route("/_matrix/federation/v1/make_knock/{room_id}/{user_id}", get(make_knock))
+        .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(send_knock))
         .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
         .route("/_matrix/federation/v1/event/{event_id}", get(event))
         .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
@@ -311,6 +313,26 @@ async fn make_leave(
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "leave", vec![]).await?))
+}
+
+async fn make_knock(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let versions = all(&q, "ver");
+    let versions = if versions.is_empty() { vec!["1".to_owned()] } else { versions };
+    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "knock", versions).await?))
+}
+
+async fn send_knock(
+    State(moss): State<Arc<Moss>>,
+    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&signed)?;
+    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "knock", body).await?))
 }
 
 async fn send_join(

@@ -167,7 +167,7 @@ impl Moss {
                 let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
                 require_acl(w, room.as_str(), u.server_name())?;
                 let v = info.version.to_string();
-                if membership == "join" && !versions.is_empty() && !versions.contains(&v) {
+                if membership != "leave" && !versions.is_empty() && !versions.contains(&v) {
                     return Err(incompatible(&v));
                 }
                 if remote_servers(w, room.as_str(), &signer.server_name)?.len()
@@ -215,7 +215,20 @@ impl Moss {
         let version = self.known_room_version(room_id.as_str()).await?;
         self.check_acl(room_id.as_str(), origin).await?;
         let rules = rules_for(&version)?;
-        let mut v = self.verify_pdu(&version, &event).await?;
+        // A restricted join names one of our users as its authoriser: we vouch for it with our
+        // signature, which its verification then requires.
+        let mut event = event;
+        let authorised_here = event["content"]["join_authorised_via_users_server"]
+            .as_str()
+            .and_then(|a| UserId::parse(a).ok())
+            .is_some_and(|u| u.server_name() == self.server_name);
+        if authorised_here && membership == "join" {
+            let mut canon: CanonicalJsonObject =
+                serde_json::from_value(event).map_err(|e| Error::bad_json(format!("the event: {e}")))?;
+            countersign(self, &mut canon, &rules)?;
+            event = serde_json::to_value(canon)?;
+        }
+        let v = self.verify_pdu(&version, &event).await?;
         if v.pdu.event_id != event_id {
             return Err(Error::bad_json("the event id does not match the event"));
         }
@@ -227,12 +240,6 @@ impl Moss {
             || room_of(&v.pdu) != room_id.as_str()
         {
             return Err(Error::bad_json(format!("not a {membership} event of a user of {origin} in this room")));
-        }
-        // A restricted join names one of our users as its authoriser: we vouch with our signature.
-        if let Some(a) = content["join_authorised_via_users_server"].as_str() {
-            if UserId::parse(a).is_ok_and(|u| u.server_name() == self.server_name) {
-                countersign(self, &mut v.canon, &rules)?;
-            }
         }
         let signed = serde_json::to_value(&v.canon)?;
         let (room, us) = (room_id.to_string(), self.server_name.clone());
@@ -275,6 +282,12 @@ impl Moss {
             Outcome::SoftFailed | Outcome::Rejected(_) => {
                 return Err(Error::forbidden(format!("the {membership} event is not allowed in this room")));
             }
+        }
+        if membership == "knock" {
+            // The knocker sees the room as an invitee would.
+            let room = room_id.to_string();
+            let state = self.db.read(move |r| stripped_room_state(r, &room, None)).await?;
+            return Ok(json!({"knock_room_state": state}));
         }
         if membership != "join" {
             return Ok(json!({}));
@@ -642,23 +655,7 @@ impl Moss {
                 let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
                 let new = NewPdu::state(TimelineEventType::RoomMember, t.as_str(), content);
                 let built = crate::rooms::timeline::build(w, &signer, &info.version, Some(&room), &s, new, now_ms())?;
-                let mut stripped = Vec::new();
-                for kind in [
-                    "m.room.create",
-                    "m.room.join_rules",
-                    "m.room.name",
-                    "m.room.avatar",
-                    "m.room.canonical_alias",
-                    "m.room.encryption",
-                    "m.room.topic",
-                ] {
-                    if let Some(p) = current_state_pdu(w, room.as_str(), kind, "")? {
-                        stripped.push(p.to_stripped());
-                    }
-                }
-                if let Some(p) = current_state_pdu(w, room.as_str(), "m.room.member", s.as_str())? {
-                    stripped.push(p.to_stripped());
-                }
+                let stripped = stripped_room_state(w, room.as_str(), Some(s.as_str()))?;
                 Ok::<_, Error>((built.federation_json(), info.version, stripped))
             })
             .await?;
@@ -692,35 +689,132 @@ impl Moss {
 
     /// Leaves (or rejects an invite to) a room this server is not in, through `server`.
     pub(crate) async fn leave_remote(&self, user: &UserId, room_id: &RoomId, server: &ServerName) -> Result<()> {
-        let path = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
+        self.remote_membership(user, room_id, server, "leave", None).await
+    }
+
+    /// Knocks on a room this server is not in, through the first of `servers` that answers.
+    pub(crate) async fn knock_remote(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        servers: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut last = Error::not_found("no known server to knock through");
+        for server in servers.iter().filter(|s| **s != self.server_name) {
+            match self.remote_membership(user, room_id, server, "knock", reason.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// make_X / send_X through `server` for a membership we cannot make ourselves (leave or knock
+    /// in a room we are not in); the event is kept outside the timeline.
+    async fn remote_membership(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        server: &ServerName,
+        membership: &str,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let versions: String = SUPPORTED_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
+        let path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
+            enc(room_id.as_str()),
+            enc(user.as_str())
+        );
         let made = self.federation_request(server, http::Method::GET, &path, None).await?;
         let version_s = made["room_version"].as_str().unwrap_or("1");
         let version = RoomVersionId::try_from(version_s).map_err(|_| incompatible(version_s))?;
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(incompatible(version_s));
+        }
         let rules = rules_for(&version)?;
         let mut event = made["event"].clone();
+        if !event.is_object() || event["state_key"] != user.as_str() || event["content"]["membership"] != membership {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unknown,
+                502,
+                format!("{server} sent a bad {membership} template"),
+            ));
+        }
         event["origin_server_ts"] = json!(now_ms());
+        if membership == "knock" {
+            let profile = self.member_content(user, "knock").await?;
+            for key in ["displayname", "avatar_url"] {
+                if let Some(v) = profile.get(key) {
+                    event["content"][key] = v.clone();
+                }
+            }
+        }
+        if let Some(r) = reason {
+            event["content"]["reason"] = json!(r);
+        }
         let mut canon = match serde_json::from_value::<CanonicalJsonValue>(event) {
             Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, "bad leave template")),
+            _ => {
+                return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("bad {membership} template")))
+            }
         };
+        canon.remove("signatures");
+        canon.remove("hashes");
         hash_and_sign_event(self.server_name.as_str(), &*self.signer.key, &mut canon, &rules.redaction)
-            .map_err(|e| Error::internal(format!("signing the leave: {e}")))?;
+            .map_err(|e| Error::internal(format!("signing the {membership}: {e}")))?;
         let event_id = event_id_of(&canon, &rules)?;
-        let path = format!("/_matrix/federation/v2/send_leave/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
-        self.federation_request(server, http::Method::PUT, &path, Some(serde_json::to_value(&canon)?)).await?;
+        let send = if membership == "knock" { "v1/send_knock" } else { "v2/send_leave" };
+        let path = format!("/_matrix/federation/{send}/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
+        let answer =
+            self.federation_request(server, http::Method::PUT, &path, Some(serde_json::to_value(&canon)?)).await?;
         let (room, u, stored) = (room_id.to_string(), user.to_string(), serde_json::to_string(&canon)?);
+        let membership_s = membership.to_owned();
+        let own = Pdu::from_stored(event_id.as_str(), &stored)?.to_stripped();
         self.db
             .write(move |w| {
                 w.insert_outlier(event_id.as_str(), &room, &stored, "outlier")?;
-                w.delete_remote_invite(&room, &u)?;
+                if membership_s == "knock" {
+                    let mut state: Vec<Value> = answer["knock_room_state"].as_array().cloned().unwrap_or_default();
+                    state.push(own);
+                    let state = serde_json::to_string(&state)?;
+                    w.store_remote_invite(&room, &u, event_id.as_str(), version.as_str(), &state)?;
+                } else {
+                    w.delete_remote_invite(&room, &u)?;
+                }
                 let stream = w.next_stream()?;
-                w.set_membership(&room, &u, "leave", event_id.as_str(), stream)?;
+                w.set_membership(&room, &u, &membership_s, event_id.as_str(), stream)?;
                 Ok::<_, Error>(())
             })
             .await?;
         self.notifier.notify([user]);
         Ok(())
     }
+}
+
+/// What an invitee or knocker sees of a room (the spec's recommended stripped state), plus the
+/// member event of `member` if given (the inviter).
+fn stripped_room_state(r: &Reader<'_>, room: &str, member: Option<&str>) -> Result<Vec<Value>> {
+    let mut stripped = Vec::new();
+    for kind in [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ] {
+        if let Some(p) = current_state_pdu(r, room, kind, "")? {
+            stripped.push(p.to_stripped());
+        }
+    }
+    if let Some(m) = member {
+        if let Some(p) = current_state_pdu(r, room, "m.room.member", m)? {
+            stripped.push(p.to_stripped());
+        }
+    }
+    Ok(stripped)
 }
 
 /// Walks prev_events back from `start`, newest first, stopping at `stop`, `limit` events or

@@ -90,16 +90,47 @@ impl Moss {
 
     /// `POST /knock/{roomIdOrAlias}`: asks to be let into a room whose join rule is `knock` or
     /// `knock_restricted`. Members with invite power answer by inviting (or kicking).
-    pub async fn knock(&self, user: &UserId, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId> {
+    pub async fn knock(
+        &self,
+        user: &UserId,
+        target: &RoomOrAliasId,
+        reason: Option<String>,
+        via: Vec<OwnedServerName>,
+    ) -> Result<OwnedRoomId> {
+        let mut servers = via;
         let room_id = match <&RoomId>::try_from(target) {
             Ok(id) => id.to_owned(),
-            Err(alias) => self.resolve_alias(alias).await?,
+            Err(alias) => {
+                let (id, alias_servers) = self.resolve_alias_with_servers(alias).await?;
+                servers.extend(alias_servers);
+                id
+            }
         };
-        let (room, u) = (room_id.to_string(), user.to_string());
-        let (exists, current) =
-            self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
-        if !exists {
-            return Err(Error::not_found("no known room with that id or alias"));
+        let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
+        let (resident, current) = self
+            .db
+            .read(move |r| {
+                let resident = r.room(&room)?.is_some()
+                    && r.room_members(&room)?.iter().any(|m| {
+                        m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)
+                    });
+                Ok::<_, Error>((resident, membership_of(r, &room, &u)?))
+            })
+            .await?;
+        if !resident {
+            if self.federation.is_none() {
+                return Err(Error::not_found("no known room with that id or alias"));
+            }
+            if current.as_deref() == Some("knock") {
+                return Ok(room_id);
+            }
+            if let Some(s) = room_id.server_name() {
+                servers.push(s.to_owned());
+            }
+            let mut seen = std::collections::HashSet::new();
+            servers.retain(|s| seen.insert(s.clone()) && *s != self.server_name);
+            self.knock_remote(user, &room_id, &servers, reason).await?;
+            return Ok(room_id);
         }
         match current.as_deref() {
             Some("join") => return Err(Error::forbidden("you are already in this room")),
@@ -167,7 +198,13 @@ impl Moss {
             })
             .await?;
         if let Some(inviter) = inviter {
-            if let Err(e) = self.leave_remote(user, room_id, inviter.server_name()).await {
+            // A knock of ours is withdrawn here only (the server we knocked through is not kept).
+            let outcome = if inviter == user {
+                Err(Error::not_found("no server to withdraw the knock through"))
+            } else {
+                self.leave_remote(user, room_id, inviter.server_name()).await
+            };
+            if let Err(e) = outcome {
                 // The inviting server may be gone for good; the user still gets rid of the invite.
                 tracing::info!(room = %room_id, error = %e, "rejecting a remote invite failed; dropping it locally");
                 let (room, u) = (room_id.to_string(), user.to_string());

@@ -368,3 +368,74 @@ async fn forged_and_unauthorised_events_are_refused() {
     assert_ne!(membership(&b.server, &bob, &room, &carol.id).await.as_deref(), Some("join"));
     assert!(a.server.log().contains("server ACL"), "A logs the refusal: {}", a.server.log());
 }
+
+#[tokio::test]
+async fn knocks_and_restricted_joins_across_servers() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let via = format!("?via={}", enc(a.name.as_str()));
+
+    // Knock: Bob knocks on Alice's knock-only room from B; Alice sees it and lets him in.
+    let room = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Knock knock"})).await;
+    let (st, v) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules/", enc(&room)),
+            &alice,
+            json!({"join_rule": "knock"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = b.server.join(&bob, &format!("{}{via}", enc(&room))).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "a knock room cannot be joined uninvited: {v}");
+    let (st, v) =
+        b.server.post(&format!("/_matrix/client/v3/knock/{}{via}", enc(&room)), &bob, json!({"reason": "hi"})).await;
+    assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    let s = b.server.sync(&bob, None, 0).await;
+    let knock_state = &s["rooms"]["knock"][&room]["knock_state"]["events"];
+    assert!(
+        knock_state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock knock"),
+        "B shows the knock with the room's stripped state: {s}"
+    );
+    eventually("A sees bob knocking", &a, &b, || async {
+        membership(&a.server, &alice, &room, &bob.id).await.as_deref() == Some("knock")
+    })
+    .await;
+    let (st, v) = a
+        .server
+        .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), &alice, json!({"user_id": bob.id}))
+        .await;
+    assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    let (st, v) = b.server.join(&bob, &enc(&room)).await;
+    assert_eq!(st, 200, "the invite lets bob in (through the inviting server): {v}");
+    eventually("A sees bob joined after knocking", &a, &b, || async {
+        membership(&a.server, &alice, &room, &bob.id).await.as_deref() == Some("join")
+    })
+    .await;
+
+    // Restricted: members of `room` may join `inner` without an invite; A vouches for Bob.
+    let inner = a
+        .server
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": room}]}}]}),
+        )
+        .await;
+    let (st, v) = b.server.join(&bob, &format!("{}{via}", enc(&inner))).await;
+    assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    let (_, ev) = b
+        .server
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&inner), enc(&bob.id)), &bob)
+        .await;
+    assert_eq!(ev["join_authorised_via_users_server"], alice.id.as_str(), "{ev}");
+    // Someone in no allowed room is refused.
+    let carol = b.server.register("carol").await;
+    let (st, v) = b.server.join(&carol, &format!("{}{via}", enc(&inner))).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "{v}");
+}
