@@ -147,6 +147,9 @@ pub struct FederationConfig {
     /// Longest wait between retries to a server that keeps failing, in milliseconds (retries
     /// back off exponentially from 2 s up to this; any request from that server retries at once).
     pub max_retry_delay_ms: u64,
+    /// Ask this DNS server (`ip:port`) for SRV records instead of the system's resolvers
+    /// (test setups, split-horizon DNS).
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Default for FederationConfig {
@@ -162,6 +165,7 @@ impl Default for FederationConfig {
             request_timeout_ms: 30_000,
             public_address: None,
             max_retry_delay_ms: 10 * 60 * 1000,
+            dns_server: None,
         }
     }
 }

@@ -101,18 +101,32 @@ pub(crate) struct GuardedResolver {
     policy: Arc<AddressPolicy>,
     /// Who is being kept out, for the error: "URL previews", "federation".
     what: &'static str,
+    /// Names whose connections go to another host (a federation SRV target), while TLS and the
+    /// Host header keep the original name.
+    redirects: Option<Redirects>,
 }
+
+pub(crate) type Redirects = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
 
 impl GuardedResolver {
     pub(crate) fn new(policy: Arc<AddressPolicy>, what: &'static str) -> Self {
-        GuardedResolver { policy, what }
+        GuardedResolver { policy, what, redirects: None }
+    }
+
+    pub(crate) fn with_redirects(policy: Arc<AddressPolicy>, what: &'static str, redirects: Redirects) -> Self {
+        GuardedResolver { policy, what, redirects: Some(redirects) }
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let (policy, what) = (self.policy.clone(), self.what);
-        let host = name.as_str().to_owned();
+        let mut host = name.as_str().to_owned();
+        if let Some(r) = &self.redirects {
+            if let Some(target) = r.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
+                host = target.clone();
+            }
+        }
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.permits(a.ip())).collect();

@@ -1,8 +1,10 @@
 //! Outbound federation: finding where a server name lives and sending it signed requests.
 //!
-//! Discovery follows the spec's order as far as this slice goes: an IP literal or an explicit
-//! port is used as is; otherwise `/.well-known/matrix/server` may delegate (cached for a day),
-//! and the default port 8448 applies. SRV records (`_matrix-fed._tcp`) are not looked up yet.
+//! Discovery follows the spec's order: an IP literal or an explicit port is used as is;
+//! otherwise `/.well-known/matrix/server` may delegate (to a name that again may be a literal
+//! or carry a port); a name without a port is looked up as SRV `_matrix-fed._tcp`, then the
+//! deprecated `_matrix._tcp`, and the default port 8448 applies last. Results are cached for a
+//! day. With an SRV record we connect to its target, but TLS and the Host header keep the name.
 //! Every connection goes through the address policy, so federation cannot reach the server's own
 //! network unless the operator allows it.
 
@@ -28,12 +30,29 @@ const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 pub struct Destination {
     /// `https://host:port`
     pub base: String,
+    /// The Host header to send when it is not the URL's (an SRV-discovered port).
+    pub host_header: Option<String>,
 }
 
-pub(crate) fn build(config: &FederationConfig, policy: AddressPolicy) -> Result<reqwest::Client> {
+impl Destination {
+    fn plain(base: String) -> Destination {
+        Destination { base, host_header: None }
+    }
+}
+
+pub(crate) fn build(
+    config: &FederationConfig,
+    policy: AddressPolicy,
+    redirects: Option<crate::net::Redirects>,
+) -> Result<reqwest::Client> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
+    let policy = Arc::new(policy);
+    let resolver = match redirects {
+        Some(r) => GuardedResolver::with_redirects(policy, "federation", r),
+        None => GuardedResolver::new(policy, "federation"),
+    };
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(policy), "federation")))
+        .dns_resolver(Arc::new(resolver))
         .danger_accept_invalid_certs(!config.verify_certificates)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
@@ -63,9 +82,9 @@ fn literal(server: &str) -> Option<String> {
 }
 
 impl Federation {
-    async fn resolve(&self, server: &ServerName) -> Result<Destination> {
+    pub(crate) async fn resolve(&self, server: &ServerName) -> Result<Destination> {
         if let Some(base) = literal(server.as_str()) {
-            return Ok(Destination { base });
+            return Ok(Destination::plain(base));
         }
         if let Some((d, at)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(server) {
             if at.elapsed() < WELL_KNOWN_TTL {
@@ -73,7 +92,8 @@ impl Federation {
             }
         }
         let delegated = async {
-            let res = self.client.get(format!("https://{server}/.well-known/matrix/server")).send().await.ok()?;
+            let url = format!("https://{server}/.well-known/matrix/server");
+            let res = self.well_known_client.get(url).send().await.ok()?;
             if !res.status().is_success() {
                 return None;
             }
@@ -81,11 +101,13 @@ impl Federation {
             v["m.server"].as_str().map(str::to_owned)
         }
         .await;
-        let base = match delegated {
-            Some(to) => literal(&to).unwrap_or_else(|| format!("https://{to}:8448")),
-            None => format!("https://{server}:8448"),
+        let d = match delegated {
+            Some(to) => match literal(&to) {
+                Some(base) => Destination::plain(base),
+                None => self.srv_or_default(&to).await,
+            },
+            None => self.srv_or_default(server.as_str()).await,
         };
-        let d = Destination { base };
         self.resolved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -93,10 +115,37 @@ impl Federation {
         Ok(d)
     }
 
+    /// SRV `_matrix-fed._tcp.<host>`, then `_matrix._tcp.<host>`, else `<host>:8448`.
+    async fn srv_or_default(&self, host: &str) -> Destination {
+        for prefix in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let Ok(found) = self.dns.srv_lookup(format!("{prefix}.{host}.")).await else { continue };
+            // Lowest priority first, then the heaviest weight; "." means "no service here".
+            let best = found
+                .iter()
+                .filter(|r| !r.target().is_root())
+                .min_by_key(|r| (r.priority(), std::cmp::Reverse(r.weight())))
+                .map(|r| (r.target().to_utf8().trim_end_matches('.').to_owned(), r.port()));
+            if let Some((target, port)) = best {
+                tracing::debug!(%host, %target, port, prefix, "federation SRV record");
+                self.redirects.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_owned(), target);
+                return Destination { base: format!("https://{host}:{port}"), host_header: Some(host.to_owned()) };
+            }
+        }
+        Destination::plain(format!("https://{host}:8448"))
+    }
+
+    fn request(&self, method: http::Method, d: &Destination, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.client.request(method, format!("{}{path}", d.base));
+        if let Some(h) = &d.host_header {
+            req = req.header(http::header::HOST, h);
+        }
+        req
+    }
+
     /// An unauthenticated GET (key documents), parsed as JSON.
     pub(crate) async fn get_json(&self, server: &ServerName, path: &str) -> Result<Value> {
         let d = self.resolve(server).await?;
-        let res = self.client.get(format!("{}{path}", d.base)).send().await.map_err(|e| unreachable(server, e))?;
+        let res = self.request(http::Method::GET, &d, path).send().await.map_err(|e| unreachable(server, e))?;
         read_json(server, res).await
     }
 }
@@ -136,8 +185,7 @@ impl Moss {
         let fed = self.federation()?;
         let d = fed.resolve(destination).await?;
         let auth = self.sign_request(destination, http::Method::GET, path, &[])?;
-        fed.client
-            .get(format!("{}{path}", d.base))
+        fed.request(http::Method::GET, &d, path)
             .header(http::header::AUTHORIZATION, auth)
             .send()
             .await
@@ -177,7 +225,7 @@ impl Moss {
             None => Vec::new(),
         };
         let auth = self.sign_request(destination, method.clone(), path, &bytes)?;
-        let mut req = fed.client.request(method, format!("{}{path}", d.base)).header(http::header::AUTHORIZATION, auth);
+        let mut req = fed.request(method, &d, path).header(http::header::AUTHORIZATION, auth);
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
         }

@@ -28,6 +28,10 @@ const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct Federation {
     pub(crate) client: reqwest::Client,
+    /// For `.well-known` only: it must reach the server name itself, never an SRV target.
+    pub(crate) well_known_client: reqwest::Client,
+    pub(crate) dns: hickory_resolver::TokioResolver,
+    pub(crate) redirects: crate::net::Redirects,
     /// Where each server name was found to live (`.well-known` delegation), with expiry.
     pub(crate) resolved: Mutex<HashMap<OwnedServerName, (client::Destination, std::time::Instant)>>,
     pub(crate) wakeups: sender::Wakeups,
@@ -36,8 +40,29 @@ pub struct Federation {
 impl Federation {
     pub fn new(config: &FederationConfig) -> Result<Federation> {
         let policy = AddressPolicy::from_lists(&config.ip_range_denylist, &config.ip_range_allowlist, "federation")?;
+        let redirects = crate::net::Redirects::default();
+        let well_known_policy =
+            AddressPolicy::from_lists(&config.ip_range_denylist, &config.ip_range_allowlist, "federation")?;
+        let dns = match config.dns_server {
+            // A fixed name server (tests, split-horizon setups) instead of the system's.
+            Some(addr) => {
+                use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+                let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+                hickory_resolver::TokioResolver::builder_with_config(
+                    ResolverConfig::from_parts(None, vec![], group),
+                    Default::default(),
+                )
+                .build()
+            }
+            None => hickory_resolver::TokioResolver::builder_tokio()
+                .map_err(|e| crate::error::Error::internal(format!("DNS resolver: {e}")))?
+                .build(),
+        };
         Ok(Federation {
-            client: client::build(config, policy)?,
+            well_known_client: client::build(config, well_known_policy, None)?,
+            dns,
+            redirects: redirects.clone(),
+            client: client::build(config, policy, Some(redirects))?,
             resolved: Mutex::new(HashMap::new()),
             wakeups: Default::default(),
         })

@@ -37,11 +37,16 @@ async fn fed_server() -> FedServer {
 }
 
 pub(crate) async fn fed_server_with(extra: &[(&str, &str)]) -> FedServer {
+    let fed_port = free_port();
+    fed_server_named(&format!("localhost:{fed_port}"), fed_port, extra).await
+}
+
+/// A federating server with its own server name, listening on `fed_port`.
+pub(crate) async fn fed_server_named(name: &str, fed_port: u16, extra: &[(&str, &str)]) -> FedServer {
     let dir = std::env::temp_dir().join(format!("moss-fed-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     self_signed(&dir);
-    let fed_port = free_port();
-    let name = format!("localhost:{fed_port}");
+    let name = name.to_owned();
     let (cert, key) = (dir.join("fed.crt").display().to_string(), dir.join("fed.key").display().to_string());
     let bind = format!("127.0.0.1:{fed_port}");
     let server = Server::start_in(

@@ -439,3 +439,69 @@ async fn knocks_and_restricted_joins_across_servers() {
     let (st, v) = b.server.join(&carol, &format!("{}{via}", enc(&inner))).await;
     assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "{v}");
 }
+
+/// Answers SRV queries for `_matrix-fed._tcp.<name>` with `localhost:<port>`; everything else is
+/// NXDOMAIN. Returns the server's address.
+async fn srv_dns(name: &'static str, port: u16) -> std::net::SocketAddr {
+    use hickory_proto::{
+        op::{Message, MessageType, ResponseCode},
+        rr::{rdata::SRV, Name, RData, Record},
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut answer = Message::new();
+            answer.set_id(query.id()).set_message_type(MessageType::Response).set_recursion_available(true);
+            answer.add_queries(query.queries().to_vec());
+            let wanted = format!("_matrix-fed._tcp.{name}.");
+            match query.queries().first() {
+                Some(q) if q.name().to_utf8().eq_ignore_ascii_case(&wanted) => {
+                    let target = Name::from_ascii("localhost.").unwrap();
+                    answer.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        60,
+                        RData::SRV(SRV::new(10, 5, port, target)),
+                    ));
+                }
+                _ => {
+                    answer.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn servers_are_found_through_srv_records() {
+    // B is called `moss-b.test` (no port, no DNS name): only the SRV record says where it is.
+    let b_port = crate::common::free_port();
+    let dns = srv_dns("moss-b.test", b_port).await.to_string();
+    let env = [("MOSS_FEDERATION__DNS_SERVER", dns.as_str())];
+    let a = fed_server_with(&env).await;
+    let b = crate::federation::fed_server_named("moss-b.test", b_port, &env).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    assert_eq!(bob.id, "@bob:moss-b.test");
+    let (st, _) = b
+        .server
+        .put(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.id)), &bob, json!({"displayname": "Bob B"}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = a.server.get(&format!("/_matrix/client/v3/profile/{}", enc(&bob.id)), &alice).await;
+    assert_eq!((st, v["displayname"].as_str()), (200, Some("Bob B")), "{v}\n--- A ---\n{}", a.server.log());
+    // And a room across them, the whole way.
+    let room = b.server.create_room(&bob, json!({"preset": "public_chat", "room_alias_name": "srv"})).await;
+    let (st, v) = a.server.join(&alice, &enc("#srv:moss-b.test")).await;
+    assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    a.server.send_text(&alice, &room, "found you").await;
+    eventually("B receives the message sent through SRV discovery", &a, &b, || async {
+        bodies(&messages(&b.server, &bob, &room).await).contains(&"found you".to_owned())
+    })
+    .await;
+}
