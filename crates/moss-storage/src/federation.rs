@@ -59,6 +59,28 @@ impl Reader<'_> {
         )
     }
 
+    /// The room's oldest event above position `above` (below it sits the state a join brought):
+    /// `(event id, type, state group, depth)`.
+    pub fn oldest_event_above(&self, room_id: &str, above: i64) -> Result<Option<(String, String, i64, i64)>> {
+        self.one(
+            "SELECT event_id, type, state_group, depth FROM events WHERE room_id = ?1 AND stream > ?2 \
+             ORDER BY stream ASC LIMIT 1",
+            params![room_id, above],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+    }
+
+    /// How many of a room's events lie in `(above, upto]`.
+    pub fn count_events_between(&self, room_id: &str, above: i64, upto: i64) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT COUNT(*) FROM events WHERE room_id = ?1 AND stream > ?2 AND stream <= ?3",
+                params![room_id, above, upto],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
+    }
+
     /// The lowest stream position of a room's events (its earliest known event).
     pub fn earliest_stream(&self, room_id: &str) -> Result<Option<i64>> {
         self.one("SELECT MIN(stream) FROM events WHERE room_id = ?1", [room_id], |r| r.get::<_, Option<i64>>(0))

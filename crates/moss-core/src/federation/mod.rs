@@ -32,6 +32,8 @@ pub struct Federation {
     pub(crate) well_known_client: reqwest::Client,
     pub(crate) dns: hickory_resolver::TokioResolver,
     pub(crate) redirects: crate::net::Redirects,
+    /// Events we backfilled from without getting anything older: history ends there.
+    pub(crate) backfill_done: Mutex<std::collections::HashSet<String>>,
     /// Where each server name was found to live (`.well-known` delegation), with expiry.
     pub(crate) resolved: Mutex<HashMap<OwnedServerName, (client::Destination, std::time::Instant)>>,
     pub(crate) wakeups: sender::Wakeups,
@@ -62,6 +64,7 @@ impl Federation {
             well_known_client: client::build(config, well_known_policy, None)?,
             dns,
             redirects: redirects.clone(),
+            backfill_done: Default::default(),
             client: client::build(config, policy, Some(redirects))?,
             resolved: Mutex::new(HashMap::new()),
             wakeups: Default::default(),

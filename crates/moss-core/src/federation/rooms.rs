@@ -25,6 +25,9 @@ use crate::{
     Moss,
 };
 
+/// Positions below this hold the state a join brought (see the history counter in storage).
+const JOIN_STATE_FLOOR: i64 = -(1 << 49);
+
 /// Most events one backfill or get_missing_events answer carries.
 const MAX_EVENTS_PER_REQUEST: usize = 100;
 
@@ -589,6 +592,56 @@ impl Moss {
             tracing::info!(%server, room = %room_id, error = %e, "backfill after join failed");
         }
         Ok(())
+    }
+
+    /// Before a backward page that would run out of stored history: fetch older events from a
+    /// server in the room. Stops for good once the room's create event is reached or a server
+    /// has nothing older.
+    pub(crate) async fn backfill_for_page(&self, room_id: &RoomId, from: i64, limit: usize) {
+        if self.federation.is_none() {
+            return;
+        }
+        let (room, us) = (room_id.to_string(), self.server_name.clone());
+        let plan = self
+            .db
+            .read(move |r| {
+                let Some((oldest, kind, group, depth)) = r.oldest_event_above(&room, JOIN_STATE_FLOOR)? else {
+                    return Ok::<_, Error>(None);
+                };
+                if kind == "m.room.create" || depth <= 1 {
+                    return Ok(None);
+                }
+                if r.count_events_between(&room, JOIN_STATE_FLOOR, from)? >= limit as i64 {
+                    return Ok(None);
+                }
+                let servers = remote_servers(r, &room, &us)?;
+                Ok(Some((oldest, r.state_group(group)?, servers)))
+            })
+            .await
+            .ok()
+            .flatten();
+        let Some((oldest, state, servers)) = plan else { return };
+        if self
+            .federation
+            .as_ref()
+            .is_some_and(|f| f.backfill_done.lock().unwrap_or_else(|p| p.into_inner()).contains(&oldest))
+        {
+            return;
+        }
+        for server in servers {
+            let Ok(server) = ServerName::parse(&server) else { continue };
+            match self.backfill(&server, room_id, vec![oldest.clone()], state.clone(), limit.clamp(10, 100)).await {
+                Ok(n) => {
+                    if n == 0 {
+                        if let Some(f) = &self.federation {
+                            f.backfill_done.lock().unwrap_or_else(|p| p.into_inner()).insert(oldest);
+                        }
+                    }
+                    return;
+                }
+                Err(e) => tracing::info!(%server, room = %room_id, error = %e, "backfill failed"),
+            }
+        }
     }
 
     /// Fetches up to `limit` events before `from` and stores them as history.

@@ -211,6 +211,14 @@ impl Moss {
     ) -> Result<MessagesPage> {
         let (room, u, d) = (room_id.to_string(), user.to_string(), device.to_owned());
         let limit = limit.clamp(1, 1000);
+        if dir == Direction::Backward {
+            // History before this server joined lives on other servers until fetched.
+            let at = match &from {
+                Some(t) => parse_token(t)?,
+                None => i64::MAX,
+            };
+            self.backfill_for_page(room_id, at, limit).await;
+        }
         self.db
             .read(move |r| {
                 let access = read_access(r, &room, &u)?;

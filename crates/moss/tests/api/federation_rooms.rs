@@ -67,18 +67,21 @@ async fn two_servers_share_rooms_both_ways() {
         .server
         .create_room(&alice, json!({"preset": "public_chat", "name": "Lobby", "room_alias_name": "lobby"}))
         .await;
-    for i in 0..3 {
+    // More than one backfill batch (50 at join), so paging back must fetch the rest on demand.
+    for i in 0..70 {
         a.server.send_text(&alice, &room, &format!("before bob {i}")).await;
     }
     let (st, v) = b.server.join(&bob, &enc(&format!("#lobby:{}", a.name))).await;
     assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
     assert_eq!(v["room_id"], room.as_str());
 
-    // The history before the join was backfilled: Bob reads it on B.
-    let seen = bodies(&messages(&b.server, &bob, &room).await);
-    for i in 0..3 {
-        assert!(seen.contains(&format!("before bob {i}")), "backfilled history on B: {seen:?}");
-    }
+    // The history before the join was backfilled: Bob reads it on B, newest first, down to the
+    // room's creation.
+    let page = messages(&b.server, &bob, &room).await;
+    let seen = bodies(&page);
+    let want: Vec<String> = (0..70).rev().map(|i| format!("before bob {i}")).collect();
+    assert_eq!(seen, want, "backfilled history on B in order");
+    assert!(page.iter().any(|e| e["type"] == "m.room.create"), "paging reaches the room's creation");
     let (st, v) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), &bob).await;
     assert_eq!((st, v["name"].as_str()), (200, Some("Lobby")), "{v}");
 
