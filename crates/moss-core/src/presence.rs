@@ -67,9 +67,11 @@ impl Moss {
     pub async fn get_presence(&self, requester: &UserId, user: &UserId) -> Result<Value> {
         let (me, u) = (requester.to_string(), user.to_string());
         let enabled = self.config.presence.enabled;
+        let server = self.server_name.clone();
         self.db
             .read(move |r| {
-                if r.user(&u)?.is_none() {
+                let local = UserId::parse(&u).is_ok_and(|id| id.server_name() == server);
+                if local && r.user(&u)?.is_none() {
                     return Err(Error::not_found("unknown user"));
                 }
                 if me != u && !r.share_a_room(&me, &u)? {
@@ -106,6 +108,7 @@ impl Moss {
     /// message moves the stream and wakes others.
     async fn write_presence(&self, user: &UserId, state: &str, status_msg: Option<Option<String>>) -> Result<()> {
         let (u, state) = (user.to_string(), state.to_owned());
+        let (us, federates) = (self.server_name.clone(), self.federation.is_some());
         let changed = self
             .db
             .write(move |w| {
@@ -118,15 +121,33 @@ impl Moss {
                 if let Some(o) = &old {
                     if o.state == state && o.status_msg == msg {
                         w.touch_presence(&u, now)?;
-                        return Ok::<_, Error>(false);
+                        return Ok::<_, Error>(None);
                     }
                 }
                 let stream = w.next_stream()?;
+                // Other servers sharing a room with the user hear of it as an m.presence EDU.
+                let mut dests = std::collections::BTreeSet::new();
+                if federates {
+                    for other in w.users_sharing_rooms(&u)? {
+                        if let Ok(o) = UserId::parse(&other) {
+                            if o.server_name() != us {
+                                dests.insert(o.server_name().to_string());
+                            }
+                        }
+                    }
+                    let mut push = json!({"user_id": u, "presence": state, "last_active_ago": 0, "currently_active": state == "online"});
+                    if let Some(m) = &msg {
+                        push["status_msg"] = json!(m);
+                    }
+                    let edu = json!({"edu_type": "m.presence", "content": {"push": [push]}});
+                    crate::federation::sender::queue_edu(w, dests.iter().map(String::as_str), &edu)?;
+                }
                 w.set_presence(&PresenceRow { user_id: u, state, status_msg: msg, last_active_ts: now, stream })?;
-                Ok(true)
+                Ok(Some(dests))
             })
             .await?;
-        if changed {
+        if let Some(dests) = changed {
+            self.wake_destinations(dests.iter().map(String::as_str));
             self.notify_sharing_users(user).await;
         }
         Ok(())

@@ -154,6 +154,22 @@ async fn two_servers_share_rooms_both_ways() {
     })
     .await;
 
+    // Presence crosses too.
+    let (st, _) = b
+        .server
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.id)),
+            &bob,
+            json!({"presence": "unavailable", "status_msg": "gardening"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    eventually("A sees bob's presence", &a, &b, || async {
+        let (st, v) = a.server.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&bob.id)), &alice).await;
+        st == 200 && v["presence"] == "unavailable" && v["status_msg"] == "gardening"
+    })
+    .await;
+
     // A room on B; Alice on A is invited, sees the invite, joins.
     let room_b = b.server.create_room(&bob, json!({"preset": "private_chat", "invite": [alice.id]})).await;
     eventually("A shows alice the invite", &a, &b, || async {
