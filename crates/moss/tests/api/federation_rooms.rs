@@ -254,6 +254,12 @@ async fn a_restarted_server_catches_up() {
 /// Sends B a transaction as A would, signed with A's own key (read from its data directory).
 async fn send_as(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, pdus: Vec<Value>) -> Value {
     let body = serde_json::to_vec(&json!({"origin": a.name, "origin_server_ts": 1, "pdus": pdus, "edus": []})).unwrap();
+    let (status, answer) = send_raw_as(a, b, key, body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+async fn send_raw_as(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, body: Vec<u8>) -> (u16, Value) {
     let path = format!("/_matrix/federation/v1/send/forged{}", crate::common::free_port());
     let req = http::Request::builder().method("PUT").uri(&path).body(body.clone()).unwrap();
     let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(a.name.clone(), b.name.clone(), key))
@@ -267,8 +273,8 @@ async fn send_as(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, pdus: Vec<V
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
-    serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
+    let status = res.status().as_u16();
+    (status, serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null))
 }
 
 fn signing_key(server: &Server) -> Ed25519KeyPair {
@@ -359,6 +365,26 @@ async fn forged_and_unauthorised_events_are_refused() {
     let (_, pl) =
         b.server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room)), &bob).await;
     assert!(pl["users"][&alice.id].is_null(), "alice must not have taken power: {pl}");
+
+    // 4. Bad input: too many PDUs, a body that is not JSON, an event over 64 KiB.
+    let many = (0..51).map(|i| make(&alice.id, &format!("bulk {i}"), &key)).collect::<Vec<_>>();
+    let body = serde_json::to_vec(&json!({"origin": a.name, "origin_server_ts": 1, "pdus": many, "edus": []})).unwrap();
+    let (st, v) = send_raw_as(&a, &b, &key, body).await;
+    assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"), "{v}");
+    // A body that is not JSON cannot carry a valid X-Matrix signature (it covers the parsed body).
+    let res = tls_client()
+        .put(format!("https://127.0.0.1:{}/_matrix/federation/v1/send/broken", b.fed_port))
+        .header("authorization", format!("X-Matrix origin=\"{}\",key=\"ed25519:x\",sig=\"abc\"", a.name))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // (ruma will not sign one that large, so it is grown after signing.)
+    let mut huge = make(&alice.id, "will grow", &key);
+    huge["content"]["padding"] = json!("x".repeat(70_000));
+    let answer = send_as(&a, &b, &key, vec![huge.clone()]).await;
+    assert!(answer["pdus"][&event_id_of(&huge)]["error"].is_string(), "an oversized PDU is refused: {answer}");
 
     // A valid event through the same path is accepted, so the refusals above are about the events.
     let good = make(&alice.id, "signed and allowed", &key);
