@@ -550,3 +550,114 @@ async fn servers_are_found_through_srv_records() {
     })
     .await;
 }
+
+/// A state event by `sender` (a user of A), signed with A's key, placed after `prev`.
+fn state_event_by_a(
+    a: &FedServer,
+    key: &Ed25519KeyPair,
+    room: &str,
+    sender: &str,
+    (kind, content): (&str, Value),
+    prev: &str,
+    auth: Vec<String>,
+    ts: u64,
+) -> (Value, String) {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let obj = json!({
+        "room_id": room, "sender": sender, "type": kind, "state_key": "", "content": content,
+        "origin_server_ts": ts, "depth": 100, "prev_events": [prev], "auth_events": auth,
+    });
+    let mut canon: ruma::CanonicalJsonObject = serde_json::from_value(obj).unwrap();
+    ruma::signatures::hash_and_sign_event(a.name.as_str(), key, &mut canon, &rules.redaction).unwrap();
+    let id = format!("${}", ruma::signatures::reference_hash(&canon, &rules).unwrap());
+    (serde_json::to_value(canon).unwrap(), id)
+}
+
+async fn room_name(server: &Server, user: &User, room: &str) -> String {
+    let (_, v) = server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(room)), user).await;
+    v["name"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn forks_are_resolved_the_same_way_on_both_servers() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = b.server.create_room(&bob, json!({"preset": "public_chat", "room_alias_name": "fork"})).await;
+    let (st, v) = a.server.join(&alice, &enc(&format!("#fork:{}", b.name))).await;
+    assert_eq!(st, 200, "{v}");
+    // Alice gets the same power as Bob, so only state resolution can order their changes.
+    let (_, pl) =
+        b.server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room)), &bob).await;
+    let mut pl = pl;
+    pl["users"][&alice.id] = json!(100);
+    let (st, v) =
+        b.server.put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room)), &bob, pl).await;
+    assert_eq!(st, 200, "{v}");
+    let pl_id = v["event_id"].as_str().unwrap().to_owned();
+    eventually("A has the new power levels", &a, &b, || async {
+        let (_, v) =
+            a.server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room)), &alice).await;
+        v["users"][&alice.id] == 100
+    })
+    .await;
+    let (_, state) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), &bob).await;
+    let alice_member = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.id.as_str())
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = signing_key(&a.server);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    for (round, alice_later) in [(1, true), (2, false)] {
+        // Bob renames the room; "at the same time" Alice (through A) renames it from the state
+        // before Bob's change: two branches. Between equal powers, the later change wins.
+        let base = if round == 1 {
+            pl_id.clone()
+        } else {
+            let (_, m) =
+                b.server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)), &bob).await;
+            m["chunk"][0]["event_id"].as_str().unwrap().to_owned()
+        };
+        let (st, v) = b
+            .server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+                &bob,
+                json!({"name": format!("bob {round}")}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let ts = if alice_later { now + 3_600_000 } else { 1_000_000_000_000 };
+        let (ev, id) = state_event_by_a(
+            &a,
+            &key,
+            &room,
+            &alice.id,
+            ("m.room.name", json!({"name": format!("alice {round}")})),
+            &base,
+            vec![pl_id.clone(), alice_member.clone()],
+            ts,
+        );
+        let answer = send_as(&a, &b, &key, vec![ev]).await;
+        assert_eq!(answer["pdus"][&id], json!({}), "{answer}\n--- B ---\n{}", b.server.log());
+        // Accepted into the room (not soft-failed): it is a real branch.
+        let (st, _) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&id)), &bob).await;
+        assert_eq!(st, 200, "alice's branch event is part of the room");
+        let want = if alice_later { format!("alice {round}") } else { format!("bob {round}") };
+        assert_eq!(room_name(&b.server, &bob, &room).await, want, "B resolves round {round}");
+        // Bob's next event merges both branches; A learns Alice's branch event from B (it never
+        // saw it: the test made it) and must resolve to the same state.
+        b.server.send_text(&bob, &room, &format!("after round {round}")).await;
+        eventually("A converges to B's state", &a, &b, || async {
+            bodies(&messages(&a.server, &alice, &room).await).contains(&format!("after round {round}"))
+                && room_name(&a.server, &alice, &room).await == want
+        })
+        .await;
+    }
+}
