@@ -81,6 +81,11 @@ impl Reader<'_> {
             .unwrap_or(0))
     }
 
+    /// Whether a stored event names `event_id` among its prev_events.
+    pub fn is_prev_referenced(&self, event_id: &str) -> Result<bool> {
+        Ok(self.one("SELECT 1 FROM event_prev_refs WHERE event_id = ?1", [event_id], |_| Ok(()))?.is_some())
+    }
+
     /// The lowest stream position of a room's events (its earliest known event).
     pub fn earliest_stream(&self, room_id: &str) -> Result<Option<i64>> {
         self.one("SELECT MIN(stream) FROM events WHERE room_id = ?1", [room_id], |r| r.get::<_, Option<i64>>(0))
@@ -105,6 +110,13 @@ impl Reader<'_> {
 }
 
 impl Writer<'_> {
+    pub fn note_prev_refs(&self, prev_events: &[&str]) -> Result<()> {
+        for p in prev_events {
+            self.exec("INSERT INTO event_prev_refs (event_id) VALUES (?1) ON CONFLICT DO NOTHING", [p])?;
+        }
+        Ok(())
+    }
+
     /// Keeps an event outside the timeline (ignored if already held).
     pub fn insert_outlier(&self, event_id: &str, room_id: &str, pdu: &str, status: &str) -> Result<()> {
         self.exec(

@@ -50,3 +50,9 @@ CREATE TABLE remote_invites (
     invite_state TEXT NOT NULL,
     PRIMARY KEY (room_id, user_id)
 );
+
+-- Events a stored event names as a prev_event. Such an event is never a forward extremity, even
+-- when it arrives after the event that follows it (out-of-order delivery, gap filling).
+CREATE TABLE event_prev_refs (
+    event_id TEXT PRIMARY KEY
+);

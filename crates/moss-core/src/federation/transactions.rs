@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use moss_storage::{PresenceRow, ReceiptRow};
+use moss_storage::{PresenceRow, ReceiptRow, StateMap};
 use ruma::{OwnedUserId, RoomId, RoomVersionId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
@@ -22,6 +22,8 @@ use crate::{
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
+/// Most state and auth events fetched one by one to bridge a gap.
+const MAX_GAP_EVENTS: usize = 500;
 /// How many missing events one gap may pull in before we stop asking.
 const MISSING_EVENTS_LIMIT: u64 = 20;
 
@@ -91,14 +93,21 @@ impl Moss {
         if room_of(&v.pdu) != room {
             return Err((Some(id), Error::bad_json("the event's room is not the one it was sent for")));
         }
-        if fill_gaps {
-            if let Err(e) = self.fill_gaps(origin, &version, &v).await {
-                tracing::info!(%origin, event_id = %id, error = %e, "could not fill a gap before an event");
-            }
+        let known = {
+            let id = id.clone();
+            self.db.read(move |r| Ok::<_, Error>(r.event(&id)?.is_some())).await.map_err(|e| (None, e))?
+        };
+        if known {
+            return Ok(Some(id));
+        }
+        let mut place = Place::Live;
+        match self.fill_gaps(origin, &version, &v, fill_gaps).await {
+            Ok(Some(state)) => place = Place::AfterGap(state),
+            Ok(None) => {}
+            Err(e) => tracing::info!(%origin, event_id = %id, error = %e, "could not fill a gap before an event"),
         }
         // Nothing to relay: every server sends its own events to all the others.
-        let result =
-            self.db.write(move |w| accept(w, &version, v, Place::Live)).await.map_err(|e| (Some(id.clone()), e))?;
+        let result = self.db.write(move |w| accept(w, &version, v, place)).await.map_err(|e| (Some(id.clone()), e))?;
         match result {
             Outcome::Accepted(a) => {
                 self.notify_room(&a.room_id).await;
@@ -109,8 +118,16 @@ impl Moss {
         }
     }
 
-    /// Before accepting an event: fetch the auth events and prev events we lack from its sender.
-    async fn fill_gaps(&self, origin: &ServerName, version: &RoomVersionId, v: &VerifiedPdu) -> Result<()> {
+    /// Before accepting an event: fetch the auth events and (with `walk`) the prev events we
+    /// lack from its sender. Returns the state before the event when a hole remains that only
+    /// its state can bridge (fetched with `/state_ids`).
+    async fn fill_gaps(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        v: &VerifiedPdu,
+        walk: bool,
+    ) -> Result<Option<StateMap>> {
         let room = room_of(&v.pdu);
         let (auth, prevs): (Vec<String>, Vec<String>) = (
             v.pdu.auth_events.iter().map(|e| e.to_string()).collect(),
@@ -168,7 +185,7 @@ impl Moss {
                 })
                 .await?;
         }
-        if missing_prev {
+        if missing_prev && walk {
             let path = format!("/_matrix/federation/v1/get_missing_events/{}", urlencode(&room));
             let body = json!({
                 "earliest_events": extremities,
@@ -186,7 +203,115 @@ impl Moss {
                 }
             }
         }
-        Ok(())
+        if missing_prev {
+            // Still a hole (more missed than one request brings): take the state before the event
+            // from its sender instead of walking the whole gap.
+            let prevs: Vec<String> = v.pdu.prev_events.iter().map(|e| e.to_string()).collect();
+            let still_missing = self
+                .db
+                .read(move |r| {
+                    let mut missing = false;
+                    for p in &prevs {
+                        missing |= r.event(p)?.is_none();
+                    }
+                    Ok::<_, Error>(missing)
+                })
+                .await?;
+            if still_missing {
+                return self.state_across_gap(origin, version, &room, v.pdu.event_id.as_str()).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// `/state_ids` at an event, fetching the state and auth events we do not hold.
+    async fn state_across_gap(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        room: &str,
+        event_id: &str,
+    ) -> Result<StateMap> {
+        let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", urlencode(room), urlencode(event_id));
+        let answer = self.federation_request(origin, http::Method::GET, &path, None).await?;
+        let ids = |k: &str| -> Vec<String> {
+            answer[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        };
+        let (state_ids, chain_ids) = (ids("pdu_ids"), ids("auth_chain_ids"));
+        let wanted: Vec<String> = chain_ids.iter().chain(state_ids.iter()).cloned().collect();
+        let unknown = self
+            .db
+            .read(move |r| {
+                let mut unknown = Vec::new();
+                for id in wanted {
+                    if load_pdu(r, &id)?.is_none() {
+                        unknown.push(id);
+                    }
+                }
+                Ok::<_, Error>(unknown)
+            })
+            .await?;
+        if unknown.len() > MAX_GAP_EVENTS {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::Unknown,
+                502,
+                format!("the gap needs {} events, more than {MAX_GAP_EVENTS}", unknown.len()),
+            ));
+        }
+        let mut fetched = Vec::new();
+        for id in unknown {
+            let path = format!("/_matrix/federation/v1/event/{}", urlencode(&id));
+            let Ok(answer) = self.federation_request(origin, http::Method::GET, &path, None).await else { continue };
+            let Some(raw) = answer["pdus"].get(0) else { continue };
+            if let Ok(e) = self.verify_pdu(version, raw).await {
+                if e.pdu.event_id == id && room_of(&e.pdu) == room {
+                    fetched.push(e);
+                }
+            }
+        }
+        fetched.sort_by_key(|e| u64::from(e.pdu.depth));
+        let (version, room) = (version.clone(), room.to_owned());
+        self.db
+            .write(move |w| {
+                let rules = crate::rooms::timeline::rules_for(&version)?;
+                for e in fetched {
+                    let id = e.pdu.event_id.to_string();
+                    match check_auth_events_only(w, &rules, &e.pdu) {
+                        Ok(()) => w.insert_outlier(&id, &room, &serde_json::to_string(&e.canon)?, "outlier")?,
+                        Err(why) => tracing::info!(event_id = %id, %why, "gap state event fails auth"),
+                    }
+                }
+                let mut state = StateMap::new();
+                for id in &state_ids {
+                    if let Some(p) = load_pdu(w, id)? {
+                        if let Some(sk) = &p.state_key {
+                            state.insert((p.kind.to_string(), sk.clone()), id.clone());
+                        }
+                    }
+                }
+                // State events become part of the room's history (the current state refers to
+                // them), placed before everything sync has handed out.
+                let entries: Vec<(&str, &str, &str)> =
+                    state.iter().map(|((k, sk), e)| (k.as_str(), sk.as_str(), e.as_str())).collect();
+                let group = w.new_state_group(&room, None, &entries)?;
+                for id in state.values() {
+                    if w.event(id)?.is_some() {
+                        continue;
+                    }
+                    // Held outside the timeline so far (fetched now, or earlier as an auth event).
+                    let Some((_, stored, status)) = w.outlier(id)? else { continue };
+                    if status != "outlier" {
+                        continue;
+                    }
+                    let pdu = crate::rooms::pdu::Pdu::from_stored(id, &stored)?;
+                    let canon = crate::rooms::pdu::canonical(&stored)?;
+                    let depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(0);
+                    let pos = w.next_history_position(false)?;
+                    crate::rooms::timeline::store_event(w, &rules, &pdu, &canon, depth, pos, group, None)?;
+                }
+                Ok::<_, Error>(state)
+            })
+            .await
     }
 
     async fn receive_edu(&self, origin: &ServerName, edu: &Value) -> Result<()> {

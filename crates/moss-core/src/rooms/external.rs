@@ -46,6 +46,8 @@ pub enum Place {
     Live,
     /// Live, with the state before it given (a join's `send_join` answer).
     LiveWithState(StateMap),
+    /// Live, after a gap in the graph: the state before it as its sender told us (`/state_ids`).
+    AfterGap(StateMap),
     /// History older than anything sync has handed out (backfill), placed in the given state.
     History(StateMap),
 }
@@ -212,7 +214,7 @@ pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Pl
     // there is nothing to soft-fail against.
     let soft_fail_check = !matches!(place, Place::LiveWithState(_));
     let (before, live, check_before) = match place {
-        Place::LiveWithState(s) => (s, true, true),
+        Place::LiveWithState(s) | Place::AfterGap(s) => (s, true, true),
         Place::Live => match state_before(w, &rules, &pdu)? {
             Some(s) => (s, true, true),
             None => (auth_state(w, &pdu)?, true, true),
@@ -264,7 +266,9 @@ pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Pl
         after.iter().map(|((k, sk), ev)| (k.as_str(), sk.as_str(), ev.as_str())).collect();
     let state_group = w.new_state_group(&room, None, &entries)?;
     store_event(w, &rules, &pdu, &canon, depth, stream, state_group, None)?;
-    if live {
+    // An event arriving after one that follows it (a gap filled late) is history, not a front
+    // of the room: the extremities and the current state stay as they are.
+    if live && !w.is_prev_referenced(id)? {
         let mut extremities: HashSet<String> = w.forward_extremities(&room)?.into_iter().collect();
         for p in &pdu.prev_events {
             extremities.remove(p.as_str());

@@ -341,6 +341,8 @@ pub(crate) fn store_event(
         state_group,
         txn,
     })?;
+    let prevs: Vec<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
+    w.note_prev_refs(&prevs)?;
     if pdu.kind == TimelineEventType::RoomRedaction {
         if let Some(target) = pdu.redacts_id() {
             if let Some(row) = w.event(target.as_str())? {

@@ -661,3 +661,75 @@ async fn forks_are_resolved_the_same_way_on_both_servers() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_gap_wider_than_one_request_is_bridged_with_the_state_at_its_edge() {
+    let (a, b) = pair().await;
+    let c = fed_server_with(&[("MOSS_FEDERATION__MAX_RETRY_DELAY_MS", "1000")]).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let carol = c.server.register("carol").await;
+    let room = a.server.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "gap"})).await;
+    let alias = enc(&format!("#gap:{}", a.name));
+    let (st, v) = b.server.join(&bob, &alias).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = c.server.join(&carol, &alias).await;
+    assert_eq!(st, 200, "{v}");
+    eventually("B sees carol (relayed by A, so B holds C's key)", &a, &b, || async {
+        membership(&b.server, &bob, &room, &carol.id).await.as_deref() == Some("join")
+    })
+    .await;
+
+    // B goes down. Carol writes 30 messages and renames herself in the middle; A gets them all.
+    let FedServer { server: mut b_server, name: b_name, fed_port: b_port } = b;
+    b_server.terminate();
+    for i in 0..30 {
+        if i == 5 {
+            let (st, _) = c
+                .server
+                .put(
+                    &format!("/_matrix/client/v3/profile/{}/displayname", enc(&carol.id)),
+                    &carol,
+                    json!({"displayname": "Carol In The Gap"}),
+                )
+                .await;
+            assert_eq!(st, 200);
+        }
+        c.server.send_text(&carol, &room, &format!("carol {i}")).await;
+    }
+    let b_stub = FedServer { server: Server::start().await, name: b_name.clone(), fed_port: b_port };
+    eventually("A has all of carol's messages", &a, &b_stub, || async {
+        bodies(&messages(&a.server, &alice, &room).await).contains(&"carol 29".to_owned())
+    })
+    .await;
+    // C goes down too (its queue for B stays with it), then Alice writes on top of it all.
+    let FedServer { server: mut c_server, .. } = c;
+    c_server.terminate();
+    a.server.send_text(&alice, &room, "after the gap").await;
+
+    // B comes back: A delivers Alice's event, whose ancestry B lacks by 31 events; one
+    // get_missing_events brings 20, and the state at the edge of the rest comes from /state_ids.
+    let b = FedServer { server: b_server.restart().await, name: b_name, fed_port: b_port };
+    eventually("B receives alice's message after the gap", &a, &b, || async {
+        bodies(&messages(&b.server, &bob, &room).await).contains(&"after the gap".to_owned())
+    })
+    .await;
+    let seen = bodies(&messages(&b.server, &bob, &room).await);
+    assert!(seen.contains(&"carol 29".to_owned()) && seen.contains(&"carol 15".to_owned()), "{seen:?}");
+    let (st, v) = b
+        .server
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&carol.id)), &bob)
+        .await;
+    assert_eq!(
+        (st, v["displayname"].as_str()),
+        (200, Some("Carol In The Gap")),
+        "carol's rename happened inside the hole: only the state at its edge carries it\n--- B ---\n{}",
+        b.server.log()
+    );
+    // And B's room still works forwards.
+    b.server.send_text(&bob, &room, "bob is back").await;
+    eventually("A gets bob's message", &a, &b, || async {
+        bodies(&messages(&a.server, &alice, &room).await).contains(&"bob is back".to_owned())
+    })
+    .await;
+}
