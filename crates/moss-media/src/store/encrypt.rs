@@ -323,6 +323,7 @@ fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64,
         let is_last = st.index + 1 == total;
         let plain_len = if is_last { key.len - st.index * cs } else { cs };
         let want = (plain_len + TAG) as usize;
+        st.buf.reserve(want.saturating_sub(st.buf.len()));
         while st.buf.len() < want {
             match st.input.next().await {
                 Some(Ok(b)) => st.buf.extend_from_slice(&b),
@@ -336,11 +337,11 @@ fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64,
                 }
             }
         }
-        let mut chunk = st.buf.split_to(want).to_vec();
+        // Decrypted where it lies: the chunk leaves as a view of the same buffer, no copy.
+        let mut chunk = st.buf.split_to(want);
         let tag = chunk.split_off(plain_len as usize);
         let aad = chunk_aad(&object, st.index, is_last);
-        if key.cipher.decrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk, tag.as_slice().into()).is_err()
-        {
+        if key.cipher.decrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk[..], tag[..].into()).is_err() {
             let e = std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{object}: chunk {} does not authenticate", st.index),
@@ -352,7 +353,7 @@ fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64,
         let from = range.start.saturating_sub(chunk_start) as usize;
         let to = (range.end - chunk_start).min(plain_len) as usize;
         st.index += 1;
-        Some((Ok(Bytes::from(chunk).slice(from..to)), (st, key, object)))
+        Some((Ok(chunk.freeze().slice(from..to)), (st, key, object)))
     }))
 }
 
