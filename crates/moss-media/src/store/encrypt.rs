@@ -1,9 +1,11 @@
 //! Client-side encryption in front of any store: the provider only ever sees ciphertext.
 //!
 //! Every object gets its own random data key. The data is split into chunks (64 KiB by default)
-//! sealed with XChaCha20-Poly1305, so a ranged read decrypts only the chunks it touches. The data
-//! key, wrapped by the master key, lives in a small companion object `<key>.k`; rotating the
-//! master key rewrites only those. The format is documented in `docs/media-encryption.md`.
+//! sealed with AES-256-GCM where the CPU has AES instructions (format 2) or XChaCha20-Poly1305
+//! elsewhere (format 1; both are always readable), so a ranged read decrypts only the chunks it
+//! touches. The data key, wrapped by the master key, lives in a small companion object
+//! `<key>.k`; rotating the master key rewrites only those. The format is documented in
+//! `docs/media.md`.
 
 use std::{
     collections::HashMap,
@@ -24,7 +26,10 @@ use crate::{MediaError, Result};
 
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 const TAG: u64 = 16;
+/// Format 1: chunks sealed with XChaCha20-Poly1305.
 const KEY_MAGIC: &[u8; 8] = b"MOSSKEY1";
+/// Format 2: chunks sealed with AES-256-GCM (the data key is wrapped the same way).
+const KEY_MAGIC_AES: &[u8; 8] = b"MOSSKEY2";
 /// magic, master key id, chunk size, plaintext length, nonce prefix
 const KEY_HEADER_LEN: usize = 8 + 8 + 4 + 8 + 16;
 const KEY_OBJECT_LEN: usize = KEY_HEADER_LEN + 24 + 32 + 16;
@@ -57,13 +62,64 @@ impl MasterKey {
     }
 }
 
+/// How an object's chunks are sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkCipher {
+    XChaCha20Poly1305,
+    Aes256Gcm,
+}
+
+impl ChunkCipher {
+    /// AES-256-GCM where the CPU accelerates it (several GB/s), XChaCha20-Poly1305 elsewhere
+    /// (software AES would be slow and not constant-time).
+    pub fn best() -> ChunkCipher {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq") {
+            return ChunkCipher::Aes256Gcm;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull") {
+            return ChunkCipher::Aes256Gcm;
+        }
+        ChunkCipher::XChaCha20Poly1305
+    }
+
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            ChunkCipher::XChaCha20Poly1305 => KEY_MAGIC,
+            ChunkCipher::Aes256Gcm => KEY_MAGIC_AES,
+        }
+    }
+}
+
+/// A data key ready to seal or open chunks.
+#[derive(Clone)]
+enum DataCipher {
+    XChaCha(XChaCha20Poly1305),
+    Aes(Arc<aws_lc_rs::aead::LessSafeKey>),
+}
+
+impl DataCipher {
+    fn new(kind: ChunkCipher, dek: &[u8]) -> Result<DataCipher> {
+        Ok(match kind {
+            ChunkCipher::XChaCha20Poly1305 => DataCipher::XChaCha(XChaCha20Poly1305::new(Key::from_slice(dek))),
+            ChunkCipher::Aes256Gcm => {
+                let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, dek)
+                    .map_err(|_| MediaError::Other("AES-256-GCM key setup failed".into()))?;
+                DataCipher::Aes(Arc::new(aws_lc_rs::aead::LessSafeKey::new(key)))
+            }
+        })
+    }
+}
+
 /// The parsed companion object of one encrypted object.
 #[derive(Clone)]
 struct ObjectKey {
     chunk_size: u64,
     len: u64,
     nonce_prefix: [u8; 16],
-    cipher: XChaCha20Poly1305,
+    kind: ChunkCipher,
+    cipher: DataCipher,
 }
 
 impl ObjectKey {
@@ -73,11 +129,47 @@ impl ObjectKey {
     fn ciphertext_len(&self) -> u64 {
         self.len + self.chunks() * TAG
     }
-    fn nonce(&self, i: u64) -> XNonce {
-        let mut n = [0u8; 24];
-        n[..16].copy_from_slice(&self.nonce_prefix);
-        n[16..].copy_from_slice(&i.to_be_bytes());
-        *XNonce::from_slice(&n)
+    /// Chunk `i`'s nonce is the prefix then `i`: all 16 prefix bytes for XChaCha20's 24-byte
+    /// nonce, the first 4 for AES-GCM's 12-byte one. The data key is the object's own, so a
+    /// nonce never repeats under a key.
+    fn seal(&self, i: u64, aad: &[u8], buf: &mut [u8]) -> std::result::Result<[u8; 16], ()> {
+        match &self.cipher {
+            DataCipher::XChaCha(c) => {
+                let mut n = [0u8; 24];
+                n[..16].copy_from_slice(&self.nonce_prefix);
+                n[16..].copy_from_slice(&i.to_be_bytes());
+                c.encrypt_in_place_detached(XNonce::from_slice(&n), aad, buf).map(Into::into).map_err(|_| ())
+            }
+            DataCipher::Aes(c) => {
+                let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(self.aes_nonce(i));
+                let tag = c.seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::from(aad), buf).map_err(|_| ())?;
+                tag.as_ref().try_into().map_err(|_| ())
+            }
+        }
+    }
+
+    fn open(&self, i: u64, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> std::result::Result<(), ()> {
+        match &self.cipher {
+            DataCipher::XChaCha(c) => {
+                let mut n = [0u8; 24];
+                n[..16].copy_from_slice(&self.nonce_prefix);
+                n[16..].copy_from_slice(&i.to_be_bytes());
+                c.decrypt_in_place_detached(XNonce::from_slice(&n), aad, buf, tag.into()).map_err(|_| ())
+            }
+            DataCipher::Aes(c) => {
+                let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(self.aes_nonce(i));
+                c.open_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::from(aad), tag, buf)
+                    .map(|_| ())
+                    .map_err(|_| ())
+            }
+        }
+    }
+
+    fn aes_nonce(&self, i: u64) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&self.nonce_prefix[..4]);
+        n[4..].copy_from_slice(&i.to_be_bytes());
+        n
     }
 }
 
@@ -90,9 +182,9 @@ fn chunk_aad(object: &str, i: u64, last: bool) -> Vec<u8> {
     aad
 }
 
-fn header_bytes(master_id: &[u8; 8], chunk_size: u64, len: u64, nonce_prefix: &[u8; 16]) -> Vec<u8> {
+fn header_bytes(kind: ChunkCipher, master_id: &[u8; 8], chunk_size: u64, len: u64, nonce_prefix: &[u8; 16]) -> Vec<u8> {
     let mut h = Vec::with_capacity(KEY_HEADER_LEN);
-    h.extend_from_slice(KEY_MAGIC);
+    h.extend_from_slice(kind.magic());
     h.extend_from_slice(master_id);
     h.extend_from_slice(&(chunk_size as u32).to_le_bytes());
     h.extend_from_slice(&len.to_le_bytes());
@@ -107,15 +199,18 @@ fn wrap_aad(header: &[u8], object: &str) -> Vec<u8> {
 }
 
 /// Seals a data key for `object` under `master`; the header fields are authenticated with it.
+#[allow(clippy::too_many_arguments)]
 fn seal_key(
     master: &MasterKey,
     object: &str,
+    kind: ChunkCipher,
     chunk_size: u64,
     len: u64,
     nonce_prefix: &[u8; 16],
     dek: &[u8; 32],
 ) -> Result<Vec<u8>> {
-    let header = header_bytes(&master.id, chunk_size, len, nonce_prefix);
+    // The magic (and with it the chunk cipher) is in the authenticated header: no downgrade.
+    let header = header_bytes(kind, &master.id, chunk_size, len, nonce_prefix);
     let mut wrap_nonce = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut wrap_nonce);
     let mut sealed = dek.to_vec();
@@ -131,9 +226,15 @@ fn seal_key(
 
 /// Opens a key object with whichever of `masters` it was sealed under.
 fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(ObjectKey, [u8; 8])> {
-    if bytes.len() != KEY_OBJECT_LEN || &bytes[..8] != KEY_MAGIC {
+    let kind = match bytes.get(..8) {
+        _ if bytes.len() != KEY_OBJECT_LEN => None,
+        Some(m) if m == KEY_MAGIC => Some(ChunkCipher::XChaCha20Poly1305),
+        Some(m) if m == KEY_MAGIC_AES => Some(ChunkCipher::Aes256Gcm),
+        _ => None,
+    };
+    let Some(kind) = kind else {
         return Err(MediaError::Corrupt(format!("{object}{KEY_SUFFIX} is not a moss key object")));
-    }
+    };
     let mut master_id = [0u8; 8];
     master_id.copy_from_slice(&bytes[8..16]);
     let master = masters.iter().find(|m| m.id == master_id).ok_or_else(|| {
@@ -153,8 +254,8 @@ fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(Object
     XChaCha20Poly1305::new(&master.key)
         .decrypt_in_place_detached(wrap_nonce, &wrap_aad(header, object), &mut dek, tag.into())
         .map_err(|_| MediaError::Corrupt(format!("{object}: data key does not authenticate")))?;
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(&dek));
-    Ok((ObjectKey { chunk_size, len, nonce_prefix, cipher }, master_id))
+    let cipher = DataCipher::new(kind, &dek)?;
+    Ok((ObjectKey { chunk_size, len, nonce_prefix, kind, cipher }, master_id))
 }
 
 pub struct EncryptedStore {
@@ -163,6 +264,8 @@ pub struct EncryptedStore {
     /// Older master keys still accepted for reading (during and after a rotation).
     previous: Vec<MasterKey>,
     chunk_size: u32,
+    /// How new objects are sealed.
+    cipher: ChunkCipher,
     keys: Mutex<HashMap<String, ObjectKey>>,
 }
 
@@ -173,8 +276,15 @@ impl EncryptedStore {
             master,
             previous: Vec::new(),
             chunk_size: DEFAULT_CHUNK_SIZE,
+            cipher: ChunkCipher::best(),
             keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Seals new objects with `cipher` (objects of either format are always readable).
+    pub fn with_cipher(mut self, cipher: ChunkCipher) -> Self {
+        self.cipher = cipher;
+        self
     }
 
     pub fn with_chunk_size(mut self, chunk_size: u32) -> Self {
@@ -231,7 +341,7 @@ impl EncryptedStore {
                 continue;
             }
             let dek = recover_dek(&self.masters(), object, &bytes)?;
-            let sealed = seal_key(&self.master, object, k.chunk_size, k.len, &k.nonce_prefix, &dek)?;
+            let sealed = seal_key(&self.master, object, k.kind, k.chunk_size, k.len, &k.nonce_prefix, &dek)?;
             self.inner.put(&name, sealed.len() as u64, super::once(sealed)).await?;
             changed += 1;
         }
@@ -290,7 +400,7 @@ fn encrypt_stream(input: ByteStream, key: ObjectKey, object: String) -> ByteStre
         }
         let mut chunk = st.buf.split_to(take).to_vec();
         let aad = chunk_aad(&object, st.index, last);
-        let tag = match key.cipher.encrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk) {
+        let tag = match key.seal(st.index, &aad, &mut chunk) {
             Ok(t) => t,
             Err(_) => {
                 return Some((
@@ -341,7 +451,7 @@ fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64,
         let mut chunk = st.buf.split_to(want);
         let tag = chunk.split_off(plain_len as usize);
         let aad = chunk_aad(&object, st.index, is_last);
-        if key.cipher.decrypt_in_place_detached(&key.nonce(st.index), &aad, &mut chunk[..], tag[..].into()).is_err() {
+        if key.open(st.index, &aad, &mut chunk[..], &tag[..]).is_err() {
             let e = std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{object}: chunk {} does not authenticate", st.index),
@@ -369,13 +479,10 @@ impl BlobStore for EncryptedStore {
             let mut nonce_prefix = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut nonce_prefix);
             let chunk_size = self.chunk_size as u64;
-            let sealed = seal_key(&self.master, key, chunk_size, size, &nonce_prefix, &dek)?;
-            let object_key = ObjectKey {
-                chunk_size,
-                len: size,
-                nonce_prefix,
-                cipher: XChaCha20Poly1305::new(Key::from_slice(&dek)),
-            };
+            let kind = self.cipher;
+            let sealed = seal_key(&self.master, key, kind, chunk_size, size, &nonce_prefix, &dek)?;
+            let object_key =
+                ObjectKey { chunk_size, len: size, nonce_prefix, kind, cipher: DataCipher::new(kind, &dek)? };
             // The key object first: data without its key would be unreadable.
             self.inner.put(&format!("{key}{KEY_SUFFIX}"), sealed.len() as u64, super::once(sealed)).await?;
             self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
@@ -475,6 +582,34 @@ mod tests {
                 assert_eq!(got, d[s..e], "size {n} range {s}..{e}");
             }
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn both_chunk_ciphers_round_trip_and_stay_readable() {
+        let (fs, enc, dir) = setup(64);
+        let d = data(1000);
+        for (name, cipher, magic) in
+            [("c-chacha", ChunkCipher::XChaCha20Poly1305, KEY_MAGIC), ("c-aes", ChunkCipher::Aes256Gcm, KEY_MAGIC_AES)]
+        {
+            let writer = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]))
+                .with_chunk_size(64)
+                .with_cipher(cipher);
+            writer.put(name, d.len() as u64, once(d.clone())).await.unwrap();
+            let k = read_all(fs.get(&format!("{name}.k"), None).await.unwrap()).await.unwrap();
+            assert_eq!(&k[..8], magic);
+            // Any store with the master key reads either format, whole and ranged.
+            assert_eq!(read_all(enc.get(name, None).await.unwrap()).await.unwrap(), d);
+            let got = read_all(enc.get(name, Some(Range { start: 63, end: 641 })).await.unwrap()).await.unwrap();
+            assert_eq!(got, d[63..641]);
+        }
+        // The magic is authenticated with the data key: relabelling an AES object as format 1
+        // (a downgrade) makes its key object fail to open.
+        let mut k = read_all(fs.get("c-aes.k", None).await.unwrap()).await.unwrap();
+        k[..8].copy_from_slice(KEY_MAGIC);
+        fs.put("c-aes.k", k.len() as u64, once(k)).await.unwrap();
+        let fresh = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32])).with_chunk_size(64);
+        assert!(matches!(fresh.get("c-aes", None).await, Err(MediaError::Corrupt(_))));
         let _ = std::fs::remove_dir_all(dir);
     }
 
