@@ -520,15 +520,7 @@ fn build(
 /// membership event.
 fn stripped_state(r: &Reader<'_>, room: &str, membership_event: &str) -> Result<Vec<Value>> {
     let mut events = Vec::new();
-    for kind in [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ] {
+    for kind in crate::rooms::STRIPPED_STATE_TYPES {
         if let Some(row) = r.current_state_event(room, kind, "")? {
             events.push(crate::rooms::pdu::Pdu::from_stored(&row.event_id, &row.pdu)?.to_stripped());
         }

@@ -290,6 +290,17 @@ fn user_id(s: &str) -> Result<ruma::OwnedUserId, ApiError> {
     UserId::parse(s).map_err(|e| ApiError::invalid_param(format!("user id: {e}")))
 }
 
+/// The room versions a make_join/make_knock caller supports; without `ver` it speaks only room
+/// version 1, which we do not.
+fn caller_versions(q: &[(String, String)]) -> Vec<String> {
+    let versions = all(q, "ver");
+    if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    }
+}
+
 /// Query parameters that may repeat (`ver`, `v`).
 fn all(q: &[(String, String)], name: &str) -> Vec<String> {
     q.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
@@ -301,9 +312,7 @@ async fn make_join(
     Query(q): Query<Vec<(String, String)>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let versions = all(&q, "ver");
-    // Without `ver` the caller only speaks room version 1, which we do not.
-    let versions = if versions.is_empty() { vec!["1".to_owned()] } else { versions };
+    let versions = caller_versions(&q);
     Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "join", versions).await?))
 }
 
@@ -321,8 +330,7 @@ async fn make_knock(
     Query(q): Query<Vec<(String, String)>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let versions = all(&q, "ver");
-    let versions = if versions.is_empty() { vec!["1".to_owned()] } else { versions };
+    let versions = caller_versions(&q);
     Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "knock", versions).await?))
 }
 

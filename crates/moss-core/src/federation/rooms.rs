@@ -507,48 +507,7 @@ impl Moss {
     }
 
     async fn join_via(&self, user: &UserId, room_id: &RoomId, server: &ServerName) -> Result<()> {
-        let versions: String = SUPPORTED_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
-        let path =
-            format!("/_matrix/federation/v1/make_join/{}/{}?{versions}", enc(room_id.as_str()), enc(user.as_str()));
-        let made = self.federation_request(server, http::Method::GET, &path, None).await?;
-        let version_s = made["room_version"].as_str().unwrap_or("1");
-        let version = RoomVersionId::try_from(version_s).map_err(|_| incompatible(version_s))?;
-        if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(incompatible(version_s));
-        }
-        let rules = rules_for(&version)?;
-        let mut event = made["event"].clone();
-        if !event.is_object() || event["type"] != "m.room.member" || event["state_key"] != user.as_str() {
-            return Err(Error::new(
-                ruma::api::error::ErrorKind::Unknown,
-                502,
-                format!("{server} sent a bad join template"),
-            ));
-        }
-        let profile = self.member_content(user, "join").await?;
-        for key in ["displayname", "avatar_url"] {
-            if let Some(v) = profile.get(key) {
-                event["content"][key] = v.clone();
-            }
-        }
-        event["origin_server_ts"] = json!(now_ms());
-        event["origin"] = json!(self.server_name);
-        let mut canon = match serde_json::from_value::<CanonicalJsonValue>(event) {
-            Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => {
-                return Err(Error::new(
-                    ruma::api::error::ErrorKind::Unknown,
-                    502,
-                    "the join template is not canonical JSON",
-                ))
-            }
-        };
-        canon.remove("signatures");
-        canon.remove("hashes");
-        canon.remove("unsigned");
-        hash_and_sign_event(self.server_name.as_str(), &*self.signer.key, &mut canon, &rules.redaction)
-            .map_err(|e| Error::internal(format!("signing the join: {e}")))?;
-        let event_id = event_id_of(&canon, &rules)?;
+        let (canon, event_id, version) = self.signed_membership_event(server, room_id, user, "join", None).await?;
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
         let answer =
             self.federation_request(server, http::Method::PUT, &path, Some(serde_json::to_value(&canon)?)).await?;
@@ -642,6 +601,64 @@ impl Moss {
                 Err(e) => tracing::info!(%server, room = %room_id, error = %e, "backfill failed"),
             }
         }
+    }
+
+    /// `make_join`/`make_leave`/`make_knock` through `server`, then the template filled in
+    /// (profile, reason, time) and signed by us: the event, its id and the room's version.
+    async fn signed_membership_event(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+        reason: Option<String>,
+    ) -> Result<(CanonicalJsonObject, ruma::OwnedEventId, RoomVersionId)> {
+        let versions: String = SUPPORTED_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
+        let path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
+            enc(room_id.as_str()),
+            enc(user.as_str())
+        );
+        let made = self.federation_request(server, http::Method::GET, &path, None).await?;
+        let version_s = made["room_version"].as_str().unwrap_or("1");
+        let version = RoomVersionId::try_from(version_s).map_err(|_| incompatible(version_s))?;
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(incompatible(version_s));
+        }
+        let rules = rules_for(&version)?;
+        let bad = |why: &str| Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("{server}: {why}"));
+        let mut event = made["event"].clone();
+        if !event.is_object()
+            || event["type"] != "m.room.member"
+            || event["state_key"] != user.as_str()
+            || event["content"]["membership"] != membership
+        {
+            return Err(bad(&format!("a bad {membership} template")));
+        }
+        if membership != "leave" {
+            let profile = self.member_content(user, membership).await?;
+            for key in ["displayname", "avatar_url"] {
+                if let Some(v) = profile.get(key) {
+                    event["content"][key] = v.clone();
+                }
+            }
+        }
+        if let Some(r) = reason {
+            event["content"]["reason"] = json!(r);
+        }
+        event["origin_server_ts"] = json!(now_ms());
+        event["origin"] = json!(self.server_name);
+        let mut canon = match serde_json::from_value::<CanonicalJsonValue>(event) {
+            Ok(CanonicalJsonValue::Object(o)) => o,
+            _ => return Err(bad(&format!("the {membership} template is not canonical JSON"))),
+        };
+        canon.remove("signatures");
+        canon.remove("hashes");
+        canon.remove("unsigned");
+        hash_and_sign_event(self.server_name.as_str(), &*self.signer.key, &mut canon, &rules.redaction)
+            .map_err(|e| Error::internal(format!("signing the {membership}: {e}")))?;
+        let event_id = event_id_of(&canon, &rules)?;
+        Ok((canon, event_id, version))
     }
 
     /// Fetches up to `limit` events before `from` and stores them as history.
@@ -773,50 +790,8 @@ impl Moss {
         membership: &str,
         reason: Option<String>,
     ) -> Result<()> {
-        let versions: String = SUPPORTED_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
-        let path = format!(
-            "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
-            enc(room_id.as_str()),
-            enc(user.as_str())
-        );
-        let made = self.federation_request(server, http::Method::GET, &path, None).await?;
-        let version_s = made["room_version"].as_str().unwrap_or("1");
-        let version = RoomVersionId::try_from(version_s).map_err(|_| incompatible(version_s))?;
-        if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(incompatible(version_s));
-        }
-        let rules = rules_for(&version)?;
-        let mut event = made["event"].clone();
-        if !event.is_object() || event["state_key"] != user.as_str() || event["content"]["membership"] != membership {
-            return Err(Error::new(
-                ruma::api::error::ErrorKind::Unknown,
-                502,
-                format!("{server} sent a bad {membership} template"),
-            ));
-        }
-        event["origin_server_ts"] = json!(now_ms());
-        if membership == "knock" {
-            let profile = self.member_content(user, "knock").await?;
-            for key in ["displayname", "avatar_url"] {
-                if let Some(v) = profile.get(key) {
-                    event["content"][key] = v.clone();
-                }
-            }
-        }
-        if let Some(r) = reason {
-            event["content"]["reason"] = json!(r);
-        }
-        let mut canon = match serde_json::from_value::<CanonicalJsonValue>(event) {
-            Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => {
-                return Err(Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("bad {membership} template")))
-            }
-        };
-        canon.remove("signatures");
-        canon.remove("hashes");
-        hash_and_sign_event(self.server_name.as_str(), &*self.signer.key, &mut canon, &rules.redaction)
-            .map_err(|e| Error::internal(format!("signing the {membership}: {e}")))?;
-        let event_id = event_id_of(&canon, &rules)?;
+        let (canon, event_id, version) =
+            self.signed_membership_event(server, room_id, user, membership, reason).await?;
         let send = if membership == "knock" { "v1/send_knock" } else { "v2/send_leave" };
         let path = format!("/_matrix/federation/{send}/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
         let answer =
@@ -849,15 +824,7 @@ impl Moss {
 /// member event of `member` if given (the inviter).
 fn stripped_room_state(r: &Reader<'_>, room: &str, member: Option<&str>) -> Result<Vec<Value>> {
     let mut stripped = Vec::new();
-    for kind in [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ] {
+    for kind in crate::rooms::STRIPPED_STATE_TYPES {
         if let Some(p) = current_state_pdu(r, room, kind, "")? {
             stripped.push(p.to_stripped());
         }

@@ -23,23 +23,12 @@ impl Moss {
         reason: Option<String>,
         via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
-        let mut servers = via;
-        let room_id = match <&RoomId>::try_from(target) {
-            Ok(id) => id.to_owned(),
-            Err(alias) => {
-                let (id, alias_servers) = self.resolve_alias_with_servers(alias).await?;
-                servers.extend(alias_servers);
-                id
-            }
-        };
+        let (room_id, mut servers) = self.room_and_servers(target, via).await?;
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
         let (resident, current, inviter) = self
             .db
             .read(move |r| {
-                let resident = r.room(&room)?.is_some()
-                    && r.room_members(&room)?.iter().any(|m| {
-                        m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)
-                    });
+                let resident = super::is_resident(r, &room, &server)?;
                 let current = membership_of(r, &room, &u)?;
                 let inviter = match r.remote_invite(&room, &u)? {
                     Some(inv) => r.outlier(&inv.event_id)?.and_then(|(_, pdu, _)| {
@@ -97,25 +86,11 @@ impl Moss {
         reason: Option<String>,
         via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
-        let mut servers = via;
-        let room_id = match <&RoomId>::try_from(target) {
-            Ok(id) => id.to_owned(),
-            Err(alias) => {
-                let (id, alias_servers) = self.resolve_alias_with_servers(alias).await?;
-                servers.extend(alias_servers);
-                id
-            }
-        };
+        let (room_id, mut servers) = self.room_and_servers(target, via).await?;
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
         let (resident, current) = self
             .db
-            .read(move |r| {
-                let resident = r.room(&room)?.is_some()
-                    && r.room_members(&room)?.iter().any(|m| {
-                        m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)
-                    });
-                Ok::<_, Error>((resident, membership_of(r, &room, &u)?))
-            })
+            .read(move |r| Ok::<_, Error>((super::is_resident(r, &room, &server)?, membership_of(r, &room, &u)?)))
             .await?;
         if !resident {
             if self.federation.is_none() {
@@ -300,6 +275,25 @@ impl Moss {
         let new = NewPdu::state(TimelineEventType::RoomMember, target.as_str(), content);
         self.append_event(room_id, sender, new, None).await?;
         Ok(())
+    }
+
+    /// The room a join or knock names, with the servers to go through if this one is not in
+    /// it: those the client gave, then the alias's.
+    async fn room_and_servers(
+        &self,
+        target: &RoomOrAliasId,
+        via: Vec<OwnedServerName>,
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let mut servers = via;
+        let room_id = match <&RoomId>::try_from(target) {
+            Ok(id) => id.to_owned(),
+            Err(alias) => {
+                let (id, alias_servers) = self.resolve_alias_with_servers(alias).await?;
+                servers.extend(alias_servers);
+                id
+            }
+        };
+        Ok((room_id, servers))
     }
 
     /// A user's current membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).

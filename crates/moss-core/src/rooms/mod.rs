@@ -35,6 +35,25 @@ use crate::{
     now_ms, Moss,
 };
 
+/// The state an invitee or knocker sees of a room they are not in (the spec's recommendation).
+pub(crate) const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// Whether a user of `server` is joined to the room (so `server` holds its state and can send).
+pub(crate) fn is_resident(r: &Reader<'_>, room: &str, server: &ruma::ServerName) -> Result<bool> {
+    Ok(r.room(room)?.is_some()
+        && r.room_members(room)?
+            .iter()
+            .any(|m| m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)))
+}
+
 /// Room versions this server creates and joins; the first is the default.
 pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
 pub const DEFAULT_VERSION: RoomVersionId = RoomVersionId::V12;
