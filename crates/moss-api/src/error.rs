@@ -86,6 +86,11 @@ impl IntoResponse for ApiError {
                             _ => body,
                         };
                         parts.headers.remove(http::header::CONTENT_LENGTH);
+                        // A body refused for its size may not have been read to its end: the
+                        // connection cannot carry another request, and the client must know.
+                        if status == StatusCode::PAYLOAD_TOO_LARGE {
+                            parts.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                        }
                         Response::from_parts(parts, axum::body::Body::from(body))
                     }
                     Err(_) => (status, Json(json!({"errcode": "M_UNKNOWN", "error": "error"}))).into_response(),

@@ -150,6 +150,9 @@ pub struct FederationConfig {
     /// Ask this DNS server (`ip:port`) for SRV records instead of the system's resolvers
     /// (test setups, split-horizon DNS).
     pub dns_server: Option<SocketAddr>,
+    /// Notaries asked for a server's keys when that server cannot be reached itself
+    /// (e.g. `["matrix.org"]`); none by default.
+    pub trusted_key_servers: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -166,6 +169,7 @@ impl Default for FederationConfig {
             public_address: None,
             max_retry_delay_ms: 10 * 60 * 1000,
             dns_server: None,
+            trusted_key_servers: Vec::new(),
         }
     }
 }

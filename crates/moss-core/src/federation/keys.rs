@@ -40,6 +40,12 @@ impl Moss {
     /// A server's current verify keys, `key id -> base64 public key`: from the cache, or fetched
     /// from the server and verified.
     pub async fn server_verify_keys(&self, server: &ServerName) -> Result<BTreeMap<String, String>> {
+        self.verify_keys_with(server, true).await
+    }
+
+    /// `via_notaries`: when the server cannot be reached, ask the configured trusted key servers
+    /// (whose own keys are then fetched directly, never through another notary).
+    async fn verify_keys_with(&self, server: &ServerName, via_notaries: bool) -> Result<BTreeMap<String, String>> {
         if server == self.server_name {
             let k = &self.signer.key;
             return Ok(BTreeMap::from([(format!("ed25519:{}", k.version()), STANDARD_NO_PAD.encode(k.public_key()))]));
@@ -50,7 +56,16 @@ impl Moss {
         if !cached.is_empty() {
             return Ok(cached.into_iter().collect());
         }
-        let doc = self.federation()?.get_json(server, "/_matrix/key/v2/server").await?;
+        let doc = match self.federation()?.get_json(server, "/_matrix/key/v2/server").await {
+            Ok(doc) => doc,
+            Err(direct) if via_notaries && !self.config.federation.trusted_key_servers.is_empty() => {
+                match self.keys_from_notaries(server).await {
+                    Some(doc) => doc,
+                    None => return Err(direct),
+                }
+            }
+            Err(direct) => return Err(direct),
+        };
         let keys = verify_key_document(server, &doc)?;
         let valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0).min(now + MAX_CACHE_MS);
         if valid_until <= now {
@@ -72,6 +87,42 @@ impl Moss {
             })
             .await?;
         Ok(keys)
+    }
+
+    /// `server`'s key document as a trusted key server vouches for it: signed by `server` itself
+    /// (checked by the caller) and by the notary (checked here with the notary's own keys).
+    async fn keys_from_notaries(&self, server: &ServerName) -> Option<Value> {
+        for notary in &self.config.federation.trusted_key_servers {
+            let Ok(notary) = ServerName::parse(notary) else { continue };
+            if notary == server || notary == self.server_name {
+                continue;
+            }
+            let body = json!({"server_keys": {server.as_str(): {}}});
+            let answer =
+                match self.federation_request(&notary, http::Method::POST, "/_matrix/key/v2/query", Some(body)).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::info!(%notary, %server, error = %e, "trusted key server did not answer");
+                        continue;
+                    }
+                };
+            let Some(doc) = answer["server_keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["server_name"].as_str() == Some(server.as_str()))
+                .cloned()
+            else {
+                continue;
+            };
+            let Ok(notary_keys) = Box::pin(self.verify_keys_with(&notary, false)).await else { continue };
+            if countersigned_by(&notary, &notary_keys, &doc) {
+                tracing::info!(%server, %notary, "keys vouched for by a trusted key server");
+                return Some(doc);
+            }
+            tracing::warn!(%server, %notary, "a trusted key server's answer is not signed by it");
+        }
+        None
     }
 
     /// Notary service (`/_matrix/key/v2/query`): the key documents of `servers` as they signed
@@ -134,6 +185,35 @@ impl Moss {
             })
             .await
     }
+}
+
+/// Whether one of `keys` (the notary's) signed `doc`.
+fn countersigned_by(notary: &ServerName, keys: &BTreeMap<String, String>, doc: &Value) -> bool {
+    let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(doc.clone()) else { return false };
+    if let Some(CanonicalJsonValue::Object(sigs)) = obj.get_mut("signatures") {
+        sigs.retain(|entity, _| entity == notary.as_str());
+    }
+    keys.iter().any(|(id, key)| {
+        let Ok(public) = ruma::serde::Base64::<ruma::serde::base64::Standard, Vec<u8>>::parse(key) else {
+            return false;
+        };
+        let mut only_this = obj.clone();
+        if let Some(CanonicalJsonValue::Object(sigs)) = only_this.get_mut("signatures") {
+            if let Some(CanonicalJsonValue::Object(by)) = sigs.get_mut(notary.as_str()) {
+                by.retain(|k, _| k == id);
+                if by.is_empty() {
+                    return false;
+                }
+            } else {
+                return false;
+            }
+        }
+        let map = BTreeMap::from([(
+            notary.to_string(),
+            BTreeMap::from([(id.clone(), ruma::serde::Base64::new(public.into_inner()))]),
+        )]);
+        ruma::signatures::verify_json(&map, &only_this).is_ok()
+    })
 }
 
 /// Checks a fetched key document: it names the server we asked, and every key it lists signed it.

@@ -32,7 +32,7 @@ pub(crate) struct FedServer {
     pub fed_port: u16,
 }
 
-async fn fed_server() -> FedServer {
+pub(crate) async fn fed_server() -> FedServer {
     fed_server_with(&[]).await
 }
 

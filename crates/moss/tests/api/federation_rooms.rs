@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::{
     common::{enc, errcode, Server, User},
-    federation::{fed_server_with, tls_client, FedServer},
+    federation::{fed_server, fed_server_with, tls_client, FedServer},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -732,4 +732,43 @@ async fn a_gap_wider_than_one_request_is_bridged_with_the_state_at_its_edge() {
         bodies(&messages(&a.server, &alice, &room).await).contains(&"bob is back".to_owned())
     })
     .await;
+}
+
+#[tokio::test]
+async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
+    let notary = fed_server().await;
+    let mut b = fed_server().await;
+    let trusted = format!("[\"{}\"]", notary.name);
+    let a = fed_server_with(&[("MOSS_FEDERATION__TRUSTED_KEY_SERVERS", trusted.as_str())]).await;
+    let lone = fed_server().await;
+    let alice = a.server.register("alice").await;
+    let lonely = lone.server.register("lonely").await;
+
+    // The notary learns B's keys while B is up (anyone may ask a notary).
+    let res = tls_client()
+        .get(format!("https://127.0.0.1:{}/_matrix/key/v2/query/{}", notary.fed_port, b.name))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["server_keys"][0]["server_name"], b.name.as_str(), "{v}");
+
+    // B goes away; then a request signed by B arrives. A cannot ask B for its keys, so it asks
+    // the notary it trusts; a server without one must refuse the request.
+    let key = signing_key(&b.server);
+    b.server.terminate();
+    for (to, user, want) in [(&a, &alice, 200), (&lone, &lonely, 401)] {
+        let path = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&user.id));
+        let req = http::Request::builder().method("GET").uri(&path).body(Vec::<u8>::new()).unwrap();
+        let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(b.name.clone(), to.name.clone(), &key))
+            .unwrap()
+            .to_string();
+        let res = tls_client()
+            .get(format!("https://127.0.0.1:{}{path}", to.fed_port))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), want, "{}", to.server.log());
+    }
 }
