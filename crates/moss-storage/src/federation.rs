@@ -11,6 +11,7 @@ pub struct OutboxRow {
     pub id: i64,
     pub kind: String,
     pub payload: String,
+    pub queued_ts: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -32,9 +33,10 @@ impl Reader<'_> {
     /// The next queued PDUs and EDUs for one destination, oldest first.
     pub fn outbox(&self, destination: &str, kind: &str, limit: i64) -> Result<Vec<OutboxRow>> {
         self.collect(
-            "SELECT id, kind, payload FROM federation_outbox WHERE destination = ?1 AND kind = ?2 ORDER BY id LIMIT ?3",
+            "SELECT id, kind, payload, queued_ts FROM federation_outbox WHERE destination = ?1 AND kind = ?2 \
+             ORDER BY id LIMIT ?3",
             params![destination, kind, limit],
-            |r| Ok(OutboxRow { id: r.get(0)?, kind: r.get(1)?, payload: r.get(2)? }),
+            |r| Ok(OutboxRow { id: r.get(0)?, kind: r.get(1)?, payload: r.get(2)?, queued_ts: r.get(3)? }),
         )
     }
 
@@ -137,10 +139,10 @@ impl Writer<'_> {
         Ok(self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?)
     }
 
-    pub fn enqueue_outbound(&self, destination: &str, kind: &str, payload: &str) -> Result<()> {
+    pub fn enqueue_outbound(&self, destination: &str, kind: &str, payload: &str, now: i64) -> Result<()> {
         self.exec(
-            "INSERT INTO federation_outbox (destination, kind, payload) VALUES (?1, ?2, ?3)",
-            params![destination, kind, payload],
+            "INSERT INTO federation_outbox (destination, kind, payload, queued_ts) VALUES (?1, ?2, ?3, ?4)",
+            params![destination, kind, payload, now],
         )?;
         Ok(())
     }

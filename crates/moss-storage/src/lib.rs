@@ -59,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_12_server_keys.sql"),
     include_str!("schema_13_state_event_index.sql"),
     include_str!("schema_14_federation_rooms.sql"),
+    include_str!("schema_15_outbox_age.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

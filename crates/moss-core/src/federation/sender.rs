@@ -25,6 +25,10 @@ use crate::{
 const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
 const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// Queued typing notifications older than this are dropped, not sent.
+const STALE_TYPING_MS: i64 = 30_000;
+/// Queued presence updates older than this are dropped, not sent.
+const STALE_PRESENCE_MS: i64 = 15 * 60_000;
 
 /// Wakes destination tasks; held by [`super::Federation`].
 pub struct Wakeups {
@@ -42,7 +46,7 @@ impl Default for Wakeups {
 /// Queues a PDU (by event id) for each destination, inside the caller's transaction.
 pub fn queue_pdu<'a>(w: &Writer<'_>, destinations: impl IntoIterator<Item = &'a str>, event_id: &str) -> Result<()> {
     for d in destinations {
-        w.enqueue_outbound(d, "pdu", event_id)?;
+        w.enqueue_outbound(d, "pdu", event_id, now_ms() as i64)?;
     }
     Ok(())
 }
@@ -51,7 +55,7 @@ pub fn queue_pdu<'a>(w: &Writer<'_>, destinations: impl IntoIterator<Item = &'a 
 pub fn queue_edu<'a>(w: &Writer<'_>, destinations: impl IntoIterator<Item = &'a str>, edu: &Value) -> Result<()> {
     let text = serde_json::to_string(edu)?;
     for d in destinations {
-        w.enqueue_outbound(d, "edu", &text)?;
+        w.enqueue_outbound(d, "edu", &text, now_ms() as i64)?;
     }
     Ok(())
 }
@@ -166,7 +170,21 @@ async fn send_batch(moss: &Moss, dest: &ServerName) -> Result<bool> {
     if pdu_rows.is_empty() && edu_rows.is_empty() {
         return Ok(false);
     }
-    let edus: Vec<Value> = edu_rows.iter().filter_map(|e| serde_json::from_str(&e.payload).ok()).collect();
+    // Typing and presence describe a moment: after a long outage they would only mislead, so
+    // they are dropped (and acknowledged with the rest) rather than sent late.
+    let now = now_ms() as i64;
+    let edus: Vec<Value> = edu_rows
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok().map(|v| (e, v)))
+        .filter(|(row, v)| still_relevant(v, now - row.queued_ts))
+        .map(|(_, v)| v)
+        .collect();
+    if pdu_rows.is_empty() && edus.is_empty() {
+        // Only stale EDUs: acknowledge them without a transaction.
+        let (d, ids) = (dest.to_string(), edu_rows.iter().map(|r| r.id).collect::<Vec<_>>());
+        moss.db.write(move |w| Ok::<_, Error>(w.dequeue_outbound(&d, &ids)?)).await?;
+        return Ok(true);
+    }
     let ids: Vec<i64> = pdu_rows.iter().chain(edu_rows.iter()).map(|r| r.id).collect();
     // Stable across retries of the same batch, unique per destination.
     let txn_id = format!("{}-{}", ids.iter().min().unwrap_or(&0), ids.iter().max().unwrap_or(&0));
@@ -188,4 +206,31 @@ async fn send_batch(moss: &Moss, dest: &ServerName) -> Result<bool> {
     let d = dest.to_string();
     moss.db.write(move |w| Ok::<_, Error>(w.dequeue_outbound(&d, &ids)?)).await?;
     Ok(true)
+}
+
+/// Whether an EDU that has waited `age_ms` in the queue is still worth sending.
+fn still_relevant(edu: &Value, age_ms: i64) -> bool {
+    match edu["edu_type"].as_str() {
+        Some("m.typing") => age_ms < STALE_TYPING_MS,
+        Some("m.presence") => age_ms < STALE_PRESENCE_MS,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_go_stale_messages_do_not() {
+        let typing = json!({"edu_type": "m.typing", "content": {}});
+        let presence = json!({"edu_type": "m.presence", "content": {}});
+        let to_device = json!({"edu_type": "m.direct_to_device", "content": {}});
+        assert!(still_relevant(&typing, 1_000));
+        assert!(!still_relevant(&typing, 60_000));
+        assert!(still_relevant(&presence, 60_000));
+        assert!(!still_relevant(&presence, 3_600_000));
+        // To-device messages carry keys: however late, they must arrive.
+        assert!(still_relevant(&to_device, 30 * 24 * 3_600_000));
+    }
 }
