@@ -383,7 +383,10 @@ impl Moss {
             .read(move |r| {
                 let (room, pdu) = fed_event(r, &id)?.ok_or_else(|| Error::not_found("unknown event"))?;
                 require_server_in_room(r, &room, &origin_s)?;
-                Ok::<_, Error>(pdu)
+                match r.event(&id)? {
+                    Some(row) => form_for_server(r, &row, &origin_s),
+                    None => Ok::<_, Error>(pdu),
+                }
             })
             .await?;
         Ok(json!({"origin": self.server_name, "origin_server_ts": now_ms(), "pdus": [pdu]}))
@@ -452,7 +455,7 @@ impl Moss {
             .db
             .read(move |r| {
                 require_server_in_room(r, &room, &origin_s)?;
-                walk_back(r, &room, from, &HashSet::new(), limit, 0)
+                walk_back(r, &room, from, &HashSet::new(), limit, 0, &origin_s)
             })
             .await?;
         Ok(json!({"origin": self.server_name, "origin_server_ts": now_ms(), "pdus": pdus}))
@@ -481,7 +484,8 @@ impl Moss {
                     }
                 }
                 let stop: HashSet<String> = earliest.into_iter().chain(latest).collect();
-                let mut events = walk_back(r, &room, starts, &stop, limit.clamp(1, MAX_EVENTS_PER_REQUEST), min_depth)?;
+                let mut events =
+                    walk_back(r, &room, starts, &stop, limit.clamp(1, MAX_EVENTS_PER_REQUEST), min_depth, &origin_s)?;
                 events.reverse();
                 Ok::<_, Error>(events)
             })
@@ -837,8 +841,44 @@ fn stripped_room_state(r: &Reader<'_>, room: &str, member: Option<&str>) -> Resu
     Ok(stripped)
 }
 
+/// An event as `server` may see it: whole if the room's history visibility at the event lets
+/// one of its users see it (world_readable and shared always; invited/joined if one of them was
+/// invited or joined then), else redacted (still signed, so its place in the graph checks out).
+fn form_for_server(r: &Reader<'_>, row: &moss_storage::EventRow, server: &ServerName) -> Result<Value> {
+    let full = federation_form(&row.pdu)?;
+    let state = r.state_group(row.state_group)?;
+    let content_of = |key: (&str, &str)| -> Option<Value> {
+        let id = state.get(&(key.0.to_owned(), key.1.to_owned()))?;
+        let pdu = load_pdu(r, id).ok().flatten()?;
+        Some(pdu.content_value())
+    };
+    let visibility = content_of(("m.room.history_visibility", ""))
+        .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "shared".into());
+    let allowed: &[&str] = match visibility.as_str() {
+        "invited" => &["invite", "join"],
+        "joined" => &["join"],
+        _ => return Ok(full),
+    };
+    let visible = state.iter().any(|((kind, sk), _)| {
+        kind == "m.room.member"
+            && UserId::parse(sk).is_ok_and(|u| u.server_name() == server)
+            && content_of(("m.room.member", sk))
+                .is_some_and(|c| c["membership"].as_str().is_some_and(|m| allowed.contains(&m)))
+    });
+    if visible {
+        return Ok(full);
+    }
+    let info = room_info(r, &row.room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+    let canon: CanonicalJsonObject = serde_json::from_value(full)?;
+    let redacted = ruma::canonical_json::redact(canon, &info.rules.redaction, None)
+        .map_err(|e| Error::internal(format!("redacting for another server: {e}")))?;
+    Ok(serde_json::to_value(redacted)?)
+}
+
 /// Walks prev_events back from `start`, newest first, stopping at `stop`, `limit` events or
 /// below `min_depth`.
+#[allow(clippy::too_many_arguments)]
 fn walk_back(
     r: &Reader<'_>,
     room: &str,
@@ -846,6 +886,7 @@ fn walk_back(
     stop: &HashSet<String>,
     limit: usize,
     min_depth: i64,
+    server: &ServerName,
 ) -> Result<Vec<Value>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut frontier: BTreeMap<(i64, String), ()> = BTreeMap::new();
@@ -871,7 +912,7 @@ fn walk_back(
             continue;
         }
         let pdu = Pdu::from_stored(&row.event_id, &row.pdu)?;
-        out.push(federation_form(&row.pdu)?);
+        out.push(form_for_server(r, &row, server)?);
         for p in &pdu.prev_events {
             let p = p.to_string();
             if !stop.contains(&p) && seen.insert(p.clone()) {

@@ -772,3 +772,55 @@ async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
         assert_eq!(res.status().as_u16(), want, "{}", to.server.log());
     }
 }
+
+/// A signed GET to `to`'s federation API as `from` (with `from`'s key).
+async fn get_as(from: &FedServer, key: &Ed25519KeyPair, to: &FedServer, path: &str) -> Value {
+    let req = http::Request::builder().method("GET").uri(path).body(Vec::<u8>::new()).unwrap();
+    let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(from.name.clone(), to.name.clone(), key))
+        .unwrap()
+        .to_string();
+    let res = tls_client()
+        .get(format!("https://127.0.0.1:{}{path}", to.fed_port))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn history_a_server_may_not_see_is_served_redacted() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a
+        .server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "private-past",
+                   "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                                      "content": {"history_visibility": "joined"}}]}),
+        )
+        .await;
+    let secret = a.server.send_text(&alice, &room, "said before bob came").await;
+    let (st, v) = b.server.join(&bob, &enc(&format!("#private-past:{}", a.name))).await;
+    assert_eq!(st, 200, "{v}");
+    let after = a.server.send_text(&alice, &room, "said with bob here").await;
+
+    // B asks A for the event and for history, as servers do: what came before any of B's users
+    // joined comes back redacted; what came after, whole.
+    let key = signing_key(&b.server);
+    let v = get_as(&b, &key, &a, &format!("/_matrix/federation/v1/event/{}", enc(&secret))).await;
+    assert_eq!(v["pdus"][0]["content"], json!({}), "{v}");
+    assert!(v["pdus"][0]["signatures"].is_object() && v["pdus"][0]["hashes"].is_object(), "{v}");
+    let v = get_as(&b, &key, &a, &format!("/_matrix/federation/v1/event/{}", enc(&after))).await;
+    assert_eq!(v["pdus"][0]["content"]["body"], "said with bob here", "{v}");
+    let v = get_as(&b, &key, &a, &format!("/_matrix/federation/v1/backfill/{}?v={}&limit=20", enc(&room), enc(&after)))
+        .await;
+    let pdus = v["pdus"].as_array().unwrap();
+    assert!(pdus.iter().any(|p| p["content"]["body"] == "said with bob here"), "{v}");
+    assert!(!pdus.iter().any(|p| p["content"]["body"] == "said before bob came"), "{v}");
+    // And Bob's own view on B does not show it either.
+    assert!(!bodies(&messages(&b.server, &bob, &room).await).contains(&"said before bob came".to_owned()));
+}
