@@ -759,22 +759,13 @@ async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
     b.server.terminate();
     for (to, user, want) in [(&a, &alice, 200), (&lone, &lonely, 401)] {
         let path = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&user.id));
-        let req = http::Request::builder().method("GET").uri(&path).body(Vec::<u8>::new()).unwrap();
-        let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(b.name.clone(), to.name.clone(), &key))
-            .unwrap()
-            .to_string();
-        let res = tls_client()
-            .get(format!("https://127.0.0.1:{}{path}", to.fed_port))
-            .header("authorization", auth)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status().as_u16(), want, "{}", to.server.log());
+        let (status, _) = signed_get(&b, &key, to, &path).await;
+        assert_eq!(status, want, "{}", to.server.log());
     }
 }
 
-/// A signed GET to `to`'s federation API as `from` (with `from`'s key).
-async fn get_as(from: &FedServer, key: &Ed25519KeyPair, to: &FedServer, path: &str) -> Value {
+/// A signed GET to `to`'s federation API as `from` (with `from`'s key): status and JSON body.
+async fn signed_get(from: &FedServer, key: &Ed25519KeyPair, to: &FedServer, path: &str) -> (u16, Value) {
     let req = http::Request::builder().method("GET").uri(path).body(Vec::<u8>::new()).unwrap();
     let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(from.name.clone(), to.name.clone(), key))
         .unwrap()
@@ -785,8 +776,14 @@ async fn get_as(from: &FedServer, key: &Ed25519KeyPair, to: &FedServer, path: &s
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200, "{path}");
-    serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
+    let status = res.status().as_u16();
+    (status, serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+async fn get_as(from: &FedServer, key: &Ed25519KeyPair, to: &FedServer, path: &str) -> Value {
+    let (status, v) = signed_get(from, key, to, path).await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
 }
 
 #[tokio::test]
