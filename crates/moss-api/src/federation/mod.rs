@@ -306,59 +306,56 @@ fn all(q: &[(String, String)], name: &str) -> Vec<String> {
     q.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
 }
 
-async fn make_join(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
-    Query(q): Query<Vec<(String, String)>>,
+/// `GET /make_{join,leave,knock}/{roomId}/{userId}`.
+async fn make_membership(
+    moss: Arc<Moss>,
+    (room, user): (String, String),
+    q: Vec<(String, String)>,
     signed: Signed,
+    membership: &'static str,
 ) -> Result<Json<Value>, ApiError> {
-    let versions = caller_versions(&q);
-    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "join", versions).await?))
+    let versions = if membership == "leave" { vec![] } else { caller_versions(&q) };
+    let (room, user) = (room_id(&room)?, user_id(&user)?);
+    Ok(Json(moss.serve_make_membership(&signed.origin, &room, &user, membership, versions).await?))
 }
 
-async fn make_leave(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
+/// `PUT /send_{join,leave}` (v2) and `/send_knock`.
+async fn send_membership(
+    moss: Arc<Moss>,
+    (room, event): (String, String),
     signed: Signed,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "leave", vec![]).await?))
-}
-
-async fn make_knock(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, user)): axum::extract::Path<(String, String)>,
-    Query(q): Query<Vec<(String, String)>>,
-    signed: Signed,
-) -> Result<Json<Value>, ApiError> {
-    let versions = caller_versions(&q);
-    Ok(Json(moss.serve_make_membership(&signed.origin, &room_id(&room)?, &user_id(&user)?, "knock", versions).await?))
-}
-
-async fn send_knock(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
-    signed: Signed,
+    membership: &'static str,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&signed)?;
-    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "knock", body).await?))
+    let (room, event) = (room_id(&room)?, event_id(&event)?);
+    Ok(Json(moss.serve_send_membership(&signed.origin, &room, &event, membership, body).await?))
 }
 
-async fn send_join(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
-    signed: Signed,
-) -> Result<Json<Value>, ApiError> {
-    let body = json_body(&signed)?;
-    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "join", body).await?))
+type PathPair = axum::extract::Path<(String, String)>;
+type Versions = Query<Vec<(String, String)>>;
+
+async fn make_join(State(m): State<Arc<Moss>>, p: PathPair, q: Versions, s: Signed) -> Result<Json<Value>, ApiError> {
+    make_membership(m, p.0, q.0, s, "join").await
 }
 
-async fn send_leave(
-    State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
-    signed: Signed,
-) -> Result<Json<Value>, ApiError> {
-    let body = json_body(&signed)?;
-    Ok(Json(moss.serve_send_membership(&signed.origin, &room_id(&room)?, &event_id(&event)?, "leave", body).await?))
+async fn make_leave(State(m): State<Arc<Moss>>, p: PathPair, q: Versions, s: Signed) -> Result<Json<Value>, ApiError> {
+    make_membership(m, p.0, q.0, s, "leave").await
+}
+
+async fn make_knock(State(m): State<Arc<Moss>>, p: PathPair, q: Versions, s: Signed) -> Result<Json<Value>, ApiError> {
+    make_membership(m, p.0, q.0, s, "knock").await
+}
+
+async fn send_join(State(m): State<Arc<Moss>>, p: PathPair, s: Signed) -> Result<Json<Value>, ApiError> {
+    send_membership(m, p.0, s, "join").await
+}
+
+async fn send_leave(State(m): State<Arc<Moss>>, p: PathPair, s: Signed) -> Result<Json<Value>, ApiError> {
+    send_membership(m, p.0, s, "leave").await
+}
+
+async fn send_knock(State(m): State<Arc<Moss>>, p: PathPair, s: Signed) -> Result<Json<Value>, ApiError> {
+    send_membership(m, p.0, s, "knock").await
 }
 
 async fn invite(

@@ -495,10 +495,23 @@ impl Moss {
 
     // ---- acting through other servers ----
 
+    /// The servers to try, in order: those given, then the one in the room id (room versions
+    /// before 12 name one), each once, never ourselves.
+    fn candidates(&self, room_id: &RoomId, servers: &[OwnedServerName]) -> Vec<OwnedServerName> {
+        let mut seen = HashSet::new();
+        servers
+            .iter()
+            .cloned()
+            .chain(room_id.server_name().map(ToOwned::to_owned))
+            .filter(|s| *s != self.server_name && seen.insert(s.clone()))
+            .collect()
+    }
+
     /// Joins a room this server is not in, through the first of `servers` that answers.
     pub(crate) async fn join_remote(&self, user: &UserId, room_id: &RoomId, servers: &[OwnedServerName]) -> Result<()> {
         let mut last = Error::not_found("no known server to join this room through");
-        for server in servers.iter().filter(|s| **s != self.server_name) {
+        for server in self.candidates(room_id, servers) {
+            let server = &server;
             match self.join_via(user, room_id, server).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
@@ -775,7 +788,8 @@ impl Moss {
         reason: Option<String>,
     ) -> Result<()> {
         let mut last = Error::not_found("no known server to knock through");
-        for server in servers.iter().filter(|s| **s != self.server_name) {
+        for server in self.candidates(room_id, servers) {
+            let server = &server;
             match self.remote_membership(user, room_id, server, "knock", reason.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,

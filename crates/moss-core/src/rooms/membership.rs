@@ -49,11 +49,6 @@ impl Moss {
             if let Some(s) = inviter.as_deref().and_then(|i| UserId::parse(i).ok()) {
                 servers.insert(0, s.server_name().to_owned());
             }
-            if let Some(s) = room_id.server_name() {
-                servers.push(s.to_owned());
-            }
-            let mut seen = std::collections::HashSet::new();
-            servers.retain(|s| seen.insert(s.clone()) && *s != self.server_name);
             self.join_remote(user, &room_id, &servers).await?;
             return Ok(room_id);
         }
@@ -86,7 +81,7 @@ impl Moss {
         reason: Option<String>,
         via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
-        let (room_id, mut servers) = self.room_and_servers(target, via).await?;
+        let (room_id, servers) = self.room_and_servers(target, via).await?;
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
         let (resident, current) = self
             .db
@@ -99,11 +94,6 @@ impl Moss {
             if current.as_deref() == Some("knock") {
                 return Ok(room_id);
             }
-            if let Some(s) = room_id.server_name() {
-                servers.push(s.to_owned());
-            }
-            let mut seen = std::collections::HashSet::new();
-            servers.retain(|s| seen.insert(s.clone()) && *s != self.server_name);
             self.knock_remote(user, &room_id, &servers, reason).await?;
             return Ok(room_id);
         }
