@@ -22,6 +22,8 @@ use crate::{
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
+/// Longest spent fetching what one event lacks before accepting it with what we have.
+const GAP_FILL_BUDGET: Duration = Duration::from_secs(20);
 /// Most state and auth events fetched one by one to bridge a gap.
 const MAX_GAP_EVENTS: usize = 500;
 /// How many missing events one gap may pull in before we stop asking.
@@ -101,10 +103,13 @@ impl Moss {
             return Ok(Some(id));
         }
         let mut place = Place::Live;
-        match self.fill_gaps(origin, &version, &v, fill_gaps).await {
-            Ok(Some(state)) => place = Place::AfterGap(state),
-            Ok(None) => {}
-            Err(e) => tracing::info!(%origin, event_id = %id, error = %e, "could not fill a gap before an event"),
+        // Bounded: a sender that answers slowly must not hold its own transaction past its
+        // timeout (it would retry, and we would start over).
+        match tokio::time::timeout(GAP_FILL_BUDGET, self.fill_gaps(origin, &version, &v, fill_gaps)).await {
+            Ok(Ok(Some(state))) => place = Place::AfterGap(state),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::info!(%origin, event_id = %id, error = %e, "could not fill a gap before an event"),
+            Err(_) => tracing::info!(%origin, event_id = %id, "gave up filling a gap before an event (too slow)"),
         }
         // Nothing to relay: every server sends its own events to all the others.
         let result = self.db.write(move |w| accept(w, &version, v, place)).await.map_err(|e| (Some(id.clone()), e))?;
