@@ -72,15 +72,17 @@ impl Reader<'_> {
         )
     }
 
-    /// How many of a room's events lie in `(above, upto]`.
-    pub fn count_events_between(&self, room_id: &str, above: i64, upto: i64) -> Result<i64> {
+    /// Whether at least `n` of a room's events lie in `(above, upto]` (stops at the n-th: this
+    /// runs before every backward page, and counting a long history would not).
+    pub fn has_events_between(&self, room_id: &str, above: i64, upto: i64, n: i64) -> Result<bool> {
         Ok(self
             .one(
-                "SELECT COUNT(*) FROM events WHERE room_id = ?1 AND stream > ?2 AND stream <= ?3",
-                params![room_id, above, upto],
-                |r| r.get(0),
+                "SELECT 1 FROM events WHERE room_id = ?1 AND stream > ?2 AND stream <= ?3 \
+                 ORDER BY stream DESC LIMIT 1 OFFSET ?4",
+                params![room_id, above, upto, n.max(1) - 1],
+                |_| Ok(()),
             )?
-            .unwrap_or(0))
+            .is_some())
     }
 
     /// Whether a stored event names `event_id` among its prev_events.

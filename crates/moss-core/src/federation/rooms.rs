@@ -587,7 +587,7 @@ impl Moss {
                 if kind == "m.room.create" || depth <= 1 {
                     return Ok(None);
                 }
-                if r.count_events_between(&room, JOIN_STATE_FLOOR, from)? >= limit as i64 {
+                if r.has_events_between(&room, JOIN_STATE_FLOOR, from, limit as i64)? {
                     return Ok(None);
                 }
                 let servers = remote_servers(r, &room, &us)?;
