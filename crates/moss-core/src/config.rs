@@ -423,6 +423,13 @@ pub struct S3Config {
     pub part_size: u64,
     /// Upper bound on one S3 request including retries, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Downloads are read as ranged GETs of this many bytes each...
+    pub read_segment: u64,
+    /// ...up to this many at once for one download...
+    pub read_ahead: u32,
+    /// ...and the segments read ahead of all downloads together hold at most this many bytes
+    /// in memory (beyond it, downloads read one segment at a time).
+    pub read_ahead_memory: u64,
 }
 
 impl Default for S3Config {
@@ -437,6 +444,9 @@ impl Default for S3Config {
             prefix: String::new(),
             part_size: 64 * 1024 * 1024,
             request_timeout_ms: 30_000,
+            read_segment: 8 * 1024 * 1024,
+            read_ahead: 4,
+            read_ahead_memory: 128 * 1024 * 1024,
         }
     }
 }

@@ -207,6 +207,12 @@ prefix = ""
 part_size = {part_size}
 # Upper bound on one S3 request including retries, in milliseconds.
 request_timeout_ms = {s3_timeout}
+# Downloads are read as ranged GETs of read_segment bytes, read_ahead of them at once (one GET
+# alone is bound by the store's per-request pace), within read_ahead_memory bytes across all
+# downloads; past that, downloads read one segment at a time.
+read_segment = {read_segment}
+read_ahead = {read_ahead}
+read_ahead_memory = {read_ahead_memory}
 
 [media.mirror]
 # Keep a second copy of every object in another store (e.g. Storj plus a local disk, or two
@@ -227,6 +233,9 @@ path_style = true
 prefix = ""
 part_size = {part_size}
 request_timeout_ms = {s3_timeout}
+read_segment = {read_segment}
+read_ahead = {read_ahead}
+read_ahead_memory = {read_ahead_memory}
 
 # Other stores by name, for `moss media migrate --to NAME` / `--from NAME`. For example the
 # local directory you are moving away from:
@@ -330,6 +339,9 @@ level = "info"
         pending_expiry = d.media.pending_expiry_ms,
         part_size = d.media.s3.part_size,
         s3_timeout = d.media.s3.request_timeout_ms,
+        read_segment = d.media.s3.read_segment,
+        read_ahead = d.media.s3.read_ahead,
+        read_ahead_memory = d.media.s3.read_ahead_memory,
         max_pixels = d.media.thumbnails.max_image_pixels,
         cache_size = d.media.cache.max_size,
         denylist =

@@ -326,6 +326,9 @@ fn build_store(
                     prefix: c.prefix.clone(),
                     part_size: c.part_size as usize,
                     request_timeout: Duration::from_millis(c.request_timeout_ms),
+                    read_segment: c.read_segment,
+                    read_ahead: c.read_ahead as usize,
+                    read_ahead_memory: c.read_ahead_memory,
                 })
                 .map_err(|e| Error::internal(e.to_string()))?,
             )

@@ -310,12 +310,16 @@ impl EncryptedStore {
         }
         let bytes = read_all(self.inner.get(&format!("{key}{KEY_SUFFIX}"), None).await?).await?;
         let (k, _) = open_key(&self.masters(), key, &bytes)?;
+        self.remember(key, k.clone());
+        Ok(k)
+    }
+
+    fn remember(&self, key: &str, k: ObjectKey) {
         let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(key.to_owned(), k.clone());
-        Ok(k)
+        cache.insert(key.to_owned(), k);
     }
 
     /// Re-seals every data key under the current master key (after configuring the old one as
@@ -487,7 +491,10 @@ impl BlobStore for EncryptedStore {
             self.inner.put(&format!("{key}{KEY_SUFFIX}"), sealed.len() as u64, super::once(sealed)).await?;
             self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
             let csize = object_key.ciphertext_len();
-            self.inner.put(key, csize, encrypt_stream(data, object_key, key.to_owned())).await
+            self.inner.put(key, csize, encrypt_stream(data, object_key.clone(), key.to_owned())).await?;
+            // Whoever uploads is often followed by readers: they need not fetch the key again.
+            self.remember(key, object_key);
+            Ok(())
         }
         .boxed()
     }

@@ -56,6 +56,11 @@ fn prefix() -> String {
 }
 
 fn raw_store(env: &S3Env, prefix: &str) -> S3Store {
+    raw_store_reading(env, prefix, 1 << 20, 64 << 20)
+}
+
+/// A store reading in `segment`-byte GETs (3 per reader) within `memory` bytes of read-ahead.
+fn raw_store_reading(env: &S3Env, prefix: &str, segment: u64, memory: u64) -> S3Store {
     S3Store::new(S3Config {
         endpoint: env.endpoint.clone(),
         region: env.region.clone(),
@@ -66,6 +71,9 @@ fn raw_store(env: &S3Env, prefix: &str) -> S3Store {
         prefix: prefix.to_owned(),
         part_size: 5 * 1024 * 1024,
         request_timeout: Duration::from_secs(10),
+        read_segment: segment,
+        read_ahead: 3,
+        read_ahead_memory: memory,
     })
     .unwrap()
 }
@@ -124,6 +132,53 @@ async fn media_round_trips_through_s3() {
         objects.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
     assert!(objects.iter().all(|(k, _)| k.starts_with("c-") && !k.contains('/')), "flat keyed-hash names");
+}
+
+#[tokio::test]
+async fn reads_are_cut_into_concurrent_ranged_gets_that_join_exactly() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    const SEG: u64 = 1 << 20;
+    let len = 3 * SEG + 5;
+    // No period: a segment joined at the wrong offset cannot match by chance.
+    let data: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+    let writer = raw_store(&env, &p);
+    writer.put("obj", len, moss_media::store::once(data.clone())).await.unwrap();
+    writer.put("empty", 0, moss_media::store::once(Vec::new())).await.unwrap();
+    let ranges = [
+        (0, 1),
+        (SEG - 1, SEG + 1),
+        (SEG, 2 * SEG),
+        (5, 3 * SEG + 4),
+        (2 * SEG - 3, len),
+        (len - 1, len),
+        (0, len),
+    ];
+    // With read-ahead memory, and with none at all (every segment read at the reader's pace).
+    for memory in [64 << 20, 0] {
+        let store = raw_store_reading(&env, &p, SEG, memory);
+        let whole = moss_media::store::read_all(store.get("obj", None).await.unwrap()).await.unwrap();
+        assert!(whole == data, "whole object, read-ahead memory {memory}");
+        for (a, b) in ranges {
+            let r = moss_media::store::Range { start: a, end: b };
+            let got = moss_media::store::read_all(store.get("obj", Some(r)).await.unwrap()).await.unwrap();
+            assert!(got == data[a as usize..b as usize], "range {a}..{b}, read-ahead memory {memory}");
+        }
+        let empty = moss_media::store::read_all(store.get("empty", None).await.unwrap()).await.unwrap();
+        assert!(empty.is_empty());
+        assert!(matches!(store.get("missing", None).await, Err(moss_media::MediaError::NotFound)));
+        let past = moss_media::store::Range { start: 2, end: len + 1 };
+        assert!(matches!(store.get("obj", Some(past)).await, Err(moss_media::MediaError::BadRange)));
+    }
+
+    // A reader that goes away mid-object gives its read-ahead memory back.
+    let store = raw_store_reading(&env, &p, SEG, 2 * SEG);
+    assert_eq!(store.read_ahead_free(), 2 * SEG);
+    let mut body = store.get("obj", None).await.unwrap();
+    body.next().await.unwrap().unwrap();
+    assert!(store.read_ahead_free() < 2 * SEG, "segments after the first are read ahead");
+    drop(body);
+    assert_eq!(store.read_ahead_free(), 2 * SEG);
 }
 
 #[tokio::test]
