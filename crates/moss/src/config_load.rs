@@ -297,7 +297,8 @@ turn_shared_secret = ""
 # turn_user_lifetime_ms = 86400000
 
 [federation]
-# Talk to other Matrix servers (first steps: server keys, signed requests, profile queries).
+# Talk to other Matrix servers: join their rooms, serve ours, exchange keys, media and EDUs
+# (docs/federation.md).
 enabled = false
 bind = "0.0.0.0:8448"
 # PEM files (relative to data_dir); without them the listener is plain HTTP for a TLS proxy.
@@ -308,6 +309,15 @@ verify_certificates = true
 # unless allowed here, e.g. ip_range_allowlist = ["127.0.0.1/32"] for two servers on one machine.
 ip_range_allowlist = []
 request_timeout_ms = 30000
+# host:port other servers should connect to, served at /.well-known/matrix/server
+# (default: the server name with the listener's port).
+# public_address = "matrix.example.org:443"
+# Retries to a server that keeps failing back off from 2 s up to this (milliseconds).
+max_retry_delay_ms = 600000
+# Notaries asked for a server's keys when it cannot be reached itself, e.g. ["matrix.org"].
+trusted_key_servers = []
+# Ask this DNS server (ip:port) for SRV records instead of the system's resolvers.
+# dns_server = "127.0.0.1:53"
 
 [log]
 # "pretty" or "json".
