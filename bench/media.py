@@ -46,7 +46,7 @@ QUICK_SIZES = [4 << 10, MiB, 64 * MiB]
 MOSS_STORES = ["fs", "s3", "encrypt+s3"]
 QUICK_MOSS_STORES = ["fs", "encrypt+s3"]
 # Repetitions per size and direction: many for small files (latency bound, noisy), few for big.
-FULL_REPS = {4 << 10: 30, MiB: 10, 64 * MiB: 3, 1024 * MiB: 3}
+FULL_REPS = {4 << 10: 30, MiB: 10, 64 * MiB: 5, 1024 * MiB: 3}
 QUICK_REPS = {4 << 10: 10, MiB: 3, 64 * MiB: 1}
 VERIFY_UP_TO = MiB  # downloads up to this size are compared byte for byte with the file
 RSS_INTERVAL_S = 0.05
