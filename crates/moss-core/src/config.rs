@@ -179,11 +179,16 @@ impl Default for FederationConfig {
 pub struct PresenceConfig {
     /// Track and share online/offline status. Off saves a write per user per minute.
     pub enabled: bool,
+    /// A user with no /sync in progress and none for this long goes offline (milliseconds).
+    pub offline_after_ms: u64,
+    /// An online user who has done nothing (sent, typed, read) for this long becomes
+    /// `unavailable` ("idle"), and online again with their next action (milliseconds).
+    pub idle_after_ms: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { enabled: true }
+        PresenceConfig { enabled: true, offline_after_ms: 30_000, idle_after_ms: 5 * 60 * 1000 }
     }
 }
 

@@ -48,7 +48,7 @@ pub struct Moss {
     pub(crate) uiaa: UiaaSessions,
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    pub(crate) presence_activity: presence::PresenceActivity,
+    pub(crate) presence_tracker: std::sync::Arc<presence::PresenceTracker>,
     /// Notification counts already computed, per user and room (see `sync::UnreadCache`).
     pub(crate) unread: std::sync::Arc<sync::UnreadCache>,
     shutdown: watch::Sender<bool>,
@@ -84,13 +84,13 @@ impl Moss {
             federation,
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
-            presence_activity: Default::default(),
+            presence_tracker: Default::default(),
             unread: Default::default(),
             shutdown: watch::channel(false).0,
         }))
     }
 
-    /// Starts the background tasks (typing expiry, federation delivery).
+    /// Starts the background tasks (typing expiry, presence timeouts, federation delivery).
     pub fn spawn_background(self: &Arc<Self>) {
         self.spawn_federation_sender();
         let moss = Arc::downgrade(self);
@@ -101,6 +101,21 @@ impl Moss {
                 let Some(moss) = moss.upgrade() else { break };
                 for room in moss.typing.expire() {
                     moss.notify_room(&room).await;
+                }
+            }
+        });
+        let moss = Arc::downgrade(self);
+        let p = &self.config.presence;
+        let every = Duration::from_millis(p.offline_after_ms.min(p.idle_after_ms) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(moss) = moss.upgrade() else { break };
+                if let Err(e) = moss.expire_presence().await {
+                    tracing::warn!("presence timeouts: {e}");
                 }
             }
         });

@@ -132,7 +132,7 @@ impl Moss {
         if let Some(since) = req.since {
             self.ack_to_device(session, since.to_device).await?;
         }
-        self.note_sync_presence(&session.user_id, &req.set_presence).await?;
+        let _connected = self.note_sync_presence(&session.user_id, &req.set_presence).await?;
         loop {
             rx.borrow_and_update();
             let typing_serial = self.typing.serial();

@@ -272,6 +272,9 @@ impl Moss {
         timeout: Option<Duration>,
     ) -> Result<()> {
         self.require_joined(user, room).await?;
+        if typing {
+            self.note_user_action(user).await;
+        }
         let timeout = typing.then(|| timeout.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(120)));
         if self.typing.set(room, user, timeout) {
             self.notify_room(room).await;
@@ -317,6 +320,7 @@ impl Moss {
         if !exists {
             return Err(Error::not_found("event not found in this room"));
         }
+        self.note_user_action(user).await;
         if receipt_type == "m.fully_read" {
             return self.write_account_data(user, Some(room), "m.fully_read", &json!({"event_id": event_id})).await;
         }

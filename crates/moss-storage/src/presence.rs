@@ -43,6 +43,15 @@ impl Reader<'_> {
         )
     }
 
+    /// Everyone whose presence is not `offline`, for the timeouts that take it there.
+    pub fn presence_not_offline(&self) -> Result<Vec<PresenceRow>> {
+        self.collect(
+            "SELECT user_id, state, status_msg, last_active_ts, stream FROM presence WHERE state != 'offline'",
+            [],
+            presence_row,
+        )
+    }
+
     /// Presence of the users sharing a room with `user_id` (and their own) changed after `since`.
     pub fn presence_since(&self, user_id: &str, since: i64) -> Result<Vec<PresenceRow>> {
         self.collect(

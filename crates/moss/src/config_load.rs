@@ -288,6 +288,10 @@ cache_ttl_ms = {preview_ttl}
 [presence]
 # Share online/offline status with people in the same rooms.
 enabled = true
+# Offline when a user has had no /sync in progress for this long (milliseconds)...
+offline_after_ms = 30000
+# ...and "unavailable" (idle) after this long without sending, typing or reading.
+idle_after_ms = 300000
 
 [voip]
 # TURN servers for calls; clients get credentials derived from the secret shared with the TURN

@@ -379,6 +379,7 @@ impl Moss {
                     if !["online", "offline", "unavailable"].contains(&state.as_str()) {
                         continue;
                     }
+                    self.presence_tracker.heard_from(user.as_str());
                     let ago = p["last_active_ago"].as_i64().unwrap_or(0).max(0);
                     let row = PresenceRow {
                         user_id: user.to_string(),

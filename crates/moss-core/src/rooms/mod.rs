@@ -182,6 +182,7 @@ impl Moss {
             return Err(Error::forbidden("use the /redact endpoint to redact events"));
         }
         self.require_joined(sender, room_id).await?;
+        self.note_user_action(sender).await;
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
         Ok(self.append_event(room_id, sender, NewPdu::message(kind, content), txn).await?.pdu.event_id)
     }
@@ -204,6 +205,7 @@ impl Moss {
             _ => {}
         }
         self.require_joined(sender, room_id).await?;
+        self.note_user_action(sender).await;
         Ok(self.append_event(room_id, sender, NewPdu::state(kind, state_key, content), None).await?.pdu.event_id)
     }
 

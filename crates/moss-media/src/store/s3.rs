@@ -11,7 +11,8 @@ use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt, T
 use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path,
-    BackoffConfig, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig,
 };
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -380,7 +381,9 @@ impl BlobStore for S3Store {
                 // An empty object has no byte 0 to ask for.
                 Err(MediaError::BadRange) if range.is_none() => {
                     let res = self.store.get_opts(&path, GetOptions::default()).await.map_err(get_err)?;
-                    return Ok(Box::pin(res.into_stream().map_err(|e| std::io::Error::other(e.to_string()))) as ByteStream);
+                    return Ok(
+                        Box::pin(res.into_stream().map_err(|e| std::io::Error::other(e.to_string()))) as ByteStream
+                    );
                 }
                 other => other?,
             };

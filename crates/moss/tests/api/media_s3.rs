@@ -145,15 +145,8 @@ async fn reads_are_cut_into_concurrent_ranged_gets_that_join_exactly() {
     let writer = raw_store(&env, &p);
     writer.put("obj", len, moss_media::store::once(data.clone())).await.unwrap();
     writer.put("empty", 0, moss_media::store::once(Vec::new())).await.unwrap();
-    let ranges = [
-        (0, 1),
-        (SEG - 1, SEG + 1),
-        (SEG, 2 * SEG),
-        (5, 3 * SEG + 4),
-        (2 * SEG - 3, len),
-        (len - 1, len),
-        (0, len),
-    ];
+    let ranges =
+        [(0, 1), (SEG - 1, SEG + 1), (SEG, 2 * SEG), (5, 3 * SEG + 4), (2 * SEG - 3, len), (len - 1, len), (0, len)];
     // With read-ahead memory, and with none at all (every segment read at the reader's pace).
     for memory in [64 << 20, 0] {
         let store = raw_store_reading(&env, &p, SEG, memory);
