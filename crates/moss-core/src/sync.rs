@@ -349,8 +349,35 @@ fn build(
                 let mut senders: std::collections::HashSet<String> =
                     timeline.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
                 senders.insert(u.to_owned());
-                let state_ids = state_ids.into_iter().filter(|id| !timeline_ids.contains(id.as_str()));
-                let mut state = state_events(r, u, state_ids, &filter.room.state)?;
+                let mut state_ids: Vec<String> =
+                    state_ids.into_iter().filter(|id| !timeline_ids.contains(id.as_str())).collect();
+                if lazy {
+                    // Every timeline sender's membership comes with it, so the client can show
+                    // who wrote each event; the ones it may have had already are allowed
+                    // (`include_redundant_members` permits, not requires, leaving them out).
+                    // A sender who joined within the timeline's range (their join filtered out
+                    // of it) is found in the state after it.
+                    let mut after: Option<StateMap> = None;
+                    for sender in timeline.iter().filter_map(|e| e["sender"].as_str()) {
+                        let key = ("m.room.member".to_owned(), sender.to_owned());
+                        let id = match before.get(&key) {
+                            Some(id) => Some(id.clone()),
+                            None => {
+                                if after.is_none() {
+                                    let last = rows.last().map_or(current, |e| e.stream);
+                                    after = Some(state_before(r, &m.room_id, last)?);
+                                }
+                                after.as_ref().and_then(|a| a.get(&key).cloned())
+                            }
+                        };
+                        if let Some(id) = id {
+                            if !timeline_ids.contains(id.as_str()) && !state_ids.contains(&id) {
+                                state_ids.push(id);
+                            }
+                        }
+                    }
+                }
+                let mut state = state_events(r, u, state_ids.into_iter(), &filter.room.state)?;
                 if lazy {
                     state.retain(|e| {
                         e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|s| senders.contains(s))

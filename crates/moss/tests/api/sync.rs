@@ -304,3 +304,58 @@ async fn notification_counts_stay_right_as_they_are_counted_incrementally() {
     s.send_text(&bob, &room, "m5").await;
     assert_eq!(count(&s.sync(&alice, None, 0).await), 0);
 }
+
+#[tokio::test]
+async fn lazy_loading_brings_each_new_senders_membership_with_their_message() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    // Messages only in the timeline: a join is not shown there, so only `state` can carry it.
+    let filter =
+        json!({"room": {"timeline": {"types": ["m.room.message"]}, "state": {"lazy_load_members": true}}}).to_string();
+    let sync = |since: Option<String>| {
+        let f = filter.clone();
+        let bob = &bob;
+        let s = &s;
+        async move {
+            let mut path = format!("/_matrix/client/v3/sync?filter={}", enc(&f));
+            if let Some(t) = since {
+                path.push_str(&format!("&since={t}"));
+            }
+            let (st, v) = s.get(&path, bob).await;
+            assert_eq!(st, 200, "{v}");
+            v
+        }
+    };
+    let first = sync(None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let members = |v: &Value| -> Vec<String> {
+        v["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(!members(&first).contains(&carol.id), "carol is not in the room yet");
+
+    s.join(&carol, &room).await;
+    s.send_text(&carol, &room, "hello from carol").await;
+    let v = sync(Some(since)).await;
+    let timeline = v["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e["sender"] == carol.id.as_str()), "{v}");
+    let m = members(&v);
+    assert!(m.contains(&carol.id), "carol's membership comes with her message: {v}");
+    assert!(!m.contains(&alice.id), "members who said nothing stay lazy: {m:?}");
+
+    // A sync with nothing new returns nothing for the room (it does not re-send members).
+    let since = v["next_batch"].as_str().unwrap().to_owned();
+    let quiet = sync(Some(since)).await;
+    assert!(quiet["rooms"]["join"].get(&room).is_none(), "{quiet}");
+}
