@@ -229,8 +229,13 @@ class Row:
     def download_headers(self) -> dict:
         return {}
 
-    async def after_uploads(self) -> None:
-        """Called between a size's uploads and its downloads."""
+    async def after_uploads(self, size: int) -> None:
+        """Called between a size's uploads (of `size` bytes) and its downloads."""
+
+    def same_object(self) -> tuple[str, int] | None:
+        """A raw GET (URL, byte count) of the very object the server stored for the last upload,
+        timed right after each of the row's downloads; None where there is no such thing."""
+        return None
 
 
 class MatrixRow(Row):
@@ -267,6 +272,31 @@ class MatrixRow(Row):
         return f"{self.base}/_matrix/client/v1/media/download/{mxc.removeprefix('mxc://')}"
 
 
+class MossS3Row(MatrixRow):
+    """moss on Garage: each download is paired with a raw GET of the object moss stored for it
+    (ciphertext for encrypt+s3), right after it, so the two meet the same object, the same Garage
+    state and the same moment of a shared machine."""
+
+    def __init__(self, row_id, title, base, pid, garage: "Garage", prefix: str):
+        super().__init__(row_id, title, base, pid)
+        self.garage, self.prefix = garage, prefix
+        self.raw: tuple[str, int] | None = None
+
+    async def after_uploads(self, size: int) -> None:
+        self.garage.presign("head_object", "-")  # makes the client
+        client, bucket = self.garage._client, self.garage.env["MOSS_TEST_S3_BUCKET"]
+        # The file's own size, or its ciphertext's (16 bytes more per 64 KiB chunk).
+        fits = (size, size + 16 * max(1, -(-size // (64 << 10))))
+        objects = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=self.prefix):
+            objects += [o for o in page.get("Contents", []) if not o["Key"].endswith(".k") and o["Size"] in fits]
+        newest = max(objects, key=lambda o: o["LastModified"])
+        self.raw = (self.garage.presign("get_object", newest["Key"]), newest["Size"])
+
+    def same_object(self) -> tuple[str, int] | None:
+        return self.raw
+
+
 class SynapseS3Row(MatrixRow):
     """Synapse with synapse-s3-storage-provider: the local copies are deleted after the uploads,
     so downloads come through the provider from Garage (Synapse would serve a local copy first)."""
@@ -275,7 +305,7 @@ class SynapseS3Row(MatrixRow):
         super().__init__(row_id, title, base, pid)
         self.media_store = media_store
 
-    async def after_uploads(self) -> None:
+    async def after_uploads(self, size: int) -> None:
         local = self.media_store / "local_content"
         if local.exists():
             shutil.rmtree(local)
@@ -330,9 +360,10 @@ async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[i
                     ups.append(time.perf_counter() - t0)
                 up_peaks.append(mem.peak_mib)
                 up_sampled.append(mem.sampled_mib)
-            await row.after_uploads()
+            await row.after_uploads(size)
             downs, down_peaks, down_sampled = [], [], []
             verify = path if size <= VERIFY_UP_TO else None
+            same, raw_times = row.same_object(), []
             for _ in range(n):
                 with PeakRss(row.pids) as mem:
                     t0 = time.perf_counter()
@@ -340,6 +371,10 @@ async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[i
                     downs.append(time.perf_counter() - t0)
                 down_peaks.append(mem.peak_mib)
                 down_sampled.append(mem.sampled_mib)
+                if same:
+                    t0 = time.perf_counter()
+                    await get_stream(http, same[0], {}, same[1], None)
+                    raw_times.append(time.perf_counter() - t0)
             for name, times, peaks, sampled in (("upload", ups, up_peaks, up_sampled),
                                                 ("download", downs, down_peaks, down_sampled)):
                 rates = [mb_per_s(size, t) for t in times]
@@ -348,6 +383,15 @@ async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[i
                     "ms_median": statistics.median(times) * 1000,
                     "peak_rss_mib": max(peaks), "peak_above_idle_mib": max(peaks) - idle_rss_mib,
                     "peak_rss_samples_mib": peaks, "sampled_peak_rss_mib": max(sampled),
+                }
+            if raw_times:
+                # Paired: each download against the raw GET right after it (the raw GET moves
+                # the object's own bytes, a little more than the file for encrypt+s3).
+                pairs = [r / d for d, r in zip(downs, raw_times)]
+                entry["same_object_raw_get"] = {
+                    "mb_s": statistics.median(mb_per_s(same[1], t) for t in raw_times),
+                    "mb_s_samples": [mb_per_s(same[1], t) for t in raw_times],
+                    "download_ratio": statistics.median(pairs), "download_ratio_samples": pairs,
                 }
             out["sizes"][str(size)] = entry
             print(f"  {row.title}: {size_label(size)} up {entry['upload']['mb_s']:.1f} MB/s, "
@@ -550,10 +594,14 @@ class Garage:
             self.pid = 0
 
 
+def moss_prefix(store: str) -> str:
+    return f"moss-{store.replace('+', '-')}/"
+
+
 def moss_store_env(store: str, garage: Garage | None) -> dict:
     env = {"MOSS_MEDIA__MAX_UPLOAD_SIZE": str(MAX_UPLOAD)}
     if store in ("s3", "encrypt+s3"):
-        env.update(garage.moss_env(f"moss-{store.replace('+', '-')}/"))
+        env.update(garage.moss_env(moss_prefix(store)))
     if store == "encrypt+s3":
         env["MOSS_MEDIA__ENCRYPTION__ENABLED"] = "true"
     return env
@@ -583,7 +631,15 @@ def targets(media: dict | None) -> list[dict]:
             t = {"target": f"media download {size_label(size)}, {row.removeprefix('moss-')} vs {what.split(' (')[0]}",
                  "goal": f"≥ 80% of {what}"}
             r = ratio(media, row, ref, size, "download")
-            if r is None:
+            same = media["rows"].get(row, {}).get("sizes", {}).get(str(size), {}).get("same_object_raw_get")
+            if same:
+                # "A raw GET of the same object": the paired measurement is that, exactly.
+                p = same["download_ratio"]
+                a = media["rows"][row]["sizes"][str(size)]["download"]["mb_s"]
+                also = f"; {r:.0%} of the separate raw Garage row" if r is not None else ""
+                t.update(measured=f"{p:.0%} paired ({a:.0f} vs {same['mb_s']:.0f} MB/s{also})", ratio=p,
+                         met=p >= 0.8, miss=f"{p:.0%} of a raw GET of the same object, needs ≥ 80%")
+            elif r is None:
                 t.update(measured="not measured", met=None)
             else:
                 a = media["rows"][row]["sizes"][str(size)]["download"]["mb_s"]
@@ -656,6 +712,19 @@ def report(media: dict) -> list[str]:
               "s3 row deletes Synapse's local copies after the uploads so that downloads come from Garage "
               "through the provider. How to read these (which rows fsync, the ≈ 40 ms stalls of small "
               "objects on reused connections): docs/benchmarks.md, \"Media (workload 6)\"."]
+    paired = [(size, r, media["rows"][r]["sizes"][str(size)]) for r in rows for size in media["sizes"]
+              if "same_object_raw_get" in media["rows"][r]["sizes"].get(str(size), {})]
+    if paired:
+        lines += ["", "**Paired with a raw GET of the same object.** Each moss S3 download above was followed "
+                  "at once by a raw presigned GET of the very object moss stored for that file (its "
+                  "ciphertext, for encrypt+s3): same object, same Garage state, same moment of this shared "
+                  "machine. Median of the per-pair ratios (raw GET time / moss download time):", "",
+                  "| size | row | moss download MB/s | raw GET of its object MB/s | moss / raw, paired |",
+                  "|---|---|---|---|---|"]
+        for size, r, e in sorted(paired, key=lambda x: (x[0], ROW_ORDER.index(x[1]))):
+            same = e["same_object_raw_get"]
+            lines.append(f"| {size_label(size)} | {media['rows'][r]['title']} | {fmt(e['download']['mb_s'])} "
+                         f"| {fmt(same['mb_s'])} | {same['download_ratio']:.0%} |")
     for r, why in media.get("skipped", {}).items():
         lines += ["", f"Not measured: {r}: {why}"]
     lines.append("")

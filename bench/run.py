@@ -507,7 +507,11 @@ class MediaBench:
             try:
                 await server.start()
                 idle = rss_kib(server.proc.pid, "VmRSS") / 1024
-                await self.measure(media6.MatrixRow(f"moss-{store}", f"moss {store}", server.base, server.proc.pid), idle)
+                row_id, title = f"moss-{store}", f"moss {store}"
+                row = (media6.MatrixRow(row_id, title, server.base, server.proc.pid) if store == "fs" else
+                       media6.MossS3Row(row_id, title, server.base, server.proc.pid, self.garage,
+                                        media6.moss_prefix(store)))
+                await self.measure(row, idle)
             finally:
                 server.stop()
                 shutil.rmtree(server.work, ignore_errors=True)  # its copies of the files: up to GiBs
