@@ -177,11 +177,21 @@ fn segmented(
         end: u64,
         queue: VecDeque<Segment>,
         plan: ReadPlan,
+        started: u64,
+    }
+    impl Drop for St {
+        fn drop(&mut self) {
+            // Read-ahead held several segments' buffers: after a large read, give them back.
+            if self.next - self.started > 2 * self.plan.segment {
+                super::release_memory();
+            }
+        }
     }
     let mut queue = VecDeque::new();
     let next = first_range.end;
     queue.push_back(Segment::spawn(store.clone(), path.clone(), first_range, Some(first), None));
-    let st = St { store, path, next, end, queue, plan };
+    let started = next;
+    let st = St { store, path, next, end, queue, plan, started };
     Box::pin(futures_util::stream::unfold(st, |mut st| async move {
         loop {
             while st.next < st.end && st.queue.len() < st.plan.ahead {
@@ -347,6 +357,7 @@ impl BlobStore for S3Store {
                 Ok(())
             }
             .await;
+            super::release_memory();
             match result {
                 Ok(()) => {
                     upload.complete().await.map_err(map_err)?;
