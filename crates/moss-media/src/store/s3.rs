@@ -178,6 +178,8 @@ fn segmented(
         queue: VecDeque<Segment>,
         plan: ReadPlan,
         started: u64,
+        /// The final segment, asked for right away (see below), with where it starts.
+        last: Option<(u64, Segment)>,
     }
     impl Drop for St {
         fn drop(&mut self) {
@@ -191,11 +193,32 @@ fn segmented(
     let next = first_range.end;
     queue.push_back(Segment::spawn(store.clone(), path.clone(), first_range, Some(first), None));
     let started = next;
-    let st = St { store, path, next, end, queue, plan, started };
+    // The final segment goes first along with the others: it usually ends in a short write from
+    // the store (the object's last, partial block), which a store without TCP_NODELAY holds
+    // until our delayed ACK (≈ 40 ms). Asked for at the start, that wait overlaps the transfer
+    // instead of ending it. Only with read-ahead memory: it may wait whole in memory.
+    let mut last = None;
+    if end - next > plan.segment {
+        let mut cut = next;
+        while plan.segment_end(cut, end) < end {
+            cut = plan.segment_end(cut, end);
+        }
+        let units = (end - cut).div_ceil(BUDGET_UNIT) as u32;
+        if let Ok(permit) = plan.budget.clone().try_acquire_many_owned(units) {
+            last = Some((cut, Segment::spawn(store.clone(), path.clone(), cut..end, None, Some(permit))));
+        }
+    }
+    let st = St { store, path, next, end, queue, plan, started, last };
     Box::pin(futures_util::stream::unfold(st, |mut st| async move {
         loop {
             while st.next < st.end && st.queue.len() < st.plan.ahead {
                 let r = st.next..st.plan.segment_end(st.next, st.end);
+                if st.last.as_ref().is_some_and(|(at, _)| *at == r.start) {
+                    let (_, seg) = st.last.take().expect("checked");
+                    st.next = r.end;
+                    st.queue.push_back(seg);
+                    continue;
+                }
                 let units = (r.end - r.start).div_ceil(BUDGET_UNIT) as u32;
                 let permit = st.plan.budget.clone().try_acquire_many_owned(units).ok();
                 if permit.is_none() && !st.queue.is_empty() {
@@ -209,6 +232,7 @@ fn segmented(
                 Some(Ok(b)) => return Some((Ok(b), st)),
                 Some(Err(e)) => {
                     st.queue.clear();
+                    st.last = None;
                     st.next = st.end;
                     return Some((Err(e), st));
                 }
