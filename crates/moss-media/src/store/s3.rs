@@ -60,12 +60,25 @@ fn map_err(e: object_store::Error) -> MediaError {
 fn get_err(e: object_store::Error) -> MediaError {
     match e {
         object_store::Error::NotFound { .. } => MediaError::NotFound,
-        object_store::Error::Generic { source, .. }
-            if source.to_string().contains("416") || source.to_string().contains("Range") =>
-        {
-            MediaError::BadRange
+        other => {
+            let text = error_chain(&other);
+            // The store's 416, or object_store's own check of the range against the object's
+            // size. (Matched on these phrases only: a bare "416" also turns up in port numbers.)
+            if [
+                "status code: 416",
+                "Range Not Satisfiable",
+                "InvalidRange",
+                "Wanted range starting at",
+                "Range started at",
+            ]
+            .iter()
+            .any(|p| text.contains(p))
+            {
+                MediaError::BadRange
+            } else {
+                MediaError::Unavailable(text)
+            }
         }
-        other => MediaError::Unavailable(other.to_string()),
     }
 }
 
@@ -484,5 +497,19 @@ mod tests {
         assert_eq!(plan.segment_end(0, 12), 8);
         assert_eq!(plan.segment_end(0, 5), 5);
         assert_eq!(plan.segment_end(u64::MAX - 3, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn only_a_range_error_is_a_bad_range() {
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request for url (http://127.0.0.1:41653/b/k): Connection refused".into(),
+        };
+        assert!(matches!(get_err(refused), MediaError::Unavailable(_)));
+        let status = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 416 Range Not Satisfiable: ".into(),
+        };
+        assert!(matches!(get_err(status), MediaError::BadRange));
     }
 }

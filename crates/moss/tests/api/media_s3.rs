@@ -162,6 +162,10 @@ async fn reads_are_cut_into_concurrent_ranged_gets_that_join_exactly() {
         assert!(matches!(store.get("missing", None).await, Err(moss_media::MediaError::NotFound)));
         let past = moss_media::store::Range { start: 2, end: len + 1 };
         assert!(matches!(store.get("obj", Some(past)).await, Err(moss_media::MediaError::BadRange)));
+        // Past the end altogether: the store's own 416 is a bad range too.
+        let beyond = moss_media::store::Range { start: len + 10, end: len + 20 };
+        let res = store.get("obj", Some(beyond)).await;
+        assert!(matches!(res, Err(moss_media::MediaError::BadRange)), "{:?}", res.err());
     }
 
     // A reader that goes away mid-object gives its read-ahead memory back.
