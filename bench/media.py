@@ -283,8 +283,7 @@ class MossS3Row(MatrixRow):
         self.raw: tuple[str, int] | None = None
 
     async def after_uploads(self, size: int) -> None:
-        self.garage.presign("head_object", "-")  # makes the client
-        client, bucket = self.garage._client, self.garage.env["MOSS_TEST_S3_BUCKET"]
+        client, bucket = self.garage.client(), self.garage.env["MOSS_TEST_S3_BUCKET"]
         # The file's own size, or its ciphertext's (16 bytes more per 64 KiB chunk).
         fits = (size, size + 16 * max(1, -(-size // (64 << 10))))
         objects = []
@@ -548,6 +547,11 @@ class Garage:
 
     def presign(self, op: str, key: str) -> str:
         """A presigned URL (SigV4, path style) for the benchmark bucket; boto3 only signs here."""
+        return self.client().generate_presigned_url(op, Params={"Bucket": self.env["MOSS_TEST_S3_BUCKET"], "Key": key},
+                                                    ExpiresIn=3600)
+
+    def client(self):
+        """boto3's S3 client for the benchmark bucket (made on first use)."""
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -555,8 +559,7 @@ class Garage:
                 "s3", endpoint_url=self.endpoint, region_name=self.env["MOSS_TEST_S3_REGION"],
                 aws_access_key_id=self.env["MOSS_TEST_S3_KEY_ID"], aws_secret_access_key=self.env["MOSS_TEST_S3_SECRET"],
                 config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-        return self._client.generate_presigned_url(op, Params={"Bucket": self.env["MOSS_TEST_S3_BUCKET"], "Key": key},
-                                                   ExpiresIn=3600)
+        return self._client
 
     def moss_env(self, prefix: str) -> dict:
         e = self.env

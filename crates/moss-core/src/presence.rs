@@ -157,13 +157,10 @@ impl Moss {
         if !self.config.presence.enabled || set_presence == "offline" || !STATES.contains(&set_presence) {
             return Ok(None);
         }
-        let guard = {
-            let mut t = self.presence_tracker.lock();
-            t.syncs.entry(user.to_string()).or_insert((0, Instant::now())).0 += 1;
-            Syncing { tracker: self.presence_tracker.clone(), user: user.to_string() }
-        };
+        let guard = Syncing { tracker: self.presence_tracker.clone(), user: user.to_string() };
         {
             let mut t = self.presence_tracker.lock();
+            t.syncs.entry(user.to_string()).or_insert((0, Instant::now())).0 += 1;
             if t.synced.get(user.as_str()).is_some_and(|at| at.elapsed() < TOUCH_EVERY) {
                 return Ok(Some(guard));
             }

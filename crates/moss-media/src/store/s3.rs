@@ -82,6 +82,11 @@ fn get_err(e: object_store::Error) -> MediaError {
     }
 }
 
+/// A GET of bytes `r` of an object.
+fn ranged(r: std::ops::Range<u64>) -> GetOptions {
+    GetOptions { range: Some(GetRange::Bounded(r)), ..Default::default() }
+}
+
 /// Read-ahead memory is counted in units of this many bytes.
 const BUDGET_UNIT: u64 = 64 * 1024;
 
@@ -139,16 +144,13 @@ impl Segment {
         let task = tokio::spawn(async move {
             let res = match first {
                 Some(res) => res,
-                None => {
-                    let opts = GetOptions { range: Some(GetRange::Bounded(r.clone())), ..Default::default() };
-                    match store.get_opts(&path, opts).await {
-                        Ok(res) => res,
-                        Err(e) => {
-                            let _ = tx.send(Err(std::io::Error::other(error_chain(&e)))).await;
-                            return;
-                        }
+                None => match store.get_opts(&path, ranged(r.clone())).await {
+                    Ok(res) => res,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(error_chain(&e)))).await;
+                        return;
                     }
-                }
+                },
             };
             let mut body = res.into_stream();
             let mut got = 0u64;
@@ -313,8 +315,7 @@ impl S3Store {
     }
 
     async fn get_range(&self, path: &Path, r: std::ops::Range<u64>) -> Result<GetResult> {
-        let opts = GetOptions { range: Some(GetRange::Bounded(r)), ..Default::default() };
-        self.store.get_opts(path, opts).await.map_err(get_err)
+        self.store.get_opts(path, ranged(r)).await.map_err(get_err)
     }
 
     /// A write can only be "not found" when the bucket is missing.
