@@ -61,6 +61,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.0 {
+            Error::Hidden { kind, status, message, detail } => {
+                let id: u32 = rand::thread_rng().gen();
+                tracing::warn!(request_error_id = format!("{id:08x}"), status, "{message}: {detail}");
+                ApiError(Error::Matrix { kind, status, message: format!("{message} (id {id:08x})") }).into_response()
+            }
             Error::Matrix { kind, status, message } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 let retry_ms = match &kind {

@@ -200,7 +200,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
     r.with_state(moss).layer(CatchPanicLayer::custom(panic_response)).layer(cors)
 }
 
-fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let detail = err
         .downcast_ref::<String>()
         .cloned()

@@ -197,7 +197,7 @@ async fn serve(
     legacy: bool,
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
-    let row = moss.media_row_of(server, media_id, wait).await?;
+    let row = moss.media_row_of(server, media_id, wait, !legacy).await?;
     if legacy {
         if !legacy_allowed(moss, &row) {
             return Err(moss_core::Error::not_found(
@@ -294,7 +294,7 @@ async fn serve_thumbnail(
         Some(other) => return Err(ApiError::invalid_param(format!("unknown method {other:?}"))),
     };
     let wait = Duration::from_millis(q.timeout_ms.unwrap_or(20_000).min(120_000));
-    let row = moss.media_row_of(server, media_id, wait).await?;
+    let row = moss.media_row_of(server, media_id, wait, !legacy).await?;
     if legacy && !legacy_allowed(moss, &row) {
         return Err(moss_core::Error::not_found(
             "media not found: use the authenticated /_matrix/client/v1/media endpoints",

@@ -114,7 +114,17 @@ where
         let body_bytes: &[u8] = if bytes.is_empty() && parts.method != Method::GET { b"{}" } else { &bytes };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = R::try_from_http_request(http_req, &args).map_err(request_error)?;
+        // A request type's deserializer is third-party code run on untrusted bytes; one that
+        // panics (ruma's login body without `type` did) refuses the request, never the server.
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| R::try_from_http_request(http_req, &args)));
+        let body = match parsed {
+            Ok(result) => result.map_err(request_error)?,
+            Err(_) => {
+                tracing::warn!(path = %args.join("/"), "a request body made its parser panic; refused");
+                return Err(ApiError::bad_json("invalid request body"));
+            }
+        };
         Ok(Ruma { body, session, ip, json })
     }
 }

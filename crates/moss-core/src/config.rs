@@ -374,6 +374,10 @@ pub struct ThumbnailConfig {
     pub max_image_pixels: u64,
     /// Images larger than this (bytes) are not thumbnailed.
     pub max_source_bytes: u64,
+    /// Bytes all thumbnail jobs together may hold (sources and decoded pixels), estimated from
+    /// each image's header before it is decoded; jobs wait their turn beyond it, and an image
+    /// that alone needs more is not thumbnailed (an animated one gets a still thumbnail).
+    pub max_decode_memory: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -399,6 +403,7 @@ impl Default for ThumbnailConfig {
             dynamic: false,
             max_image_pixels: 32_000_000,
             max_source_bytes: 50 * 1024 * 1024,
+            max_decode_memory: 192 * 1024 * 1024,
         }
     }
 }

@@ -9,6 +9,10 @@ pub enum Error {
     /// A failure the client should see: errcode plus a human-readable message.
     #[error("{kind:?}: {message}")]
     Matrix { kind: ErrorKind, status: u16, message: String },
+    /// A failure the client sees only in outline: `message` reaches the client, `detail`
+    /// (addresses, URLs, object names, another server's words) only the log, joined by an id.
+    #[error("{kind:?}: {message}: {detail}")]
+    Hidden { kind: ErrorKind, status: u16, message: String, detail: String },
     /// User-interactive auth must continue (HTTP 401 with the flows).
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
@@ -52,6 +56,22 @@ impl Error {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
+    }
+    /// See [`Error::Hidden`].
+    pub fn hidden(kind: ErrorKind, status: u16, message: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Hidden { kind, status, message: message.into(), detail: detail.to_string() }
+    }
+    /// Another service (a server, a store) failed us: 502, details for the log only.
+    pub fn upstream(message: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self::hidden(ErrorKind::Unknown, 502, message, detail)
+    }
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Matrix { status, .. } | Error::Hidden { status, .. } => *status,
+            Error::Uiaa(_) => 401,
+            Error::Storage(_) | Error::Internal(_) => 500,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod filter;
+pub mod glob;
 pub mod keys;
 pub mod media;
 pub mod net;

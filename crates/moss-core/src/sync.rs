@@ -260,10 +260,11 @@ fn state_events(
     f: &ruma::api::client::filter::RoomEventFilter,
 ) -> Result<Vec<Value>> {
     let mut out = Vec::new();
+    let matcher = filter::EventFilter::new(f);
     for id in ids {
         if let Some(row) = r.event(&id)? {
             let ev = client_event(&row, user, None)?;
-            if filter::matches(f, &ev) {
+            if matcher.matches(&ev) {
                 out.push(ev);
             }
         }
@@ -300,6 +301,7 @@ fn build(
     let timeline_filter = &filter.room.timeline;
     let limit = timeline_filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 500);
     let lazy = filter::lazy_load(&filter.room.state);
+    let timeline_matcher = filter::EventFilter::new(timeline_filter);
 
     let ignored = crate::user_data::ignored_users(r, u)?;
     let mut join = Map::new();
@@ -329,7 +331,7 @@ fn build(
                 let mut timeline = Vec::new();
                 for row in rows.iter().filter(|row| row.state_key.is_some() || !ignored.contains(&row.sender)) {
                     let ev = served_event(r, row, u, Some(device))?;
-                    if filter::matches(timeline_filter, &ev) {
+                    if timeline_matcher.matches(&ev) {
                         timeline.push(ev);
                     }
                 }

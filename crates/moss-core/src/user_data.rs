@@ -249,6 +249,7 @@ impl Moss {
     // ---- filters ----
 
     pub async fn create_filter(&self, user: &UserId, filter: &FilterDefinition) -> Result<String> {
+        crate::filter::check_filter(filter)?;
         let (u, text) = (user.to_string(), serde_json::to_string(filter)?);
         let id = self.db.write(move |w| Ok::<_, Error>(w.insert_filter(&u, &text)?)).await?;
         Ok(id.to_string())

@@ -269,6 +269,9 @@ dynamic = false
 max_image_pixels = {max_pixels}
 # Images larger than this many bytes are not thumbnailed.
 max_source_bytes = {max_source}
+# Bytes all thumbnail jobs together may hold (sources and decoded pixels), reserved from each
+# image's header before decoding; an image that alone needs more is not thumbnailed.
+max_decode_memory = {max_decode}
 
 [media.url_preview]
 # Fetch pages users link to and serve their OpenGraph title, description and image.
@@ -357,6 +360,7 @@ level = "info"
         read_ahead = d.media.s3.read_ahead,
         read_ahead_memory = d.media.s3.read_ahead_memory,
         max_pixels = d.media.thumbnails.max_image_pixels,
+        max_decode = d.media.thumbnails.max_decode_memory,
         cache_size = d.media.cache.max_size,
         denylist =
             d.media.url_preview.ip_range_denylist.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "),

@@ -167,6 +167,7 @@ pub async fn sync(State(moss): State<Arc<Moss>>, req: Ruma<sync_events::v3::Requ
         Some(Filter::FilterId(id)) => moss.filter(&session.user_id, &id).await?,
         Some(_) => FilterDefinition::default(),
     };
+    moss_core::filter::check_filter(&filter)?;
     let since = b.since.as_deref().map(SyncToken::parse).transpose()?;
     let timeout = b.timeout.unwrap_or(Duration::ZERO);
     let set_presence = b.set_presence.as_str().to_owned();

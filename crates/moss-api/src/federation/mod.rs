@@ -76,6 +76,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events))
         .fallback(|| async { ApiError::unrecognized() })
         .with_state(moss)
+        // A panic in a handler answers 500 with an id and leaves the listener serving.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::panic_response))
 }
 
 async fn server_keys(State(moss): State<Arc<Moss>>) -> Result<Json<Value>, ApiError> {

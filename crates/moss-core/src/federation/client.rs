@@ -14,10 +14,11 @@ use ruma::{api::federation::authentication::XMatrix, ServerName};
 use serde_json::Value;
 
 use super::Federation;
+use crate::net::error_chain;
 use crate::{
     config::FederationConfig,
     error::{Error, Result},
-    net::{AddressPolicy, GuardedResolver},
+    net::{AddressPolicy, ClientOptions, GuardedClient, RedirectRule},
     Moss,
 };
 
@@ -40,32 +41,66 @@ impl Destination {
     }
 }
 
-pub(crate) fn build(
-    config: &FederationConfig,
-    policy: AddressPolicy,
-    redirects: Option<crate::net::Redirects>,
-) -> Result<reqwest::Client> {
-    let timeout = Duration::from_millis(config.request_timeout_ms);
-    let policy = Arc::new(policy);
-    let resolver = match redirects {
-        Some(r) => GuardedResolver::with_redirects(policy, "federation", r),
-        None => GuardedResolver::new(policy, "federation"),
-    };
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(resolver))
-        .danger_accept_invalid_certs(!config.verify_certificates)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("moss/", env!("CARGO_PKG_VERSION")))
-        .no_proxy()
-        .build()
-        .map_err(|e| Error::internal(format!("federation client: {e}")))
+/// The clients federation uses, all made by the one outbound guard (`net.rs`).
+pub(crate) struct Clients {
+    /// Signed JSON requests: a whole request is bounded by `request_timeout_ms`.
+    pub json: GuardedClient,
+    /// Signed requests whose bodies stream (media): bounded by silence, not by total time.
+    pub stream: GuardedClient,
+    /// `.well-known` only: it must reach the server name itself, never an SRV target.
+    pub well_known: GuardedClient,
+    /// Where a federation media answer points (`Location`): https only, redirects followed
+    /// through the guard, never with our credentials.
+    pub media_redirect: GuardedClient,
 }
 
-fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
-    Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("could not reach {server}: {why}"))
+pub(crate) fn build(config: &FederationConfig, policy: AddressPolicy, srv: crate::net::Redirects) -> Result<Clients> {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let policy = Arc::new(policy);
+    let mut base = ClientOptions::new("federation");
+    base.accept_invalid_certs = !config.verify_certificates;
+    base.connect_timeout = timeout.min(Duration::from_secs(10));
+    base.total_timeout = Some(timeout);
+    let mut stream = base.clone();
+    stream.total_timeout = None;
+    stream.idle_timeout = Some(timeout);
+    let mut redirect = stream.clone();
+    redirect.https_only = true;
+    redirect.redirects = RedirectRule::Follow(5);
+    Ok(Clients {
+        json: GuardedClient::with_srv(policy.clone(), base.clone(), Some(srv.clone()))?,
+        stream: GuardedClient::with_srv(policy.clone(), stream, Some(srv))?,
+        well_known: GuardedClient::new(policy.clone(), base)?,
+        media_redirect: GuardedClient::new(policy, redirect)?,
+    })
 }
+
+/// Another server failed us. The client learns which; the log learns why (the reason can hold
+/// addresses and URLs, which stay out of error bodies).
+fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
+    Error::upstream(format!("could not reach {server}"), why)
+}
+
+/// A request the guard refused, or a failure to reach the server.
+fn send_error(server: &ServerName, e: &reqwest::Error) -> Error {
+    if crate::net::is_refusal(e) {
+        refused(server)
+    } else {
+        unreachable(server, error_chain(e))
+    }
+}
+
+/// The address policy keeps us from `server` (it is, or resolves to, a denied address).
+fn refused(server: &ServerName) -> Error {
+    Error::new(
+        ruma::api::error::ErrorKind::Unknown,
+        502,
+        format!("could not reach {server}: federation may not reach its address"),
+    )
+}
+
+/// Largest `.well-known/matrix/server` document read.
+const MAX_WELL_KNOWN: usize = 64 * 1024;
 
 /// The host part has an explicit port, or is an IP literal: no discovery needed.
 fn literal(server: &str) -> Option<String> {
@@ -93,11 +128,12 @@ impl Federation {
         }
         let delegated = async {
             let url = format!("https://{server}/.well-known/matrix/server");
-            let res = self.well_known_client.get(url).send().await.ok()?;
+            let res = self.clients.well_known.get(&url).ok()?.send().await.ok()?;
             if !res.status().is_success() {
                 return None;
             }
-            let v: Value = serde_json::from_slice(&res.bytes().await.ok()?).ok()?;
+            let body = crate::net::read_limited(res, MAX_WELL_KNOWN).await.ok()?;
+            let v: Value = serde_json::from_slice(&body).ok()?;
             v["m.server"].as_str().map(str::to_owned)
         }
         .await;
@@ -134,31 +170,36 @@ impl Federation {
         Destination::plain(format!("https://{host}:8448"))
     }
 
-    fn request(&self, method: http::Method, d: &Destination, path: &str) -> reqwest::RequestBuilder {
-        let mut req = self.client.request(method, format!("{}{path}", d.base));
+    fn request(
+        &self,
+        client: &GuardedClient,
+        server: &ServerName,
+        method: http::Method,
+        d: &Destination,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder> {
+        let mut req = client.request(method, &format!("{}{path}", d.base)).map_err(|_| refused(server))?;
         if let Some(h) = &d.host_header {
             req = req.header(http::header::HOST, h);
         }
-        req
+        Ok(req)
     }
 
     /// An unauthenticated GET (key documents), parsed as JSON.
     pub(crate) async fn get_json(&self, server: &ServerName, path: &str) -> Result<Value> {
         let d = self.resolve(server).await?;
-        let res = self.request(http::Method::GET, &d, path).send().await.map_err(|e| unreachable(server, e))?;
+        let res = self
+            .request(&self.clients.json, server, http::Method::GET, &d, path)?
+            .send()
+            .await
+            .map_err(|e| send_error(server, &e))?;
         read_json(server, res).await
     }
 }
 
 async fn read_json(server: &ServerName, res: reqwest::Response) -> Result<Value> {
     let status = res.status();
-    if res.content_length().is_some_and(|l| l as usize > MAX_RESPONSE) {
-        return Err(unreachable(server, "response too large"));
-    }
-    let bytes = res.bytes().await.map_err(|e| unreachable(server, e))?;
-    if bytes.len() > MAX_RESPONSE {
-        return Err(unreachable(server, "response too large"));
-    }
+    let bytes = crate::net::read_limited(res, MAX_RESPONSE).await.map_err(|e| unreachable(server, e))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| unreachable(server, format!("not JSON: {e}")))?;
     if !status.is_success() {
         let code = v["errcode"].as_str().unwrap_or("M_UNKNOWN");
@@ -185,11 +226,11 @@ impl Moss {
         let fed = self.federation()?;
         let d = fed.resolve(destination).await?;
         let auth = self.sign_request(destination, http::Method::GET, path, &[])?;
-        fed.request(http::Method::GET, &d, path)
+        fed.request(&fed.clients.stream, destination, http::Method::GET, &d, path)?
             .header(http::header::AUTHORIZATION, auth)
             .send()
             .await
-            .map_err(|e| unreachable(destination, error_chain(&e)))
+            .map_err(|e| send_error(destination, &e))
     }
 
     /// The X-Matrix `Authorization` value for a request, signed over method, path and body as
@@ -225,22 +266,12 @@ impl Moss {
             None => Vec::new(),
         };
         let auth = self.sign_request(destination, method.clone(), path, &bytes)?;
-        let mut req = fed.request(method, &d, path).header(http::header::AUTHORIZATION, auth);
+        let mut req =
+            fed.request(&fed.clients.json, destination, method, &d, path)?.header(http::header::AUTHORIZATION, auth);
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
         }
-        let res = req.send().await.map_err(|e| unreachable(destination, error_chain(&e)))?;
+        let res = req.send().await.map_err(|e| send_error(destination, &e))?;
         read_json(destination, res).await
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -27,9 +27,7 @@ use crate::{config::FederationConfig, error::Result, net::AddressPolicy};
 const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct Federation {
-    pub(crate) client: reqwest::Client,
-    /// For `.well-known` only: it must reach the server name itself, never an SRV target.
-    pub(crate) well_known_client: reqwest::Client,
+    pub(crate) clients: client::Clients,
     pub(crate) dns: hickory_resolver::TokioResolver,
     pub(crate) redirects: crate::net::Redirects,
     /// Events we backfilled from without getting anything older: history ends there.
@@ -43,8 +41,6 @@ impl Federation {
     pub fn new(config: &FederationConfig) -> Result<Federation> {
         let policy = AddressPolicy::from_lists(&config.ip_range_denylist, &config.ip_range_allowlist, "federation")?;
         let redirects = crate::net::Redirects::default();
-        let well_known_policy =
-            AddressPolicy::from_lists(&config.ip_range_denylist, &config.ip_range_allowlist, "federation")?;
         let dns = match config.dns_server {
             // A fixed name server (tests, split-horizon setups) instead of the system's.
             Some(addr) => {
@@ -61,11 +57,10 @@ impl Federation {
                 .build(),
         };
         Ok(Federation {
-            well_known_client: client::build(config, well_known_policy, None)?,
             dns,
             redirects: redirects.clone(),
             backfill_done: Default::default(),
-            client: client::build(config, policy, Some(redirects))?,
+            clients: client::build(config, policy, redirects)?,
             resolved: Mutex::new(HashMap::new()),
             wakeups: Default::default(),
         })

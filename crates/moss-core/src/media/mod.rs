@@ -55,6 +55,8 @@ pub struct Media {
     accessed: Mutex<HashMap<String, std::time::Instant>>,
     /// Remote media being fetched, so concurrent requests for it share one fetch.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Memory thumbnail jobs may hold, in MiB permits (`thumbnails.max_decode_memory`).
+    decode_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Content put in the store, not yet recorded.
@@ -243,6 +245,9 @@ impl Media {
             writing: Mutex::new(HashMap::new()),
             accessed: Default::default(),
             fetching: Default::default(),
+            decode_budget: Arc::new(tokio::sync::Semaphore::new(
+                mib(config.media.thumbnails.max_decode_memory) as usize
+            )),
         })
     }
 
@@ -339,7 +344,8 @@ fn build_store(
 fn store_error(e: MediaError) -> Error {
     match e {
         MediaError::NotFound => Error::not_found("media not found"),
-        MediaError::Unavailable(m) => Error::new(ErrorKind::Unknown, 502, format!("media store unavailable: {m}")),
+        // The store's words name its endpoint and objects: the log gets them, the client an id.
+        MediaError::Unavailable(m) => Error::upstream("the media store is unavailable", m),
         MediaError::BadRange => Error::new(ErrorKind::Unknown, 416, "requested range is not satisfiable"),
         e => Error::internal(format!("media store: {e}")),
     }
@@ -601,8 +607,9 @@ impl Moss {
     }
 
     /// Looks up `mxc://server/media_id`: local media (see [`Moss::media_row`]) or another
-    /// server's media kept in our store.
-    pub async fn media_row_of(&self, server: &str, media_id: &str, wait: Duration) -> Result<MediaRow> {
+    /// server's media kept in our store, fetched first when `fetch` allows (only for
+    /// authenticated requests: an anonymous one never makes the server reach out).
+    pub async fn media_row_of(&self, server: &str, media_id: &str, wait: Duration, fetch: bool) -> Result<MediaRow> {
         if server == self.server_name.as_str() {
             return self.media_row(media_id, wait).await;
         }
@@ -611,7 +618,7 @@ impl Moss {
         match row {
             Some(r) if r.quarantined => Err(Error::not_found("media not found")),
             Some(r) => Ok(r),
-            None if self.federation.is_some() && valid_media_id(media_id) => {
+            None if fetch && self.federation.is_some() && valid_media_id(media_id) => {
                 let origin = ruma::ServerName::parse(server).map_err(|_| Error::not_found("media not found"))?;
                 self.fetch_remote_media(&origin, media_id).await
             }
@@ -778,31 +785,54 @@ impl Moss {
         if size > cfg.max_source_bytes {
             return Err(Error::new(ErrorKind::TooLarge, 400, "this image is too large to thumbnail"));
         }
-        let source = moss_media::store::read_all(self.media.store.get(key, None).await.map_err(store_error)?)
-            .await
-            .map_err(store_error)?;
-        let max_pixels = cfg.max_image_pixels;
+        let budget = thumbnail::Budget { max_pixels: cfg.max_image_pixels, max_memory: cfg.max_decode_memory };
+        // Memory is reserved before it is used: the source first (its size is known), then what
+        // its header says decoding needs. When that is not free at once, everything is given back
+        // and the whole amount waited for, so no job waits while holding memory.
+        let semaphore = &self.media.decode_budget;
+        let acquire = |bytes: u64| {
+            futures_util::TryFutureExt::map_err(semaphore.clone().acquire_many_owned(mib(bytes)), |_| {
+                Error::internal("thumbnail budget closed")
+            })
+        };
+        let mut permit = acquire(size).await?;
+        let mut source = self.read_thumbnail_source(key).await?;
+        let cost = thumbnail::cost(&source).map_err(thumbnail_error);
+        let needed = match &cost {
+            Ok(c) => {
+                let decode =
+                    if animated { c.animated.filter(|b| *b <= budget.max_memory).unwrap_or(c.still) } else { c.still };
+                if c.still > budget.max_memory || c.width as u64 * c.height as u64 > budget.max_pixels {
+                    return Err(thumbnail_error(thumbnail::ThumbnailError::TooLarge));
+                }
+                decode.saturating_add(source.len() as u64)
+            }
+            Err(_) => 0, // the decoder will say what is wrong
+        };
+        let held = permit.num_permits() as u32;
+        if mib(needed) > held {
+            let more = mib(needed) - held;
+            match semaphore.clone().try_acquire_many_owned(more) {
+                Ok(p) => permit.merge(p),
+                Err(_) => {
+                    drop((permit, source));
+                    permit = acquire(needed).await?;
+                    source = self.read_thumbnail_source(key).await?;
+                }
+            }
+        }
         let made = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if animated {
-                if let Some(t) = thumbnail::make_animated(&source, width, height, method, max_pixels)? {
+                if let Some(t) = thumbnail::make_animated(&source, width, height, method, budget)? {
                     return Ok(t);
                 }
             }
-            thumbnail::make(&source, width, height, method, max_pixels)
+            thumbnail::make(&source, width, height, method, budget)
         })
         .await
         .map_err(|e| Error::internal(e.to_string()))?
-        .map_err(|e| match e {
-            thumbnail::ThumbnailError::Unsupported => {
-                Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
-            }
-            thumbnail::ThumbnailError::TooLarge => {
-                Error::new(ErrorKind::TooLarge, 400, "this image has too many pixels to thumbnail")
-            }
-            thumbnail::ThumbnailError::Broken(m) => {
-                Error::new(ErrorKind::Unknown, 400, format!("the image could not be decoded: {m}"))
-            }
-        })?;
+        .map_err(thumbnail_error)?;
         let thumb_key = {
             let mut mac = Hmac::<Sha256>::new_from_slice(&self.media.secret).expect("any key length works");
             mac.update(format!("{key}|{width}x{height}|{}|{animated}", method.as_str()).as_bytes());
@@ -820,7 +850,33 @@ impl Moss {
     }
 }
 
+/// Whole MiB (rounded up, at least one) for a byte count: the unit of the thumbnail budget.
+fn mib(bytes: u64) -> u32 {
+    bytes.div_ceil(1 << 20).clamp(1, u32::MAX as u64) as u32
+}
+
+fn thumbnail_error(e: thumbnail::ThumbnailError) -> Error {
+    match e {
+        thumbnail::ThumbnailError::Unsupported => {
+            Error::new(ErrorKind::Unknown, 400, "this media cannot be thumbnailed")
+        }
+        thumbnail::ThumbnailError::TooLarge => {
+            Error::new(ErrorKind::TooLarge, 400, "this image has too many pixels to thumbnail")
+        }
+        thumbnail::ThumbnailError::Broken(m) => {
+            Error::new(ErrorKind::Unknown, 400, format!("the image could not be decoded: {m}"))
+        }
+    }
+}
+
 impl Moss {
+    async fn read_thumbnail_source(&self, key: &str) -> Result<Vec<u8>> {
+        let max = self.config.media.thumbnails.max_source_bytes as usize;
+        moss_media::store::read_at_most(self.media.store.get(key, None).await.map_err(store_error)?, max)
+            .await
+            .map_err(store_error)
+    }
+
     /// OpenGraph data for a URL a user linked, with its image stored as media. Cached.
     pub async fn preview_url(&self, url: &str) -> Result<serde_json::Value> {
         let fetcher = self

@@ -13,12 +13,11 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 
-use crate::net::{literal_ip, GuardedResolver};
+use crate::net::{error_chain, ClientOptions, GuardedClient, RedirectRule};
 pub use crate::net::{AddressPolicy, Cidr, DEFAULT_DENY};
 
 pub struct Fetcher {
-    client: reqwest::Client,
-    policy: Arc<AddressPolicy>,
+    client: GuardedClient,
     max_bytes: usize,
 }
 
@@ -31,50 +30,26 @@ pub struct Fetched {
 
 impl Fetcher {
     pub fn new(policy: AddressPolicy, timeout: Duration, max_bytes: usize) -> Result<Fetcher> {
-        let policy = Arc::new(policy);
-        let p = policy.clone();
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                return attempt.error("too many redirects");
-            }
-            let url = attempt.url();
-            if !matches!(url.scheme(), "http" | "https") {
-                return attempt.error("redirect to a non-web URL");
-            }
-            match literal_ip(url) {
-                Some(ip) if !p.permits(ip) => attempt.error("redirect to an address URL previews may not reach"),
-                _ => attempt.follow(),
-            }
-        });
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), "URL previews")))
-            .redirect(redirects)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent("moss URL preview (Matrix homeserver)")
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::internal(format!("preview client: {e}")))?;
-        Ok(Fetcher { client, policy, max_bytes })
+        let mut options = ClientOptions::new("URL previews");
+        options.user_agent = "moss URL preview (Matrix homeserver)";
+        options.redirects = RedirectRule::Follow(5);
+        options.total_timeout = Some(timeout);
+        options.connect_timeout = timeout.min(Duration::from_secs(5));
+        let client = GuardedClient::new(Arc::new(policy), options)?;
+        Ok(Fetcher { client, max_bytes })
     }
 
     /// Fetches `url`, reading at most `max` bytes of the body (or the fetcher's default).
     pub async fn fetch(&self, url: &str, max: Option<usize>) -> Result<Fetched> {
-        let url = Url::parse(url).map_err(|e| Error::invalid_param(format!("invalid URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        let parsed = Url::parse(url).map_err(|e| Error::invalid_param(format!("invalid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
             return Err(Error::invalid_param("only http and https URLs can be previewed"));
         }
-        if let Some(ip) = literal_ip(&url) {
-            if !self.policy.permits(ip) {
-                return Err(Error::forbidden("URL previews may not reach that address"));
-            }
-        }
-        let res = self.client.get(url).send().await.map_err(|e| {
-            let chain = error_chain(&e);
-            if chain.contains("may not reach") {
-                Error::forbidden("URL previews may not reach that address")
+        let res = self.client.get(url)?.send().await.map_err(|e| {
+            if crate::net::is_refusal(&e) {
+                crate::net::refused("URL previews")
             } else {
-                Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("could not fetch the URL: {chain}"))
+                Error::upstream("could not fetch the URL", error_chain(&e))
             }
         })?;
         if !res.status().is_success() {
@@ -95,8 +70,7 @@ impl Fetcher {
         let mut body = Vec::new();
         let mut stream = res.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("reading the URL: {e}")))?;
+            let chunk = chunk.map_err(|e| Error::upstream("could not read the URL", error_chain(&e)))?;
             let room = max.saturating_sub(body.len());
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if body.len() >= max {
@@ -105,17 +79,6 @@ impl Fetcher {
         }
         Ok(Fetched { url: final_url, content_type, body })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn decode_entities(s: &str) -> String {

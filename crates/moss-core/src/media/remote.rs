@@ -15,8 +15,9 @@ use crate::{
     Moss,
 };
 
+/// `origin` failed us; why (which can name addresses and URLs) goes to the log only.
 fn bad_gateway(origin: &ServerName, why: impl std::fmt::Display) -> Error {
-    Error::new(ruma::api::error::ErrorKind::Unknown, 502, format!("fetching media from {origin}: {why}"))
+    Error::upstream(format!("could not fetch media from {origin}"), why)
 }
 
 /// The headers of one multipart part, lower-cased names.
@@ -41,8 +42,11 @@ pub(crate) fn disposition_filename(v: &str) -> Option<String> {
             let b = enc.as_bytes();
             let mut i = 0;
             while i < b.len() {
-                if b[i] == b'%' && i + 2 < b.len() {
-                    if let Ok(x) = u8::from_str_radix(&enc[i + 1..i + 3], 16) {
+                // Hex digits are ASCII: anything else after '%' (even a multi-byte character,
+                // which must not be sliced) is kept as it is.
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                if b[i] == b'%' {
+                    if let Some(x) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                         out.push(x);
                         i += 3;
                         continue;
@@ -179,8 +183,10 @@ impl Moss {
                 let (headers, stream) =
                     second_part(Box::pin(res.bytes_stream()), &boundary).await.map_err(|e| bad_gateway(origin, e))?;
                 if let Some(location) = header(&headers, "location") {
-                    // The content lives elsewhere (a CDN); fetch it without credentials.
-                    let res = fed.client.get(location).send().await.map_err(|e| bad_gateway(origin, e))?;
+                    // The content lives elsewhere (a CDN); fetch it without credentials, over
+                    // https only, through the same address guard (redirects included).
+                    let req = fed.clients.media_redirect.get(location).map_err(|e| bad_gateway(origin, e))?;
+                    let res = req.send().await.map_err(|e| bad_gateway(origin, crate::net::error_chain(&e)))?;
                     if !res.status().is_success() {
                         return Err(bad_gateway(origin, format!("redirected fetch answered {}", res.status())));
                     }
@@ -245,7 +251,7 @@ impl Moss {
 
 /// Whether a 404 is the media endpoint saying "no such media" (as opposed to "no such endpoint").
 async fn is_not_found_media(res: reqwest::Response) -> bool {
-    let Ok(body) = res.bytes().await else { return false };
+    let Ok(body) = crate::net::read_limited(res, 64 * 1024).await else { return false };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     v["errcode"] == "M_NOT_FOUND"
 }
@@ -268,5 +274,15 @@ mod tests {
         let content: Vec<u8> =
             stream.map(|c| c.unwrap().to_vec()).collect::<Vec<_>>().await.into_iter().flatten().collect();
         assert_eq!(String::from_utf8(content).unwrap(), "hello\r\n--not the boundary\r\nworld");
+    }
+
+    #[test]
+    fn broken_percent_encoding_in_filenames_is_kept_not_fatal() {
+        for bad in ["%", "%4", "%é1", "a%zz", "%\u{1F600}x", "x%C3"] {
+            // No panic; a result (or None for invalid UTF-8) either way.
+            let _ = disposition_filename(&format!("attachment; filename*=utf-8''{bad}"));
+        }
+        assert_eq!(disposition_filename("attachment; filename*=utf-8''%é1").as_deref(), Some("%é1"));
+        assert_eq!(disposition_filename("attachment; filename*=utf-8''50%25").as_deref(), Some("50%"));
     }
 }

@@ -211,6 +211,7 @@ impl Moss {
     ) -> Result<MessagesPage> {
         let (room, u, d) = (room_id.to_string(), user.to_string(), device.to_owned());
         let limit = limit.clamp(1, 1000);
+        filter::check_room_event_filter(&filter)?;
         if dir == Direction::Backward {
             // History before this server joined lives on other servers until fetched.
             let at = match &from {
@@ -241,12 +242,17 @@ impl Moss {
                 let ignored = crate::user_data::ignored_users(r, &u)?;
                 let mut chunk = Vec::new();
                 let mut exhausted = false;
-                // Filtered-out events still advance the position, so fetch in batches.
-                while chunk.len() < limit && !exhausted {
-                    let batch = r.room_events(&room, pos, to, dir, (limit * 2) as i64)?;
-                    if batch.len() < limit * 2 {
+                let matcher = filter::EventFilter::new(&filter);
+                // Filtered-out events still advance the position, so fetch in batches; a page
+                // reads at most MAX_SCAN events, and a filter that matches little gets a short
+                // (even empty) page with an `end` to go on from.
+                let mut scanned = 0;
+                while chunk.len() < limit && !exhausted && scanned < MAX_SCAN {
+                    let batch = r.room_events(&room, pos, to, dir, (limit * 2).min(MAX_SCAN - scanned) as i64)?;
+                    if batch.len() < (limit * 2).min(MAX_SCAN - scanned) {
                         exhausted = true;
                     }
+                    scanned += batch.len();
                     for row in batch {
                         if dir == Direction::Forward && row.stream > cap {
                             exhausted = true;
@@ -260,7 +266,7 @@ impl Moss {
                             continue;
                         }
                         let ev = served_event(r, &row, &u, Some(&d))?;
-                        if filter::matches(&filter, &ev) {
+                        if matcher.matches(&ev) {
                             chunk.push(ev);
                             if chunk.len() == limit {
                                 break;
@@ -286,6 +292,7 @@ impl Moss {
     ) -> Result<Context> {
         let (room, u, d, evid) = (room_id.to_string(), user.to_string(), device.to_owned(), event_id.to_string());
         let limit = limit.min(100);
+        filter::check_room_event_filter(&filter)?;
         self.db
             .read(move |r| {
                 read_access(r, &room, &u)?;
@@ -295,6 +302,7 @@ impl Moss {
                 if !vis.can_see(&row)? {
                     return Err(Error::not_found("event not found"));
                 }
+                let matcher = filter::EventFilter::new(&filter);
                 let before_n = limit / 2;
                 let after_n = limit - before_n;
                 let mut before = Vec::new();
@@ -303,7 +311,7 @@ impl Moss {
                     start = e.stream - 1;
                     if vis.can_see(&e)? {
                         let ev = served_event(r, &e, &u, Some(&d))?;
-                        if filter::matches(&filter, &ev) {
+                        if matcher.matches(&ev) {
                             before.push(ev);
                         }
                     }
@@ -314,7 +322,7 @@ impl Moss {
                     end = e.stream;
                     if vis.can_see(&e)? {
                         let ev = served_event(r, &e, &u, Some(&d))?;
-                        if filter::matches(&filter, &ev) {
+                        if matcher.matches(&ev) {
                             after.push(ev);
                         }
                     }
@@ -366,6 +374,9 @@ impl Moss {
             .await
     }
 }
+
+/// Most events one `/messages` page reads, whatever its filter lets through.
+const MAX_SCAN: usize = 2000;
 
 /// The member events of the senders of `events`, for lazy-loading clients.
 pub fn lazy_members(r: &Reader<'_>, room: &str, user: &str, events: &[Value]) -> Result<Vec<Value>> {

@@ -10,7 +10,7 @@ pub mod s3;
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream};
 
-use crate::Result;
+use crate::{MediaError, Result};
 
 /// Object content as a stream of chunks.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -61,11 +61,21 @@ pub trait BlobStore: Send + Sync + 'static {
 }
 
 /// Collects a stream into memory; for small objects and tests.
-pub async fn read_all(mut s: ByteStream) -> Result<Vec<u8>> {
+pub async fn read_all(s: ByteStream) -> Result<Vec<u8>> {
+    read_at_most(s, usize::MAX).await
+}
+
+/// Collects a stream into memory, failing (`Corrupt`) as soon as it grows past `max` bytes, so
+/// an object larger than its record says never fills memory.
+pub async fn read_at_most(mut s: ByteStream, max: usize) -> Result<Vec<u8>> {
     use futures_util::StreamExt;
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
-        out.extend_from_slice(&chunk?);
+        let chunk = chunk?;
+        if out.len().saturating_add(chunk.len()) > max {
+            return Err(MediaError::Corrupt(format!("object larger than the {max} bytes expected")));
+        }
+        out.extend_from_slice(&chunk);
     }
     Ok(out)
 }
