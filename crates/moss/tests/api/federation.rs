@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::common::{errcode, free_port, Server};
 
 /// A self-signed certificate for `localhost` (the openssl CLI; scripts/test installs it).
-fn self_signed(dir: &Path) {
+pub(crate) fn self_signed(dir: &Path) {
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
         .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])

@@ -6,6 +6,7 @@ mod cli;
 mod client_features;
 mod common;
 mod e2ee;
+mod exhaustion;
 mod federation;
 mod federation_rooms;
 mod import;
