@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Mutex, OnceLock},
     time::Instant,
 };
@@ -28,6 +29,26 @@ struct Tokens {
 fn buckets() -> &'static Mutex<HashMap<(Class, String), Tokens>> {
     static B: OnceLock<Mutex<HashMap<(Class, String), Tokens>>> = OnceLock::new();
     B.get_or_init(Default::default)
+}
+
+/// The address a request comes from: the peer, or, when the peer is a trusted reverse proxy
+/// (`http.trusted_proxies`), the last address in `X-Forwarded-For` that is not a trusted proxy
+/// itself (the leftmost entries are whatever the client chose to send).
+pub fn client_addr(moss: &Moss, peer: Option<IpAddr>, headers: &http::HeaderMap) -> Option<IpAddr> {
+    let trusted = &moss.config.http.trusted_proxies;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let peer = peer?;
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect();
+    Some(forwarded.into_iter().rev().find(|ip| !is_trusted(*ip)).unwrap_or(peer))
 }
 
 /// Takes one token for `key` in `class`, or fails with the time until one is available.

@@ -80,7 +80,8 @@ where
         while path_args.len() < expected_path_args::<R>() {
             path_args.push(String::new());
         }
-        let ip = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let ip = crate::rate_limit::client_addr(moss, peer, &parts.headers);
 
         let limit = moss.config.http.max_request_bytes;
         let bytes = axum::body::to_bytes(body, limit)
@@ -109,6 +110,16 @@ where
         } else {
             None
         };
+
+        // A password given to user-interactive auth is a login attempt: limited like logins,
+        // per address and per account, so a stolen session cannot guess the password at speed.
+        if json.as_ref().is_some_and(|j| j["auth"]["type"] == "m.login.password") {
+            let addr = ip.map(|i| i.to_string()).unwrap_or_default();
+            crate::rate_limit::check(moss, crate::rate_limit::Class::Login, &addr)?;
+            if let Some(s) = &session {
+                crate::rate_limit::check(moss, crate::rate_limit::Class::Login, s.user_id.as_str())?;
+            }
+        }
 
         // Clients may send an empty body where the endpoint expects `{}`.
         let body_bytes: &[u8] = if bytes.is_empty() && parts.method != Method::GET { b"{}" } else { &bytes };

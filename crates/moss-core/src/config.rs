@@ -69,6 +69,10 @@ pub struct HttpConfig {
     pub max_request_bytes: usize,
     /// Longest a /sync long-poll is held, in milliseconds, whatever the client asks.
     pub max_sync_timeout_ms: u64,
+    /// Reverse proxies (CIDRs) whose `X-Forwarded-For` is believed: a request from one of them
+    /// is treated (rate limits, logs) as coming from the last address in that header that is
+    /// not itself a trusted proxy. From any other peer the header is ignored.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +81,7 @@ impl Default for HttpConfig {
             bind: "127.0.0.1:8008".parse().expect("valid literal"),
             max_request_bytes: 1024 * 1024,
             max_sync_timeout_ms: 60_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

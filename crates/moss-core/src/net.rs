@@ -20,8 +20,9 @@ use std::{
 
 use reqwest::{dns::Resolve, Url};
 
-/// An address range in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -39,6 +40,19 @@ impl FromStr for Cidr {
             return Err(format!("{s:?}: prefix longer than the address"));
         }
         Ok(Cidr { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Cidr, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.prefix)
     }
 }
 

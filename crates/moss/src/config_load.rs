@@ -141,6 +141,9 @@ bind = "{bind}"
 max_request_bytes = {max_request_bytes}
 # Longest time a /sync long-poll is held, in milliseconds.
 max_sync_timeout_ms = {max_sync}
+# Reverse proxies whose X-Forwarded-For is believed (rate limits key on the client behind them),
+# e.g. ["127.0.0.1/32", "::1/128"] when nginx or Caddy runs on this machine.
+trusted_proxies = []
 
 [database]
 # SQLite file, relative to data_dir.

@@ -130,6 +130,9 @@ pub(crate) struct Template {
     pub unsigned: serde_json::Map<String, Value>,
 }
 
+/// Most `prev_events` an event made here names (the spec's PDU limit is 20).
+pub const MAX_PREV_EVENTS: usize = 20;
+
 pub(crate) fn template(
     w: &Writer<'_>,
     rules: &RoomVersionRules,
@@ -141,15 +144,21 @@ pub(crate) fn template(
     let room_str = room_id.map(|r| r.as_str().to_owned()).unwrap_or_default();
 
     // Where the event goes in the room graph.
-    let extremities = if room_id.is_some() { w.forward_extremities(&room_str)? } else { Vec::new() };
-    let mut depth = 0i64;
-    let mut parent_group = None;
-    for e in &extremities {
-        if let Some(row) = w.event(e)? {
-            depth = depth.max(w.event_depth(e)?.unwrap_or(0));
-            parent_group = Some(row.state_group);
+    // At most MAX_PREV_EVENTS of them, the deepest: the rest stay extremities and the next
+    // events take them in, so a room another server splintered is merged over a few events.
+    let mut tips = Vec::new();
+    if room_id.is_some() {
+        for e in w.forward_extremities(&room_str)? {
+            if let Some(row) = w.event(&e)? {
+                tips.push((w.event_depth(&e)?.unwrap_or(0), e, row.state_group));
+            }
         }
     }
+    tips.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    tips.truncate(MAX_PREV_EVENTS);
+    let depth = tips.iter().map(|t| t.0).max().unwrap_or(0);
+    let mut parent_group = tips.first().map(|t| t.2);
+    let extremities: Vec<String> = tips.into_iter().map(|t| t.1).collect();
     // With several extremities (a fork another server made) the room's state is their resolved
     // state, which `current_state` holds; build on a snapshot of it.
     if extremities.len() > 1 {
@@ -290,7 +299,16 @@ pub fn persist_local(
         },
     };
     store_event(w, &rules, &pdu, &canon, depth, stream, state_group, txn)?;
-    w.set_forward_extremities(room_str, &[pdu.event_id.as_str()])?;
+    if pdu.prev_events.len() < MAX_PREV_EVENTS {
+        w.set_forward_extremities(room_str, &[pdu.event_id.as_str()])?;
+    } else {
+        // Extremities it could not take in stay for the next event.
+        let mut tips: Vec<String> =
+            w.forward_extremities(room_str)?.into_iter().filter(|e| !pdu.prev_events.iter().any(|p| p == e)).collect();
+        tips.push(pdu.event_id.to_string());
+        let tips: Vec<&str> = tips.iter().map(String::as_str).collect();
+        w.set_forward_extremities(room_str, &tips)?;
+    }
     if let Some(sk) = &pdu.state_key {
         set_current(w, room_str, &kind, sk, &pdu, stream)?;
     }

@@ -250,3 +250,55 @@ async fn login_is_rate_limited_when_limits_are_on() {
     assert_eq!(errcode(&v), "M_LIMIT_EXCEEDED");
     assert!(v["retry_after_ms"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "x"}, "password": "p"});
+    let attempt = |s: &Server, forwarded: &'static str| {
+        let (url, body) = (format!("{}/_matrix/client/v3/login", s.base), login.clone());
+        async move {
+            let res = reqwest::Client::new().post(url).header("x-forwarded-for", forwarded).json(&body).send().await;
+            res.unwrap().status().as_u16()
+        }
+    };
+    let limits = ("MOSS_RATE_LIMITS__LOGIN", "{ per_second = 0.01, burst = 3 }");
+
+    // Behind a trusted proxy, each client address has its own budget; the client's own
+    // leftmost entries cannot pick a fresh one.
+    let s = Server::start_with(&[limits, ("MOSS_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]")]).await;
+    for _ in 0..3 {
+        assert_eq!(attempt(&s, "203.0.113.5").await, 403);
+    }
+    assert_eq!(attempt(&s, "203.0.113.5").await, 429);
+    assert_eq!(attempt(&s, "198.51.100.1, 203.0.113.5").await, 429, "spoofed leftmost entries are ignored");
+    assert_eq!(attempt(&s, "203.0.113.6").await, 403, "another client keeps its own budget");
+    drop(s);
+
+    // From an untrusted peer the header means nothing: every request is the peer's.
+    let s = Server::start_with(&[limits]).await;
+    let mut statuses = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"] {
+        statuses.push(attempt(&s, client).await);
+    }
+    assert_eq!(statuses, [403, 403, 403, 429]);
+}
+
+#[tokio::test]
+async fn interactive_auth_password_attempts_are_rate_limited_like_logins() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__REGISTER", "{ per_second = 100, burst = 100 }"),
+        ("MOSS_RATE_LIMITS__LOGIN", "{ per_second = 0.01, burst = 3 }"),
+    ])
+    .await;
+    let a = s.register("guess").await;
+    let auth = |pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": a.id}, "password": pw});
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let body = json!({"new_password": "newpassword1", "auth": auth(&format!("guess{i}"))});
+        let (st, v) = s.post("/_matrix/client/v3/account/password", &a, body).await;
+        statuses.push((st, errcode(&v).to_owned()));
+    }
+    assert_eq!(statuses[..3].iter().map(|s| s.0).collect::<Vec<_>>(), [401, 401, 401], "{statuses:?}");
+    assert_eq!(statuses[3], (429, "M_LIMIT_EXCEEDED".to_owned()), "{statuses:?}");
+}
