@@ -436,8 +436,14 @@ pub struct S3Config {
     pub prefix: String,
     /// Multipart part size in bytes (64 MiB is one Storj segment).
     pub part_size: u64,
-    /// Upper bound on one S3 request including retries, in milliseconds.
+    /// Upper bound on one S3 request including retries, in milliseconds: a backstop for a
+    /// store that trickles; a 64 MiB part must fit in it at the slowest rate you accept.
     pub request_timeout_ms: u64,
+    /// Bound on connecting to the store, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A request fails when the store sends nothing for this long (milliseconds), whatever
+    /// the object's size.
+    pub idle_timeout_ms: u64,
     /// Downloads are read as ranged GETs of this many bytes each...
     pub read_segment: u64,
     /// ...up to this many at once for one download...
@@ -458,7 +464,9 @@ impl Default for S3Config {
             path_style: true,
             prefix: String::new(),
             part_size: 64 * 1024 * 1024,
-            request_timeout_ms: 30_000,
+            request_timeout_ms: 600_000,
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
             read_segment: 8 * 1024 * 1024,
             read_ahead: 4,
             read_ahead_memory: 128 * 1024 * 1024,

@@ -208,8 +208,11 @@ path_style = true
 prefix = ""
 # Multipart part size in bytes: 64 MiB is one Storj segment.
 part_size = {part_size}
-# Upper bound on one S3 request including retries, in milliseconds.
+# Upper bound on one S3 request including retries, in milliseconds: a backstop for a store
+# that trickles (a 64 MiB part must fit in it). Connecting and silence have their own bounds.
 request_timeout_ms = {s3_timeout}
+connect_timeout_ms = {s3_connect}
+idle_timeout_ms = {s3_idle}
 # Downloads are read as ranged GETs of read_segment bytes, read_ahead of them at once (one GET
 # alone is bound by the store's per-request pace), within read_ahead_memory bytes across all
 # downloads; past that, downloads read one segment at a time.
@@ -236,6 +239,8 @@ path_style = true
 prefix = ""
 part_size = {part_size}
 request_timeout_ms = {s3_timeout}
+connect_timeout_ms = {s3_connect}
+idle_timeout_ms = {s3_idle}
 read_segment = {read_segment}
 read_ahead = {read_ahead}
 read_ahead_memory = {read_ahead_memory}
@@ -359,6 +364,8 @@ level = "info"
         pending_expiry = d.media.pending_expiry_ms,
         part_size = d.media.s3.part_size,
         s3_timeout = d.media.s3.request_timeout_ms,
+        s3_connect = d.media.s3.connect_timeout_ms,
+        s3_idle = d.media.s3.idle_timeout_ms,
         read_segment = d.media.s3.read_segment,
         read_ahead = d.media.s3.read_ahead,
         read_ahead_memory = d.media.s3.read_ahead_memory,

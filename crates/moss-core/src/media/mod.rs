@@ -331,6 +331,8 @@ fn build_store(
                     prefix: c.prefix.clone(),
                     part_size: c.part_size as usize,
                     request_timeout: Duration::from_millis(c.request_timeout_ms),
+                    connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+                    idle_timeout: Duration::from_millis(c.idle_timeout_ms),
                     read_segment: c.read_segment,
                     read_ahead: c.read_ahead as usize,
                     read_ahead_memory: c.read_ahead_memory,

@@ -34,8 +34,14 @@ pub struct S3Config {
     pub prefix: String,
     /// Multipart part size; objects up to this size are sent in one PUT.
     pub part_size: usize,
-    /// Upper bound on one request, retries included.
+    /// Upper bound on one request, retries included: a backstop for a store that trickles
+    /// (a 64 MiB part must fit in it at the slowest rate you accept).
     pub request_timeout: Duration,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on silence: a request fails when nothing arrives for this long, however large
+    /// its object.
+    pub idle_timeout: Duration,
     /// Reads are ranged GETs of this many bytes...
     pub read_segment: u64,
     /// ...up to this many in flight for one reader...
@@ -278,7 +284,8 @@ impl S3Store {
     pub fn new(config: S3Config) -> Result<S3Store> {
         let client = ClientOptions::new()
             .with_allow_http(config.endpoint.starts_with("http://"))
-            .with_connect_timeout(Duration::from_secs(5))
+            .with_connect_timeout(config.connect_timeout)
+            .with_read_timeout(config.idle_timeout)
             .with_timeout(config.request_timeout);
         let retry = RetryConfig {
             backoff: BackoffConfig {

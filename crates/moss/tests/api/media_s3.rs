@@ -71,6 +71,8 @@ fn raw_store_reading(env: &S3Env, prefix: &str, segment: u64, memory: u64) -> S3
         prefix: prefix.to_owned(),
         part_size: 5 * 1024 * 1024,
         request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(10),
         read_segment: segment,
         read_ahead: 3,
         read_ahead_memory: memory,
