@@ -185,14 +185,43 @@ impl Federation {
         Ok(req)
     }
 
+    /// Fails at once when `server` is paused after failing (see [`Federation::mark_down`]).
+    fn check_up(&self, server: &ServerName) -> Result<()> {
+        match self.down_until(server) {
+            Some(until) => Err(unreachable(
+                server,
+                format!(
+                    "it failed lately; not asked again for {} s",
+                    until.saturating_duration_since(std::time::Instant::now()).as_secs()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Records how a request to `server` went: a failure to connect or to get an answer pauses
+    /// it, an answer (of any status) clears that.
+    fn sent(&self, server: &ServerName, res: reqwest::Result<reqwest::Response>) -> Result<reqwest::Response> {
+        match res {
+            Ok(r) => {
+                self.mark_up(server);
+                Ok(r)
+            }
+            Err(e) => {
+                if !crate::net::is_refusal(&e) {
+                    self.mark_down(server);
+                }
+                Err(send_error(server, &e))
+            }
+        }
+    }
+
     /// An unauthenticated GET (key documents), parsed as JSON.
     pub(crate) async fn get_json(&self, server: &ServerName, path: &str) -> Result<Value> {
+        self.check_up(server)?;
         let d = self.resolve(server).await?;
-        let res = self
-            .request(&self.clients.json, server, http::Method::GET, &d, path)?
-            .send()
-            .await
-            .map_err(|e| send_error(server, &e))?;
+        let res = self.request(&self.clients.json, server, http::Method::GET, &d, path)?.send().await;
+        let res = self.sent(server, res)?;
         read_json(server, res).await
     }
 }
@@ -224,13 +253,15 @@ impl Moss {
     /// A signed GET whose answer the caller reads itself (media streams).
     pub(crate) async fn federation_get_raw(&self, destination: &ServerName, path: &str) -> Result<reqwest::Response> {
         let fed = self.federation()?;
+        fed.check_up(destination)?;
         let d = fed.resolve(destination).await?;
         let auth = self.sign_request(destination, http::Method::GET, path, &[])?;
-        fed.request(&fed.clients.stream, destination, http::Method::GET, &d, path)?
+        let res = fed
+            .request(&fed.clients.stream, destination, http::Method::GET, &d, path)?
             .header(http::header::AUTHORIZATION, auth)
             .send()
-            .await
-            .map_err(|e| send_error(destination, &e))
+            .await;
+        fed.sent(destination, res)
     }
 
     /// The X-Matrix `Authorization` value for a request, signed over method, path and body as
@@ -251,7 +282,8 @@ impl Moss {
     }
 
     /// Sends `destination` a request signed with our key (X-Matrix) and returns its JSON answer.
-    /// `path` includes the query string.
+    /// `path` includes the query string. A server that could not be reached lately is not
+    /// asked again until its pause ends (see [`Federation::mark_down`]).
     pub async fn federation_request(
         &self,
         destination: &ServerName,
@@ -259,7 +291,22 @@ impl Moss {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
+        self.federation_request_with(destination, method, path, body, false).await
+    }
+
+    /// [`Moss::federation_request`], asking even a server marked down when `probe` is set.
+    pub(crate) async fn federation_request_with(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+        probe: bool,
+    ) -> Result<Value> {
         let fed = self.federation()?;
+        if !probe {
+            fed.check_up(destination)?;
+        }
         let d = fed.resolve(destination).await?;
         let bytes = match &body {
             Some(b) => serde_json::to_vec(b)?,
@@ -271,7 +318,7 @@ impl Moss {
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(bytes);
         }
-        let res = req.send().await.map_err(|e| send_error(destination, &e))?;
+        let res = fed.sent(destination, req.send().await)?;
         read_json(destination, res).await
     }
 }

@@ -15,6 +15,42 @@ use crate::{
 
 /// Remote keys are refetched after at most this long, whatever they claim.
 const MAX_CACHE_MS: i64 = 24 * 3600 * 1000;
+/// Most server names one notary query is answered for.
+pub const MAX_NOTARY_NAMES: usize = 100;
+/// Most of them fetched afresh (not from our cache) for one query.
+pub const MAX_NOTARY_REFETCHES: usize = 10;
+
+impl super::Federation {
+    /// Fails at once when `server`'s keys could not be had within the last minute.
+    fn check_keys_not_failed(&self, server: &ServerName) -> Result<()> {
+        let failed = self.keys_failed.lock().unwrap_or_else(|p| p.into_inner());
+        match failed.get(server) {
+            Some(at) if at.elapsed() < super::KEYS_FAILED_TTL => Err(Error::new(
+                ruma::api::error::ErrorKind::Unauthorized,
+                401,
+                format!("{server}'s keys could not be fetched lately"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remembers a failed key fetch (or forgets an earlier failure) and passes the result on.
+    fn note_key_fetch<T>(&self, server: &ServerName, result: Result<T>) -> Result<T> {
+        let mut failed = self.keys_failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => {
+                failed.remove(server);
+            }
+            Err(_) => {
+                if failed.len() > 10_000 {
+                    failed.retain(|_, at| at.elapsed() < super::KEYS_FAILED_TTL);
+                }
+                failed.insert(server.to_owned(), std::time::Instant::now());
+            }
+        }
+        result
+    }
+}
 
 impl Moss {
     /// Our `/_matrix/key/v2/server` document, signed with our key.
@@ -56,17 +92,24 @@ impl Moss {
         if !cached.is_empty() {
             return Ok(cached.into_iter().collect());
         }
-        let doc = match self.federation()?.get_json(server, "/_matrix/key/v2/server").await {
-            Ok(doc) => doc,
-            Err(direct) if via_notaries && !self.config.federation.trusted_key_servers.is_empty() => {
-                match self.keys_from_notaries(server).await {
-                    Some(doc) => doc,
-                    None => return Err(direct),
+        let fed = self.federation()?;
+        fed.check_keys_not_failed(server)?;
+        let fetched = async {
+            let doc = match fed.get_json(server, "/_matrix/key/v2/server").await {
+                Ok(doc) => doc,
+                Err(direct) if via_notaries && !self.config.federation.trusted_key_servers.is_empty() => {
+                    match self.keys_from_notaries(server).await {
+                        Some(doc) => doc,
+                        None => return Err(direct),
+                    }
                 }
-            }
-            Err(direct) => return Err(direct),
-        };
-        let keys = verify_key_document(server, &doc)?;
+                Err(direct) => return Err(direct),
+            };
+            let keys = verify_key_document(server, &doc)?;
+            Ok((doc, keys))
+        }
+        .await;
+        let (doc, keys) = fed.note_key_fetch(server, fetched)?;
         let valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0).min(now + MAX_CACHE_MS);
         if valid_until <= now {
             return Err(Error::new(
@@ -130,7 +173,10 @@ impl Moss {
     /// anew; servers that cannot be reached are left out.
     pub async fn notary_key_docs(&self, servers: Vec<(OwnedServerName, u64)>) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for (server, min_valid_until) in servers.into_iter().take(100) {
+        // Anyone may ask a notary, so what one request makes us fetch is bounded: at most
+        // MAX_NOTARY_NAMES names answered, MAX_NOTARY_REFETCHES of them fetched afresh.
+        let mut refetches = 0;
+        for (server, min_valid_until) in servers.into_iter().take(MAX_NOTARY_NAMES) {
             let mut doc = if server == self.server_name {
                 self.server_keys_document()?
             } else {
@@ -140,8 +186,9 @@ impl Moss {
                     Some((text, until)) if until as u64 >= min_valid_until.max(now_ms()) => {
                         serde_json::from_str(&text)?
                     }
+                    _ if refetches >= MAX_NOTARY_REFETCHES => continue,
                     _ => {
-                        // Forget the cached keys so server_verify_keys fetches afresh.
+                        refetches += 1;
                         if let Err(e) = self.refetch_server_keys(&server).await {
                             tracing::info!(%server, error = %e, "notary: could not fetch keys");
                             continue;
@@ -170,8 +217,15 @@ impl Moss {
     }
 
     async fn refetch_server_keys(&self, server: &ServerName) -> Result<()> {
-        let doc = self.federation()?.get_json(server, "/_matrix/key/v2/server").await?;
-        let keys = verify_key_document(server, &doc)?;
+        let fed = self.federation()?;
+        fed.check_keys_not_failed(server)?;
+        let fetched = async {
+            let doc = fed.get_json(server, "/_matrix/key/v2/server").await?;
+            let keys = verify_key_document(server, &doc)?;
+            Ok((doc, keys))
+        }
+        .await;
+        let (doc, keys) = fed.note_key_fetch(server, fetched)?;
         let now = now_ms() as i64;
         let valid_until = doc["valid_until_ts"].as_i64().unwrap_or(0);
         let (s, text) = (server.to_string(), serde_json::to_string(&doc)?);

@@ -35,6 +35,51 @@ pub struct Federation {
     /// Where each server name was found to live (`.well-known` delegation), with expiry.
     pub(crate) resolved: Mutex<HashMap<OwnedServerName, (client::Destination, std::time::Instant)>>,
     pub(crate) wakeups: sender::Wakeups,
+    /// Servers that could not be reached lately: requests on someone's behalf fail fast
+    /// instead of each waiting out a connect timeout (the outbox keeps its own schedule).
+    pub(crate) down: Mutex<HashMap<OwnedServerName, Down>>,
+    /// Servers whose keys could not be had lately, so a flood of their events cannot make us
+    /// ask again for each one.
+    pub(crate) keys_failed: Mutex<HashMap<OwnedServerName, std::time::Instant>>,
+}
+
+/// A destination that failed: not asked again (except by the outbox) before `until`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Down {
+    pub until: std::time::Instant,
+    pub failures: u32,
+}
+
+/// First pause after a failure; it doubles with each further one up to `MAX_DOWN`.
+const FIRST_DOWN: Duration = Duration::from_secs(10);
+const MAX_DOWN: Duration = Duration::from_secs(600);
+/// How long a failed key fetch is remembered.
+pub(crate) const KEYS_FAILED_TTL: Duration = Duration::from_secs(60);
+
+impl Federation {
+    /// When a server that failed may be asked again (`None`: it may be asked now).
+    pub(crate) fn down_until(&self, server: &ruma::ServerName) -> Option<std::time::Instant> {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(server).map(|d| d.until).filter(|u| *u > std::time::Instant::now())
+    }
+
+    pub(crate) fn mark_down(&self, server: &ruma::ServerName) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if down.len() > 10_000 {
+            let now = std::time::Instant::now();
+            down.retain(|_, d| d.until > now);
+        }
+        let failures = down.get(server).map_or(0, |d| d.failures).saturating_add(1);
+        let pause = FIRST_DOWN.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(MAX_DOWN);
+        down.insert(server.to_owned(), Down { until: std::time::Instant::now() + pause, failures });
+    }
+
+    pub(crate) fn mark_up(&self, server: &ruma::ServerName) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if !down.is_empty() {
+            down.remove(server);
+        }
+    }
 }
 
 impl Federation {
@@ -63,6 +108,8 @@ impl Federation {
             clients: client::build(config, policy, redirects)?,
             resolved: Mutex::new(HashMap::new()),
             wakeups: Default::default(),
+            down: Default::default(),
+            keys_failed: Default::default(),
         })
     }
 }

@@ -74,6 +74,7 @@ impl Moss {
     /// A server we had given up on for a while talked to us: retry it now.
     pub fn destination_is_back(&self, server: &ServerName) {
         if let Some(fed) = &self.federation {
+            fed.mark_up(server);
             let _ = fed.wakeups.tx.send((server.to_owned(), true));
         }
     }
@@ -195,7 +196,8 @@ async fn send_batch(moss: &Moss, dest: &ServerName) -> Result<bool> {
         "edus": edus,
     });
     let path = format!("/_matrix/federation/v1/send/{txn_id}");
-    let answer = moss.federation_request(dest, http::Method::PUT, &path, Some(body)).await?;
+    // The outbox keeps its own back-off, so it asks even a server marked down.
+    let answer = moss.federation_request_with(dest, http::Method::PUT, &path, Some(body), true).await?;
     if let Some(results) = answer["pdus"].as_object() {
         for (id, r) in results {
             if let Some(err) = r.get("error") {

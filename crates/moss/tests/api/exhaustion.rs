@@ -420,3 +420,62 @@ async fn malformed_login_bodies_are_refused_not_crashed_on() {
     // Still serving, and a good login still works.
     s.login("alice").await;
 }
+
+#[tokio::test]
+async fn dead_servers_and_notary_queries_cost_a_bounded_number_of_connections() {
+    // Twenty "servers" on an allowed address that accept a connection and hang up at once.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut names = Vec::new();
+    for _ in 0..20 {
+        let l = tokio::net::TcpListener::bind(("127.0.0.2", 0)).await.unwrap();
+        names.push(format!("127.0.0.2:{}", l.local_addr().unwrap().port()));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = l.accept().await {
+                h.fetch_add(1, Ordering::SeqCst);
+                drop(sock);
+            }
+        });
+    }
+    let fed_port = free_port();
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_FEDERATION__ENABLED", "true"),
+        ("MOSS_FEDERATION__BIND", &format!("127.0.0.1:{fed_port}")),
+        ("MOSS_FEDERATION__VERIFY_CERTIFICATES", "false"),
+        ("MOSS_FEDERATION__IP_RANGE_ALLOWLIST", "[\"127.0.0.2/32\"]"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+
+    // A user asking again and again about a dead server: one connection, then fast failures.
+    for _ in 0..10 {
+        let (st, v, took) =
+            get_timed(&s, &format!("/_matrix/client/v3/profile/{}", enc(&format!("@bob:{}", names[0]))), &a.token)
+                .await;
+        assert_eq!(st, 502, "{v}");
+        assert!(took < Duration::from_secs(2));
+    }
+    assert_eq!(hits.swap(0, Ordering::SeqCst), 1, "a failed server is not asked again at once");
+
+    // Anyone may ask our notary about any servers: one query fetches at most ten afresh, and
+    // servers whose keys just failed are not asked again by the next query.
+    let query =
+        json!({"server_keys": names[1..].iter().map(|n| (n.clone(), json!({}))).collect::<serde_json::Map<_, _>>()});
+    for round in 0..2 {
+        let res = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{fed_port}/_matrix/key/v2/query"))
+            .header("content-type", "application/json")
+            .body(query.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "round {round}");
+        let n = hits.swap(0, Ordering::SeqCst);
+        assert!(n <= 10, "round {round}: {n} connections for one notary query");
+        if round == 0 {
+            assert!(n >= 1, "the notary does fetch");
+        }
+    }
+}
