@@ -1159,6 +1159,11 @@ impl Reader<'_> {
 
     /// Every object name the database still needs: content, thumbnails, and the media ids whose
     /// metadata records must stay. In-flight content younger than `inflight_after` counts too.
+    /// The content a media row points to, if it is uploaded.
+    pub fn media_content_key(&self, media_id: &str) -> Result<Option<String>> {
+        Ok(self.one("SELECT content_key FROM media WHERE media_id = ?1", [media_id], |r| r.get(0))?.flatten())
+    }
+
     pub fn referenced_media(&self, inflight_after: i64) -> Result<(std::collections::HashSet<String>, Vec<String>)> {
         let mut keys = std::collections::HashSet::new();
         for k in self.collect("SELECT DISTINCT content_key FROM media WHERE content_key IS NOT NULL", [], |r| {
@@ -1226,13 +1231,18 @@ impl Writer<'_> {
     }
 
     /// Deletes a media row. Returns the objects nothing references any more: its content and
-    /// that content's thumbnails, unless another row shares the content.
+    /// that content's thumbnails, unless another row shares the content or an upload of the
+    /// same content is under way (it may have found the object present and not written it).
     pub fn delete_media(&self, media_id: &str) -> Result<Vec<String>> {
-        let key: Option<String> =
-            self.one("SELECT content_key FROM media WHERE media_id = ?1", [media_id], |r| r.get(0))?.flatten();
+        let key = self.media_content_key(media_id)?;
         self.exec("DELETE FROM media WHERE media_id = ?1", [media_id])?;
+        let writing = |k: &str| -> Result<bool> {
+            Ok(self
+                .one("SELECT 1 FROM media_inflight WHERE content_key = ?1 LIMIT 1", [k], |r| r.get::<_, i64>(0))?
+                .is_some())
+        };
         match key {
-            Some(k) if self.media_referencing(&k)? == 0 => {
+            Some(k) if self.media_referencing(&k)? == 0 && !writing(&k)? => {
                 let mut gone =
                     self.collect("SELECT thumb_key FROM media_thumbnails WHERE content_key = ?1", [&k], |r| r.get(0))?;
                 self.exec("DELETE FROM media_thumbnails WHERE content_key = ?1", [&k])?;
@@ -1264,5 +1274,37 @@ impl Writer<'_> {
             params![media_id, created_ts, legacy, quarantined],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod media_tests {
+    use crate::{Db, StorageError, Synchronous};
+
+    fn db() -> Db {
+        let dir = std::env::temp_dir().join(format!("moss-storage-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap()
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    }
+
+    /// A purge that races an upload of the same content keeps the object the upload relies on.
+    #[test]
+    fn deleting_media_keeps_content_an_upload_is_writing() {
+        let db = db();
+        db.write_blocking(|w| {
+            w.store_media("a", "@u:x", 1, "c-1", None, None, 3, "s")?;
+            w.store_media("b", "@u:x", 1, "c-2", None, None, 3, "s")?;
+            w.store_thumbnail("c-1", 32, 32, "crop", false, "t-1", "image/png", 10)?;
+            let mark = w.begin_inflight("c-1", 2)?;
+            assert_eq!(w.delete_media("a")?, Vec::<String>::new(), "in flight: nothing to delete");
+            w.end_inflight(mark)?;
+            assert_eq!(w.delete_media("b")?, vec!["c-2".to_owned()]);
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
     }
 }

@@ -35,12 +35,16 @@ impl Moss {
                  (or recover files with `moss media decrypt`) before purging",
             ));
         }
+        // List first, then read what is referenced: an object listed was written before the
+        // listing, so its upload had marked it in flight (or recorded it) before that, and the
+        // read that follows sees the mark or the record. (Read the other way round, an upload
+        // finishing in between would look orphaned.)
+        let names: Vec<String> = self.media.store.list().filter_map(|k| async move { k.ok() }).collect().await;
         let cutoff = now_ms().saturating_sub(INFLIGHT_GRACE_MS) as i64;
         let (mut keep, ids) = self.db.read(move |r| Ok::<_, Error>(r.referenced_media(cutoff)?)).await?;
         keep.extend(ids.iter().map(|id| self.media.meta_key(id)));
         let keep: HashSet<String> = keep;
         let mut report = PurgeReport::default();
-        let names: Vec<String> = self.media.store.list().filter_map(|k| async move { k.ok() }).collect().await;
         for name in names {
             report.examined += 1;
             progress(report.examined);
@@ -77,6 +81,14 @@ impl Moss {
             return Ok(report);
         }
         for id in ids {
+            let i = id.clone();
+            let content = self.db.read(move |r| Ok::<_, Error>(r.media_content_key(&i)?)).await?;
+            // Held from the decision to the deletion, so an upload of the same content either
+            // marked itself in flight before (and the object stays) or writes it again after.
+            let _guard = match &content {
+                Some(k) => Some(self.media.content_lock(k).await),
+                None => None,
+            };
             let i = id.clone();
             let mut gone = self.db.write(move |w| Ok::<_, Error>(w.delete_media(&i)?)).await?;
             gone.push(self.media.meta_key(&id));

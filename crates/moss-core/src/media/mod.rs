@@ -55,6 +55,8 @@ pub struct Media {
     accessed: Mutex<HashMap<String, std::time::Instant>>,
     /// Remote media being fetched, so concurrent requests for it share one fetch.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held (locked) by the process that cleared the spool at start, for as long as it runs.
+    _spool_lock: Option<std::fs::File>,
     /// Memory thumbnail jobs may hold, in MiB permits (`thumbnails.max_decode_memory`).
     decode_budget: Arc<tokio::sync::Semaphore>,
 }
@@ -188,7 +190,36 @@ fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
     Ok(key)
 }
 
+/// Held while an object of some content is written or deleted (see [`Media::content_lock`]).
+pub(crate) struct ContentGuard<'a> {
+    media: &'a Media,
+    key: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for ContentGuard<'_> {
+    fn drop(&mut self) {
+        let mut w = self.media.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // The last holder (the map's entry and ours are the only references) removes the entry.
+        if w.get(&self.key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            w.remove(&self.key);
+        }
+    }
+}
+
 impl Media {
+    /// Serialises everything that writes or deletes the object `key`: two uploads of the same
+    /// content never interleave one object, and a purge never deletes an object an upload has
+    /// just found present (and so did not write again).
+    pub(crate) async fn content_lock(&self, key: &str) -> ContentGuard<'_> {
+        let lock = {
+            let mut w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            w.entry(key.to_owned()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        ContentGuard { media: self, key: key.to_owned(), _guard: guard }
+    }
+
     /// `has_media`: the database already records uploads, so a missing master key is an error
     /// (a fresh key could not read them), not a first start.
     pub fn open(config: &Config, has_media: bool) -> Result<Media> {
@@ -219,12 +250,29 @@ impl Media {
             );
         }
         tracing::info!(store = %store.describe(), "media store");
-        let secret = read_or_create_secret(&config.data_dir.join("media-naming.key"), "media naming key")?;
+        let naming = config.data_dir.join("media-naming.key");
+        if has_media && !naming.exists() {
+            // A new naming key would give new uploads other object names than identical
+            // existing content (no deduplication) and break `media decrypt`'s names.
+            return Err(Error::internal(format!(
+                "the media naming key {} is missing but media exists: restore it from your backup",
+                naming.display()
+            )));
+        }
+        let secret = read_or_create_secret(&naming, "media naming key")?;
         let spool = config.data_dir.join("tmp");
         std::fs::create_dir_all(&spool).map_err(|e| Error::internal(format!("{}: {e}", spool.display())))?;
-        // Spooled uploads a crash interrupted are worthless now.
-        for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
-            let _ = std::fs::remove_file(entry.path());
+        // Spooled uploads a crash interrupted are worthless now, but only the process that
+        // holds the spool's lock may clear it: a CLI command run beside the server must not
+        // delete the server's uploads in progress.
+        let lock_path = config.data_dir.join("tmp.lock");
+        let spool_lock =
+            std::fs::File::create(&lock_path).map_err(|e| Error::internal(format!("{}: {e}", lock_path.display())))?;
+        let spool_owned = spool_lock.try_lock().is_ok();
+        if spool_owned {
+            for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         let p = &config.media.url_preview;
         let preview = if p.enabled {
@@ -245,6 +293,7 @@ impl Media {
             writing: Mutex::new(HashMap::new()),
             accessed: Default::default(),
             fetching: Default::default(),
+            _spool_lock: spool_owned.then_some(spool_lock),
             decode_budget: Arc::new(tokio::sync::Semaphore::new(
                 mib(config.media.thumbnails.max_decode_memory) as usize
             )),
@@ -465,12 +514,13 @@ impl Moss {
             sha256: sha_hex.clone(),
             created_ts: now_ms(),
         };
-        self.write_meta(&id, &meta).await?;
+        let meta_inflight = self.write_meta(&id, &meta).await?;
         let (i, u, k) = (id.clone(), user.to_string(), key.clone());
         let stored = self
             .db
             .write(move |w| {
                 w.end_inflight(inflight)?;
+                w.end_inflight(meta_inflight)?;
                 Ok::<_, Error>(w.store_media(
                     &i,
                     &u,
@@ -531,33 +581,36 @@ impl Moss {
         let sha = hasher.finalize();
         let key = self.media.content_key(&sha);
 
-        // Mark the content as being written, so a concurrent orphan sweep leaves it alone.
-        let k = key.clone();
-        let inflight = self.db.write(move |w| Ok::<_, Error>(w.begin_inflight(&k, now_ms() as i64)?)).await?;
-        let lock = {
-            let mut w = self.media.writing.lock().unwrap_or_else(|p| p.into_inner());
-            w.entry(key.clone()).or_default().clone()
-        };
+        // Mark the content as being written, so a concurrent orphan sweep leaves it alone, and
+        // a purge of other media with the same content keeps the object (see `purge_media`).
+        let inflight = self.begin_inflight(&key).await?;
         {
-            let _guard = lock.lock().await;
+            let _guard = self.media.content_lock(&key).await;
             let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
                 let stream = file_stream(spool.0.clone()).await?;
                 self.media.store.put(&key, size, stream).await.map_err(store_error)?;
             }
         }
-        self.media.writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         Ok(StoredContent { key, sha_hex: hex::encode(sha), size, inflight })
     }
 
     /// Writes the metadata record that lets the store alone restore a file (`moss media decrypt`).
-    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<()> {
+    /// It is marked in flight (so an orphan sweep leaves it alone) until the caller records the
+    /// media and ends the mark (`end_inflight` with the returned id) in the same transaction.
+    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<i64> {
         let bytes = serde_json::to_vec(meta)?;
-        self.media
-            .store
-            .put(&self.media.meta_key(name), bytes.len() as u64, moss_media::store::once(bytes))
-            .await
-            .map_err(store_error)
+        let key = self.media.meta_key(name);
+        let inflight = self.begin_inflight(&key).await?;
+        self.media.store.put(&key, bytes.len() as u64, moss_media::store::once(bytes)).await.map_err(store_error)?;
+        Ok(inflight)
+    }
+
+    /// Marks an object as being written: `purge --orphans` leaves it alone until the mark ends
+    /// (in the transaction that records the object) or grows stale (an hour).
+    async fn begin_inflight(&self, key: &str) -> Result<i64> {
+        let k = key.to_owned();
+        self.db.write(move |w| Ok::<_, Error>(w.begin_inflight(&k, now_ms() as i64)?)).await
     }
 
     /// Keeps another server's media (`mxc://origin/media_id`) in our store: for imports now, for
@@ -588,11 +641,12 @@ impl Moss {
             sha256: sha_hex.clone(),
             created_ts: created_ts as u64,
         };
-        self.write_meta(&format!("{origin}/{media_id}"), &meta).await?;
+        let meta_inflight = self.write_meta(&format!("{origin}/{media_id}"), &meta).await?;
         let (o, id) = (origin.to_owned(), media_id.to_owned());
         self.db
             .write(move |w| {
                 w.end_inflight(inflight)?;
+                w.end_inflight(meta_inflight)?;
                 Ok::<_, Error>(w.store_remote_media(&moss_storage::NewRemoteMedia {
                     origin: &o,
                     media_id: &id,
@@ -841,10 +895,12 @@ impl Moss {
             format!("t-{}", hex::encode(mac.finalize().into_bytes()))
         };
         let len = made.bytes.len() as u64;
+        let inflight = self.begin_inflight(&thumb_key).await?;
         self.media.store.put(&thumb_key, len, moss_media::store::once(made.bytes)).await.map_err(store_error)?;
         let (k, tk, ct, m) = (key.to_owned(), thumb_key.clone(), made.content_type.to_owned(), method.as_str());
         self.db
             .write(move |w| {
+                w.end_inflight(inflight)?;
                 Ok::<_, Error>(w.store_thumbnail(&k, width as i64, height as i64, m, animated, &tk, &ct, len as i64)?)
             })
             .await?;

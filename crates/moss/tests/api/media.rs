@@ -568,6 +568,34 @@ async fn a_lost_master_key_stops_the_server_instead_of_replacing_the_key() {
 }
 
 #[tokio::test]
+async fn a_lost_naming_key_stops_the_server_and_cli_commands_leave_the_spool_alone() {
+    let mut s = Server::start().await;
+    let a = s.register("alice").await;
+    upload(&s, &a, b"named".to_vec(), "text/plain", None).await;
+    // An upload in progress (its spool file), while an operator runs a command beside the server.
+    let spooled = s.data_dir().join("tmp").join("upload-inprogress");
+    std::fs::write(&spooled, b"half an upload").unwrap();
+    let out = std::process::Command::new(crate::common::moss_bin())
+        .args(["media", "stats"])
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(spooled.exists(), "a command run beside the server must not clear its spool");
+
+    s.kill9();
+    std::fs::remove_file(s.data_dir().join("media-naming.key")).unwrap();
+    let out = std::process::Command::new(crate::common::moss_bin())
+        .args(["user", "list"])
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("naming key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!s.data_dir().join("media-naming.key").exists(), "no replacement key may be generated");
+}
+
+#[tokio::test]
 async fn rotating_the_master_key_reseals_keys_and_keeps_media_readable() {
     let mut s = Server::start_with(&[
         ("MOSS_REGISTRATION", "open"),
