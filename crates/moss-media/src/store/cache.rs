@@ -5,6 +5,14 @@
 //! writes go through to the store and, once it has them, into the cache. The least recently
 //! used objects are evicted when the cache grows past its size; recency survives restarts
 //! through the files' modification times.
+//!
+//! What it serves it verifies: each cached file has a record beside it (`.sums/<key>`: its
+//! length and a CRC32 of every 256 KiB block), written and synced before the file, itself
+//! synced, is renamed into place. A file whose record is missing or whose length differs is
+//! dropped when the cache opens; every block is checked as it is read, and a file that fails
+//! is dropped (before anything is sent when its first block fails, so the read goes to the
+//! store behind instead; mid-stream the read fails). Copies cut short (a client that went
+//! away, a store that failed) leave nothing behind.
 
 use std::{
     collections::HashMap,
@@ -20,6 +28,97 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{valid_key, BlobStore, ByteStream, ObjectInfo, Range};
 use crate::{MediaError, Result};
+
+/// Bytes covered by one checksum.
+const BLOCK: u64 = 256 * 1024;
+const SUMS_MAGIC: &[u8; 8] = b"MOSSSUM1";
+
+/// A cached file's length and block checksums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sums {
+    size: u64,
+    crcs: Vec<u32>,
+}
+
+impl Sums {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.crcs.len() * 4);
+        out.extend_from_slice(SUMS_MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        for c in &self.crcs {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Sums> {
+        let rest = b.strip_prefix(SUMS_MAGIC.as_slice())?;
+        let (size, crcs) = rest.split_first_chunk::<8>()?;
+        let size = u64::from_le_bytes(*size);
+        if crcs.len() % 4 != 0 || (crcs.len() / 4) as u64 != size.div_ceil(BLOCK) {
+            return None;
+        }
+        let crcs = crcs.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Some(Sums { size, crcs })
+    }
+}
+
+/// Block checksums computed as bytes pass.
+struct Summer {
+    crcs: Vec<u32>,
+    block: crc32fast::Hasher,
+    fill: u64,
+    total: u64,
+}
+
+impl Summer {
+    fn new() -> Summer {
+        Summer { crcs: Vec::new(), block: crc32fast::Hasher::new(), fill: 0, total: 0 }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((BLOCK - self.fill) as usize).min(data.len());
+            let (now, later) = data.split_at(take);
+            self.block.update(now);
+            self.fill += take as u64;
+            self.total += take as u64;
+            data = later;
+            if self.fill == BLOCK {
+                let done = std::mem::replace(&mut self.block, crc32fast::Hasher::new());
+                self.crcs.push(done.finalize());
+                self.fill = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Sums {
+        if self.fill > 0 {
+            self.crcs.push(self.block.finalize());
+        }
+        Sums { size: self.total, crcs: self.crcs }
+    }
+}
+
+fn sums_path(dir: &std::path::Path, key: &str) -> PathBuf {
+    dir.join(".sums").join(key)
+}
+
+/// Writes a file's record: to a temporary name, synced, then renamed.
+async fn write_sums(dir: &std::path::Path, key: &str, sums: &Sums) -> std::io::Result<()> {
+    let tmp = dir.join(".tmp").join(format!("{key}-{}.sums", rand::random::<u64>()));
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    f.write_all(&sums.encode()).await?;
+    f.sync_all().await?;
+    drop(f);
+    tokio::fs::rename(&tmp, sums_path(dir, key)).await
+}
+
+/// Removes a cached file and its record.
+fn remove_cached(dir: &std::path::Path, key: &str) {
+    let _ = std::fs::remove_file(dir.join(key));
+    let _ = std::fs::remove_file(sums_path(dir, key));
+}
 
 struct Entry {
     size: u64,
@@ -60,7 +159,7 @@ fn admit_into(index: &Mutex<Index>, dir: &std::path::Path, max_bytes: u64, key: 
         victims
     };
     for k in victims {
-        let _ = std::fs::remove_file(dir.join(k));
+        remove_cached(dir, &k);
     }
 }
 
@@ -76,6 +175,7 @@ impl CacheStore {
     pub fn open(inner: Arc<dyn BlobStore>, dir: impl Into<PathBuf>, max_bytes: u64) -> Result<CacheStore> {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join(".tmp"))?;
+        std::fs::create_dir_all(dir.join(".sums"))?;
         for e in std::fs::read_dir(dir.join(".tmp"))?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
@@ -85,8 +185,19 @@ impl CacheStore {
             if name.starts_with('.') {
                 continue;
             }
-            if let Ok(m) = e.metadata() {
-                found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name, m.len()));
+            let Ok(m) = e.metadata() else { continue };
+            // Only files whose record agrees on their length are kept.
+            let recorded = std::fs::read(sums_path(&dir, &name)).ok().and_then(|b| Sums::decode(&b));
+            if recorded.is_none_or(|s| s.size != m.len()) {
+                remove_cached(&dir, &name);
+                continue;
+            }
+            found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name, m.len()));
+        }
+        // Records whose file is gone.
+        for e in std::fs::read_dir(dir.join(".sums"))?.flatten() {
+            if !dir.join(e.file_name()).exists() {
+                let _ = std::fs::remove_file(e.path());
             }
         }
         found.sort();
@@ -141,6 +252,13 @@ impl CacheStore {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).entries.contains_key(key)
     }
 
+    /// Drops a cached file that failed its check.
+    fn drop_corrupt(&self, key: &str, why: &str) {
+        tracing::warn!(key, why, "cached file failed its check; dropped");
+        self.forget(key);
+        remove_cached(&self.dir, key);
+    }
+
     async fn read_cached(&self, key: &str, range: Option<Range>) -> Result<Option<ByteStream>> {
         if !self.touch(key) {
             return Ok(None);
@@ -154,6 +272,13 @@ impl CacheStore {
             }
         };
         let size = f.metadata().await?.len();
+        let sums = match tokio::fs::read(sums_path(&self.dir, key)).await.ok().and_then(|b| Sums::decode(&b)) {
+            Some(s) if s.size == size => Arc::new(s),
+            _ => {
+                self.drop_corrupt(key, "length or record wrong");
+                return Ok(None);
+            }
+        };
         // The modification time carries recency across restarts.
         let p = path.clone();
         tokio::task::spawn_blocking(move || {
@@ -165,71 +290,129 @@ impl CacheStore {
         if range.start > range.end || range.end > size {
             return Err(MediaError::BadRange);
         }
-        f.seek(SeekFrom::Start(range.start)).await?;
-        let stream = futures_util::stream::unfold((f, range.len()), |(mut f, remaining)| async move {
-            if remaining == 0 {
-                return None;
+        if range.len() == 0 {
+            return Ok(Some(Box::pin(futures_util::stream::empty())));
+        }
+        // Whole blocks are read and checked; the range is cut out of them.
+        let first = range.start / BLOCK;
+        f.seek(SeekFrom::Start(first * BLOCK)).await?;
+        let head = match read_block(&mut f, &sums, first, range).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.drop_corrupt(key, &e.to_string());
+                return Ok(None);
             }
-            let want = remaining.min(256 * 1024) as usize;
-            let mut buf = vec![0u8; want];
-            match f.read_exact(&mut buf).await {
-                Ok(_) => Some((Ok(Bytes::from(buf)), (f, remaining - want as u64))),
-                Err(e) => Some((Err(e), (f, 0))),
+        };
+        let (index, dir, key) = (self.index.clone(), self.dir.clone(), key.to_owned());
+        let rest = futures_util::stream::unfold((f, first + 1), move |(mut f, block)| {
+            let (sums, index, dir, key) = (sums.clone(), index.clone(), dir.clone(), key.clone());
+            async move {
+                if block * BLOCK >= range.end {
+                    return None;
+                }
+                match read_block(&mut f, &sums, block, range).await {
+                    Ok(b) => Some((Ok(b), (f, block + 1))),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "cached file failed its check mid-read; dropped");
+                        let mut idx = index.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(old) = idx.entries.remove(&key) {
+                            idx.total -= old.size;
+                        }
+                        drop(idx);
+                        remove_cached(&dir, &key);
+                        Some((Err(e), (f, u64::MAX / BLOCK)))
+                    }
+                }
             }
         });
-        Ok(Some(Box::pin(stream)))
+        Ok(Some(Box::pin(futures_util::stream::once(async move { Ok(head) }).chain(rest))))
     }
 }
 
-/// Copies a stream into a temporary file as it passes; renames it into the cache when the
-/// stream ends cleanly with the expected size.
+/// Reads block `block` (the file is positioned at its start), checks it against its CRC, and
+/// returns the part of it inside `range`.
+async fn read_block(f: &mut tokio::fs::File, sums: &Sums, block: u64, range: Range) -> std::io::Result<Bytes> {
+    let start = block * BLOCK;
+    let len = BLOCK.min(sums.size - start) as usize;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).await?;
+    let expected = sums.crcs.get(block as usize).copied();
+    if expected != Some(crc32fast::hash(&buf)) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("block {block} checksum mismatch")));
+    }
+    let from = range.start.saturating_sub(start) as usize;
+    let to = (range.end - start).min(len as u64) as usize;
+    Ok(Bytes::from(buf).slice(from..to))
+}
+
+/// Copies a stream into a temporary file as it passes, with block checksums; when the stream
+/// ends cleanly with the expected size, the file is synced, its record (`.sums/<sums_key>`)
+/// written, and the file renamed to `dest`. However it ends otherwise (an error, the reader
+/// dropping the stream midway), the temporary file is removed.
 fn tee(
     source: ByteStream,
-    tmp: PathBuf,
+    dir: PathBuf,
+    sums_key: String,
     dest: PathBuf,
     expected: Option<u64>,
     on_done: impl FnOnce(u64) + Send + 'static,
 ) -> ByteStream {
+    /// Removes the temporary file unless the copy completed.
+    struct Tmp(Option<PathBuf>);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.take() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
     struct St {
         source: ByteStream,
         file: Option<tokio::fs::File>,
-        written: u64,
-        tmp: PathBuf,
-        dest: PathBuf,
+        summer: Summer,
+        tmp: Tmp,
     }
+    let tmp = dir.join(".tmp").join(format!("{sums_key}-{}", rand::random::<u64>()));
     let on_done = Arc::new(Mutex::new(Some(on_done)));
-    let st = St { source, file: None, written: 0, tmp, dest };
+    let st = St { source, file: None, summer: Summer::new(), tmp: Tmp(Some(tmp)) };
     Box::pin(futures_util::stream::unfold((st, false), move |(mut st, started)| {
-        let on_done = on_done.clone();
+        let (on_done, dir, sums_key, dest) = (on_done.clone(), dir.clone(), sums_key.clone(), dest.clone());
         async move {
             if !started {
-                st.file = tokio::fs::File::create(&st.tmp).await.ok();
+                if let Some(p) = &st.tmp.0 {
+                    st.file = tokio::fs::File::create(p).await.ok();
+                }
             }
             match st.source.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(f) = st.file.as_mut() {
                         if f.write_all(&chunk).await.is_err() {
                             st.file = None;
-                            let _ = tokio::fs::remove_file(&st.tmp).await;
                         }
                     }
-                    st.written += chunk.len() as u64;
+                    st.summer.update(&chunk);
                     Some((Ok(chunk), (st, true)))
                 }
                 Some(Err(e)) => {
                     st.file = None;
-                    let _ = tokio::fs::remove_file(&st.tmp).await;
                     Some((Err(e), (st, true)))
                 }
                 None => {
-                    if let Some(mut f) = st.file.take() {
-                        let complete = expected.is_none_or(|n| n == st.written);
-                        if complete && f.flush().await.is_ok() && tokio::fs::rename(&st.tmp, &st.dest).await.is_ok() {
+                    if let (Some(mut f), Some(tmp)) = (st.file.take(), st.tmp.0.clone()) {
+                        let sums = std::mem::replace(&mut st.summer, Summer::new()).finish();
+                        let complete = expected.is_none_or(|n| n == sums.size);
+                        let size = sums.size;
+                        let kept = complete
+                            && f.flush().await.is_ok()
+                            && f.sync_all().await.is_ok()
+                            && write_sums(&dir, &sums_key, &sums).await.is_ok()
+                            && tokio::fs::rename(&tmp, &dest).await.is_ok();
+                        if kept {
+                            // Renamed into place: nothing for the guard to remove.
+                            let _renamed = st.tmp.0.take();
                             if let Some(done) = on_done.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                                done(st.written);
+                                done(size);
                             }
-                        } else {
-                            let _ = tokio::fs::remove_file(&st.tmp).await;
                         }
                     }
                     None
@@ -250,12 +433,11 @@ impl BlobStore for CacheStore {
             if size > self.max_bytes {
                 return self.inner.put(key, size, data).await;
             }
-            let tmp = self.dir.join(".tmp").join(format!("{key}-{}", rand::random::<u64>()));
             let admitted = Arc::new(Mutex::new(None));
             let a = admitted.clone();
             // The copy lands in the cache only after the store below has the object.
             let staged = self.dir.join(".tmp").join(format!("{key}-{}.staged", rand::random::<u64>()));
-            let teed = tee(data, tmp, staged.clone(), Some(size), move |n| {
+            let teed = tee(data, self.dir.clone(), key.to_owned(), staged.clone(), Some(size), move |n| {
                 *a.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
             });
             let result = self.inner.put(key, size, teed).await;
@@ -265,7 +447,7 @@ impl BlobStore for CacheStore {
                 _ => {
                     let _ = tokio::fs::remove_file(&staged).await;
                     self.forget(key);
-                    let _ = tokio::fs::remove_file(&dest).await;
+                    remove_cached(&self.dir, key);
                 }
             }
             result
@@ -287,10 +469,10 @@ impl BlobStore for CacheStore {
             if size.is_none_or(|s| s > self.max_bytes) {
                 return Ok(stream);
             }
-            let tmp = self.dir.join(".tmp").join(format!("{key}-{}", rand::random::<u64>()));
             let index = self.index.clone();
             let (k, max, dir) = (key.to_owned(), self.max_bytes, self.dir.clone());
-            Ok(tee(stream, tmp, self.path(key)?, size, move |n| admit_into(&index, &dir, max, Some((&k, n)))))
+            let dest = self.path(key)?;
+            Ok(tee(stream, dir.clone(), k.clone(), dest, size, move |n| admit_into(&index, &dir, max, Some((&k, n)))))
         }
         .boxed()
     }
@@ -310,7 +492,8 @@ impl BlobStore for CacheStore {
         async move {
             self.inner.delete(key).await?;
             self.forget(key);
-            let _ = tokio::fs::remove_file(self.path(key)?).await;
+            self.path(key)?;
+            remove_cached(&self.dir, key);
             Ok(())
         }
         .boxed()
@@ -362,6 +545,71 @@ mod tests {
         drop(cache);
         let again = CacheStore::open(inner, &cdir, 2500).unwrap();
         assert!(again.contains("c-a") && again.contains("c-c"));
+        let _ = std::fs::remove_dir_all(cdir.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn damaged_or_unrecorded_files_are_never_served() {
+        let (sdir, cdir) = dirs();
+        let inner: Arc<dyn BlobStore> = Arc::new(FsStore::open(&sdir).unwrap());
+        let cache = CacheStore::open(inner.clone(), &cdir, 16 << 20).unwrap();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        cache.put("c-d", data.len() as u64, once(data.clone())).await.unwrap();
+        assert!(cdir.join(".sums").join("c-d").exists(), "a record beside the file");
+
+        // A bit flipped in the third block: the first two still serve, the read fails there,
+        // and the file is dropped (the store behind serves the next read).
+        let mut on_disk = std::fs::read(cdir.join("c-d")).unwrap();
+        on_disk[2 * BLOCK as usize + 5] ^= 1;
+        std::fs::write(cdir.join("c-d"), &on_disk).unwrap();
+        let mut s = cache.get("c-d", None).await.unwrap();
+        let mut got = Vec::new();
+        let mut failed = false;
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(c) => got.extend_from_slice(&c),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed && got == data[..2 * BLOCK as usize], "served {} bytes, failed {failed}", got.len());
+        assert!(!cache.contains("c-d") && !cdir.join("c-d").exists());
+        assert_eq!(read_all(cache.get("c-d", None).await.unwrap()).await.unwrap(), data, "from the store");
+
+        // Now cached again (whole read). Damage in the first block: the read goes to the store.
+        assert!(cache.contains("c-d"));
+        let mut on_disk = std::fs::read(cdir.join("c-d")).unwrap();
+        on_disk[7] ^= 1;
+        std::fs::write(cdir.join("c-d"), &on_disk).unwrap();
+        let r = Range { start: 3, end: 20 };
+        assert_eq!(read_all(cache.get("c-d", Some(r)).await.unwrap()).await.unwrap(), data[3..20]);
+        assert!(!cache.contains("c-d"));
+
+        // Truncated behind our back, or without a record: dropped when the cache opens.
+        read_all(cache.get("c-d", None).await.unwrap()).await.unwrap();
+        cache.put("c-e", 10, once(vec![5u8; 10])).await.unwrap();
+        drop(cache);
+        std::fs::write(cdir.join("c-d"), &data[..1000]).unwrap();
+        std::fs::remove_file(cdir.join(".sums").join("c-e")).unwrap();
+        let again = CacheStore::open(inner, &cdir, 16 << 20).unwrap();
+        assert!(!again.contains("c-d") && !again.contains("c-e"));
+        assert!(!cdir.join("c-d").exists() && !cdir.join("c-e").exists());
+        let _ = std::fs::remove_dir_all(cdir.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_read_abandoned_midway_leaves_nothing_behind() {
+        let (sdir, cdir) = dirs();
+        let inner: Arc<dyn BlobStore> = Arc::new(FsStore::open(&sdir).unwrap());
+        inner.put("c-big", 1 << 20, once(vec![9u8; 1 << 20])).await.unwrap();
+        let cache = CacheStore::open(inner, &cdir, 16 << 20).unwrap();
+        let mut s = cache.get("c-big", None).await.unwrap();
+        s.next().await.unwrap().unwrap();
+        drop(s);
+        assert_eq!(std::fs::read_dir(cdir.join(".tmp")).unwrap().count(), 0, "the partial copy is removed");
+        assert!(!cache.contains("c-big"));
         let _ = std::fs::remove_dir_all(cdir.parent().unwrap());
     }
 
