@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod extract;
 pub mod federation;
 pub mod media;
 pub mod rate_limit;

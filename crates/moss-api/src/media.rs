@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
-    extract::{Path, Query, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::Response,
     Json,
@@ -15,7 +15,11 @@ use moss_core::{config::LegacyMedia, Moss};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{error::ApiError, ruma_wrapper::Authed};
+use crate::{
+    error::ApiError,
+    extract::{Path, Query},
+    ruma_wrapper::Authed,
+};
 
 /// Types a browser may render inline (the spec's list); everything else is an attachment.
 const INLINE_TYPES: &[&str] = &[

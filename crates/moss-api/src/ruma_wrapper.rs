@@ -33,9 +33,11 @@ pub struct Ruma<R> {
 }
 
 impl<R> Ruma<R> {
-    /// The session of an endpoint that requires authentication.
-    pub fn session(&self) -> &Session {
-        self.session.as_ref().expect("the extractor enforces authentication for this endpoint")
+    /// The session of an endpoint that needs one. The extractor refuses requests without a
+    /// token where the spec requires one; where the spec makes it optional (password change,
+    /// deactivation) but moss needs it, its absence is refused here.
+    pub fn session(&self) -> Result<&Session, ApiError> {
+        self.session.as_ref().ok_or_else(ApiError::missing_token)
     }
 }
 
@@ -127,8 +129,13 @@ where
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // A request type's deserializer is third-party code run on untrusted bytes; one that
         // panics (ruma's login body without `type` did) refuses the request, never the server.
-        let parsed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| R::try_from_http_request(http_req, &args)));
+        // A login body must name its type: ruma's parser indexes it without checking.
+        if TypeId::of::<R>() == TypeId::of::<ruma::api::client::session::login::v3::Request>()
+            && !json.as_ref().is_some_and(|j| j["type"].is_string())
+        {
+            return Err(ApiError::bad_json("a login body needs a \"type\" string"));
+        }
+        let parsed = quiet_catch_unwind(|| R::try_from_http_request(http_req, &args));
         let body = match parsed {
             Ok(result) => result.map_err(request_error)?,
             Err(_) => {
@@ -225,4 +232,27 @@ impl RouterExt for Router<Arc<Moss>> {
         }
         router
     }
+}
+
+thread_local! {
+    /// Set while third-party parsers run on untrusted input under `quiet_catch_unwind`.
+    static PARSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err` without the default hook's message and backtrace on
+/// stderr (the caller logs the refusal itself); panics elsewhere are reported as before.
+pub(crate) fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PARSING.with(|p| p.get()) {
+                previous(info);
+            }
+        }));
+    });
+    PARSING.with(|p| p.set(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    PARSING.with(|p| p.set(false));
+    out
 }

@@ -97,7 +97,7 @@ pub async fn get_login_token(
     moss: Arc<Moss>,
     req: Ruma<get_login_token::v1::Request>,
 ) -> HandlerResult<get_login_token::v1::Request> {
-    let user = req.session().user_id.clone();
+    let user = req.session()?.user_id.clone();
     if !moss.config.auth.login_token_enabled {
         return Err(ApiError::unrecognized());
     }
@@ -153,17 +153,17 @@ pub async fn refresh(
 }
 
 pub async fn logout(moss: Arc<Moss>, req: Ruma<logout::v3::Request>) -> HandlerResult<logout::v3::Request> {
-    moss.logout(req.session()).await?;
+    moss.logout(req.session()?).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }
 
 pub async fn logout_all(moss: Arc<Moss>, req: Ruma<logout_all::v3::Request>) -> HandlerResult<logout_all::v3::Request> {
-    moss.logout_all(&req.session().user_id).await?;
+    moss.logout_all(&req.session()?.user_id).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
 }
 
 pub async fn whoami(_moss: Arc<Moss>, req: Ruma<whoami::v3::Request>) -> HandlerResult<whoami::v3::Request> {
-    let s = req.session();
+    let s = req.session()?;
     let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
     res.device_id = Some(s.device_id.clone());
     Ok(RumaResponse(res))
@@ -173,7 +173,7 @@ pub async fn change_password(
     moss: Arc<Moss>,
     req: Ruma<change_password::v3::Request>,
 ) -> HandlerResult<change_password::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.validate_password(&req.body.new_password)?;
     moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone()).await?;
     moss.set_password(&s.user_id, &req.body.new_password, req.body.logout_devices.then_some(&s)).await?;
@@ -181,7 +181,7 @@ pub async fn change_password(
 }
 
 pub async fn deactivate(moss: Arc<Moss>, req: Ruma<deactivate::v3::Request>) -> HandlerResult<deactivate::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.uiaa(password_flow("deactivate", &s.user_id), req.body.auth.clone()).await?;
     moss.deactivate(&s.user_id).await?;
     Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success)))

@@ -55,7 +55,7 @@ pub async fn upload_keys(
     let otks = b.one_time_keys.iter().map(|(k, v)| Ok((k.to_string(), value(v)?))).collect::<Result<_, ApiError>>()?;
     let fallback =
         b.fallback_keys.iter().map(|(k, v)| Ok((k.to_string(), value(v)?))).collect::<Result<_, ApiError>>()?;
-    let counts = moss.upload_keys(req.session(), device_keys, otks, fallback).await?;
+    let counts = moss.upload_keys(req.session()?, device_keys, otks, fallback).await?;
     Ok(RumaResponse(upload_keys::v3::Response::new(
         counts.into_iter().map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg.as_str()), uint(n))).collect(),
     )))
@@ -65,7 +65,7 @@ pub async fn upload_keys(
 // and Hydrogen (and older Element) crash without it; Synapse always sends it.
 
 pub async fn query_keys(moss: Arc<Moss>, req: Ruma<get_keys::v3::Request>) -> Result<Json<Value>, ApiError> {
-    let found = moss.query_keys(Some(&req.session().user_id), req.body.device_keys.clone()).await?;
+    let found = moss.query_keys(Some(&req.session()?.user_id), req.body.device_keys.clone()).await?;
     Ok(Json(json!({
         "failures": found.failures,
         "device_keys": found.device_keys,
@@ -90,7 +90,7 @@ pub async fn key_changes(
     moss: Arc<Moss>,
     req: Ruma<get_key_changes::v3::Request>,
 ) -> HandlerResult<get_key_changes::v3::Request> {
-    let (changed, left) = moss.key_changes(&req.session().user_id, &req.body.from, &req.body.to).await?;
+    let (changed, left) = moss.key_changes(&req.session()?.user_id, &req.body.from, &req.body.to).await?;
     Ok(RumaResponse(get_key_changes::v3::Response::new(changed, left)))
 }
 
@@ -100,7 +100,7 @@ pub async fn upload_signing_keys(
 ) -> HandlerResult<upload_signing_keys::v3::Request> {
     let b = &req.body;
     moss.upload_signing_keys(
-        req.session(),
+        req.session()?,
         b.auth.clone(),
         b.master_key.as_ref().map(value).transpose()?,
         b.self_signing_key.as_ref().map(value).transpose()?,
@@ -123,7 +123,7 @@ pub async fn upload_signatures(
         }
         signed.insert(user.clone(), per_user);
     }
-    let failures = moss.upload_signatures(req.session(), signed).await?;
+    let failures = moss.upload_signatures(req.session()?, signed).await?;
     let mut res = upload_signatures::v3::Response::new();
     for (user, keys) in failures {
         let mut per_user = BTreeMap::new();
@@ -154,7 +154,7 @@ pub async fn send_to_device(
         }
         messages.insert(user.clone(), per_user);
     }
-    moss.send_to_device(req.session(), &req.body.event_type.to_string(), req.body.txn_id.as_str(), messages).await?;
+    moss.send_to_device(req.session()?, &req.body.event_type.to_string(), req.body.txn_id.as_str(), messages).await?;
     Ok(RumaResponse(send_event_to_device::v3::Response::new()))
 }
 
@@ -164,7 +164,7 @@ pub async fn create_backup(
     moss: Arc<Moss>,
     req: Ruma<create_backup_version::v3::Request>,
 ) -> HandlerResult<create_backup_version::v3::Request> {
-    let version = moss.create_backup_version(&req.session().user_id, value(&req.body.algorithm)?).await?;
+    let version = moss.create_backup_version(&req.session()?.user_id, value(&req.body.algorithm)?).await?;
     Ok(RumaResponse(create_backup_version::v3::Response::new(version)))
 }
 
@@ -172,7 +172,7 @@ pub async fn latest_backup(
     moss: Arc<Moss>,
     req: Ruma<get_latest_backup_info::v3::Request>,
 ) -> HandlerResult<get_latest_backup_info::v3::Request> {
-    let info = moss.backup_info(&req.session().user_id, None).await?;
+    let info = moss.backup_info(&req.session()?.user_id, None).await?;
     Ok(RumaResponse(get_latest_backup_info::v3::Response::new(
         raw(&info.algorithm)?,
         uint(info.count),
@@ -185,7 +185,7 @@ pub async fn backup(
     moss: Arc<Moss>,
     req: Ruma<get_backup_info::v3::Request>,
 ) -> HandlerResult<get_backup_info::v3::Request> {
-    let info = moss.backup_info(&req.session().user_id, Some(&req.body.version)).await?;
+    let info = moss.backup_info(&req.session()?.user_id, Some(&req.body.version)).await?;
     Ok(RumaResponse(get_backup_info::v3::Response::new(
         raw(&info.algorithm)?,
         uint(info.count),
@@ -198,7 +198,7 @@ pub async fn update_backup(
     moss: Arc<Moss>,
     req: Ruma<update_backup_version::v3::Request>,
 ) -> HandlerResult<update_backup_version::v3::Request> {
-    moss.update_backup_version(&req.session().user_id, &req.body.version, value(&req.body.algorithm)?).await?;
+    moss.update_backup_version(&req.session()?.user_id, &req.body.version, value(&req.body.algorithm)?).await?;
     Ok(RumaResponse(update_backup_version::v3::Response::new()))
 }
 
@@ -206,7 +206,7 @@ pub async fn delete_backup(
     moss: Arc<Moss>,
     req: Ruma<delete_backup_version::v3::Request>,
 ) -> HandlerResult<delete_backup_version::v3::Request> {
-    moss.delete_backup_version(&req.session().user_id, &req.body.version).await?;
+    moss.delete_backup_version(&req.session()?.user_id, &req.body.version).await?;
     Ok(RumaResponse(delete_backup_version::v3::Response::new()))
 }
 
@@ -227,7 +227,7 @@ pub async fn put_backup_keys(
     for (room, backup) in &req.body.rooms {
         all.extend(sessions(room.as_str(), &backup.sessions)?);
     }
-    let (etag, count) = moss.put_backup_keys(&req.session().user_id, &req.body.version, all).await?;
+    let (etag, count) = moss.put_backup_keys(&req.session()?.user_id, &req.body.version, all).await?;
     Ok(RumaResponse(add_backup_keys::v3::Response::new(etag, uint(count))))
 }
 
@@ -236,7 +236,7 @@ pub async fn put_backup_room_keys(
     req: Ruma<add_backup_keys_for_room::v3::Request>,
 ) -> HandlerResult<add_backup_keys_for_room::v3::Request> {
     let all = sessions(req.body.room_id.as_str(), &req.body.sessions)?;
-    let (etag, count) = moss.put_backup_keys(&req.session().user_id, &req.body.version, all).await?;
+    let (etag, count) = moss.put_backup_keys(&req.session()?.user_id, &req.body.version, all).await?;
     Ok(RumaResponse(add_backup_keys_for_room::v3::Response::new(etag, uint(count))))
 }
 
@@ -250,7 +250,7 @@ pub async fn put_backup_session_key(
         session_id: b.session_id.clone(),
         data: value(&b.session_data)?,
     }];
-    let (etag, count) = moss.put_backup_keys(&req.session().user_id, &b.version, all).await?;
+    let (etag, count) = moss.put_backup_keys(&req.session()?.user_id, &b.version, all).await?;
     Ok(RumaResponse(add_backup_keys_for_session::v3::Response::new(etag, uint(count))))
 }
 
@@ -258,7 +258,7 @@ pub async fn get_backup_keys(
     moss: Arc<Moss>,
     req: Ruma<get_backup_keys::v3::Request>,
 ) -> HandlerResult<get_backup_keys::v3::Request> {
-    let rows = moss.backup_keys(&req.session().user_id, &req.body.version, None, None).await?;
+    let rows = moss.backup_keys(&req.session()?.user_id, &req.body.version, None, None).await?;
     let mut rooms = BTreeMap::new();
     for (room, sessions) in moss_core::e2ee::backup::group_by_room(&rows)? {
         let Ok(room) = ruma::OwnedRoomId::try_from(room) else { continue };
@@ -273,7 +273,7 @@ pub async fn get_backup_room_keys(
     req: Ruma<get_backup_keys_for_room::v3::Request>,
 ) -> HandlerResult<get_backup_keys_for_room::v3::Request> {
     let room = req.body.room_id.to_string();
-    let rows = moss.backup_keys(&req.session().user_id, &req.body.version, Some(room), None).await?;
+    let rows = moss.backup_keys(&req.session()?.user_id, &req.body.version, Some(room), None).await?;
     let sessions = rows
         .iter()
         .map(|r| Ok((r.session_id.clone(), raw(&moss_core::e2ee::backup::session_json(r)?)?)))
@@ -287,7 +287,7 @@ pub async fn get_backup_session_key(
 ) -> HandlerResult<get_backup_keys_for_session::v3::Request> {
     let b = &req.body;
     let rows = moss
-        .backup_keys(&req.session().user_id, &b.version, Some(b.room_id.to_string()), Some(b.session_id.clone()))
+        .backup_keys(&req.session()?.user_id, &b.version, Some(b.room_id.to_string()), Some(b.session_id.clone()))
         .await?;
     let row = rows.first().ok_or_else(|| moss_core::Error::not_found("no such session in the backup"))?;
     Ok(RumaResponse(get_backup_keys_for_session::v3::Response::new(raw(&moss_core::e2ee::backup::session_json(row)?)?)))
@@ -297,7 +297,7 @@ pub async fn delete_backup_keys(
     moss: Arc<Moss>,
     req: Ruma<delete_backup_keys::v3::Request>,
 ) -> HandlerResult<delete_backup_keys::v3::Request> {
-    let (etag, count) = moss.delete_backup_keys(&req.session().user_id, &req.body.version, None, None).await?;
+    let (etag, count) = moss.delete_backup_keys(&req.session()?.user_id, &req.body.version, None, None).await?;
     Ok(RumaResponse(delete_backup_keys::v3::Response::new(etag, uint(count))))
 }
 
@@ -306,7 +306,7 @@ pub async fn delete_backup_room_keys(
     req: Ruma<delete_backup_keys_for_room::v3::Request>,
 ) -> HandlerResult<delete_backup_keys_for_room::v3::Request> {
     let room = Some(req.body.room_id.to_string());
-    let (etag, count) = moss.delete_backup_keys(&req.session().user_id, &req.body.version, room, None).await?;
+    let (etag, count) = moss.delete_backup_keys(&req.session()?.user_id, &req.body.version, room, None).await?;
     Ok(RumaResponse(delete_backup_keys_for_room::v3::Response::new(etag, uint(count))))
 }
 
@@ -316,7 +316,12 @@ pub async fn delete_backup_session_key(
 ) -> HandlerResult<delete_backup_keys_for_session::v3::Request> {
     let b = &req.body;
     let (etag, count) = moss
-        .delete_backup_keys(&req.session().user_id, &b.version, Some(b.room_id.to_string()), Some(b.session_id.clone()))
+        .delete_backup_keys(
+            &req.session()?.user_id,
+            &b.version,
+            Some(b.room_id.to_string()),
+            Some(b.session_id.clone()),
+        )
         .await?;
     Ok(RumaResponse(delete_backup_keys_for_session::v3::Response::new(etag, uint(count))))
 }
@@ -332,7 +337,7 @@ pub async fn put_dehydrated_device(
     let fallback =
         b.fallback_keys.iter().map(|(k, v)| Ok((k.to_string(), value(v)?))).collect::<Result<_, ApiError>>()?;
     moss.put_dehydrated_device(
-        &req.session().user_id,
+        &req.session()?.user_id,
         b.device_id.clone(),
         b.initial_device_display_name.clone(),
         value(&b.device_data)?,
@@ -348,7 +353,7 @@ pub async fn get_dehydrated_device(
     moss: Arc<Moss>,
     req: Ruma<get_dehydrated_device::unstable::Request>,
 ) -> HandlerResult<get_dehydrated_device::unstable::Request> {
-    let (id, data) = moss.get_dehydrated_device(&req.session().user_id).await?;
+    let (id, data) = moss.get_dehydrated_device(&req.session()?.user_id).await?;
     Ok(RumaResponse(get_dehydrated_device::unstable::Response::new(id.into(), raw(&data)?)))
 }
 
@@ -356,7 +361,7 @@ pub async fn delete_dehydrated_device(
     moss: Arc<Moss>,
     req: Ruma<delete_dehydrated_device::unstable::Request>,
 ) -> HandlerResult<delete_dehydrated_device::unstable::Request> {
-    let id = moss.delete_dehydrated_device(&req.session().user_id).await?;
+    let id = moss.delete_dehydrated_device(&req.session()?.user_id).await?;
     Ok(RumaResponse(delete_dehydrated_device::unstable::Response::new(id.into())))
 }
 
@@ -366,6 +371,6 @@ pub async fn dehydrated_device_events(
 ) -> Result<Json<Value>, ApiError> {
     let b = &req.body;
     let (events, next) =
-        moss.dehydrated_device_events(&req.session().user_id, b.device_id.as_str(), b.next_batch.clone()).await?;
+        moss.dehydrated_device_events(&req.session()?.user_id, b.device_id.as_str(), b.next_batch.clone()).await?;
     Ok(Json(json!({"events": events, "next_batch": next})))
 }

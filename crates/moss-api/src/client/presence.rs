@@ -13,7 +13,7 @@ use crate::{
 };
 
 pub async fn set(moss: Arc<Moss>, req: Ruma<set_presence::v3::Request>) -> HandlerResult<set_presence::v3::Request> {
-    let user = &req.session().user_id;
+    let user = &req.session()?.user_id;
     if req.body.user_id != *user {
         return Err(ApiError::forbidden("you can only set your own presence"));
     }
@@ -23,5 +23,5 @@ pub async fn set(moss: Arc<Moss>, req: Ruma<set_presence::v3::Request>) -> Handl
 
 /// Plain JSON: ruma's response type cannot leave out `last_active_ago` for a user never seen.
 pub async fn get(moss: Arc<Moss>, req: Ruma<get_presence::v3::Request>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(moss.get_presence(&req.session().user_id, &req.body.user_id).await?))
+    Ok(Json(moss.get_presence(&req.session()?.user_id, &req.body.user_id).await?))
 }

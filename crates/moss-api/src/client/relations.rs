@@ -86,7 +86,7 @@ pub async fn relating_events(
     moss: Arc<Moss>,
     req: Ruma<get_relating_events::v1::Request>,
 ) -> Result<Json<Value>, ApiError> {
-    relations(&moss, &req.session().user_id, query!(req.body), None, None).await
+    relations(&moss, &req.session()?.user_id, query!(req.body), None, None).await
 }
 
 pub async fn relating_events_of_type(
@@ -94,7 +94,7 @@ pub async fn relating_events_of_type(
     req: Ruma<get_relating_events_with_rel_type::v1::Request>,
 ) -> Result<Json<Value>, ApiError> {
     let rel = Some(req.body.rel_type.to_string());
-    relations(&moss, &req.session().user_id, query!(req.body), rel, None).await
+    relations(&moss, &req.session()?.user_id, query!(req.body), rel, None).await
 }
 
 pub async fn relating_events_of_type_and_event_type(
@@ -102,14 +102,14 @@ pub async fn relating_events_of_type_and_event_type(
     req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
 ) -> Result<Json<Value>, ApiError> {
     let (rel, kind) = (Some(req.body.rel_type.to_string()), Some(req.body.event_type.to_string()));
-    relations(&moss, &req.session().user_id, query!(req.body), rel, kind).await
+    relations(&moss, &req.session()?.user_id, query!(req.body), rel, kind).await
 }
 
 pub async fn threads(moss: Arc<Moss>, req: Ruma<get_threads::v1::Request>) -> Result<Json<Value>, ApiError> {
     let b = &req.body;
     let participated = matches!(b.include, IncludeThreads::Participated);
     let page =
-        moss.threads(&req.session().user_id, &b.room_id, participated, b.from.clone(), b.limit.map(u64::from)).await?;
+        moss.threads(&req.session()?.user_id, &b.room_id, participated, b.from.clone(), b.limit.map(u64::from)).await?;
     let mut v = json!({"chunk": page.chunk});
     if let Some(n) = page.next_batch {
         v["next_batch"] = json!(n);
@@ -121,7 +121,7 @@ pub async fn threads(moss: Arc<Moss>, req: Ruma<get_threads::v1::Request>) -> Re
 pub async fn search(
     State(moss): State<Arc<Moss>>,
     Authed(session): Authed,
-    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    crate::extract::Query(query): crate::extract::Query<std::collections::HashMap<String, String>>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| match e {
@@ -184,7 +184,7 @@ pub async fn hierarchy(
     let b = &req.body;
     let page = moss
         .hierarchy(
-            &req.session().user_id,
+            &req.session()?.user_id,
             &b.room_id,
             b.from.clone(),
             b.limit.map(u64::from),

@@ -14,7 +14,7 @@ pub async fn report_event(
     // `score` left the spec, but clients still send it; keep it for the administrators.
     let score = req.json.as_ref().and_then(|v| v["score"].as_i64());
     let b = &req.body;
-    moss.report(&req.session().user_id, &b.room_id, Some(&b.event_id), b.reason.clone(), score).await?;
+    moss.report(&req.session()?.user_id, &b.room_id, Some(&b.event_id), b.reason.clone(), score).await?;
     Ok(RumaResponse(report_content::v3::Response::new()))
 }
 
@@ -23,6 +23,6 @@ pub async fn report_room(
     req: Ruma<report_room::v3::Request>,
 ) -> HandlerResult<report_room::v3::Request> {
     let reason = Some(req.body.reason.clone()).filter(|r| !r.is_empty());
-    moss.report(&req.session().user_id, &req.body.room_id, None, reason, None).await?;
+    moss.report(&req.session()?.user_id, &req.body.room_id, None, reason, None).await?;
     Ok(RumaResponse(report_room::v3::Response::new()))
 }

@@ -50,7 +50,7 @@ pub(crate) fn dir(d: Direction) -> moss_core::Direction {
 }
 
 pub async fn create(moss: Arc<Moss>, req: Ruma<create_room::v3::Request>) -> HandlerResult<create_room::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let json = req.json.unwrap_or_default();
     let preset = b.preset.map(|p| match p {
@@ -98,7 +98,7 @@ pub async fn send_message(
     moss: Arc<Moss>,
     req: Ruma<send_message_event::v3::Request>,
 ) -> HandlerResult<send_message_event::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     rate_limit::check(&moss, Class::Message, s.user_id.as_str())?;
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
@@ -113,7 +113,7 @@ pub async fn send_state(
     moss: Arc<Moss>,
     req: Ruma<send_state_event::v3::Request>,
 ) -> HandlerResult<send_state_event::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
@@ -122,7 +122,7 @@ pub async fn send_state(
 }
 
 pub async fn redact(moss: Arc<Moss>, req: Ruma<redact_event::v3::Request>) -> HandlerResult<redact_event::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let id =
         moss.redact(&s.user_id, s.device_id.as_str(), &b.room_id, &b.event_id, b.txn_id.as_str(), b.reason).await?;
@@ -133,7 +133,7 @@ pub async fn get_event(
     moss: Arc<Moss>,
     req: Ruma<get_room_event::v3::Request>,
 ) -> HandlerResult<get_room_event::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let ev = moss.get_event(&s.user_id, s.device_id.as_str(), &req.body.room_id, &req.body.event_id).await?;
     Ok(RumaResponse(get_room_event::v3::Response::new(raw(&ev)?)))
 }
@@ -142,7 +142,7 @@ pub async fn state(
     moss: Arc<Moss>,
     req: Ruma<get_state_events::v3::Request>,
 ) -> HandlerResult<get_state_events::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let evs = moss.room_state(&s.user_id, &req.body.room_id).await?;
     Ok(RumaResponse(get_state_events::v3::Response::new(raws(&evs)?)))
 }
@@ -151,7 +151,7 @@ pub async fn state_event(
     moss: Arc<Moss>,
     req: Ruma<get_state_event_for_key::v3::Request>,
 ) -> HandlerResult<get_state_event_for_key::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = &req.body;
     let ev = moss.state_event(&s.user_id, &b.room_id, &b.event_type.to_string(), &b.state_key).await?;
     let full = req.json.is_none() && b.format == get_state_event_for_key::v3::StateEventFormat::Event;
@@ -165,7 +165,7 @@ pub async fn messages(
     moss: Arc<Moss>,
     req: Ruma<get_message_events::v3::Request>,
 ) -> HandlerResult<get_message_events::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let page = moss
         .messages(
@@ -188,7 +188,7 @@ pub async fn messages(
 }
 
 pub async fn context(moss: Arc<Moss>, req: Ruma<get_context::v3::Request>) -> HandlerResult<get_context::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let c = moss
         .context(&s.user_id, s.device_id.as_str(), &b.room_id, &b.event_id, u64::from(b.limit) as usize, b.filter)
@@ -207,7 +207,7 @@ pub async fn timestamp_to_event(
     moss: Arc<Moss>,
     req: Ruma<get_event_by_timestamp::v1::Request>,
 ) -> HandlerResult<get_event_by_timestamp::v1::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let (id, ts) = moss.timestamp_to_event(&s.user_id, &b.room_id, u64::from(b.ts.get()), dir(b.dir)).await?;
     let id = ruma::EventId::parse(id).map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))?;
@@ -221,7 +221,7 @@ pub async fn join_by_id(
     moss: Arc<Moss>,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> HandlerResult<join_room_by_id::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
     let target: &RoomOrAliasId = <&RoomOrAliasId>::from(&*req.body.room_id);
     let room_id = moss.join_room(&s.user_id, target, req.body.reason, vec![]).await?;
@@ -232,14 +232,14 @@ pub async fn join(
     moss: Arc<Moss>,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> HandlerResult<join_room_by_id_or_alias::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
     let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason, req.body.via).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
 pub async fn knock(moss: Arc<Moss>, req: Ruma<knock_room::v3::Request>) -> HandlerResult<knock_room::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
     let room_id =
         moss.knock(&s.user_id, &req.body.room_id_or_alias, req.body.reason.clone(), req.body.via.clone()).await?;
@@ -247,7 +247,7 @@ pub async fn knock(moss: Arc<Moss>, req: Ruma<knock_room::v3::Request>) -> Handl
 }
 
 pub async fn invite(moss: Arc<Moss>, req: Ruma<invite_user::v3::Request>) -> HandlerResult<invite_user::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let invite_user::v3::InvitationRecipient::UserId(target) = &req.body.recipient else {
         return Err(ApiError::forbidden("third-party invites are not supported"));
     };
@@ -256,31 +256,31 @@ pub async fn invite(moss: Arc<Moss>, req: Ruma<invite_user::v3::Request>) -> Han
 }
 
 pub async fn leave(moss: Arc<Moss>, req: Ruma<leave_room::v3::Request>) -> HandlerResult<leave_room::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.leave_room(&s.user_id, &req.body.room_id, req.body.reason).await?;
     Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
 pub async fn forget(moss: Arc<Moss>, req: Ruma<forget_room::v3::Request>) -> HandlerResult<forget_room::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.forget_room(&s.user_id, &req.body.room_id).await?;
     Ok(RumaResponse(forget_room::v3::Response::new()))
 }
 
 pub async fn kick(moss: Arc<Moss>, req: Ruma<kick_user::v3::Request>) -> HandlerResult<kick_user::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.kick(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
 pub async fn ban(moss: Arc<Moss>, req: Ruma<ban_user::v3::Request>) -> HandlerResult<ban_user::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.ban(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
 pub async fn unban(moss: Arc<Moss>, req: Ruma<unban_user::v3::Request>) -> HandlerResult<unban_user::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     moss.unban(&s.user_id, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(RumaResponse(unban_user::v3::Response::new()))
 }
@@ -289,7 +289,7 @@ pub async fn joined_rooms(
     moss: Arc<Moss>,
     req: Ruma<joined_rooms::v3::Request>,
 ) -> HandlerResult<joined_rooms::v3::Request> {
-    let rooms = moss.joined_rooms(&req.session().user_id).await?;
+    let rooms = moss.joined_rooms(&req.session()?.user_id).await?;
     Ok(RumaResponse(joined_rooms::v3::Response::new(rooms)))
 }
 
@@ -297,7 +297,7 @@ pub async fn members(
     moss: Arc<Moss>,
     req: Ruma<get_member_events::v3::Request>,
 ) -> HandlerResult<get_member_events::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let evs = moss
         .members(
@@ -315,7 +315,7 @@ pub async fn joined_members(
     moss: Arc<Moss>,
     req: Ruma<joined_members::v3::Request>,
 ) -> HandlerResult<joined_members::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let list = moss.joined_members(&s.user_id, &req.body.room_id).await?;
     let mut joined = std::collections::BTreeMap::new();
     for (user, name, avatar) in list {
@@ -334,7 +334,7 @@ pub async fn upgrade(
     moss: Arc<Moss>,
     req: Ruma<upgrade_room::v3::Request>,
 ) -> HandlerResult<upgrade_room::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     if !moss_core::rooms::SUPPORTED_VERSIONS.contains(&req.body.new_version) {
         return Err(moss_core::Error::new(
             ruma::api::error::ErrorKind::UnsupportedRoomVersion,

@@ -74,7 +74,7 @@ pub async fn put_alias(
     moss: Arc<Moss>,
     req: Ruma<create_alias::v3::Request>,
 ) -> HandlerResult<create_alias::v3::Request> {
-    moss.put_alias(&req.session().user_id, &req.body.room_alias, &req.body.room_id).await?;
+    moss.put_alias(&req.session()?.user_id, &req.body.room_alias, &req.body.room_id).await?;
     Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
@@ -87,12 +87,12 @@ pub async fn delete_alias(
     moss: Arc<Moss>,
     req: Ruma<delete_alias::v3::Request>,
 ) -> HandlerResult<delete_alias::v3::Request> {
-    moss.delete_alias(&req.session().user_id, &req.body.room_alias).await?;
+    moss.delete_alias(&req.session()?.user_id, &req.body.room_alias).await?;
     Ok(RumaResponse(delete_alias::v3::Response::new()))
 }
 
 pub async fn room_aliases(moss: Arc<Moss>, req: Ruma<aliases::v3::Request>) -> HandlerResult<aliases::v3::Request> {
-    let list = moss.room_aliases(&req.session().user_id, &req.body.room_id).await?;
+    let list = moss.room_aliases(&req.session()?.user_id, &req.body.room_id).await?;
     let list = list.into_iter().filter_map(|a| RoomAliasId::parse(a).ok()).collect();
     Ok(RumaResponse(aliases::v3::Response::new(list)))
 }
@@ -114,7 +114,7 @@ pub async fn set_visibility(
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> HandlerResult<set_room_visibility::v3::Request> {
     let public = matches!(req.body.visibility, Visibility::Public);
-    moss.set_room_published(&req.session().user_id, &req.body.room_id, public).await?;
+    moss.set_room_published(&req.session()?.user_id, &req.body.room_id, public).await?;
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
@@ -159,7 +159,7 @@ pub async fn public_rooms_filtered(
 // ---- sync ----
 
 pub async fn sync(State(moss): State<Arc<Moss>>, req: Ruma<sync_events::v3::Request>) -> Result<Json<Value>, ApiError> {
-    let session = req.session().clone();
+    let session = req.session()?.clone();
     let b = req.body;
     let filter = match b.filter {
         None => FilterDefinition::default(),
@@ -234,7 +234,7 @@ pub async fn turn_server(
     moss: Arc<Moss>,
     req: Ruma<ruma::api::client::voip::get_turn_server_info::v3::Request>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(moss.turn_server(&req.session().user_id)))
+    Ok(Json(moss.turn_server(&req.session()?.user_id)))
 }
 
 /// `GET /thirdparty/protocols`: no bridges (application services) are registered yet.

@@ -11,7 +11,7 @@ use moss_core::{uiaa::password_flow, Moss};
 use ruma::{
     api::client::{
         config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
-        device::{delete_device, delete_devices, get_device, get_devices, update_device, Device},
+        device::{delete_device, delete_devices, get_device, get_devices, update_device},
         filter::{create_filter, get_filter},
         push::{
             delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
@@ -25,7 +25,7 @@ use ruma::{
     },
     events::receipt::ReceiptThread,
     serde::Raw,
-    MilliSecondsSinceUnixEpoch, UserId,
+    UserId,
 };
 use serde_json::{json, Value};
 
@@ -34,32 +34,51 @@ use crate::{
     ruma_wrapper::{Authed, HandlerResult, Ruma, RumaResponse},
 };
 
-fn device(row: moss_core::DeviceRow) -> Device {
-    let mut d = Device::new(row.device_id.into());
-    d.display_name = row.display_name;
-    d.last_seen_ip = row.last_seen_ip;
-    d.last_seen_ts = row.last_seen_ts.and_then(|t| ruma::UInt::new(t as u64)).map(MilliSecondsSinceUnixEpoch);
-    d
+/// A device as the spec describes it: optional fields left out when unknown (ruma's `Device`
+/// writes them as `null`, which the schema does not allow).
+#[derive(serde::Serialize)]
+pub struct DeviceJson {
+    device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_ts: Option<i64>,
 }
 
-pub async fn devices(moss: Arc<Moss>, req: Ruma<get_devices::v3::Request>) -> HandlerResult<get_devices::v3::Request> {
-    let rows = moss.devices(&req.session().user_id).await?;
-    Ok(RumaResponse(get_devices::v3::Response::new(rows.into_iter().map(device).collect())))
+fn device(row: moss_core::DeviceRow) -> DeviceJson {
+    DeviceJson {
+        device_id: row.device_id,
+        display_name: row.display_name,
+        last_seen_ip: row.last_seen_ip,
+        last_seen_ts: row.last_seen_ts.filter(|t| *t >= 0),
+    }
 }
 
-pub async fn get_device(moss: Arc<Moss>, req: Ruma<get_device::v3::Request>) -> HandlerResult<get_device::v3::Request> {
+#[derive(serde::Serialize)]
+pub struct DevicesJson {
+    devices: Vec<DeviceJson>,
+}
+
+pub async fn devices(moss: Arc<Moss>, req: Ruma<get_devices::v3::Request>) -> Result<Json<DevicesJson>, ApiError> {
+    let rows = moss.devices(&req.session()?.user_id).await?;
+    Ok(Json(DevicesJson { devices: rows.into_iter().map(device).collect() }))
+}
+
+pub async fn get_device(moss: Arc<Moss>, req: Ruma<get_device::v3::Request>) -> Result<Json<DeviceJson>, ApiError> {
     let row = moss
-        .device(&req.session().user_id, req.body.device_id.as_str())
+        .device(&req.session()?.user_id, req.body.device_id.as_str())
         .await?
         .ok_or_else(|| moss_core::Error::not_found("no such device"))?;
-    Ok(RumaResponse(get_device::v3::Response::new(device(row))))
+    Ok(Json(device(row)))
 }
 
 pub async fn update_device(
     moss: Arc<Moss>,
     req: Ruma<update_device::v3::Request>,
 ) -> HandlerResult<update_device::v3::Request> {
-    moss.rename_device(&req.session().user_id, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
+    moss.rename_device(&req.session()?.user_id, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
     Ok(RumaResponse(update_device::v3::Response::new()))
 }
 
@@ -67,7 +86,7 @@ pub async fn delete_device(
     moss: Arc<Moss>,
     req: Ruma<delete_device::v3::Request>,
 ) -> HandlerResult<delete_device::v3::Request> {
-    let user = req.session().user_id.clone();
+    let user = req.session()?.user_id.clone();
     if moss.device(&user, req.body.device_id.as_str()).await?.is_none() {
         return Err(moss_core::Error::not_found("no such device").into());
     }
@@ -80,7 +99,7 @@ pub async fn delete_devices(
     moss: Arc<Moss>,
     req: Ruma<delete_devices::v3::Request>,
 ) -> HandlerResult<delete_devices::v3::Request> {
-    let user = req.session().user_id.clone();
+    let user = req.session()?.user_id.clone();
     moss.uiaa(password_flow("delete_devices", &user), req.body.auth.clone()).await?;
     moss.delete_devices(&user, req.body.devices.iter().map(|d| d.to_string()).collect()).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
@@ -169,7 +188,7 @@ pub async fn create_filter(
     moss: Arc<Moss>,
     req: Ruma<create_filter::v3::Request>,
 ) -> HandlerResult<create_filter::v3::Request> {
-    let s = req.session();
+    let s = req.session()?;
     if req.body.user_id != s.user_id {
         return Err(ApiError::forbidden("you may only create filters for yourself"));
     }
@@ -178,7 +197,7 @@ pub async fn create_filter(
 }
 
 pub async fn get_filter(moss: Arc<Moss>, req: Ruma<get_filter::v3::Request>) -> HandlerResult<get_filter::v3::Request> {
-    let s = req.session();
+    let s = req.session()?;
     if req.body.user_id != s.user_id {
         return Err(ApiError::forbidden("you may only read your own filters"));
     }
@@ -204,7 +223,7 @@ pub async fn get_global_data(
     moss: Arc<Moss>,
     req: Ruma<get_global_account_data::v3::Request>,
 ) -> HandlerResult<get_global_account_data::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let v = moss.account_data(&req.body.user_id, None, &req.body.event_type.to_string()).await?;
     Ok(RumaResponse(get_global_account_data::v3::Response::new(raw_json(&v)?)))
 }
@@ -213,7 +232,7 @@ pub async fn set_global_data(
     moss: Arc<Moss>,
     req: Ruma<set_global_account_data::v3::Request>,
 ) -> HandlerResult<set_global_account_data::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     moss.set_account_data(&req.body.user_id, None, &req.body.event_type.to_string(), content).await?;
@@ -224,7 +243,7 @@ pub async fn get_room_data(
     moss: Arc<Moss>,
     req: Ruma<get_room_account_data::v3::Request>,
 ) -> HandlerResult<get_room_account_data::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let v = moss.account_data(&req.body.user_id, Some(&req.body.room_id), &req.body.event_type.to_string()).await?;
     Ok(RumaResponse(get_room_account_data::v3::Response::new(raw_json(&v)?)))
 }
@@ -233,7 +252,7 @@ pub async fn set_room_data(
     moss: Arc<Moss>,
     req: Ruma<set_room_account_data::v3::Request>,
 ) -> HandlerResult<set_room_account_data::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     moss.set_account_data(&req.body.user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), content)
@@ -242,21 +261,21 @@ pub async fn set_room_data(
 }
 
 pub async fn get_tags(moss: Arc<Moss>, req: Ruma<get_tags::v3::Request>) -> HandlerResult<get_tags::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let tags = moss.tags(&req.body.user_id, &req.body.room_id).await?;
     let tags = serde_json::from_value(tags).unwrap_or_default();
     Ok(RumaResponse(get_tags::v3::Response::new(tags)))
 }
 
 pub async fn put_tag(moss: Arc<Moss>, req: Ruma<create_tag::v3::Request>) -> HandlerResult<create_tag::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     let info = serde_json::to_value(&req.body.tag_info).map_err(|e| ApiError::bad_json(e.to_string()))?;
     moss.set_tag(&req.body.user_id, &req.body.room_id, &req.body.tag, Some(info)).await?;
     Ok(RumaResponse(create_tag::v3::Response::new()))
 }
 
 pub async fn delete_tag(moss: Arc<Moss>, req: Ruma<delete_tag::v3::Request>) -> HandlerResult<delete_tag::v3::Request> {
-    same_user(&req.body.user_id, &req.session().user_id)?;
+    same_user(&req.body.user_id, &req.session()?.user_id)?;
     moss.set_tag(&req.body.user_id, &req.body.room_id, &req.body.tag, None).await?;
     Ok(RumaResponse(delete_tag::v3::Response::new()))
 }
@@ -267,7 +286,7 @@ pub async fn push_rules(
     moss: Arc<Moss>,
     req: Ruma<get_pushrules_all::v3::Request>,
 ) -> HandlerResult<get_pushrules_all::v3::Request> {
-    let rules = moss.push_rules(&req.session().user_id).await?;
+    let rules = moss.push_rules(&req.session()?.user_id).await?;
     Ok(RumaResponse(get_pushrules_all::v3::Response::new(rules)))
 }
 
@@ -275,7 +294,7 @@ pub async fn push_rule(
     moss: Arc<Moss>,
     req: Ruma<get_pushrule::v3::Request>,
 ) -> HandlerResult<get_pushrule::v3::Request> {
-    let rules = moss.push_rules(&req.session().user_id).await?;
+    let rules = moss.push_rules(&req.session()?.user_id).await?;
     let rule = rules
         .get(req.body.kind.clone(), &req.body.rule_id)
         .ok_or_else(|| moss_core::Error::not_found("push rule not found"))?;
@@ -287,7 +306,7 @@ pub async fn set_push_rule(
     req: Ruma<set_pushrule::v3::Request>,
 ) -> HandlerResult<set_pushrule::v3::Request> {
     moss.put_push_rule(
-        &req.session().user_id,
+        &req.session()?.user_id,
         req.body.rule.clone(),
         req.body.after.as_deref(),
         req.body.before.as_deref(),
@@ -300,7 +319,7 @@ pub async fn delete_push_rule(
     moss: Arc<Moss>,
     req: Ruma<delete_pushrule::v3::Request>,
 ) -> HandlerResult<delete_pushrule::v3::Request> {
-    moss.delete_push_rule(&req.session().user_id, req.body.kind.clone(), &req.body.rule_id).await?;
+    moss.delete_push_rule(&req.session()?.user_id, req.body.kind.clone(), &req.body.rule_id).await?;
     Ok(RumaResponse(delete_pushrule::v3::Response::new()))
 }
 
@@ -308,7 +327,7 @@ pub async fn push_rule_enabled(
     moss: Arc<Moss>,
     req: Ruma<get_pushrule_enabled::v3::Request>,
 ) -> HandlerResult<get_pushrule_enabled::v3::Request> {
-    let rules = moss.push_rules(&req.session().user_id).await?;
+    let rules = moss.push_rules(&req.session()?.user_id).await?;
     let rule = rules
         .get(req.body.kind.clone(), &req.body.rule_id)
         .ok_or_else(|| moss_core::Error::not_found("push rule not found"))?;
@@ -319,7 +338,7 @@ pub async fn set_push_rule_enabled(
     moss: Arc<Moss>,
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> HandlerResult<set_pushrule_enabled::v3::Request> {
-    moss.set_push_rule_enabled(&req.session().user_id, req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+    moss.set_push_rule_enabled(&req.session()?.user_id, req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
         .await?;
     Ok(RumaResponse(set_pushrule_enabled::v3::Response::new()))
 }
@@ -328,7 +347,7 @@ pub async fn push_rule_actions(
     moss: Arc<Moss>,
     req: Ruma<get_pushrule_actions::v3::Request>,
 ) -> HandlerResult<get_pushrule_actions::v3::Request> {
-    let rules = moss.push_rules(&req.session().user_id).await?;
+    let rules = moss.push_rules(&req.session()?.user_id).await?;
     let rule = rules
         .get(req.body.kind.clone(), &req.body.rule_id)
         .ok_or_else(|| moss_core::Error::not_found("push rule not found"))?;
@@ -340,7 +359,7 @@ pub async fn set_push_rule_actions(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> HandlerResult<set_pushrule_actions::v3::Request> {
     moss.set_push_rule_actions(
-        &req.session().user_id,
+        &req.session()?.user_id,
         req.body.kind.clone(),
         &req.body.rule_id,
         req.body.actions.clone(),
@@ -350,14 +369,14 @@ pub async fn set_push_rule_actions(
 }
 
 pub async fn pushers(moss: Arc<Moss>, req: Ruma<get_pushers::v3::Request>) -> HandlerResult<get_pushers::v3::Request> {
-    let list = moss.pushers(&req.session().user_id).await?;
+    let list = moss.pushers(&req.session()?.user_id).await?;
     let pushers = list.into_iter().filter_map(|p| serde_json::from_value(p).ok()).collect();
     Ok(RumaResponse(get_pushers::v3::Response::new(pushers)))
 }
 
 pub async fn set_pusher(moss: Arc<Moss>, req: Ruma<set_pusher::v3::Request>) -> HandlerResult<set_pusher::v3::Request> {
     let body = req.json.clone().unwrap_or_default();
-    moss.set_pusher(&req.session().user_id, body).await?;
+    moss.set_pusher(&req.session()?.user_id, body).await?;
     Ok(RumaResponse(set_pusher::v3::Response::new()))
 }
 
@@ -367,7 +386,7 @@ pub async fn typing(
     moss: Arc<Moss>,
     req: Ruma<create_typing_event::v3::Request>,
 ) -> HandlerResult<create_typing_event::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     if req.body.user_id != s.user_id {
         return Err(ApiError::forbidden("you may only set your own typing state"));
     }
@@ -383,7 +402,7 @@ pub async fn receipt(
     moss: Arc<Moss>,
     req: Ruma<create_receipt::v3::Request>,
 ) -> HandlerResult<create_receipt::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     let thread = match &b.thread {
         ReceiptThread::Unthreaded => None,
@@ -399,7 +418,7 @@ pub async fn read_markers(
     moss: Arc<Moss>,
     req: Ruma<set_read_marker::v3::Request>,
 ) -> HandlerResult<set_read_marker::v3::Request> {
-    let s = req.session().clone();
+    let s = req.session()?.clone();
     let b = req.body;
     if let Some(ev) = &b.fully_read {
         moss.set_receipt(&s.user_id, &b.room_id, "m.fully_read", ev, None).await?;
@@ -418,7 +437,7 @@ pub async fn search_users(
     req: Ruma<search_users::v3::Request>,
 ) -> HandlerResult<search_users::v3::Request> {
     let (results, limited) =
-        moss.search_users(&req.session().user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
+        moss.search_users(&req.session()?.user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
     let results = results.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
     let res = search_users::v3::Response::new(results, limited);
     Ok(RumaResponse(res))
@@ -431,5 +450,5 @@ pub async fn notifications(
 ) -> Result<Json<Value>, ApiError> {
     let b = &req.body;
     let only_highlight = b.only.as_deref() == Some("highlight");
-    Ok(Json(moss.notifications(&req.session().user_id, b.from.clone(), b.limit.map(u64::from), only_highlight).await?))
+    Ok(Json(moss.notifications(&req.session()?.user_id, b.from.clone(), b.limit.map(u64::from), only_highlight).await?))
 }

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    extract::{FromRequest, Query, Request, State},
+    extract::{FromRequest, Request, State},
     routing::{get, put},
     Json, Router,
 };
@@ -11,7 +11,7 @@ use moss_core::Moss;
 use ruma::UserId;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, extract::Query};
 
 /// Largest federation request body accepted (transactions are bounded by the spec well below).
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -125,7 +125,7 @@ fn multipart(dl: moss_core::media::Download) -> axum::response::Response {
 
 async fn media_download(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(media_id): axum::extract::Path<String>,
+    crate::extract::Path(media_id): crate::extract::Path<String>,
     signed: Signed,
 ) -> Result<axum::response::Response, ApiError> {
     // Only our own media: servers do not proxy each other's.
@@ -136,7 +136,7 @@ async fn media_download(
 
 async fn media_thumbnail(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(media_id): axum::extract::Path<String>,
+    crate::extract::Path(media_id): crate::extract::Path<String>,
     Query(q): Query<HashMap<String, String>>,
     signed: Signed,
 ) -> Result<axum::response::Response, ApiError> {
@@ -195,7 +195,7 @@ async fn user_keys_claim(State(moss): State<Arc<Moss>>, signed: Signed) -> Resul
 
 async fn user_devices(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(user_id): axum::extract::Path<String>,
+    crate::extract::Path(user_id): crate::extract::Path<String>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     let _ = signed.origin;
@@ -247,7 +247,7 @@ async fn public_rooms_filtered(State(moss): State<Arc<Moss>>, signed: Signed) ->
 /// Notary: `GET /_matrix/key/v2/query/{serverName}` (no authentication, as the spec says).
 async fn notary_one(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(server): axum::extract::Path<String>,
+    crate::extract::Path(server): crate::extract::Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let server = ruma::ServerName::parse(&server).map_err(|e| ApiError::invalid_param(format!("server name: {e}")))?;
@@ -333,7 +333,7 @@ async fn send_membership(
     Ok(Json(moss.serve_send_membership(&signed.origin, &room, &event, membership, body).await?))
 }
 
-type PathPair = axum::extract::Path<(String, String)>;
+type PathPair = crate::extract::Path<(String, String)>;
 type Versions = Query<Vec<(String, String)>>;
 
 async fn make_join(State(m): State<Arc<Moss>>, p: PathPair, q: Versions, s: Signed) -> Result<Json<Value>, ApiError> {
@@ -362,7 +362,7 @@ async fn send_knock(State(m): State<Arc<Moss>>, p: PathPair, s: Signed) -> Resul
 
 async fn invite(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    crate::extract::Path((room, event)): crate::extract::Path<(String, String)>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&signed)?;
@@ -371,7 +371,7 @@ async fn invite(
 
 async fn send_transaction(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(txn_id): axum::extract::Path<String>,
+    crate::extract::Path(txn_id): crate::extract::Path<String>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&signed)?;
@@ -380,7 +380,7 @@ async fn send_transaction(
 
 async fn event(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(event): axum::extract::Path<String>,
+    crate::extract::Path(event): crate::extract::Path<String>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(moss.serve_event(&signed.origin, &event_id(&event)?).await?))
@@ -388,7 +388,7 @@ async fn event(
 
 async fn state_ids(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(room): axum::extract::Path<String>,
+    crate::extract::Path(room): crate::extract::Path<String>,
     Query(q): Query<HashMap<String, String>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
@@ -399,7 +399,7 @@ async fn state_ids(
 
 async fn state(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(room): axum::extract::Path<String>,
+    crate::extract::Path(room): crate::extract::Path<String>,
     Query(q): Query<HashMap<String, String>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
@@ -410,7 +410,7 @@ async fn state(
 
 async fn event_auth(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path((room, event)): axum::extract::Path<(String, String)>,
+    crate::extract::Path((room, event)): crate::extract::Path<(String, String)>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(moss.serve_event_auth(&signed.origin, &room_id(&room)?, &event_id(&event)?).await?))
@@ -418,7 +418,7 @@ async fn event_auth(
 
 async fn backfill(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(room): axum::extract::Path<String>,
+    crate::extract::Path(room): crate::extract::Path<String>,
     Query(q): Query<Vec<(String, String)>>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
@@ -432,7 +432,7 @@ async fn backfill(
 
 async fn missing_events(
     State(moss): State<Arc<Moss>>,
-    axum::extract::Path(room): axum::extract::Path<String>,
+    crate::extract::Path(room): crate::extract::Path<String>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&signed)?;

@@ -28,6 +28,9 @@ pub struct BackupSession {
     pub data: Value,
 }
 
+/// `m.megolm_backup.v1.curve25519-aes-sha2`, the spec's only key backup algorithm.
+const BACKUP_ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
+
 fn not_found() -> Error {
     Error::not_found("unknown backup version")
 }
@@ -39,6 +42,13 @@ fn parse_version(v: &str) -> Result<i64> {
 fn check_algorithm(body: &Value) -> Result<(String, String)> {
     let algorithm =
         body["algorithm"].as_str().filter(|a| !a.is_empty()).ok_or_else(|| Error::bad_json("algorithm is required"))?;
+    // The one backup algorithm the spec defines; anything else could not be served back as a
+    // valid version (and no client could use it).
+    if algorithm != BACKUP_ALGORITHM {
+        return Err(Error::invalid_param(format!(
+            "unsupported backup algorithm {algorithm:?}: only {BACKUP_ALGORITHM}"
+        )));
+    }
     if !body["auth_data"].is_object() {
         return Err(Error::bad_json("auth_data must be an object"));
     }

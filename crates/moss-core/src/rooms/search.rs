@@ -31,7 +31,13 @@ pub struct SearchRequest {
 /// The search term as an FTS5 query: each word quoted (so no user text is FTS syntax), all
 /// required.
 fn fts_query(term: &str) -> (String, Vec<String>) {
-    let words: Vec<String> = term.split_whitespace().map(|w| w.replace('"', "")).filter(|w| !w.is_empty()).collect();
+    // Quotes would end the quoting, and control characters (NUL above all) are nothing a
+    // message body is searched for; both are dropped.
+    let words: Vec<String> = term
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| *c != '"' && !c.is_control()).collect::<String>())
+        .filter(|w| !w.is_empty())
+        .collect();
     let query = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
     (query, words.into_iter().map(|w| w.to_lowercase()).collect())
 }
