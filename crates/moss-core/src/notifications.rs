@@ -84,7 +84,7 @@ impl Moss {
                         });
                     }
                 }
-                out.sort_by(|a, b| b.stream.cmp(&a.stream));
+                out.sort_by_key(|n| std::cmp::Reverse(n.stream));
                 Ok::<_, Error>(out)
             })
             .await?;

@@ -417,9 +417,11 @@ mod tests {
 
     #[test]
     fn top_level_keys_match_the_config_struct() {
-        let mut c = Config::default();
-        c.public_baseurl = Some("https://x/".into());
-        c.registration_shared_secret = Some("s".into());
+        let c = Config {
+            public_baseurl: Some("https://x/".into()),
+            registration_shared_secret: Some("s".into()),
+            ..Default::default()
+        };
         let t = toml::Table::try_from(&c).unwrap();
         let mut keys: Vec<&str> = t.keys().map(String::as_str).collect();
         keys.sort();

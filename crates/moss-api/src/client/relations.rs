@@ -60,7 +60,7 @@ async fn relations(
             event_type,
             q.from.clone(),
             q.to.clone(),
-            super::rooms::dir(q.dir.clone()),
+            super::rooms::dir(*q.dir),
             q.limit.map(u64::from),
             q.recurse,
         )

@@ -410,7 +410,7 @@ pub async fn receipt(
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    moss.set_receipt(&s.user_id, &b.room_id, &b.receipt_type.to_string(), &b.event_id, thread).await?;
+    moss.set_receipt(&s.user_id, &b.room_id, b.receipt_type.as_ref(), &b.event_id, thread).await?;
     Ok(RumaResponse(create_receipt::v3::Response::new()))
 }
 

@@ -54,7 +54,7 @@ pub enum Place {
 
 #[derive(Debug)]
 pub enum Outcome {
-    Accepted(Appended),
+    Accepted(Box<Appended>),
     /// Kept for the room graph but hidden from clients: it fails the rules against current state.
     SoftFailed,
     Rejected(String),
@@ -290,7 +290,7 @@ pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Pl
         apply_current_state(w, &room, &new_state, stream)?;
     }
     let room_id = ruma::RoomId::parse(&room).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(Outcome::Accepted(Appended { pdu, room_id, stream }))
+    Ok(Outcome::Accepted(Box::new(Appended { pdu, room_id, stream })))
 }
 
 /// The state the event's auth events describe.

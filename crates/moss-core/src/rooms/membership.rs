@@ -289,7 +289,7 @@ impl Moss {
     /// A user's current membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).
     pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
         let (room, u) = (room_id.to_string(), user.to_string());
-        self.db.read(move |r| Ok::<_, Error>(membership_of(r, &room, &u)?)).await
+        self.db.read(move |r| membership_of(r, &room, &u)).await
     }
 
     /// Member event content carrying the user's current profile.

@@ -129,7 +129,7 @@ impl Moss {
                 let state = state_at(r, &room, &access)?;
                 let id = state.get(&(k, sk)).ok_or_else(|| Error::not_found("no such state event"))?;
                 let row = r.event(id)?.ok_or_else(|| Error::not_found("no such state event"))?;
-                Ok(client_event(&row, &u, None)?)
+                client_event(&row, &u, None)
             })
             .await
     }

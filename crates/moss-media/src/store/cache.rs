@@ -290,7 +290,7 @@ impl CacheStore {
         if range.start > range.end || range.end > size {
             return Err(MediaError::BadRange);
         }
-        if range.len() == 0 {
+        if range.is_empty() {
             return Ok(Some(Box::pin(futures_util::stream::empty())));
         }
         // Whole blocks are read and checked; the range is cut out of them.

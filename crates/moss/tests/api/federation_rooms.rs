@@ -552,6 +552,7 @@ async fn servers_are_found_through_srv_records() {
 }
 
 /// A state event by `sender` (a user of A), signed with A's key, placed after `prev`.
+#[allow(clippy::too_many_arguments)]
 fn state_event_by_a(
     a: &FedServer,
     key: &Ed25519KeyPair,

@@ -1,4 +1,5 @@
 //! Integration tests: each starts a real moss process and drives it over HTTP.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::panic)] // tests make their own HTTP clients, and fail loudly
 
 mod accounts;
 mod bad_input;
