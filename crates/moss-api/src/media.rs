@@ -202,13 +202,12 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
     let row = moss.media_row_of(server, media_id, wait, !legacy).await?;
-    if legacy
-        && !legacy_allowed(moss, &row) {
-            return Err(moss_core::Error::not_found(
-                "media not found: use the authenticated /_matrix/client/v1/media endpoints",
-            )
-            .into());
-        }
+    if legacy && !legacy_allowed(moss, &row) {
+        return Err(moss_core::Error::not_found(
+            "media not found: use the authenticated /_matrix/client/v1/media endpoints",
+        )
+        .into());
+    }
     let size = row.size.unwrap_or(0) as u64;
     let range = parse_range(headers, size);
     let dl = moss.download_media(&row, range).await?;

@@ -15,6 +15,8 @@ pub mod media;
 pub mod net;
 pub mod notifications;
 pub mod notifier;
+#[cfg(test)]
+mod parser_props;
 pub mod presence;
 pub mod rooms;
 pub mod sync;

@@ -186,8 +186,9 @@ impl Moss {
             if entry.is_null() {
                 *entry = empty_joined_room();
             }
-            if let Some(a) = entry["ephemeral"]["events"]
-                .as_array_mut() { a.push(json!({"type": "m.typing", "content": {"user_ids": users}})) }
+            if let Some(a) = entry["ephemeral"]["events"].as_array_mut() {
+                a.push(json!({"type": "m.typing", "content": {"user_ids": users}}))
+            }
             empty = false;
         }
         let stream = body["next_batch"].as_i64().unwrap_or(0);

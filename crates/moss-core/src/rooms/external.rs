@@ -76,20 +76,30 @@ pub fn event_id_of(canon: &CanonicalJsonObject, rules: &RoomVersionRules) -> Res
     EventId::parse(format!("${hash}")).map_err(|e| Error::internal(e.to_string()))
 }
 
+/// The checks of a PDU from another server that need nothing but its bytes: a canonical JSON
+/// object, the room version's format and size limits; and which servers must have signed it.
+pub(crate) fn parse_pdu(
+    rules: &RoomVersionRules,
+    raw: &Value,
+) -> Result<(CanonicalJsonObject, std::collections::BTreeSet<ruma::OwnedServerName>)> {
+    let mut canon: CanonicalJsonObject = match serde_json::from_value::<CanonicalJsonValue>(raw.clone()) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => return Err(Error::bad_json("a PDU must be a canonical JSON object")),
+    };
+    canon.remove("unsigned");
+    check_pdu_format(&canon, &rules.event_format).map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
+    let servers = ruma::signatures::required_server_signatures_to_verify_event(&canon, &rules.signatures)
+        .map_err(|e| Error::bad_json(format!("PDU: {e}")))?;
+    Ok((canon, servers))
+}
+
 impl Moss {
     /// Format, event id, signatures and content hash of a PDU from another server. An event whose
     /// signatures hold but whose content hash does not is kept in its redacted form, as the spec
     /// says; anything worse is an error.
     pub async fn verify_pdu(&self, version: &RoomVersionId, raw: &Value) -> Result<VerifiedPdu> {
         let rules = rules_for(version)?;
-        let mut canon: CanonicalJsonObject = match serde_json::from_value::<CanonicalJsonValue>(raw.clone()) {
-            Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => return Err(Error::bad_json("a PDU must be a canonical JSON object")),
-        };
-        canon.remove("unsigned");
-        check_pdu_format(&canon, &rules.event_format).map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
-        let servers = ruma::signatures::required_server_signatures_to_verify_event(&canon, &rules.signatures)
-            .map_err(|e| Error::bad_json(format!("PDU: {e}")))?;
+        let (mut canon, servers) = parse_pdu(&rules, raw)?;
         let mut keys = ruma::signatures::PublicKeyMap::new();
         for server in servers {
             let found = self.server_verify_keys(&server).await?;

@@ -59,8 +59,7 @@ fn children(r: &Reader<'_>, room: &str, suggested_only: bool) -> Result<Vec<Valu
         let Some(row) = r.event(&event_id)? else { continue };
         let pdu: Value = serde_json::from_str(&row.pdu)?;
         let content = &pdu["content"];
-        if content["via"].as_array().is_none_or(|v| v.is_empty()) || (suggested_only && content["suggested"] != true)
-        {
+        if content["via"].as_array().is_none_or(|v| v.is_empty()) || (suggested_only && content["suggested"] != true) {
             continue;
         }
         out.push(json!({
