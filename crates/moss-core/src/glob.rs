@@ -3,6 +3,7 @@
 //! matched without backtracking: the first and last segments are anchored, each middle one
 //! is taken at its leftmost place. That is exact for globs (no segment can do better later),
 //! and costs at most subject length × pattern length, so no pattern can make a match slow.
+#![warn(clippy::indexing_slicing)]
 
 /// One character of a segment: a literal, or `?`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ impl Glob {
 
     /// A pattern of plain characters (no `*`, `?`) matches only itself.
     pub fn is_literal(&self) -> bool {
-        self.segments.len() == 1 && self.segments[0].iter().all(|t| matches!(t, Tok::Char(_)))
+        matches!(self.segments.as_slice(), [only] if only.iter().all(|t| matches!(t, Tok::Char(_))))
     }
 
     pub fn matches(&self, subject: &str) -> bool {
@@ -41,16 +42,17 @@ impl Glob {
         let Some((last, middle)) = rest.split_last() else {
             return first.len() == s.len() && fits(first, s);
         };
-        if first.len() + last.len() > s.len() || !fits(first, &s[..first.len()]) {
+        if first.len() + last.len() > s.len() {
             return false;
         }
         let end = s.len() - last.len();
-        if !fits(last, &s[end..]) {
+        let (Some(head), Some(tail)) = (s.get(..first.len()), s.get(end..)) else { return false };
+        if !fits(first, head) || !fits(last, tail) {
             return false;
         }
         let mut pos = first.len();
         for seg in middle {
-            match leftmost(seg, &s[pos..end]) {
+            match s.get(pos..end).and_then(|rest| leftmost(seg, rest)) {
                 Some(at) => pos += at + seg.len(),
                 None => return false,
             }
@@ -70,10 +72,10 @@ fn fits(seg: &[Tok], s: &[char]) -> bool {
 
 /// Where `seg` first occurs in `s`.
 fn leftmost(seg: &[Tok], s: &[char]) -> Option<usize> {
-    if seg.len() > s.len() {
-        return None;
+    if seg.is_empty() {
+        return Some(0);
     }
-    (0..=s.len() - seg.len()).find(|&i| fits(seg, &s[i..i + seg.len()]))
+    s.windows(seg.len()).position(|w| fits(seg, w))
 }
 
 #[cfg(test)]

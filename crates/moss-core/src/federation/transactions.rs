@@ -28,6 +28,10 @@ const GAP_FILL_BUDGET: Duration = Duration::from_secs(20);
 const MAX_GAP_EVENTS: usize = 500;
 /// How many missing events one gap may pull in before we stop asking.
 const MISSING_EVENTS_LIMIT: u64 = 20;
+/// Longest one inbound transaction is worked on (gap filling, auth, state resolution). Past it
+/// the rest waits: the sender is told to come back (the events already taken in are known
+/// then), so one transaction cannot hold the writer, or its sender's request, for long.
+const TXN_BUDGET: Duration = Duration::from_secs(40);
 
 impl Moss {
     pub async fn receive_transaction(&self, origin: &ServerName, txn_id: &str, body: Value) -> Result<Value> {
@@ -44,7 +48,16 @@ impl Moss {
             return Err(Error::forbidden("the transaction's origin is not the signing server"));
         }
         let mut results = Map::new();
+        let started = std::time::Instant::now();
         for raw in pdus {
+            if started.elapsed() > TXN_BUDGET {
+                tracing::info!(%origin, txn_id, "transaction took too long; the sender will send the rest again");
+                return Err(Error::new(
+                    ruma::api::error::ErrorKind::Unknown,
+                    503,
+                    "this transaction took too long to process; send it again",
+                ));
+            }
             let room = raw["room_id"].as_str().unwrap_or_default().to_owned();
             let outcome = self.receive_pdu(origin, &room, &raw, true).await;
             let id = match &outcome {

@@ -41,18 +41,18 @@ pub(crate) fn disposition_filename(v: &str) -> Option<String> {
             let mut out = Vec::new();
             let b = enc.as_bytes();
             let mut i = 0;
-            while i < b.len() {
+            while let Some(&byte) = b.get(i) {
                 // Hex digits are ASCII: anything else after '%' (even a multi-byte character,
                 // which must not be sliced) is kept as it is.
                 let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                if b[i] == b'%' {
+                if byte == b'%' {
                     if let Some(x) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                         out.push(x);
                         i += 3;
                         continue;
                     }
                 }
-                out.push(b[i]);
+                out.push(byte);
                 i += 1;
             }
             return String::from_utf8(out).ok();

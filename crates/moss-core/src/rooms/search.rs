@@ -28,6 +28,11 @@ pub struct SearchRequest {
     pub next_batch: Option<String>,
 }
 
+/// Longest search term, in bytes, and most words of it searched for (each one a term every
+/// match must contain).
+pub const MAX_SEARCH_TERM: usize = 4096;
+pub const MAX_SEARCH_WORDS: usize = 32;
+
 /// The search term as an FTS5 query: each word quoted (so no user text is FTS syntax), all
 /// required.
 fn fts_query(term: &str) -> (String, Vec<String>) {
@@ -37,6 +42,7 @@ fn fts_query(term: &str) -> (String, Vec<String>) {
         .split_whitespace()
         .map(|w| w.chars().filter(|c| *c != '"' && !c.is_control()).collect::<String>())
         .filter(|w| !w.is_empty())
+        .take(MAX_SEARCH_WORDS)
         .collect();
     let query = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
     (query, words.into_iter().map(|w| w.to_lowercase()).collect())
@@ -57,6 +63,9 @@ impl Moss {
                 .ok_or_else(|| Error::invalid_param(format!("invalid next_batch {t:?}")))?,
             None => 0,
         };
+        if req.term.len() > MAX_SEARCH_TERM {
+            return Err(Error::invalid_param(format!("a search term may be at most {MAX_SEARCH_TERM} bytes")));
+        }
         let (query, highlights) = fts_query(&req.term);
         let u = user.to_string();
         self.db

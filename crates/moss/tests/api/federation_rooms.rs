@@ -822,3 +822,76 @@ async fn history_a_server_may_not_see_is_served_redacted() {
     // And Bob's own view on B does not show it either.
     assert!(!bodies(&messages(&b.server, &bob, &room).await).contains(&"said before bob came".to_owned()));
 }
+
+/// A room another server splintered into 25 branches: our next event names the 20 deepest
+/// (the spec's limit), the one after takes in the rest, and the room is whole again.
+#[tokio::test]
+async fn events_made_here_name_at_most_twenty_prev_events() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = b.server.create_room(&bob, json!({"preset": "public_chat", "room_alias_name": "wide"})).await;
+    let (st, v) = a.server.join(&alice, &enc(&format!("#wide:{}", b.name))).await;
+    assert_eq!(st, 200, "{v}");
+    let base = b.server.send_text(&bob, &room, "base").await;
+    eventually("A has the base event", &a, &b, || async {
+        bodies(&messages(&a.server, &alice, &room).await).contains(&"base".to_owned())
+    })
+    .await;
+    let (_, state) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), &bob).await;
+    let state_id = |kind: &str, sk: &str| {
+        state.as_array().unwrap().iter().find(|e| e["type"] == kind && e["state_key"] == sk).unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let auth = vec![state_id("m.room.power_levels", ""), state_id("m.room.member", &alice.id)];
+    let key = signing_key(&a.server);
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let mut pdus = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let obj = json!({
+            "room_id": room, "sender": alice.id, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": format!("branch {i}")},
+            "origin_server_ts": 1_700_000_000_000u64 + i, "depth": 50 + i, "prev_events": [base], "auth_events": auth,
+        });
+        let mut canon: ruma::CanonicalJsonObject = serde_json::from_value(obj).unwrap();
+        ruma::signatures::hash_and_sign_event(a.name.as_str(), &key, &mut canon, &rules.redaction).unwrap();
+        ids.push(format!("${}", ruma::signatures::reference_hash(&canon, &rules).unwrap()));
+        pdus.push(serde_json::to_value(canon).unwrap());
+    }
+    let answer = send_as(&a, &b, &key, pdus).await;
+    for id in &ids {
+        assert_eq!(answer["pdus"][id], json!({}), "{answer}");
+    }
+    let prevs_of = |id: String| {
+        let (a, b, key) = (&a, &b, &key);
+        async move {
+            let (st, v) = signed_get(a, key, b, &format!("/_matrix/federation/v1/event/{}", enc(&id))).await;
+            assert_eq!(st, 200, "{v}");
+            v["pdus"][0]["prev_events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = b.server.send_text(&bob, &room, "merging").await;
+    let prevs = prevs_of(first.clone()).await;
+    assert_eq!(prevs.len(), 20, "{prevs:?}");
+    // The deepest branches were taken (depth 55..=74 of 50..=74).
+    for id in &ids[5..] {
+        assert!(prevs.contains(id), "branch {id} should be among the deepest");
+    }
+    let second = b.server.send_text(&bob, &room, "merged").await;
+    let mut prevs = prevs_of(second).await;
+    prevs.sort();
+    let mut want: Vec<String> = ids[..5].to_vec();
+    want.push(first);
+    want.sort();
+    assert_eq!(prevs, want, "the next event takes in the five left and the previous one");
+    let third = b.server.send_text(&bob, &room, "whole").await;
+    assert_eq!(prevs_of(third).await.len(), 1, "one extremity again");
+}
