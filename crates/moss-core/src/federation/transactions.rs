@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Result},
     now_ms,
     rooms::{
-        external::{accept, check_auth_events_only, room_of, Outcome, Place, VerifiedPdu},
+        external::{accept_prepared, check_auth_events_only, prepare, room_of, Outcome, Place, VerifiedPdu},
         timeline::load_pdu,
     },
     Moss,
@@ -125,7 +125,18 @@ impl Moss {
             Err(_) => tracing::info!(%origin, event_id = %id, "gave up filling a gap before an event (too slow)"),
         }
         // Nothing to relay: every server sends its own events to all the others.
-        let result = self.db.write(move |w| accept(w, &version, v, place)).await.map_err(|e| (Some(id.clone()), e))?;
+        // The state resolutions it needs run on a reader first; the writer only re-checks that
+        // the graph did not move meanwhile (it redoes the work if it did).
+        let prepared = {
+            let (version, place_copy) = (version.clone(), place.clone());
+            let v2 = v.clone();
+            self.db.read(move |r| prepare(r, &version, &v2, &place_copy)).await.map_err(|e| (Some(id.clone()), e))?
+        };
+        let result = self
+            .db
+            .write(move |w| accept_prepared(w, &version, v, place, prepared))
+            .await
+            .map_err(|e| (Some(id.clone()), e))?;
         match result {
             Outcome::Accepted(a) => {
                 self.notify_room(&a.room_id).await;

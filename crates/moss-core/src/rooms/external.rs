@@ -196,8 +196,94 @@ fn state_before(w: &Reader<'_>, rules: &RoomVersionRules, pdu: &Pdu) -> Result<O
     }
 }
 
+/// State resolutions for an event worked out before the write transaction, on a reader, so the
+/// single writer is not held while they run. Each says which inputs it was made from; inside
+/// the transaction it is used only when those inputs are still what they are there (the
+/// graph moves on between the two), else the resolution runs again.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The prev events that were known, and the state before the event resolved from theirs.
+    before: Option<(Vec<String>, StateMap)>,
+    /// The forward extremities the event would leave (sorted), and the room state resolved
+    /// from them.
+    current: Option<(Vec<String>, StateMap)>,
+}
+
+/// The prev events of `pdu` the database knows, in order.
+fn known_prevs(r: &Reader<'_>, pdu: &Pdu) -> Result<Vec<String>> {
+    let mut known = Vec::new();
+    for prev in &pdu.prev_events {
+        if r.event(prev.as_str())?.is_some() {
+            known.push(prev.to_string());
+        }
+    }
+    Ok(known)
+}
+
+/// The forward extremities of `room` once `pdu` is in (sorted).
+fn extremities_after(r: &Reader<'_>, room: &str, pdu: &Pdu) -> Result<Vec<String>> {
+    let mut set: HashSet<String> = r.forward_extremities(room)?.into_iter().collect();
+    for p in &pdu.prev_events {
+        set.remove(p.as_str());
+    }
+    set.insert(pdu.event_id.to_string());
+    let mut list: Vec<String> = set.into_iter().collect();
+    list.sort();
+    Ok(list)
+}
+
+/// Works out, on a reader, the state resolutions [`accept`] would otherwise run inside the
+/// write transaction (only the expensive ones: several prev events, several extremities).
+pub fn prepare(r: &Reader<'_>, version: &RoomVersionId, v: &VerifiedPdu, place: &Place) -> Result<Prepared> {
+    let rules = rules_for(version)?;
+    let pdu = &v.pdu;
+    let mut prepared = Prepared::default();
+    let before = match place {
+        Place::Live => {
+            let known = known_prevs(r, pdu)?;
+            if known.len() < 2 {
+                return Ok(prepared);
+            }
+            let Some(state) = state_before(r, &rules, pdu)? else { return Ok(prepared) };
+            prepared.before = Some((known, state.clone()));
+            state
+        }
+        Place::AfterGap(s) => s.clone(),
+        Place::LiveWithState(_) | Place::History(_) => return Ok(prepared),
+    };
+    let room = room_of(pdu);
+    let extremities = extremities_after(r, &room, pdu)?;
+    if extremities.len() > 1 {
+        let mut after = before;
+        if let Some(sk) = &pdu.state_key {
+            after.insert((pdu.kind.to_string(), sk.clone()), pdu.event_id.to_string());
+        }
+        let mut states = Vec::new();
+        for e in &extremities {
+            if e == pdu.event_id.as_str() {
+                states.push(after.clone());
+            } else if let Some(row) = r.event(e)? {
+                states.push(r.state_group(row.state_group)?);
+            }
+        }
+        prepared.current = Some((extremities, resolve(r, &rules, &states)?));
+    }
+    Ok(prepared)
+}
+
 /// Checks an event already verified by [`Moss::verify_pdu`] and stores it where `place` says.
 pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Place) -> Result<Outcome> {
+    accept_prepared(w, version, v, place, Prepared::default())
+}
+
+/// [`accept`], using resolutions [`prepare`] worked out beforehand where they still apply.
+pub fn accept_prepared(
+    w: &Writer<'_>,
+    version: &RoomVersionId,
+    v: VerifiedPdu,
+    place: Place,
+    prepared: Prepared,
+) -> Result<Outcome> {
     let rules = rules_for(version)?;
     let VerifiedPdu { pdu, mut canon } = v;
     let id = pdu.event_id.as_str();
@@ -225,10 +311,20 @@ pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Pl
     let soft_fail_check = !matches!(place, Place::LiveWithState(_));
     let (before, live, check_before) = match place {
         Place::LiveWithState(s) | Place::AfterGap(s) => (s, true, true),
-        Place::Live => match state_before(w, &rules, &pdu)? {
-            Some(s) => (s, true, true),
-            None => (auth_state(w, &pdu)?, true, true),
-        },
+        Place::Live => {
+            let ready = match prepared.before {
+                Some((known, state)) if known == known_prevs(w, &pdu)? => Some(state),
+                _ => None,
+            };
+            let resolved = match ready {
+                Some(s) => Some(s),
+                None => state_before(w, &rules, &pdu)?,
+            };
+            match resolved {
+                Some(s) => (s, true, true),
+                None => (auth_state(w, &pdu)?, true, true),
+            }
+        }
         // History is checked against its auth events only: the state before it is not known
         // here, and the approximation `state` only places it for visibility.
         Place::History(s) => (s, false, false),
@@ -286,8 +382,12 @@ pub fn accept(w: &Writer<'_>, version: &RoomVersionId, v: VerifiedPdu, place: Pl
         extremities.insert(id.to_owned());
         let list: Vec<&str> = extremities.iter().map(String::as_str).collect();
         w.set_forward_extremities(&room, &list)?;
+        let mut sorted: Vec<String> = extremities.iter().cloned().collect();
+        sorted.sort();
         let new_state = if extremities.len() == 1 {
             after
+        } else if let Some((_, state)) = prepared.current.filter(|(ex, _)| *ex == sorted) {
+            state
         } else {
             let mut states = Vec::new();
             for e in &extremities {
