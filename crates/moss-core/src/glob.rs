@@ -79,7 +79,7 @@ fn leftmost(seg: &[Tok], s: &[char]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::Glob;
 
     fn glob(p: &str, s: &str) -> bool {
@@ -121,17 +121,19 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
+    /// The spec's glob semantics, written the obvious (exponential) way: for checking only.
+    pub(crate) fn reference(p: &[char], s: &[char]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some(('*', rest)) => (0..=s.len()).any(|i| reference(rest, &s[i..])),
+            Some(('?', rest)) => !s.is_empty() && reference(rest, &s[1..]),
+            Some((c, rest)) => s.first() == Some(c) && reference(rest, &s[1..]),
+        }
+    }
+
     /// Agrees with a plain recursive matcher on every pattern and subject over a small alphabet.
     #[test]
     fn agrees_with_the_definition() {
-        fn reference(p: &[char], s: &[char]) -> bool {
-            match p.split_first() {
-                None => s.is_empty(),
-                Some(('*', rest)) => (0..=s.len()).any(|i| reference(rest, &s[i..])),
-                Some(('?', rest)) => !s.is_empty() && reference(rest, &s[1..]),
-                Some((c, rest)) => s.first() == Some(c) && reference(rest, &s[1..]),
-            }
-        }
         let alphabet = ['a', 'b', '*', '?'];
         let words = |max: usize, letters: &[char]| {
             let mut all = vec![String::new()];

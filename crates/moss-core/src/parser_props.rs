@@ -139,14 +139,7 @@ proptest! {
     /// Globs agree with the obvious recursive definition on short inputs, whatever the pattern.
     #[test]
     fn globs_match_their_definition(pattern in "[ab*?]{0,8}", subject in "[ab]{0,10}") {
-        fn reference(p: &[char], s: &[char]) -> bool {
-            match p.split_first() {
-                None => s.is_empty(),
-                Some(('*', rest)) => (0..=s.len()).any(|i| reference(rest, &s[i..])),
-                Some(('?', rest)) => !s.is_empty() && reference(rest, &s[1..]),
-                Some((c, rest)) => s.first() == Some(c) && reference(rest, &s[1..]),
-            }
-        }
+        use crate::glob::tests::reference;
         let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), subject.chars().collect());
         prop_assert_eq!(Glob::new(&pattern).matches(&subject), reference(&p, &s));
     }
