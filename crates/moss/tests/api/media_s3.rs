@@ -223,6 +223,11 @@ async fn an_unreachable_s3_fails_uploads_fast_and_cleanly() {
     assert_eq!(st, 502, "{v}");
     assert_eq!(v["errcode"], "M_UNKNOWN");
     assert!(v["error"].as_str().unwrap().contains("unavailable"), "{v}");
+    // The store's endpoint and object names stay in the log (with the id the client sees).
+    let text = v["error"].as_str().unwrap();
+    assert!(!text.contains("127.0.0.1") && !text.contains("c-") && !text.contains("dead-"), "{v}");
+    let id = text.rsplit("id ").next().unwrap().trim_end_matches(')');
+    assert!(s.log().contains(id) && s.log().contains("127.0.0.1:9"), "the log has the detail under {id}");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert_eq!(std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(), 0);
 }
