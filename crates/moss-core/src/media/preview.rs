@@ -5,6 +5,7 @@
 //! the deny list at connect time (so DNS rebinding cannot slip past an earlier check), literal
 //! IP addresses and every redirect are checked too, and responses are bounded in size and time.
 
+#![warn(clippy::indexing_slicing)]
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
@@ -72,7 +73,7 @@ impl Fetcher {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Error::upstream("could not read the URL", error_chain(&e)))?;
             let room = max.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            body.extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
             if body.len() >= max {
                 break;
             }
@@ -90,53 +91,50 @@ fn decode_entities(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The attributes of one tag, as (lowercased name, value) pairs.
+/// The attributes of one tag, as (lowercased name, value) pairs. A byte cursor over untrusted
+/// HTML: every look is bounds-checked, every cut lands on an ASCII delimiter (a char boundary).
 fn attributes(tag: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
     let b = tag.as_bytes();
+    let at = |i: usize| b.get(i).copied();
+    let cut = |from: usize, to: usize| tag.get(from..to).unwrap_or_default();
+    let skip_while = |mut i: usize, pred: &dyn Fn(u8) -> bool| {
+        while at(i).is_some_and(pred) {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
-            i += 1;
-        }
+        i = skip_while(i, &|c| c.is_ascii_whitespace() || c == b'/');
         let start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
-            i += 1;
-        }
+        i = skip_while(i, &|c| !c.is_ascii_whitespace() && c != b'=' && c != b'/');
         if start == i {
             i += 1;
             continue;
         }
-        let name = tag[start..i].to_ascii_lowercase();
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
+        let name = cut(start, i).to_ascii_lowercase();
+        i = skip_while(i, &|c| c.is_ascii_whitespace());
+        if at(i) != Some(b'=') {
+            out.push((name, String::new()));
+            continue;
         }
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
-                let q = b[i];
-                i += 1;
-                let s = i;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                let v = &tag[s..i.min(b.len())];
+        i = skip_while(i + 1, &|c| c.is_ascii_whitespace());
+        let value = match at(i) {
+            Some(q @ (b'"' | b'\'')) => {
+                let from = i + 1;
+                i = skip_while(from, &|c| c != q);
+                let v = cut(from, i);
                 i += 1;
                 v
-            } else {
-                let s = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                &tag[s..i]
-            };
-            out.push((name, decode_entities(value)));
-        } else {
-            out.push((name, String::new()));
-        }
+            }
+            _ => {
+                let from = i;
+                i = skip_while(i, &|c| !c.is_ascii_whitespace());
+                cut(from, i)
+            }
+        };
+        out.push((name, decode_entities(value)));
     }
     out
 }
@@ -222,5 +220,18 @@ mod tests {
         assert_eq!(og["og:image"], "/img.png");
         let og = parse_html("<title>Only a title</title>");
         assert_eq!(og["og:title"], "Only a title");
+        // Hostile markup: unterminated quotes and tags, multi-byte text at every cut.
+        for html in [
+            "<meta property=\"og:title content='x",
+            "<meta property='og:title' content=\"é",
+            "<meta é=é content=\u{1F600}>",
+            "<meta",
+            "<meta =>",
+            "<title>",
+            "<meta property=og:title content=ok/><meta/ / =>",
+        ] {
+            let _ = parse_html(html);
+        }
+        assert_eq!(parse_html("<meta property=og:title content=ok/>")["og:title"], "ok/");
     }
 }
