@@ -1060,6 +1060,15 @@ impl Reader<'_> {
             |r| Ok(ThumbnailRow { thumb_key: r.get(0)?, content_type: r.get(1)?, size: r.get(2)? }),
         )
     }
+
+    /// The sizes (width, height) of the thumbnails made of some content with one method.
+    pub fn thumbnail_sizes(&self, content_key: &str, method: &str, animated: bool) -> Result<Vec<(i64, i64)>> {
+        self.collect(
+            "SELECT width, height FROM media_thumbnails WHERE content_key = ?1 AND method = ?2 AND animated = ?3",
+            params![content_key, method, animated],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
 }
 
 impl Writer<'_> {

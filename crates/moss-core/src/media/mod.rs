@@ -812,7 +812,27 @@ impl Moss {
         };
 
         let (k, m) = (key.clone(), tm.as_str());
-        let found = self.db.read(move |r| Ok::<_, Error>(r.thumbnail(&k, tw as i64, th as i64, m, animated)?)).await?;
+        let found = self
+            .db
+            .read(move |r| {
+                if let Some(t) = r.thumbnail(&k, tw as i64, th as i64, m, animated)? {
+                    return Ok::<_, Error>(Some(t));
+                }
+                // Dynamic sizes: at most MAX_DYNAMIC_THUMBNAILS per content and method; past
+                // that the nearest one made already is served (the smallest that covers the
+                // request, else the largest), so no one can fill the store with sizes.
+                let sizes = r.thumbnail_sizes(&k, m, animated)?;
+                if sizes.len() < MAX_DYNAMIC_THUMBNAILS {
+                    return Ok(None);
+                }
+                let covering =
+                    sizes.iter().filter(|(w, h)| *w >= tw as i64 && *h >= th as i64).min_by_key(|(w, h)| w * h);
+                let Some(&(w, h)) = covering.or_else(|| sizes.iter().max_by_key(|(w, h)| w * h)) else {
+                    return Ok(None);
+                };
+                Ok(r.thumbnail(&k, w, h, m, animated)?)
+            })
+            .await?;
         let found = match found {
             Some(t) => t,
             None => self.make_thumbnail(row, &key, tw, th, tm, animated).await?,
@@ -907,6 +927,10 @@ impl Moss {
         Ok(moss_storage::ThumbnailRow { thumb_key, content_type: made.content_type.to_owned(), size: len as i64 })
     }
 }
+
+/// Most thumbnails of one content (per method and animation) made to sizes clients choose
+/// (`thumbnails.dynamic`); further sizes are served the nearest existing one.
+const MAX_DYNAMIC_THUMBNAILS: usize = 32;
 
 /// Whole MiB (rounded up, at least one) for a byte count: the unit of the thumbnail budget.
 fn mib(bytes: u64) -> u32 {

@@ -825,4 +825,29 @@ async fn dynamic_thumbnails_have_the_size_asked() {
     let res = thumb(&s, &a, &mxc, "width=200&height=200&method=scale").await;
     let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
     assert_eq!((img.width(), img.height()), (200, 160));
+
+    // Sizes are the client's choice, but not without end: past 32 per content and method, the
+    // nearest thumbnail made already is served and nothing new is stored.
+    for i in 0..31u32 {
+        let res = thumb(&s, &a, &mxc, &format!("width={}&height={}&method=crop", 10 + i, 10 + i)).await;
+        assert_eq!(res.status(), 200);
+    }
+    // Thumbnail objects in the fs store (sharded one directory deep).
+    let count = || {
+        let shards = std::fs::read_dir(s.data_dir().join("media")).unwrap().flatten();
+        shards
+            .filter(|d| d.path().is_dir())
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("t-"))
+            .count()
+    };
+    let stored = count();
+    assert!(stored >= 33, "{stored} thumbnails stored before the limit");
+    let res = thumb(&s, &a, &mxc, "width=15&height=16&method=crop").await;
+    let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16), "the smallest one made that covers 15x16");
+    let res = thumb(&s, &a, &mxc, "width=900&height=700&method=crop").await;
+    let img = image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (123, 45), "none covers it: the largest");
+    assert_eq!(count(), stored, "no new thumbnail was stored");
 }
