@@ -169,11 +169,29 @@ pub async fn whoami(_moss: Arc<Moss>, req: Ruma<whoami::v3::Request>) -> Handler
     Ok(RumaResponse(res))
 }
 
+/// The session of an endpoint whose token the spec makes optional (password change and
+/// deactivation, for flows like e-mail that prove who the user is without one). moss has no
+/// such flow: without a token it answers user-interactive auth with no flows to follow.
+fn session_or_no_flows<R>(req: &Ruma<R>) -> Result<moss_core::accounts::Session, ApiError> {
+    match &req.session {
+        Some(s) => Ok(s.clone()),
+        None => {
+            let mut info = ruma::api::client::uiaa::UiaaInfo::new(Vec::new());
+            info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
+            info.auth_error = Some(Box::new(ruma::api::error::StandardErrorBody::new(
+                ruma::api::error::ErrorKind::MissingToken,
+                "an access token is required: this server has no other way to prove who you are".into(),
+            )));
+            Err(moss_core::Error::Uiaa(Box::new(info)).into())
+        }
+    }
+}
+
 pub async fn change_password(
     moss: Arc<Moss>,
     req: Ruma<change_password::v3::Request>,
 ) -> HandlerResult<change_password::v3::Request> {
-    let s = req.session()?.clone();
+    let s = session_or_no_flows(&req)?;
     moss.validate_password(&req.body.new_password)?;
     moss.uiaa(password_flow("password", &s.user_id), req.body.auth.clone()).await?;
     moss.set_password(&s.user_id, &req.body.new_password, req.body.logout_devices.then_some(&s)).await?;
@@ -181,7 +199,7 @@ pub async fn change_password(
 }
 
 pub async fn deactivate(moss: Arc<Moss>, req: Ruma<deactivate::v3::Request>) -> HandlerResult<deactivate::v3::Request> {
-    let s = req.session()?.clone();
+    let s = session_or_no_flows(&req)?;
     moss.uiaa(password_flow("deactivate", &s.user_id), req.body.auth.clone()).await?;
     moss.deactivate(&s.user_id).await?;
     Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success)))

@@ -105,6 +105,7 @@ async fn what_the_spec_fuzzer_found_stays_fixed() {
     ] {
         let (st, v) = s.call("POST", path, None, Some(body)).await;
         assert_eq!((st, errcode(&v)), (401, "M_MISSING_TOKEN"), "{path}: {v}");
+        assert_eq!(v["flows"], json!([]), "user-interactive auth with no flow to follow: {v}");
     }
     // A login body without a type (ruma's parser panicked on it).
     let (st, v) = s.call_raw("POST", "/_matrix/client/v3/login", None, Some(Vec::new())).await;
