@@ -174,6 +174,7 @@ impl Moss {
             ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
             e => Error::bad_json(e.to_string()),
         })?;
+        check_push_rules(&rules)?;
         self.save_push_rules(user, &rules).await
     }
 
@@ -367,4 +368,37 @@ impl Moss {
         let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?)).await?;
         Ok(rooms.into_iter().filter_map(|r| RoomId::parse(r).ok()).collect())
     }
+}
+
+/// Longest glob pattern a push rule may hold, and the most all of a user's rules may take: every pattern is matched
+/// against every event in every room of its owner (ruma compiles wildcard patterns to a regex
+/// per match, and panics when one outgrows the regex size limit).
+pub const MAX_PUSH_PATTERN: usize = 512;
+pub const MAX_PUSH_RULES_JSON: usize = 256 * 1024;
+
+/// Refuses a rule set past the limits above (patterns anywhere in it: content rules and
+/// `event_match` conditions alike).
+fn check_push_rules(rules: &Ruleset) -> Result<()> {
+    let v = serde_json::to_value(rules)?;
+    if v.to_string().len() > MAX_PUSH_RULES_JSON {
+        return Err(Error::invalid_param(format!("push rules may take at most {MAX_PUSH_RULES_JSON} bytes")));
+    }
+    fn longest_pattern(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("pattern", Value::String(p)) => p.len(),
+                    _ => longest_pattern(v),
+                })
+                .max()
+                .unwrap_or(0),
+            Value::Array(a) => a.iter().map(longest_pattern).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if longest_pattern(&v) > MAX_PUSH_PATTERN {
+        return Err(Error::invalid_param(format!("a push rule pattern may be at most {MAX_PUSH_PATTERN} bytes")));
+    }
+    Ok(())
 }

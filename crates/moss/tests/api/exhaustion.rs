@@ -479,3 +479,61 @@ async fn dead_servers_and_notary_queries_cost_a_bounded_number_of_connections() 
         }
     }
 }
+
+#[tokio::test]
+async fn push_rules_cannot_be_turned_against_the_server() {
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let room = s.create_room(&a, json!({"preset": "public_chat"})).await;
+    let (st, _) = s.join(&b, &room).await;
+    assert_eq!(st, 200);
+    // A keyword rule (Element's "keywords") whose word appears only inside other words.
+    let (st, v) = s
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/kw",
+            &a,
+            json!({"pattern": "b", "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // Patterns past the limit are refused (ruma compiles wildcard patterns to a regex that
+    // panics past its size limit).
+    let (st, v) = s
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/huge",
+            &a,
+            json!({"pattern": "?".repeat(5000), "actions": ["notify"]}),
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"), "{v}");
+    let watchdog = Watchdog::start(&s);
+    // A message of 20,000 words that each contain the keyword without being it.
+    let body = "ab ".repeat(20_000);
+    let (st, v) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/long"),
+            &b,
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v, took) = get_timed(&s, "/_matrix/client/v3/sync", &a.token).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The rule still works: the word alone is a highlight; the long message (evaluated first,
+    // with every word a near miss) is not.
+    s.send_text(&b, &room, "a b c").await;
+    let (st, v, took) = get_timed(&s, "/_matrix/client/v3/notifications", &a.token).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let highlights: Vec<&str> = v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["actions"].to_string().contains("highlight"))
+        .filter_map(|n| n["event"]["content"]["body"].as_str())
+        .collect();
+    assert_eq!(highlights, ["a b c"], "{v}");
+    watchdog.finish("push rules").await;
+}
