@@ -66,7 +66,8 @@ struct StoredContent {
     key: String,
     sha_hex: String,
     size: u64,
-    inflight: i64,
+    /// In-flight marks of the content and of its metadata record, ended when recorded.
+    inflight: [i64; 2],
 }
 
 /// What the store keeps beside each upload (object `m-…`), enough to rebuild the media table.
@@ -497,10 +498,10 @@ impl Moss {
                 .await?;
         }
 
-        let content = self.store_content(body, enforce.then_some(user)).await?;
+        let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
+        let content = self.store_content(body, enforce.then_some(user), &id).await?;
         let StoredContent { key, sha_hex, size, inflight } = content;
 
-        let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
         // A small record beside the content, so the store alone (plus the master key, when
         // encrypted) can restore every file with its name and type: `moss media decrypt`.
         let meta = MediaMeta {
@@ -514,13 +515,13 @@ impl Moss {
             sha256: sha_hex.clone(),
             created_ts: now_ms(),
         };
-        let meta_inflight = self.write_meta(&id, &meta).await?;
+        self.write_meta(&id, &meta).await?;
         let (i, u, k) = (id.clone(), user.to_string(), key.clone());
         let stored = self
             .db
             .write(move |w| {
-                w.end_inflight(inflight)?;
-                w.end_inflight(meta_inflight)?;
+                w.end_inflight(inflight[0])?;
+                w.end_inflight(inflight[1])?;
                 Ok::<_, Error>(w.store_media(
                     &i,
                     &u,
@@ -543,7 +544,9 @@ impl Moss {
     /// before anything reaches the store), then puts it in the store unless an identical object
     /// is there already. With `limits_for`, the size limit and that user's quota apply. The
     /// content is marked in flight until the caller records it (`end_inflight`).
-    async fn store_content<S>(&self, body: S, limits_for: Option<&UserId>) -> Result<StoredContent>
+    /// `meta_name` names the metadata record the caller writes next; it is marked in flight
+    /// with the content, in the same transaction.
+    async fn store_content<S>(&self, body: S, limits_for: Option<&UserId>, meta_name: &str) -> Result<StoredContent>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
@@ -583,7 +586,14 @@ impl Moss {
 
         // Mark the content as being written, so a concurrent orphan sweep leaves it alone, and
         // a purge of other media with the same content keeps the object (see `purge_media`).
-        let inflight = self.begin_inflight(&key).await?;
+        let (k, meta) = (key.clone(), self.media.meta_key(meta_name));
+        let inflight = self
+            .db
+            .write(move |w| {
+                let now = now_ms() as i64;
+                Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&meta, now)?])
+            })
+            .await?;
         {
             let _guard = self.media.content_lock(&key).await;
             let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
@@ -596,14 +606,12 @@ impl Moss {
     }
 
     /// Writes the metadata record that lets the store alone restore a file (`moss media decrypt`).
-    /// It is marked in flight (so an orphan sweep leaves it alone) until the caller records the
-    /// media and ends the mark (`end_inflight` with the returned id) in the same transaction.
-    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<i64> {
+    /// `store_content` marked it in flight (so an orphan sweep leaves it alone) until the caller
+    /// records the media.
+    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<()> {
         let bytes = serde_json::to_vec(meta)?;
         let key = self.media.meta_key(name);
-        let inflight = self.begin_inflight(&key).await?;
-        self.media.store.put(&key, bytes.len() as u64, moss_media::store::once(bytes)).await.map_err(store_error)?;
-        Ok(inflight)
+        self.media.store.put(&key, bytes.len() as u64, moss_media::store::once(bytes)).await.map_err(store_error)
     }
 
     /// Marks an object as being written: `purge --orphans` leaves it alone until the mark ends
@@ -629,7 +637,8 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None).await?;
+        let meta_name = format!("{origin}/{media_id}");
+        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None, &meta_name).await?;
         let meta = MediaMeta {
             media_id: media_id.to_owned(),
             server_name: origin.to_owned(),
@@ -641,12 +650,12 @@ impl Moss {
             sha256: sha_hex.clone(),
             created_ts: created_ts as u64,
         };
-        let meta_inflight = self.write_meta(&format!("{origin}/{media_id}"), &meta).await?;
+        self.write_meta(&meta_name, &meta).await?;
         let (o, id) = (origin.to_owned(), media_id.to_owned());
         self.db
             .write(move |w| {
-                w.end_inflight(inflight)?;
-                w.end_inflight(meta_inflight)?;
+                w.end_inflight(inflight[0])?;
+                w.end_inflight(inflight[1])?;
                 Ok::<_, Error>(w.store_remote_media(&moss_storage::NewRemoteMedia {
                     origin: &o,
                     media_id: &id,
