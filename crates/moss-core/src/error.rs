@@ -65,14 +65,6 @@ impl Error {
     pub fn upstream(message: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::hidden(ErrorKind::Unknown, 502, message, detail)
     }
-    /// The HTTP status this error answers with.
-    pub fn status(&self) -> u16 {
-        match self {
-            Error::Matrix { status, .. } | Error::Hidden { status, .. } => *status,
-            Error::Uiaa(_) => 401,
-            Error::Storage(_) | Error::Internal(_) => 500,
-        }
-    }
 }
 
 impl From<serde_json::Error> for Error {

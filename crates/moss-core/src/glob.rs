@@ -27,11 +27,6 @@ impl Glob {
         Glob { segments }
     }
 
-    /// A pattern of plain characters (no `*`, `?`) matches only itself.
-    pub fn is_literal(&self) -> bool {
-        matches!(self.segments.as_slice(), [only] if only.iter().all(|t| matches!(t, Tok::Char(_))))
-    }
-
     pub fn matches(&self, subject: &str) -> bool {
         let s: Vec<char> = subject.chars().collect();
         self.matches_chars(&s)
@@ -104,7 +99,6 @@ pub(crate) mod tests {
         assert!(!glob("*.example.org", "example.org"));
         assert!(glob("", ""));
         assert!(!glob("", "a"));
-        assert!(Glob::new("m.room.message").is_literal() && !Glob::new("m.*").is_literal());
     }
 
     /// The pattern that made the old backtracking matcher run for minutes answers at once.

@@ -304,10 +304,6 @@ impl GuardedClient {
     pub fn get(&self, url: &str) -> crate::error::Result<reqwest::RequestBuilder> {
         self.request(http::Method::GET, url)
     }
-
-    pub fn policy(&self) -> &AddressPolicy {
-        &self.policy
-    }
 }
 
 /// Reads a response body of at most `max` bytes, chunk by chunk: a peer that sends more (or
