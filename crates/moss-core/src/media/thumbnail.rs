@@ -114,6 +114,8 @@ pub fn cost(source: &[u8]) -> Result<Cost, ThumbnailError> {
     let (still, animated) = match format {
         // A still GIF or WebP is the first frame composited on a canvas.
         ImageFormat::Gif | ImageFormat::WebP => (canvas.saturating_mul(2), Some(canvas.saturating_mul(3))),
+        // The JPEG decoder reads its whole input into a buffer of its own first.
+        ImageFormat::Jpeg => (native.saturating_add(converted).saturating_add(source.len() as u64), None),
         _ => (native.saturating_add(converted), None),
     };
     Ok(Cost { width, height, still, animated })
