@@ -245,6 +245,20 @@ async fn pathological_filters_answer_at_once_and_long_scans_stop_with_a_token() 
     assert_under_ceiling(&s, "filters");
 }
 
+/// A federating moss with the default deny list, allowed only to reach 127.0.0.2 (where the
+/// tests put the servers it may talk to), listening for federation on `fed_port`.
+async fn federating(fed_port: u16) -> Server {
+    Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_FEDERATION__ENABLED", "true"),
+        ("MOSS_FEDERATION__BIND", &format!("127.0.0.1:{fed_port}")),
+        ("MOSS_FEDERATION__VERIFY_CERTIFICATES", "false"),
+        ("MOSS_FEDERATION__IP_RANGE_ALLOWLIST", "[\"127.0.0.2/32\"]"),
+    ])
+    .await
+}
+
 /// A plain TCP listener that counts every connection made to it: the "internal" service.
 async fn counting_listener(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
@@ -345,16 +359,7 @@ async fn remote_media_never_reaches_denied_addresses() {
     )
     .await;
 
-    // Default deny list; only the fake federation server's address is allowed.
-    let s = Server::start_with(&[
-        ("MOSS_REGISTRATION", "open"),
-        ("MOSS_RATE_LIMITS__ENABLED", "false"),
-        ("MOSS_FEDERATION__ENABLED", "true"),
-        ("MOSS_FEDERATION__BIND", &format!("127.0.0.1:{}", free_port())),
-        ("MOSS_FEDERATION__VERIFY_CERTIFICATES", "false"),
-        ("MOSS_FEDERATION__IP_RANGE_ALLOWLIST", "[\"127.0.0.2/32\"]"),
-    ])
-    .await;
+    let s = federating(free_port()).await;
     let a = s.register("alice").await;
     let watchdog = Watchdog::start(&s);
     let check_clean = |v: &Value| {
@@ -438,15 +443,7 @@ async fn dead_servers_and_notary_queries_cost_a_bounded_number_of_connections() 
         });
     }
     let fed_port = free_port();
-    let s = Server::start_with(&[
-        ("MOSS_REGISTRATION", "open"),
-        ("MOSS_RATE_LIMITS__ENABLED", "false"),
-        ("MOSS_FEDERATION__ENABLED", "true"),
-        ("MOSS_FEDERATION__BIND", &format!("127.0.0.1:{fed_port}")),
-        ("MOSS_FEDERATION__VERIFY_CERTIFICATES", "false"),
-        ("MOSS_FEDERATION__IP_RANGE_ALLOWLIST", "[\"127.0.0.2/32\"]"),
-    ])
-    .await;
+    let s = federating(fed_port).await;
     let a = s.register("alice").await;
 
     // A user asking again and again about a dead server: one connection, then fast failures.
