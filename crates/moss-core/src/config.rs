@@ -28,6 +28,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub voip: VoipConfig,
     pub federation: FederationConfig,
+    pub push: PushConfig,
     pub log: LogConfig,
 }
 
@@ -47,6 +48,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             voip: VoipConfig::default(),
             federation: FederationConfig::default(),
+            push: PushConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -194,6 +196,45 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig { enabled: true, offline_after_ms: 30_000, idle_after_ms: 5 * 60 * 1000 }
+    }
+}
+
+/// Notifications to phones: pushes to the push gateways clients register with `/pushers/set`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Send pushes at all (counts and `/notifications` work either way).
+    pub enabled: bool,
+    /// Accept `http://` gateway URLs (the spec asks for https; for gateways on a private network).
+    pub allow_http: bool,
+    /// Addresses pushes may never go to (checked at connect time); loopback, private and
+    /// link-local ranges by default, so a pusher cannot make the server probe its own network.
+    pub ip_range_denylist: Vec<String>,
+    /// Exceptions to the deny list (e.g. a gateway on the same machine: `127.0.0.1`).
+    pub ip_range_allowlist: Vec<String>,
+    /// Send the event's content to the gateway (Synapse's `push.include_content`); off sends
+    /// only ids, counts and names.
+    pub include_content: bool,
+    /// The badge counts rooms with unread notifications (true, as Synapse) or the notifications.
+    pub group_unread_count_by_room: bool,
+    /// Requests in flight to one gateway (scheme, host and port) at a time.
+    pub max_concurrent_per_gateway: usize,
+    /// Time limit for one request to a gateway, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            allow_http: false,
+            ip_range_denylist: crate::net::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            ip_range_allowlist: Vec::new(),
+            include_content: true,
+            group_unread_count_by_room: true,
+            max_concurrent_per_gateway: 16,
+            request_timeout_ms: 30_000,
+        }
     }
 }
 

@@ -13,11 +13,11 @@ pub mod glob;
 pub mod keys;
 pub mod media;
 pub mod net;
-pub mod notifications;
 pub mod notifier;
 #[cfg(test)]
 mod parser_props;
 pub mod presence;
+pub mod push;
 pub mod rooms;
 pub mod sync;
 pub mod typing;
@@ -52,8 +52,8 @@ pub struct Moss {
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub(crate) presence_tracker: std::sync::Arc<presence::PresenceTracker>,
-    /// Notification counts already computed, per user and room (see `sync::UnreadCache`).
-    pub(crate) unread: std::sync::Arc<sync::UnreadCache>,
+    /// Push rule evaluation, unread counts and delivery to push gateways.
+    pub push: push::Push,
     shutdown: watch::Sender<bool>,
 }
 
@@ -74,6 +74,7 @@ impl Moss {
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let media = media::Media::open(&config, has_media)?;
+        let push = push::Push::new(&config.push)?;
         let federation =
             if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
         Ok(Arc::new(Moss {
@@ -88,7 +89,7 @@ impl Moss {
             uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
             presence_tracker: Default::default(),
-            unread: Default::default(),
+            push,
             shutdown: watch::channel(false).0,
         }))
     }
@@ -96,6 +97,7 @@ impl Moss {
     /// Starts the background tasks (typing expiry, presence timeouts, federation delivery).
     pub fn spawn_background(self: &Arc<Self>) {
         self.spawn_federation_sender();
+        self.spawn_push();
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

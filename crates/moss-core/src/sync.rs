@@ -9,12 +9,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use moss_storage::{Direction, Reader, StateMap};
-use ruma::{
-    api::client::filter::FilterDefinition,
-    push::{Action, PushConditionRoomCtx, Ruleset},
-    serde::Raw,
-    OwnedRoomId, RoomId, UInt, UserId,
-};
+use ruma::{api::client::filter::FilterDefinition, push::Ruleset, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -73,56 +68,6 @@ pub struct SyncRequest {
     pub set_presence: String,
 }
 
-/// Events after the user's read receipt still to be counted, for one room, plus what an earlier
-/// count already established.
-struct UnreadCandidates {
-    room_id: OwnedRoomId,
-    events: Vec<Value>,
-    member_count: u64,
-    display_name: String,
-    /// Counted from here (the read receipt or the join).
-    after: i64,
-    /// The newest event considered, once `events` are counted.
-    through: i64,
-    /// Counts carried over from the cache for events up to its `through`.
-    base: (u64, u64),
-}
-
-/// Notification counts per user and room, so each sync evaluates push rules only for events
-/// that arrived since the last count (an initial sync of a big account would otherwise evaluate
-/// hundreds of events per request). An entry is reused only while the read receipt, the member
-/// count and the push rules it was computed with are unchanged.
-#[derive(Default)]
-pub struct UnreadCache(std::sync::Mutex<std::collections::HashMap<(String, String), UnreadEntry>>);
-
-#[derive(Clone, Copy)]
-struct UnreadEntry {
-    after: i64,
-    through: i64,
-    member_count: u64,
-    notify: u64,
-    highlight: u64,
-}
-
-impl UnreadCache {
-    fn get(&self, user: &str, room: &str) -> Option<UnreadEntry> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&(user.to_owned(), room.to_owned())).copied()
-    }
-
-    fn put(&self, user: &str, room: &str, e: UnreadEntry) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 200_000 {
-            map.clear();
-        }
-        map.insert((user.to_owned(), room.to_owned()), e);
-    }
-
-    /// Forgets a user's counts (their push rules changed).
-    pub fn invalidate_user(&self, user: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user);
-    }
-}
-
 impl Moss {
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
         let deadline =
@@ -136,14 +81,13 @@ impl Moss {
         loop {
             rx.borrow_and_update();
             let typing_serial = self.typing.serial();
-            let (mut body, unread, empty) = self.sync_once(session, &req, typing_serial).await?;
+            let (body, empty) = self.sync_once(session, &req, typing_serial).await?;
             let done = req.since.is_none()
                 || req.full_state
                 || !empty
                 || tokio::time::Instant::now() >= deadline
                 || self.is_shutting_down();
             if done {
-                self.fill_unread_counts(&session.user_id, &mut body, unread).await?;
                 return Ok(body);
             }
             tokio::select! {
@@ -154,20 +98,15 @@ impl Moss {
         }
     }
 
-    async fn sync_once(
-        &self,
-        session: &Session,
-        req: &SyncRequest,
-        typing_serial: u64,
-    ) -> Result<(Value, Vec<UnreadCandidates>, bool)> {
+    async fn sync_once(&self, session: &Session, req: &SyncRequest, typing_serial: u64) -> Result<(Value, bool)> {
         let user = session.user_id.clone();
         let device = session.device_id.to_string();
         let since = req.since;
         let full_state = req.full_state;
         let filter = req.filter.clone();
-        let cache = self.unread.clone();
-        let (mut body, unread, empty, typing_rooms, to_device_pos) =
-            self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial, &cache)).await?;
+        let rules = self.push.rules.clone();
+        let (mut body, empty, typing_rooms, to_device_pos) =
+            self.db.read(move |r| build(r, &user, &device, since, full_state, &filter, typing_serial, &rules)).await?;
         // Typing lives in memory, outside the database snapshot.
         let mut empty = empty;
         let since_typing = since.map(|s| s.typing).unwrap_or(0);
@@ -194,52 +133,7 @@ impl Moss {
         let stream = body["next_batch"].as_i64().unwrap_or(0);
         body["next_batch"] =
             json!(SyncToken { stream, typing: typing_serial, to_device: to_device_pos.min(stream) }.to_string());
-        Ok((body, unread, empty))
-    }
-
-    async fn fill_unread_counts(&self, user: &UserId, body: &mut Value, rooms: Vec<UnreadCandidates>) -> Result<()> {
-        if rooms.is_empty() {
-            return Ok(());
-        }
-        let rules: Ruleset = self.push_rules(user).await?;
-        for room in rooms {
-            let mut ctx = PushConditionRoomCtx::new(
-                room.room_id.clone(),
-                UInt::new(room.member_count).unwrap_or_default(),
-                user.to_owned(),
-                room.display_name.clone(),
-            );
-            ctx.power_levels = None;
-            let (mut notify, mut highlight) = room.base;
-            for ev in &room.events {
-                let Ok(raw) = Raw::<Value>::new(ev) else {
-                    continue;
-                };
-                let actions = rules.get_actions(&raw, &ctx).await;
-                if actions.iter().any(Action::should_notify) {
-                    notify += 1;
-                    if actions.iter().any(Action::is_highlight) {
-                        highlight += 1;
-                    }
-                }
-            }
-            self.unread.put(
-                user.as_str(),
-                room.room_id.as_str(),
-                UnreadEntry {
-                    after: room.after,
-                    through: room.through,
-                    member_count: room.member_count,
-                    notify,
-                    highlight,
-                },
-            );
-            let entry = &mut body["rooms"]["join"][room.room_id.as_str()];
-            if entry.is_object() {
-                entry["unread_notifications"] = json!({"notification_count": notify, "highlight_count": highlight});
-            }
-        }
-        Ok(())
+        Ok((body, empty))
     }
 }
 
@@ -279,7 +173,7 @@ fn state_before(r: &Reader<'_>, room: &str, stream: i64) -> Result<StateMap> {
     })
 }
 
-type Built = (Value, Vec<UnreadCandidates>, bool, Vec<String>, i64);
+type Built = (Value, bool, Vec<String>, i64);
 
 /// Most to-device messages one sync response carries; the rest come with the next one.
 const TO_DEVICE_BATCH: usize = 100;
@@ -293,7 +187,7 @@ fn build(
     full_state: bool,
     filter: &FilterDefinition,
     _typing_serial: u64,
-    unread_cache: &UnreadCache,
+    rules: &crate::push::RulesCache,
 ) -> Result<Built> {
     let u = user.as_str();
     let current = r.current_stream()?;
@@ -308,7 +202,6 @@ fn build(
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut leave = Map::new();
-    let mut unread = Vec::new();
     let mut typing_rooms = Vec::new();
     let mut empty = true;
 
@@ -434,8 +327,16 @@ fn build(
                 room["ephemeral"] = json!({"events": ephemeral});
                 room["account_data"] = json!({"events": account_data});
                 room["summary"] = summary(r, &m.room_id, u)?;
+                unread_counts(
+                    r,
+                    rules,
+                    user,
+                    &m.room_id,
+                    current,
+                    timeline_filter.unread_thread_notifications,
+                    &mut room,
+                )?;
                 join.insert(m.room_id.clone(), room);
-                unread.push(unread_candidates(r, &m.room_id, user, current, unread_cache)?);
             }
             "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
                 empty = false;
@@ -542,7 +443,7 @@ fn build(
         "device_one_time_keys_count": otk_counts,
         "device_unused_fallback_key_types": r.unused_fallback_key_types(u, device)?,
     });
-    Ok((body, unread, empty, typing_rooms, to_device_pos))
+    Ok((body, empty, typing_rooms, to_device_pos))
 }
 
 /// The stripped state an invitee or knocker sees of a room they are not in, plus their own
@@ -578,53 +479,30 @@ fn summary(r: &Reader<'_>, room: &str, user: &str) -> Result<Value> {
     Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
 }
 
-fn unread_candidates(
+/// The room's `unread_notifications` (and, when the filter asks for threads apart,
+/// `unread_thread_notifications` with the main timeline's counts at room level).
+fn unread_counts(
     r: &Reader<'_>,
-    room: &str,
+    rules: &crate::push::RulesCache,
     user: &UserId,
+    room: &str,
     current: i64,
-    cache: &UnreadCache,
-) -> Result<UnreadCandidates> {
-    let u = user.as_str();
-    let mut after = -1;
-    for rc in r.user_receipts(room, u)? {
-        if rc.thread_id.is_empty() || rc.thread_id == "main" {
-            if let Some(ev) = r.event(&rc.event_id)? {
-                after = after.max(ev.stream);
-            }
+    by_thread: bool,
+    entry: &mut Value,
+) -> Result<()> {
+    let room_id = RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?;
+    let counts = crate::push::counts::room_counts(r, rules, user, &room_id, current)?;
+    let room_level = if by_thread { counts.main() } else { counts.total() };
+    entry["unread_notifications"] =
+        json!({"notification_count": room_level.notify, "highlight_count": room_level.highlight});
+    if by_thread {
+        let threads: Map<String, Value> = counts
+            .threads()
+            .map(|(t, c)| (t.clone(), json!({"notification_count": c.notify, "highlight_count": c.highlight})))
+            .collect();
+        if !threads.is_empty() {
+            entry["unread_thread_notifications"] = Value::Object(threads);
         }
     }
-    let membership_stream = r.membership(room, u)?.map(|m| m.stream).unwrap_or(-1);
-    let after = after.max(membership_stream);
-    let member_count = r.joined_member_count(room)? as u64;
-    // Continue from an earlier count when it still applies; else count afresh (at most the 100
-    // oldest unread events, as clients show "99+" anyway).
-    let (from, base, limit) = match cache.get(u, room) {
-        Some(e) if e.after == after && e.member_count == member_count && e.through <= current => {
-            (e.through, (e.notify, e.highlight), 1000)
-        }
-        _ => (after, (0, 0), 100),
-    };
-    let rows = r.room_events(room, from, None, Direction::Forward, limit)?;
-    let through = rows.last().map(|e| e.stream).unwrap_or(from.max(after));
-    let mut events = Vec::new();
-    for row in rows {
-        if row.sender != u {
-            events.push(client_event(&row, u, None)?);
-        }
-    }
-    let display_name = r
-        .current_state_event(room, "m.room.member", u)?
-        .and_then(|row| serde_json::from_str::<Value>(&row.pdu).ok())
-        .and_then(|v| v["content"]["displayname"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| user.localpart().to_owned());
-    Ok(UnreadCandidates {
-        room_id: RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?,
-        events,
-        member_count,
-        display_name,
-        after,
-        through,
-        base,
-    })
+    Ok(())
 }

@@ -122,6 +122,9 @@ impl Moss {
                 Ok::<_, Error>(())
             })
             .await?;
+        if kind == IGNORED_USERS || kind == PUSH_RULES {
+            self.push.invalidate_rules(user.as_str());
+        }
         self.notifier.notify([user]);
         Ok(())
     }
@@ -151,14 +154,14 @@ impl Moss {
     // ---- push rules ----
 
     pub async fn push_rules(&self, user: &UserId) -> Result<Ruleset> {
-        let v = self.account_data(user, None, PUSH_RULES).await?;
-        serde_json::from_value(v["global"].clone()).or_else(|_| Ok(Ruleset::server_default(user)))
+        let u = user.to_string();
+        let stored = self.db.read(move |r| Ok::<_, Error>(r.account_data(&u, "", PUSH_RULES)?)).await?;
+        Ok(crate::push::rules::stored_rules(stored.as_deref(), user))
     }
 
     async fn save_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<()> {
         self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await?;
-        // Counts made with the old rules no longer hold.
-        self.unread.invalidate_user(user.as_str());
+        self.push.invalidate_rules(user.as_str());
         Ok(())
     }
 
@@ -209,42 +212,6 @@ impl Moss {
         let mut rules = self.push_rules(user).await?;
         rules.set_actions(kind, rule_id, actions).map_err(|_| Error::not_found("push rule not found"))?;
         self.save_push_rules(user, &rules).await
-    }
-
-    // ---- pushers ----
-
-    pub async fn pushers(&self, user: &UserId) -> Result<Vec<Value>> {
-        let u = user.to_string();
-        let rows = self.db.read(move |r| Ok::<_, Error>(r.pushers(&u)?)).await?;
-        rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
-    }
-
-    /// Stores (or with `kind: null`, deletes) a pusher given in the spec's JSON form.
-    pub async fn set_pusher(&self, user: &UserId, pusher: Value) -> Result<()> {
-        let s = |k: &str| pusher[k].as_str().map(str::to_owned);
-        let app_id = s("app_id").ok_or_else(|| Error::missing_param("app_id is required"))?;
-        let pushkey = s("pushkey").ok_or_else(|| Error::missing_param("pushkey is required"))?;
-        let delete = pusher.get("kind").is_none_or(Value::is_null);
-        let append = pusher["append"].as_bool().unwrap_or(false);
-        let mut stored = pusher.clone();
-        if let Some(m) = stored.as_object_mut() {
-            m.remove("append");
-        }
-        let text = serde_json::to_string(&stored)?;
-        let u = user.to_string();
-        self.db
-            .write(move |w| {
-                if delete {
-                    w.delete_pusher(&u, &app_id, &pushkey)?;
-                } else {
-                    if !append {
-                        w.delete_pushkey_elsewhere(&u, &app_id, &pushkey)?;
-                    }
-                    w.set_pusher(&u, &app_id, &pushkey, &text)?;
-                }
-                Ok::<_, Error>(())
-            })
-            .await
     }
 
     // ---- filters ----
@@ -356,6 +323,7 @@ impl Moss {
                 Ok::<_, Error>(())
             })
             .await?;
+        self.push.receipt_moved(user.as_str());
         self.notify_room(room).await;
         if let Some(edu) = edu {
             self.send_room_edu(room, edu).await?;

@@ -8,6 +8,7 @@
 mod e2ee;
 mod federation;
 mod presence;
+mod push;
 mod queries;
 mod relations;
 mod remote_media;
@@ -23,6 +24,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 pub use e2ee::*;
 pub use federation::*;
 pub use presence::*;
+pub use push::*;
 pub use queries::*;
 pub use relations::*;
 pub use remote_media::*;
@@ -60,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_13_state_event_index.sql"),
     include_str!("schema_14_federation_rooms.sql"),
     include_str!("schema_15_outbox_age.sql"),
+    include_str!("schema_16_push.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -554,10 +554,6 @@ impl Reader<'_> {
             receipt_row,
         )
     }
-
-    pub fn pushers(&self, user_id: &str) -> Result<Vec<String>> {
-        self.collect("SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey", [user_id], |r| r.get(0))
-    }
 }
 
 impl Writer<'_> {
@@ -591,7 +587,9 @@ impl Writer<'_> {
         Ok(self.exec("UPDATE users SET admin = ?2 WHERE user_id = ?1", params![user_id, admin])? == 1)
     }
 
+    /// Deactivates an account (and removes its pushers: nothing is pushed to it any more).
     pub fn set_deactivated(&self, user_id: &str) -> Result<bool> {
+        self.delete_user_pushers(user_id)?;
         Ok(self.exec(
             "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = ?1",
             [user_id],
@@ -640,6 +638,7 @@ impl Writer<'_> {
         self.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
         self.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", [user_id, device_id])?;
         self.delete_device_e2ee(user_id, device_id)?;
+        self.delete_device_pushers(user_id, device_id)?;
         let stream = self.next_stream()?;
         self.mark_device_list_changed(user_id, stream)?;
         Ok(())
@@ -863,19 +862,11 @@ impl Writer<'_> {
 
     pub fn set_receipt(&self, r: &ReceiptRow) -> Result<()> {
         self.exec(
-            "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room_id, user_id, receipt_type, thread_id) \
-             DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream = excluded.stream",
+            "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream, event_stream) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT stream FROM events WHERE event_id = ?5)) \
+             ON CONFLICT (room_id, user_id, receipt_type, thread_id) DO UPDATE SET event_id = excluded.event_id, \
+             ts = excluded.ts, stream = excluded.stream, event_stream = excluded.event_stream",
             params![r.room_id, r.user_id, r.receipt_type, r.thread_id, r.event_id, r.ts, r.stream],
-        )?;
-        Ok(())
-    }
-
-    pub fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, pusher: &str) -> Result<()> {
-        self.exec(
-            "INSERT INTO pushers (user_id, app_id, pushkey, pusher) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
-            params![user_id, app_id, pushkey, pusher],
         )?;
         Ok(())
     }

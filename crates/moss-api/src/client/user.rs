@@ -376,7 +376,8 @@ pub async fn pushers(moss: Arc<Moss>, req: Ruma<get_pushers::v3::Request>) -> Ha
 
 pub async fn set_pusher(moss: Arc<Moss>, req: Ruma<set_pusher::v3::Request>) -> HandlerResult<set_pusher::v3::Request> {
     let body = req.json.clone().unwrap_or_default();
-    moss.set_pusher(&req.session()?.user_id, body).await?;
+    let session = req.session()?;
+    moss.set_pusher(&session.user_id, &session.device_id, body).await?;
     Ok(RumaResponse(set_pusher::v3::Response::new()))
 }
 

@@ -150,7 +150,10 @@ impl Moss {
         Ok(appended)
     }
 
+    /// Wakes the room's joined members' long-polls (and the push evaluator: new events may
+    /// have been stored).
     pub(crate) async fn notify_room(&self, room_id: &RoomId) {
+        self.push.wake_evaluator();
         let room = room_id.to_string();
         let users = self
             .db
