@@ -45,6 +45,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "presence",
     "voip",
     "federation",
+    "push",
     "log",
 ];
 

@@ -16,6 +16,7 @@ mod media;
 mod media_s3;
 mod presence;
 mod preview;
+mod push;
 mod relations;
 mod rooms;
 mod spaces;
