@@ -374,7 +374,7 @@ async fn pushers_are_checked_rejected_keys_removed_and_private_gateways_refused(
     // Deleting the device that set a pusher deletes the pusher.
     set_pusher(&s, &bob, pusher(addr, "phone", json!({}))).await;
     let (st, v) = s
-        .call("POST", &format!("/_matrix/client/v3/delete_devices"), Some(&bob.token), Some(json!({"devices": [bob.device],
+        .call("POST", "/_matrix/client/v3/delete_devices", Some(&bob.token), Some(json!({"devices": [bob.device],
             "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "password123"}})))
         .await;
     assert_eq!(st, 200, "{v}");
