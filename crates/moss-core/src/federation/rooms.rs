@@ -349,7 +349,10 @@ impl Moss {
         let invite_state = body["invite_room_state"].clone();
         let (room, user, us) = (room_id.to_string(), target.to_string(), self.server_name.clone());
         let stored = serde_json::to_string(&v.canon)?;
-        self.db
+        let push_rules = self.push.rules.clone();
+        let (room_for_push, target_for_push) = (room_id.to_owned(), target.clone());
+        let pushed = self
+            .db
             .write(move |w| {
                 let we_are_in = w.room(&room)?.is_some()
                     && remote_servers(w, &room, &us)?.len()
@@ -358,7 +361,7 @@ impl Moss {
                     return match accept(w, &version, v, Place::Live)? {
                         Outcome::Rejected(why) => Err(Error::forbidden(format!("the invite is not allowed: {why}"))),
                         Outcome::SoftFailed => Err(Error::forbidden("the invite is not allowed now")),
-                        _ => Ok::<_, Error>(()),
+                        _ => Ok::<_, Error>(false),
                     };
                 }
                 let id = v.pdu.event_id.to_string();
@@ -368,9 +371,20 @@ impl Moss {
                 w.store_remote_invite(&room, &user, &id, version.as_str(), &serde_json::to_string(&state)?)?;
                 let stream = w.next_stream()?;
                 w.set_membership(&room, &user, "invite", &id, stream)?;
-                Ok(())
+                let event = v.pdu.to_client(&room_for_push, ruma::MilliSecondsSinceUnixEpoch::now(), None);
+                crate::push::evaluator::evaluate_remote_invite(
+                    w,
+                    &push_rules,
+                    &room_for_push,
+                    &target_for_push,
+                    &event,
+                    stream,
+                )
             })
             .await?;
+        if pushed {
+            self.push.wake_pushers(vec![target.to_string()]);
+        }
         self.notifier.notify([target.as_ref()]);
         Ok(json!({"event": signed}))
     }

@@ -68,8 +68,9 @@ impl ReadMarks {
 }
 
 pub(crate) fn read_marks(r: &Reader<'_>, user: &str, room: &str) -> Result<ReadMarks> {
-    // Events before the user's current membership began are not theirs to count.
-    let joined = r.membership(room, user)?.map(|m| m.stream).unwrap_or(-1);
+    // Events before the user's current join are not theirs to count (an invite, though, is
+    // itself the event to notify of).
+    let joined = r.membership(room, user)?.filter(|m| m.membership == "join").map(|m| m.stream).unwrap_or(-1);
     let mut marks = ReadMarks { all: joined, threads: HashMap::new() };
     for (thread, stream) in r.read_positions(user, room)? {
         if thread.is_empty() {

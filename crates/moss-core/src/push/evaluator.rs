@@ -155,6 +155,34 @@ impl Moss {
     }
 }
 
+/// Records the push of an invite that arrived over federation for a room this server is not in
+/// (it never enters the events table, so the evaluator does not see it). Returns whether it
+/// notifies.
+pub(crate) fn evaluate_remote_invite(
+    w: &moss_storage::Writer<'_>,
+    rules: &super::RulesCache,
+    room_id: &RoomId,
+    invitee: &UserId,
+    event: &serde_json::Value,
+    stream: i64,
+) -> Result<bool> {
+    let Some(prepared) = PreparedEvent::new(event) else { return Ok(false) };
+    let push = rules.get(w, invitee)?;
+    let ctx = PushConditionRoomCtx::new(room_id.to_owned(), ruma::UInt::MIN, invitee.to_owned(), String::new());
+    let Some(n) = evaluate(&push, &prepared, &ctx) else { return Ok(false) };
+    w.insert_push_action(&PushActionRow {
+        user_id: invitee.to_string(),
+        room_id: room_id.to_string(),
+        stream,
+        event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
+        thread_id: super::rules::MAIN_THREAD.to_owned(),
+        highlight: n.highlight,
+        actions: stored_actions(&n.actions)?,
+        ts: now_ms() as i64,
+    })?;
+    Ok(true)
+}
+
 fn room_members(r: &Reader<'_>, room_id: &RoomId, server: &ruma::ServerName, anyone: &UserId) -> Result<RoomMembers> {
     let joined = r.joined_members_since(room_id.as_str())?;
     let count = joined.len() as u64;

@@ -504,14 +504,24 @@ fn build_body(
     badge: u64,
     include_content: bool,
 ) -> Result<Option<Vec<u8>>> {
-    let Some(row) = r.event(&action.event_id)? else { return Ok(None) };
-    if row.redacted_by.is_some() {
-        return Ok(None);
-    }
-    let event = client_event(&row, &action.user_id, None)?;
+    let room_id = RoomId::parse(&action.room_id).map_err(|e| Error::internal(e.to_string()))?;
+    let event = match r.event(&action.event_id)? {
+        Some(row) if row.redacted_by.is_some() => return Ok(None),
+        Some(row) => client_event(&row, &action.user_id, None)?,
+        // An invite to a room on another server is kept apart from the timeline.
+        None => match r.outlier(&action.event_id)? {
+            Some((_, pdu, status)) if status != "rejected" => crate::rooms::pdu::Pdu::from_stored(
+                &action.event_id,
+                &pdu,
+            )?
+            .to_client(&room_id, ruma::MilliSecondsSinceUnixEpoch::now(), None),
+            _ => return Ok(None),
+        },
+    };
+    let (kind, sender) = (event["type"].as_str().unwrap_or_default(), event["sender"].as_str().unwrap_or_default());
     let actions = parse_actions(action.actions.as_deref());
     let tweaks = tweaks(&actions);
-    let high = row.kind == "m.room.encrypted"
+    let high = kind == "m.room.encrypted"
         || tweaks.get("highlight") == Some(&Value::Bool(true))
         || tweaks.contains_key("sound");
     let prio = Some(if high { "high" } else { "low" });
@@ -526,21 +536,23 @@ fn build_body(
             ..Default::default()
         }
     } else {
-        let room_id = RoomId::parse(&action.room_id).map_err(|e| Error::internal(e.to_string()))?;
-        let (room_name, room_alias) = room_names(r, &room_id)?;
-        let sender_display_name = member_name(r, &action.room_id, &row.sender)?;
-        let is_member = row.kind == "m.room.member";
+        let names = RoomNames::of(r, &room_id, &action.user_id)?;
+        let is_member = kind == "m.room.member";
         let content = event.get("content").filter(|c| include_content && c.as_object().is_some_and(|m| !m.is_empty()));
         Notification {
             event_id: Some(&action.event_id),
             room_id: Some(&action.room_id),
-            kind: Some(&row.kind),
-            sender: Some(&row.sender),
-            sender_display_name,
-            room_name,
-            room_alias,
+            kind: Some(kind),
+            sender: Some(sender),
+            sender_display_name: if names.current {
+                member_name(r, &names.room, sender)?
+            } else {
+                names.member(sender)
+            },
+            room_name: names.name,
+            room_alias: names.alias,
             membership: if is_member { event["content"]["membership"].as_str() } else { None },
-            user_is_target: (is_member && row.state_key.as_deref() == Some(action.user_id.as_str())).then_some(true),
+            user_is_target: (is_member && event["state_key"] == action.user_id.as_str()).then_some(true),
             prio,
             content,
             counts,
@@ -550,18 +562,59 @@ fn build_body(
     Ok(Some(serde_json::to_vec(&NotifyBody { notification })?))
 }
 
-/// The room's name and canonical alias, when it has them.
-fn room_names(r: &Reader<'_>, room_id: &RoomId) -> Result<(Option<String>, Option<String>)> {
-    let content = |kind: &str| -> Result<Option<Value>> {
-        Ok(r.current_state_event(room_id.as_str(), kind, "")?
-            .and_then(|row| serde_json::from_str::<Value>(&row.pdu).ok())
-            .map(|v| v["content"].clone()))
-    };
-    let name = content("m.room.name")?.and_then(|c| c["name"].as_str().map(str::to_owned)).filter(|n| !n.is_empty());
-    let alias = content("m.room.canonical_alias")?
-        .and_then(|c| c["alias"].as_str().map(str::to_owned))
-        .filter(|n| !n.is_empty());
-    Ok((name, alias))
+/// Names a notification shows: from the room's current state, or for a room the user is only
+/// invited to over federation, from the state that came with the invite.
+struct RoomNames {
+    name: Option<String>,
+    alias: Option<String>,
+    /// Member display names known from the invite's state.
+    invite_members: HashMap<String, String>,
+    room: String,
+    current: bool,
+}
+
+impl RoomNames {
+    fn of(r: &Reader<'_>, room_id: &RoomId, user: &str) -> Result<RoomNames> {
+        let content = |kind: &str| -> Result<Option<Value>> {
+            Ok(r.current_state_event(room_id.as_str(), kind, "")?
+                .and_then(|row| serde_json::from_str::<Value>(&row.pdu).ok())
+                .map(|v| v["content"].clone()))
+        };
+        let mut names = RoomNames {
+            name: content("m.room.name")?.and_then(|c| c["name"].as_str().map(str::to_owned)),
+            alias: content("m.room.canonical_alias")?.and_then(|c| c["alias"].as_str().map(str::to_owned)),
+            invite_members: HashMap::new(),
+            room: room_id.to_string(),
+            current: r.room(room_id.as_str())?.is_some(),
+        };
+        if !names.current {
+            if let Some(inv) = r.remote_invite(room_id.as_str(), user)? {
+                for ev in serde_json::from_str::<Vec<Value>>(&inv.invite_state).unwrap_or_default() {
+                    match ev["type"].as_str() {
+                        Some("m.room.name") => names.name = ev["content"]["name"].as_str().map(str::to_owned),
+                        Some("m.room.canonical_alias") => {
+                            names.alias = ev["content"]["alias"].as_str().map(str::to_owned)
+                        }
+                        Some("m.room.member") => {
+                            if let (Some(k), Some(n)) =
+                                (ev["state_key"].as_str(), ev["content"]["displayname"].as_str())
+                            {
+                                names.invite_members.insert(k.to_owned(), n.to_owned());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        names.name = names.name.filter(|n| !n.is_empty());
+        names.alias = names.alias.filter(|n| !n.is_empty());
+        Ok(names)
+    }
+
+    fn member(&self, user: &str) -> Option<String> {
+        self.invite_members.get(user).cloned().filter(|n| !n.is_empty())
+    }
 }
 
 fn member_name(r: &Reader<'_>, room: &str, user: &str) -> Result<Option<String>> {

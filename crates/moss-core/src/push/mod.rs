@@ -146,7 +146,7 @@ impl Push {
         self.dispatch.notify_one();
     }
 
-    fn wake_pushers(&self, users: Vec<String>) {
+    pub(crate) fn wake_pushers(&self, users: Vec<String>) {
         if users.is_empty() || self.client.is_none() {
             return;
         }

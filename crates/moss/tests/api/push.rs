@@ -475,3 +475,36 @@ async fn threaded(s: &Server, u: &User, path: &str) -> Value {
     assert_eq!(st, 200, "{v}");
     v
 }
+
+#[tokio::test]
+async fn invites_and_messages_from_another_server_are_pushed() {
+    let (gw, addr) = Gateway::start().await;
+    let env = [("MOSS_PUSH__ALLOW_HTTP", "true"), ("MOSS_PUSH__IP_RANGE_ALLOWLIST", "[\"127.0.0.1\"]")];
+    let a = crate::federation::fed_server_with(&env).await;
+    let b = crate::federation::fed_server_with(&env).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    set_pusher(&b.server, &bob, pusher(addr, "bob-key", json!({}))).await;
+    let room = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Remote room"})).await;
+    let (st, v) =
+        a.server.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &alice, json!({"user_id": bob.id})).await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw.all().iter().any(|n| n["notification"]["type"] == "m.room.member") {
+        assert!(Instant::now() < deadline, "no push of the invite: {}", b.server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = gw.wait_for("the invite", |n| n["notification"]["type"] == "m.room.member").await;
+    let n = &n["notification"];
+    assert_eq!(n["membership"], "invite", "{n}");
+    assert_eq!(n["user_is_target"], true);
+    assert_eq!(n["room_name"], "Remote room", "from the invite's state: {n}");
+    assert_eq!(n["sender"], alice.id.as_str());
+    assert_eq!(n["counts"]["unread"], 1, "an invite counts on the badge");
+
+    assert_eq!(b.server.join(&bob, &room).await.0, 200);
+    let ev = send(&a.server, &alice, &room, json!({"msgtype": "m.text", "body": "over federation"})).await;
+    let n = gw.wait_for("the federated message", |n| n["notification"]["event_id"] == ev.as_str()).await;
+    assert_eq!(n["notification"]["content"]["body"], "over federation");
+    assert_eq!(n["notification"]["room_name"], "Remote room");
+}
