@@ -275,3 +275,57 @@ impl Writer<'_> {
         self.exec("DELETE FROM pushers WHERE user_id = ?1", [user_id])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Db, PushActionRow, StorageError, Synchronous};
+
+    fn row(user: &str, room: &str, stream: i64, thread: &str, highlight: bool, ts: i64) -> PushActionRow {
+        PushActionRow {
+            user_id: user.into(),
+            room_id: room.into(),
+            stream,
+            event_id: format!("$e{stream}"),
+            thread_id: thread.into(),
+            highlight,
+            actions: None,
+            ts,
+        }
+    }
+
+    /// Pruning drops old rows that are read and not highlights: unread rows are counted,
+    /// highlights listed by `/notifications?only=highlight`.
+    #[test]
+    fn pruning_keeps_unread_rows_and_highlights() {
+        let dir =
+            std::env::temp_dir().join(format!("moss-push-{}-{:?}", std::process::id(), std::time::Instant::now()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        db.write_blocking(|w| {
+            for r in [
+                row("@a:x", "!r:x", 10, "main", false, 0),
+                row("@a:x", "!r:x", 11, "main", true, 0),
+                row("@a:x", "!r:x", 12, "$root", false, 0),
+                row("@a:x", "!r:x", 13, "main", false, 0),
+                row("@a:x", "!r:x", 5, "main", false, 10_000),
+                row("@b:x", "!r:x", 10, "main", false, 0),
+            ] {
+                w.insert_push_action(&r)?;
+            }
+            // @a read the main timeline up to 12 (threaded receipt), and nothing unthreaded.
+            w.exec(
+                "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream, event_stream) \
+                 VALUES ('!r:x', '@a:x', 'm.read', 'main', '$e12', 0, 1, 12)",
+                [],
+            )?;
+            assert_eq!(w.prune_push_actions(1_000)?, 1, "only the read, old, plain main-timeline row");
+            let left: Vec<i64> = w.push_actions_after("@a:x", 0, 10)?.iter().map(|r| r.stream).collect();
+            assert_eq!(left, [5, 11, 12, 13]);
+            assert_eq!(w.push_actions_after("@b:x", 0, 10)?.len(), 1);
+            assert_eq!(w.read_positions("@a:x", "!r:x")?, vec![("main".to_owned(), 12)]);
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -404,6 +404,7 @@ async fn deliver_round(moss: &Arc<Moss>, key: &PusherKey) -> Result<bool, String
     let Some(client) = moss.push.client.clone() else { return Ok(false) };
     let (k, rules) = (key.clone(), moss.push.rules.clone());
     let (by_room, include_content) = (moss.config.push.group_unread_count_by_room, moss.config.push.include_content);
+    let permit = moss.push.preparing.acquire().await.map_err(|e| e.to_string())?;
     let cursor = moss.push.cursor_of(key);
     let loaded = moss
         .db
@@ -434,6 +435,7 @@ async fn deliver_round(moss: &Arc<Moss>, key: &PusherKey) -> Result<bool, String
         })
         .await
         .map_err(|e| e.to_string())?;
+    drop(permit);
     let Some((row, prepared)) = loaded else { return Ok(false) };
     if prepared.is_empty() {
         return Ok(false);

@@ -42,6 +42,10 @@ use crate::{
 
 pub use rules::RulesCache;
 
+/// Delivery rounds reading the database at once: many pushers woken by one event in a big room
+/// queue here rather than each opening a database connection.
+const PREPARING: usize = 4;
+
 /// A pusher's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PusherKey {
@@ -85,6 +89,8 @@ pub struct Push {
     state: Mutex<HashMap<PusherKey, gateway::PusherState>>,
     gateways: Mutex<HashMap<String, Arc<Semaphore>>>,
     per_gateway: usize,
+    /// Delivery rounds preparing their pushes at once (each holds a database reader).
+    preparing: Semaphore,
     /// Cursors moved by sent pushes, not yet written.
     cursors: Mutex<gateway::Cursors>,
     pub stats: PushStats,
@@ -115,6 +121,7 @@ impl Push {
             state: Default::default(),
             gateways: Default::default(),
             per_gateway: config.max_concurrent_per_gateway.max(1),
+            preparing: Semaphore::new(PREPARING),
             cursors: Default::default(),
             stats: PushStats::default(),
         })
@@ -160,6 +167,21 @@ impl Moss {
     pub fn spawn_push(self: &Arc<Self>) {
         self.spawn_push_evaluator();
         self.spawn_push_dispatcher();
+        // Read, non-highlight rows older than a day are only kept for `/notifications`.
+        let moss = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let Some(m) = moss.upgrade() else { break };
+                let before = crate::now_ms() as i64 - 24 * 3600 * 1000;
+                match m.db.write(move |w| Ok::<_, Error>(w.prune_push_actions(before)?)).await {
+                    Ok(n) if n > 0 => tracing::info!(rows = n, "pruned read notifications"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("pruning notifications: {e}"),
+                }
+            }
+        });
     }
 
     /// Notifying rows no pusher has handled yet (the queue-length gauge).
