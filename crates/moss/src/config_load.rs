@@ -312,6 +312,22 @@ turn_uris = []
 turn_shared_secret = ""
 # turn_user_lifetime_ms = 86400000
 
+[push]
+# Notifications to phones: pushes to the gateways clients register (Sygnal, ntfy/UnifiedPush...).
+enabled = true
+# Gateway URLs must be https unless this is true.
+allow_http = false
+# Pushes never go to loopback, private or link-local addresses unless allowed here,
+# e.g. ip_range_allowlist = ["10.0.0.5/32"] for a gateway on the local network.
+ip_range_allowlist = []
+# Send the event's content to the gateway (off: ids, names and counts only).
+include_content = true
+# The app badge counts rooms with unread notifications (false: the notifications).
+group_unread_count_by_room = true
+# Requests in flight to one gateway at a time, and the time limit of one (milliseconds).
+max_concurrent_per_gateway = 16
+request_timeout_ms = 30000
+
 [federation]
 # Talk to other Matrix servers: join their rooms, serve ours, exchange keys, media and EDUs
 # (docs/federation.md).
