@@ -185,8 +185,16 @@ impl Reader<'_> {
         )
     }
 
-    pub fn all_pushers(&self) -> Result<Vec<PusherRow>> {
-        self.collect(&format!("SELECT {PUSHER_COLS} FROM pushers ORDER BY user_id, app_id, pushkey"), [], pusher_row)
+    /// Pushers with notifying rows after their cursor.
+    pub fn pushers_with_pending(&self) -> Result<Vec<PusherRow>> {
+        self.collect(
+            &format!(
+                "SELECT {PUSHER_COLS} FROM pushers p WHERE EXISTS (SELECT 1 FROM push_actions a \
+                 WHERE a.user_id = p.user_id AND a.stream > p.last_stream) ORDER BY user_id, app_id, pushkey"
+            ),
+            [],
+            pusher_row,
+        )
     }
 
     pub fn pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<Option<PusherRow>> {

@@ -226,7 +226,7 @@ impl Moss {
             .db
             .read(move |r| {
                 if sweep {
-                    return Ok::<_, Error>(r.all_pushers()?);
+                    return Ok::<_, Error>(r.pushers_with_pending()?);
                 }
                 let mut out = Vec::new();
                 for u in &users {
