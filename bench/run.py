@@ -2,7 +2,7 @@
 
 Usage (from the repo root, after scripts/setup-synapse.sh and scripts/setup-postgres.sh):
     .venv-synapse/bin/python bench/run.py [--quick] [--moss target/release/moss] [--out DIR]
-        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite]
+        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite] [--only push | --no-push]
 
 Rows: moss, Synapse on PostgreSQL (the fair comparison: the issue 5 targets are against it) and
 Synapse on SQLite. The harness starts a throwaway PostgreSQL cluster with scripts/postgres-start.sh
@@ -18,6 +18,10 @@ database of the first Synapse row) on its local store and with synapse-s3-storag
 nginx serving the same files and raw GETs from Garage. Garage is started here on free ports with
 scripts/garage-start.sh; nginx comes from scripts/setup-nginx.sh. Without either, the rows that
 need it are left out and the report says so.
+
+Workload 8 (push, see bench/push.py) runs on each row right after workloads 1-5, on the same
+server: a message into a 500-member room (50 with --quick) with an HTTP pusher per member, against
+the bench's own push gateway. `--only push` runs just that workload (no media); `--no-push` skips it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import aiohttp
 import yaml
 
 import media as media6
+import push as push8
 
 # One definition each, shared with the media workload.
 free_port = media6.free_port
@@ -242,6 +247,7 @@ class Synapse(Server):
             conf["rc_federation"] = {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 1, "reject_limit": 100000, "concurrent": 1000}
             conf.pop("log_config", None)
             conf["max_upload_size"] = str(media6.MAX_UPLOAD)  # the default 50M is below the media sizes
+            push8.configure_synapse(conf)  # workload 8: pushers may reach the bench's gateway on loopback
             cfg.write_text(yaml.safe_dump(conf))
         return [sys.executable, "-m", "synapse.app.homeserver", "-c", str(cfg)], {}
 
@@ -656,8 +662,8 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
     lines = [f"# moss vs Synapse ({meta['mode']})", "",
              f"{meta['when']} · {m.get('cpu', '?')} · {m['cores']} cores · {m['memory_gib']} GiB · "
              f"Linux {m['kernel']} · Python {m['python']}", "",
-             " · ".join(([f"moss `{meta['moss_binary']}`"] if "moss" in results else []) + stack), "",
-             "| " + " | ".join(["workload", *(TITLES[n] for n in names), *(f"moss / {TITLES[o]}" for o in others)]) + " |",
+             " · ".join(([f"moss `{meta['moss_binary']}`"] if "moss" in results else []) + stack), ""]
+    table = ["| " + " | ".join(["workload", *(TITLES[n] for n in names), *(f"moss / {TITLES[o]}" for o in others)]) + " |",
              "|" + "---|" * (len(names) + len(others) + 1)]
     for label, section, key, better, scale in ROWS:
         vals = {n: value(results[n], section, key) for n in names}
@@ -672,8 +678,10 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
                 ratios.append(f"{r:.1f}× {'better' if r >= 1 else 'worse'}")
             else:
                 ratios.append("-")
-        lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
-    lines += ["", "Ratios are oriented so that above 1× means moss is better; moss / Synapse+PostgreSQL is the "
+        table.append("| " + " | ".join([label, *cells, *ratios]) + " |")
+    if len(table) > 2:  # not with --only push
+        lines += table
+        lines += ["", "Ratios are oriented so that above 1× means moss is better; moss / Synapse+PostgreSQL is the "
               "fair comparison. Memory: moss and Synapse are one process each (RSS; peak = VmHWM); PostgreSQL is "
               "a postmaster plus a backend per pooled connection, sampled every 0.25 s. Its RSS summed over "
               "processes counts shared buffers and libraries once per process; PSS splits shared pages between "
@@ -702,6 +710,7 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
             lines.append("Quick mode shrinks every workload: these numbers show that the harness works, "
                          "not whether moss meets the targets.")
         lines.append("")
+    lines += push8.report(results, meta, TITLES)
     if meta.get("plots"):
         lines += ["## Plots", ""]
         for title, name in meta["plots"]:
@@ -724,7 +733,11 @@ async def main() -> None:
                                           "--quick: 4K,1M,64M)")
     ap.add_argument("--media-stores", help="moss stores, comma-separated from fs,s3,encrypt+s3 (default: all; "
                                            "--quick: fs,encrypt+s3)")
+    ap.add_argument("--only", choices=["push"], help="run only this workload (push: workload 8, no media)")
+    ap.add_argument("--no-push", action="store_true", help="skip workload 8 (push)")
     args = ap.parse_args()
+    if args.only and args.no_push:
+        raise SystemExit("--only push and --no-push exclude each other")
     binary = Path(args.moss).resolve()
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(servers) - set(TITLES)
@@ -751,9 +764,14 @@ async def main() -> None:
     results: dict = {}
     pg: Postgres | None = None
     pg_version = None
-    bench6 = None if args.no_media else MediaBench(work, args.quick, sizes, stores)
+    bench6 = None if args.no_media or args.only else MediaBench(work, args.quick, sizes, stores)
+    receiver = None if args.no_push else push8.Receiver(work / "push-receiver", free_port(), free_port())
     try:
+        if receiver:
+            await receiver.start()
+            print(f"push receiver up: {await receiver.measure_cpu(args.quick):.0f} µs of CPU per push", flush=True)
         for name in servers:
+            push_notes = []
             if name == "moss":
                 server: Server = Moss(work / "moss", binary)
             elif name == "synapse-sqlite":
@@ -765,10 +783,18 @@ async def main() -> None:
                     pg_version = versions(pg).get("postgresql")
                 server = SynapsePg(work / "synapse-postgres", pg)
             server.work.mkdir(parents=True)
+            if receiver and name == "moss":  # workload 8: moss.toml with [push], if the binary knows it
+                why_not = push8.configure_moss(binary, server.work, server.command()[1])
+                if why_not:
+                    push_notes.append(why_not)
+                    print(f"push: {why_not}", flush=True)
             try:
                 await server.start()
                 print(f"running {server.name} …", flush=True)
-                results[server.name] = await workloads(server, args.quick)
+                results[server.name] = {} if args.only else await workloads(server, args.quick)
+                if receiver:
+                    print(f"running push: {server.name} …", flush=True)
+                    results[server.name]["push"] = await push8.workload(server, args.quick, receiver, Client, push_notes)
             finally:
                 server.stop()
             if bench6 and name == "moss":
@@ -781,6 +807,8 @@ async def main() -> None:
                 pg.stop()  # right after its row: the other rows run without PostgreSQL beside them
                 pg = None
     finally:
+        if receiver:
+            receiver.stop()
         if bench6:
             bench6.stop()
         if pg is not None:
@@ -794,7 +822,8 @@ async def main() -> None:
     meta = {"when": when, "mode": "quick" if args.quick else "full", "machine": machine(), "versions": vers,
             "moss_binary": binary.name, "duration_s": round(time.perf_counter() - started, 1)}
     media = bench6.result if bench6 else None
-    meta["targets"] = targets(results) + media6.targets(media)
+    meta["targets"] = [] if args.only else targets(results) + media6.targets(media)
+    meta["push_targets"] = push8.targets(results) if receiver else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -814,7 +843,7 @@ async def main() -> None:
     (out / f"{when}.json").write_text(json.dumps({"meta": meta, "results": results, "media": media}, indent=2))
     md = report(results, meta, media)
     (out / f"{when}.md").write_text(md)
-    if not args.quick:
+    if not args.quick and not args.only:
         (out / "latest.md").write_text(md)
     print(md)
     print(f"({meta['duration_s']} s)")

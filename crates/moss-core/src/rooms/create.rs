@@ -208,6 +208,7 @@ impl Moss {
                 Ok::<_, Error>((room_id, notify))
             })
             .await?;
+        self.push.wake_evaluator();
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
         for invitee in remote_invites {
             let mut content = json!({"membership": "invite"});

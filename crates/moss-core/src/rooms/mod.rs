@@ -146,6 +146,7 @@ impl Moss {
             })
             .await?;
         self.wake_destinations(dests.iter().map(String::as_str));
+        self.push.wake_evaluator();
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
         Ok(appended)
     }

@@ -123,8 +123,11 @@ async fn pushes_carry_what_the_rules_decided_in_the_spec_format() {
     // A one-to-one room: sound, high priority, the full event.
     let dm = s.create_room(&alice, json!({"invite": [bob.id], "is_direct": true, "name": "Chat"})).await;
     assert_eq!(s.join(&bob, &dm).await.0, 200);
+    let sent = Instant::now();
     let hello = send(&s, &alice, &dm, json!({"msgtype": "m.text", "body": "hello bob"})).await;
     let n = gw.wait_for("the DM", |n| n["notification"]["event_id"] == hello.as_str()).await;
+    // At once, not at the evaluator's next periodic look (every 5 s).
+    assert!(sent.elapsed() < Duration::from_secs(2), "the push took {:?}", sent.elapsed());
     let n = &n["notification"];
     assert_eq!(n["room_id"], dm.as_str());
     assert_eq!(n["type"], "m.room.message");
