@@ -611,12 +611,42 @@ impl RoomNames {
         }
         names.name = names.name.filter(|n| !n.is_empty());
         names.alias = names.alias.filter(|n| !n.is_empty());
+        if names.current && names.name.is_none() && names.alias.is_none() {
+            names.name = members_name(r, room_id.as_str(), user)?;
+        }
         Ok(names)
     }
 
     fn member(&self, user: &str) -> Option<String> {
         self.invite_members.get(user).cloned().filter(|n| !n.is_empty())
     }
+}
+
+/// A name made of members for an unnamed room, as Synapse's pushes give one: "Alice and Bob"
+/// with two others, "Alice and 4 others" with more (earliest members first); none for a room
+/// with one other member (a DM: the app shows the sender) or while the user is only invited.
+fn members_name(r: &Reader<'_>, room: &str, user: &str) -> Result<Option<String>> {
+    let members = r.room_members(room)?;
+    if members.iter().any(|m| m.user_id == user && m.membership == "invite") {
+        return Ok(None);
+    }
+    let mut others: Vec<_> = members
+        .into_iter()
+        .filter(|m| m.user_id != user && (m.membership == "join" || m.membership == "invite"))
+        .collect();
+    if others.len() < 2 {
+        return Ok(None);
+    }
+    others.sort_by_key(|m| m.stream);
+    let name = |i: usize| -> Result<String> {
+        let id = others.get(i).map(|m| m.user_id.as_str()).unwrap_or_default();
+        Ok(member_name(r, room, id)?.unwrap_or_else(|| id.to_owned()))
+    };
+    Ok(Some(if others.len() == 2 {
+        format!("{} and {}", name(0)?, name(1)?)
+    } else {
+        format!("{} and {} others", name(0)?, others.len() - 1)
+    }))
 }
 
 fn member_name(r: &Reader<'_>, room: &str, user: &str) -> Result<Option<String>> {

@@ -186,7 +186,8 @@ export async function withTimeout(promise, what, timeoutMs = WAIT_MS) {
 // The server
 // ---------------------------------------------------------------------------------------------
 
-function freePort() {
+/** A free TCP port on 127.0.0.1 (probed, then released). */
+export function freePort() {
     return new Promise((resolve, reject) => {
         const probe = net.createServer();
         probe.unref();
@@ -198,7 +199,8 @@ function freePort() {
     });
 }
 
-function tailOf(file, maxLines = 60) {
+/** The last `maxLines` lines of a log file (or a note that it cannot be read). */
+export function tailOf(file, maxLines = 60) {
     try {
         const lines = fs.readFileSync(file, "utf8").trimEnd().split("\n");
         return lines.slice(-maxLines).join("\n");
@@ -209,22 +211,36 @@ function tailOf(file, maxLines = 60) {
 
 /**
  * Starts `moss serve` on a free loopback port with a fresh data directory, and waits until
- * GET /_matrix/client/versions answers 200. Returns a handle with baseUrl, logPath,
+ * GET /_matrix/client/versions answers 200. Returns a handle with baseUrl, port, dir, logPath,
  * logTail() and stop().
+ *
+ * Options (all optional; without them the behaviour is unchanged):
+ * - `extraToml`: text written to DIR/moss.toml and passed with `--config` (for sections the
+ *   MOSS_… environment variables cannot express, e.g. `[push]` with arrays). The environment
+ *   below still overrides the keys it sets.
+ * - `dir` and `port`: reuse an existing data directory and port (to restart a server on the
+ *   same data; see restartServer()).
  */
-export async function startServer({ readyTimeoutMs = 30_000 } = {}) {
+export async function startServer({ readyTimeoutMs = 30_000, extraToml, dir: reuseDir, port: reusePort } = {}) {
     const bin = process.env.MOSS_BIN ?? path.join(REPO_ROOT, "target/debug/moss");
     if (!fs.existsSync(bin)) {
         throw new Error(`moss binary not found at ${bin}: build it (cargo build) or set MOSS_BIN`);
     }
 
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "moss-js-"));
-    const port = await freePort();
+    const dir = reuseDir ?? (await fsp.mkdtemp(path.join(os.tmpdir(), "moss-js-")));
+    const port = reusePort ?? (await freePort());
     const baseUrl = `http://127.0.0.1:${port}`;
     const logPath = path.join(dir, "moss.log");
 
+    const args = ["serve"];
+    if (extraToml !== undefined) {
+        const configPath = path.join(dir, "moss.toml");
+        await fsp.writeFile(configPath, extraToml);
+        args.unshift("--config", configPath);
+    }
+
     const logFd = fs.openSync(logPath, "a");
-    const child = spawn(bin, ["serve"], {
+    const child = spawn(bin, args, {
         cwd: dir,
         env: {
             ...process.env,
@@ -256,14 +272,20 @@ export async function startServer({ readyTimeoutMs = 30_000 } = {}) {
 
     const server = {
         baseUrl,
+        port,
         dir,
         logPath,
+        extraToml,
+        pid: child.pid,
         logTail: (maxLines) => tailOf(logPath, maxLines),
 
-        /** SIGTERM, then SIGKILL after 10 s. Resolves with { code, signal }. */
-        async stop({ keepDir = false } = {}) {
+        /**
+         * SIGTERM (or `signal`, e.g. "SIGKILL" to simulate a crash), then SIGKILL after 10 s.
+         * Resolves with { code, signal }.
+         */
+        async stop({ keepDir = false, signal = "SIGTERM" } = {}) {
             if (exitInfo === null) {
-                child.kill("SIGTERM");
+                child.kill(signal);
                 const escalate = keepAliveTimeout(() => child.kill("SIGKILL"), 10_000);
                 await exited;
                 clearTimeout(escalate);
@@ -301,6 +323,16 @@ export async function startServer({ readyTimeoutMs = 30_000 } = {}) {
         `moss did not answer GET /_matrix/client/versions with 200 within ${readyTimeoutMs} ms ` +
             `(last: ${lastProblem}); log ${logPath}:\n${server.logTail()}`,
     );
+}
+
+/**
+ * Stops `server` with `signal` (default SIGTERM; "SIGKILL" simulates a crash) and starts a new
+ * moss on the same data directory, port and extra configuration. Returns the new handle (same
+ * baseUrl, so clients created for the old one keep working).
+ */
+export async function restartServer(server, { signal = "SIGTERM", readyTimeoutMs = 30_000 } = {}) {
+    await server.stop({ keepDir: true, signal });
+    return startServer({ readyTimeoutMs, extraToml: server.extraToml, dir: server.dir, port: server.port });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,8 +412,13 @@ export function createClient(server, user) {
 /**
  * Creates a client, starts its sync loop and waits for the first sync to complete
  * (SyncState.Prepared). An initial sync that errors fails at once instead of at the timeout.
+ * `startOptions` are passed on to client.startClient (e.g. { threadSupport: true }).
  */
-export async function startSyncingClient(server, user, { initialSyncLimit = 20, timeoutMs = WAIT_MS } = {}) {
+export async function startSyncingClient(
+    server,
+    user,
+    { initialSyncLimit = 20, timeoutMs = WAIT_MS, startOptions = {} } = {},
+) {
     const client = createClient(server, user);
     const prepared = waitFor({
         emitter: client,
@@ -396,7 +433,7 @@ export async function startSyncingClient(server, user, { initialSyncLimit = 20, 
         timeoutMs,
     });
     try {
-        await client.startClient({ initialSyncLimit });
+        await client.startClient({ initialSyncLimit, ...startOptions });
         await prepared;
     } catch (err) {
         stopClient(client);
