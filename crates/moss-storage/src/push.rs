@@ -336,4 +336,44 @@ mod tests {
         .unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// The queue is the rows after each pusher's cursor: the gauge counts them, the sweep finds
+    /// the pushers that have any, and moving a cursor (never back) empties it.
+    #[test]
+    fn pending_pushes_are_the_rows_after_each_cursor() {
+        let dir =
+            std::env::temp_dir().join(format!("moss-push-q-{}-{:?}", std::process::id(), std::time::Instant::now()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        db.write_blocking(|w| {
+            for user in ["@a:x", "@b:x"] {
+                w.put_pusher(&crate::PusherRow {
+                    user_id: user.into(),
+                    app_id: "app".into(),
+                    pushkey: format!("{user}-key"),
+                    pusher: "{}".into(),
+                    device_id: Some("D".into()),
+                    created_ts: 0,
+                    last_stream: 10,
+                    failing_since: None,
+                })?;
+            }
+            for s in [9, 11, 12] {
+                w.insert_push_action(&row("@a:x", "!r:x", s, "main", false, 0))?;
+            }
+            assert_eq!(w.pending_pushes()?, 2);
+            let with: Vec<String> = w.pushers_with_pending()?.into_iter().map(|p| p.user_id).collect();
+            assert_eq!(with, ["@a:x"]);
+            w.advance_pusher("@a:x", "app", "@a:x-key", 12, None)?;
+            w.advance_pusher("@a:x", "app", "@a:x-key", 5, Some(7))?;
+            let p = w.pusher("@a:x", "app", "@a:x-key")?.unwrap();
+            assert_eq!((p.last_stream, p.failing_since), (12, Some(7)), "never back");
+            assert_eq!(w.pending_pushes()?, 0);
+            assert!(w.pushers_with_pending()?.is_empty());
+            assert_eq!(w.delete_device_pushers("@b:x", "D")?, 1);
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
