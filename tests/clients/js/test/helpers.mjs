@@ -254,21 +254,7 @@ export async function startServer({ readyTimeoutMs = 30_000, extraToml, dir: reu
     });
     fs.closeSync(logFd); // the child holds its own descriptor
 
-    let exitInfo = null;
-    const exited = new Promise((resolve) => {
-        const done = (info) => {
-            exitInfo ??= info;
-            resolve(exitInfo);
-        };
-        child.once("exit", (code, signal) => done({ code, signal }));
-        child.once("error", (error) => done({ code: null, signal: null, error }));
-    });
-
-    // If this process dies without running our after() hooks, do not leave a server behind.
-    const killOnExit = () => {
-        if (exitInfo === null) child.kill("SIGKILL");
-    };
-    process.once("exit", killOnExit);
+    const proc = superviseChild(child);
 
     const server = {
         baseUrl,
@@ -284,45 +270,74 @@ export async function startServer({ readyTimeoutMs = 30_000, extraToml, dir: reu
          * Resolves with { code, signal }.
          */
         async stop({ keepDir = false, signal = "SIGTERM" } = {}) {
+            const info = await proc.stop(signal);
+            if (!keepDir) await fsp.rm(dir, { recursive: true, force: true });
+            return info;
+        },
+    };
+
+    await waitUntilServing(server, proc, "moss", readyTimeoutMs, 100);
+    return server;
+}
+
+/**
+ * Watches a server process: when it exited (`exitInfo()`, null while running), a SIGKILL if this
+ * test process exits without stopping it, and `stop(signal)` which escalates to SIGKILL after 10 s.
+ */
+export function superviseChild(child) {
+    let exitInfo = null;
+    const exited = new Promise((resolve) => {
+        const done = (info) => {
+            exitInfo ??= info;
+            resolve(exitInfo);
+        };
+        child.once("exit", (code, signal) => done({ code, signal }));
+        child.once("error", (error) => done({ code: null, signal: null, error }));
+    });
+    const killOnExit = () => {
+        if (exitInfo === null) child.kill("SIGKILL");
+    };
+    process.once("exit", killOnExit);
+    return {
+        exitInfo: () => exitInfo,
+        async stop(signal = "SIGTERM") {
             if (exitInfo === null) {
                 child.kill(signal);
                 const escalate = keepAliveTimeout(() => child.kill("SIGKILL"), 10_000);
                 await exited;
                 clearTimeout(escalate);
             }
-            const info = await exited;
             process.off("exit", killOnExit);
-            if (!keepDir) await fsp.rm(dir, { recursive: true, force: true });
-            return info;
+            return exited;
         },
     };
+}
 
-    const deadline = Date.now() + readyTimeoutMs;
+/**
+ * Polls `server.baseUrl`'s /versions until it answers 200; fails with the server's log when the
+ * process exits first or `timeoutMs` passes (then the server is stopped, its directory kept).
+ */
+export async function waitUntilServing(server, proc, name, timeoutMs, pollMs) {
+    const deadline = Date.now() + timeoutMs;
     let lastProblem = "no answer yet";
     while (Date.now() < deadline) {
-        if (exitInfo !== null) {
-            throw new Error(
-                `moss exited before it was ready (${JSON.stringify(exitInfo)}); ` +
-                    `log ${logPath}:\n${server.logTail()}`,
-            );
+        if (proc.exitInfo() !== null) {
+            throw new Error(`${name} exited before it was ready (${JSON.stringify(proc.exitInfo())}); ` +
+                `dir ${server.dir}; log:\n${server.logTail()}`);
         }
         try {
-            const res = await fetch(`${baseUrl}/_matrix/client/versions`, {
-                signal: AbortSignal.timeout(2_000),
-            });
+            const res = await fetch(`${server.baseUrl}/_matrix/client/versions`, { signal: AbortSignal.timeout(2_000) });
             await res.arrayBuffer();
-            if (res.status === 200) return server;
+            if (res.status === 200) return;
             lastProblem = `HTTP ${res.status}`;
         } catch (err) {
             lastProblem = err.cause?.code ?? err.message;
         }
-        await sleep(100);
+        await sleep(pollMs);
     }
     await server.stop({ keepDir: true });
-    throw new Error(
-        `moss did not answer GET /_matrix/client/versions with 200 within ${readyTimeoutMs} ms ` +
-            `(last: ${lastProblem}); log ${logPath}:\n${server.logTail()}`,
-    );
+    throw new Error(`${name} did not answer GET /_matrix/client/versions with 200 within ${timeoutMs} ms ` +
+        `(last: ${lastProblem}); dir ${server.dir}; log:\n${server.logTail()}`);
 }
 
 /**

@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { freePort, tailOf } from "./helpers.mjs";
+import { freePort, superviseChild, tailOf, waitUntilServing } from "./helpers.mjs";
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
 
@@ -113,19 +113,7 @@ export async function startSynapse({ python, overrides = {}, readyTimeoutMs = 60
     });
     fs.closeSync(outFd);
 
-    let exitInfo = null;
-    const exited = new Promise((resolve) => {
-        const done = (info) => {
-            exitInfo ??= info;
-            resolve(exitInfo);
-        };
-        child.once("exit", (code, signal) => done({ code, signal }));
-        child.once("error", (error) => done({ code: null, signal: null, error }));
-    });
-    const killOnExit = () => {
-        if (exitInfo === null) child.kill("SIGKILL");
-    };
-    process.once("exit", killOnExit);
+    const proc = superviseChild(child);
 
     const server = {
         name: "synapse",
@@ -135,39 +123,12 @@ export async function startSynapse({ python, overrides = {}, readyTimeoutMs = 60
         logPath,
         logTail: (maxLines = 60) => `${tailOf(logPath, maxLines)}\n--- stdout/stderr ---\n${tailOf(stdoutPath, 20)}`,
         async stop({ keepDir = false, signal = "SIGTERM" } = {}) {
-            if (exitInfo === null) {
-                child.kill(signal);
-                const escalate = setTimeout(() => child.kill("SIGKILL"), 10_000);
-                await exited;
-                clearTimeout(escalate);
-            }
-            process.off("exit", killOnExit);
+            const info = await proc.stop(signal);
             if (!keepDir) await fsp.rm(dir, { recursive: true, force: true });
-            return exitInfo;
+            return info;
         },
     };
 
-    const deadline = Date.now() + readyTimeoutMs;
-    let lastProblem = "no answer yet";
-    while (Date.now() < deadline) {
-        if (exitInfo !== null) {
-            throw new Error(
-                `Synapse exited before it was ready (${JSON.stringify(exitInfo)}); log:\n${server.logTail()}`,
-            );
-        }
-        try {
-            const res = await fetch(`${baseUrl}/_matrix/client/versions`, { signal: AbortSignal.timeout(2_000) });
-            await res.arrayBuffer();
-            if (res.status === 200) return server;
-            lastProblem = `HTTP ${res.status}`;
-        } catch (err) {
-            lastProblem = err.cause?.code ?? err.message;
-        }
-        await sleep(200);
-    }
-    await server.stop({ keepDir: true });
-    throw new Error(
-        `Synapse did not answer /versions within ${readyTimeoutMs} ms (last: ${lastProblem}); ` +
-            `dir ${dir}; log:\n${server.logTail()}`,
-    );
+    await waitUntilServing(server, proc, "Synapse", readyTimeoutMs, 200);
+    return server;
 }
