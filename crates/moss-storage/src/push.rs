@@ -232,14 +232,17 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Forgets read, non-highlight rows older than `before_ts` (highlights stay for
-    /// `/notifications?only=highlight`; unread rows stay because they are counted).
+    /// Forgets non-highlight rows older than `before_ts` that are read, or of a room the user
+    /// is no longer in (highlights stay for `/notifications?only=highlight`; unread rows of the
+    /// user's rooms stay because they are counted).
     pub fn prune_push_actions(&self, before_ts: i64) -> Result<usize> {
         self.exec(
-            "DELETE FROM push_actions AS pa WHERE pa.highlight = 0 AND pa.ts < ?1 AND EXISTS ( \
+            "DELETE FROM push_actions AS pa WHERE pa.highlight = 0 AND pa.ts < ?1 AND (EXISTS ( \
                  SELECT 1 FROM receipts r WHERE r.room_id = pa.room_id AND r.user_id = pa.user_id \
                  AND r.receipt_type IN ('m.read', 'm.read.private') \
-                 AND (r.thread_id = '' OR r.thread_id = pa.thread_id) AND r.event_stream >= pa.stream)",
+                 AND (r.thread_id = '' OR r.thread_id = pa.thread_id) AND r.event_stream >= pa.stream) \
+             OR NOT EXISTS (SELECT 1 FROM memberships m WHERE m.room_id = pa.room_id AND m.user_id = pa.user_id \
+                 AND m.membership IN ('join', 'invite')))",
             [before_ts],
         )
     }
@@ -326,10 +329,16 @@ mod tests {
                  VALUES ('!r:x', '@a:x', 'm.read', 'main', '$e12', 0, 1, 12)",
                 [],
             )?;
+            for user in ["@a:x", "@b:x"] {
+                w.set_membership("!r:x", user, "join", "$j", 1)?;
+            }
             assert_eq!(w.prune_push_actions(1_000)?, 1, "only the read, old, plain main-timeline row");
+            // Once @b has left, their old rows go too.
+            w.set_membership("!r:x", "@b:x", "leave", "$l", 2)?;
+            assert_eq!(w.prune_push_actions(1_000)?, 1);
             let left: Vec<i64> = w.push_actions_after("@a:x", 0, 10)?.iter().map(|r| r.stream).collect();
             assert_eq!(left, [5, 11, 12, 13]);
-            assert_eq!(w.push_actions_after("@b:x", 0, 10)?.len(), 1);
+            assert!(w.push_actions_after("@b:x", 0, 10)?.is_empty());
             assert_eq!(w.read_positions("@a:x", "!r:x")?, vec![("main".to_owned(), 12)]);
             Ok::<_, StorageError>(())
         })
