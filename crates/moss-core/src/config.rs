@@ -29,6 +29,7 @@ pub struct Config {
     pub voip: VoipConfig,
     pub federation: FederationConfig,
     pub push: PushConfig,
+    pub appservice: AppserviceConfig,
     pub log: LogConfig,
 }
 
@@ -49,6 +50,7 @@ impl Default for Config {
             voip: VoipConfig::default(),
             federation: FederationConfig::default(),
             push: PushConfig::default(),
+            appservice: AppserviceConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -197,6 +199,15 @@ impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig { enabled: true, offline_after_ms: 30_000, idle_after_ms: 5 * 60 * 1000 }
     }
+}
+
+/// Application services (bridges).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppserviceConfig {
+    /// Registration files (YAML or JSON, as bridges generate them; Synapse's
+    /// `app_service_config_files`). Relative paths are relative to the working directory.
+    pub config_files: Vec<PathBuf>,
 }
 
 /// Notifications to phones: pushes to the push gateways clients register with `/pushers/set`.

@@ -4,6 +4,7 @@
 //! and never touches storage itself.
 
 pub mod accounts;
+pub mod appservice;
 pub mod config;
 pub mod e2ee;
 pub mod error;
@@ -54,6 +55,8 @@ pub struct Moss {
     pub(crate) presence_tracker: std::sync::Arc<presence::PresenceTracker>,
     /// Push rule evaluation, unread counts and delivery to push gateways.
     pub push: push::Push,
+    /// Application services (bridges) from `appservice.config_files`.
+    pub appservices: appservice::AppServices,
     shutdown: watch::Sender<bool>,
 }
 
@@ -75,6 +78,8 @@ impl Moss {
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let media = media::Media::open(&config, has_media)?;
         let push = push::Push::new(&config.push)?;
+        let appservices = appservice::AppServices::load(&config.appservice.config_files, server_name.as_str())
+            .map_err(|e| Error::internal(format!("appservice.config_files: {e}")))?;
         let federation =
             if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
         Ok(Arc::new(Moss {
@@ -90,6 +95,7 @@ impl Moss {
             last_seen: Default::default(),
             presence_tracker: Default::default(),
             push,
+            appservices,
             shutdown: watch::channel(false).0,
         }))
     }

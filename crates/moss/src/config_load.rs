@@ -46,6 +46,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "voip",
     "federation",
     "push",
+    "appservice",
     "log",
 ];
 
@@ -107,6 +108,9 @@ pub fn check(config: &Config) -> Vec<String> {
                 ));
             }
         }
+    }
+    if let Err(e) = moss_core::appservice::AppServices::load(&config.appservice.config_files, &config.server_name) {
+        problems.push(format!("appservice.config_files: {e}"));
     }
     if let Some(url) = &config.public_baseurl {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -327,6 +331,11 @@ group_unread_count_by_room = true
 # Requests in flight to one gateway at a time, and the time limit of one (milliseconds).
 max_concurrent_per_gateway = 16
 request_timeout_ms = 30000
+
+[appservice]
+# Registration files of bridges (YAML or JSON, as the bridge generates them), e.g.
+# config_files = ["/etc/moss/heisenbridge.yaml"]. `moss appservice list` shows what is loaded.
+config_files = []
 
 [federation]
 # Talk to other Matrix servers: join their rooms, serve ours, exchange keys, media and EDUs

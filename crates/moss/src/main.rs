@@ -55,12 +55,23 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Application services (bridges) from `appservice.config_files`.
+    Appservice {
+        #[command(subcommand)]
+        command: AppserviceCommand,
+    },
     /// List what users reported (rooms and events), newest first.
     Reports {
         /// How many to show.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum AppserviceCommand {
+    /// Show the loaded registrations: id, URL, the service's user, namespaces, options.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -256,6 +267,10 @@ fn run() -> Result<()> {
             Command::RegistrationToken { command } => token_command(&moss, command).await,
             Command::Media { command } => media_command(&moss, command).await,
             Command::Reports { limit } => reports(&moss, limit).await,
+            Command::Appservice { command: AppserviceCommand::List } => {
+                appservice_list(&moss);
+                Ok(())
+            }
             Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
         }
     })
@@ -396,6 +411,30 @@ fn chrono_like(ms: i64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+fn appservice_list(moss: &Moss) {
+    if moss.appservices.is_empty() {
+        println!("no application services (appservice.config_files is empty)");
+    }
+    for s in moss.appservices.all() {
+        let r = &s.registration;
+        println!("{}	{}", s.id(), s.file.display());
+        println!("  url: {}", r.url.as_deref().unwrap_or("none (receives no events)"));
+        println!("  user: {}", s.sender);
+        for (kind, list) in [("users", &s.users), ("aliases", &s.aliases), ("rooms", &s.rooms)] {
+            for n in list.iter() {
+                println!("  {kind}: {} ({})", n.source, if n.exclusive { "exclusive" } else { "shared" });
+            }
+        }
+        println!(
+            "  rate limited: {}, ephemeral events: {}, MSC3202: {}, protocols: {}",
+            s.rate_limited(),
+            s.receive_ephemeral,
+            s.msc3202,
+            r.protocols.as_deref().map(|p| p.join(", ")).unwrap_or_else(|| "none".into())
+        );
+    }
 }
 
 async fn token_command(moss: &Moss, command: TokenCommand) -> Result<()> {

@@ -73,3 +73,42 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(log.contains("registered"), "{log}");
     assert!(!log.contains('\u{1b}'), "terminal escape codes in a log file: {log}");
 }
+
+#[test]
+fn appservice_registrations_are_listed_and_bad_ones_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("moss-cli-as-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The file heisenbridge --generate writes, in its shape.
+    std::fs::write(
+        dir.join("heisenbridge.yaml"),
+        "id: heisenbridge\nurl: http://127.0.0.1:9898\nas_token: at-secret\nhs_token: hs-secret\n\
+         rate_limited: false\nsender_localpart: heisenbridge\nnamespaces:\n  users:\n  - regex: '@irc_.*'\n    exclusive: true\n\
+         \x20 aliases: []\n  rooms: []\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("good.toml"), "[appservice]\nconfig_files = [\"heisenbridge.yaml\"]\n").unwrap();
+    let out = moss(&dir, &["-c", "good.toml", "appservice", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("heisenbridge") && text.contains("@heisenbridge:localhost"), "{text}");
+    assert!(text.contains("users: @irc_.* (exclusive)") && text.contains("rate limited: false"), "{text}");
+    assert!(!text.contains("at-secret"), "tokens are not printed: {text}");
+
+    // A second service claiming the same exclusive namespace: `config check` and start-up say where.
+    std::fs::write(
+        dir.join("copy.yaml"),
+        "id: copy\nurl: null\nas_token: a2\nhs_token: h2\nsender_localpart: copybot\n\
+         namespaces:\n  users:\n  - regex: '@irc_.*'\n    exclusive: true\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("bad.toml"), "[appservice]\nconfig_files = [\"heisenbridge.yaml\", \"copy.yaml\"]\n")
+        .unwrap();
+    let out = moss(&dir, &["-c", "bad.toml", "config", "check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("copy.yaml") && err.contains("namespaces.users[0]"), "{err}");
+    let out = moss(&dir, &["-c", "bad.toml", "appservice", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("copy.yaml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
