@@ -74,7 +74,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
+    crate::rate_limit::check_session(&moss, crate::rate_limit::Class::MediaUpload, &session)?;
     let id = moss.upload_media(&session.user_id, None, content_type(&headers), q.filename, body_stream(body)).await?;
     Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)})))
 }
@@ -98,7 +98,7 @@ pub async fn upload_to(
     if server != moss.server_name.as_str() {
         return Err(ApiError::forbidden("media ids of other servers cannot be uploaded to here"));
     }
-    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
+    crate::rate_limit::check_session(&moss, crate::rate_limit::Class::MediaUpload, &session)?;
     moss.upload_media(&session.user_id, Some(&media_id), content_type(&headers), q.filename, body_stream(body)).await?;
     Ok(Json(json!({})))
 }
@@ -360,6 +360,6 @@ pub async fn preview_url(
     Query(q): Query<PreviewQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let url = q.url.ok_or_else(|| ApiError::from(moss_core::Error::missing_param("url is required")))?;
-    crate::rate_limit::check(&moss, crate::rate_limit::Class::MediaUpload, session.user_id.as_str())?;
+    crate::rate_limit::check_session(&moss, crate::rate_limit::Class::MediaUpload, &session)?;
     Ok(Json(moss.preview_url(&url).await?))
 }

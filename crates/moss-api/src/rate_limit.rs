@@ -52,6 +52,15 @@ pub fn client_addr(moss: &Moss, peer: Option<IpAddr>, headers: &http::HeaderMap)
 }
 
 /// Takes one token for `key` in `class`, or fails with the time until one is available.
+/// [`check`] for a user's request, keyed by the user; application services registered with
+/// `rate_limited: false` (and the users they act as) are not limited.
+pub fn check_session(moss: &Moss, class: Class, session: &moss_core::accounts::Session) -> Result<(), ApiError> {
+    if session.appservice.as_ref().is_some_and(|s| !s.rate_limited()) {
+        return Ok(());
+    }
+    check(moss, class, session.user_id.as_str())
+}
+
 pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
     let cfg = &moss.config.rate_limits;
     if !cfg.enabled {

@@ -15,7 +15,7 @@ use axum::{
 use bytes::BytesMut;
 use moss_core::{accounts::Session, Moss};
 use ruma::api::{
-    auth_scheme::{AccessToken, AccessTokenOptional},
+    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional},
     error::{DeserializationError, FromHttpRequestError},
     path_builder::PathBuilder,
     IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
@@ -58,7 +58,7 @@ impl FromRequestParts<Arc<Moss>> for Authed {
 
     async fn from_request_parts(parts: &mut http::request::Parts, moss: &Arc<Moss>) -> Result<Self, ApiError> {
         let token = access_token(&parts.headers, parts.uri.query()).ok_or_else(ApiError::missing_token)?;
-        Ok(Authed(moss.authenticate(&token).await?))
+        Ok(Authed(moss.authenticate_request(&token, parts.uri.query()).await?))
     }
 }
 
@@ -105,8 +105,24 @@ where
         let token = access_token(&parts.headers, parts.uri.query());
         let session = if auth == TypeId::of::<AccessToken>() || auth == TypeId::of::<AccessTokenOptional>() {
             match token {
-                Some(t) => Some(moss.authenticate(&t).await?),
+                Some(t) => Some(moss.authenticate_request(&t, parts.uri.query()).await?),
                 None if auth == TypeId::of::<AccessToken>() => return Err(ApiError::missing_token()),
+                None => None,
+            }
+        } else if auth == TypeId::of::<AppserviceToken>() || auth == TypeId::of::<AppserviceTokenOptional>() {
+            // Endpoints an application service may call with its token (registration of its
+            // users, login as them, ping): the service's own session; `user_id=` does not
+            // apply (the user may not exist yet), as in Synapse.
+            match token {
+                Some(t) => match moss.appservices.by_as_token(&t) {
+                    Some(_) => Some(moss.authenticate_request(&t, None).await?),
+                    None if auth == TypeId::of::<AppserviceToken>() => {
+                        return Err(moss_core::Error::unknown_token("unknown application service token").into())
+                    }
+                    // Registration with a user's token is not an application service's.
+                    None => None,
+                },
+                None if auth == TypeId::of::<AppserviceToken>() => return Err(ApiError::missing_token()),
                 None => None,
             }
         } else {

@@ -27,6 +27,9 @@ pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub access_token: String,
+    /// Set when an application service made the request (its `as_token`), acting as its own
+    /// user or, with `user_id=`, as one of its namespace's users.
+    pub appservice: Option<std::sync::Arc<crate::appservice::AppService>>,
 }
 
 /// The tokens handed out at login or registration.
@@ -277,7 +280,65 @@ impl Moss {
             user_id: UserId::parse(&row.user_id).map_err(|e| Error::internal(e.to_string()))?,
             device_id: row.device_id.into(),
             access_token: token.to_owned(),
+            appservice: None,
         })
+    }
+
+    /// Resolves the token of a request: an application service's `as_token` (tried first, as
+    /// Synapse does; `query` may name the user it acts as, `user_id=`, and the device,
+    /// `device_id=`), else a user's access token.
+    pub async fn authenticate_request(&self, token: &str, query: Option<&str>) -> Result<Session> {
+        match self.appservices.by_as_token(token) {
+            Some(service) => self.appservice_session(service.clone(), token, query).await,
+            None => self.authenticate(token).await,
+        }
+    }
+
+    async fn appservice_session(
+        &self,
+        service: std::sync::Arc<crate::appservice::AppService>,
+        token: &str,
+        query: Option<&str>,
+    ) -> Result<Session> {
+        let param = |name: &str| -> Option<String> {
+            url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        };
+        let user = param("user_id").unwrap_or_else(|| service.sender.clone());
+        let user_id =
+            UserId::parse(&user).map_err(|_| Error::invalid_param(format!("user_id {user:?} is not a user id")))?;
+        if user != service.sender {
+            if !service.owns_user(&user) {
+                return Err(Error::forbidden(format!("the application service may not act as {user}")));
+            }
+            if user_id.server_name() != self.server_name || !self.is_local_user_active(&user_id).await? {
+                return Err(Error::forbidden(format!("the application service has not registered {user}")));
+            }
+        }
+        let device = param("device_id").or_else(|| param("org.matrix.msc3202.device_id"));
+        let device_id = match device {
+            Some(d) => {
+                if self.device(&user_id, &d).await?.is_none() {
+                    return Err(Error::new(ErrorKind::UnknownDevice, 400, format!("{user} has no device {d}")));
+                }
+                d.into()
+            }
+            // Requests without a device act for the user as a whole; device-scoped endpoints
+            // see a device named after the service, which holds nothing.
+            None => format!("appservice:{}", service.id()).into(),
+        };
+        Ok(Session { user_id, device_id, access_token: token.to_owned(), appservice: Some(service) })
+    }
+
+    /// Creates each application service's own user if it does not exist yet.
+    pub async fn ensure_appservice_users(&self) -> Result<()> {
+        for service in self.appservices.all() {
+            let user = UserId::parse(&service.sender).map_err(|e| Error::internal(e.to_string()))?;
+            if self.user(&user).await?.is_none() {
+                self.create_user(&user, None, false, None).await?;
+                tracing::info!(appservice = service.id(), %user, "created the application service's user");
+            }
+        }
+        Ok(())
     }
 
     /// Swaps a refresh token for a new access/refresh pair; the old pair stops working.

@@ -282,6 +282,7 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     if moss.config.federation.enabled {
         tokio::spawn(listener::federation(moss.clone()).await?);
     }
+    moss.ensure_appservice_users().await.map_err(|e| anyhow::anyhow!("application service users: {e}"))?;
     moss.spawn_background();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
     let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -20,6 +20,9 @@ use crate::{
 };
 
 pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> HandlerResult<register::v3::Request> {
+    if req.body.login_type == Some(register::LoginType::ApplicationService) {
+        return register_appservice_user(&moss, req).await;
+    }
     crate::rate_limit::check(&moss, Class::Register, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
@@ -39,6 +42,7 @@ pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> Hand
     if moss.user(&user_id).await?.is_some() {
         return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into());
     }
+    reserved_for_appservice(&moss, user_id.as_str())?;
     let password = body.password.clone().ok_or_else(|| ApiError::bad_json("password is required"))?;
     moss.validate_password(&password)?;
     let outcome =
@@ -65,12 +69,64 @@ pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> Hand
     Ok(RumaResponse(res))
 }
 
+/// A user id in an application service's exclusive namespace is the service's to register.
+fn reserved_for_appservice(moss: &Moss, user_id: &str) -> Result<(), ApiError> {
+    match moss.appservices.exclusive_user_owner(user_id) {
+        Some(_) => Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Exclusive,
+            400,
+            "this user id is reserved by an application service",
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// `POST /register` with `type: m.login.application_service`: an application service creates
+/// one of its users (no password, no rate limit); `inhibit_login` leaves it without a device.
+async fn register_appservice_user(
+    moss: &Arc<Moss>,
+    req: Ruma<register::v3::Request>,
+) -> HandlerResult<register::v3::Request> {
+    let service = req
+        .session
+        .as_ref()
+        .and_then(|s| s.appservice.clone())
+        .ok_or_else(|| ApiError::forbidden("m.login.application_service needs an application service's token"))?;
+    let body = req.body;
+    let localpart = body.username.clone().ok_or_else(|| ApiError::bad_json("username is required"))?;
+    let user_id = moss.new_user_id(&localpart)?;
+    let exclusive = |msg: &str| moss_core::Error::new(ruma::api::error::ErrorKind::Exclusive, 400, msg.to_owned());
+    if !service.owns_user(user_id.as_str()) {
+        return Err(exclusive("this user id is not in the application service's namespaces").into());
+    }
+    if moss.appservices.exclusive_user_owner(user_id.as_str()).is_some_and(|o| o.id() != service.id()) {
+        return Err(exclusive("this user id is reserved by another application service").into());
+    }
+    moss.create_user(&user_id, None, false, None).await?;
+    tracing::info!(%user_id, appservice = service.id(), "registered by an application service");
+    let mut res = register::v3::Response::new(user_id.clone());
+    if !body.inhibit_login {
+        let s = moss
+            .create_session(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, None)
+            .await?;
+        res.access_token = Some(s.access_token);
+        res.device_id = Some(s.device_id);
+        res.refresh_token = s.refresh_token;
+        res.expires_in = s.expires_in_ms.map(Duration::from_millis);
+    }
+    Ok(RumaResponse(res))
+}
+
 pub async fn available(
     moss: Arc<Moss>,
     req: Ruma<get_username_availability::v3::Request>,
 ) -> HandlerResult<get_username_availability::v3::Request> {
     if !moss.registration_enabled() {
         return Err(ApiError::forbidden("registration is disabled on this server"));
+    }
+    if let Ok(user_id) = moss.new_user_id(&req.body.username) {
+        reserved_for_appservice(&moss, user_id.as_str())?;
     }
     if moss.username_available(&req.body.username).await? {
         Ok(RumaResponse(get_username_availability::v3::Response::new(true)))

@@ -99,7 +99,7 @@ pub async fn send_message(
     req: Ruma<send_message_event::v3::Request>,
 ) -> HandlerResult<send_message_event::v3::Request> {
     let s = req.session()?.clone();
-    rate_limit::check(&moss, Class::Message, s.user_id.as_str())?;
+    rate_limit::check_session(&moss, Class::Message, &s)?;
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
@@ -222,7 +222,7 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> HandlerResult<join_room_by_id::v3::Request> {
     let s = req.session()?.clone();
-    rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
+    rate_limit::check_session(&moss, Class::Join, &s)?;
     let target: &RoomOrAliasId = <&RoomOrAliasId>::from(&*req.body.room_id);
     let room_id = moss.join_room(&s.user_id, target, req.body.reason, vec![]).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(room_id)))
@@ -233,14 +233,14 @@ pub async fn join(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> HandlerResult<join_room_by_id_or_alias::v3::Request> {
     let s = req.session()?.clone();
-    rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
+    rate_limit::check_session(&moss, Class::Join, &s)?;
     let room_id = moss.join_room(&s.user_id, &req.body.room_id_or_alias, req.body.reason, req.body.via).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
 pub async fn knock(moss: Arc<Moss>, req: Ruma<knock_room::v3::Request>) -> HandlerResult<knock_room::v3::Request> {
     let s = req.session()?.clone();
-    rate_limit::check(&moss, Class::Join, s.user_id.as_str())?;
+    rate_limit::check_session(&moss, Class::Join, &s)?;
     let room_id =
         moss.knock(&s.user_id, &req.body.room_id_or_alias, req.body.reason.clone(), req.body.via.clone()).await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))

@@ -35,7 +35,12 @@ impl Moss {
         if !device_data.is_object() || serde_json::to_vec(&device_data)?.len() > 256 * 1024 {
             return Err(Error::bad_json("device_data must be an object of at most 256 KiB"));
         }
-        let device = Session { user_id: user.to_owned(), device_id: device_id.clone(), access_token: String::new() };
+        let device = Session {
+            user_id: user.to_owned(),
+            device_id: device_id.clone(),
+            access_token: String::new(),
+            appservice: None,
+        };
         check_device_keys(&device, &device_keys)?;
         let (u, d, data) = (user.to_string(), device_id.to_string(), serde_json::to_string(&device_data)?);
         self.db
