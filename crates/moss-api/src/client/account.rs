@@ -141,6 +141,9 @@ pub async fn login_types(
 ) -> HandlerResult<get_login_types::v3::Request> {
     use get_login_types::v3::{LoginType, PasswordLoginType, TokenLoginType};
     let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    if !moss.appservices.is_empty() {
+        types.push(LoginType::ApplicationService(get_login_types::v3::ApplicationServiceLoginType::new()));
+    }
     if moss.config.auth.login_token_enabled {
         let mut token = TokenLoginType::new();
         token.get_login_token = true;
@@ -163,9 +166,36 @@ pub async fn get_login_token(
 }
 
 pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerResult<login::v3::Request> {
-    crate::rate_limit::check(&moss, Class::Login, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
+    let service = req.session.as_ref().and_then(|s| s.appservice.clone());
+    if service.as_ref().is_none_or(|s| s.rate_limited()) {
+        crate::rate_limit::check(&moss, Class::Login, &req.ip.map(|i| i.to_string()).unwrap_or_default())?;
+    }
     let body = req.body;
     let user_id = match &body.login_info {
+        login::v3::LoginInfo::ApplicationService(a) => {
+            let service = service.ok_or_else(|| {
+                ApiError::forbidden("m.login.application_service needs an application service's token")
+            })?;
+            #[allow(deprecated)] // the old `user` field, still sent by some bridges
+            let input = match (&a.identifier, &a.user) {
+                (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+                (None, Some(u)) => u.clone(),
+                _ => return Err(ApiError::invalid_param("a user identifier is required")),
+            };
+            let user_id = moss.resolve_login_user(&input)?;
+            if !service.owns_user(user_id.as_str()) {
+                return Err(moss_core::Error::new(
+                    ruma::api::error::ErrorKind::Exclusive,
+                    403,
+                    "this user is not in the application service's namespaces",
+                )
+                .into());
+            }
+            if !moss.is_local_user_active(&user_id).await? {
+                return Err(ApiError::forbidden("no such user"));
+            }
+            user_id
+        }
         login::v3::LoginInfo::Password(p) => {
             let input = match &p.identifier {
                 Some(UserIdentifier::Matrix(m)) => m.user.clone(),

@@ -89,7 +89,15 @@ impl Moss {
         if alias.server_name() != self.server_name {
             return Err(Error::invalid_param("aliases must be on this server"));
         }
-        self.require_joined(user, room_id).await?;
+        // An alias in an application service's exclusive namespace is the service's (its
+        // users may set it without being in the room, as in Synapse).
+        match self.appservices.exclusive_alias_owner(alias.as_str()) {
+            Some(owner) if owner.owns_user(user.as_str()) => {}
+            Some(_) => {
+                return Err(Error::new(ErrorKind::Exclusive, 400, "this alias is reserved by an application service"))
+            }
+            None => self.require_joined(user, room_id).await?,
+        }
         let (a, room, u) = (alias.to_string(), room_id.to_string(), user.to_string());
         let created = self.db.write(move |w| Ok::<_, Error>(w.put_alias(&a, &room, &u)?)).await?;
         if created {
@@ -101,6 +109,9 @@ impl Moss {
 
     /// The alias's creator, a server admin or a room moderator may delete it.
     pub async fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
+        if self.appservices.exclusive_alias_owner(alias.as_str()).is_some_and(|o| !o.owns_user(user.as_str())) {
+            return Err(Error::new(ErrorKind::Exclusive, 400, "this alias is reserved by an application service"));
+        }
         let (a, u) = (alias.to_string(), user.to_owned());
         self.db
             .write(move |w| {

@@ -123,4 +123,29 @@ async fn a_service_acts_as_its_users_within_its_namespace() {
         .filter(|e| e["sender"] == "@irc_alice:localhost" && e["type"] == "m.room.message")
         .count();
     assert_eq!(from_irc, 10, "the messages are the puppet's");
+
+    // Aliases in the exclusive alias namespace: the service's users only, even outside the room.
+    let alias = enc("#irc_chan:localhost");
+    let (st, v) = s.put(&format!("/_matrix/client/v3/directory/room/{alias}"), &human, json!({"room_id": room})).await;
+    assert_eq!((st, errcode(&v)), (400, "M_EXCLUSIVE"), "{v}");
+    let (st, v) =
+        call("PUT", format!("/_matrix/client/v3/directory/room/{alias}"), Some(json!({"room_id": room}))).await;
+    assert_eq!(st, 200, "the service's own user, not in the room: {v}");
+    let (st, v) =
+        s.call("DELETE", &format!("/_matrix/client/v3/directory/room/{alias}"), Some(&human.token), None).await;
+    assert_eq!((st, errcode(&v)), (400, "M_EXCLUSIVE"), "{v}");
+
+    // Logging in as a namespaced user with the service's token gives a device of that user.
+    let login =
+        |user: &str| json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": user}});
+    let (st, v) = call("POST", "/_matrix/client/v3/login".into(), Some(login("irc_alice"))).await;
+    assert_eq!((st, v["user_id"].as_str()), (200, Some("@irc_alice:localhost")), "{v}");
+    let (st, v) = s.call("GET", "/_matrix/client/v3/account/whoami", v["access_token"].as_str(), None).await;
+    assert_eq!((st, v["user_id"].as_str()), (200, Some("@irc_alice:localhost")), "{v}");
+    let (st, v) = call("POST", "/_matrix/client/v3/login".into(), Some(login("dave"))).await;
+    assert_eq!((st, errcode(&v)), (403, "M_EXCLUSIVE"), "{v}");
+    let (st, _) = s.call("POST", "/_matrix/client/v3/login", Some(&human.token), Some(login("irc_alice"))).await;
+    assert_eq!(st, 403, "a person's token is not a service's");
+    let (_, v) = s.call("GET", "/_matrix/client/v3/login", None, None).await;
+    assert!(v["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.application_service"), "{v}");
 }
