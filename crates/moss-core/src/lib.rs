@@ -104,6 +104,7 @@ impl Moss {
     pub fn spawn_background(self: &Arc<Self>) {
         self.spawn_federation_sender();
         self.spawn_push();
+        self.spawn_appservice_senders();
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

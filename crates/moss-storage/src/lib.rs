@@ -5,6 +5,7 @@
 //! SQLite allows one writer at a time anyway; making that explicit gives every write a
 //! serial order, which the global stream ordering relies on.
 
+mod appservice;
 mod e2ee;
 mod federation;
 mod presence;
@@ -21,6 +22,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 
+pub use appservice::*;
 pub use e2ee::*;
 pub use federation::*;
 pub use presence::*;
@@ -63,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_14_federation_rooms.sql"),
     include_str!("schema_15_outbox_age.sql"),
     include_str!("schema_16_push.sql"),
+    include_str!("schema_17_appservice.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ use std::{
     sync::Arc,
 };
 
+pub(crate) mod sender;
+
 use regex::Regex;
 use ruma::api::appservice::{Namespace, Registration};
 use serde::Deserialize;
@@ -88,10 +90,18 @@ impl AppService {
 }
 
 /// Every loaded service, with lookups by token and by exclusive namespace.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppServices {
     list: Vec<Arc<AppService>>,
     by_as_token: HashMap<String, Arc<AppService>>,
+    /// Counts stored events, waking the delivery tasks (each sees every change, none is lost).
+    pub(crate) wake: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for AppServices {
+    fn default() -> Self {
+        AppServices { list: Vec::new(), by_as_token: HashMap::new(), wake: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 impl AppServices {

@@ -208,7 +208,7 @@ impl Moss {
                 Ok::<_, Error>((room_id, notify))
             })
             .await?;
-        self.push.wake_evaluator();
+        self.events_stored();
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
         for invitee in remote_invites {
             let mut content = json!({"membership": "invite"});

@@ -146,15 +146,21 @@ impl Moss {
             })
             .await?;
         self.wake_destinations(dests.iter().map(String::as_str));
-        self.push.wake_evaluator();
+        self.events_stored();
         self.notifier.notify(notify.iter().map(|u| u.as_ref()));
         Ok(appended)
+    }
+
+    /// New room events were stored: the push evaluator and the application-service senders look.
+    pub(crate) fn events_stored(&self) {
+        self.push.wake_evaluator();
+        self.appservices.wake.send_modify(|n| *n += 1);
     }
 
     /// Wakes the room's joined members' long-polls (and the push evaluator: new events may
     /// have been stored).
     pub(crate) async fn notify_room(&self, room_id: &RoomId) {
-        self.push.wake_evaluator();
+        self.events_stored();
         let room = room_id.to_string();
         let users = self
             .db

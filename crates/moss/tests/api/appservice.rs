@@ -2,7 +2,22 @@
 //! rules for services (as_token, `user_id=` masquerading, registering namespaced users,
 //! exclusive namespaces, rate-limit exemption).
 
-use serde_json::json;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    routing::put,
+    Json, Router,
+};
+use serde_json::{json, Value};
 
 use crate::common::{enc, errcode, Server};
 
@@ -11,10 +26,14 @@ const REGISTRATION: &str = "id: irc\nurl: null\nas_token: as-token-irc\nhs_token
     \x20 aliases:\n  - regex: '#irc_.*'\n    exclusive: true\n  rooms: []\n";
 
 async fn server_with_bridge() -> Server {
+    server_with_registration(REGISTRATION, true).await
+}
+
+async fn server_with_registration(registration: &str, limits: bool) -> Server {
     let dir = std::env::temp_dir().join(format!("moss-as-{}-{}", std::process::id(), crate::common::free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("irc.yaml");
-    std::fs::write(&file, REGISTRATION).unwrap();
+    std::fs::write(&file, registration).unwrap();
     let files = format!("[\"{}\"]", file.display());
     Server::start_in(
         dir,
@@ -24,6 +43,7 @@ async fn server_with_bridge() -> Server {
             ("MOSS_RATE_LIMITS__MESSAGE__BURST", "3"),
             ("MOSS_RATE_LIMITS__MESSAGE__PER_SECOND", "0.01"),
             ("MOSS_APPSERVICE__CONFIG_FILES", &files),
+            ("MOSS_RATE_LIMITS__ENABLED", if limits { "true" } else { "false" }),
         ],
     )
     .await
@@ -148,4 +168,134 @@ async fn a_service_acts_as_its_users_within_its_namespace() {
     assert_eq!(st, 403, "a person's token is not a service's");
     let (_, v) = s.call("GET", "/_matrix/client/v3/login", None, None).await;
     assert!(v["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.application_service"), "{v}");
+}
+
+/// One transaction as received: its id, the Authorization header, its events.
+type Received = (String, Option<String>, Vec<Value>);
+
+/// A small application service: records every transaction; can fail.
+#[derive(Clone, Default)]
+struct Bridge {
+    txns: Arc<Mutex<Vec<Received>>>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn transaction(
+    State(b): State<Bridge>,
+    Path(txn): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    b.txns.lock().unwrap().push((txn, auth, body["events"].as_array().cloned().unwrap_or_default()));
+    if b.failing.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+    }
+    (StatusCode::OK, Json(json!({})))
+}
+
+impl Bridge {
+    async fn start() -> (Bridge, SocketAddr) {
+        let b = Bridge::default();
+        let app = Router::new().route("/_matrix/app/v1/transactions/{txn}", put(transaction)).with_state(b.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (b, addr)
+    }
+
+    /// Bodies of the events delivered so far (successful transactions only, each once).
+    fn delivered(&self) -> Vec<(String, Value)> {
+        let txns = self.txns.lock().unwrap().clone();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (id, _, events) in txns {
+            if seen.insert(id.clone()) {
+                for e in events {
+                    out.push((id.clone(), e));
+                }
+            }
+        }
+        out
+    }
+
+    async fn wait_for_body(&self, body: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((id, _)) = self.delivered().into_iter().find(|(_, e)| e["content"]["body"] == body) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "{body:?} never reached the bridge: {:#?}", self.txns.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_crash() {
+    let (bridge, addr) = Bridge::start().await;
+    let registration = REGISTRATION.replace("url: null", &format!("url: http://{addr}"));
+    let s = server_with_registration(&registration, false).await;
+    let tok = Some("as-token-irc");
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            tok,
+            Some(json!({"type": "m.login.application_service", "username": "irc_alice", "inhibit_login": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let human = s.register("dave").await;
+    let elsewhere = s.create_room(&human, json!({"preset": "public_chat"})).await;
+    let room = s.create_room(&human, json!({"preset": "public_chat"})).await;
+    let as_alice = format!("user_id={}", enc("@irc_alice:localhost"));
+    let (st, v) =
+        s.call("POST", &format!("/_matrix/client/v3/join/{}?{as_alice}", enc(&room)), tok, Some(json!({}))).await;
+    assert_eq!(st, 200, "{v}");
+    s.send_text(&human, &elsewhere, "not for the bridge").await;
+    s.send_text(&human, &room, "hello IRC").await;
+    let first = bridge.wait_for_body("hello IRC").await;
+    // The join of its user came first; nothing from the room it is not in; the hs_token is sent.
+    let delivered = bridge.delivered();
+    assert!(delivered.iter().any(|(_, e)| e["type"] == "m.room.member" && e["state_key"] == "@irc_alice:localhost"));
+    assert!(!delivered.iter().any(|(_, e)| e["content"]["body"] == "not for the bridge"), "{delivered:#?}");
+    assert!(bridge.txns.lock().unwrap().iter().all(|(_, auth, _)| auth.as_deref() == Some("Bearer hs-token-irc")));
+
+    // The bridge fails: the same transaction is retried; moss crashes meanwhile; after the
+    // restart the same id carries the same events, then the rest follow in order.
+    bridge.failing.store(true, Ordering::SeqCst);
+    s.send_text(&human, &room, "during the outage 1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed_id = loop {
+        let txns = bridge.txns.lock().unwrap().clone();
+        if let Some((id, _, _)) =
+            txns.iter().find(|(_, _, ev)| ev.iter().any(|e| e["content"]["body"] == "during the outage 1"))
+        {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt: {}", s.log());
+        drop(txns);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(failed_id, first);
+    s.send_text(&human, &room, "during the outage 2").await;
+    let mut s = s;
+    s.kill9();
+    let s = s.restart().await;
+    bridge.failing.store(false, Ordering::SeqCst);
+    s.send_text(&human, &room, "after the restart").await;
+    bridge.wait_for_body("after the restart").await;
+    let txns = bridge.txns.lock().unwrap().clone();
+    let ids = |events: &Vec<Value>| events.iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
+    let attempts: Vec<Vec<Value>> = txns.iter().filter(|(id, _, _)| *id == failed_id).map(|(_, _, e)| ids(e)).collect();
+    assert!(attempts.len() >= 2, "retried");
+    assert!(attempts.windows(2).all(|w| w[0] == w[1]), "a retry carries the same events: {attempts:?}");
+    let bodies: Vec<String> =
+        bridge.delivered().iter().filter_map(|(_, e)| e["content"]["body"].as_str().map(str::to_owned)).collect();
+    let pos = |b: &str| bodies.iter().position(|x| x == b).unwrap_or_else(|| panic!("{b} missing: {bodies:?}"));
+    assert!(pos("hello IRC") < pos("during the outage 1"));
+    assert!(pos("during the outage 1") < pos("during the outage 2"));
+    assert!(pos("during the outage 2") < pos("after the restart"));
+    assert_eq!(bodies.iter().filter(|b| *b == "during the outage 2").count(), 1, "each event once: {bodies:?}");
 }
