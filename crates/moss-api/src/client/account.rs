@@ -50,16 +50,20 @@ pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> Hand
     moss.create_user(&user_id, Some(&password), false, outcome.registration_token).await?;
     tracing::info!(%user_id, "registered");
 
+    registered(&moss, user_id, body, req.ip.map(|i| i.to_string())).await
+}
+
+/// The answer to a registration: with a new device and its tokens unless `inhibit_login`.
+async fn registered(
+    moss: &Moss,
+    user_id: ruma::OwnedUserId,
+    body: register::v3::Request,
+    ip: Option<String>,
+) -> HandlerResult<register::v3::Request> {
     let mut res = register::v3::Response::new(user_id.clone());
     if !body.inhibit_login {
         let s = moss
-            .create_session(
-                &user_id,
-                body.device_id,
-                body.initial_device_display_name,
-                body.refresh_token,
-                req.ip.map(|i| i.to_string()),
-            )
+            .create_session(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, ip)
             .await?;
         res.access_token = Some(s.access_token);
         res.device_id = Some(s.device_id);
@@ -105,17 +109,7 @@ async fn register_appservice_user(
     }
     moss.create_user(&user_id, None, false, None).await?;
     tracing::info!(%user_id, appservice = service.id(), "registered by an application service");
-    let mut res = register::v3::Response::new(user_id.clone());
-    if !body.inhibit_login {
-        let s = moss
-            .create_session(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, None)
-            .await?;
-        res.access_token = Some(s.access_token);
-        res.device_id = Some(s.device_id);
-        res.refresh_token = s.refresh_token;
-        res.expires_in = s.expires_in_ms.map(Duration::from_millis);
-    }
-    Ok(RumaResponse(res))
+    registered(moss, user_id, body, None).await
 }
 
 pub async fn available(
