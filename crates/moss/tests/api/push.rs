@@ -511,3 +511,52 @@ async fn invites_and_messages_from_another_server_are_pushed() {
     assert_eq!(n["notification"]["content"]["body"], "over federation");
     assert_eq!(n["notification"]["room_name"], "Remote room");
 }
+
+/// A hostile gateway: it answers every push with an endless body. moss stops reading past its
+/// 64 KiB answer budget, counts the push as failed and retries it; nothing else waits.
+#[tokio::test]
+async fn a_gateway_answering_without_end_costs_one_failed_attempt() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+                    )
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+                for _ in 0..100_000 {
+                    if sock.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let s = Server::start_with(PUSH_ENV).await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    set_pusher(&s, &bob, pusher(addr, "bob-key", json!({}))).await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    send(&s, &alice, &room, json!({"msgtype": "m.text", "body": "to a hostile gateway"})).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while attempts.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the failed push was not retried: {}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.log().contains("larger than 65536 bytes"), "{}", s.log());
+    let started = Instant::now();
+    let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(st, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(s.peak_rss() < 200 << 20, "peak RSS {} MiB", s.peak_rss() >> 20);
+}
