@@ -82,6 +82,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(account::logout)
         .ruma(account::logout_all)
         .ruma(account::whoami)
+        .ruma(account::appservice_ping)
         .ruma(account::change_password)
         .ruma(account::deactivate)
         // devices

@@ -9,6 +9,7 @@ use moss_core::{
 };
 use ruma::api::client::{
     account::{change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus},
+    appservice::request_ping,
     session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
     uiaa::{AuthType, UserIdentifier},
 };
@@ -283,4 +284,14 @@ pub async fn deactivate(moss: Arc<Moss>, req: Ruma<deactivate::v3::Request>) -> 
     moss.uiaa(password_flow("deactivate", &s.user_id), req.body.auth.clone()).await?;
     moss.deactivate(&s.user_id).await?;
     Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success)))
+}
+
+/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`.
+pub async fn appservice_ping(
+    moss: Arc<Moss>,
+    req: Ruma<request_ping::v1::Request>,
+) -> HandlerResult<request_ping::v1::Request> {
+    let session = req.session()?;
+    let duration = moss.ping_appservice(session, &req.body.appservice_id, req.body.transaction_id.clone()).await?;
+    Ok(RumaResponse(request_ping::v1::Response::new(duration)))
 }

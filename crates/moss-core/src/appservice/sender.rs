@@ -32,13 +32,87 @@ const SCAN: i64 = 1000;
 const MAX_EVENTS: usize = 100;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// The client for application services: through the guard, any address (the operator wrote
+/// the URL), no redirects, `timeout` per request.
+fn service_client(timeout: Duration) -> Result<GuardedClient> {
+    let mut options = ClientOptions::new("application services");
+    options.redirects = RedirectRule::None;
+    options.total_timeout = Some(timeout);
+    options.connect_timeout = timeout.min(Duration::from_secs(10));
+    GuardedClient::new(Arc::new(AddressPolicy { deny: vec![], allow: vec![] }), options)
+}
+
 impl Moss {
+    /// `POST /_matrix/client/v1/appservice/{id}/ping`: the service asks the homeserver to call
+    /// its `POST /_matrix/app/v1/ping` and says how long the round trip took.
+    pub async fn ping_appservice(
+        &self,
+        session: &crate::accounts::Session,
+        appservice_id: &str,
+        transaction_id: Option<ruma::OwnedTransactionId>,
+    ) -> Result<Duration> {
+        use ruma::api::{appservice::ping::send_ping::v1::Request, error::ErrorKind};
+        let service = session
+            .appservice
+            .clone()
+            .filter(|s| s.id() == appservice_id)
+            .ok_or_else(|| Error::forbidden("only the application service itself may ping it"))?;
+        let url = service
+            .registration
+            .url
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::UrlNotSet, 400, "the application service has no url"))?;
+        let mut request = Request::new();
+        request.transaction_id = transaction_id;
+        let request = request
+            .try_into_http_request::<Vec<u8>>(url.trim_end_matches('/'), &service.registration.hs_token, ())
+            .map_err(|e| Error::internal(format!("building the ping: {e}")))?;
+        let (parts, body) = request.into_parts();
+        let started = std::time::Instant::now();
+        let sent = service_client(Duration::from_secs(15))?
+            .request(parts.method, &parts.uri.to_string())?
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await;
+        let res = match sent {
+            Ok(res) => res,
+            Err(e) if e.is_timeout() => {
+                return Err(Error::hidden(
+                    ErrorKind::ConnectionTimeout,
+                    504,
+                    "the application service did not answer in time",
+                    crate::net::error_chain(&e),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::hidden(
+                    ErrorKind::ConnectionFailed,
+                    502,
+                    "the application service could not be reached",
+                    crate::net::error_chain(&e),
+                ))
+            }
+        };
+        let duration = started.elapsed();
+        let status = res.status();
+        if !status.is_success() {
+            let body = crate::net::read_limited(res, 4096).await.ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let mut data = ruma::api::error::BadStatusErrorData::new();
+            data.status = Some(status);
+            data.body = body;
+            return Err(Error::new(
+                ErrorKind::BadStatus(data),
+                502,
+                format!("the application service answered {status}"),
+            ));
+        }
+        Ok(duration)
+    }
+
     /// Starts a delivery task for every service with a URL.
     pub(crate) fn spawn_appservice_senders(self: &Arc<Self>) {
-        let mut options = ClientOptions::new("application services");
-        options.redirects = RedirectRule::None;
-        options.total_timeout = Some(Duration::from_secs(60));
-        let client = match GuardedClient::new(Arc::new(AddressPolicy { deny: vec![], allow: vec![] }), options) {
+        let client = match service_client(Duration::from_secs(60)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("application services: {e}");

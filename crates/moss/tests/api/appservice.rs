@@ -14,7 +14,7 @@ use std::{
 use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
-    routing::put,
+    routing::{post, put},
     Json, Router,
 };
 use serde_json::{json, Value};
@@ -75,6 +75,9 @@ async fn a_service_acts_as_its_users_within_its_namespace() {
     // Without the service's token, that registration type is refused.
     let (st, _) = s.call("POST", "/_matrix/client/v3/register", None, Some(reg("irc_bob"))).await;
     assert!(st == 401 || st == 403, "{st}");
+
+    let (st, v) = call("POST", "/_matrix/client/v1/appservice/irc/ping".into(), Some(json!({}))).await;
+    assert_eq!((st, errcode(&v)), (400, "M_URL_NOT_SET"), "{v}");
 
     // People cannot take the namespace.
     let (st, v) = s
@@ -172,11 +175,14 @@ async fn a_service_acts_as_its_users_within_its_namespace() {
 
 /// One transaction as received: its id, the Authorization header, its events.
 type Received = (String, Option<String>, Vec<Value>);
+/// One ping as received: the Authorization header and the body.
+type Ping = (Option<String>, Value);
 
 /// A small application service: records every transaction; can fail.
 #[derive(Clone, Default)]
 struct Bridge {
     txns: Arc<Mutex<Vec<Received>>>,
+    pings: Arc<Mutex<Vec<Ping>>>,
     failing: Arc<AtomicBool>,
 }
 
@@ -194,10 +200,22 @@ async fn transaction(
     (StatusCode::OK, Json(json!({})))
 }
 
+async fn ping(State(b): State<Bridge>, headers: HeaderMap, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    b.pings.lock().unwrap().push((auth, body));
+    if b.failing.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"errcode": "M_UNKNOWN"})));
+    }
+    (StatusCode::OK, Json(json!({})))
+}
+
 impl Bridge {
     async fn start() -> (Bridge, SocketAddr) {
         let b = Bridge::default();
-        let app = Router::new().route("/_matrix/app/v1/transactions/{txn}", put(transaction)).with_state(b.clone());
+        let app = Router::new()
+            .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
+            .route("/_matrix/app/v1/ping", post(ping))
+            .with_state(b.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -262,6 +280,18 @@ async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_cr
     assert!(!delivered.iter().any(|(_, e)| e["content"]["body"] == "not for the bridge"), "{delivered:#?}");
     assert!(bridge.txns.lock().unwrap().iter().all(|(_, auth, _)| auth.as_deref() == Some("Bearer hs-token-irc")));
 
+    // Ping: the homeserver calls the bridge and times the round trip; only the service may ask.
+    let (st, v) =
+        s.call("POST", "/_matrix/client/v1/appservice/irc/ping", tok, Some(json!({"transaction_id": "p1"}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["duration_ms"].as_u64().is_some(), "{v}");
+    assert_eq!(
+        bridge.pings.lock().unwrap().last().cloned(),
+        Some((Some("Bearer hs-token-irc".to_owned()), json!({"transaction_id": "p1"})))
+    );
+    let (st, v) = s.call("POST", "/_matrix/client/v1/appservice/irc/ping", Some(&human.token), Some(json!({}))).await;
+    assert!(st == 401 || st == 403, "{st} {v}");
+
     // The bridge fails: the same transaction is retried; moss crashes meanwhile; after the
     // restart the same id carries the same events, then the rest follow in order.
     bridge.failing.store(true, Ordering::SeqCst);
@@ -279,6 +309,8 @@ async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_cr
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(failed_id, first);
+    let (st, v) = s.call("POST", "/_matrix/client/v1/appservice/irc/ping", tok, Some(json!({}))).await;
+    assert_eq!((st, errcode(&v)), (502, "M_BAD_STATUS"), "{v}");
     s.send_text(&human, &room, "during the outage 2").await;
     let mut s = s;
     s.kill9();
