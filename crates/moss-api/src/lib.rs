@@ -24,7 +24,7 @@ use tower_http::{
 };
 
 use crate::{
-    client::{account, keys, presence, relations, reporting, rooms, server, user},
+    client::{account, keys, presence, relations, reporting, rooms, server, thirdparty, user},
     error::ApiError,
     ruma_wrapper::RouterExt,
 };
@@ -176,7 +176,13 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(presence::get)
         .ruma(presence::set)
         .ruma(server::turn_server)
-        .ruma(server::thirdparty_protocols)
+        .ruma(thirdparty::protocols)
+        .ruma(thirdparty::protocol)
+        .ruma(thirdparty::location_for_protocol)
+        .ruma(thirdparty::location_for_alias)
+        .ruma(thirdparty::user_for_protocol)
+        .ruma(thirdparty::user_for_id)
+        .ruma(thirdparty::set_network_visibility)
         // directory
         .ruma(server::put_alias)
         .ruma(server::get_alias)

@@ -20,6 +20,9 @@ pub struct Config {
     pub registration: RegistrationMode,
     /// Enables Synapse's `/_synapse/admin/v1/register` for tooling such as `register_new_matrix_user`.
     pub registration_shared_secret: Option<String>,
+    /// The room version of new rooms (Synapse's `default_room_version`). "12" by default; some
+    /// bridges (mautrix-python ≤ 0.20) misjudge their power in v12 rooms and want "11" or "10".
+    pub default_room_version: String,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
@@ -41,6 +44,7 @@ impl Default for Config {
             public_baseurl: None,
             registration: RegistrationMode::Disabled,
             registration_shared_secret: None,
+            default_room_version: "12".into(),
             http: HttpConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),

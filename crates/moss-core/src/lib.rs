@@ -65,6 +65,12 @@ impl Moss {
     pub fn open(config: Config) -> Result<Arc<Moss>> {
         let server_name = ServerName::parse(&config.server_name)
             .map_err(|e| Error::internal(format!("server_name {:?} is invalid: {e}", config.server_name)))?;
+        if rooms::room_version(&config.default_room_version).is_none() {
+            return Err(Error::internal(format!(
+                "default_room_version {:?} is not supported",
+                config.default_room_version
+            )));
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let db = Db::open(

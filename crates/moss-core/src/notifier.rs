@@ -8,18 +8,31 @@ use std::{collections::HashMap, sync::Mutex};
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
-#[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    /// Counts every notification, for whoever watches all users at once (application services
+    /// that receive ephemeral data and device-list changes).
+    any: watch::Sender<u64>,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier { users: Mutex::default(), any: watch::channel(0).0 }
+    }
 }
 
 impl Notifier {
+    pub fn subscribe_all(&self) -> watch::Receiver<u64> {
+        self.any.subscribe()
+    }
+
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        self.any.send_modify(|v| *v += 1);
         let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
         for u in users {
             if let Some(tx) = map.get(u) {

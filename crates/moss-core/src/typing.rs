@@ -71,6 +71,23 @@ impl Typing {
         changed
     }
 
+    /// Every room whose typing changed after `since`, with who types there now.
+    pub fn rooms_changed_since(&self, since: u64) -> Vec<(OwnedRoomId, Vec<OwnedUserId>)> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = s
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.changed > since)
+            .map(|(room, r)| {
+                let mut users: Vec<_> = r.users.keys().cloned().collect();
+                users.sort();
+                (room.clone(), users)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The users typing in `room` if it changed after `since`.
     pub fn changed_since(&self, room: &RoomId, since: u64) -> Option<Vec<OwnedUserId>> {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -38,8 +38,12 @@ impl Moss {
     // ---- profile ----
 
     pub async fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
-        let row =
-            self.user(user).await?.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("profile not found"))?;
+        let mut row = self.user(user).await?;
+        // A bridge may create users of its namespace on demand.
+        if row.is_none() && user.server_name() == self.server_name && self.appservice_user_exists(user).await {
+            row = self.user(user).await?;
+        }
+        let row = row.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("profile not found"))?;
         Ok((row.displayname, row.avatar_url))
     }
 

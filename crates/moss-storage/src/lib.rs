@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_15_outbox_age.sql"),
     include_str!("schema_16_push.sql"),
     include_str!("schema_17_appservice.sql"),
+    include_str!("schema_18_appservice_ephemeral.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

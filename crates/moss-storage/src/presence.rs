@@ -24,7 +24,7 @@ pub struct ReportRow {
     pub received_ts: i64,
 }
 
-fn presence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PresenceRow> {
+pub(crate) fn presence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PresenceRow> {
     Ok(PresenceRow {
         user_id: r.get(0)?,
         state: r.get(1)?,

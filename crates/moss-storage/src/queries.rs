@@ -170,7 +170,7 @@ fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
 }
 const MEMBERSHIP_COLS: &str = "room_id, user_id, membership, event_id, stream, forgotten";
 
-fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
+pub(crate) fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
     Ok(ReceiptRow {
         room_id: r.get(0)?,
         user_id: r.get(1)?,
@@ -181,7 +181,7 @@ fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
         stream: r.get(6)?,
     })
 }
-const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
+pub(crate) const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
 
 impl Reader<'_> {
     pub(crate) fn collect<T>(

@@ -37,6 +37,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "public_baseurl",
     "registration",
     "registration_shared_secret",
+    "default_room_version",
     "http",
     "database",
     "auth",
@@ -109,6 +110,13 @@ pub fn check(config: &Config) -> Vec<String> {
             }
         }
     }
+    if moss_core::rooms::room_version(&config.default_room_version).is_none() {
+        problems.push(format!(
+            "default_room_version {:?} is not one this server supports ({})",
+            config.default_room_version,
+            moss_core::rooms::SUPPORTED_VERSIONS.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
     if let Err(e) = moss_core::appservice::AppServices::load(&config.appservice.config_files, &config.server_name) {
         problems.push(format!("appservice.config_files: {e}"));
     }
@@ -138,6 +146,9 @@ data_dir = "{data_dir}"
 registration = "disabled"
 # Enables Synapse's shared-secret registration (register_new_matrix_user, playbooks).
 # registration_shared_secret = "a long random string"
+# Room version of new rooms. Bridges built on mautrix-python 0.20 (heisenbridge 1.15) cannot set
+# state in version 12 rooms they create; "11" suits them.
+default_room_version = "12"
 
 [http]
 # Address of the client-server API listener.

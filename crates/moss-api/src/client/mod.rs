@@ -7,4 +7,5 @@ pub mod relations;
 pub mod reporting;
 pub mod rooms;
 pub mod server;
+pub mod thirdparty;
 pub mod user;

@@ -103,8 +103,10 @@ pub async fn send_message(
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
+    // Timestamp massaging is for application services; others' `ts` is ignored, as Synapse does.
+    let ts = req.body.timestamp.filter(|_| s.appservice.is_some()).map(|t| u64::from(t.get()));
     let id = moss
-        .send_message(&s.user_id, s.device_id.as_str(), &req.body.room_id, kind, req.body.txn_id.as_str(), content)
+        .send_message(&s.user_id, s.device_id.as_str(), &req.body.room_id, kind, req.body.txn_id.as_str(), content, ts)
         .await?;
     Ok(RumaResponse(send_message_event::v3::Response::new(id)))
 }
@@ -117,7 +119,8 @@ pub async fn send_state(
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = TimelineEventType::from(req.body.event_type.to_string());
-    let id = moss.send_state(&s.user_id, &req.body.room_id, kind, &req.body.state_key, content).await?;
+    let ts = req.body.timestamp.filter(|_| s.appservice.is_some()).map(|t| u64::from(t.get()));
+    let id = moss.send_state(&s.user_id, &req.body.room_id, kind, &req.body.state_key, content, ts).await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(id)))
 }
 

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{extract::State, Json};
 use moss_core::{
     accounts::Nonces,
-    rooms::{DEFAULT_VERSION, SUPPORTED_VERSIONS},
+    rooms::SUPPORTED_VERSIONS,
     sync::{SyncRequest, SyncToken},
     Moss,
 };
@@ -59,7 +59,7 @@ pub async fn capabilities(
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},
-            "m.room_versions": {"default": DEFAULT_VERSION.to_string(), "available": available},
+            "m.room_versions": {"default": moss.default_room_version().to_string(), "available": available},
             "m.set_displayname": {"enabled": true},
             "m.set_avatar_url": {"enabled": true},
             "m.3pid_changes": {"enabled": false},
@@ -129,7 +129,9 @@ pub async fn public_rooms(
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let page = match req.body.server.as_ref().filter(|s| **s != moss.server_name) {
         Some(server) => moss.remote_public_rooms(server, req.body.since.as_deref(), limit, None).await?,
-        None => moss.public_rooms(req.body.since.as_deref(), limit, None).await?,
+        None => {
+            moss.public_rooms(req.body.since.as_deref(), limit, None, &ruma::directory::RoomNetwork::Matrix).await?
+        }
     };
     let mut res = get_public_rooms::v3::Response::new(public_chunk(page.chunk));
     res.next_batch = page.next_batch;
@@ -146,7 +148,7 @@ pub async fn public_rooms_filtered(
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let page = match req.body.server.as_ref().filter(|s| **s != moss.server_name) {
         Some(server) => moss.remote_public_rooms(server, req.body.since.as_deref(), limit, term).await?,
-        None => moss.public_rooms(req.body.since.as_deref(), limit, term).await?,
+        None => moss.public_rooms(req.body.since.as_deref(), limit, term, &req.body.room_network).await?,
     };
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = public_chunk(page.chunk);
@@ -235,12 +237,4 @@ pub async fn turn_server(
     req: Ruma<ruma::api::client::voip::get_turn_server_info::v3::Request>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(moss.turn_server(&req.session()?.user_id)))
-}
-
-/// `GET /thirdparty/protocols`: no bridges (application services) are registered yet.
-pub async fn thirdparty_protocols(
-    _moss: Arc<Moss>,
-    _req: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({})))
 }

@@ -234,14 +234,29 @@ async fn public_rooms(
 ) -> Result<Json<Value>, ApiError> {
     let _ = signed.origin;
     let limit = q.get("limit").and_then(|l| l.parse().ok());
-    Ok(public_rooms_json(moss.public_rooms(q.get("since").map(String::as_str), limit, None).await?))
+    let network = room_network(
+        q.get("include_all_networks").is_some_and(|v| v == "true"),
+        q.get("third_party_instance_id").map(String::as_str),
+    );
+    Ok(public_rooms_json(moss.public_rooms(q.get("since").map(String::as_str), limit, None, &network).await?))
+}
+
+/// Which networks' rooms a directory query asks for (as the client-server `RoomNetwork`).
+fn room_network(all: bool, instance: Option<&str>) -> ruma::directory::RoomNetwork {
+    use ruma::directory::RoomNetwork;
+    match (all, instance) {
+        (true, _) => RoomNetwork::All,
+        (false, Some(i)) => RoomNetwork::ThirdParty(i.to_owned()),
+        (false, None) => RoomNetwork::Matrix,
+    }
 }
 
 async fn public_rooms_filtered(State(moss): State<Arc<Moss>>, signed: Signed) -> Result<Json<Value>, ApiError> {
     let v = json_body(&signed)?;
     let limit = v["limit"].as_u64().map(|l| l as usize);
     let term = v["filter"]["generic_search_term"].as_str().map(str::to_owned);
-    Ok(public_rooms_json(moss.public_rooms(v["since"].as_str(), limit, term).await?))
+    let network = room_network(v["include_all_networks"] == true, v["third_party_instance_id"].as_str());
+    Ok(public_rooms_json(moss.public_rooms(v["since"].as_str(), limit, term, &network).await?))
 }
 
 /// Notary: `GET /_matrix/key/v2/query/{serverName}` (no authentication, as the spec says).

@@ -16,6 +16,8 @@ use std::{
     sync::Arc,
 };
 
+mod batch;
+mod queries;
 pub(crate) mod sender;
 
 use regex::Regex;

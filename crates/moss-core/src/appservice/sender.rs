@@ -10,31 +10,27 @@
 //! the operator chose the URL), without redirects, 60 s each.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::{Arc, Weak},
     time::Duration,
 };
 
-use moss_storage::{AppserviceState, EventRow, Reader};
-use ruma::{api::OutgoingRequestExt, serde::Raw};
+use moss_storage::AppserviceState;
+use ruma::{api::OutgoingRequestExt, serde::Raw, OwnedDeviceId, OwnedUserId, UInt};
 use serde_json::Value;
 
-use super::AppService;
+use super::{batch, AppService};
 use crate::{
     error::Result,
     net::{AddressPolicy, ClientOptions, GuardedClient, RedirectRule},
-    rooms::read::client_event,
     Error, Moss,
 };
 
-/// Events looked at per round, and most events in one transaction.
-const SCAN: i64 = 1000;
-const MAX_EVENTS: usize = 100;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The client for application services: through the guard, any address (the operator wrote
 /// the URL), no redirects, `timeout` per request.
-fn service_client(timeout: Duration) -> Result<GuardedClient> {
+pub(super) fn service_client(timeout: Duration) -> Result<GuardedClient> {
     let mut options = ClientOptions::new("application services");
     options.redirects = RedirectRule::None;
     options.total_timeout = Some(timeout);
@@ -130,7 +126,7 @@ impl Moss {
 }
 
 async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) {
-    let mut wake = match moss.upgrade() {
+    let (mut wake, mut wake_all) = match moss.upgrade() {
         Some(m) => {
             let id = service.id().to_owned();
             if let Err(e) =
@@ -143,20 +139,28 @@ async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) 
                 tracing::error!(appservice = service.id(), "cannot start delivery: {e}");
                 return;
             }
-            m.appservices.wake.subscribe()
+            (m.appservices.wake.subscribe(), m.notifier.subscribe_all())
         }
         None => return,
     };
+    // Typing lives in memory: what this task last sent of it.
+    let mut typing_sent = 0;
+    let wants_all = service.receive_ephemeral || service.msc3202;
     let mut backoff = Duration::ZERO;
     loop {
         let Some(m) = moss.upgrade() else { return };
-        let outcome = round(&m, &service, &client).await;
+        let outcome = round(&m, &service, &client, &mut typing_sent).await;
         drop(m);
         match outcome {
             Ok(true) => backoff = Duration::ZERO,
             Ok(false) => {
                 backoff = Duration::ZERO;
-                let _ = tokio::time::timeout(Duration::from_secs(5), wake.changed()).await;
+                let idle = tokio::time::sleep(Duration::from_secs(5));
+                tokio::select! {
+                    _ = wake.changed() => {}
+                    _ = wake_all.changed(), if wants_all => {}
+                    _ = idle => {}
+                }
             }
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
@@ -167,71 +171,94 @@ async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) 
     }
 }
 
-/// One transaction (or a skip over events of no interest); true if there may be more.
-async fn round(moss: &Arc<Moss>, service: &Arc<AppService>, client: &GuardedClient) -> Result<bool> {
+/// One transaction (or a skip over a stretch of no interest); true if there may be more.
+async fn round(
+    moss: &Arc<Moss>,
+    service: &Arc<AppService>,
+    client: &GuardedClient,
+    typing_sent: &mut u64,
+) -> Result<bool> {
     let (id, s) = (service.id().to_owned(), service.clone());
-    let (state, upto, events, full) = moss
+    let typing_serial = moss.typing.serial();
+    let typing = if service.receive_ephemeral && typing_serial > *typing_sent {
+        moss.typing.rooms_changed_since(*typing_sent)
+    } else {
+        Vec::new()
+    };
+    let (state, batch) = moss
         .db
         .read(move |r| {
             let state = r.appservice_state(&id)?.ok_or_else(|| Error::internal("no appservice state"))?;
-            let rows = r.events_after(state.last_stream, SCAN)?;
-            let full = rows.len() as i64 == SCAN;
-            let mut rooms = HashMap::new();
-            let mut events = Vec::new();
-            let mut upto = rows.last().map_or(state.last_stream, |e| e.stream);
-            for row in &rows {
-                if state.pending_upto.is_some_and(|p| row.stream > p) {
-                    break;
-                }
-                if interested(r, &s, row, &mut rooms)? {
-                    events.push(client_event(row, "", None)?);
-                    if events.len() == MAX_EVENTS && state.pending_upto.is_none() {
-                        upto = row.stream;
-                        break;
-                    }
-                }
-            }
-            if let Some(p) = state.pending_upto {
-                upto = p;
-            }
-            Ok::<_, Error>((state, upto, events, full))
+            let batch = batch::collect(r, &s, &state, &typing)?;
+            Ok::<_, Error>((state, batch))
         })
         .await?;
     let id = service.id().to_owned();
-    if events.is_empty() {
-        if upto > state.last_stream {
-            let next = AppserviceState { last_stream: upto, txn_id: state.txn_id, pending_upto: None };
+    if batch.is_empty() {
+        *typing_sent = typing_serial;
+        if batch.upto > state.last_stream {
+            let next = AppserviceState { last_stream: batch.upto, txn_id: state.txn_id, pending_upto: None };
             moss.db.write(move |w| Ok::<_, Error>(w.set_appservice_state(&id, &next)?)).await?;
         }
-        return Ok(full);
+        return Ok(batch.more);
     }
     let txn_id = match state.pending_upto {
         Some(_) => state.txn_id,
         None => {
-            let pending =
-                AppserviceState { last_stream: state.last_stream, txn_id: state.txn_id + 1, pending_upto: Some(upto) };
+            let pending = AppserviceState {
+                last_stream: state.last_stream,
+                txn_id: state.txn_id + 1,
+                pending_upto: Some(batch.upto),
+            };
             let i = id.clone();
             moss.db.write(move |w| Ok::<_, Error>(w.set_appservice_state(&i, &pending)?)).await?;
             state.txn_id + 1
         }
     };
-    send(service, client, txn_id, events).await?;
+    let (upto, taken) = (batch.upto, batch.to_device_taken.clone());
+    send(service, client, txn_id, batch).await?;
+    *typing_sent = typing_serial;
     let done = AppserviceState { last_stream: upto, txn_id, pending_upto: None };
-    moss.db.write(move |w| Ok::<_, Error>(w.set_appservice_state(&id, &done)?)).await?;
+    moss.db
+        .write(move |w| {
+            w.set_appservice_state(&id, &done)?;
+            for ((user, device), stream) in &taken {
+                w.delete_to_device_upto(user, device, *stream)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await?;
     Ok(true)
 }
 
-async fn send(service: &AppService, client: &GuardedClient, txn_id: i64, events: Vec<Value>) -> Result<()> {
-    use ruma::api::appservice::event::push_events::v1::Request;
+async fn send(service: &AppService, client: &GuardedClient, txn_id: i64, batch: batch::Batch) -> Result<()> {
+    use ruma::api::appservice::event::push_events::v1::{DeviceLists, Request};
     let url = service.registration.url.as_deref().unwrap_or_default().trim_end_matches('/').to_owned();
-    let events = events
-        .iter()
-        .map(|e| Ok(Raw::from_json(serde_json::value::to_raw_value(e)?)))
-        .collect::<std::result::Result<Vec<_>, serde_json::Error>>()?;
-    let request = Request::new(txn_id.to_string().into(), events)
+    let events = batch.events.iter().map(raw).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut request = Request::new(txn_id.to_string().into(), events);
+    request.ephemeral = batch.ephemeral.iter().map(raw).collect::<std::result::Result<Vec<_>, _>>()?;
+    request.to_device = batch.to_device.into_iter().map(Raw::from_json).collect();
+    let mut lists = DeviceLists::new();
+    lists.changed = batch.changed.iter().filter_map(|u| u.parse().ok()).collect();
+    lists.left = batch.left.iter().filter_map(|u| u.parse().ok()).collect();
+    request.device_lists = lists;
+    request.device_one_time_keys_count = typed_per_device(batch.otk_counts, |counts| {
+        counts.into_iter().map(|(alg, n)| (alg.as_str().into(), UInt::new_saturating(n))).collect()
+    });
+    request.device_unused_fallback_key_types =
+        typed_per_device(batch.fallback_types, |types| types.iter().map(|t| t.as_str().into()).collect());
+    let request = request
         .try_into_http_request::<Vec<u8>>(&url, &service.registration.hs_token, ())
         .map_err(|e| Error::internal(format!("building the transaction: {e}")))?;
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
+    if !batch.ephemeral.is_empty() {
+        // Bridges written before MSC2409 was merged (v1.13) read the unstable key.
+        let mut map: serde_json::Map<String, Value> = serde_json::from_slice(&body)?;
+        if let Some(e) = map.get("ephemeral").cloned() {
+            map.insert("de.sorunome.msc2409.ephemeral".into(), e);
+        }
+        body = serde_json::to_vec(&map)?;
+    }
     let res = client
         .request(parts.method, &parts.uri.to_string())?
         .headers(parts.headers)
@@ -245,31 +272,19 @@ async fn send(service: &AppService, client: &GuardedClient, txn_id: i64, events:
     Ok(())
 }
 
-/// Per round: a room's joined members and aliases, read once.
-struct RoomFacts {
-    members: Vec<String>,
-    aliases: Vec<String>,
+fn raw<T>(v: &Value) -> serde_json::Result<Raw<T>> {
+    serde_json::value::to_raw_value(v).map(Raw::from_json)
 }
 
-fn interested(r: &Reader<'_>, s: &AppService, row: &EventRow, rooms: &mut HashMap<String, RoomFacts>) -> Result<bool> {
-    if s.owns_user(&row.sender)
-        || row.kind == "m.room.member" && row.state_key.as_deref().is_some_and(|k| s.owns_user(k))
-    {
-        return Ok(true);
-    }
-    if s.owns_room(&row.room_id) {
-        return Ok(true);
-    }
-    if !rooms.contains_key(&row.room_id) {
-        let members = r.joined_members_since(&row.room_id)?.into_iter().map(|(u, _)| u).collect();
-        let aliases = r.room_aliases(&row.room_id)?;
-        rooms.insert(row.room_id.clone(), RoomFacts { members, aliases });
-    }
-    let facts = rooms.get(&row.room_id).ok_or_else(|| Error::internal("room facts"))?;
-    let hit = facts.members.iter().any(|m| s.owns_user(m)) || facts.aliases.iter().any(|a| s.owns_alias(a));
-    // A membership change may change who is in the room for the events after it.
-    if row.kind == "m.room.member" {
-        rooms.remove(&row.room_id);
-    }
-    Ok(hit)
+/// Per-user, per-device maps keyed by strings, as ruma's typed ids (invalid ids dropped).
+fn typed_per_device<T, U>(
+    map: batch::PerDevice<T>,
+    f: impl Fn(T) -> U,
+) -> BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, U>> {
+    map.into_iter()
+        .filter_map(|(user, devices)| {
+            let user: OwnedUserId = user.parse().ok()?;
+            Some((user, devices.into_iter().map(|(d, v)| (OwnedDeviceId::from(d), f(v))).collect()))
+        })
+        .collect()
 }

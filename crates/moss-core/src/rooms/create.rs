@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     timeline::{append, rules_for, NewPdu},
-    DEFAULT_VERSION, SUPPORTED_VERSIONS,
+    SUPPORTED_VERSIONS,
 };
 use crate::{
     error::{Error, Result},
@@ -38,7 +38,7 @@ pub struct CreateRoom {
 
 impl Moss {
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
-        let version = req.room_version.clone().unwrap_or(DEFAULT_VERSION);
+        let version = req.room_version.clone().unwrap_or_else(|| self.default_room_version());
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(Error::new(
                 ErrorKind::UnsupportedRoomVersion,

@@ -1,6 +1,9 @@
 //! Room aliases, the public room directory and the user directory.
 
-use ruma::{api::error::ErrorKind, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, ServerName, UserId};
+use ruma::{
+    api::error::ErrorKind, directory::RoomNetwork, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, ServerName,
+    UserId,
+};
 use serde_json::{json, Value};
 
 use super::{power_levels, room_info, visibility::world_readable};
@@ -48,7 +51,12 @@ impl Moss {
             return Ok((room, servers));
         }
         let a = alias.to_string();
-        let found = self.db.read(move |r| Ok::<_, Error>(r.alias(&a)?)).await?;
+        let mut found = self.db.read(move |r| Ok::<_, Error>(r.alias(&a)?)).await?;
+        // A bridge may create rooms for aliases of its namespace on demand.
+        if found.is_none() && self.appservice_alias_exists(alias).await {
+            let a = alias.to_string();
+            found = self.db.read(move |r| Ok::<_, Error>(r.alias(&a)?)).await?;
+        }
         let (room, _) = found.ok_or_else(|| Error::not_found("room alias not found"))?;
         Ok((RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?, vec![self.server_name.clone()]))
     }
@@ -188,11 +196,36 @@ impl Moss {
             .await
     }
 
+    /// Publishes (or withdraws) a room in one of a bridge's networks' room lists
+    /// (`PUT /directory/list/appservice/{networkId}/{roomId}`): only the bridge itself may.
+    pub async fn set_network_room(
+        &self,
+        session: &crate::accounts::Session,
+        network_id: &str,
+        room_id: &RoomId,
+        published: bool,
+    ) -> Result<()> {
+        let service = session
+            .appservice
+            .clone()
+            .ok_or_else(|| Error::forbidden("only application services may edit their networks' room lists"))?;
+        let (id, net, room) = (service.id().to_owned(), network_id.to_owned(), room_id.to_string());
+        self.db
+            .write(move |w| {
+                if w.room(&room)?.is_none() {
+                    return Err(Error::not_found("unknown room"));
+                }
+                Ok(w.set_network_room(&id, &net, &room, published)?)
+            })
+            .await
+    }
+
     pub async fn public_rooms(
         &self,
         since: Option<&str>,
         limit: Option<usize>,
         search: Option<String>,
+        network: &RoomNetwork,
     ) -> Result<PublicRoomsPage> {
         let offset = match since {
             Some(s) => s
@@ -202,11 +235,30 @@ impl Moss {
             None => 0,
         };
         let search = search.map(|s| s.to_lowercase());
+        let network = network.clone();
         let mut rooms = self
             .db
             .read(move |r| {
                 let mut out = Vec::new();
-                for room in r.published_rooms()? {
+                let rooms = match &network {
+                    RoomNetwork::Matrix => r.published_rooms()?,
+                    RoomNetwork::All => {
+                        let mut all = r.published_rooms()?;
+                        for room in r.network_rooms(None)? {
+                            if !all.contains(&room) {
+                                all.push(room);
+                            }
+                        }
+                        all
+                    }
+                    // `instance_id` as /thirdparty/protocols gives it: "{service id}|{network id}".
+                    RoomNetwork::ThirdParty(instance) => match instance.split_once('|') {
+                        Some((service, net)) => r.network_rooms(Some((service, net)))?,
+                        None => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                };
+                for room in rooms {
                     let entry = room_chunk(r, &room)?;
                     if let Some(term) = &search {
                         let hit = ["name", "topic", "canonical_alias"]

@@ -58,6 +58,18 @@ pub(crate) fn is_resident(r: &Reader<'_>, room: &str, server: &ruma::ServerName)
 pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
 pub const DEFAULT_VERSION: RoomVersionId = RoomVersionId::V12;
 
+/// One of [`SUPPORTED_VERSIONS`] by its name.
+pub fn room_version(name: &str) -> Option<RoomVersionId> {
+    SUPPORTED_VERSIONS.iter().find(|v| v.as_str() == name).cloned()
+}
+
+impl Moss {
+    /// The version of new rooms (`default_room_version`).
+    pub fn default_room_version(&self) -> RoomVersionId {
+        room_version(&self.config.default_room_version).unwrap_or(DEFAULT_VERSION)
+    }
+}
+
 /// The room row plus its version's rules.
 pub struct RoomInfo {
     pub row: RoomRow,
@@ -178,7 +190,9 @@ impl Moss {
         self.notifier.notify(users.iter().map(|u| u.as_ref()));
     }
 
-    /// Sends a message-like event; idempotent per (device, transaction id).
+    /// Sends a message-like event; idempotent per (device, transaction id). `ts` is an
+    /// application service's chosen timestamp (the caller checks who may).
+    #[allow(clippy::too_many_arguments)]
     pub async fn send_message(
         &self,
         sender: &UserId,
@@ -187,6 +201,7 @@ impl Moss {
         kind: TimelineEventType,
         txn_id: &str,
         content: Value,
+        ts: Option<u64>,
     ) -> Result<OwnedEventId> {
         if kind == TimelineEventType::RoomRedaction {
             return Err(Error::forbidden("use the /redact endpoint to redact events"));
@@ -194,7 +209,8 @@ impl Moss {
         self.require_joined(sender, room_id).await?;
         self.note_user_action(sender).await;
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
-        Ok(self.append_event(room_id, sender, NewPdu::message(kind, content), txn).await?.pdu.event_id)
+        let new = NewPdu { ts, ..NewPdu::message(kind, content) };
+        Ok(self.append_event(room_id, sender, new, txn).await?.pdu.event_id)
     }
 
     /// Sets a state event. Membership changes must go through the membership endpoints.
@@ -205,6 +221,7 @@ impl Moss {
         kind: TimelineEventType,
         state_key: &str,
         content: Value,
+        ts: Option<u64>,
     ) -> Result<OwnedEventId> {
         match kind {
             TimelineEventType::RoomMember if state_key != sender.as_str() => {
@@ -216,7 +233,8 @@ impl Moss {
         }
         self.require_joined(sender, room_id).await?;
         self.note_user_action(sender).await;
-        Ok(self.append_event(room_id, sender, NewPdu::state(kind, state_key, content), None).await?.pdu.event_id)
+        let new = NewPdu { ts, ..NewPdu::state(kind, state_key, content) };
+        Ok(self.append_event(room_id, sender, new, None).await?.pdu.event_id)
     }
 
     /// Redacts an event the sender wrote, or any event if they hold the redact power level.
@@ -255,6 +273,7 @@ impl Moss {
             content,
             state_key: None,
             redacts: Some(event_id.to_owned()),
+            ts: None,
         };
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
         Ok(self.append_event(room_id, sender, new, txn).await?.pdu.event_id)

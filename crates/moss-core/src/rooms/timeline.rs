@@ -27,14 +27,16 @@ pub struct NewPdu {
     pub content: Value,
     pub state_key: Option<String>,
     pub redacts: Option<OwnedEventId>,
+    /// `origin_server_ts` chosen by an application service (`ts=`, timestamp massaging).
+    pub ts: Option<u64>,
 }
 
 impl NewPdu {
     pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
-        NewPdu { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        NewPdu { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, ts: None }
     }
     pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
-        NewPdu { kind: kind.into(), content, state_key: None, redacts: None }
+        NewPdu { kind: kind.into(), content, state_key: None, redacts: None, ts: None }
     }
 }
 
@@ -197,7 +199,7 @@ pub(crate) fn template(
         "auth_events": auth_events,
         "content": new.content,
         "depth": depth,
-        "origin_server_ts": now,
+        "origin_server_ts": new.ts.unwrap_or(now),
         "prev_events": extremities,
         "sender": sender,
         "type": new.kind,

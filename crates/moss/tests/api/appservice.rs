@@ -3,6 +3,7 @@
 //! exclusive namespaces, rate-limit exemption).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -12,9 +13,9 @@ use std::{
 };
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
-    routing::{post, put},
+    routing::{get, post, put},
     Json, Router,
 };
 use serde_json::{json, Value};
@@ -182,6 +183,11 @@ type Ping = (Option<String>, Value);
 #[derive(Clone, Default)]
 struct Bridge {
     txns: Arc<Mutex<Vec<Received>>>,
+    /// Whole transaction bodies, in arrival order.
+    bodies: Arc<Mutex<Vec<Value>>>,
+    /// moss's base URL, for the query handlers that create what they are asked about.
+    moss: Arc<Mutex<Option<String>>>,
+    queries: Arc<Mutex<Vec<String>>>,
     pings: Arc<Mutex<Vec<Ping>>>,
     failing: Arc<AtomicBool>,
 }
@@ -194,6 +200,7 @@ async fn transaction(
 ) -> (StatusCode, Json<Value>) {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     b.txns.lock().unwrap().push((txn, auth, body["events"].as_array().cloned().unwrap_or_default()));
+    b.bodies.lock().unwrap().push(body);
     if b.failing.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
     }
@@ -209,12 +216,119 @@ async fn ping(State(b): State<Bridge>, headers: HeaderMap, Json(body): Json<Valu
     (StatusCode::OK, Json(json!({})))
 }
 
+fn hs_token_ok(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer hs-token-irc")
+}
+
+/// `@irc_new` and `#irc_new` are created on demand (as a bridge does); everything else is unknown.
+async fn query_user(
+    State(b): State<Bridge>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    b.queries.lock().unwrap().push(format!("user {user}"));
+    if !hs_token_ok(&headers) || user != "@irc_new:localhost" {
+        return (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"})));
+    }
+    let base = b.moss.lock().unwrap().clone().unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .bearer_auth("as-token-irc")
+        .json(&json!({"type": "m.login.application_service", "username": "irc_new", "inhibit_login": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    (StatusCode::OK, Json(json!({})))
+}
+
+async fn query_alias(
+    State(b): State<Bridge>,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    b.queries.lock().unwrap().push(format!("alias {alias}"));
+    if !hs_token_ok(&headers) || alias != "#irc_new:localhost" {
+        return (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"})));
+    }
+    let base = b.moss.lock().unwrap().clone().unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/createRoom"))
+        .bearer_auth("as-token-irc")
+        .json(&json!({"room_alias_name": "irc_new", "preset": "public_chat"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    (StatusCode::OK, Json(json!({})))
+}
+
+async fn tp_protocol(Path(p): Path<String>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+    if !hs_token_ok(&headers) || p != "irc" {
+        return (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"})));
+    }
+    (
+        StatusCode::OK,
+        Json(json!({
+            "user_fields": ["network", "nickname"],
+            "location_fields": ["network", "channel"],
+            "icon": "mxc://localhost/irc",
+            "field_types": {
+                "network": {"regexp": "([a-z0-9]+\\.)*[a-z0-9]+", "placeholder": "irc.libera.chat"},
+                "channel": {"regexp": "#[^\\s]+", "placeholder": "#foobar"},
+                "nickname": {"regexp": "[^\\s#]+", "placeholder": "username"},
+            },
+            "instances": [{"network_id": "libera", "desc": "Libera", "fields": {"network": "irc.libera.chat"}}],
+        })),
+    )
+}
+
+fn location(channel: &str) -> Value {
+    json!({"alias": "#irc_new:localhost", "protocol": "irc", "fields": {"network": "irc.libera.chat", "channel": channel}})
+}
+
+fn irc_user(nick: &str) -> Value {
+    json!({"userid": format!("@irc_{nick}:localhost"), "protocol": "irc", "fields": {"network": "irc.libera.chat", "nickname": nick}})
+}
+
+async fn tp_location(Path(p): Path<String>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let channel = q.get("channel").cloned().unwrap_or_default();
+    // One result that is not for the asked protocol: moss drops it.
+    Json(json!([location(&channel), {"alias": "#x:localhost", "protocol": format!("not-{p}"), "fields": {}}]))
+}
+
+async fn tp_location_by_alias(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    Json(if q.get("alias").map(String::as_str) == Some("#irc_new:localhost") {
+        json!([location("#new")])
+    } else {
+        json!([])
+    })
+}
+
+async fn tp_user(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    Json(json!([irc_user(q.get("nickname").map(String::as_str).unwrap_or("x"))]))
+}
+
+async fn tp_user_by_id(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    Json(match q.get("userid").and_then(|u| u.strip_prefix("@irc_")).and_then(|u| u.strip_suffix(":localhost")) {
+        Some(nick) => json!([irc_user(nick)]),
+        None => json!([]),
+    })
+}
+
 impl Bridge {
     async fn start() -> (Bridge, SocketAddr) {
         let b = Bridge::default();
         let app = Router::new()
             .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
             .route("/_matrix/app/v1/ping", post(ping))
+            .route("/_matrix/app/v1/users/{user}", get(query_user))
+            .route("/_matrix/app/v1/rooms/{alias}", get(query_alias))
+            .route("/_matrix/app/v1/thirdparty/protocol/{p}", get(tp_protocol))
+            .route("/_matrix/app/v1/thirdparty/location/{p}", get(tp_location))
+            .route("/_matrix/app/v1/thirdparty/location", get(tp_location_by_alias))
+            .route("/_matrix/app/v1/thirdparty/user/{p}", get(tp_user))
+            .route("/_matrix/app/v1/thirdparty/user", get(tp_user_by_id))
             .with_state(b.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -272,6 +386,9 @@ async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_cr
         s.call("POST", &format!("/_matrix/client/v3/join/{}?{as_alice}", enc(&room)), tok, Some(json!({}))).await;
     assert_eq!(st, 200, "{v}");
     s.send_text(&human, &elsewhere, "not for the bridge").await;
+    let typing = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&human.id));
+    let (st, _) = s.put(&typing, &human, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(st, 200);
     s.send_text(&human, &room, "hello IRC").await;
     let first = bridge.wait_for_body("hello IRC").await;
     // The join of its user came first; nothing from the room it is not in; the hs_token is sent.
@@ -330,4 +447,335 @@ async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_cr
     assert!(pos("during the outage 1") < pos("during the outage 2"));
     assert!(pos("during the outage 2") < pos("after the restart"));
     assert_eq!(bodies.iter().filter(|b| *b == "during the outage 2").count(), 1, "each event once: {bodies:?}");
+    // This service did not ask for ephemeral data (no `receive_ephemeral`): none was sent.
+    let all = bridge.bodies.lock().unwrap().clone();
+    assert!(
+        all.iter().all(|b| b.get("ephemeral").is_none() && b.get("de.sorunome.msc2409.to_device").is_none()),
+        "{all:#?}"
+    );
+}
+
+/// A registration that asks for everything: ephemeral data and to-device messages (MSC2409),
+/// device lists and key counts (MSC3202), and an IRC protocol.
+fn full_registration(addr: SocketAddr) -> String {
+    REGISTRATION.replace("url: null", &format!("url: http://{addr}"))
+        + "receive_ephemeral: true\norg.matrix.msc3202: true\nprotocols: [irc]\n"
+}
+
+impl Bridge {
+    /// Waits for a transaction body that satisfies `pred`, and returns it.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(b) = self.bodies.lock().unwrap().iter().find(|b| pred(b)) {
+                return b.clone();
+            }
+            assert!(Instant::now() < deadline, "{what} never reached the bridge: {:#?}", self.bodies.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn has(list: &Value, pred: impl Fn(&Value) -> bool) -> bool {
+    list.as_array().is_some_and(|l| l.iter().any(pred))
+}
+
+#[tokio::test]
+async fn ephemeral_data_to_device_messages_and_device_lists_reach_a_service_that_asks() {
+    let (bridge, addr) = Bridge::start().await;
+    let s = server_with_registration(&full_registration(addr), false).await;
+    let tok = Some("as-token-irc");
+    let as_alice = format!("user_id={}", enc("@irc_alice:localhost"));
+    let login =
+        json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "irc_alice"}});
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            tok,
+            Some(json!({"type": "m.login.application_service", "username": "irc_alice", "inhibit_login": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.call("POST", "/_matrix/client/v3/login", tok, Some(login)).await;
+    assert_eq!(st, 200, "{v}");
+    let alice_device = v["device_id"].as_str().unwrap().to_owned();
+    let human = s.register("dave").await;
+    let outsider = s.register("erin").await;
+    let room = s.create_room(&human, json!({"preset": "public_chat"})).await;
+    let (st, v) =
+        s.call("POST", &format!("/_matrix/client/v3/join/{}?{as_alice}", enc(&room)), tok, Some(json!({}))).await;
+    assert_eq!(st, 200, "{v}");
+    let other_room = s.create_room(&outsider, json!({"preset": "public_chat"})).await;
+
+    // Typing in the bridged room reaches it; typing elsewhere does not.
+    let typing = |user: &str, r: &str| format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(r), enc(user));
+    let (st, _) = s.put(&typing(&outsider.id, &other_room), &outsider, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.put(&typing(&human.id, &room), &human, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(st, 200);
+    let body = bridge
+        .wait_for("typing", |b| {
+            has(&b["ephemeral"], |e| e["type"] == "m.typing" && has(&e["content"]["user_ids"], |u| *u == human.id))
+        })
+        .await;
+    assert_eq!(body["ephemeral"], body["de.sorunome.msc2409.ephemeral"], "the unstable key too: {body}");
+    let typing_event = body["ephemeral"].as_array().unwrap().iter().find(|e| e["type"] == "m.typing").unwrap();
+    assert_eq!(typing_event["room_id"], json!(room));
+
+    // A public read receipt reaches it, a private one does not.
+    let event = s.send_text(&human, &room, "read me").await;
+    let receipt = |kind: &str| format!("/_matrix/client/v3/rooms/{}/receipt/{kind}/{}", enc(&room), enc(&event));
+    let (st, _) = s.call("POST", &receipt("m.read.private"), Some(&human.token), Some(json!({}))).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.call("POST", &receipt("m.read"), Some(&human.token), Some(json!({}))).await;
+    assert_eq!(st, 200);
+    let body = bridge
+        .wait_for("the receipt", |b| {
+            has(&b["ephemeral"], |e| e["type"] == "m.receipt" && !e["content"][&event]["m.read"][&human.id].is_null())
+        })
+        .await;
+    assert!(
+        !bridge
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| has(&b["ephemeral"], |e| !e["content"][&event]["m.read.private"].is_null())),
+        "private receipts stay private: {body}"
+    );
+
+    // Presence of someone sharing the room.
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&human.id)),
+            &human,
+            json!({"presence": "online", "status_msg": "on IRC"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    bridge
+        .wait_for("presence", |b| {
+            has(&b["ephemeral"], |e| {
+                e["type"] == "m.presence" && e["sender"] == human.id && e["content"]["status_msg"] == "on IRC"
+            })
+        })
+        .await;
+
+    // MSC3202: the bridge's device has one-time keys (uploaded by the service as that device);
+    // a to-device message to it arrives with its key counts.
+    let as_device = format!("{as_alice}&device_id={}", enc(&alice_device));
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/keys/upload?{as_device}"),
+            tok,
+            Some(json!({"one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "k1", "signatures": {}}, "signed_curve25519:AAAAAg": {"key": "k2", "signatures": {}}}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.bridge.test/t1",
+            &human,
+            json!({"messages": {"@irc_alice:localhost": {alice_device.as_str(): {"hello": "device"}}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let body = bridge
+        .wait_for("the to-device message", |b| {
+            has(&b["de.sorunome.msc2409.to_device"], |m| m["type"] == "m.bridge.test")
+        })
+        .await;
+    let message = body["de.sorunome.msc2409.to_device"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "m.bridge.test")
+        .unwrap();
+    assert_eq!(
+        (
+            message["sender"].as_str(),
+            message["to_user_id"].as_str(),
+            message["to_device_id"].as_str(),
+            &message["content"]
+        ),
+        (
+            Some(human.id.as_str()),
+            Some("@irc_alice:localhost"),
+            Some(alice_device.as_str()),
+            &json!({"hello": "device"})
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        body["org.matrix.msc3202.device_one_time_keys_count"]["@irc_alice:localhost"][&alice_device]
+            ["signed_curve25519"],
+        json!(2),
+        "{body}"
+    );
+
+    // A device list change of a user sharing a room, and a user who leaves the only shared room.
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&human.token),
+            Some(json!({"device_keys": crate::e2ee::device_keys(&human, &crate::e2ee::Key::new(Some(&human.device)))})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    bridge
+        .wait_for("the device list change", |b| {
+            has(&b["org.matrix.msc3202.device_lists"]["changed"], |u| *u == human.id)
+        })
+        .await;
+    let (st, _) = s
+        .call("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&outsider.token), Some(json!({})))
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .call("POST", &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(&outsider.token), Some(json!({})))
+        .await;
+    assert_eq!(st, 200);
+    bridge.wait_for("the leave", |b| has(&b["org.matrix.msc3202.device_lists"]["left"], |u| *u == outsider.id)).await;
+    // Nothing was sent twice under different ids, and the outsider's typing never arrived.
+    assert!(!bridge.bodies.lock().unwrap().iter().any(|b| has(&b["ephemeral"], |e| e["room_id"] == json!(other_room))));
+}
+
+#[tokio::test]
+async fn queries_third_party_networks_and_timestamps() {
+    let (bridge, addr) = Bridge::start().await;
+    let s = server_with_registration(&full_registration(addr), false).await;
+    *bridge.moss.lock().unwrap() = Some(s.base.clone());
+    let tok = Some("as-token-irc");
+    let human = s.register("dave").await;
+    let get = |path: String, token: Option<&'static str>| {
+        let s = &s;
+        let t = token.map(str::to_owned).unwrap_or_else(|| human.token.clone());
+        async move { s.call("GET", &path, Some(&t), None).await }
+    };
+
+    // A user or alias of the namespace that does not exist yet is asked of the bridge, which
+    // creates it; one the bridge does not know stays unknown; outside the namespace nobody is asked.
+    let (st, v) = get(format!("/_matrix/client/v3/profile/{}", enc("@irc_new:localhost")), None).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = get(format!("/_matrix/client/v3/profile/{}", enc("@irc_nobody:localhost")), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = get(format!("/_matrix/client/v3/profile/{}", enc("@zed:localhost")), None).await;
+    assert_eq!(st, 404);
+    let (st, v) = get(format!("/_matrix/client/v3/directory/room/{}", enc("#irc_new:localhost")), None).await;
+    assert_eq!(st, 200, "{v}");
+    let bridged_room = v["room_id"].as_str().unwrap().to_owned();
+    let (st, _) = get(format!("/_matrix/client/v3/directory/room/{}", enc("#irc_gone:localhost")), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = get(format!("/_matrix/client/v3/directory/room/{}", enc("#general:localhost")), None).await;
+    assert_eq!(st, 404);
+    let queries = bridge.queries.lock().unwrap().clone();
+    assert_eq!(
+        queries,
+        [
+            "user @irc_new:localhost",
+            "user @irc_nobody:localhost",
+            "alias #irc_new:localhost",
+            "alias #irc_gone:localhost"
+        ],
+    );
+
+    // Third-party networks, answered by asking the bridge.
+    let (st, v) = get("/_matrix/client/v3/thirdparty/protocols".into(), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["irc"]["instances"][0]["instance_id"], "irc|libera", "{v}");
+    assert_eq!(v["irc"]["location_fields"], json!(["network", "channel"]));
+    let (st, v) = get("/_matrix/client/v3/thirdparty/protocol/irc".into(), None).await;
+    assert_eq!((st, &v["instances"][0]["network_id"]), (200, &json!("libera")), "{v}");
+    let (st, v) = get("/_matrix/client/v3/thirdparty/protocol/xmpp".into(), None).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"), "{v}");
+    let (st, v) = get(format!("/_matrix/client/v3/thirdparty/location/irc?channel={}", enc("#rust")), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!([location("#rust")]), "the result for another protocol is dropped");
+    let (st, v) =
+        get(format!("/_matrix/client/v3/thirdparty/location?alias={}", enc("#irc_new:localhost")), None).await;
+    assert_eq!((st, v), (200, json!([location("#new")])));
+    let (st, v) = get("/_matrix/client/v3/thirdparty/user/irc?nickname=bob".into(), None).await;
+    assert_eq!((st, v), (200, json!([irc_user("bob")])));
+    let (st, v) = get(format!("/_matrix/client/v3/thirdparty/user?userid={}", enc("@irc_bob:localhost")), None).await;
+    assert_eq!((st, v), (200, json!([irc_user("bob")])));
+    let (st, _) = s.call("GET", "/_matrix/client/v3/thirdparty/protocols", None, None).await;
+    assert_eq!(st, 401);
+
+    // The bridge's own room list per network.
+    let list = format!("/_matrix/client/v3/directory/list/appservice/libera/{}", enc(&bridged_room));
+    let (st, v) = s.put(&list, &human, json!({"visibility": "public"})).await;
+    assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"), "only the service's token: {v}");
+    let (st, v) = s.call("PUT", &list, tok, Some(json!({"visibility": "public"}))).await;
+    assert_eq!(st, 200, "{v}");
+    let rooms = |filter: Value| {
+        let s = &s;
+        let t = human.token.clone();
+        async move {
+            let (st, v) = s.call("POST", "/_matrix/client/v3/publicRooms", Some(&t), Some(filter)).await;
+            assert_eq!(st, 200, "{v}");
+            v["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert!(rooms(json!({"third_party_instance_id": "irc|libera"})).await.contains(&bridged_room));
+    assert!(rooms(json!({"include_all_networks": true})).await.contains(&bridged_room));
+    // Public preset rooms are not published in the main list unless asked: only the network's.
+    assert!(!rooms(json!({})).await.contains(&bridged_room));
+    assert!(rooms(json!({"third_party_instance_id": "irc|other"})).await.is_empty());
+    let (st, _) = s.call("PUT", &list, tok, Some(json!({"visibility": "private"}))).await;
+    assert_eq!(st, 200);
+    assert!(!rooms(json!({"third_party_instance_id": "irc|libera"})).await.contains(&bridged_room));
+
+    // Timestamp massaging: the service's `ts` is the event's origin_server_ts; a person's is ignored.
+    let (st, v) = s
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1?ts=1000", enc(&bridged_room)),
+            tok,
+            Some(json!({"msgtype": "m.text", "body": "from the past"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, ev) = get(
+        format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&bridged_room), enc(v["event_id"].as_str().unwrap())),
+        tok,
+    )
+    .await;
+    assert_eq!(ev["origin_server_ts"], 1000, "{ev}");
+    let (st, v) = s
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/?ts=2000", enc(&bridged_room)),
+            tok,
+            Some(json!({"topic": "old topic"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, ev) = get(
+        format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&bridged_room), enc(v["event_id"].as_str().unwrap())),
+        tok,
+    )
+    .await;
+    assert_eq!(ev["origin_server_ts"], 2000, "{ev}");
+    let (st, _) = s
+        .call("POST", &format!("/_matrix/client/v3/join/{}", enc(&bridged_room)), Some(&human.token), Some(json!({})))
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = s
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t2?ts=1000", enc(&bridged_room)),
+            Some(&human.token),
+            Some(json!({"msgtype": "m.text", "body": "now"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, ev) = get(
+        format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&bridged_room), enc(v["event_id"].as_str().unwrap())),
+        None,
+    )
+    .await;
+    assert!(ev["origin_server_ts"].as_u64().unwrap() > 1_000_000_000_000, "{ev}");
 }

@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 
 use crate::common::{errcode, Server, User};
 
-struct Key {
+pub(crate) struct Key {
     pair: Ed25519KeyPair,
     public: String,
 }
 
 impl Key {
     /// A key whose signatures carry the id `ed25519:<name>`, or `ed25519:<public key>` if none.
-    fn new(name: Option<&str>) -> Key {
+    pub(crate) fn new(name: Option<&str>) -> Key {
         let doc = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&doc, "x".into()).unwrap();
         let public = Base64::<Standard, _>::new(probe.public_key().to_vec()).encode();
@@ -34,7 +34,7 @@ impl Key {
     }
 }
 
-fn device_keys(u: &User, key: &Key) -> Value {
+pub(crate) fn device_keys(u: &User, key: &Key) -> Value {
     let obj = json!({
         "user_id": u.id, "device_id": u.device,
         "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
