@@ -143,13 +143,12 @@ async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) 
         }
         None => return,
     };
-    // Typing lives in memory: what this task last sent of it.
-    let mut typing_sent = 0;
+    let mut mem = Memory { typing_sent: 0, skipped_to: None, persisted_at: std::time::Instant::now() };
     let wants_all = service.receive_ephemeral || service.msc3202;
     let mut backoff = Duration::ZERO;
     loop {
         let Some(m) = moss.upgrade() else { return };
-        let outcome = round(&m, &service, &client, &mut typing_sent).await;
+        let outcome = round(&m, &service, &client, &mut mem).await;
         drop(m);
         match outcome {
             Ok(true) => backoff = Duration::ZERO,
@@ -171,34 +170,50 @@ async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) 
     }
 }
 
+/// What a delivery task keeps in memory between rounds.
+struct Memory {
+    /// Typing lives in memory: the serial this task last sent.
+    typing_sent: u64,
+    /// Stretches of no interest are skipped in memory and written at most every
+    /// [`PERSIST_SKIP`] (a restart looks at them again and finds nothing): no write, and no
+    /// fsync, per event of rooms the service does not care about.
+    skipped_to: Option<i64>,
+    persisted_at: std::time::Instant,
+}
+
+const PERSIST_SKIP: Duration = Duration::from_secs(5);
+
 /// One transaction (or a skip over a stretch of no interest); true if there may be more.
-async fn round(
-    moss: &Arc<Moss>,
-    service: &Arc<AppService>,
-    client: &GuardedClient,
-    typing_sent: &mut u64,
-) -> Result<bool> {
+async fn round(moss: &Arc<Moss>, service: &Arc<AppService>, client: &GuardedClient, mem: &mut Memory) -> Result<bool> {
     let (id, s) = (service.id().to_owned(), service.clone());
     let typing_serial = moss.typing.serial();
-    let typing = if service.receive_ephemeral && typing_serial > *typing_sent {
-        moss.typing.rooms_changed_since(*typing_sent)
+    let typing = if service.receive_ephemeral && typing_serial > mem.typing_sent {
+        moss.typing.rooms_changed_since(mem.typing_sent)
     } else {
         Vec::new()
     };
+    let skipped_to = mem.skipped_to;
     let (state, batch) = moss
         .db
         .read(move |r| {
-            let state = r.appservice_state(&id)?.ok_or_else(|| Error::internal("no appservice state"))?;
+            let mut state = r.appservice_state(&id)?.ok_or_else(|| Error::internal("no appservice state"))?;
+            if let Some(skip) = skipped_to.filter(|s| *s > state.last_stream && state.pending_upto.is_none()) {
+                state.last_stream = skip;
+            }
             let batch = batch::collect(r, &s, &state, &typing)?;
             Ok::<_, Error>((state, batch))
         })
         .await?;
     let id = service.id().to_owned();
     if batch.is_empty() {
-        *typing_sent = typing_serial;
+        mem.typing_sent = typing_serial;
         if batch.upto > state.last_stream {
-            let next = AppserviceState { last_stream: batch.upto, txn_id: state.txn_id, pending_upto: None };
-            moss.db.write(move |w| Ok::<_, Error>(w.set_appservice_state(&id, &next)?)).await?;
+            mem.skipped_to = Some(batch.upto);
+            if batch.more || mem.persisted_at.elapsed() >= PERSIST_SKIP {
+                let next = AppserviceState { last_stream: batch.upto, txn_id: state.txn_id, pending_upto: None };
+                moss.db.write(move |w| Ok::<_, Error>(w.set_appservice_state(&id, &next)?)).await?;
+                mem.persisted_at = std::time::Instant::now();
+            }
         }
         return Ok(batch.more);
     }
@@ -217,7 +232,8 @@ async fn round(
     };
     let (upto, taken) = (batch.upto, batch.to_device_taken.clone());
     send(service, client, txn_id, batch).await?;
-    *typing_sent = typing_serial;
+    mem.typing_sent = typing_serial;
+    mem.persisted_at = std::time::Instant::now();
     let done = AppserviceState { last_stream: upto, txn_id, pending_upto: None };
     moss.db
         .write(move |w| {
