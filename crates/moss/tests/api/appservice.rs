@@ -779,3 +779,76 @@ async fn queries_third_party_networks_and_timestamps() {
     .await;
     assert!(ev["origin_server_ts"].as_u64().unwrap() > 1_000_000_000_000, "{ev}");
 }
+
+/// Federation keeps working for bridged rooms: a person on another server joins a room of the
+/// bridge's user; the person's messages reach the bridge, the bridge's messages reach the person.
+#[tokio::test]
+async fn a_bridged_room_federates_both_ways() {
+    let (bridge, addr) = Bridge::start().await;
+    let dir = std::env::temp_dir().join(format!("moss-as-fed-{}-{}", std::process::id(), crate::common::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("irc.yaml");
+    std::fs::write(&file, REGISTRATION.replace("url: null", &format!("url: http://{addr}"))).unwrap();
+    let files = format!("[\"{}\"]", file.display());
+    let retry = [("MOSS_FEDERATION__MAX_RETRY_DELAY_MS", "1000")];
+    let a = crate::federation::fed_server_with(&[("MOSS_APPSERVICE__CONFIG_FILES", files.as_str()), retry[0]]).await;
+    let b = crate::federation::fed_server_with(&retry).await;
+    let tok = Some("as-token-irc");
+    let (st, v) = a
+        .server
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            tok,
+            Some(json!({"type": "m.login.application_service", "username": "irc_alice", "inhibit_login": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let as_alice = format!("user_id={}", enc(&format!("@irc_alice:{}", a.name)));
+    let (st, v) = a
+        .server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/createRoom?{as_alice}"),
+            tok,
+            Some(json!({"preset": "public_chat", "room_alias_name": "irc_lobby"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let room = v["room_id"].as_str().unwrap().to_owned();
+    let bob = b.server.register("bob").await;
+    let (st, v) = b.server.join(&bob, &enc(&format!("#irc_lobby:{}", a.name))).await;
+    assert_eq!(st, 200, "{v}");
+    b.server.send_text(&bob, &room, "hello from the other server").await;
+    bridge.wait_for_body("hello from the other server").await;
+    let delivered = bridge.delivered();
+    let (_, event) = delivered.iter().find(|(_, e)| e["content"]["body"] == "hello from the other server").unwrap();
+    assert_eq!(event["sender"], json!(bob.id));
+
+    let (st, v) = a
+        .server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1?{as_alice}", enc(&room)),
+            tok,
+            Some(json!({"msgtype": "m.text", "body": "hello from IRC"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) =
+            b.server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room)), &bob).await;
+        if has(&v["chunk"], |e| {
+            e["content"]["body"] == "hello from IRC" && e["sender"] == json!(format!("@irc_alice:{}", a.name))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridge's message never reached the other server: {v}\n{}",
+            a.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
