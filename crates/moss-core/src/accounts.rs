@@ -441,6 +441,26 @@ impl Moss {
         }
     }
 
+    /// `PUT /devices/{id}` from an application service that manages its users' devices
+    /// (MSC4190): renames the device, or creates it (without an access token: the service uses
+    /// `device_id=`). Returns whether it was created.
+    pub async fn put_device_as_service(
+        &self,
+        session: &Session,
+        device_id: &str,
+        name: Option<String>,
+    ) -> Result<bool> {
+        let (u, d) = (session.user_id.to_string(), device_id.to_owned());
+        let now = crate::now_ms() as i64;
+        self.db
+            .write(move |w| {
+                let created = w.device(&u, &d)?.is_none();
+                w.upsert_device(&u, &d, name.as_deref(), now, None)?;
+                Ok::<_, Error>(created)
+            })
+            .await
+    }
+
     pub async fn delete_devices(&self, user_id: &UserId, devices: Vec<String>) -> Result<()> {
         let u = user_id.to_string();
         self.db

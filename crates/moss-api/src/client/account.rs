@@ -99,6 +99,9 @@ async fn register_appservice_user(
         .and_then(|s| s.appservice.clone())
         .ok_or_else(|| ApiError::forbidden("m.login.application_service needs an application service's token"))?;
     let body = req.body;
+    if let Some(e) = service.login_unsupported().filter(|_| !body.inhibit_login) {
+        return Err(e.into());
+    }
     let localpart = body.username.clone().ok_or_else(|| ApiError::bad_json("username is required"))?;
     let user_id = moss.new_user_id(&localpart)?;
     let exclusive = |msg: &str| moss_core::Error::new(ruma::api::error::ErrorKind::Exclusive, 400, msg.to_owned());
@@ -171,6 +174,9 @@ pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerRes
             let service = service.ok_or_else(|| {
                 ApiError::forbidden("m.login.application_service needs an application service's token")
             })?;
+            if let Some(e) = service.login_unsupported() {
+                return Err(e.into());
+            }
             #[allow(deprecated)] // the old `user` field, still sent by some bridges
             let input = match (&a.identifier, &a.user) {
                 (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),

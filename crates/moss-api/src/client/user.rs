@@ -5,9 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{Path, State},
+    http::StatusCode,
     Json,
 };
-use moss_core::{uiaa::password_flow, Moss};
+use moss_core::{appservice::DeviceManagement, uiaa::password_flow, Moss};
 use ruma::{
     api::client::{
         config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
@@ -74,12 +75,21 @@ pub async fn get_device(moss: Arc<Moss>, req: Ruma<get_device::v3::Request>) -> 
     Ok(Json(device(row)))
 }
 
+/// Plain JSON: an application service that manages devices (MSC4190) creates one with 201.
 pub async fn update_device(
     moss: Arc<Moss>,
     req: Ruma<update_device::v3::Request>,
-) -> HandlerResult<update_device::v3::Request> {
-    moss.rename_device(&req.session()?.user_id, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
-    Ok(RumaResponse(update_device::v3::Response::new()))
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let s = req.session()?.clone();
+    let manages = s.appservice.as_ref().is_some_and(|a| a.device_management != DeviceManagement::Off);
+    if manages {
+        crate::rate_limit::check_session(&moss, crate::rate_limit::Class::Login, &s)?;
+        let created =
+            moss.put_device_as_service(&s, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
+        return Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(json!({}))));
+    }
+    moss.rename_device(&s.user_id, req.body.device_id.as_str(), req.body.display_name.clone()).await?;
+    Ok((StatusCode::OK, Json(json!({}))))
 }
 
 pub async fn delete_device(
@@ -90,7 +100,10 @@ pub async fn delete_device(
     if moss.device(&user, req.body.device_id.as_str()).await?.is_none() {
         return Err(moss_core::Error::not_found("no such device").into());
     }
-    moss.uiaa(password_flow("delete_device", &user), req.body.auth.clone()).await?;
+    // Application services (admin-registered) delete their users' devices without UIA (MSC4190).
+    if req.session()?.appservice.is_none() {
+        moss.uiaa(password_flow("delete_device", &user), req.body.auth.clone()).await?;
+    }
     moss.delete_devices(&user, vec![req.body.device_id.to_string()]).await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
 }
@@ -100,7 +113,9 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> HandlerResult<delete_devices::v3::Request> {
     let user = req.session()?.user_id.clone();
-    moss.uiaa(password_flow("delete_devices", &user), req.body.auth.clone()).await?;
+    if req.session()?.appservice.is_none() {
+        moss.uiaa(password_flow("delete_devices", &user), req.body.auth.clone()).await?;
+    }
     moss.delete_devices(&user, req.body.devices.iter().map(|d| d.to_string()).collect()).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }

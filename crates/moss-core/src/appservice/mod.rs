@@ -34,6 +34,10 @@ struct RegistrationFile {
     msc2409_push_ephemeral: bool,
     #[serde(default, rename = "org.matrix.msc3202")]
     msc3202: bool,
+    #[serde(default)]
+    device_management: bool,
+    #[serde(default, rename = "io.element.msc4190")]
+    msc4190: bool,
 }
 
 /// One namespace entry, compiled.
@@ -62,12 +66,39 @@ pub struct AppService {
     pub receive_ephemeral: bool,
     /// Device lists and one-time-key counts are pushed to it, `device_id=` masquerading allowed.
     pub msc3202: bool,
+    /// The service manages its users' devices itself (MSC4190): `PUT /devices/{id}` creates
+    /// them, and it may not log in or register with a login.
+    pub device_management: DeviceManagement,
     pub users: Vec<NamespaceRegex>,
     pub aliases: Vec<NamespaceRegex>,
     pub rooms: Vec<NamespaceRegex>,
 }
 
+/// Whether a service opted into MSC4190 (device management), and under which key: the error
+/// code follows it (`M_APPSERVICE_LOGIN_UNSUPPORTED` or the MSC's unstable prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceManagement {
+    Off,
+    Unstable,
+    Stable,
+}
+
 impl AppService {
+    /// The error for a login (or a registration that logs in) of a service that manages its
+    /// devices itself (MSC4190), or None if it may log in.
+    pub fn login_unsupported(&self) -> Option<crate::Error> {
+        const MESSAGE: &str = "this application service manages its devices (MSC4190): no logins";
+        match self.device_management {
+            DeviceManagement::Off => None,
+            DeviceManagement::Stable => {
+                Some(crate::Error::new(ruma::api::error::ErrorKind::AppserviceLoginUnsupported, 400, MESSAGE))
+            }
+            DeviceManagement::Unstable => {
+                Some(crate::Error::custom("IO.ELEMENT.MSC4190.M_APPSERVICE_LOGIN_UNSUPPORTED", 400, MESSAGE))
+            }
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.registration.id
     }
@@ -210,6 +241,11 @@ fn load_one(file: &Path, server_name: &str) -> Result<AppService, String> {
     Ok(AppService {
         receive_ephemeral: reg.receive_ephemeral || parsed.msc2409_push_ephemeral,
         msc3202: parsed.msc3202,
+        device_management: match (parsed.device_management, parsed.msc4190) {
+            (true, _) => DeviceManagement::Stable,
+            (false, true) => DeviceManagement::Unstable,
+            (false, false) => DeviceManagement::Off,
+        },
         file: file.to_owned(),
         sender,
         users,

@@ -77,7 +77,8 @@ impl Moss {
             .await?;
         let new = [("master", &master), ("self_signing", &self_signing), ("user_signing", &user_signing)];
         let repeats_stored = new.iter().all(|(kind, k)| k.as_ref().is_none_or(|k| stored.get(kind) == Some(&k.json)));
-        if stored.contains_key("master") && !repeats_stored {
+        // Application services replace their users' keys without UIA (MSC4190).
+        if stored.contains_key("master") && !repeats_stored && session.appservice.is_none() {
             self.uiaa(password_flow("device_signing_upload", &user), auth).await?;
         }
 

@@ -852,3 +852,53 @@ async fn a_bridged_room_federates_both_ways() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// MSC4190: a service that manages its users' devices creates them with `PUT /devices/{id}`,
+/// deletes them without UIA, and may not log in (nor register with a login).
+#[tokio::test]
+async fn a_service_manages_its_users_devices() {
+    let s = server_with_registration(&format!("{REGISTRATION}io.element.msc4190: true\n"), false).await;
+    let tok = Some("as-token-irc");
+    let unsupported = "IO.ELEMENT.MSC4190.M_APPSERVICE_LOGIN_UNSUPPORTED";
+    let register = |inhibit: bool| json!({"type": "m.login.application_service", "username": "irc_alice", "inhibit_login": inhibit});
+    let (st, v) = s.call("POST", "/_matrix/client/v3/register", tok, Some(register(false))).await;
+    assert_eq!((st, errcode(&v)), (400, unsupported), "{v}");
+    let (st, v) = s.call("POST", "/_matrix/client/v3/register", tok, Some(register(true))).await;
+    assert_eq!(st, 200, "{v}");
+    let login =
+        json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "irc_alice"}});
+    let (st, v) = s.call("POST", "/_matrix/client/v3/login", tok, Some(login)).await;
+    assert_eq!((st, errcode(&v)), (400, unsupported), "{v}");
+
+    let as_alice = format!("user_id={}", enc("@irc_alice:localhost"));
+    let device = format!("/_matrix/client/v3/devices/BRIDGEDEV?{as_alice}");
+    let (st, v) = s.call("PUT", &device, tok, Some(json!({"display_name": "bridge"}))).await;
+    assert_eq!(st, 201, "created: {v}");
+    let (st, v) = s.call("PUT", &device, tok, Some(json!({"display_name": "bridge, renamed"}))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.call("GET", &format!("/_matrix/client/v3/devices?{as_alice}"), tok, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(has(&v["devices"], |d| d["device_id"] == "BRIDGEDEV" && d["display_name"] == "bridge, renamed"), "{v}");
+    // The new device is usable with device_id= masquerading.
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/keys/upload?{as_alice}&device_id=BRIDGEDEV"),
+            tok,
+            Some(json!({"one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "k1", "signatures": {}}}})),
+        )
+        .await;
+    assert_eq!((st, &v["one_time_key_counts"]["signed_curve25519"]), (200, &json!(1)), "{v}");
+    // Deleting needs no UIA for the service; for a person it still does.
+    let (st, v) = s.call("DELETE", &device, tok, Some(json!({}))).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = s.call("GET", &format!("/_matrix/client/v3/devices?{as_alice}"), tok, None).await;
+    assert!(!has(&v["devices"], |d| d["device_id"] == "BRIDGEDEV"), "{v}");
+    let human = s.register("dave").await;
+    let (st, _) = s.put("/_matrix/client/v3/devices/NEWDEV", &human, json!({"display_name": "x"})).await;
+    assert_eq!(st, 404, "people cannot create devices this way");
+    let (st, v) = s
+        .call("DELETE", &format!("/_matrix/client/v3/devices/{}", human.device), Some(&human.token), Some(json!({})))
+        .await;
+    assert_eq!(st, 401, "UIA for people: {v}");
+}
