@@ -22,6 +22,8 @@ pub struct Config {
     pub registration_shared_secret: Option<String>,
     /// The room version of new rooms (Synapse's `default_room_version`). "12" by default; some
     /// bridges (mautrix-python ≤ 0.20) misjudge their power in v12 rooms and want "11" or "10".
+    /// A bare number (`11`, or `MOSS_DEFAULT_ROOM_VERSION=11`) is read as its name.
+    #[serde(deserialize_with = "string_or_number")]
     pub default_room_version: String,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
@@ -58,6 +60,20 @@ impl Default for Config {
             log: LogConfig::default(),
         }
     }
+}
+
+/// A string, or a number written without quotes (room versions are names that look like numbers).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

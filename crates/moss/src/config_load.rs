@@ -468,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn a_room_version_may_be_written_as_a_number() {
+        let c: Config = toml::from_str("default_room_version = 11").unwrap();
+        assert_eq!(c.default_room_version, "11");
+        let c: Config = toml::from_str("default_room_version = \"10\"").unwrap();
+        assert_eq!(c.default_room_version, "10");
+        assert!(check(&Config { default_room_version: "9".into(), ..Default::default() })
+            .iter()
+            .any(|p| p.contains("default_room_version")));
+    }
+
+    #[test]
     fn unrelated_moss_variables_are_not_configuration() {
         let mut t = toml::Table::new();
         let vars = vec![("MOSS_BIN".to_owned(), "/x/moss".to_owned()), ("MOSS_PASSWORD".to_owned(), "p".to_owned())];

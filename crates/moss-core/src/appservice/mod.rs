@@ -69,6 +69,9 @@ pub struct AppService {
     /// The service manages its users' devices itself (MSC4190): `PUT /devices/{id}` creates
     /// them, and it may not log in or register with a login.
     pub device_management: DeviceManagement,
+    /// Wakes the delivery task out of its backoff: the service just answered a ping, so it is
+    /// back (mautrix bridges ping when they start).
+    pub(crate) reachable_again: tokio::sync::Notify,
     pub users: Vec<NamespaceRegex>,
     pub aliases: Vec<NamespaceRegex>,
     pub rooms: Vec<NamespaceRegex>,
@@ -246,6 +249,7 @@ fn load_one(file: &Path, server_name: &str) -> Result<AppService, String> {
             (false, true) => DeviceManagement::Unstable,
             (false, false) => DeviceManagement::Off,
         },
+        reachable_again: tokio::sync::Notify::new(),
         file: file.to_owned(),
         sender,
         users,

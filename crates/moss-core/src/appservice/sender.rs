@@ -103,6 +103,8 @@ impl Moss {
                 format!("the application service answered {status}"),
             ));
         }
+        // It answered: if its transactions were failing, try again now rather than after the backoff.
+        service.reachable_again.notify_waiters();
         Ok(duration)
     }
 
@@ -164,7 +166,12 @@ async fn run(moss: Weak<Moss>, service: Arc<AppService>, client: GuardedClient) 
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                 tracing::warn!(appservice = service.id(), retry_in = ?backoff, "transaction not delivered: {e}");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = service.reachable_again.notified() => {
+                        tracing::info!(appservice = service.id(), "the service answered a ping: retrying now");
+                    }
+                }
             }
         }
     }

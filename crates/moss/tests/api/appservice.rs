@@ -447,6 +447,34 @@ async fn events_reach_the_service_in_transactions_that_survive_failures_and_a_cr
     assert!(pos("during the outage 1") < pos("during the outage 2"));
     assert!(pos("during the outage 2") < pos("after the restart"));
     assert_eq!(bodies.iter().filter(|b| *b == "during the outage 2").count(), 1, "each event once: {bodies:?}");
+    // A failing service that answers a ping gets its backlog at once, not after its backoff.
+    bridge.failing.store(true, Ordering::SeqCst);
+    s.send_text(&human, &room, "during the second outage").await;
+    let attempts = || {
+        bridge
+            .txns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, ev)| ev.iter().any(|e| e["content"]["body"] == "during the second outage"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attempts() < 4 {
+        assert!(Instant::now() < deadline, "retries: {}", attempts());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Four attempts (1 + 1 s + 2 s + 4 s): the next one is 8 s away.
+    bridge.failing.store(false, Ordering::SeqCst);
+    let pinged = Instant::now();
+    let (st, v) = s.call("POST", "/_matrix/client/v1/appservice/irc/ping", tok, Some(json!({}))).await;
+    assert_eq!(st, 200, "{v}");
+    // The fifth attempt (the first while it answers) follows the ping, not the 8 s backoff.
+    while attempts() < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pinged.elapsed() < Duration::from_secs(3), "delivered {:?} after the ping", pinged.elapsed());
+
     // This service did not ask for ephemeral data (no `receive_ephemeral`): none was sent.
     let all = bridge.bodies.lock().unwrap().clone();
     assert!(
