@@ -2,7 +2,7 @@
 
 Usage (from the repo root, after scripts/setup-synapse.sh and scripts/setup-postgres.sh):
     .venv-synapse/bin/python bench/run.py [--quick] [--moss target/release/moss] [--out DIR]
-        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite] [--only push | --no-push]
+        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite] [--only push|appservice] [--no-push] [--no-appservice]
 
 Rows: moss, Synapse on PostgreSQL (the fair comparison: the issue 5 targets are against it) and
 Synapse on SQLite. The harness starts a throwaway PostgreSQL cluster with scripts/postgres-start.sh
@@ -22,6 +22,11 @@ need it are left out and the report says so.
 Workload 8 (push, see bench/push.py) runs on each row right after workloads 1-5, on the same
 server: a message into a 500-member room (50 with --quick) with an HTTP pusher per member, against
 the bench's own push gateway. `--only push` runs just that workload (no media); `--no-push` skips it.
+
+Workload 9 (application services, see bench/appservice.py) runs after it, on the same server: a
+1,000-message burst (100 with --quick) into a room the bench's own application service is in, and
+the service down for 60 s (5 s) while messages are sent. `--only appservice` runs just that;
+`--no-appservice` skips it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import aiohttp
 import yaml
 
 import media as media6
+import appservice as as9
 import push as push8
 
 # One definition each, shared with the media workload.
@@ -219,6 +225,7 @@ class Postgres:
 
 class Synapse(Server):
     name = "synapse-sqlite"
+    appservice: "as9.Receiver | None" = None  # workload 9's registration, when it runs
 
     def database(self) -> dict:
         return {"name": "sqlite3", "args": {"database": str(self.work / "homeserver.db")}}
@@ -248,6 +255,7 @@ class Synapse(Server):
             conf.pop("log_config", None)
             conf["max_upload_size"] = str(media6.MAX_UPLOAD)  # the default 50M is below the media sizes
             push8.configure_synapse(conf)  # workload 8: pushers may reach the bench's gateway on loopback
+            as9.configure_synapse(conf, self.appservice)  # workload 9: the bench's application service
             cfg.write_text(yaml.safe_dump(conf))
         return [sys.executable, "-m", "synapse.app.homeserver", "-c", str(cfg)], {}
 
@@ -711,6 +719,7 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
                          "not whether moss meets the targets.")
         lines.append("")
     lines += push8.report(results, meta, TITLES)
+    lines += as9.report(results, meta, TITLES)
     if meta.get("plots"):
         lines += ["## Plots", ""]
         for title, name in meta["plots"]:
@@ -733,11 +742,13 @@ async def main() -> None:
                                           "--quick: 4K,1M,64M)")
     ap.add_argument("--media-stores", help="moss stores, comma-separated from fs,s3,encrypt+s3 (default: all; "
                                            "--quick: fs,encrypt+s3)")
-    ap.add_argument("--only", choices=["push"], help="run only this workload (push: workload 8, no media)")
+    ap.add_argument("--only", choices=["push", "appservice"],
+                    help="run only this workload (push: workload 8; appservice: workload 9; no media)")
     ap.add_argument("--no-push", action="store_true", help="skip workload 8 (push)")
+    ap.add_argument("--no-appservice", action="store_true", help="skip workload 9 (application services)")
     args = ap.parse_args()
-    if args.only and args.no_push:
-        raise SystemExit("--only push and --no-push exclude each other")
+    if (args.only == "push" and args.no_push) or (args.only == "appservice" and args.no_appservice):
+        raise SystemExit(f"--only {args.only} and --no-{args.only} exclude each other")
     binary = Path(args.moss).resolve()
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(servers) - set(TITLES)
@@ -765,13 +776,19 @@ async def main() -> None:
     pg: Postgres | None = None
     pg_version = None
     bench6 = None if args.no_media or args.only else MediaBench(work, args.quick, sizes, stores)
-    receiver = None if args.no_push else push8.Receiver(work / "push-receiver", free_port(), free_port())
+    receiver = None if args.no_push or args.only not in (None, "push") \
+        else push8.Receiver(work / "push-receiver", free_port(), free_port())
+    service = None if args.no_appservice or args.only not in (None, "appservice") \
+        else as9.Receiver(work / "appservice", free_port(), free_port())
+    Synapse.appservice = service
     try:
+        if service:
+            await service.start()  # before any server: they read its registration at start
         if receiver:
             await receiver.start()
             print(f"push receiver up: {await receiver.measure_cpu(args.quick):.0f} µs of CPU per push", flush=True)
         for name in servers:
-            push_notes = []
+            push_notes, as_notes = [], []
             if name == "moss":
                 server: Server = Moss(work / "moss", binary)
             elif name == "synapse-sqlite":
@@ -788,6 +805,12 @@ async def main() -> None:
                 if why_not:
                     push_notes.append(why_not)
                     print(f"push: {why_not}", flush=True)
+            if service and isinstance(server, Moss):  # workload 9: the registration, if the binary knows [appservice]
+                extra, why_not = as9.configure_moss(binary, server.work, server.command()[1], service)
+                server.extra_env.update(extra)
+                if why_not:
+                    as_notes.append(why_not)
+                    print(f"appservice: {why_not}", flush=True)
             try:
                 await server.start()
                 print(f"running {server.name} …", flush=True)
@@ -795,6 +818,9 @@ async def main() -> None:
                 if receiver:
                     print(f"running push: {server.name} …", flush=True)
                     results[server.name]["push"] = await push8.workload(server, args.quick, receiver, Client, push_notes)
+                if service and not as_notes:
+                    print(f"running appservice: {server.name} …", flush=True)
+                    results[server.name]["appservice"] = await as9.workload(server, args.quick, service, Client, as_notes)
             finally:
                 server.stop()
             if bench6 and name == "moss":
@@ -809,6 +835,8 @@ async def main() -> None:
     finally:
         if receiver:
             receiver.stop()
+        if service:
+            service.stop()
         if bench6:
             bench6.stop()
         if pg is not None:
@@ -824,6 +852,7 @@ async def main() -> None:
     media = bench6.result if bench6 else None
     meta["targets"] = [] if args.only else targets(results) + media6.targets(media)
     meta["push_targets"] = push8.targets(results) if receiver else []
+    meta["appservice_targets"] = as9.targets(results) if service else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
