@@ -12,16 +12,18 @@ server's requests are refused as for a stopped bridge; "up" opens it again. The 
 (`/_bench/*`) reads what arrived, switches down/up and resets.
 
 Both servers load the same registration (written before any server starts): users `@bench_as_.*`
-exclusive, `rate_limited: false`. Per row, one ordinary user creates a public room and the
+exclusive, `rate_limited: false`; moss from `[appservice] config_files` in its moss.toml (only if
+`moss config check` accepts it), Synapse from `app_service_config_files`. Per row, one ordinary user creates a public room and the
 service's own user joins it (so the service is interested in the room), then
   A. burst: BURST messages sent one after the other as fast as the server answers; per message
      the delivery latency = its arrival at the service − the moment its send was acknowledged
      (negative when the service had it before the client had its answer), p50/p95/p99/max, plus
      missing, duplicated (the same event under two transaction ids) and out-of-order counts, the
-     number of transactions and of retried transaction ids;
+     number of transactions, events per transaction and retried transaction ids;
   B. outage: the service goes down; DOWN_MESSAGES are sent, spread over DOWN_S seconds; it comes
-     back (without pinging: the server finds out by retrying); catch-up = from its return to the
-     arrival of the last of them; every one must arrive, in order.
+     back (without pinging: the server finds out by retrying); first arrival = from its return to
+     the server's first retry that reached it, catch-up = to the arrival of the last of them;
+     every one must arrive, in order, and none while it was down.
 Nothing here is asserted: bench/run.py's report shows the numbers and the issue's targets (moss:
 burst p99 < 50 ms, nothing lost or reordered).
 """
@@ -40,11 +42,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-FULL = {"burst": 1000, "down_messages": 60, "down_s": 60.0}
-QUICK = {"burst": 100, "down_messages": 5, "down_s": 5.0}
+# catch_up_limit_s: how long to wait after the return. moss backs off 1 s, 2 s … 5 min, Synapse 2 s,
+# 4 s … 512 s, so after a down period of d seconds the next retry comes at most about d + 4 s later.
+FULL = {"burst": 1000, "down_messages": 60, "down_s": 60.0, "catch_up_limit_s": 600}
+QUICK = {"burst": 100, "down_messages": 5, "down_s": 5.0, "catch_up_limit_s": 60}
 TARGET_P99_MS = 50.0
 STALL_S = 30.0          # no new arrival for this long: stop waiting for the missing ones
-CATCH_UP_LIMIT_S = 600  # moss backs off to 5 min, Synapse to 512 s
 SERVICE_ID = "bench"
 AS_TOKEN = "bench-as-token-" + uuid.uuid4().hex
 HS_TOKEN = "bench-hs-token-" + uuid.uuid4().hex
@@ -73,6 +76,7 @@ class Service:
         self.order: list[str] = []             # event bodies in arrival order
         self.txn_ids: set[str] = set()
         self.txns = 0
+        self.sizes: list[int] = []             # events per transaction (first delivery of each id)
         self.retried = 0                       # a transaction id seen again (answered, ignored)
         self.duplicates = 0                    # an event seen again under another id
         self.bad_auth = 0
@@ -92,6 +96,7 @@ class Service:
             return web.json_response({})
         self.txn_ids.add(txn)
         self.txns += 1
+        self.sizes.append(len(body.get("events", [])))
         for event in body.get("events", []):
             eid = event.get("event_id")
             if eid in self.arrivals:
@@ -166,7 +171,7 @@ async def serve(port: int, control_port: int, hs_token: str) -> None:
     control = web.Application()
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response({"arrivals": svc.arrivals, "order": svc.order, "txns": svc.txns,
+        return web.json_response({"arrivals": svc.arrivals, "order": svc.order, "txns": svc.txns, "sizes": svc.sizes,
                                   "retried": svc.retried, "duplicates": svc.duplicates, "bad_auth": svc.bad_auth,
                                   "up": svc.gate is not None})
 
@@ -242,14 +247,30 @@ class Receiver:
 
 
 def configure_moss(binary: Path, work: Path, env: dict, receiver: Receiver) -> tuple[dict, str | None]:
-    """The environment that loads the registration into moss, if this binary knows [appservice]."""
-    extra = {"MOSS_APPSERVICE__CONFIG_FILES": json.dumps([str(receiver.registration)])}
-    res = subprocess.run([str(binary), "config", "check"], cwd=work, env={**os.environ, **env, **extra},
+    """Adds `[appservice] config_files = [registration]` to work/moss.toml (moss reads ./moss.toml;
+    workload 8 may have written its [push] section there first) if this binary accepts it: `moss
+    config check` rejects an unknown section and loads the registration. Not an environment
+    variable: a binary without [appservice] skips unknown MOSS_ variables silently. Returns the
+    extra environment (none) and None, or why not (the file is then as it was)."""
+    path = work / "moss.toml"
+    before = path.read_text() if path.exists() else None
+    section = ("\n# Written by bench/appservice.py: the bench's application service (workload 9).\n"
+               f"[appservice]\nconfig_files = [{json.dumps(str(receiver.registration))}]\n")
+    path.write_text((before or "") + section)
+    res = subprocess.run([str(binary), "config", "check"], cwd=work, env={**os.environ, **env},
                          capture_output=True, text=True)
     if res.returncode == 0:
-        return extra, None
+        return {}, None
+    if before is None:
+        path.unlink()
+    else:
+        path.write_text(before)
     text = (res.stderr or res.stdout).strip()
-    return {}, f"moss config check refused the registration: {text.splitlines()[-1] if text else res.returncode}"
+    if "unknown field `appservice`" in text:
+        return {}, "this moss binary has no [appservice] configuration (application services not built in)"
+    problems = [line.removeprefix("problem: ") for line in text.splitlines() if line.startswith("problem: ")]
+    why = "; ".join(problems) or (text.splitlines()[-1] if text else f"exit status {res.returncode}")
+    return {}, f"moss config check refused the [appservice] section: {why}"
 
 
 def configure_synapse(conf: dict, receiver: Receiver | None) -> None:
@@ -275,6 +296,12 @@ async def wait_for(receiver: Receiver, http, bodies: list[str], stall_s: float, 
         await asyncio.sleep(0.05)
 
 
+def txn_sizes(sizes: list[int]) -> dict:
+    """Events per transaction: how the server batches."""
+    return {"events_per_txn_mean": sum(sizes) / len(sizes) if sizes else float("nan"),
+            "events_per_txn_max": max(sizes, default=0)}
+
+
 def order_errors(order: list[str], bodies: list[str]) -> int:
     """Events that arrived before one sent earlier than them."""
     rank = {b: i for i, b in enumerate(bodies)}
@@ -290,6 +317,7 @@ def order_errors(order: list[str], bodies: list[str]) -> int:
 async def workload(server, quick: bool, receiver: Receiver, Client, notes: list[str] | None = None) -> dict:
     p = QUICK if quick else FULL
     out: dict = {"notes": list(notes or []), "params": p}
+    started = time.monotonic()
     tag = uuid.uuid4().hex[:6]
     async with aiohttp.ClientSession() as http:
         sender = await Client(http, server.base).register(f"as_sender_{tag}")
@@ -302,8 +330,12 @@ async def workload(server, quick: bool, receiver: Receiver, Client, notes: list[
         except RuntimeError as e:
             if "M_USER_IN_USE" not in str(e):
                 raise
+        await receiver.post(http, "reset")
         await service.join(room)
-        await asyncio.sleep(1)
+        for _ in range(100):  # the service's own join reaching it: delivery works; then start clean
+            if (await receiver.state(http))["txns"]:
+                break
+            await asyncio.sleep(0.05)
         await receiver.post(http, "reset")
 
         # A. burst
@@ -324,6 +356,7 @@ async def workload(server, quick: bool, receiver: Receiver, Client, notes: list[
             "missing": sum(1 for e in acked if e not in st["arrivals"]),
             "duplicates": st["duplicates"], "out_of_order": order_errors(st["order"], bodies),
             "transactions": st["txns"], "retried": st["retried"], "bad_auth": st["bad_auth"],
+            **txn_sizes(st["sizes"]),
         }
 
         # B. outage
@@ -335,16 +368,20 @@ async def workload(server, quick: bool, receiver: Receiver, Client, notes: list[
             await sender.send(room, b)
             await asyncio.sleep(gap)
         back = (await receiver.post(http, "up"))["at"]
-        st = await wait_for(receiver, http, down, CATCH_UP_LIMIT_S, CATCH_UP_LIMIT_S)
+        st = await wait_for(receiver, http, down, p["catch_up_limit_s"], p["catch_up_limit_s"])
         got = [b for b in st["order"] if b in set(down)]
         arrivals = [st["arrivals"][e] for e in st["arrivals"]]
         out["outage"] = {
             "catch_up_s": (max(arrivals) - back) if len(set(got)) == len(down) and arrivals else float("nan"),
+            # the server's first retry that reached the service; the rest of catch_up_s is draining
+            "first_arrival_s": (min(arrivals) - back) if arrivals else float("nan"),
             "before_return": sum(1 for t in arrivals if t < back),  # must be 0: the service was down
             "missing": len(down) - len(set(got)),
             "out_of_order": order_errors(st["order"], down),
             "duplicates": st["duplicates"], "transactions": st["txns"], "retried": st["retried"],
+            "bad_auth": st["bad_auth"], **txn_sizes(st["sizes"]),
         }
+    out["duration_s"] = round(time.monotonic() - started, 1)
     return out
 
 
@@ -358,10 +395,16 @@ ROWS = [
     ("burst: delivery max (ms)", "burst", "max_ms", 1),
     ("burst: missing, duplicated, out of order", "burst", None, None),
     ("burst: transactions", "burst", "transactions", 0),
+    ("burst: events per transaction, mean / max", "burst", "sizes", None),
+    ("burst: retried transaction ids", "burst", "retried", 0),
+    ("outage: first arrival after the return (s)", "outage", "first_arrival_s", 1),
     ("outage: catch-up after the return (s)", "outage", "catch_up_s", 1),
     ("outage: missing, duplicated, out of order", "outage", None, None),
     ("outage: transactions after the return", "outage", "transactions", 0),
+    ("outage: events per transaction, mean / max", "outage", "sizes", None),
+    ("outage: retried transaction ids", "outage", "retried", 0),
     ("outage: events that arrived while it was down (must be 0)", "outage", "before_return", 0),
+    ("workload time, set-up included (s)", None, "duration_s", 1),
 ]
 
 
@@ -373,7 +416,7 @@ def _fmt(v, digits) -> str:
 
 def targets(results: dict) -> list[dict]:
     a = (results.get("moss") or {}).get("appservice")
-    if not a:
+    if not a or "burst" not in a:
         return []
     b, o = a["burst"], a["outage"]
     return [
@@ -388,25 +431,40 @@ def targets(results: dict) -> list[dict]:
     ]
 
 
+def _cell(x: dict, section: str | None, key: str | None, digits: int | None) -> str:
+    if "burst" not in x:
+        return "not run"
+    if section is None:
+        return _fmt(x.get(key), digits)
+    if section not in x:
+        return "not run"
+    r = x[section]
+    if key is None:
+        return f"{r['missing']}, {r['duplicates']}, {r['out_of_order']}"
+    if key == "sizes":
+        return f"{_fmt(r.get('events_per_txn_mean'), 2)} / {_fmt(r.get('events_per_txn_max'), 0)}"
+    return _fmt(r.get(key), digits)
+
+
 def report(results: dict, meta: dict, titles: dict) -> list[str]:
     names = [n for n in titles if n in results and results[n].get("appservice")]
     if not names:
         return []
     a = {n: results[n]["appservice"] for n in names}
-    first = next(iter(a.values()))["params"]
-    lines = ["## Application services (workload 9)", "",
-             f"The bench's own application service (a separate process on 127.0.0.1) is registered on every row; its "
-             f"user is joined to a public room. Burst: {first['burst']:,} messages sent one after the other; delivery = "
-             f"arrival at the service − acknowledgement of the send. Outage: the service's socket is closed while "
-             f"{first['down_messages']} messages are sent over {first['down_s']:g} s, then opened again (no ping): "
-             "catch-up runs from the return to the arrival of the last of them.", "",
-             "| | " + " | ".join(titles[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
-    for label, section, key, digits in ROWS:
-        if key is None:
-            cells = [f"{x[section]['missing']}, {x[section]['duplicates']}, {x[section]['out_of_order']}" for x in a.values()]
-        else:
-            cells = [_fmt(x[section].get(key), digits) for x in a.values()]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+    ran = [x for x in a.values() if "burst" in x]
+    lines = ["## Application services (workload 9)", ""]
+    if ran:
+        first = ran[0]["params"]
+        lines += [
+            f"The bench's own application service (a separate process on 127.0.0.1) is registered on every row; its "
+            f"user is joined to a public room. Burst: {first['burst']:,} messages sent one after the other; delivery = "
+            f"arrival at the service − acknowledgement of the send. Outage: the service's socket is closed while "
+            f"{first['down_messages']} messages are sent over {first['down_s']:g} s, then opened again (no ping): "
+            "catch-up runs from the return to the arrival of the last of them; the first arrival is the server's first "
+            "retry that found the service back.", "",
+            "| | " + " | ".join(titles[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+        for label, section, key, digits in ROWS:
+            lines.append("| " + " | ".join([label, *(_cell(x, section, key, digits) for x in a.values())]) + " |")
     for n in names:
         for note in a[n].get("notes", []):
             lines.append(f"\n{titles[n]}: {note}.")

@@ -805,7 +805,7 @@ async def main() -> None:
                 if why_not:
                     push_notes.append(why_not)
                     print(f"push: {why_not}", flush=True)
-            if service and isinstance(server, Moss):  # workload 9: the registration, if the binary knows [appservice]
+            if service and isinstance(server, Moss):  # workload 9: [appservice] in moss.toml, if the binary knows it
                 extra, why_not = as9.configure_moss(binary, server.work, server.command()[1], service)
                 server.extra_env.update(extra)
                 if why_not:
@@ -818,7 +818,9 @@ async def main() -> None:
                 if receiver:
                     print(f"running push: {server.name} …", flush=True)
                     results[server.name]["push"] = await push8.workload(server, args.quick, receiver, Client, push_notes)
-                if service and not as_notes:
+                if service and as_notes:  # the binary refused the registration: say so in the report
+                    results[server.name]["appservice"] = {"notes": as_notes}
+                elif service:
                     print(f"running appservice: {server.name} …", flush=True)
                     results[server.name]["appservice"] = await as9.workload(server, args.quick, service, Client, as_notes)
             finally:
