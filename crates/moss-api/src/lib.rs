@@ -42,6 +42,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/client/v3/search", post(relations::search))
         .route("/_matrix/client/r0/search", post(relations::search))
         .route("/_matrix/client/r0/sync", get(server::sync))
+        .ruma(server::sliding_sync)
         .route("/_matrix/client/v3/profile/{user_id}", get(user::get_profile))
         .route("/_matrix/client/r0/profile/{user_id}", get(user::get_profile))
         .route(

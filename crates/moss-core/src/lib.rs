@@ -20,6 +20,7 @@ mod parser_props;
 pub mod presence;
 pub mod push;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod sync;
 pub mod typing;
 pub mod uiaa;
@@ -57,6 +58,8 @@ pub struct Moss {
     pub push: push::Push,
     /// Application services (bridges) from `appservice.config_files`.
     pub appservices: appservice::AppServices,
+    /// What each sliding sync connection was sent (`sliding_sync::connections`).
+    pub sliding: sliding_sync::Connections,
     shutdown: watch::Sender<bool>,
 }
 
@@ -102,6 +105,7 @@ impl Moss {
             presence_tracker: Default::default(),
             push,
             appservices,
+            sliding: Default::default(),
             shutdown: watch::channel(false).0,
         }))
     }

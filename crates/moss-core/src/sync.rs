@@ -166,7 +166,7 @@ fn state_events(
     Ok(out)
 }
 
-fn state_before(r: &Reader<'_>, room: &str, stream: i64) -> Result<StateMap> {
+pub(crate) fn state_before(r: &Reader<'_>, room: &str, stream: i64) -> Result<StateMap> {
     Ok(match r.last_event_at(room, stream)? {
         Some(ev) => r.state_group(ev.state_group)?,
         None => StateMap::new(),
@@ -448,7 +448,7 @@ fn build(
 
 /// The stripped state an invitee or knocker sees of a room they are not in, plus their own
 /// membership event.
-fn stripped_state(r: &Reader<'_>, room: &str, membership_event: &str) -> Result<Vec<Value>> {
+pub(crate) fn stripped_state(r: &Reader<'_>, room: &str, membership_event: &str) -> Result<Vec<Value>> {
     let mut events = Vec::new();
     for kind in crate::rooms::STRIPPED_STATE_TYPES {
         if let Some(row) = r.current_state_event(room, kind, "")? {

@@ -13,6 +13,7 @@ mod push;
 mod queries;
 mod relations;
 mod remote_media;
+mod sliding_sync;
 pub mod synapse;
 
 use std::{
@@ -30,6 +31,7 @@ pub use push::*;
 pub use queries::*;
 pub use relations::*;
 pub use remote_media::*;
+pub use sliding_sync::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -67,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_16_push.sql"),
     include_str!("schema_17_appservice.sql"),
     include_str!("schema_18_appservice_ephemeral.sql"),
+    include_str!("schema_19_sliding_sync.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use axum::{extract::State, Json};
 use moss_core::{
     accounts::Nonces,
     rooms::SUPPORTED_VERSIONS,
+    sliding_sync::SlidingRequest,
     sync::{SyncRequest, SyncToken},
     Moss,
 };
@@ -31,7 +32,7 @@ use crate::{
 pub async fn versions() -> Json<Value> {
     Json(json!({
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18"],
-        "unstable_features": {},
+        "unstable_features": {"org.matrix.simplified_msc3575": true},
     }))
 }
 
@@ -175,6 +176,26 @@ pub async fn sync(State(moss): State<Arc<Moss>>, req: Ruma<sync_events::v3::Requ
     let set_presence = b.set_presence.as_str().to_owned();
     let res =
         moss.sync(&session, SyncRequest { since, full_state: b.full_state, timeout, filter, set_presence }).await?;
+    Ok(Json(res))
+}
+
+// ---- simplified sliding sync (MSC4186) ----
+
+pub async fn sliding_sync(
+    moss: Arc<Moss>,
+    req: Ruma<sync_events::v5::Request>,
+) -> Result<Json<moss_core::sliding_sync::wire::Response>, ApiError> {
+    let session = req.session()?.clone();
+    // Each list's `filters.spaces`, which ruma's request type does not keep.
+    let mut list_spaces = std::collections::BTreeMap::new();
+    if let Some(lists) = req.json.as_ref().and_then(|j| j["lists"].as_object()) {
+        for (name, list) in lists {
+            if let Some(spaces) = list["filters"]["spaces"].as_array() {
+                list_spaces.insert(name.clone(), spaces.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect());
+            }
+        }
+    }
+    let res = moss.sliding_sync(&session, SlidingRequest { body: req.body, list_spaces }).await?;
     Ok(Json(res))
 }
 

@@ -20,5 +20,6 @@ mod preview;
 mod push;
 mod relations;
 mod rooms;
+mod sliding_sync;
 mod spaces;
 mod sync;
