@@ -54,6 +54,7 @@ import yaml
 import media as media6
 import appservice as as9
 import push as push8
+import sliding as ss10
 
 # One definition each, shared with the media workload.
 free_port = media6.free_port
@@ -720,6 +721,7 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
         lines.append("")
     lines += push8.report(results, meta, TITLES)
     lines += as9.report(results, meta, TITLES)
+    lines += ss10.report(results, meta, TITLES)
     if meta.get("plots"):
         lines += ["## Plots", ""]
         for title, name in meta["plots"]:
@@ -742,12 +744,15 @@ async def main() -> None:
                                           "--quick: 4K,1M,64M)")
     ap.add_argument("--media-stores", help="moss stores, comma-separated from fs,s3,encrypt+s3 (default: all; "
                                            "--quick: fs,encrypt+s3)")
-    ap.add_argument("--only", choices=["push", "appservice"],
-                    help="run only this workload (push: workload 8; appservice: workload 9; no media)")
+    ap.add_argument("--only", choices=["push", "appservice", "sliding"],
+                    help="run only this workload (push: workload 8; appservice: workload 9; sliding: workload 10; "
+                         "no media)")
     ap.add_argument("--no-push", action="store_true", help="skip workload 8 (push)")
     ap.add_argument("--no-appservice", action="store_true", help="skip workload 9 (application services)")
+    ap.add_argument("--no-sliding", action="store_true", help="skip workload 10 (sliding sync)")
     args = ap.parse_args()
-    if (args.only == "push" and args.no_push) or (args.only == "appservice" and args.no_appservice):
+    if (args.only == "push" and args.no_push) or (args.only == "appservice" and args.no_appservice) \
+            or (args.only == "sliding" and args.no_sliding):
         raise SystemExit(f"--only {args.only} and --no-{args.only} exclude each other")
     binary = Path(args.moss).resolve()
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -781,6 +786,7 @@ async def main() -> None:
     service = None if args.no_appservice or args.only not in (None, "appservice") \
         else as9.Receiver(work / "appservice", free_port(), free_port())
     Synapse.appservice = service
+    sliding = not args.no_sliding and args.only in (None, "sliding")
     try:
         if service:
             await service.start()  # before any server: they read its registration at start
@@ -823,6 +829,11 @@ async def main() -> None:
                 elif service:
                     print(f"running appservice: {server.name} …", flush=True)
                     results[server.name]["appservice"] = await as9.workload(server, args.quick, service, Client, as_notes)
+                if sliding:
+                    print(f"running sliding sync: {server.name} …", flush=True)
+                    pid = server.proc.pid
+                    results[server.name]["sliding"] = await ss10.workload(
+                        server, args.quick, Client, lambda: rss_kib(pid, "VmRSS") / 1024)
             finally:
                 server.stop()
             if bench6 and name == "moss":
