@@ -476,3 +476,92 @@ async fn request_budgets_are_enforced() {
     assert_eq!(window(&v, "l"), vec![room.clone()]);
     assert!(!v["rooms"][&room]["timeline"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn rooms_over_federation_invites_and_knocks() {
+    use crate::federation::fed_server_with;
+    let env = [("MOSS_FEDERATION__MAX_RETRY_DELAY_MS", "1000")];
+    let (a, b) = (fed_server_with(&env).await, fed_server_with(&env).await);
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"name": "Across", "invite": [bob.id]})).await;
+    a.server.send_text(&alice, &room, "before bob").await;
+    let body = json!({"lists": {"l": {"ranges": [[0, 9]], "timeline_limit": 5, "required_state": [["m.room.name", ""]],
+                                      "filters": {}}}});
+
+    // The invite arrives over federation: a long-poll on B wakes with it.
+    let first = ok(&b.server, &bob, None, 0, body.clone()).await;
+    let mut v = first.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while v["rooms"].get(&room).is_none() && Instant::now() < deadline {
+        v = ok(&b.server, &bob, Some(&pos(&v)), 5000, body.clone()).await;
+    }
+    let inv = &v["rooms"][&room];
+    assert!(
+        inv["invite_state"].as_array().is_some_and(|s| s.iter().any(|e| e["content"]["name"] == "Across")),
+        "a remote invite with the room's stripped state: {v}\n--- A ---\n{}\n--- B ---\n{}",
+        a.server.log(),
+        b.server.log()
+    );
+    assert_eq!(inv["name"], "Across");
+
+    // Joined over federation: sent whole, with the state and history the join brought.
+    let (st, j) = b.server.join(&bob, &enc(&room)).await;
+    assert_eq!(st, 200, "{j}");
+    let v = ok(&b.server, &bob, Some(&pos(&v)), 0, body.clone()).await;
+    let joined = &v["rooms"][&room];
+    assert_eq!(joined["initial"], true, "{v}");
+    assert_eq!(state_of(joined, "m.room.name")[0]["content"]["name"], "Across", "{joined}");
+    assert_eq!(joined["joined_count"], 2, "{joined}");
+    // A message from A wakes B's long-poll.
+    let p = pos(&v);
+    let poll = {
+        let (base, token, body, p) = (b.server.base.clone(), bob.token.clone(), body.clone(), p.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut p = p;
+            loop {
+                let v: Value = client
+                    .post(format!("{base}{PATH}?timeout=20000&pos={p}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                p = pos(&v);
+                let room = v["rooms"].as_object().and_then(|r| r.values().next().cloned()).unwrap_or_default();
+                if bodies(&room).contains(&"from A".to_owned()) {
+                    return room;
+                }
+            }
+        })
+    };
+    a.server.send_text(&alice, &room, "from A").await;
+    let got = tokio::time::timeout(Duration::from_secs(20), poll).await.expect("B's long-poll woke").unwrap();
+    assert_eq!(got["num_live"], 1, "{got}");
+
+    // A knock over federation shows with the stripped state the room's server sent.
+    let knock_room = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Knock knock"})).await;
+    a.server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules/", enc(&knock_room)),
+            &alice,
+            json!({"join_rule": "knock"}),
+        )
+        .await;
+    let (st, k) = b
+        .server
+        .post(&format!("/_matrix/client/v3/knock/{}?via={}", enc(&knock_room), enc(a.name.as_str())), &bob, json!({}))
+        .await;
+    assert_eq!(st, 200, "{k}");
+    let v = ok(&b.server, &bob, None, 0, body).await;
+    let knocked = &v["rooms"][&knock_room];
+    assert!(
+        knocked["invite_state"].as_array().is_some_and(|s| s.iter().any(|e| e["content"]["name"] == "Knock knock")),
+        "{v}"
+    );
+    assert!(knocked.get("timeline").is_none(), "{knocked}");
+}
