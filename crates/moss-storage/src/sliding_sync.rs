@@ -15,10 +15,11 @@ pub struct SlidingRoomRow {
     pub membership_event: String,
     /// Stream position of the membership event.
     pub membership_stream: i64,
-    /// Who sent the membership event (a kick is a `leave` sent by someone else); `None` when the
-    /// event is not in the timeline (an invite over federation).
+    /// Who sent a `leave` or `invite` membership event (a kick is a `leave` sent by someone
+    /// else); `None` for other memberships and when the event is not in the timeline (an invite
+    /// over federation).
     pub membership_sender: Option<String>,
-    /// Stream position of the room's latest event of a bump type (`room_bump_stamps`).
+    /// Stream position of the room's latest event of a bump type (`room_list_info`).
     pub bump_stream: Option<i64>,
     /// The room has an `m.room.encryption` state event.
     pub encrypted: bool,
@@ -32,18 +33,11 @@ impl Reader<'_> {
     /// Every room the user has a membership in and has not forgotten.
     pub fn sliding_rooms(&self, user_id: &str) -> Result<Vec<SlidingRoomRow>> {
         self.collect(
-            "SELECT m.room_id, m.membership, m.event_id, m.stream, e.sender, b.stream, \
-                    EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = m.room_id \
-                            AND c.type = 'm.room.encryption' AND c.state_key = ''), \
-                    (SELECT CASE WHEN json_type(ce.pdu, '$.content.type') = 'text' \
-                                 THEN json_extract(ce.pdu, '$.content.type') END \
-                     FROM current_state c JOIN events ce ON ce.event_id = c.event_id \
-                     WHERE c.room_id = m.room_id AND c.type = 'm.room.create' AND c.state_key = ''), \
-                    EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = m.room_id \
-                            AND c.type = 'm.room.create' AND c.state_key = '') \
-             FROM memberships m \
-             LEFT JOIN events e ON e.event_id = m.event_id \
-             LEFT JOIN room_bump_stamps b ON b.room_id = m.room_id \
+            "SELECT m.room_id, m.membership, m.event_id, m.stream, \
+                    CASE WHEN m.membership IN ('leave', 'invite') \
+                         THEN (SELECT sender FROM events e WHERE e.event_id = m.event_id) END, \
+                    i.bump_stream, COALESCE(i.encrypted, 0), i.room_type, COALESCE(i.has_create, 0) \
+             FROM memberships m LEFT JOIN room_list_info i ON i.room_id = m.room_id \
              WHERE m.user_id = ?1 AND m.forgotten = 0",
             params![user_id],
             |r| {
