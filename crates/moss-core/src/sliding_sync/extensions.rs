@@ -31,7 +31,7 @@ pub fn scope(
     rooms: Option<&Vec<ExtensionRoomConfig>>,
     windows: &BTreeMap<String, Vec<OwnedRoomId>>,
     subscribed: &[OwnedRoomId],
-    visible: &HashSet<OwnedRoomId>,
+    visible: &dyn Fn(&OwnedRoomId) -> bool,
 ) -> Vec<OwnedRoomId> {
     let mut out: Vec<OwnedRoomId> = Vec::new();
     match lists {
@@ -48,7 +48,7 @@ pub fn scope(
             for c in configs {
                 match c {
                     ExtensionRoomConfig::AllSubscribed => out.extend(subscribed.iter().cloned()),
-                    ExtensionRoomConfig::Room(id) if visible.contains(id) => out.push(id.clone()),
+                    ExtensionRoomConfig::Room(id) if visible(id) => out.push(id.clone()),
                     _ => {}
                 }
             }

@@ -38,8 +38,9 @@ pub fn candidates(r: &Reader<'_>, user: &UserId, from: Option<i64>) -> Result<Ve
     let u = user.as_str();
     let ignored = crate::user_data::ignored_users(r, u)?;
     let direct = direct_rooms(r, u)?;
-    let mut out = Vec::new();
-    for row in r.sliding_rooms(u)? {
+    let rows = r.sliding_rooms(u)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
         let Ok(room_id) = OwnedRoomId::try_from(row.room_id.as_str()) else { continue };
         let by_self = row.membership_sender.as_deref() == Some(u);
         let include = match row.membership.as_str() {

@@ -311,7 +311,7 @@ fn build(
     }
 
     // Extensions.
-    let visible: HashSet<OwnedRoomId> = candidates.iter().map(|c| c.room_id.clone()).collect();
+    let visible = |id: &OwnedRoomId| by_id.contains_key(&**id);
     let not_invited =
         |id: &OwnedRoomId| by_id.get(&**id).is_some_and(|c| !matches!(c.membership(), "invite" | "knock"));
     let mut extensions = wire::Extensions::default();
