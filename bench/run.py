@@ -2,7 +2,8 @@
 
 Usage (from the repo root, after scripts/setup-synapse.sh and scripts/setup-postgres.sh):
     .venv-synapse/bin/python bench/run.py [--quick] [--moss target/release/moss] [--out DIR]
-        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite] [--only push|appservice] [--no-push] [--no-appservice]
+        [--pg-env DIR/env] [--servers moss,synapse-postgres,synapse-sqlite] [--only push|appservice|sliding] [--no-push] [--no-appservice]
+        [--no-sliding]
 
 Rows: moss, Synapse on PostgreSQL (the fair comparison: the issue 5 targets are against it) and
 Synapse on SQLite. The harness starts a throwaway PostgreSQL cluster with scripts/postgres-start.sh
@@ -27,6 +28,10 @@ Workload 9 (application services, see bench/appservice.py) runs after it, on the
 1,000-message burst (100 with --quick) into a room the bench's own application service is in, and
 the service down for 60 s (5 s) while messages are sent. `--only appservice` runs just that;
 `--no-appservice` skips it.
+
+Workload 10 (sliding sync, see bench/sliding.py) runs last on each row: a user in 1,000 rooms (40
+with --quick), a new connection's first response with a 20-room window, long-poll delivery and
+memory per open connection. `--only sliding` runs just that; `--no-sliding` skips it.
 """
 
 from __future__ import annotations
