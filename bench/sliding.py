@@ -26,6 +26,8 @@ import asyncio
 import time
 import uuid
 
+from appservice import pct
+
 PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 FULL = {"rooms": 1000, "first_samples": 20, "delivery_samples": 100, "connections": 200}
 QUICK = {"rooms": 40, "first_samples": 5, "delivery_samples": 10, "connections": 20}
@@ -49,13 +51,6 @@ def body(conn_id: str, window: int = 19) -> dict:
     return {"conn_id": conn_id, "lists": {"all_rooms": {"ranges": [[0, window]], "timeline_limit": 1,
                                                         "required_state": REQUIRED_STATE}},
             "extensions": EXTENSIONS}
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
 async def gather_limited(coros, limit: int = CONCURRENCY) -> list:
