@@ -437,3 +437,20 @@ async fn timestamps_members_at_and_pushers() {
     let (_, v) = s.get("/_matrix/client/v3/pushers", &alice).await;
     assert_eq!(v["pushers"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn rooms_created_at_once_with_the_same_content_get_distinct_ids() {
+    // Room v12 ids are the create event's hash, whose only entropy is its timestamp: concurrent
+    // identical requests from one user must still make distinct rooms (a client retrying, a bot
+    // creating rooms in bulk).
+    let s = Server::start().await;
+    let a = s.register("bulk").await;
+    let calls = (0..24).map(|_| s.post("/_matrix/client/v3/createRoom", &a, json!({"preset": "public_chat"})));
+    let answers = futures_util::future::join_all(calls).await;
+    let mut ids = std::collections::HashSet::new();
+    for (st, v) in &answers {
+        assert_eq!(*st, 200, "{v}");
+        ids.insert(v["room_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 24, "every request made its own room");
+}
