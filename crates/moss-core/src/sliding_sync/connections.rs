@@ -20,6 +20,7 @@ use std::{
 
 use ruma::{
     api::{client::sync::sync_events::v5::request, error::ErrorKind},
+    events::room::member::MembershipState,
     OwnedDeviceId, OwnedRoomId, OwnedUserId,
 };
 
@@ -43,7 +44,7 @@ struct Key {
 pub struct RoomSent {
     /// The room's timeline and state were sent up to this stream position.
     pub upto: i64,
-    pub membership: String,
+    pub membership: MembershipState,
     pub timeline_limit: u64,
     pub required: Arc<RequiredState>,
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use moss_storage::{Direction, EventRow, Reader, StateMap};
-use ruma::{serde::Raw, OwnedMxcUri, OwnedUserId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, serde::Raw, OwnedMxcUri, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
 use super::{connections::RoomSent, lists::Candidate, required::RequiredState, wire};
@@ -69,9 +69,10 @@ pub struct Built {
 
 pub fn build(ctx: &Ctx<'_>, c: &Candidate, cfg: &RoomConfig, sent: Option<&RoomSent>) -> Result<Built> {
     let membership = c.membership();
+    let state = MembershipState::from(membership);
     let sent_now = |upto: i64| RoomSent {
         upto,
-        membership: membership.to_owned(),
+        membership: state.clone(),
         timeline_limit: cfg.timeline_limit,
         required: cfg.required.clone(),
     };
@@ -79,7 +80,7 @@ pub fn build(ctx: &Ctx<'_>, c: &Candidate, cfg: &RoomConfig, sent: Option<&RoomS
 
     if membership == "invite" || membership == "knock" {
         let upto = c.row.membership_stream;
-        if sent.is_some_and(|s| s.membership == membership && s.upto >= upto) {
+        if sent.is_some_and(|s| s.membership == state && s.upto >= upto) {
             return Ok(unchanged(upto));
         }
         return Ok(Built { room: Some(invited_room(c)?), sent: sent_now(upto), initial: true, timeline_ids: vec![] });
@@ -89,7 +90,7 @@ pub fn build(ctx: &Ctx<'_>, c: &Candidate, cfg: &RoomConfig, sent: Option<&RoomS
     let room = c.row.room_id.as_str();
     let joined = membership == "join";
     let upper = if joined { ctx.current } else { c.row.membership_stream };
-    let initial = sent.is_none_or(|s| s.membership == "invite" || s.membership == "knock");
+    let initial = sent.is_none_or(|s| matches!(s.membership, MembershipState::Invite | MembershipState::Knock));
     let expanded = !initial && sent.is_some_and(|s| cfg.timeline_limit > s.timeline_limit);
     let required_grew = !initial && sent.is_some_and(|s| s.required != cfg.required);
     let last = sent.map(|s| s.upto);
@@ -102,7 +103,7 @@ pub fn build(ctx: &Ctx<'_>, c: &Candidate, cfg: &RoomConfig, sent: Option<&RoomS
             !r.room_events(room, upper, Some(l), Direction::Backward, 1)?.is_empty()
         };
         let counts_moved = joined && ctx.rooms_with_own_receipts.contains(room);
-        if !news && !expanded && !required_grew && !counts_moved && s.membership == membership {
+        if !news && !expanded && !required_grew && !counts_moved && s.membership == state {
             return Ok(unchanged(upper.max(l)));
         }
     }
