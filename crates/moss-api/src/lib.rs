@@ -1,6 +1,7 @@
 //! moss's HTTP surface: the axum router and thin handlers that parse with ruma, call the service
 //! layer and answer with ruma's types.
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod extract;
@@ -38,6 +39,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/client/v3/capabilities", get(server::capabilities))
         .route("/_matrix/client/r0/capabilities", get(server::capabilities))
         .route("/_synapse/admin/v1/register", get(server::shared_secret_nonce).post(server::shared_secret_register))
+        .merge(admin::routes())
         .route("/_matrix/client/v3/sync", get(server::sync))
         .route("/_matrix/client/v3/search", post(relations::search))
         .route("/_matrix/client/r0/search", post(relations::search))

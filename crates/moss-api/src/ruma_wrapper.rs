@@ -41,6 +41,11 @@ impl<R> Ruma<R> {
     }
 }
 
+/// The client's `User-Agent`, for the devices list and whois.
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
 pub fn access_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if let Some(t) = h.strip_prefix("Bearer ") {
@@ -58,7 +63,13 @@ impl FromRequestParts<Arc<Moss>> for Authed {
 
     async fn from_request_parts(parts: &mut http::request::Parts, moss: &Arc<Moss>) -> Result<Self, ApiError> {
         let token = access_token(&parts.headers, parts.uri.query()).ok_or_else(ApiError::missing_token)?;
-        Ok(Authed(moss.authenticate_request(&token, parts.uri.query()).await?))
+        let session = moss.authenticate_request(&token, parts.uri.query()).await?;
+        if session.appservice.is_none() {
+            let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+            let ip = crate::rate_limit::client_addr(moss, peer, &parts.headers);
+            moss.note_activity(&session, ip.map(|i| i.to_string()), user_agent(&parts.headers));
+        }
+        Ok(Authed(session))
     }
 }
 
@@ -128,6 +139,9 @@ where
         } else {
             None
         };
+        if let Some(s) = session.as_ref().filter(|s| s.appservice.is_none()) {
+            moss.note_activity(s, ip.map(|i| i.to_string()), user_agent(&parts.headers));
+        }
 
         // A password given to user-interactive auth is a login attempt: limited like logins,
         // per address and per account, so a stolen session cannot guess the password at speed.

@@ -42,7 +42,7 @@ pub struct NewSession {
     pub expires_in_ms: Option<u64>,
 }
 
-async fn hash_password(password: String) -> Result<String> {
+pub(crate) async fn hash_password(password: String) -> Result<String> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
@@ -263,6 +263,10 @@ impl Moss {
         if !self.check_password(&user_id, password).await? {
             return Err(Error::forbidden("invalid username or password"));
         }
+        let u = user_id.to_string();
+        if self.db.read(move |r| Ok::<_, Error>(r.admin_user(&u)?)).await?.is_some_and(|u| u.locked) {
+            return Err(locked());
+        }
         Ok(user_id)
     }
 
@@ -275,6 +279,9 @@ impl Moss {
             let mut data = ruma::api::error::UnknownTokenErrorData::new();
             data.soft_logout = true;
             return Err(Error::new(ErrorKind::UnknownToken(data), 401, "access token expired"));
+        }
+        if row.locked {
+            return Err(locked());
         }
         Ok(Session {
             user_id: UserId::parse(&row.user_id).map_err(|e| Error::internal(e.to_string()))?,
@@ -352,6 +359,9 @@ impl Moss {
             .db
             .write(move |w| {
                 let (old, row) = w.refresh_token(&rt)?.ok_or_else(|| Error::unknown_token("unknown refresh token"))?;
+                if row.locked {
+                    return Err(locked());
+                }
                 w.delete_token(&old)?;
                 w.insert_token(&at, &row.user_id, &row.device_id, Some((now_ms() + lifetime) as i64), Some(&nr))?;
                 Ok::<_, Error>(row)
@@ -475,7 +485,12 @@ impl Moss {
 
     /// Records device activity for `GET /devices`, writing at most once per device every five
     /// minutes so that busy clients do not turn every request into a database write.
-    pub fn note_activity(self: &std::sync::Arc<Self>, session: &Session, ip: Option<String>) {
+    pub fn note_activity(
+        self: &std::sync::Arc<Self>,
+        session: &Session,
+        ip: Option<String>,
+        user_agent: Option<String>,
+    ) {
         let key = format!("{}|{}", session.user_id, session.device_id);
         {
             let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -489,16 +504,19 @@ impl Moss {
         }
         let (moss, session) = (self.clone(), session.clone());
         tokio::spawn(async move {
-            if let Err(e) = moss.touch_device(&session, ip).await {
+            if let Err(e) = moss.touch_device(&session, ip, user_agent).await {
                 tracing::debug!(error = %e, "could not record device activity");
             }
         });
     }
 
-    /// Records when and from where a device was last used.
-    pub async fn touch_device(&self, session: &Session, ip: Option<String>) -> Result<()> {
+    /// Records when, from where and with which client a device was last used.
+    pub async fn touch_device(&self, session: &Session, ip: Option<String>, user_agent: Option<String>) -> Result<()> {
         let (u, d) = (session.user_id.to_string(), session.device_id.to_string());
-        self.db.write(move |w| Ok::<_, Error>(w.touch_device(&u, &d, now_ms() as i64, ip.as_deref())?)).await
+        let ua: Option<String> = user_agent.map(|a| a.chars().take(512).collect());
+        self.db
+            .write(move |w| Ok::<_, Error>(w.touch_device(&u, &d, now_ms() as i64, ip.as_deref(), ua.as_deref())?))
+            .await
     }
 
     // ---- registration tokens (the command line manages them) ----
@@ -584,4 +602,9 @@ impl Moss {
 
 fn token_usable(row: &RegistrationTokenRow) -> bool {
     row.uses_allowed.is_none_or(|n| row.completed < n) && row.expiry_ts.is_none_or(|e| e > now_ms() as i64)
+}
+
+/// A locked account's answer (spec: 401 `M_USER_LOCKED`, the client keeps its session).
+fn locked() -> Error {
+    Error::new(ErrorKind::UserLocked, 401, "this account has been locked by an administrator")
 }

@@ -4,6 +4,7 @@
 //! and never touches storage itself.
 
 pub mod accounts;
+pub mod admin;
 pub mod appservice;
 pub mod config;
 pub mod e2ee;
@@ -39,6 +40,13 @@ pub use crate::{
 };
 use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing, uiaa::UiaaSessions};
 pub use moss_storage::{DeviceRow, Direction, MediaRow};
+/// The storage layer's row and filter types the admin API passes through.
+pub mod storage {
+    pub use moss_storage::{
+        AdminMediaRow, AdminReportRow, AdminRoomRow, AdminUserRow, DeviceRow, MediaOrder, MediaStatsOrder, Page,
+        ReportFilter, RoomOrder, UserFilter, UserMediaStats, UserOrder,
+    };
+}
 
 pub struct Moss {
     pub config: Config,

@@ -5,6 +5,7 @@
 //! SQLite allows one writer at a time anyway; making that explicit gives every write a
 //! serial order, which the global stream ordering relies on.
 
+mod admin;
 mod appservice;
 mod e2ee;
 mod federation;
@@ -23,6 +24,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 
+pub use admin::*;
 pub use appservice::*;
 pub use e2ee::*;
 pub use federation::*;
@@ -70,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_17_appservice.sql"),
     include_str!("schema_18_appservice_ephemeral.sql"),
     include_str!("schema_19_sliding_sync.sql"),
+    include_str!("schema_20_admin.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,17 @@ pub struct DeviceRow {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
+}
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        device_id: r.get(0)?,
+        display_name: r.get(1)?,
+        last_seen_ts: r.get(2)?,
+        last_seen_ip: r.get(3)?,
+        last_seen_user_agent: r.get(4)?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +50,8 @@ pub struct TokenRow {
     pub user_id: String,
     pub device_id: String,
     pub expires_ts: Option<i64>,
+    /// An admin locked the account: its sessions stay but may not be used.
+    pub locked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -244,32 +257,42 @@ impl Reader<'_> {
 
     pub fn devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
         self.collect(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 ORDER BY device_id",
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
+             WHERE user_id = ?1 ORDER BY device_id",
             [user_id],
-            |r| Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? }),
+            device_row,
         )
     }
 
     pub fn device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRow>> {
         self.one(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 AND device_id = ?2",
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
+             WHERE user_id = ?1 AND device_id = ?2",
             [user_id, device_id],
-            |r| Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? }),
+            device_row,
         )
     }
 
     pub fn token(&self, token: &str) -> Result<Option<TokenRow>> {
-        self.one("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = ?1", [token], |r| {
-            Ok(TokenRow { user_id: r.get(0)?, device_id: r.get(1)?, expires_ts: r.get(2)? })
-        })
+        self.one(
+            "SELECT t.user_id, t.device_id, t.expires_ts, COALESCE(u.locked, 0) FROM access_tokens t \
+             LEFT JOIN users u ON u.user_id = t.user_id WHERE t.token = ?1",
+            [token],
+            |r| Ok(TokenRow { user_id: r.get(0)?, device_id: r.get(1)?, expires_ts: r.get(2)?, locked: r.get(3)? }),
+        )
     }
 
     /// The access token a refresh token belongs to, with its session.
     pub fn refresh_token(&self, refresh: &str) -> Result<Option<(String, TokenRow)>> {
         self.one(
-            "SELECT token, user_id, device_id, expires_ts FROM access_tokens WHERE refresh_token = ?1",
+            "SELECT t.token, t.user_id, t.device_id, t.expires_ts, COALESCE(u.locked, 0) FROM access_tokens t \
+             LEFT JOIN users u ON u.user_id = t.user_id WHERE t.refresh_token = ?1",
             [refresh],
-            |r| Ok((r.get(0)?, TokenRow { user_id: r.get(1)?, device_id: r.get(2)?, expires_ts: r.get(3)? })),
+            |r| {
+                let row =
+                    TokenRow { user_id: r.get(1)?, device_id: r.get(2)?, expires_ts: r.get(3)?, locked: r.get(4)? };
+                Ok((r.get(0)?, row))
+            },
         )
     }
 
@@ -917,11 +940,19 @@ impl Writer<'_> {
 }
 
 impl Writer<'_> {
-    /// Updates a device's last-seen time and address; never creates the device.
-    pub fn touch_device(&self, user_id: &str, device_id: &str, now: i64, ip: Option<&str>) -> Result<()> {
+    /// Updates a device's last-seen time, address and client; never creates the device.
+    pub fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: i64,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Result<()> {
         self.exec(
-            "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip) WHERE user_id = ?1 AND device_id = ?2",
-            params![user_id, device_id, now, ip],
+            "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip), \
+             last_seen_user_agent = COALESCE(?5, last_seen_user_agent) WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device_id, now, ip, user_agent],
         )?;
         Ok(())
     }
@@ -1258,10 +1289,15 @@ impl Writer<'_> {
     /// Quarantines one media id, or every upload of a user; returns how many rows changed.
     pub fn quarantine_media(&self, media_id: Option<&str>, user_id: Option<&str>) -> Result<usize> {
         match (media_id, user_id) {
-            (Some(id), _) => self.exec("UPDATE media SET quarantined = 1 WHERE media_id = ?1", [id]),
-            (None, Some(u)) => self.exec("UPDATE media SET quarantined = 1 WHERE user_id = ?1", [u]),
+            // Media an admin protected stays served.
+            (Some(id), _) => self.exec("UPDATE media SET quarantined = 1 WHERE media_id = ?1 AND protected = 0", [id]),
+            (None, Some(u)) => self.exec("UPDATE media SET quarantined = 1 WHERE user_id = ?1 AND protected = 0", [u]),
             (None, None) => Ok(0),
         }
+    }
+
+    pub fn unquarantine_media(&self, media_id: &str) -> Result<usize> {
+        self.exec("UPDATE media SET quarantined = 0 WHERE media_id = ?1", [media_id])
     }
 }
 

@@ -223,6 +223,11 @@ pub async fn login(moss: Arc<Moss>, req: Ruma<login::v3::Request>) -> HandlerRes
         )
         .await?;
     let mut res = login::v3::Response::new(s.user_id, s.access_token, s.device_id);
+    // Deprecated in the spec, but synapse-admin builds user ids and media paths from it.
+    #[allow(deprecated)]
+    {
+        res.home_server = Some(moss.server_name.clone());
+    }
     res.refresh_token = s.refresh_token;
     res.expires_in = s.expires_in_ms.map(Duration::from_millis);
     Ok(RumaResponse(res))

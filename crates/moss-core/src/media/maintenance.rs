@@ -80,6 +80,13 @@ impl Moss {
             report.deleted = report.examined;
             return Ok(report);
         }
+        report.deleted = self.delete_media_ids(ids).await?;
+        Ok(report)
+    }
+
+    /// Deletes media records and, when no other record shares their content, the objects.
+    pub(crate) async fn delete_media_ids(&self, ids: Vec<String>) -> Result<u64> {
+        let mut deleted = 0;
         for id in ids {
             let i = id.clone();
             let content = self.db.read(move |r| Ok::<_, Error>(r.media_content_key(&i)?)).await?;
@@ -95,9 +102,9 @@ impl Moss {
             for key in gone {
                 self.media.store.delete(&key).await.map_err(|e| Error::internal(format!("deleting {key}: {e}")))?;
             }
-            report.deleted += 1;
+            deleted += 1;
         }
-        Ok(report)
+        Ok(deleted)
     }
 }
 

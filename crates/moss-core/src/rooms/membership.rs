@@ -24,6 +24,7 @@ impl Moss {
         via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
         let (room_id, mut servers) = self.room_and_servers(target, via).await?;
+        self.check_not_blocked(&room_id).await?;
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
         let (resident, current, inviter) = self
             .db

@@ -122,7 +122,12 @@ impl Server {
 
     /// Logs in with the test password; returns the access token.
     pub async fn login(&self, name: &str) -> String {
-        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "password123"});
+        self.login_with(name, "password123").await
+    }
+
+    /// Logs in with a password; returns the access token.
+    pub async fn login_with(&self, name: &str, password: &str) -> String {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": password});
         let (st, v) = self.call("POST", "/_matrix/client/v3/login", None, Some(body)).await;
         assert_eq!(st, 200, "login {name}: {v}");
         v["access_token"].as_str().unwrap().to_owned()

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::panic)] // tests make their own HTTP clients, and fail loudly
 
 mod accounts;
+mod admin;
 mod appservice;
 mod bad_input;
 mod cli;

@@ -1,0 +1,179 @@
+//! Accounts as an admin manages them (Synapse's `/_synapse/admin/v2/users` family).
+
+use moss_storage::{AdminUserRow, DeviceRow, Page, UserChanges, UserFilter, UserOrder};
+use ruma::{api::error::ErrorKind, OwnedRoomId, UserId};
+
+use crate::{accounts::hash_password, error::Error, Moss, Result};
+
+/// What `PUT /v2/users/{id}` asks; `None` leaves a field alone (and on creation means the
+/// default).
+#[derive(Debug, Clone, Default)]
+pub struct UserUpsert {
+    pub password: Option<String>,
+    /// After a password change, end every session (default true).
+    pub logout_devices: bool,
+    /// `Some(None)` removes the display name.
+    pub displayname: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub admin: Option<bool>,
+    pub deactivated: Option<bool>,
+    pub locked: Option<bool>,
+    pub user_type: Option<Option<String>>,
+}
+
+/// The user types Synapse knows (`synapse.api.constants.UserTypes`).
+pub const USER_TYPES: &[&str] = &["bot", "support"];
+
+/// One way a user was seen connecting (whois).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub ip: Option<String>,
+    pub last_seen: Option<i64>,
+    pub user_agent: Option<String>,
+}
+
+impl Moss {
+    pub async fn admin_users(
+        &self,
+        filter: UserFilter,
+        order: UserOrder,
+        page: Page,
+    ) -> Result<(Vec<AdminUserRow>, i64)> {
+        self.db.read(move |r| Ok::<_, Error>(r.admin_users(&filter, order, page)?)).await
+    }
+
+    pub async fn admin_user(&self, user: &UserId) -> Result<AdminUserRow> {
+        let u = user.to_string();
+        self.db
+            .read(move |r| Ok::<_, Error>(r.admin_user(&u)?))
+            .await?
+            .ok_or_else(|| Error::not_found("User not found"))
+    }
+
+    /// Creates the account if it does not exist (`true`), else changes what `change` names.
+    pub async fn admin_upsert_user(
+        &self,
+        requester: &UserId,
+        user: &UserId,
+        change: UserUpsert,
+    ) -> Result<(AdminUserRow, bool)> {
+        if let Some(Some(t)) = &change.user_type {
+            if !USER_TYPES.contains(&t.as_str()) {
+                return Err(Error::new(ErrorKind::Unknown, 400, "Invalid user type"));
+            }
+        }
+        if let Some(p) = &change.password {
+            if p.len() > 512 {
+                return Err(Error::new(ErrorKind::Unknown, 400, "Invalid password"));
+            }
+        }
+        if change.deactivated == Some(true) && change.locked == Some(true) {
+            return Err(Error::new(ErrorKind::Unknown, 400, "An user can't be deactivated and locked"));
+        }
+        let u = user.to_string();
+        let existing = self.db.read(move |r| Ok::<_, Error>(r.admin_user(&u)?)).await?;
+        let Some(old) = existing else {
+            self.admin_create_user(user, change).await?;
+            return Ok((self.admin_user(user).await?, true));
+        };
+
+        if let Some(name) = change.displayname {
+            if old.displayname != name {
+                self.set_profile_field(user, "displayname", name).await?;
+            }
+        }
+        if let Some(url) = change.avatar_url {
+            if old.avatar_url != url {
+                self.set_profile_field(user, "avatar_url", url).await?;
+            }
+        }
+        if change.admin == Some(false) && old.admin && requester == user {
+            return Err(Error::new(ErrorKind::Unknown, 400, "You may not demote yourself."));
+        }
+        if let Some(p) = &change.password {
+            let hash = hash_password(p.clone()).await?;
+            let (u, logout) = (user.to_string(), change.logout_devices);
+            self.db
+                .write(move |w| {
+                    w.set_password_hash(&u, Some(&hash))?;
+                    if logout {
+                        w.delete_all_devices(&u, None)?;
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await?;
+        }
+        match change.deactivated {
+            Some(true) if !old.deactivated => self.deactivate(user).await?,
+            Some(false) if old.deactivated => {
+                let u = user.to_string();
+                self.db.write(move |w| Ok::<_, Error>(w.reactivate(&u)?)).await?;
+            }
+            _ => {}
+        }
+        let changes = UserChanges {
+            admin: change.admin.filter(|a| *a != old.admin),
+            locked: change.locked.filter(|l| *l != old.locked),
+            shadow_banned: None,
+            user_type: change.user_type,
+        };
+        let u = user.to_string();
+        self.db.write(move |w| Ok::<_, Error>(w.update_admin_user(&u, &changes)?)).await?;
+        Ok((self.admin_user(user).await?, false))
+    }
+
+    async fn admin_create_user(&self, user: &UserId, change: UserUpsert) -> Result<()> {
+        // The same rules as registration for the name (an exclusive bridge namespace, say).
+        let localpart = user.localpart();
+        let checked = self.new_user_id(localpart)?;
+        if checked != user {
+            return Err(Error::new(ErrorKind::InvalidUsername, 400, "user id must be lowercase"));
+        }
+        if self.appservices.exclusive_user_owner(user.as_str()).is_some() {
+            return Err(Error::new(ErrorKind::Exclusive, 400, "this user id is reserved by an application service"));
+        }
+        self.create_user(user, change.password.as_deref(), change.admin.unwrap_or(false), None).await?;
+        let name = change.displayname.unwrap_or_else(|| Some(localpart.to_owned()));
+        if name.is_some() {
+            self.set_profile_field(user, "displayname", name).await?;
+        }
+        if let Some(Some(url)) = change.avatar_url {
+            self.set_profile_field(user, "avatar_url", Some(url)).await?;
+        }
+        if let Some(t) = change.user_type {
+            let (u, changes) = (user.to_string(), UserChanges { user_type: Some(t), ..Default::default() });
+            self.db.write(move |w| Ok::<_, Error>(w.update_admin_user(&u, &changes)?)).await?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates the account (sessions ended, rooms left); with `erase`, also clears its
+    /// profile and marks it erased. Deactivating twice is fine.
+    pub async fn admin_deactivate(&self, user: &UserId, erase: bool) -> Result<()> {
+        let old = self.admin_user(user).await?;
+        if !old.deactivated {
+            self.deactivate(user).await?;
+        }
+        if erase {
+            let u = user.to_string();
+            self.db.write(move |w| Ok::<_, Error>(w.erase_user(&u)?)).await?;
+        }
+        Ok(())
+    }
+
+    /// How a user has been seen connecting: one entry per device with an address.
+    pub async fn whois(&self, user: &UserId) -> Result<Vec<Connection>> {
+        let devices: Vec<DeviceRow> = self.devices(user).await?;
+        Ok(devices
+            .into_iter()
+            .filter(|d| d.last_seen_ts.is_some() || d.last_seen_ip.is_some())
+            .map(|d| Connection { ip: d.last_seen_ip, last_seen: d.last_seen_ts, user_agent: d.last_seen_user_agent })
+            .collect())
+    }
+
+    pub async fn admin_joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        let u = user.to_string();
+        let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?)).await?;
+        Ok(rooms.into_iter().filter_map(|r| OwnedRoomId::try_from(r).ok()).collect())
+    }
+}
