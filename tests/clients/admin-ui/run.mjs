@@ -31,58 +31,37 @@
 // ./synapse-admin/dist), ADMIN_UI_TEST_LENIENT=1, ADMIN_UI_TEST_KEEP_TMP=1 (keep moss's data
 // dir, the UI copy and the browser profile).
 
-import { spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
-import {
-    cpSync,
-    createReadStream,
-    existsSync,
-    mkdirSync,
-    mkdtempSync,
-    openSync,
-    readdirSync,
-    readFileSync,
-    rmSync,
-    statSync,
-    writeFileSync,
-} from "node:fs";
-import http from "node:http";
-import net from "node:net";
-import os from "node:os";
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import {
+    REPO_ROOT, SERVER_NAME, configure, settings, state, stamp, log, tmpDir, StepError, Fatal, waitFor, // basics
+    startMoss, mossReport, api, apiOk, register, startStaticServer, // moss, its API, the app's server
+    launchChromium, shot, prepareOutput, writeArtifacts, cleanup, // browser, output, teardown
+} from "../harness/harness.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, "../../..");
-const MOSS_BIN = process.env.MOSS_BIN ? path.resolve(process.env.MOSS_BIN) : path.join(REPO_ROOT, "target/debug/moss");
 const OUTPUT_DIR = path.resolve(process.env.MOSS_TEST_OUTPUT || path.join(HERE, "output"));
 const DIST_DIR = path.resolve(process.env.ADMIN_UI_DIST || path.join(HERE, "synapse-admin/dist"));
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const LENIENT = process.env.ADMIN_UI_TEST_LENIENT === "1";
-const KEEP_TMP = process.env.ADMIN_UI_TEST_KEEP_TMP === "1";
-const SERVER_NAME = "localhost";
-const CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-];
 const STEP_TIMEOUT_MS = 20_000;
 const API_CHECK_TIMEOUT_MS = 10_000;
 const OVERALL_TIMEOUT_MS = 115_000;
-const LOG_TAIL_LINES = 60;
 const ADMIN_PREFIX = "/_synapse/admin/";
+configure({
+    mossBin: process.env.MOSS_BIN ? path.resolve(process.env.MOSS_BIN) : path.join(REPO_ROOT, "target/debug/moss"),
+    outputDir: OUTPUT_DIR,
+    stepTimeoutMs: STEP_TIMEOUT_MS,
+    waitIntervalMs: 150,
+    logTailLines: 60,
+    keepTmp: process.env.ADMIN_UI_TEST_KEEP_TMP === "1",
+    terseErrors: true,
+});
 
-// The seeded world.
-const ADMIN_PW = "admin-pw-0123";
-const BOB_PW = "bob-pw-0123";
-const MALLORY_PW = "mallory-pw-0123";
-const RITA_PW = "rita-pw-0123";
-const CAROL_PW = "carol-pw-0123";
+// The seeded world (every user's password is "<localpart>-pw-0123").
+const pw = (localpart) => `${localpart}-pw-0123`;
 const CAROL_NAME = "Carol Created";
 const DOOMED_ROOM = "Doomed room";
 const KEPT_ROOM = "Kept room";
@@ -98,198 +77,36 @@ const PNG = Buffer.from(
 );
 
 // ---------------------------------------------------------------------------------------------
-// State shared with the failure report and cleanup.
-const state = {
-    started: Date.now(),
-    tmpDirs: [],
-    moss: null, // {proc, logPath, baseUrl, exit}
-    web: null, // http.Server
-    context: null, // playwright BrowserContext
-    page: null,
-    consoleLog: [],
+// The test's own state, beside the harness's (moss, browser, temp dirs, console log).
+Object.assign(state, {
     requests: [], // every UI request to moss: {t, method, path, status, failure, request, body}
     stepStart: 0, // index into requests where the current step began
-    step: "setup",
-    shots: 0,
-};
-
-const stamp = () => ((Date.now() - state.started) / 1000).toFixed(1);
-
-function log(msg) {
-    console.log(`[${stamp().padStart(5)}s] ${msg}`);
-}
-
-function tmpDir(prefix) {
-    const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-    state.tmpDirs.push(dir);
-    return dir;
-}
-
-async function freePort() {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    const { port } = srv.address();
-    srv.close();
-    await once(srv, "close");
-    return port;
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// A failure of the scenario (its message says it all: no stack in the report).
-class StepError extends Error {}
-// An error that ends a waitFor at once (other errors thrown by the predicate are retried).
-class Fatal extends StepError {}
-
-async function waitFor(what, fn, timeoutMs = STEP_TIMEOUT_MS, intervalMs = 150) {
-    const deadline = Date.now() + timeoutMs;
-    let lastErr;
-    while (Date.now() < deadline) {
-        try {
-            const v = await fn();
-            if (v) return v;
-        } catch (err) {
-            if (err instanceof Fatal) throw err;
-            lastErr = err;
-        }
-        await sleep(intervalMs);
-    }
-    throw new StepError(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${lastErr.message.split("\n")[0]})` : ""}`);
-}
+});
 
 // ---------------------------------------------------------------------------------------------
-// moss
+// moss, its admin created first with the CLI
 
-function mossEnv(workdir, port) {
-    // moss reads every MOSS_* variable as configuration and rejects unknown keys: drop ours.
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOSS_")));
-    return Object.assign(env, {
-        MOSS_DATA_DIR: path.join(workdir, "data"),
-        MOSS_HTTP__BIND: `127.0.0.1:${port}`,
-        MOSS_SERVER_NAME: SERVER_NAME,
-        MOSS_REGISTRATION: "open",
-        MOSS_RATE_LIMITS__ENABLED: "false",
-        MOSS_LOG__LEVEL: "info",
-        RUST_BACKTRACE: "1",
-        NO_COLOR: "1",
-    });
-}
-
-async function startMoss() {
-    if (!existsSync(MOSS_BIN)) {
-        throw new StepError(`moss binary not found at ${MOSS_BIN}: build it first or set MOSS_BIN`);
-    }
-    const workdir = tmpDir("moss-admin-ui-");
-    const port = await freePort();
-    const baseUrl = `http://127.0.0.1:${port}`;
-    const logPath = path.join(workdir, "moss.log");
-    const env = mossEnv(workdir, port);
-
+function startMossWithAdmin() {
     // The admin comes from the CLI, on the same data dir, before the server starts.
-    const create = spawnSync(MOSS_BIN, ["user", "create", "admin", "--password", ADMIN_PW, "--admin"], {
-        cwd: workdir,
-        env,
-        encoding: "utf8",
-        timeout: 30_000,
+    return startMoss("moss-admin-ui-", async ({ workdir, env }) => {
+        const create = spawnSync(settings.mossBin, ["user", "create", "admin", "--password", pw("admin"), "--admin"], {
+            cwd: workdir,
+            env,
+            encoding: "utf8",
+            timeout: 30_000,
+        });
+        if (create.status !== 0) {
+            throw new StepError(
+                `moss user create admin --admin failed (status ${create.status}, ${create.error || create.signal || "no signal"}):\n` +
+                    `${create.stdout}\n${create.stderr}`,
+            );
+        }
+        log(`created the admin with the CLI: ${(create.stdout.trim().split("\n").at(-1) || "").trim()}`);
     });
-    if (create.status !== 0) {
-        throw new StepError(
-            `moss user create admin --admin failed (status ${create.status}, ${create.error || create.signal || "no signal"}):\n` +
-                `${create.stdout}\n${create.stderr}`,
-        );
-    }
-    log(`created the admin with the CLI: ${(create.stdout.trim().split("\n").at(-1) || "").trim()}`);
-
-    const fd = openSync(logPath, "w");
-    const proc = spawn(MOSS_BIN, ["serve"], { cwd: workdir, env, stdio: ["ignore", fd, fd] });
-    state.moss = { proc, logPath, baseUrl, exit: null };
-    proc.on("exit", (code, signal) => (state.moss.exit = { code, signal }));
-    await waitFor(
-        "moss to answer /_matrix/client/versions",
-        async () => {
-            if (state.moss.exit) throw new Fatal(`moss exited during startup (${JSON.stringify(state.moss.exit)})`);
-            const res = await fetch(`${baseUrl}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) });
-            return res.ok;
-        },
-        30_000,
-    );
-    log(`moss ${MOSS_BIN} is up at ${baseUrl} (workdir ${workdir})`);
-    return baseUrl;
-}
-
-async function stopMoss() {
-    const m = state.moss;
-    if (!m || m.exit) return;
-    m.proc.kill("SIGTERM");
-    const exited = await Promise.race([once(m.proc, "exit").then(() => true), sleep(10_000).then(() => false)]);
-    if (!exited) {
-        m.proc.kill("SIGKILL");
-        await once(m.proc, "exit");
-    }
-}
-
-function mossLogTail(lines = LOG_TAIL_LINES) {
-    try {
-        return readFileSync(state.moss.logPath, "utf8").split("\n").slice(-lines).join("\n");
-    } catch (err) {
-        return `<cannot read moss log: ${err.message}>`;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Matrix client-server API (seeding and the checks after each UI action)
-
-async function api(baseUrl, method, urlPath, { token, body, raw, contentType } = {}) {
-    const headers = {};
-    if (token) headers.authorization = `Bearer ${token}`;
-    let payload;
-    if (raw !== undefined) {
-        payload = raw;
-        headers["content-type"] = contentType || "application/octet-stream";
-    } else if (body !== undefined) {
-        payload = JSON.stringify(body);
-        headers["content-type"] = "application/json";
-    }
-    const res = await fetch(`${baseUrl}${urlPath}`, {
-        method,
-        headers,
-        body: payload,
-        signal: AbortSignal.timeout(15_000),
-    });
-    const text = await res.text();
-    let json;
-    try {
-        json = JSON.parse(text);
-    } catch {
-        json = { raw: text.slice(0, 200) };
-    }
-    return { status: res.status, json };
-}
-
-async function apiOk(baseUrl, method, urlPath, opts) {
-    const { status, json } = await api(baseUrl, method, urlPath, opts);
-    if (status !== 200) {
-        throw new StepError(`${method} ${urlPath} -> HTTP ${status} ${JSON.stringify(json)}`);
-    }
-    return json;
-}
-
-// The spec'd user-interactive flow: first request without `auth`; on 401 complete m.login.dummy.
-async function register(baseUrl, username, password) {
-    const url = "/_matrix/client/v3/register";
-    const body = { username, password, initial_device_display_name: "seed" };
-    let { status, json } = await api(baseUrl, "POST", url, { body });
-    if (status === 401) {
-        const auth = { type: "m.login.dummy" };
-        if (json.session) auth.session = json.session;
-        ({ status, json } = await api(baseUrl, "POST", url, { body: { ...body, auth } }));
-    }
-    if (status !== 200 || !json.access_token) {
-        throw new StepError(`registering ${username} failed: HTTP ${status} ${JSON.stringify(json)}`);
-    }
-    return json;
-}
 
 function passwordLogin(baseUrl, user, password) {
     return api(baseUrl, "POST", "/_matrix/client/v3/login", {
@@ -304,9 +121,9 @@ async function joinedRooms(baseUrl, token) {
 const rid = (roomId) => encodeURIComponent(roomId);
 
 async function seed(mossBase) {
-    const bob = await register(mossBase, "bob", BOB_PW);
-    const mallory = await register(mossBase, "mallory", MALLORY_PW);
-    const rita = await register(mossBase, "rita", RITA_PW);
+    const bob = await register(mossBase, "bob", pw("bob"), "seed");
+    const mallory = await register(mossBase, "mallory", pw("mallory"), "seed");
+    const rita = await register(mossBase, "rita", pw("rita"), "seed");
     log(`registered ${bob.user_id}, ${mallory.user_id}, ${rita.user_id}`);
 
     const createRoom = async (name) =>
@@ -367,20 +184,6 @@ async function mediaDownloadStatus(baseUrl, token, mediaId) {
 // ---------------------------------------------------------------------------------------------
 // Static server for a writable copy of synapse-admin's dist/
 
-const MIME = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-    ".txt": "text/plain; charset=utf-8",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-};
-
 async function startWebServer(mossBase) {
     if (!existsSync(path.join(DIST_DIR, "index.html"))) {
         throw new StepError(`${DIST_DIR}/index.html is missing: run scripts/setup-admin-ui.sh to build synapse-admin`);
@@ -392,40 +195,7 @@ async function startWebServer(mossBase) {
     // A single URL: the login form's homeserver field is prefilled and read-only.
     writeFileSync(path.join(root, "config.json"), JSON.stringify({ restrictBaseUrl: mossBase }));
 
-    const server = http.createServer((req, res) => {
-        let urlPath;
-        try {
-            urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
-        } catch {
-            res.writeHead(400).end();
-            return;
-        }
-        let file = path.normalize(path.join(root, urlPath));
-        if (!file.startsWith(root)) {
-            res.writeHead(403).end();
-            return;
-        }
-        if (urlPath.endsWith("/")) file = path.join(file, "index.html");
-        let st;
-        try {
-            st = statSync(file);
-            if (!st.isFile()) throw new Error("not a file");
-        } catch {
-            res.writeHead(404, { "content-type": "text/plain" }).end("not found");
-            return;
-        }
-        res.writeHead(200, {
-            "content-type": MIME[path.extname(file)] || "application/octet-stream",
-            "content-length": st.size,
-            "cache-control": "no-store",
-        });
-        if (req.method === "HEAD") res.end();
-        else createReadStream(file).pipe(res);
-    });
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    state.web = server;
-    const url = `http://127.0.0.1:${server.address().port}`;
+    const url = await startStaticServer(root);
     log(`serving synapse-admin (${DIST_DIR}) at ${url}, restrictBaseUrl ${mossBase}`);
     return url;
 }
@@ -446,25 +216,11 @@ function describe(e) {
 }
 
 async function launchBrowser(mossBase) {
-    if (!existsSync(CHROMIUM)) throw new StepError(`${CHROMIUM} is missing: run scripts/setup-browser.sh`);
-    const profile = tmpDir("moss-admin-ui-chromium-");
-    // launchPersistentContext passes --user-data-dir=<profile> itself (a fresh, empty profile).
-    const context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: CHROMIUM_FLAGS,
+    const { context, page } = await launchChromium(chromium, "moss-admin-ui-chromium-", {
         // Tall: index.html's fixed footer covers the forms' Save/Delete toolbar at 720 px.
         viewport: { width: 1280, height: 1600 },
         locale: "en-US",
-        timeout: 30_000,
     });
-    state.context = context;
-    const page = context.pages()[0] || (await context.newPage());
-    state.page = page;
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    page.on("console", (msg) => state.consoleLog.push(`[${stamp()}s] console.${msg.type()}: ${msg.text()}`));
-    page.on("pageerror", (err) => state.consoleLog.push(`[${stamp()}s] pageerror: ${err.stack || err}`));
-    page.on("crash", () => state.consoleLog.push(`[${stamp()}s] PAGE CRASHED`));
 
     const entries = new Map(); // Request -> entry
     context.on("request", (req) => {
@@ -495,19 +251,6 @@ async function launchBrowser(mossBase) {
         if (isAdmin(entry) || entry.status >= 400 || entry.method !== "GET") log(`  ${isAdmin(entry) ? "admin" : "ui->moss"} ${describe(entry)}`);
     });
     return page;
-}
-
-async function shot(name) {
-    if (!state.page || state.page.isClosed()) return;
-    state.shots += 1;
-    const file = path.join(OUTPUT_DIR, `${String(state.shots).padStart(2, "0")}-${name}.png`);
-    try {
-        await state.page.screenshot({ path: file, fullPage: false, timeout: 10_000 });
-        const rel = path.relative(process.cwd(), file);
-        log(`screenshot ${rel.startsWith("..") ? file : rel}`);
-    } catch (err) {
-        log(`screenshot ${name} failed: ${err.message}`);
-    }
 }
 
 // Runs one step; then waits (briefly) for the admin requests the step caused to be answered and
@@ -599,13 +342,9 @@ async function apiCheck(what, fn, timeoutMs = API_CHECK_TIMEOUT_MS) {
 const ARTIFACTS = ["browser-console.log", "admin-requests.json", "moss.log"];
 
 async function scenario() {
-    mkdirSync(OUTPUT_DIR, { recursive: true });
-    // Drop a previous run's screenshots and logs (only the files this runner writes).
-    for (const f of readdirSync(OUTPUT_DIR)) {
-        if (/^\d\d-.*\.png$/.test(f) || ARTIFACTS.includes(f)) rmSync(path.join(OUTPUT_DIR, f), { force: true });
-    }
+    prepareOutput(ARTIFACTS);
     log(`output in ${OUTPUT_DIR}${LENIENT ? " (lenient: admin errors are only logged)" : ""}`);
-    const mossBase = await startMoss();
+    const mossBase = await startMossWithAdmin();
     state.step = "seed";
     const w = await seed(mossBase);
     const webBase = await startWebServer(mossBase);
@@ -627,7 +366,7 @@ async function scenario() {
         const shown = await baseUrl.inputValue();
         if (shown !== mossBase) throw new StepError(`the Homeserver URL field shows "${shown}", not config.json's ${mossBase}`);
         await page.getByLabel("Username").fill("admin");
-        await page.locator('input[name="password"]').fill(ADMIN_PW);
+        await page.locator('input[name="password"]').fill(pw("admin"));
     }, loginFormOpts);
 
     await step("login-server-info", async () => {
@@ -675,7 +414,7 @@ async function scenario() {
         await waitVisible("the create-user form", page.locator('input[name="id"]'));
         await page.locator('input[name="id"]').fill("carol");
         await page.locator('input[name="displayname"]').fill(CAROL_NAME);
-        await page.locator('input[name="password"]').fill(CAROL_PW);
+        await page.locator('input[name="password"]').fill(pw("carol"));
         await button("Save").click();
         await waitResponse(`PUT /_synapse/admin/v2/users/${uid("carol")}`, (e) => e.method === "PUT" && idIn(e.path, uid("carol")));
         await waitUrl("the redirect to carol's edit page", new RegExp(`#/users/${encUser("carol")}$`));
@@ -684,7 +423,7 @@ async function scenario() {
             return (await page.locator('input[name="displayname"]').inputValue()) === CAROL_NAME;
         });
         await apiCheck("carol can log in with the password set in the UI", async () => {
-            const { status, json } = await passwordLogin(mossBase, "carol", CAROL_PW);
+            const { status, json } = await passwordLogin(mossBase, "carol", pw("carol"));
             return [status === 200 && json.user_id === uid("carol"), `login HTTP ${status} ${JSON.stringify(json)}`];
         });
         await apiCheck(`carol's display name is "${CAROL_NAME}"`, async () => {
@@ -709,7 +448,7 @@ async function scenario() {
         await waitVisible("the users list to show bob", cell(uid("bob")));
         await waitGone("the users list to hide the deactivated mallory", cell(uid("mallory")));
         await apiCheck("mallory can no longer log in", async () => {
-            const { status, json } = await passwordLogin(mossBase, "mallory", MALLORY_PW);
+            const { status, json } = await passwordLogin(mossBase, "mallory", pw("mallory"));
             return [status !== 200 && status < 500, `login HTTP ${status} ${JSON.stringify(json)}`];
         });
         await apiCheck("mallory's access token is revoked", async () => {
@@ -829,16 +568,10 @@ async function scenario() {
 
 // ---------------------------------------------------------------------------------------------
 
-function writeArtifacts() {
-    try {
-        mkdirSync(OUTPUT_DIR, { recursive: true });
-        writeFileSync(path.join(OUTPUT_DIR, "browser-console.log"), state.consoleLog.join("\n") + "\n");
-        const reqs = state.requests.map(({ done, ...e }) => e);
-        writeFileSync(path.join(OUTPUT_DIR, "admin-requests.json"), JSON.stringify(reqs, null, 1));
-        if (state.moss) writeFileSync(path.join(OUTPUT_DIR, "moss.log"), readFileSync(state.moss.logPath));
-    } catch (err) {
-        log(`writing artifacts failed: ${err.message}`);
-    }
+function writeAdminArtifacts() {
+    writeArtifacts(() => ({
+        "admin-requests.json": JSON.stringify(state.requests.map(({ done, ...e }) => e), null, 1),
+    }));
 }
 
 function failureReport(err) {
@@ -854,24 +587,10 @@ function failureReport(err) {
     const bad = state.requests.filter((e) => e.failure || e.status >= 400);
     out.push(`\n--- UI requests to moss that failed or answered >= 400 (${bad.length}) ---`);
     for (const e of bad) out.push(`[${e.t}s ${e.step}] ${describe(e)}`);
-    if (state.moss) {
-        const st = state.moss.exit ? `EXITED ${JSON.stringify(state.moss.exit)}` : "running";
-        out.push(`\n--- moss (${st}) last ${LOG_TAIL_LINES} lines of ${state.moss.logPath} ---\n${mossLogTail()}`);
-    }
+    if (state.moss) out.push(mossReport());
     out.push(`\n--- browser console (last 40 of ${state.consoleLog.length} lines) ---`);
     out.push(...state.consoleLog.slice(-40));
     console.error(out.join("\n"));
-}
-
-async function cleanup() {
-    if (state.context) await state.context.close().catch(() => {});
-    await stopMoss().catch(() => {});
-    if (state.web) {
-        state.web.closeAllConnections?.();
-        state.web.close();
-    }
-    if (!KEEP_TMP) for (const d of state.tmpDirs) rmSync(d, { recursive: true, force: true });
-    else if (state.tmpDirs.length) log(`kept ${state.tmpDirs.join(" ")}`);
 }
 
 let failed = false;
@@ -882,7 +601,7 @@ const overall = setTimeout(async () => {
     failed = true;
     await shot(`failure-${state.step}`).catch(() => {});
     failureReport(new StepError(`overall timeout of ${OVERALL_TIMEOUT_MS} ms exceeded`));
-    writeArtifacts();
+    writeAdminArtifacts();
     await cleanup().catch(() => {});
     console.log("admin-ui: 0 passed, 1 failed");
     process.exit(1);
@@ -908,7 +627,7 @@ try {
 }
 if (finishing) await new Promise(() => {}); // the timeout or a signal is already finishing the run
 finishing = true;
-writeArtifacts();
+writeAdminArtifacts();
 await cleanup();
 clearTimeout(overall);
 const secs = ((Date.now() - state.started) / 1000).toFixed(1);

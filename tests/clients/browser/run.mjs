@@ -33,253 +33,51 @@
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import http from "node:http";
-import net from "node:net";
-import os from "node:os";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import {
+    REPO_ROOT, configure, state, stamp, log, sleep, tmpDir, Fatal, waitFor, // basics
+    startMoss, mossReport, apiOk, register, startStaticServer, // moss, its API, the app's server
+    launchChromium, shot, prepareOutput, writeArtifacts, cleanup, // browser, output, teardown
+} from "../harness/harness.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, "../../..");
-const MOSS_BIN = path.resolve(HERE, process.env.MOSS_BIN || "../../../target/debug/moss");
 const OUTPUT_DIR = path.resolve(process.env.MOSS_TEST_OUTPUT || path.join(HERE, "output"));
 const DIST_DIR = path.join(HERE, "dist");
 const PYTHON = process.env.BROWSER_TEST_PYTHON || path.join(REPO_ROOT, ".venv/bin/python");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ENCRYPTED = process.env.BROWSER_TEST_ENCRYPTED !== "0";
-const KEEP_TMP = process.env.BROWSER_TEST_KEEP_TMP === "1";
 const EXTERNAL_HS = process.env.BROWSER_TEST_HOMESERVER?.replace(/\/+$/, "") || null;
-const SERVER_NAME = "localhost";
-const CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-];
-const STEP_TIMEOUT_MS = 30_000;
 const BOB_TIMEOUT_S = 60;
 const OVERALL_TIMEOUT_MS = 150_000;
-const LOG_TAIL_LINES = 80;
+configure({
+    mossBin: path.resolve(HERE, process.env.MOSS_BIN || "../../../target/debug/moss"),
+    outputDir: OUTPUT_DIR,
+    stepTimeoutMs: 30_000,
+    waitIntervalMs: 100,
+    logTailLines: 80,
+    keepTmp: process.env.BROWSER_TEST_KEEP_TMP === "1",
+});
 
 // ---------------------------------------------------------------------------------------------
-// State shared with the failure report and cleanup.
-const state = {
-    started: Date.now(),
-    tmpDirs: [],
-    moss: null, // {proc, logPath, baseUrl}
-    web: null, // http.Server
+// The test's own state, beside the harness's (moss, browser, temp dirs, console log).
+Object.assign(state, {
     bob: null, // {proc, lines: [], stderr: []}
-    context: null, // playwright BrowserContext
-    page: null,
-    consoleLog: [],
-    pageErrors: [],
     badResponses: [],
     requests: [],
     warnings: [],
-    step: "setup",
-    shots: 0,
-};
-
-function log(msg) {
-    const t = ((Date.now() - state.started) / 1000).toFixed(1).padStart(5);
-    console.log(`[${t}s] ${msg}`);
-}
-
-function tmpDir(prefix) {
-    const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-    state.tmpDirs.push(dir);
-    return dir;
-}
-
-async function freePort() {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    const { port } = srv.address();
-    srv.close();
-    await once(srv, "close");
-    return port;
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// An error that ends a waitFor at once (other errors thrown by the predicate are retried).
-class Fatal extends Error {}
-
-async function waitFor(what, fn, timeoutMs = STEP_TIMEOUT_MS, intervalMs = 100) {
-    const deadline = Date.now() + timeoutMs;
-    let lastErr;
-    while (Date.now() < deadline) {
-        try {
-            const v = await fn();
-            if (v) return v;
-        } catch (err) {
-            if (err instanceof Fatal) throw err;
-            lastErr = err;
-        }
-        await sleep(intervalMs);
-    }
-    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${lastErr.message}` : ""}`);
-}
-
-// ---------------------------------------------------------------------------------------------
-// moss
-
-async function startMoss() {
-    if (!existsSync(MOSS_BIN)) {
-        throw new Error(`moss binary not found at ${MOSS_BIN}: build it first or set MOSS_BIN`);
-    }
-    const workdir = tmpDir("moss-browser-");
-    const port = await freePort();
-    const baseUrl = `http://127.0.0.1:${port}`;
-    const logPath = path.join(workdir, "moss.log");
-    // moss reads every MOSS_* variable as configuration and rejects unknown keys: drop ours.
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOSS_")));
-    Object.assign(env, {
-        MOSS_DATA_DIR: path.join(workdir, "data"),
-        MOSS_HTTP__BIND: `127.0.0.1:${port}`,
-        MOSS_SERVER_NAME: SERVER_NAME,
-        MOSS_REGISTRATION: "open",
-        MOSS_RATE_LIMITS__ENABLED: "false",
-        MOSS_LOG__LEVEL: "info",
-        RUST_BACKTRACE: "1",
-        NO_COLOR: "1",
-    });
-    const fd = openSync(logPath, "w");
-    const proc = spawn(MOSS_BIN, ["serve"], { cwd: workdir, env, stdio: ["ignore", fd, fd] });
-    state.moss = { proc, logPath, baseUrl, exit: null };
-    proc.on("exit", (code, signal) => (state.moss.exit = { code, signal }));
-    await waitFor(
-        "moss to answer /_matrix/client/versions",
-        async () => {
-            if (state.moss.exit) throw new Fatal(`moss exited during startup (${JSON.stringify(state.moss.exit)})`);
-            const res = await fetch(`${baseUrl}/_matrix/client/versions`, { signal: AbortSignal.timeout(2000) });
-            return res.ok;
-        },
-        30_000,
-    );
-    log(`moss ${MOSS_BIN} is up at ${baseUrl} (workdir ${workdir})`);
-    return baseUrl;
-}
-
-async function stopMoss() {
-    const m = state.moss;
-    if (!m || m.exit) return;
-    m.proc.kill("SIGTERM");
-    const exited = await Promise.race([once(m.proc, "exit").then(() => true), sleep(10_000).then(() => false)]);
-    if (!exited) {
-        m.proc.kill("SIGKILL");
-        await once(m.proc, "exit");
-    }
-}
-
-function mossLogTail(lines = LOG_TAIL_LINES) {
-    try {
-        return readFileSync(state.moss.logPath, "utf8").split("\n").slice(-lines).join("\n");
-    } catch (err) {
-        return `<cannot read moss log: ${err.message}>`;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Matrix client-server API (setup only; the scenario itself goes through Hydrogen and nio)
-
-async function api(baseUrl, method, urlPath, { token, body } = {}) {
-    const headers = { "content-type": "application/json" };
-    if (token) headers.authorization = `Bearer ${token}`;
-    const res = await fetch(`${baseUrl}${urlPath}`, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(15_000),
-    });
-    const text = await res.text();
-    let json;
-    try {
-        json = JSON.parse(text);
-    } catch {
-        json = { raw: text };
-    }
-    return { status: res.status, json };
-}
-
-async function apiOk(baseUrl, method, urlPath, opts) {
-    const { status, json } = await api(baseUrl, method, urlPath, opts);
-    if (status !== 200) {
-        throw new Error(`${method} ${urlPath} -> HTTP ${status} ${JSON.stringify(json)}`);
-    }
-    return json;
-}
-
-// The spec'd user-interactive flow: first request without `auth`; on 401 complete m.login.dummy.
-async function register(baseUrl, username, password) {
-    const url = "/_matrix/client/v3/register";
-    const body = { username, password, initial_device_display_name: "register" };
-    let { status, json } = await api(baseUrl, "POST", url, { body });
-    if (status === 401) {
-        const auth = { type: "m.login.dummy" };
-        if (json.session) auth.session = json.session;
-        ({ status, json } = await api(baseUrl, "POST", url, { body: { ...body, auth } }));
-    }
-    if (status !== 200 || !json.access_token) {
-        throw new Error(`registering ${username} failed: HTTP ${status} ${JSON.stringify(json)}`);
-    }
-    return json;
-}
+});
 
 // ---------------------------------------------------------------------------------------------
 // Static server for dist/
-
-const MIME = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".wasm": "application/wasm", // needed for WebAssembly.instantiateStreaming
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-};
 
 async function startWebServer() {
     if (!existsSync(path.join(DIST_DIR, "index.html"))) {
         throw new Error(`${DIST_DIR}/index.html is missing: run scripts/setup-browser.sh to build the app`);
     }
-    const server = http.createServer((req, res) => {
-        const urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
-        let file = path.normalize(path.join(DIST_DIR, urlPath));
-        if (!file.startsWith(DIST_DIR)) {
-            res.writeHead(403).end();
-            return;
-        }
-        if (urlPath.endsWith("/")) file = path.join(file, "index.html");
-        let st;
-        try {
-            st = statSync(file);
-        } catch {
-            res.writeHead(404, { "content-type": "text/plain" }).end("not found");
-            return;
-        }
-        res.writeHead(200, {
-            "content-type": MIME[path.extname(file)] || "application/octet-stream",
-            "content-length": st.size,
-            "cache-control": "no-store",
-        });
-        if (req.method === "HEAD") res.end();
-        else createReadStream(file).pipe(res);
-    });
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    state.web = server;
-    const url = `http://127.0.0.1:${server.address().port}`;
+    const url = await startStaticServer(DIST_DIR);
     log(`serving ${DIST_DIR} at ${url}`);
     return url;
 }
@@ -341,19 +139,6 @@ function assertNoPageError() {
     }
 }
 
-async function shot(name) {
-    if (!state.page) return;
-    state.shots += 1;
-    const file = path.join(OUTPUT_DIR, `${String(state.shots).padStart(2, "0")}-${name}.png`);
-    try {
-        await state.page.screenshot({ path: file, fullPage: false, timeout: 10_000 });
-        const rel = path.relative(process.cwd(), file);
-        log(`screenshot ${rel.startsWith("..") ? file : rel}`);
-    } catch (err) {
-        log(`screenshot ${name} failed: ${err.message}`);
-    }
-}
-
 async function step(name, fn) {
     state.step = name;
     log(`step: ${name}`);
@@ -363,27 +148,9 @@ async function step(name, fn) {
 }
 
 async function launchBrowser(mossBase) {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run scripts/setup-browser.sh`);
-    const profile = tmpDir("moss-chromium-profile-");
-    // launchPersistentContext passes --user-data-dir=<profile> itself (a fresh, empty profile).
-    const context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: CHROMIUM_FLAGS,
+    const { context, page } = await launchChromium(chromium, "moss-chromium-profile-", {
         viewport: { width: 1200, height: 800 },
-        timeout: 30_000,
     });
-    state.context = context;
-    const page = context.pages()[0] || (await context.newPage());
-    state.page = page;
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    const stamp = () => ((Date.now() - state.started) / 1000).toFixed(1);
-    page.on("console", (msg) => state.consoleLog.push(`[${stamp()}s] console.${msg.type()}: ${msg.text()}`));
-    page.on("pageerror", (err) => {
-        state.consoleLog.push(`[${stamp()}s] pageerror: ${err.stack || err}`);
-        state.pageErrors.push(err);
-    });
-    page.on("crash", () => state.consoleLog.push(`[${stamp()}s] PAGE CRASHED`));
     // Record every failing or interesting moss response (the context sees service-worker traffic too).
     context.on("requestfailed", (req) => {
         if (req.url().startsWith(mossBase)) {
@@ -415,13 +182,9 @@ async function launchBrowser(mossBase) {
 const ARTIFACTS = ["browser-console.log", "homeserver-requests.json", "moss.log", "bob-nio.log"];
 
 async function scenario() {
-    mkdirSync(OUTPUT_DIR, { recursive: true });
-    // Drop a previous run's screenshots and logs (only the files this runner writes).
-    for (const f of readdirSync(OUTPUT_DIR)) {
-        if (/^\d\d-.*\.png$/.test(f) || ARTIFACTS.includes(f)) rmSync(path.join(OUTPUT_DIR, f), { force: true });
-    }
+    prepareOutput(ARTIFACTS);
     log(`scenario: ${ENCRYPTED ? "ENCRYPTED room (m.megolm.v1.aes-sha2)" : "unencrypted room"}; output in ${OUTPUT_DIR}`);
-    const mossBase = EXTERNAL_HS || (await startMoss());
+    const mossBase = EXTERNAL_HS || (await startMoss("moss-browser-"));
     if (EXTERNAL_HS) log(`using the running homeserver at ${EXTERNAL_HS} instead of starting moss`);
     const webBase = await startWebServer();
 
@@ -430,8 +193,8 @@ async function scenario() {
     const bobPw = `bob-pw-${suffix}`;
     // A fresh moss has no users yet; a long-lived external server gets unique names.
     const aliceName = EXTERNAL_HS ? `alice_${suffix}` : "alice";
-    const alice = await register(mossBase, aliceName, alicePw);
-    const bob = await register(mossBase, EXTERNAL_HS ? `bob_${suffix}` : "bob", bobPw);
+    const alice = await register(mossBase, aliceName, alicePw, "register");
+    const bob = await register(mossBase, EXTERNAL_HS ? `bob_${suffix}` : "bob", bobPw, "register");
     log(`registered ${alice.user_id} and ${bob.user_id}`);
 
     const roomName = `Browser test ${ENCRYPTED ? "(encrypted)" : "(plain)"}`;
@@ -564,29 +327,19 @@ async function scenario() {
 
 // ---------------------------------------------------------------------------------------------
 
-function writeArtifacts() {
-    try {
-        writeFileSync(path.join(OUTPUT_DIR, "browser-console.log"), state.consoleLog.join("\n") + "\n");
-        writeFileSync(path.join(OUTPUT_DIR, "homeserver-requests.json"), JSON.stringify(state.requests, null, 1));
-        if (state.moss) writeFileSync(path.join(OUTPUT_DIR, "moss.log"), readFileSync(state.moss.logPath));
-        if (state.bob) {
-            writeFileSync(
-                path.join(OUTPUT_DIR, "bob-nio.log"),
-                [...state.bob.lines.map((l) => JSON.stringify(l)), "--- stderr ---", ...state.bob.stderr].join("\n") + "\n",
-            );
-        }
-    } catch (err) {
-        log(`writing artifacts failed: ${err.message}`);
-    }
+function writeBrowserArtifacts() {
+    writeArtifacts(() => ({
+        "homeserver-requests.json": JSON.stringify(state.requests, null, 1),
+        ...(state.bob && {
+            "bob-nio.log": [...state.bob.lines.map((l) => JSON.stringify(l)), "--- stderr ---", ...state.bob.stderr].join("\n") + "\n",
+        }),
+    }));
 }
 
 function failureReport(err) {
     const out = [];
     out.push(`\nFAILED at step "${state.step}": ${err.stack || err}`);
-    if (state.moss) {
-        const st = state.moss.exit ? `EXITED ${JSON.stringify(state.moss.exit)}` : "running";
-        out.push(`\n--- moss (${st}) last ${LOG_TAIL_LINES} lines of ${state.moss.logPath} ---\n${mossLogTail()}`);
-    }
+    if (state.moss) out.push(mossReport());
     for (const w of state.warnings) out.push(`WARNING: ${w}`);
     out.push(`\n--- moss responses with status >= 400 (${state.badResponses.length}) ---`);
     for (const r of state.badResponses) {
@@ -611,23 +364,20 @@ function failureReport(err) {
     console.error(out.join("\n"));
 }
 
-async function cleanup() {
-    if (state.context) await state.context.close().catch(() => {});
+// bob goes before moss.
+async function stopBob() {
     if (state.bob && !state.bob.exit) {
         state.bob.proc.kill("SIGTERM");
         await Promise.race([once(state.bob.proc, "exit"), sleep(5000)]);
     }
-    await stopMoss().catch(() => {});
-    if (state.web) state.web.close();
-    if (!KEEP_TMP) for (const d of state.tmpDirs) rmSync(d, { recursive: true, force: true });
 }
 
 let failed = false;
 const overall = setTimeout(() => {
     failed = true;
     failureReport(new Error(`overall timeout of ${OVERALL_TIMEOUT_MS} ms exceeded`));
-    writeArtifacts();
-    cleanup().finally(() => process.exit(1));
+    writeBrowserArtifacts();
+    cleanup(stopBob).finally(() => process.exit(1));
 }, OVERALL_TIMEOUT_MS);
 
 try {
@@ -637,8 +387,8 @@ try {
     if (state.page && !state.page.isClosed()) await shot(`failure-${state.step}`);
     failureReport(err);
 }
-writeArtifacts();
-await cleanup();
+writeBrowserArtifacts();
+await cleanup(stopBob);
 clearTimeout(overall);
 const secs = ((Date.now() - state.started) / 1000).toFixed(1);
 const scenarioName = ENCRYPTED ? "encrypted" : "unencrypted";
