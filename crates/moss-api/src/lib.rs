@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod federation;
 pub mod media;
+pub mod metrics;
 pub mod rate_limit;
 pub mod ruma_wrapper;
 
@@ -195,6 +196,8 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(server::set_visibility)
         .ruma(server::public_rooms)
         .ruma(server::public_rooms_filtered)
+        .route_layer(axum::middleware::from_fn_with_state(moss.clone(), metrics::record))
+        .route("/health", get(server::health))
         .fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized_method() });
 

@@ -35,6 +35,7 @@ pub struct Config {
     pub federation: FederationConfig,
     pub push: PushConfig,
     pub appservice: AppserviceConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +58,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             push: PushConfig::default(),
             appservice: AppserviceConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -228,6 +230,15 @@ pub struct AppserviceConfig {
     /// Registration files (YAML or JSON, as bridges generate them; Synapse's
     /// `app_service_config_files`). Relative paths are relative to the working directory.
     pub config_files: Vec<PathBuf>,
+}
+
+/// Prometheus metrics (`docs/metrics.md`), on a listener of their own so that they are never
+/// exposed with the client API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` listener, e.g. `127.0.0.1:9000`; unset (the default): off.
+    pub bind: Option<SocketAddr>,
 }
 
 /// Notifications to phones: pushes to the push gateways clients register with `/pushers/set`.

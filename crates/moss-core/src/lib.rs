@@ -14,6 +14,7 @@ pub mod filter;
 pub mod glob;
 pub mod keys;
 pub mod media;
+pub mod metrics;
 pub mod net;
 pub mod notifier;
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub struct Moss {
     pub appservices: appservice::AppServices,
     /// What each sliding sync connection was sent (`sliding_sync::connections`).
     pub sliding: sliding_sync::Connections,
+    /// Prometheus metrics (`metrics`), exposed on `metrics.bind` when set.
+    pub metrics: Arc<metrics::Metrics>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -93,12 +96,14 @@ impl Moss {
         )?;
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
-        let media = media::Media::open(&config, has_media)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let media = media::Media::open(&config, has_media, metrics.clone())?;
         let push = push::Push::new(&config.push)?;
         let appservices = appservice::AppServices::load(&config.appservice.config_files, server_name.as_str())
             .map_err(|e| Error::internal(format!("appservice.config_files: {e}")))?;
         let federation =
             if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
+        db.set_observer(metrics.clone());
         Ok(Arc::new(Moss {
             signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
             server_name,
@@ -114,6 +119,7 @@ impl Moss {
             push,
             appservices,
             sliding: Default::default(),
+            metrics,
             shutdown: watch::channel(false).0,
         }))
     }

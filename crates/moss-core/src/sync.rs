@@ -90,6 +90,7 @@ impl Moss {
             if done {
                 return Ok(body);
             }
+            let _waiting = self.metrics.waiting();
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = shutdown.changed() => {}

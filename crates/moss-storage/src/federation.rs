@@ -41,6 +41,13 @@ impl Reader<'_> {
     }
 
     /// Every destination something is queued for.
+    /// Queued outbox rows per destination.
+    pub fn outbox_depth(&self) -> Result<Vec<(String, i64)>> {
+        self.collect("SELECT destination, COUNT(*) FROM federation_outbox GROUP BY destination", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+    }
+
     pub fn outbox_destinations(&self) -> Result<Vec<String>> {
         self.collect("SELECT DISTINCT destination FROM federation_outbox", [], |r| r.get(0))
     }

@@ -19,7 +19,8 @@ pub mod synapse;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
 use rusqlite::{Connection, OpenFlags, Transaction};
@@ -88,6 +89,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     synchronous: Synchronous,
+    observer: OnceLock<Arc<dyn DbObserver>>,
 }
 
 /// Handle to the database; cheap to clone.
@@ -140,6 +142,14 @@ fn stable_plans(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Told how long transactions waited and ran (the server's metrics).
+pub trait DbObserver: Send + Sync {
+    /// A write transaction waited `wait` for the writer, then held it for `held`.
+    fn write(&self, wait: Duration, held: Duration);
+    /// A read snapshot was held for `held`.
+    fn read(&self, held: Duration);
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self> {
@@ -152,12 +162,18 @@ impl Db {
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 synchronous,
+                observer: OnceLock::new(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Sets what is told the timing of every transaction (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn DbObserver>) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Runs `f` in a write transaction on a blocking thread; commits if it returns `Ok`.
@@ -179,12 +195,20 @@ impl Db {
         E: From<StorageError>,
         F: FnOnce(&Writer<'_>) -> Result<T, E>,
     {
+        let asked = Instant::now();
         let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let got = Instant::now();
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StorageError::from)?;
-        let out = f(&Writer { reader: Reader { conn: &tx } })?;
-        commit(tx)?;
-        Ok(out)
+        let out = f(&Writer { reader: Reader { conn: &tx } });
+        let out = match out {
+            Ok(v) => commit(tx).map(|()| v).map_err(E::from),
+            Err(e) => Err(e),
+        };
+        if let Some(o) = self.inner.observer.get() {
+            o.write(got - asked, got.elapsed());
+        }
+        out
     }
 
     /// Runs `f` against a pooled read connection on a blocking thread.
@@ -219,9 +243,13 @@ impl Db {
             }
         };
         // A read sees one consistent snapshot even across several queries.
+        let began = Instant::now();
         conn.execute_batch("BEGIN").map_err(StorageError::from)?;
         let out = f(&Reader { conn: &conn });
         let _ = conn.execute_batch("COMMIT");
+        if let Some(o) = self.inner.observer.get() {
+            o.read(began.elapsed());
+        }
         let mut pool = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < 16 {
             pool.push(conn);

@@ -48,6 +48,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "federation",
     "push",
     "appservice",
+    "metrics",
     "log",
 ];
 
@@ -347,6 +348,11 @@ request_timeout_ms = 30000
 # Registration files of bridges (YAML or JSON, as the bridge generates them), e.g.
 # config_files = ["/etc/moss/heisenbridge.yaml"]. `moss appservice list` shows what is loaded.
 config_files = []
+
+[metrics]
+# Prometheus metrics at http://BIND/metrics on a listener of their own (docs/metrics.md).
+# Off unless set; keep it on loopback or a private network.
+# bind = "127.0.0.1:9000"
 
 [federation]
 # Talk to other Matrix servers: join their rooms, serve ours, exchange keys, media and EDUs

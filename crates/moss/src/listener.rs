@@ -78,3 +78,27 @@ pub async fn federation(moss: Arc<Moss>) -> Result<impl std::future::Future<Outp
         }
     })
 }
+
+/// The Prometheus listener (`metrics.bind`): `GET /metrics` in the text format, nothing else.
+/// Bound before the server reports ready, so a wrong address stops the start.
+pub async fn metrics(moss: Arc<Moss>, addr: SocketAddr) -> Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics.bind {addr}"))?;
+    tracing::info!(%addr, "metrics listener is up");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let moss = moss.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    moss.metrics_text().await,
+                )
+            }
+        }),
+    );
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics listener stopped");
+        }
+    })
+}

@@ -282,6 +282,9 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     if moss.config.federation.enabled {
         tokio::spawn(listener::federation(moss.clone()).await?);
     }
+    if let Some(addr) = moss.config.metrics.bind {
+        tokio::spawn(listener::metrics(moss.clone(), addr).await?);
+    }
     moss.ensure_appservice_users().await.map_err(|e| anyhow::anyhow!("application service users: {e}"))?;
     moss.spawn_background();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");

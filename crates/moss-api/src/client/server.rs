@@ -40,6 +40,15 @@ pub async fn well_known_client(State(moss): State<Arc<Moss>>) -> Json<Value> {
     Json(json!({"m.homeserver": {"base_url": moss.config.public_baseurl().trim_end_matches('/')}}))
 }
 
+/// `GET /health`: `OK` when the database and the media store answer within 5 s, else 503 with
+/// what failed (for load balancers, container health checks and monitoring).
+pub async fn health(State(moss): State<Arc<Moss>>) -> (axum::http::StatusCode, String) {
+    match moss.health(std::time::Duration::from_secs(5)).await {
+        Ok(()) => (axum::http::StatusCode::OK, "OK".into()),
+        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 pub async fn well_known_server(State(moss): State<Arc<Moss>>) -> Json<Value> {
     let fed = &moss.config.federation;
     let address = match (&fed.public_address, fed.enabled) {

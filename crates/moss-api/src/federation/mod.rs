@@ -74,6 +74,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events))
+        .route_layer(axum::middleware::from_fn_with_state(moss.clone(), crate::metrics::record))
         .fallback(|| async { ApiError::unrecognized() })
         .with_state(moss)
         // A panic in a handler answers 500 with an id and leaves the listener serving.

@@ -197,7 +197,14 @@ async fn send_batch(moss: &Moss, dest: &ServerName) -> Result<bool> {
     });
     let path = format!("/_matrix/federation/v1/send/{txn_id}");
     // The outbox keeps its own back-off, so it asks even a server marked down.
-    let answer = moss.federation_request_with(dest, http::Method::PUT, &path, Some(body), true).await?;
+    let answer = match moss.federation_request_with(dest, http::Method::PUT, &path, Some(body), true).await {
+        Ok(a) => a,
+        Err(e) => {
+            moss.metrics.federation_failures.get_or_create(&moss.metrics.destination(dest.as_str())).inc();
+            return Err(e);
+        }
+    };
+    moss.metrics.federation_sent.get_or_create(&moss.metrics.destination(dest.as_str())).inc();
     if let Some(results) = answer["pdus"].as_object() {
         for (id, r) in results {
             if let Some(err) = r.get("error") {

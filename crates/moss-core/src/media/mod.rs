@@ -24,6 +24,7 @@ use moss_media::{
         encrypt::{EncryptedStore, MasterKey},
         fallback::FallbackStore,
         fs::FsStore,
+        metered::{MeteredStore, StoreObserver},
         mirror::MirrorStore,
         s3::{S3Config as S3Settings, S3Store},
     },
@@ -223,8 +224,16 @@ impl Media {
 
     /// `has_media`: the database already records uploads, so a missing master key is an error
     /// (a fresh key could not read them), not a first start.
-    pub fn open(config: &Config, has_media: bool) -> Result<Media> {
-        let mut store = base_store(config)?;
+    pub fn open(config: &Config, has_media: bool, observer: Arc<dyn StoreObserver>) -> Result<Media> {
+        let base = base_store(config)?;
+        let kind = match base.describe() {
+            d if d.starts_with("s3") => "s3",
+            d if d.starts_with("fs") => "fs",
+            _ => "store",
+        };
+        // Each layer measured from above: the difference between two is what the upper one
+        // added, and reads that reach the layer under the cache are its misses.
+        let mut store: Arc<dyn BlobStore> = Arc::new(MeteredStore::new(base, kind, observer.clone()));
         let enc = &config.media.encryption;
         if enc.enabled {
             let master = MasterKey::from_bytes({
@@ -241,6 +250,7 @@ impl Media {
             let previous = previous_master_keys(config)?;
             tracing::info!(master_key = %master.id_hex(), "media encryption is on");
             store = Arc::new(EncryptedStore::new(store, master).with_previous_keys(previous));
+            store = Arc::new(MeteredStore::new(store, "encrypt", observer.clone()));
         }
         let cache = &config.media.cache;
         if cache.enabled {
@@ -249,6 +259,7 @@ impl Media {
                 CacheStore::open(store, &dir, cache.max_size)
                     .map_err(|e| Error::internal(format!("media cache {}: {e}", dir.display())))?,
             );
+            store = Arc::new(MeteredStore::new(store, "cache", observer));
         }
         tracing::info!(store = %store.describe(), "media store");
         let naming = config.data_dir.join("media-naming.key");

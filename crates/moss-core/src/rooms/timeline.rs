@@ -361,6 +361,7 @@ pub(crate) fn store_event(
         state_group,
         txn,
     })?;
+    crate::metrics::EVENTS_PERSISTED.inc();
     let prevs: Vec<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
     w.note_prev_refs(&prevs)?;
     if pdu.kind == TimelineEventType::RoomRedaction {

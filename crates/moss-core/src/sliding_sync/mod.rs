@@ -175,6 +175,7 @@ impl Moss {
                 out.response.txn_id = req.body.txn_id.clone();
                 return Ok(out.response);
             }
+            let _waiting = self.metrics.waiting();
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = shutdown.changed() => {}

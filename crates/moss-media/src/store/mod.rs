@@ -4,6 +4,7 @@ pub mod cache;
 pub mod encrypt;
 pub mod fallback;
 pub mod fs;
+pub mod metered;
 pub mod mirror;
 pub mod s3;
 

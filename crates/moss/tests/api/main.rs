@@ -16,6 +16,7 @@ mod import;
 mod join_rules;
 mod media;
 mod media_s3;
+mod metrics;
 mod presence;
 mod preview;
 mod push;
