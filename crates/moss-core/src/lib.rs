@@ -45,7 +45,7 @@ pub use moss_storage::{DeviceRow, Direction, MediaRow};
 pub mod storage {
     pub use moss_storage::{
         AdminMediaRow, AdminReportRow, AdminRoomRow, AdminUserRow, DeviceRow, MediaOrder, MediaStatsOrder, Page,
-        ReportFilter, RoomOrder, UserFilter, UserMediaStats, UserOrder,
+        RegistrationTokenRow, ReportFilter, RoomOrder, UserFilter, UserMediaStats, UserOrder,
     };
 }
 

@@ -22,6 +22,7 @@ pub struct AdminUserRow {
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
     pub locked: bool,
+    pub suspended: bool,
     pub erased: bool,
     pub shadow_banned: bool,
     pub user_type: Option<String>,
@@ -32,7 +33,7 @@ pub struct AdminUserRow {
 
 const ADMIN_USER_COLS: &str = "u.user_id, u.admin, u.deactivated, u.created_ts, u.displayname, u.avatar_url, \
      u.locked, u.erased, u.shadow_banned, u.user_type, u.password_hash IS NOT NULL, \
-     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)";
+     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id), u.suspended";
 
 fn admin_user_row(r: &Row<'_>) -> rusqlite::Result<AdminUserRow> {
     Ok(AdminUserRow {
@@ -48,6 +49,7 @@ fn admin_user_row(r: &Row<'_>) -> rusqlite::Result<AdminUserRow> {
         user_type: r.get(9)?,
         has_password: r.get(10)?,
         last_seen_ts: r.get(11)?,
+        suspended: r.get(12)?,
     })
 }
 
@@ -414,6 +416,11 @@ impl Reader<'_> {
         self.one(&format!("SELECT {ADMIN_USER_COLS} FROM users u WHERE u.user_id = ?1"), [user_id], admin_user_row)
     }
 
+    /// Whether an admin suspended the account (false for unknown users).
+    pub fn suspended(&self, user_id: &str) -> Result<bool> {
+        Ok(self.one("SELECT suspended FROM users WHERE user_id = ?1", [user_id], |r| r.get(0))?.unwrap_or(false))
+    }
+
     pub fn ratelimit_override(&self, user_id: &str) -> Result<Option<(i64, i64)>> {
         self.one(
             "SELECT messages_per_second, burst_count FROM ratelimit_overrides WHERE user_id = ?1",
@@ -593,6 +600,7 @@ impl Reader<'_> {
 pub struct UserChanges {
     pub admin: Option<bool>,
     pub locked: Option<bool>,
+    pub suspended: Option<bool>,
     pub shadow_banned: Option<bool>,
     /// `Some(None)` clears the type.
     pub user_type: Option<Option<String>>,
@@ -605,6 +613,9 @@ impl Writer<'_> {
         }
         if let Some(l) = c.locked {
             self.exec("UPDATE users SET locked = ?2 WHERE user_id = ?1", params![user_id, l])?;
+        }
+        if let Some(s) = c.suspended {
+            self.exec("UPDATE users SET suspended = ?2 WHERE user_id = ?1", params![user_id, s])?;
         }
         if let Some(s) = c.shadow_banned {
             self.exec("UPDATE users SET shadow_banned = ?2 WHERE user_id = ?1", params![user_id, s])?;
@@ -653,6 +664,19 @@ impl Writer<'_> {
     pub fn unblock_room(&self, room_id: &str) -> Result<()> {
         self.exec("DELETE FROM blocked_rooms WHERE room_id = ?1", [room_id])?;
         Ok(())
+    }
+
+    /// Sets a registration token's limits (`None` removes a limit); false if it does not exist.
+    pub fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE registration_tokens SET uses_allowed = ?2, expiry_ts = ?3 WHERE token = ?1",
+            params![token, uses_allowed, expiry_ts],
+        )? == 1)
     }
 
     pub fn delete_report(&self, id: i64) -> Result<bool> {

@@ -1,9 +1,12 @@
 -- Schema version 20: what the admin API (Synapse-compatible, `/_synapse/admin`) manages.
 
--- Locked accounts cannot use their sessions (401 M_USER_LOCKED) until unlocked; erased ones were
+-- Locked accounts cannot use their sessions (401 M_USER_LOCKED) until unlocked; suspended ones
+-- may read and leave but not send, join, invite or change their profile (403 M_USER_SUSPENDED);
+-- erased ones were
 -- deactivated with `erase` (profile cleared, shown as erased); shadow-banned ones get success
 -- answers while what they send goes nowhere; `user_type` is Synapse's (`bot`, `support`, NULL).
 ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN shadow_banned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN user_type TEXT;

@@ -5,7 +5,9 @@
 //! boolean or order); bodies may be absent where Synapse allows it.
 
 mod media;
+mod moderation;
 mod rooms;
+mod tokens;
 mod users;
 
 use std::sync::Arc;
@@ -47,6 +49,9 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route("/_matrix/client/v3/admin/whois/{user_id}", get(users::whois))
         .route("/_matrix/client/r0/admin/whois/{user_id}", get(users::whois))
         .route(&format!("{A}/v1/users/{{user_id}}/admin"), get(users::get_admin).put(users::put_admin))
+        .route(&format!("{A}/v1/suspend/{{user_id}}"), axum::routing::put(moderation::synapse_suspend))
+        .route("/_matrix/client/v1/admin/lock/{user_id}", get(moderation::get_lock).put(moderation::put_lock))
+        .route("/_matrix/client/v1/admin/suspend/{user_id}", get(moderation::get_suspend).put(moderation::put_suspend))
         .route(&format!("{A}/v2/users/{{user_id}}/devices"), get(users::devices))
         .route(
             &format!("{A}/v2/users/{{user_id}}/devices/{{device_id}}"),
@@ -76,6 +81,13 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route(&format!("{A}/v1/media/quarantine/{{server}}/{{media_id}}"), post(media::quarantine))
         .route(&format!("{A}/v1/media/unquarantine/{{server}}/{{media_id}}"), post(media::unquarantine))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::stats))
+        // registration tokens
+        .route(&format!("{A}/v1/registration_tokens"), get(tokens::list))
+        .route(&format!("{A}/v1/registration_tokens/new"), post(tokens::create))
+        .route(
+            &format!("{A}/v1/registration_tokens/{{token}}"),
+            get(tokens::show).put(tokens::update).delete(tokens::delete),
+        )
 }
 
 #[derive(Serialize)]

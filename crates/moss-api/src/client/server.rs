@@ -62,8 +62,13 @@ pub async fn well_known_server(State(moss): State<Arc<Moss>>) -> Json<Value> {
 
 pub async fn capabilities(
     State(moss): State<Arc<Moss>>,
-    _req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>,
+    req: Ruma<ruma::api::client::discovery::get_capabilities::v3::Request>,
 ) -> Json<Value> {
+    // Admins may lock and suspend accounts (spec v1.18 `m.account_moderation`).
+    let admin = match &req.session {
+        Some(s) => moss.require_admin(s).await.is_ok(),
+        None => false,
+    };
     let available: serde_json::Map<String, Value> =
         SUPPORTED_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Json(json!({
@@ -74,6 +79,7 @@ pub async fn capabilities(
             "m.set_avatar_url": {"enabled": true},
             "m.3pid_changes": {"enabled": false},
             "m.get_login_token": {"enabled": moss.config.auth.login_token_enabled},
+            "m.account_moderation": {"lock": admin, "suspend": admin},
         }
     }))
 }

@@ -177,6 +177,8 @@ pub async fn set_profile_field(
     Authed(session): Authed,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // A suspended account may not change its profile (others see it in every room).
+    moss.check_not_suspended(&session.user_id).await?;
     let Json(body) = body.map_err(|e| match e {
         axum::extract::rejection::JsonRejection::JsonSyntaxError(e) => ApiError::not_json(e.body_text()),
         e => ApiError::bad_json(e.body_text()),

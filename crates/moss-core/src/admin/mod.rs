@@ -5,11 +5,13 @@
 //! - [`users`]: list, show, create/update, deactivate (and erase), lock, whois, devices.
 //! - [`rooms`]: list, show, members, state, delete (with purge and block), block.
 //! - [`reports`]: event reports.
+//! - [`tokens`]: registration tokens.
 //! - [`media`]: an upload's deletion, protection and quarantine; per-user lists and statistics.
 
 pub mod media;
 pub mod reports;
 pub mod rooms;
+pub mod tokens;
 pub mod users;
 
 use ruma::{api::error::ErrorKind, OwnedUserId, UserId};

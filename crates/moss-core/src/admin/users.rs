@@ -114,6 +114,7 @@ impl Moss {
         let changes = UserChanges {
             admin: change.admin.filter(|a| *a != old.admin),
             locked: change.locked.filter(|l| *l != old.locked),
+            suspended: None,
             shadow_banned: None,
             user_type: change.user_type,
         };
@@ -176,4 +177,53 @@ impl Moss {
         let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, "join")?)).await?;
         Ok(rooms.into_iter().filter_map(|r| OwnedRoomId::try_from(r).ok()).collect())
     }
+
+    /// Suspends or lifts a suspension (spec: `PUT /admin/suspend`); locks or unlocks
+    /// (`PUT /admin/lock`). The target must be an active local user and not an admin; nobody
+    /// suspends or locks themselves.
+    pub async fn admin_moderate(&self, requester: &UserId, user: &UserId, what: Moderation, on: bool) -> Result<()> {
+        let target = self.moderation_target(user).await?;
+        if requester == user {
+            return Err(Error::forbidden("you cannot do this to your own account"));
+        }
+        if target.admin {
+            return Err(Error::forbidden("server admins cannot be suspended or locked"));
+        }
+        let changes = match what {
+            Moderation::Lock => UserChanges { locked: Some(on), ..Default::default() },
+            Moderation::Suspend => UserChanges { suspended: Some(on), ..Default::default() },
+        };
+        let u = user.to_string();
+        self.db.write(move |w| Ok::<_, Error>(w.update_admin_user(&u, &changes)?)).await
+    }
+
+    /// The user a lock or suspension is about: local, existing, not deactivated (404 else).
+    pub async fn moderation_target(&self, user: &UserId) -> Result<AdminUserRow> {
+        if user.server_name() != self.server_name {
+            return Err(Error::invalid_param("the user does not belong to this server"));
+        }
+        match self.admin_user(user).await {
+            Ok(u) if !u.deactivated => Ok(u),
+            _ => Err(Error::not_found("no such user")),
+        }
+    }
+
+    /// Refuses what a suspended account may not do (403 `M_USER_SUSPENDED`).
+    pub async fn check_not_suspended(&self, user: &UserId) -> Result<()> {
+        if user.server_name() != self.server_name {
+            return Ok(());
+        }
+        let u = user.to_string();
+        if self.db.read(move |r| Ok::<_, Error>(r.suspended(&u)?)).await? {
+            return Err(Error::new(ErrorKind::UserSuspended, 403, "this account is suspended"));
+        }
+        Ok(())
+    }
+}
+
+/// What `admin_moderate` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moderation {
+    Lock,
+    Suspend,
 }

@@ -462,6 +462,7 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
+        self.check_not_suspended(user).await?;
         self.ingest(user, media_id, content_type, filename, body, true).await
     }
 

@@ -38,6 +38,7 @@ pub struct CreateRoom {
 
 impl Moss {
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
+        self.check_not_suspended(creator).await?;
         let version = req.room_version.clone().unwrap_or_else(|| self.default_room_version());
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(Error::new(

@@ -23,6 +23,7 @@ impl Moss {
         reason: Option<String>,
         via: Vec<OwnedServerName>,
     ) -> Result<OwnedRoomId> {
+        self.check_not_suspended(user).await?;
         let (room_id, mut servers) = self.room_and_servers(target, via).await?;
         self.check_not_blocked(&room_id).await?;
         let (room, u, server) = (room_id.to_string(), user.to_string(), self.server_name.clone());
@@ -117,6 +118,7 @@ impl Moss {
         target: &UserId,
         reason: Option<String>,
     ) -> Result<()> {
+        self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
         let remote = target.server_name() != self.server_name;
         if remote && self.federation.is_none() {

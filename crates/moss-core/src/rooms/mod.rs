@@ -206,6 +206,7 @@ impl Moss {
         if kind == TimelineEventType::RoomRedaction {
             return Err(Error::forbidden("use the /redact endpoint to redact events"));
         }
+        self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
         self.note_user_action(sender).await;
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
@@ -231,6 +232,7 @@ impl Moss {
             TimelineEventType::RoomCanonicalAlias => self.check_canonical_alias(room_id, &content).await?,
             _ => {}
         }
+        self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
         self.note_user_action(sender).await;
         let new = NewPdu { ts, ..NewPdu::state(kind, state_key, content) };

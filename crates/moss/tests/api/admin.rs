@@ -401,3 +401,122 @@ async fn reports_and_media_are_listed_and_deleted() {
         s.call("POST", &format!("{A}/v1/media/localhost/delete?before_ts={far}"), Some(&ops.token), None).await;
     assert_eq!(v["deleted_media"], json!([ids[0]]));
 }
+
+#[tokio::test]
+async fn registration_tokens_are_managed_as_synapse() {
+    let s = Server::start_with(&[("MOSS_REGISTRATION", "token"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await;
+    let ops = admin(&s, "ops").await;
+    let (st, v) =
+        s.post(&format!("{A}/v1/registration_tokens/new"), &ops, json!({"token": "abc-1", "uses_allowed": 1})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!({"token": "abc-1", "uses_allowed": 1, "pending": 0, "completed": 0, "expiry_time": null}));
+    let (_, v) = s.call("POST", &format!("{A}/v1/registration_tokens/new"), Some(&ops.token), None).await;
+    assert_eq!(v["token"].as_str().unwrap().len(), 16, "random, 16 characters: {v}");
+    let (_, v) = s.post(&format!("{A}/v1/registration_tokens/new"), &ops, json!({"length": 5})).await;
+    assert_eq!(v["token"].as_str().unwrap().len(), 5);
+    for bad in [
+        json!({"token": "abc-1"}),
+        json!({"token": "no spaces"}),
+        json!({"uses_allowed": -1}),
+        json!({"expiry_time": 1}),
+        json!({"length": 65}),
+    ] {
+        let (st, v) = s.post(&format!("{A}/v1/registration_tokens/new"), &ops, bad.clone()).await;
+        assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"), "{bad}: {v}");
+    }
+    // Used once: no longer valid, and the list says so.
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "newbie", "password": "password123",
+                        "auth": {"type": "m.login.registration_token", "token": "abc-1"}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = s.get(&format!("{A}/v1/registration_tokens/abc-1"), &ops).await;
+    assert_eq!(v["completed"], 1);
+    let (_, v) = s.get(&format!("{A}/v1/registration_tokens?valid=false"), &ops).await;
+    let invalid: Vec<&str> =
+        v["registration_tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(invalid, ["abc-1"]);
+    let (_, v) = s.get(&format!("{A}/v1/registration_tokens"), &ops).await;
+    assert_eq!(v["registration_tokens"].as_array().unwrap().len(), 3);
+    // Raising the limit makes it usable again; null removes it.
+    let (st, v) =
+        s.put(&format!("{A}/v1/registration_tokens/abc-1"), &ops, json!({"uses_allowed": null, "pending": 0})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["uses_allowed"].is_null());
+    let (_, v) = s.get(&format!("{A}/v1/registration_tokens?valid=true"), &ops).await;
+    assert_eq!(v["registration_tokens"].as_array().unwrap().len(), 3);
+    let (st, _) = s.call("DELETE", &format!("{A}/v1/registration_tokens/abc-1"), Some(&ops.token), None).await;
+    assert_eq!(st, 200);
+    let (st, v) = s.get(&format!("{A}/v1/registration_tokens/abc-1"), &ops).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn the_spec_lock_and_suspend_endpoints_restrict_accounts() {
+    let s = Server::start().await;
+    let ops = admin(&s, "ops").await;
+    let sam = s.register("sam").await;
+    let room = s.create_room(&ops, json!({"preset": "public_chat"})).await;
+    s.join(&sam, &room).await;
+    s.send_text(&sam, &room, "before").await;
+    let (_, v) = s.get("/_matrix/client/v3/capabilities", &ops).await;
+    assert_eq!(v["capabilities"]["m.account_moderation"], json!({"lock": true, "suspend": true}));
+    let (_, v) = s.get("/_matrix/client/v3/capabilities", &sam).await;
+    assert_eq!(v["capabilities"]["m.account_moderation"], json!({"lock": false, "suspend": false}));
+    let suspend = format!("/_matrix/client/v1/admin/suspend/{}", enc(&sam.id));
+    let (st, v) = s.put(&suspend, &sam, json!({"suspended": true})).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "only admins");
+    let (st, v) = s.put(&suspend, &ops, json!({"suspended": true})).await;
+    assert_eq!((st, v), (200, json!({"suspended": true})));
+    let (_, v) = s.get(&suspend, &ops).await;
+    assert_eq!(v["suspended"], true);
+
+    // Suspended: reads and leaving work; sending, joining, creating rooms, profile and uploads do not.
+    let (st, _) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), &sam).await;
+    assert_eq!(st, 200);
+    let (st, v) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            &sam,
+            json!({"msgtype": "m.text", "body": "x"}),
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (403, "M_USER_SUSPENDED"), "{v}");
+    let (st, v) = s.post("/_matrix/client/v3/createRoom", &sam, json!({})).await;
+    assert_eq!((st, errcode(&v)), (403, "M_USER_SUSPENDED"));
+    let (st, v) =
+        s.put(&format!("/_matrix/client/v3/profile/{}/displayname", sam.id), &sam, json!({"displayname": "x"})).await;
+    assert_eq!((st, errcode(&v)), (403, "M_USER_SUSPENDED"));
+    let (st, v) = s.call_raw("POST", "/_matrix/media/v3/upload", Some(&sam.token), Some(b"x".to_vec())).await;
+    assert_eq!((st, errcode(&v)), (403, "M_USER_SUSPENDED"));
+    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &sam, json!({})).await;
+    assert_eq!(st, 200, "a suspended user may leave");
+    let (st, v) = s.join(&sam, &room).await;
+    assert_eq!((st, errcode(&v)), (403, "M_USER_SUSPENDED"));
+    s.put(&suspend, &ops, json!({"suspended": false})).await;
+    assert_eq!(s.join(&sam, &room).await.0, 200);
+
+    // Lock through the spec endpoint; admins and oneself cannot be targets; unknown is 404,
+    // another server's 400.
+    let lock = format!("/_matrix/client/v1/admin/lock/{}", enc(&sam.id));
+    let (st, _) = s.put(&lock, &ops, json!({"locked": true})).await;
+    assert_eq!(st, 200);
+    let (st, v) = s.get("/_matrix/client/v3/account/whoami", &sam).await;
+    assert_eq!((st, errcode(&v)), (401, "M_USER_LOCKED"));
+    let (_, v) = s.get(&lock, &ops).await;
+    assert_eq!(v["locked"], true);
+    let (st, _) =
+        s.put(&format!("/_matrix/client/v1/admin/lock/{}", enc(&ops.id)), &ops, json!({"locked": true})).await;
+    assert_eq!(st, 403);
+    let (st, _) = s.get(&format!("/_matrix/client/v1/admin/lock/{}", enc("@ghost:localhost")), &ops).await;
+    assert_eq!(st, 404);
+    let (st, v) = s.get(&format!("/_matrix/client/v1/admin/lock/{}", enc("@x:elsewhere.example")), &ops).await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
+    let (st, v) = s.put(&lock, &ops, json!({})).await;
+    assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"));
+}
