@@ -36,6 +36,7 @@ pub struct Config {
     pub push: PushConfig,
     pub appservice: AppserviceConfig,
     pub metrics: MetricsConfig,
+    pub server_notices: ServerNoticesConfig,
     pub log: LogConfig,
 }
 
@@ -59,6 +60,7 @@ impl Default for Config {
             push: PushConfig::default(),
             appservice: AppserviceConfig::default(),
             metrics: MetricsConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -220,6 +222,37 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig { enabled: true, offline_after_ms: 30_000, idle_after_ms: 5 * 60 * 1000 }
+    }
+}
+
+/// Messages from the server's operators to users (Synapse's `server_notices`): sent with
+/// `POST /_synapse/admin/v1/send_server_notice` or `moss admin notice`, into a room per user
+/// that a system account owns and the user cannot write in. Off unless a localpart is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNoticesConfig {
+    /// The system account's localpart, e.g. `notices` (created when first needed).
+    pub system_mxid_localpart: Option<String>,
+    pub system_mxid_display_name: Option<String>,
+    pub system_mxid_avatar_url: Option<String>,
+    pub room_name: String,
+    pub room_topic: Option<String>,
+    pub room_avatar_url: Option<String>,
+    /// Join the user to the notices room directly instead of inviting them.
+    pub auto_join: bool,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        ServerNoticesConfig {
+            system_mxid_localpart: None,
+            system_mxid_display_name: Some("Server Notices".into()),
+            system_mxid_avatar_url: None,
+            room_name: "Server Notices".into(),
+            room_topic: None,
+            room_avatar_url: None,
+            auto_join: false,
+        }
     }
 }
 

@@ -34,7 +34,8 @@ pub const MAX_DESTINATIONS: usize = 100;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
-    /// The route template (`/_matrix/client/v3/rooms/{room_id}/send/...`), `unmatched` else.
+    /// The route template (`/_matrix/client/v3/rooms/{room_id}/send/...`); requests to unknown
+    /// paths are not counted.
     pub route: String,
     pub status: u16,
 }
@@ -84,7 +85,9 @@ pub struct Metrics {
     pub media_ops: Family<StoreLabels, Counter>,
     pub process_resident_bytes: Gauge<u64, AtomicU64>,
     pub process_virtual_bytes: Gauge<u64, AtomicU64>,
-    pub process_cpu_seconds: Gauge<f64, AtomicU64>,
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    /// CPU seconds already added to the counter (the kernel gives totals).
+    cpu_reported: Mutex<f64>,
     pub process_open_fds: Gauge,
     pub process_start_time: Gauge,
     destinations: Mutex<HashSet<String>>,
@@ -117,7 +120,8 @@ impl Metrics {
             media_ops: Family::default(),
             process_resident_bytes: Gauge::default(),
             process_virtual_bytes: Gauge::default(),
-            process_cpu_seconds: Gauge::default(),
+            process_cpu_seconds: Counter::default(),
+            cpu_reported: Mutex::new(0.0),
             process_open_fds: Gauge::default(),
             process_start_time: Gauge::default(),
             destinations: Mutex::default(),
@@ -166,7 +170,8 @@ impl Metrics {
         );
         r.register(
             "federation_outbox_depth",
-            "Transactions waiting in the federation outbox, by destination (read at scrape)",
+            "PDUs and EDUs queued in the federation outbox, by destination (read at scrape; a destination \
+             with nothing queued has no series)",
             m.outbox_depth.clone(),
         );
         r.register(
@@ -189,7 +194,8 @@ impl Metrics {
         );
         r.register(
             "media_store_operations",
-            "Media store operations, by layer and direction (reads under `cache` are its misses)",
+            "Media store operations, by layer and direction (layer=cache counts every read reaching the \
+             cache; the reads of the layer below it are the cache's misses)",
             m.media_ops.clone(),
         );
         r.register(
@@ -262,20 +268,34 @@ impl Metrics {
 
     /// Memory, CPU time and descriptors from `/proc/self` (nothing elsewhere).
     fn read_process(&self) {
-        let page = 4096u64;
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            let mut it = statm.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
-            let (size, resident) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-            self.process_virtual_bytes.set(size * page);
-            self.process_resident_bytes.set(resident * page);
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            // In kB whatever the page size.
+            let kb = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                    .map(|v| v * 1024)
+            };
+            if let Some(v) = kb("VmRSS:") {
+                self.process_resident_bytes.set(v);
+            }
+            if let Some(v) = kb("VmSize:") {
+                self.process_virtual_bytes.set(v);
+            }
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            // Fields after the parenthesised command name; utime and stime are the 14th and 15th,
+            // in USER_HZ ticks, which Linux fixes at 100 per second for user space.
             if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                // Linux reports in clock ticks of 1/100 s (USER_HZ) everywhere moss runs.
-                self.process_cpu_seconds.set((ticks(11) + ticks(12)) / 100.0);
+                let total = (ticks(11) + ticks(12)) / 100.0;
+                let mut reported = self.cpu_reported.lock().unwrap_or_else(|p| p.into_inner());
+                if total > *reported {
+                    self.process_cpu_seconds.inc_by(total - *reported);
+                    *reported = total;
+                }
             }
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {

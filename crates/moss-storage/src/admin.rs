@@ -421,6 +421,10 @@ impl Reader<'_> {
         Ok(self.one("SELECT suspended FROM users WHERE user_id = ?1", [user_id], |r| r.get(0))?.unwrap_or(false))
     }
 
+    pub fn server_notice_room(&self, user_id: &str) -> Result<Option<String>> {
+        self.one("SELECT room_id FROM server_notice_rooms WHERE user_id = ?1", [user_id], |r| r.get(0))
+    }
+
     pub fn ratelimit_override(&self, user_id: &str) -> Result<Option<(i64, i64)>> {
         self.one(
             "SELECT messages_per_second, burst_count FROM ratelimit_overrides WHERE user_id = ?1",
@@ -623,6 +627,15 @@ impl Writer<'_> {
         if let Some(t) = &c.user_type {
             self.exec("UPDATE users SET user_type = ?2 WHERE user_id = ?1", params![user_id, t])?;
         }
+        Ok(())
+    }
+
+    pub fn set_server_notice_room(&self, user_id: &str, room_id: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO server_notice_rooms (user_id, room_id) VALUES (?1, ?2) \
+             ON CONFLICT (user_id) DO UPDATE SET room_id = ?2",
+            [user_id, room_id],
+        )?;
         Ok(())
     }
 

@@ -33,3 +33,9 @@ CREATE TABLE ratelimit_overrides (
 
 CREATE INDEX media_user ON media (user_id, created_ts);
 CREATE INDEX reports_received ON reports (received_ts);
+
+-- Each user's server notices room (one at a time; a new one if they left it).
+CREATE TABLE server_notice_rooms (
+    user_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL
+);

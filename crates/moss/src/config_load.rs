@@ -49,6 +49,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "push",
     "appservice",
     "metrics",
+    "server_notices",
     "log",
 ];
 
@@ -353,6 +354,16 @@ config_files = []
 # Prometheus metrics at http://BIND/metrics on a listener of their own (docs/metrics.md).
 # Off unless set; keep it on loopback or a private network.
 # bind = "127.0.0.1:9000"
+
+[server_notices]
+# Messages from the operators to users (POST /_synapse/admin/v1/send_server_notice,
+# `moss admin notice`), in a room per user owned by a system account. Off unless set:
+# system_mxid_localpart = "notices"
+system_mxid_display_name = "Server Notices"
+room_name = "Server Notices"
+# room_topic = "..."
+# Join users to the notices room directly instead of inviting them.
+auto_join = false
 
 [federation]
 # Talk to other Matrix servers: join their rooms, serve ours, exchange keys, media and EDUs

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: AppserviceCommand,
     },
+    /// Operator actions the admin API also offers (work whether or not the server runs).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// List what users reported (rooms and events), newest first.
     Reports {
         /// How many to show.
@@ -171,6 +176,29 @@ enum MediaCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Delete a room for this server: every local member leaves, its local aliases go; the
+    /// room's data is purged unless --keep-history; --block stops anyone here joining again.
+    DeleteRoom {
+        room_id: String,
+        #[arg(long)]
+        block: bool,
+        #[arg(long)]
+        keep_history: bool,
+        /// Move the local members into a new room made by this local user.
+        #[arg(long)]
+        new_room_user: Option<String>,
+        /// The first message of that new room.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Delete an upload of this server (`mxc://server/id` or the id).
+    DeleteMedia { media: String },
+    /// Send a server notice (needs `server_notices.system_mxid_localpart`).
+    Notice { user: String, message: String },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token (random unless given).
     Create {
@@ -267,6 +295,7 @@ fn run() -> Result<()> {
             Command::RegistrationToken { command } => token_command(&moss, command).await,
             Command::Media { command } => media_command(&moss, command).await,
             Command::Reports { limit } => reports(&moss, limit).await,
+            Command::Admin { command } => admin_command(&moss, command).await,
             Command::Appservice { command: AppserviceCommand::List } => {
                 appservice_list(&moss);
                 Ok(())
@@ -376,6 +405,59 @@ async fn user_command(moss: &Moss, command: UserCommand) -> Result<()> {
             let id = user_id(moss, &name)?;
             moss.deactivate(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("deactivated {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn admin_command(moss: &Moss, command: AdminCommand) -> Result<()> {
+    let e = |e: moss_core::Error| anyhow::anyhow!("{e}");
+    match command {
+        AdminCommand::DeleteRoom { room_id, block, keep_history, new_room_user, message } => {
+            let room = ruma::RoomId::parse(&room_id).with_context(|| format!("{room_id} is not a room id"))?;
+            let owner = new_room_user.map(|u| user_id(moss, &u)).transpose()?;
+            // The operator: the server's own name stands for who blocked the room.
+            let by = ruma::UserId::parse(format!("@moss-admin:{}", moss.server_name))?;
+            let req = moss_core::admin::rooms::DeleteRoom {
+                block,
+                purge: !keep_history,
+                new_room_user_id: owner,
+                room_name: None,
+                message,
+            };
+            let out = moss.admin_delete_room(&by, &room, req).await.map_err(e)?;
+            println!(
+                "deleted {room}: {} member(s) removed, {} could not be{}{}",
+                out.kicked_users.len(),
+                out.failed_to_kick_users.len(),
+                if block { ", blocked" } else { "" },
+                out.new_room_id.map(|r| format!(", members moved to {r}")).unwrap_or_default()
+            );
+        }
+        AdminCommand::DeleteMedia { media } => {
+            let id = match media.strip_prefix("mxc://") {
+                Some(rest) => match rest.split_once('/') {
+                    Some((server, id)) if server == moss.server_name.as_str() => id.to_owned(),
+                    _ => bail!("{media} is not media of this server"),
+                },
+                None => media.clone(),
+            };
+            let deleted = moss.admin_delete_media(vec![id.clone()]).await.map_err(e)?;
+            if deleted.is_empty() {
+                bail!("no media {id}");
+            }
+            println!("deleted {media}");
+        }
+        AdminCommand::Notice { user, message } => {
+            let user = user_id(moss, &user)?;
+            let notice = moss_core::admin::notices::Notice {
+                kind: ruma::events::TimelineEventType::RoomMessage,
+                state_key: None,
+                content: serde_json::json!({"msgtype": "m.text", "body": message}),
+                txn_id: None,
+            };
+            let id = moss.send_server_notice(&user, notice).await.map_err(e)?;
+            println!("sent {id} to {user}");
         }
     }
     Ok(())

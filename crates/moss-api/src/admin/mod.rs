@@ -6,6 +6,7 @@
 
 mod media;
 mod moderation;
+mod notices;
 mod rooms;
 mod tokens;
 mod users;
@@ -81,6 +82,8 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route(&format!("{A}/v1/media/quarantine/{{server}}/{{media_id}}"), post(media::quarantine))
         .route(&format!("{A}/v1/media/unquarantine/{{server}}/{{media_id}}"), post(media::unquarantine))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::stats))
+        .route(&format!("{A}/v1/send_server_notice"), post(notices::post))
+        .route(&format!("{A}/v1/send_server_notice/{{txn_id}}"), axum::routing::put(notices::put))
         // registration tokens
         .route(&format!("{A}/v1/registration_tokens"), get(tokens::list))
         .route(&format!("{A}/v1/registration_tokens/new"), post(tokens::create))

@@ -6,9 +6,11 @@
 //! - [`rooms`]: list, show, members, state, delete (with purge and block), block.
 //! - [`reports`]: event reports.
 //! - [`tokens`]: registration tokens.
+//! - [`notices`]: server notices to users.
 //! - [`media`]: an upload's deletion, protection and quarantine; per-user lists and statistics.
 
 pub mod media;
+pub mod notices;
 pub mod reports;
 pub mod rooms;
 pub mod tokens;

@@ -520,3 +520,78 @@ async fn the_spec_lock_and_suspend_endpoints_restrict_accounts() {
     let (st, v) = s.put(&lock, &ops, json!({})).await;
     assert_eq!((st, errcode(&v)), (400, "M_BAD_JSON"));
 }
+
+#[tokio::test]
+async fn server_notices_reach_users_in_a_room_they_cannot_write_in() {
+    let s = Server::start().await;
+    let ops = admin(&s, "ops").await;
+    let bob = s.register("bob").await;
+    let notice = json!({"user_id": bob.id, "content": {"msgtype": "m.text", "body": "maintenance at 2am"}});
+    let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &ops, notice.clone()).await;
+    assert_eq!(st, 400, "not configured: {v}");
+    drop(s);
+
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_SERVER_NOTICES__SYSTEM_MXID_LOCALPART", "notices"),
+    ])
+    .await;
+    let ops = admin(&s, "ops").await;
+    let bob = s.register("bob").await;
+    let notice = json!({"user_id": bob.id, "content": {"msgtype": "m.text", "body": "maintenance at 2am"}});
+    let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &bob, notice.clone()).await;
+    assert_eq!(st, 403, "admins only: {v}");
+    let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &ops, notice.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let first = v["event_id"].as_str().unwrap().to_owned();
+    // The same transaction id twice is one notice.
+    let path = format!("{A}/v1/send_server_notice/txn-1");
+    let (_, a) = s.put(&path, &ops, notice.clone()).await;
+    let (_, b) = s.put(&path, &ops, notice.clone()).await;
+    assert_eq!(a["event_id"], b["event_id"], "{a} {b}");
+
+    // Bob is invited to the notices room, tagged for him; after joining he reads the notice and
+    // cannot answer.
+    let sync = s.sync(&bob, None, 0).await;
+    let invites = sync["rooms"]["invite"].as_object().unwrap();
+    assert_eq!(invites.len(), 1, "{sync}");
+    let room = invites.keys().next().unwrap().clone();
+    let (_, tags) = s.get(&format!("/_matrix/client/v3/user/{}/rooms/{room}/tags", bob.id), &bob).await;
+    assert!(tags["tags"].get("m.server_notice").is_some(), "{tags}");
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), &bob).await;
+    let bodies: Vec<&str> =
+        msgs["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["maintenance at 2am", "maintenance at 2am"], "two notices, the retry not repeated");
+    assert!(msgs["chunk"].as_array().unwrap().iter().any(|e| e["event_id"] == first.as_str()));
+    assert!(msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["type"] != "m.room.message" || e["sender"] == "@notices:localhost"));
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x"),
+            &bob,
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert_eq!(st, 403, "users cannot write in their notices room");
+    let (_, v) = s.get(&format!("/_matrix/client/v3/profile/{}", enc("@notices:localhost")), &bob).await;
+    assert_eq!(v["displayname"], "Server Notices");
+
+    // Having left, the next notice comes in a new room.
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &bob, json!({})).await;
+    let (st, _) = s.post(&format!("{A}/v1/send_server_notice"), &ops, notice.clone()).await;
+    assert_eq!(st, 200);
+    let sync = s.sync(&bob, None, 0).await;
+    let invites: Vec<&String> = sync["rooms"]["invite"].as_object().unwrap().keys().collect();
+    assert!(invites.len() == 1 && invites[0] != &room, "{sync}");
+    let (st, _) = s
+        .post(&format!("{A}/v1/send_server_notice"), &ops, json!({"user_id": "@nobody:localhost", "content": {}}))
+        .await;
+    assert_eq!(st, 404);
+    let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &ops, json!({"content": {}})).await;
+    assert_eq!((st, errcode(&v)), (400, "M_MISSING_PARAM"));
+}

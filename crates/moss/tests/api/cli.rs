@@ -112,3 +112,48 @@ fn appservice_registrations_are_listed_and_bad_ones_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("copy.yaml"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn admin_commands_delete_rooms_and_media_and_send_notices() {
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_SERVER_NOTICES__SYSTEM_MXID_LOCALPART", "notices"),
+    ])
+    .await;
+    let run = |args: &[&str]| {
+        let out = Command::new(moss_bin())
+            .args(args)
+            .env("MOSS_DATA_DIR", s.data_dir())
+            .env("MOSS_SERVER_NOTICES__SYSTEM_MXID_LOCALPART", "notices")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, serde_json::json!({"name": "Gone soon"})).await;
+    let (ok, out) = run(&["admin", "delete-room", &room, "--block"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 member(s) removed") && out.contains("blocked"), "{out}");
+    let (_, v) = s.get("/_matrix/client/v3/joined_rooms", &bob).await;
+    assert_eq!(v["joined_rooms"], serde_json::json!([]));
+    assert_eq!(s.join(&bob, &room).await.0, 403, "blocked");
+
+    let (_, v) = s.call_raw("POST", "/_matrix/media/v3/upload", Some(&bob.token), Some(b"bytes".to_vec())).await;
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+    let (ok, out) = run(&["admin", "delete-media", &mxc]);
+    assert!(ok, "{out}");
+    let id = mxc.rsplit('/').next().unwrap();
+    let (st, _) =
+        s.call_raw("GET", &format!("/_matrix/client/v1/media/download/localhost/{id}"), Some(&bob.token), None).await;
+    assert_eq!(st, 404);
+    assert!(!run(&["admin", "delete-media", &mxc]).0, "a second time: no such media");
+
+    let (ok, out) = run(&["admin", "notice", "bob", "hello from the operators"]);
+    assert!(ok, "{out}");
+    let sync = s.sync(&bob, None, 0).await;
+    assert_eq!(sync["rooms"]["invite"].as_object().unwrap().len(), 1, "{sync}");
+}
