@@ -421,6 +421,26 @@ impl Reader<'_> {
         Ok(self.one("SELECT suspended FROM users WHERE user_id = ?1", [user_id], |r| r.get(0))?.unwrap_or(false))
     }
 
+    /// Servers other than this one (`local` is `%:server`) with users joined to rooms here.
+    pub fn remote_servers_in_rooms(&self, local: &str) -> Result<Vec<String>> {
+        self.collect(
+            "SELECT DISTINCT substr(user_id, instr(user_id, ':') + 1) FROM memberships \
+             WHERE membership = 'join' AND user_id NOT LIKE ?1",
+            [local],
+            |r| r.get(0),
+        )
+    }
+
+    /// Rooms a server has users joined to, with the newest event's stream position.
+    pub fn rooms_with_server(&self, server: &str) -> Result<Vec<(String, i64)>> {
+        self.collect(
+            "SELECT m.room_id, COALESCE((SELECT MAX(e.stream) FROM events e WHERE e.room_id = m.room_id), 0) \
+             FROM memberships m WHERE m.membership = 'join' AND m.user_id LIKE ?1 GROUP BY m.room_id ORDER BY m.room_id",
+            [format!("%:{server}")],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
     pub fn server_notice_room(&self, user_id: &str) -> Result<Option<String>> {
         self.one("SELECT room_id FROM server_notice_rooms WHERE user_id = ?1", [user_id], |r| r.get(0))
     }

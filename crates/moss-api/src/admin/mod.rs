@@ -4,6 +4,7 @@
 //! Parameters are checked as Synapse checks them (400 `M_INVALID_PARAM` for a bad number,
 //! boolean or order); bodies may be absent where Synapse allows it.
 
+mod destinations;
 mod media;
 mod moderation;
 mod notices;
@@ -84,6 +85,16 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route(&format!("{A}/v1/statistics/users/media"), get(media::stats))
         .route(&format!("{A}/v1/send_server_notice"), post(notices::post))
         .route(&format!("{A}/v1/send_server_notice/{{txn_id}}"), axum::routing::put(notices::put))
+        // federation
+        .route(&format!("{A}/v1/federation/destinations"), get(destinations::list))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}"), get(destinations::show))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}/rooms"), get(destinations::rooms))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}/reset_connection"), post(destinations::reset))
+        .route(
+            &format!("{A}/v1/background_updates/enabled"),
+            get(destinations::updates_enabled).post(destinations::set_updates_enabled),
+        )
+        .route(&format!("{A}/v1/background_updates/status"), get(destinations::updates_status))
         // registration tokens
         .route(&format!("{A}/v1/registration_tokens"), get(tokens::list))
         .route(&format!("{A}/v1/registration_tokens/new"), post(tokens::create))

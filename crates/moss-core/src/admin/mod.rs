@@ -7,8 +7,10 @@
 //! - [`reports`]: event reports.
 //! - [`tokens`]: registration tokens.
 //! - [`notices`]: server notices to users.
+//! - [`destinations`]: federation destinations and their delivery.
 //! - [`media`]: an upload's deletion, protection and quarantine; per-user lists and statistics.
 
+pub mod destinations;
 pub mod media;
 pub mod notices;
 pub mod reports;

@@ -41,6 +41,20 @@ pub struct Federation {
     /// Servers whose keys could not be had lately, so a flood of their events cannot make us
     /// ask again for each one.
     pub(crate) keys_failed: Mutex<HashMap<OwnedServerName, std::time::Instant>>,
+    /// How sending to each destination went since the start (the admin API's destinations).
+    pub(crate) delivery: Mutex<HashMap<OwnedServerName, Delivery>>,
+}
+
+/// Sending to one destination, as the admin API shows it (times in ms since the epoch).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delivery {
+    /// When the current run of failures began (`None`: the last attempt worked).
+    pub failure_ts: Option<i64>,
+    pub retry_last_ts: i64,
+    /// The pause before the next attempt, while failing.
+    pub retry_interval_ms: i64,
+    /// Stream position of the newest event delivered.
+    pub last_successful_stream: Option<i64>,
 }
 
 /// A destination that failed: not asked again (except by the outbox) before `until`.
@@ -110,6 +124,7 @@ impl Federation {
             wakeups: Default::default(),
             down: Default::default(),
             keys_failed: Default::default(),
+            delivery: Default::default(),
         })
     }
 }

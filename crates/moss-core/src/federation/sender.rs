@@ -61,6 +61,32 @@ pub fn queue_edu<'a>(w: &Writer<'_>, destinations: impl IntoIterator<Item = &'a 
 }
 
 impl Moss {
+    /// Records how an attempt to send to `dest` went: delivered (up to a stream position), or
+    /// failed with `retry_in` before the next one.
+    fn note_delivery(&self, dest: &ServerName, outcome: std::result::Result<Option<i64>, Duration>) {
+        let Some(fed) = &self.federation else { return };
+        let now = crate::now_ms() as i64;
+        let mut all = fed.delivery.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() > 100_000 {
+            all.clear();
+        }
+        let d = all.entry(dest.to_owned()).or_default();
+        d.retry_last_ts = now;
+        match outcome {
+            Ok(stream) => {
+                d.failure_ts = None;
+                d.retry_interval_ms = 0;
+                if stream.is_some() {
+                    d.last_successful_stream = stream;
+                }
+            }
+            Err(retry_in) => {
+                d.failure_ts.get_or_insert(now);
+                d.retry_interval_ms = retry_in.as_millis() as i64;
+            }
+        }
+    }
+
     /// Tells the destinations' tasks there is something to send.
     pub(crate) fn wake_destinations<'a>(&self, destinations: impl IntoIterator<Item = &'a str>) {
         let Some(fed) = &self.federation else { return };
@@ -134,6 +160,7 @@ async fn destination_task(moss: Weak<Moss>, dest: OwnedServerName, wake: Arc<Not
                 wake.notified().await;
             }
             Err(e) => {
+                m.note_delivery(&dest, Err(delay));
                 let max = Duration::from_millis(m.config.federation.max_retry_delay_ms.max(1000));
                 tracing::info!(destination = %dest, error = %e, retry_in = ?delay, "federation send failed");
                 drop(m);
@@ -205,6 +232,7 @@ async fn send_batch(moss: &Moss, dest: &ServerName) -> Result<bool> {
         }
     };
     moss.metrics.federation_sent.get_or_create(&moss.metrics.destination(dest.as_str())).inc();
+    moss.note_delivery(dest, Ok(moss.db.read(|r| Ok::<_, Error>(r.current_stream()?)).await.ok()));
     if let Some(results) = answer["pdus"].as_object() {
         for (id, r) in results {
             if let Some(err) = r.get("error") {

@@ -11,14 +11,17 @@ use crate::common::{enc, errcode, moss_bin, Server, User};
 const A: &str = "/_synapse/admin";
 
 /// An admin made with the command line, as an operator would.
-async fn admin(s: &Server, name: &str) -> User {
+pub(crate) async fn admin(s: &Server, name: &str) -> User {
     let out = Command::new(moss_bin())
         .args(["user", "create", name, "--password", "password123", "--admin"])
+        .envs(s.env_vars())
         .env("MOSS_DATA_DIR", s.data_dir())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    User { id: format!("@{name}:localhost"), token: s.login(name).await, device: String::new() }
+    let token = s.login(name).await;
+    let (_, who) = s.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    User { id: who["user_id"].as_str().unwrap().to_owned(), token, device: String::new() }
 }
 
 fn names(v: &Value) -> Vec<&str> {

@@ -120,6 +120,11 @@ impl Server {
         Server::start_in(dir, env).await
     }
 
+    /// The `MOSS_…` settings the server was started with (for the command line on its data).
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     /// Logs in with the test password; returns the access token.
     pub async fn login(&self, name: &str) -> String {
         self.login_with(name, "password123").await

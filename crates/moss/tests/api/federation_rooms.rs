@@ -895,3 +895,51 @@ async fn events_made_here_name_at_most_twenty_prev_events() {
     let third = b.server.send_text(&bob, &room, "whole").await;
     assert_eq!(prevs_of(third).await.len(), 1, "one extremity again");
 }
+
+#[tokio::test]
+async fn the_admin_api_shows_federation_destinations_and_resets_a_failing_one() {
+    let (a, b) = pair().await;
+    let ops = crate::admin::admin(&a.server, "ops").await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "fed"})).await;
+    let (st, v) = b.server.join(&bob, &enc(&format!("#fed:{}", a.name))).await;
+    assert_eq!(st, 200, "{v}");
+    a.server.send_text(&alice, &room, "to b").await;
+    let base = "/_synapse/admin/v1/federation/destinations";
+    let b_name = b.name.to_string();
+    eventually("A delivered to B", &a, &b, || async {
+        let (_, v) = a.server.get(&format!("{base}/{b_name}"), &ops).await;
+        v["last_successful_stream_ordering"].as_i64().is_some()
+    })
+    .await;
+    let (st, v) = a.server.get(base, &ops).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["destinations"][0]["destination"], b_name.as_str());
+    assert!(v["destinations"][0]["failure_ts"].is_null(), "{v}");
+    let (_, v) = a.server.get(&format!("{base}/{b_name}/rooms"), &ops).await;
+    assert_eq!(v["rooms"][0]["room_id"], room.as_str(), "{v}");
+    let (st, _) = a.server.call("POST", &format!("{base}/{b_name}/reset_connection"), Some(&ops.token), None).await;
+    assert_eq!(st, 400, "nothing to reset while it works");
+    let (st, _) = a.server.get(&format!("{base}/nowhere.example"), &ops).await;
+    assert_eq!(st, 404);
+
+    // B goes away: A's sends fail, the destination says since when and how long until a retry.
+    let FedServer { server: mut b_server, name: b_name2, fed_port } = b;
+    b_server.kill9();
+    a.server.send_text(&alice, &room, "while b is down").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = a.server.get(&format!("{base}/{b_name}"), &ops).await;
+        if v["failure_ts"].as_i64().is_some() {
+            assert!(v["retry_interval"].as_i64().unwrap() > 0, "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failure recorded: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (st, v) = a.server.call("POST", &format!("{base}/{b_name}/reset_connection"), Some(&ops.token), None).await;
+    assert_eq!(st, 200, "{v}");
+    drop((b_server, b_name2, fed_port));
+}
