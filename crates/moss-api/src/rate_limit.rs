@@ -58,6 +58,20 @@ pub fn check_session(moss: &Moss, class: Class, session: &moss_core::accounts::S
     if session.appservice.as_ref().is_some_and(|s| !s.rate_limited()) {
         return Ok(());
     }
+    // An admin's override of a user's message rate (`/_synapse/admin/v1/users/{id}/override_ratelimit`):
+    // 0/0 means not limited.
+    if class == Class::Message {
+        if let Some((per_second, burst)) = moss.ratelimit_override(session.user_id.as_str()) {
+            if per_second == 0 && burst == 0 {
+                return Ok(());
+            }
+            if !moss.config.rate_limits.enabled {
+                return Ok(());
+            }
+            let bucket = Bucket { per_second: per_second as f64, burst: burst.clamp(1, u32::MAX as i64) as u32 };
+            return take(class, session.user_id.as_str(), bucket);
+        }
+    }
     check(moss, class, session.user_id.as_str())
 }
 
@@ -66,7 +80,7 @@ pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
     if !cfg.enabled {
         return Ok(());
     }
-    let Bucket { per_second, burst } = match class {
+    let bucket = match class {
         Class::Login => cfg.login,
         Class::Register => cfg.register,
         Class::Message => cfg.message,
@@ -74,6 +88,10 @@ pub fn check(moss: &Moss, class: Class, key: &str) -> Result<(), ApiError> {
         Class::MediaUpload => cfg.media_upload,
         Class::Federation => cfg.federation,
     };
+    take(class, key, bucket)
+}
+
+fn take(class: Class, key: &str, Bucket { per_second, burst }: Bucket) -> Result<(), ApiError> {
     let mut map = buckets().lock().unwrap_or_else(|p| p.into_inner());
     if map.len() > 100_000 {
         map.retain(|_, t| t.at.elapsed().as_secs() < 3600);

@@ -69,6 +69,8 @@ pub struct Moss {
     pub appservices: appservice::AppServices,
     /// What each sliding sync connection was sent (`sliding_sync::connections`).
     pub sliding: sliding_sync::Connections,
+    /// Per-user message rate limits set by admins, `(per second, burst)`; `(0, 0)`: none.
+    pub(crate) ratelimit_overrides: std::sync::RwLock<std::collections::HashMap<String, (i64, i64)>>,
     /// Prometheus metrics (`metrics`), exposed on `metrics.bind` when set.
     pub metrics: Arc<metrics::Metrics>,
     shutdown: watch::Sender<bool>,
@@ -104,6 +106,8 @@ impl Moss {
         let federation =
             if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
         db.set_observer(metrics.clone());
+        let overrides = db.read_blocking(|r| Ok::<_, Error>(r.ratelimit_overrides()?))?;
+        let ratelimit_overrides = overrides.into_iter().map(|(u, p, b)| (u, (p, b))).collect();
         Ok(Arc::new(Moss {
             signer: Signer { server_name: server_name.clone(), key: Arc::new(key) },
             server_name,
@@ -120,6 +124,7 @@ impl Moss {
             appservices,
             sliding: Default::default(),
             metrics,
+            ratelimit_overrides: std::sync::RwLock::new(ratelimit_overrides),
             shutdown: watch::channel(false).0,
         }))
     }

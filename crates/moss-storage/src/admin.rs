@@ -441,6 +441,13 @@ impl Reader<'_> {
         )
     }
 
+    /// Every per-user message rate limit an admin set: `(user, per second, burst)`.
+    pub fn ratelimit_overrides(&self) -> Result<Vec<(String, i64, i64)>> {
+        self.collect("SELECT user_id, messages_per_second, burst_count FROM ratelimit_overrides", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    }
+
     pub fn server_notice_room(&self, user_id: &str) -> Result<Option<String>> {
         self.one("SELECT room_id FROM server_notice_rooms WHERE user_id = ?1", [user_id], |r| r.get(0))
     }

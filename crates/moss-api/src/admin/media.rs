@@ -232,7 +232,10 @@ pub(super) async fn stats(
         _ => return Err(unknown_order()),
     };
     let page = q.list.page(true)?;
-    let (rows, total) = moss.admin_media_stats(q.search_term.filter(|s| !s.is_empty()), order, page).await?;
+    if q.search_term.as_deref() == Some("") {
+        return Err(ApiError::invalid_param("Query parameter search_term cannot be an empty string."));
+    }
+    let (rows, total) = moss.admin_media_stats(q.search_term, order, page).await?;
     let next_token = q.list.next(&page, rows.len(), total);
     Ok(Json(Stats { users: rows.into_iter().map(StatsUser::from).collect(), total, next_token }))
 }

@@ -52,6 +52,12 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route("/_matrix/client/r0/admin/whois/{user_id}", get(users::whois))
         .route(&format!("{A}/v1/users/{{user_id}}/admin"), get(users::get_admin).put(users::put_admin))
         .route(&format!("{A}/v1/suspend/{{user_id}}"), axum::routing::put(moderation::synapse_suspend))
+        .route(&format!("{A}/v1/users/{{user_id}}/shadow_ban"), post(users::shadow_ban).delete(users::unshadow_ban))
+        .route(
+            &format!("{A}/v1/users/{{user_id}}/override_ratelimit"),
+            get(users::get_ratelimit).post(users::set_ratelimit).delete(users::delete_ratelimit),
+        )
+        .route(&format!("{A}/v1/users/{{user_id}}/login"), post(users::login_as))
         .route("/_matrix/client/v1/admin/lock/{user_id}", get(moderation::get_lock).put(moderation::put_lock))
         .route("/_matrix/client/v1/admin/suspend/{user_id}", get(moderation::get_suspend).put(moderation::put_suspend))
         .route(&format!("{A}/v2/users/{{user_id}}/devices"), get(users::devices))

@@ -83,6 +83,11 @@ pub(super) async fn synapse_suspend(
 ) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
     let b: SynapseSuspend = body(&bytes)?;
     let target = user(&raw)?;
+    if target.server_name() != moss.server_name {
+        return Err(
+            moss_core::Error::new(ruma::api::error::ErrorKind::Unknown, 400, "Can only suspend local users").into()
+        );
+    }
     moss.admin_moderate(&session.user_id, &target, Moderation::Suspend, b.suspend).await?;
     let mut out = serde_json::Map::new();
     out.insert(format!("user_{target}_suspended"), serde_json::Value::Bool(b.suspend));

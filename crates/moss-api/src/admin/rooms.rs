@@ -17,7 +17,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{body, optional_body, unknown_order, Admin, ListParams};
+use super::{body, unknown_order, Admin, ListParams};
 use crate::{
     error::ApiError,
     extract::{Path, Query},
@@ -108,8 +108,10 @@ pub(super) async fn list(
     let default_forward =
         !matches!(order, RoomOrder::JoinedMembers | RoomOrder::JoinedLocalMembers | RoomOrder::StateEvents);
     let page = q.list.page(default_forward)?;
-    let search = q.search_term.filter(|s| !s.is_empty());
-    let (rows, total) = moss.admin_rooms(search, order, page).await?;
+    if q.search_term.as_deref() == Some("") {
+        return Err(ApiError::invalid_param("search_term cannot be an empty string"));
+    }
+    let (rows, total) = moss.admin_rooms(q.search_term, order, page).await?;
     let next_batch = q.list.next(&page, rows.len(), total);
     let prev_batch = (page.from > 0).then(|| (page.from - page.limit).max(0));
     Ok(Json(RoomList {
@@ -132,7 +134,13 @@ pub(super) struct RoomDetails {
 }
 
 fn room_id(raw: &str) -> Result<OwnedRoomId, ApiError> {
-    RoomId::parse(raw).map_err(|_| ApiError::invalid_param(format!("{raw} is not a legal room ID")))
+    RoomId::parse(raw).map_err(|_| {
+        ApiError(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            format!("{raw} is not a legal room ID"),
+        ))
+    })
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}`
@@ -211,8 +219,9 @@ async fn run_delete(
     raw: &str,
     bytes: &Bytes,
 ) -> Result<(OwnedRoomId, ShutdownOut), ApiError> {
-    let b: DeleteBody = optional_body(bytes)?;
     let room = room_id(raw)?;
+    // A body is required, as Synapse (`{}` for the defaults).
+    let b: DeleteBody = body(bytes)?;
     let req = DeleteRoom {
         block: b.block,
         purge: b.purge.unwrap_or(true),
@@ -273,8 +282,8 @@ pub(super) async fn delete_v2(
 
 #[derive(Serialize)]
 pub(super) struct DeleteStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delete_id: Option<String>,
+    delete_id: String,
+    room_id: OwnedRoomId,
     status: &'static str,
     shutdown_room: ShutdownOut,
 }
@@ -292,7 +301,8 @@ pub(super) async fn delete_status_of_room(_: Admin, Path(raw): Path<String>) -> 
         .iter()
         .filter(|(_, f)| f.room_id == room)
         .map(|(id, f)| DeleteStatus {
-            delete_id: Some(id.clone()),
+            delete_id: id.clone(),
+            room_id: f.room_id.clone(),
             status: "complete",
             shutdown_room: f.shutdown.clone(),
         })
@@ -307,7 +317,8 @@ pub(super) async fn delete_status_of_room(_: Admin, Path(raw): Path<String>) -> 
 pub(super) async fn delete_status(_: Admin, Path(id): Path<String>) -> Result<Json<DeleteStatus>, ApiError> {
     let d = deletions().lock().unwrap_or_else(|p| p.into_inner());
     let f = d.get(&id).ok_or_else(|| ApiError(moss_core::Error::not_found("delete id not found")))?;
-    Ok(Json(DeleteStatus { delete_id: None, status: "complete", shutdown_room: f.shutdown.clone() }))
+    let (room_id, shutdown_room) = (f.room_id.clone(), f.shutdown.clone());
+    Ok(Json(DeleteStatus { delete_id: id, room_id, status: "complete", shutdown_room }))
 }
 
 #[derive(Serialize)]

@@ -97,7 +97,7 @@ fn details(moss: &Moss, u: AdminUserRow) -> UserDetails {
         consent_ts: None,
         user_type: u.user_type,
         is_guest: false,
-        suspended: false,
+        suspended: u.suspended,
         displayname: u.displayname,
         avatar_url: u.avatar_url,
         threepids: vec![],
@@ -505,4 +505,127 @@ pub(super) async fn pushers(
     let user = existing_user(&moss, &user_id).await?;
     let pushers = moss.pushers(&user).await?;
     Ok(Json(Pushers { total: pushers.len(), pushers }))
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/shadow_ban`
+pub(super) async fn shadow_ban(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Empty>, ApiError> {
+    let user = shadow_ban_target(&moss, &user_id)?;
+    moss.admin_shadow_ban(&user, true).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`
+pub(super) async fn unshadow_ban(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Empty>, ApiError> {
+    let user = shadow_ban_target(&moss, &user_id)?;
+    moss.admin_shadow_ban(&user, false).await?;
+    Ok(Json(Empty {}))
+}
+
+fn shadow_ban_target(moss: &Moss, raw: &str) -> Result<ruma::OwnedUserId, ApiError> {
+    let user = UserId::parse(raw).map_err(|_| ApiError::invalid_param("invalid user id"))?;
+    if user.server_name() != moss.server_name {
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            "Only local users can be shadow-banned",
+        )
+        .into());
+    }
+    Ok(user)
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct Ratelimit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst_count: Option<i64>,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit` (`{}` when none is set)
+pub(super) async fn get_ratelimit(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Ratelimit>, ApiError> {
+    let user = existing_user(&moss, &user_id).await?;
+    Ok(Json(match moss.ratelimit_override(user.as_str()) {
+        Some((p, b)) => Ratelimit { messages_per_second: Some(p), burst_count: Some(b) },
+        None => Ratelimit::default(),
+    }))
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/override_ratelimit` (missing values are 0; 0/0
+/// means not limited)
+pub(super) async fn set_ratelimit(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Ratelimit>, ApiError> {
+    let b: Value = optional_body::<Option<Value>>(&bytes)?.unwrap_or_else(|| serde_json::json!({}));
+    let field = |k: &str| -> Result<i64, ApiError> {
+        match b.get(k) {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => v
+                .as_i64()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::invalid_param(format!("{k} must be a positive integer"))),
+        }
+    };
+    let (p, c) = (field("messages_per_second")?, field("burst_count")?);
+    let user = existing_user(&moss, &user_id).await?;
+    moss.admin_set_ratelimit(&user, Some((p, c))).await?;
+    Ok(Json(Ratelimit { messages_per_second: Some(p), burst_count: Some(c) }))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit`
+pub(super) async fn delete_ratelimit(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Empty>, ApiError> {
+    let user = existing_user(&moss, &user_id).await?;
+    moss.admin_set_ratelimit(&user, None).await?;
+    Ok(Json(Empty {}))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct LoginAs {
+    valid_until_ms: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct LoginAsToken {
+    access_token: String,
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/login`: a token acting as the user, without a new
+/// device.
+pub(super) async fn login_as(
+    State(moss): State<Arc<Moss>>,
+    Admin(session): Admin,
+    Path(user_id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<LoginAsToken>, ApiError> {
+    let b: LoginAs = optional_body(&bytes)?;
+    let user = UserId::parse(&user_id).map_err(|_| ApiError::invalid_param("invalid user id"))?;
+    if user.server_name() != moss.server_name {
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            "Only local users can be logged in as",
+        )
+        .into());
+    }
+    let access_token = moss.admin_login_as(&session.user_id, &user, b.valid_until_ms).await?;
+    Ok(Json(LoginAsToken { access_token }))
 }

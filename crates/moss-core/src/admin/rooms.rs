@@ -123,10 +123,9 @@ impl Moss {
     /// `block` nobody here may join it again.
     pub async fn admin_delete_room(&self, requester: &UserId, room: &RoomId, req: DeleteRoom) -> Result<Shutdown> {
         let r = room.to_string();
+        // An unknown room is nothing to do (as Synapse: the deletion completes at once), or
+        // only to block.
         let known = self.db.read(move |x| Ok::<_, Error>(x.room(&r)?.is_some())).await?;
-        if !known && !req.block {
-            return Err(Error::not_found("Unknown room"));
-        }
         if req.block {
             self.admin_block_room(requester, room, true).await?;
         }
@@ -198,7 +197,12 @@ impl Moss {
                 let a: &RoomAliasId = &alias;
                 let a = a.to_string();
                 self.db.write(move |w| Ok::<_, Error>(w.delete_alias(&a)?)).await?;
-                out.local_aliases.push(alias);
+                // Listed when moved to the replacement room (Synapse's `local_aliases`).
+                if let Some(new_room) = &out.new_room_id {
+                    let (a, r, by) = (alias.to_string(), new_room.to_string(), requester.to_string());
+                    self.db.write(move |w| Ok::<_, Error>(w.put_alias(&a, &r, &by)?)).await?;
+                    out.local_aliases.push(alias);
+                }
             }
         }
         let r = room.to_string();

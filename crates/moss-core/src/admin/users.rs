@@ -227,3 +227,68 @@ pub enum Moderation {
     Lock,
     Suspend,
 }
+
+impl Moss {
+    /// The message rate limit an admin set for `user`: `(per second, burst)`, `(0, 0)` meaning
+    /// not limited at all.
+    pub fn ratelimit_override(&self, user: &str) -> Option<(i64, i64)> {
+        self.ratelimit_overrides.read().unwrap_or_else(|p| p.into_inner()).get(user).copied()
+    }
+
+    /// Sets (`Some`) or removes a user's message rate limit.
+    pub async fn admin_set_ratelimit(&self, user: &UserId, limit: Option<(i64, i64)>) -> Result<()> {
+        if limit.is_some_and(|(p, b)| p < 0 || b < 0) {
+            return Err(Error::invalid_param("messages_per_second and burst_count must be non-negative integers"));
+        }
+        let u = user.to_string();
+        self.db
+            .write(move |w| {
+                match limit {
+                    Some((p, b)) => w.set_ratelimit_override(&u, p, b)?,
+                    None => w.delete_ratelimit_override(&u)?,
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        let mut all = self.ratelimit_overrides.write().unwrap_or_else(|p| p.into_inner());
+        match limit {
+            Some(l) => all.insert(user.to_string(), l),
+            None => all.remove(user.as_str()),
+        };
+        Ok(())
+    }
+
+    /// Marks (or clears) a shadow ban: the user's messages, state changes and invites answer
+    /// as if they worked but go nowhere.
+    pub async fn admin_shadow_ban(&self, user: &UserId, banned: bool) -> Result<()> {
+        let (u, changes) = (user.to_string(), UserChanges { shadow_banned: Some(banned), ..Default::default() });
+        self.db.write(move |w| Ok::<_, Error>(w.update_admin_user(&u, &changes)?)).await
+    }
+
+    pub(crate) async fn shadow_banned(&self, user: &UserId) -> Result<bool> {
+        if user.server_name() != self.server_name {
+            return Ok(false);
+        }
+        let u = user.to_string();
+        Ok(self.db.read(move |r| Ok::<_, Error>(r.admin_user(&u)?)).await?.is_some_and(|u| u.shadow_banned))
+    }
+
+    /// An access token to act as `user` (support, debugging): no new device, valid until
+    /// `valid_until_ms` if given; ends with `/logout` on it.
+    pub async fn admin_login_as(
+        &self,
+        requester: &UserId,
+        user: &UserId,
+        valid_until_ms: Option<i64>,
+    ) -> Result<String> {
+        if requester == user {
+            return Err(Error::new(ErrorKind::Unknown, 400, "Cannot use admin API to login as self"));
+        }
+        self.admin_user(user).await?;
+        let token = format!("mat_{}", crate::accounts::random_string(32));
+        let device = format!("PUPPET{}", crate::accounts::random_string(8).to_uppercase());
+        let (t, u) = (token.clone(), user.to_string());
+        self.db.write(move |w| Ok::<_, Error>(w.insert_token(&t, &u, &device, valid_until_ms, None)?)).await?;
+        Ok(token)
+    }
+}

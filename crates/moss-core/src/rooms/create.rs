@@ -169,7 +169,10 @@ impl Moss {
                 };
                 push(room, NewPdu::state("m.room.join_rules", "", json!({"join_rule": join_rule})))?;
                 push(room, NewPdu::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})))?;
-                push(room, NewPdu::state("m.room.guest_access", "", json!({"guest_access": guest})))?;
+                // Forbidden is what no guest_access event means: Synapse sends none then either.
+                if guest != "forbidden" {
+                    push(room, NewPdu::state("m.room.guest_access", "", json!({"guest_access": guest})))?;
+                }
 
                 // 6. initial_state, then name and topic
                 for (kind, sk, content) in &req.initial_state {

@@ -120,6 +120,10 @@ impl Moss {
     ) -> Result<()> {
         self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
+        // A shadow-banned user's invites answer as sent and reach nobody.
+        if self.shadow_banned(sender).await? {
+            return Ok(());
+        }
         let remote = target.server_name() != self.server_name;
         if remote && self.federation.is_none() {
             return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled"));

@@ -208,6 +208,9 @@ impl Moss {
         }
         self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
+        if self.shadow_banned(sender).await? {
+            return Ok(fake_event_id());
+        }
         self.note_user_action(sender).await;
         let txn = Some((sender.to_string(), device_id.to_owned(), txn_id.to_owned()));
         let new = NewPdu { ts, ..NewPdu::message(kind, content) };
@@ -234,6 +237,9 @@ impl Moss {
         }
         self.check_not_suspended(sender).await?;
         self.require_joined(sender, room_id).await?;
+        if self.shadow_banned(sender).await? {
+            return Ok(fake_event_id());
+        }
         self.note_user_action(sender).await;
         let new = NewPdu { ts, ..NewPdu::state(kind, state_key, content) };
         Ok(self.append_event(room_id, sender, new, None).await?.pdu.event_id)
@@ -308,4 +314,11 @@ fn interested_users(r: &Reader<'_>, a: &Appended) -> Result<Vec<OwnedUserId>> {
         }
     }
     Ok(users)
+}
+
+/// What a shadow-banned user is told their event got: an id like a real one, for an event
+/// that exists nowhere.
+pub(crate) fn fake_event_id() -> OwnedEventId {
+    let id = format!("${}", crate::accounts::random_string(43));
+    OwnedEventId::try_from(id).unwrap_or_else(|_| ruma::owned_event_id!("$shadow"))
 }

@@ -239,7 +239,8 @@ async fn a_deleted_room_is_left_by_everyone_purged_and_blocked() {
         v["shutdown_room"]["kicked_users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
     kicked.sort();
     assert_eq!(kicked, [alice.id.as_str(), bob.id.as_str()]);
-    assert_eq!(v["shutdown_room"]["local_aliases"], json!(["#doomed:localhost"]));
+    assert_eq!(v["room_id"], room.as_str());
+    assert_eq!(v["shutdown_room"]["local_aliases"], json!([]), "listed only when moved to a new room");
 
     // The members' clients learn of it on their next sync, and the room then stays out.
     let v = s.sync(&alice, Some(&since), 0).await;
@@ -276,9 +277,11 @@ async fn a_deleted_room_is_left_by_everyone_purged_and_blocked() {
         s.call("PUT", &format!("{A}/v1/rooms/{room}/block"), Some(&ops.token), Some(json!({"block": false}))).await;
     assert_eq!(v["block"], false);
 
-    // An unknown room: 404 unless only blocking it.
-    let (st, _) = s.call("DELETE", &format!("{A}/v2/rooms/!nope:localhost"), Some(&ops.token), None).await;
-    assert_eq!(st, 404);
+    // An unknown room: nothing to do but block it, if asked (as Synapse); a body is required.
+    let (st, v) = s.call("DELETE", &format!("{A}/v2/rooms/!nope:localhost"), Some(&ops.token), None).await;
+    assert_eq!((st, errcode(&v)), (400, "M_NOT_JSON"));
+    let (st, _) = s.call("DELETE", &format!("{A}/v2/rooms/!nope:localhost"), Some(&ops.token), Some(json!({}))).await;
+    assert_eq!(st, 200);
     let (st, _) = s
         .call("DELETE", &format!("{A}/v2/rooms/!nope:localhost"), Some(&ops.token), Some(json!({"block": true})))
         .await;
@@ -597,4 +600,78 @@ async fn server_notices_reach_users_in_a_room_they_cannot_write_in() {
     assert_eq!(st, 404);
     let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &ops, json!({"content": {}})).await;
     assert_eq!((st, errcode(&v)), (400, "M_MISSING_PARAM"));
+}
+
+#[tokio::test]
+async fn shadow_bans_rate_limit_overrides_and_logging_in_as_a_user() {
+    // Rate limits on, with a low message rate, to see the overrides work.
+    let s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__MESSAGE__PER_SECOND", "0.1"),
+        ("MOSS_RATE_LIMITS__MESSAGE__BURST", "2"),
+    ])
+    .await;
+    let ops = admin(&s, "ops").await;
+    let alice = s.register("alice").await;
+    let troll = s.register("troll").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&troll, &room).await;
+
+    // Shadow-banned: sends answer like sends, and nobody sees them.
+    let (st, _) = s.post(&format!("{A}/v1/users/{}/shadow_ban", enc(&troll.id)), &ops, json!({})).await;
+    assert_eq!(st, 200);
+    let (st, v) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            &troll,
+            json!({"msgtype": "m.text", "body": "spam"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["event_id"].as_str().unwrap().starts_with('$'));
+    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), &alice).await;
+    assert!(!msgs.to_string().contains("spam"), "{msgs}");
+    let (_, v) = s.get(&format!("{A}/v2/users/{}", enc(&troll.id)), &ops).await;
+    assert_eq!(v["shadow_banned"], true);
+    let (st, _) =
+        s.call("DELETE", &format!("{A}/v1/users/{}/shadow_ban", enc(&troll.id)), Some(&ops.token), None).await;
+    assert_eq!(st, 200);
+    s.send_text(&troll, &room, "visible").await;
+    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), &alice).await;
+    assert!(msgs.to_string().contains("visible"));
+
+    // Rate limit override: 0/0 lifts the limit, a low one applies, deleting restores the default.
+    let path = format!("{A}/v1/users/{}/override_ratelimit", enc(&alice.id));
+    let (_, v) = s.get(&path, &ops).await;
+    assert_eq!(v, json!({}));
+    let (st, v) = s.post(&path, &ops, json!({"messages_per_second": 0, "burst_count": 0})).await;
+    assert_eq!((st, v), (200, json!({"messages_per_second": 0, "burst_count": 0})));
+    for i in 0..6 {
+        s.send_text(&alice, &room, &format!("unlimited {i}")).await;
+    }
+    let (st, v) = s.post(&path, &ops, json!({"messages_per_second": -1})).await;
+    assert_eq!((st, errcode(&v)), (400, "M_INVALID_PARAM"));
+    s.post(&path, &ops, json!({"messages_per_second": 1, "burst_count": 1})).await;
+    let body = json!({"msgtype": "m.text", "body": "x"});
+    let (st, _) =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/rl1"), &alice, body.clone()).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/rl2"), &alice, body).await;
+    assert_eq!(st, 429, "one message a second, no burst");
+    let (st, _) = s.call("DELETE", &path, Some(&ops.token), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.get(&path, &ops).await.1, json!({}));
+
+    // Log in as: a token acting as the user, without a device of theirs.
+    let (st, v) = s.post(&format!("{A}/v1/users/{}/login", enc(&alice.id)), &ops, json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap();
+    let (_, who) = s.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None).await;
+    assert_eq!(who["user_id"], alice.id.as_str());
+    let (_, devices) = s.get("/_matrix/client/v3/devices", &alice).await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1, "no device added: {devices}");
+    let (st, _) = s.post(&format!("{A}/v1/users/{}/login", enc(&ops.id)), &ops, json!({})).await;
+    assert_eq!(st, 400, "not as oneself");
+    let (st, _) = s.post(&format!("{A}/v1/users/{}/login", enc("@ghost:localhost")), &ops, json!({})).await;
+    assert_eq!(st, 404);
 }
