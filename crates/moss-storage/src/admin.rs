@@ -448,6 +448,35 @@ impl Reader<'_> {
         })
     }
 
+    /// The `limit` rooms taking the most space (the bytes of their stored events).
+    pub fn largest_rooms(&self, limit: i64) -> Result<Vec<(String, i64)>> {
+        self.collect(
+            "SELECT room_id, SUM(LENGTH(pdu)) AS size FROM events GROUP BY room_id ORDER BY size DESC LIMIT ?1",
+            [limit],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Ids of this server's media (`prefix` is `mxc://server/`) that the room's events point
+    /// at (`content.url`, `content.info.thumbnail_url`).
+    pub fn media_in_room(&self, room_id: &str, prefix: &str) -> Result<Vec<String>> {
+        self.collect(
+            "SELECT DISTINCT substr(u, length(?2) + 1) FROM ( \
+                 SELECT json_extract(pdu, '$.content.url') AS u FROM events WHERE room_id = ?1 \
+                 UNION SELECT json_extract(pdu, '$.content.info.thumbnail_url') FROM events WHERE room_id = ?1) \
+             WHERE typeof(u) = 'text' AND substr(u, 1, length(?2)) = ?2",
+            params![room_id, prefix],
+            |r| r.get(0),
+        )
+    }
+
+    /// Every account data entry of a user, global ones with an empty room id.
+    pub fn all_account_data(&self, user_id: &str) -> Result<Vec<(String, String, String)>> {
+        self.collect("SELECT room_id, type, content FROM account_data WHERE user_id = ?1", [user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    }
+
     pub fn server_notice_room(&self, user_id: &str) -> Result<Option<String>> {
         self.one("SELECT room_id FROM server_notice_rooms WHERE user_id = ?1", [user_id], |r| r.get(0))
     }

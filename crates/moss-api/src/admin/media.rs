@@ -239,3 +239,45 @@ pub(super) async fn stats(
     let next_token = q.list.next(&page, rows.len(), total);
     Ok(Json(Stats { users: rows.into_iter().map(StatsUser::from).collect(), total, next_token }))
 }
+
+#[derive(Serialize)]
+pub(super) struct Quarantined {
+    num_quarantined: usize,
+}
+
+/// `POST /_synapse/admin/v1/room/{roomId}/media/quarantine`: this server's media the room
+/// points at.
+pub(super) async fn quarantine_room(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Quarantined>, ApiError> {
+    let room = ruma::RoomId::parse(&raw).map_err(|_| ApiError::invalid_param("invalid room id"))?;
+    Ok(Json(Quarantined { num_quarantined: moss.admin_quarantine_room_media(&room).await? }))
+}
+
+/// `POST /_synapse/admin/v1/user/{userId}/media/quarantine`: everything the user uploaded.
+pub(super) async fn quarantine_user(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Quarantined>, ApiError> {
+    let user = ruma::UserId::parse(&raw).map_err(|_| ApiError::invalid_param("invalid user id"))?;
+    Ok(Json(Quarantined { num_quarantined: moss.quarantine(None, Some(&user)).await? }))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/media`: deletes the page of the user's uploads the
+/// same parameters would list.
+pub(super) async fn delete_user_media(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Json<Deleted>, ApiError> {
+    let user = moss.local_user_id(&user_id)?;
+    moss.admin_user(&user).await.map_err(|_| ApiError(moss_core::Error::not_found("Unknown user")))?;
+    let page = q.page(!(q.order_by.is_none() && q.dir.is_none()))?;
+    let (rows, _) = moss.admin_user_media(&user, MediaOrder::CreatedTs, page).await?;
+    let deleted_media = moss.admin_delete_media(rows.into_iter().map(|m| m.media_id).collect()).await?;
+    Ok(Json(Deleted { total: deleted_media.len(), deleted_media }))
+}

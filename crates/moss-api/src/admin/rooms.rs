@@ -491,3 +491,98 @@ pub(super) async fn delete_report(
     moss.admin_delete_report(report_id(&raw)?).await?;
     Ok(Json(super::Empty {}))
 }
+
+#[derive(Deserialize)]
+pub(super) struct JoinBody {
+    user_id: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Joined {
+    room_id: OwnedRoomId,
+}
+
+/// `POST /_synapse/admin/v1/join/{roomIdOrAlias}` (`{"user_id": …}`): makes a local user join.
+pub(super) async fn join(
+    State(moss): State<Arc<Moss>>,
+    Admin(session): Admin,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Joined>, ApiError> {
+    let b: JoinBody = body(&bytes)?;
+    let user = b.user_id.ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing param user_id")))?;
+    let user = ruma::UserId::parse(&user).map_err(|_| ApiError::invalid_param("invalid user_id"))?;
+    if user.server_name() != moss.server_name {
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            "This endpoint can only be used with local users",
+        )
+        .into());
+    }
+    if moss.user(&user).await?.is_none() {
+        return Err(moss_core::Error::not_found("User not found").into());
+    }
+    let target = ruma::RoomOrAliasId::parse(&raw).map_err(|_| {
+        ApiError(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Unknown,
+            400,
+            format!("{raw} was not legal room ID or room alias"),
+        ))
+    })?;
+    Ok(Json(Joined { room_id: moss.admin_join(&session.user_id, &user, &target).await? }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MessagesParams {
+    from: Option<String>,
+    dir: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Messages {
+    chunk: Vec<Value>,
+    start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: every event, whatever the visibility.
+pub(super) async fn messages(
+    State(moss): State<Arc<Moss>>,
+    Admin(session): Admin,
+    Path(raw): Path<String>,
+    Query(q): Query<MessagesParams>,
+) -> Result<Json<Messages>, ApiError> {
+    let dir = match q.dir.as_deref() {
+        None | Some("f") => moss_core::Direction::Forward,
+        Some("b") => moss_core::Direction::Backward,
+        Some(_) => return Err(ApiError::invalid_param("Unknown direction: dir must be f or b")),
+    };
+    let limit = super::non_negative("limit", q.limit.as_deref(), 10)?.clamp(1, 1000);
+    let m = moss.admin_room_messages(&session.user_id, &room_id(&raw)?, q.from, dir, limit).await?;
+    Ok(Json(Messages { chunk: m.chunk, start: m.start, end: m.end }))
+}
+
+#[derive(Serialize)]
+pub(super) struct RoomSize {
+    room_id: String,
+    estimated_size: i64,
+}
+
+#[derive(Serialize)]
+pub(super) struct LargestRooms {
+    rooms: Vec<RoomSize>,
+}
+
+/// `GET /_synapse/admin/v1/statistics/database/rooms`: the 10 rooms taking the most space.
+pub(super) async fn largest_rooms(State(moss): State<Arc<Moss>>, _: Admin) -> Result<Json<LargestRooms>, ApiError> {
+    let rooms = moss
+        .admin_largest_rooms()
+        .await?
+        .into_iter()
+        .map(|(room_id, estimated_size)| RoomSize { room_id, estimated_size })
+        .collect();
+    Ok(Json(LargestRooms { rooms }))
+}

@@ -629,3 +629,74 @@ pub(super) async fn login_as(
     let access_token = moss.admin_login_as(&session.user_id, &user, b.valid_until_ms).await?;
     Ok(Json(LoginAsToken { access_token }))
 }
+
+#[derive(Serialize)]
+pub(super) struct Memberships {
+    memberships: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/memberships`
+pub(super) async fn memberships(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Memberships>, ApiError> {
+    let user = existing_user(&moss, &user_id).await?;
+    Ok(Json(Memberships { memberships: moss.admin_memberships(&user).await?.into_iter().collect() }))
+}
+
+#[derive(Serialize)]
+pub(super) struct AccountData {
+    account_data: AccountDataSets,
+}
+
+#[derive(Serialize, Default)]
+pub(super) struct AccountDataSets {
+    global: serde_json::Map<String, Value>,
+    rooms: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/accountdata`
+pub(super) async fn account_data(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<AccountData>, ApiError> {
+    let user = existing_user(&moss, &user_id).await?;
+    let mut sets = AccountDataSets::default();
+    for (room, kind, content) in moss.admin_account_data(&user).await? {
+        if room.is_empty() {
+            sets.global.insert(kind, content);
+        } else {
+            sets.rooms.entry(room).or_default().insert(kind, content);
+        }
+    }
+    Ok(Json(AccountData { account_data: sets }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UsernameParams {
+    username: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Available {
+    available: bool,
+}
+
+/// `GET /_synapse/admin/v1/username_available?username=` (400 `M_USER_IN_USE` when taken,
+/// as the client-server check)
+pub(super) async fn username_available(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Query(q): Query<UsernameParams>,
+) -> Result<Json<Available>, ApiError> {
+    let name = q
+        .username
+        .ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing string query parameter 'username'")))?;
+    moss.new_user_id(&name)?;
+    if !moss.username_available(&name).await? {
+        return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "User ID already taken.").into());
+    }
+    Ok(Json(Available { available: true }))
+}

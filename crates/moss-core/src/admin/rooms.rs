@@ -214,3 +214,84 @@ impl Moss {
         Ok(out)
     }
 }
+
+/// A page of a room's events for an admin (`/_synapse/admin/v1/rooms/{roomId}/messages`): every
+/// event, whatever the history visibility.
+#[derive(Debug, Clone)]
+pub struct AdminMessages {
+    pub chunk: Vec<Value>,
+    pub start: String,
+    pub end: Option<String>,
+}
+
+impl Moss {
+    pub async fn admin_room_messages(
+        &self,
+        requester: &UserId,
+        room: &RoomId,
+        from: Option<String>,
+        dir: moss_storage::Direction,
+        limit: i64,
+    ) -> Result<AdminMessages> {
+        self.admin_room(room).await?;
+        let from = from.map(|t| crate::rooms::read::parse_token(&t)).transpose()?;
+        let (r, u) = (room.to_string(), requester.to_string());
+        self.db
+            .read(move |x| {
+                let start = match (from, dir) {
+                    (Some(f), _) => f,
+                    (None, moss_storage::Direction::Backward) => x.current_stream()?,
+                    (None, moss_storage::Direction::Forward) => i64::MIN + 1,
+                };
+                let rows = x.room_events(&r, start, None, dir, limit)?;
+                let end = rows.last().map(|e| match dir {
+                    moss_storage::Direction::Backward => crate::rooms::read::token(e.stream - 1),
+                    moss_storage::Direction::Forward => crate::rooms::read::token(e.stream),
+                });
+                let chunk = rows.iter().map(|e| client_event(e, &u, None)).collect::<Result<Vec<_>>>()?;
+                Ok::<_, Error>(AdminMessages {
+                    chunk,
+                    start: crate::rooms::read::token(if start == i64::MIN + 1 { 0 } else { start }),
+                    end,
+                })
+            })
+            .await
+    }
+
+    /// The rooms taking the most space, `(room, bytes of stored events)`.
+    pub async fn admin_largest_rooms(&self) -> Result<Vec<(String, i64)>> {
+        self.db.read(|r| Ok::<_, Error>(r.largest_rooms(10)?)).await
+    }
+
+    /// Quarantines this server's media the room's events point at; how many.
+    pub async fn admin_quarantine_room_media(&self, room: &RoomId) -> Result<usize> {
+        let (r, prefix) = (room.to_string(), format!("mxc://{}/", self.server_name));
+        let ids = self.db.read(move |x| Ok::<_, Error>(x.media_in_room(&r, &prefix)?)).await?;
+        let mut n = 0;
+        for id in ids {
+            n += self.quarantine(Some(&format!("mxc://{}/{id}", self.server_name)), None).await?;
+        }
+        Ok(n)
+    }
+
+    /// Makes a local user join a room (the admin's `v1/join`): a room they may not join by
+    /// themselves is joined after an invite from the admin, who must be in it.
+    pub async fn admin_join(
+        &self,
+        requester: &UserId,
+        user: &UserId,
+        target: &ruma::RoomOrAliasId,
+    ) -> Result<OwnedRoomId> {
+        match self.join_room(user, target, None, vec![]).await {
+            Ok(room) => Ok(room),
+            Err(Error::Matrix { kind: ruma::api::error::ErrorKind::Forbidden, .. }) => {
+                let (room, _) = self.room_and_servers(target, vec![]).await?;
+                self.invite(requester, &room, user, None)
+                    .await
+                    .map_err(|_| Error::forbidden("the room is not public and the admin cannot invite into it"))?;
+                self.join_room(user, target, None, vec![]).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

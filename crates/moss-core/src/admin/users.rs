@@ -292,3 +292,24 @@ impl Moss {
         Ok(token)
     }
 }
+
+impl Moss {
+    /// Every room the user has a membership in, with it.
+    pub async fn admin_memberships(&self, user: &UserId) -> Result<Vec<(String, String)>> {
+        let u = user.to_string();
+        let mut out = Vec::new();
+        for m in ["join", "invite", "leave", "ban", "knock"] {
+            let u = u.clone();
+            let rooms = self.db.read(move |r| Ok::<_, Error>(r.rooms_with_membership(&u, m)?)).await?;
+            out.extend(rooms.into_iter().map(|r| (r, m.to_owned())));
+        }
+        Ok(out)
+    }
+
+    /// All of a user's account data: `(room or "" for global, type, content)`.
+    pub async fn admin_account_data(&self, user: &UserId) -> Result<Vec<(String, String, serde_json::Value)>> {
+        let u = user.to_string();
+        let rows = self.db.read(move |r| Ok::<_, Error>(r.all_account_data(&u)?)).await?;
+        rows.into_iter().map(|(room, kind, content)| Ok((room, kind, serde_json::from_str(&content)?))).collect()
+    }
+}

@@ -276,7 +276,7 @@ impl Moss {
 
     /// The room a join or knock names, with the servers to go through if this one is not in
     /// it: those the client gave, then the alias's.
-    async fn room_and_servers(
+    pub(crate) async fn room_and_servers(
         &self,
         target: &RoomOrAliasId,
         via: Vec<OwnedServerName>,

@@ -675,3 +675,82 @@ async fn shadow_bans_rate_limit_overrides_and_logging_in_as_a_user() {
     let (st, _) = s.post(&format!("{A}/v1/users/{}/login", enc("@ghost:localhost")), &ops, json!({})).await;
     assert_eq!(st, 404);
 }
+
+#[tokio::test]
+async fn joins_messages_memberships_account_data_and_bulk_quarantine() {
+    let s = Server::start().await;
+    let ops = admin(&s, "ops").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    // Force-join: a public room directly; a private one through an invite from the admin in it.
+    let public = s.create_room(&bob, json!({"preset": "public_chat", "name": "Open"})).await;
+    let (st, v) = s.post(&format!("{A}/v1/join/{public}"), &ops, json!({"user_id": carol.id})).await;
+    assert_eq!((st, v["room_id"].as_str()), (200, Some(public.as_str())), "{v}");
+    let private = s.create_room(&ops, json!({"preset": "private_chat"})).await;
+    let (st, v) = s.post(&format!("{A}/v1/join/{private}"), &ops, json!({"user_id": carol.id})).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = s.get("/_matrix/client/v3/joined_rooms", &carol).await;
+    assert_eq!(v["joined_rooms"].as_array().unwrap().len(), 2);
+    let (st, _) = s.post(&format!("{A}/v1/join/{public}"), &ops, json!({"user_id": "@x:elsewhere.example"})).await;
+    assert_eq!(st, 400);
+
+    // Messages: every event of the room, pageable.
+    s.send_text(&bob, &public, "one").await;
+    s.send_text(&bob, &public, "two").await;
+    let (st, v) = s.get(&format!("{A}/v1/rooms/{public}/messages?dir=b&limit=2"), &ops).await;
+    assert_eq!(st, 200, "{v}");
+    let bodies: Vec<&str> =
+        v["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["two", "one"]);
+    let (_, older) = s
+        .get(&format!("{A}/v1/rooms/{public}/messages?dir=b&limit=50&from={}", v["end"].as_str().unwrap()), &ops)
+        .await;
+    assert!(older["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{older}");
+
+    let (_, v) = s.get(&format!("{A}/v1/users/{}/memberships", enc(&carol.id)), &ops).await;
+    assert_eq!(v["memberships"][&public], "join", "{v}");
+    s.put(&format!("/_matrix/client/v3/user/{}/account_data/org.example.pref", carol.id), &carol, json!({"x": 1}))
+        .await;
+    let (_, v) = s.get(&format!("{A}/v1/users/{}/accountdata", enc(&carol.id)), &ops).await;
+    assert_eq!(v["account_data"]["global"]["org.example.pref"], json!({"x": 1}), "{v}");
+    let (st, v) = s.get(&format!("{A}/v1/username_available?username=carol"), &ops).await;
+    assert_eq!((st, errcode(&v)), (400, "M_USER_IN_USE"));
+    let (st, v) = s.get(&format!("{A}/v1/username_available?username=dora"), &ops).await;
+    assert_eq!((st, v), (200, json!({"available": true})));
+    let (_, v) = s.get(&format!("{A}/v1/statistics/database/rooms"), &ops).await;
+    assert!(
+        v["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == public.as_str() && r["estimated_size"].as_i64() > Some(0)),
+        "{v}"
+    );
+
+    // Quarantine what a room points at, and all of a user's uploads; delete a user's uploads.
+    let upload =
+        |body: &'static [u8]| s.call_raw("POST", "/_matrix/media/v3/upload", Some(&bob.token), Some(body.to_vec()));
+    let (_, v) = upload(b"picture").await;
+    let posted = v["content_uri"].as_str().unwrap().to_owned();
+    let (_, v) = upload(b"other").await;
+    let other = v["content_uri"].as_str().unwrap().to_owned();
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{public}/send/m.room.message/img"),
+        &bob,
+        json!({"msgtype": "m.image", "body": "pic", "url": posted}),
+    )
+    .await;
+    let download = |mxc: &str| format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
+    let (st, v) = s.call("POST", &format!("{A}/v1/room/{public}/media/quarantine"), Some(&ops.token), None).await;
+    assert_eq!((st, v["num_quarantined"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(s.call_raw("GET", &download(&posted), Some(&carol.token), None).await.0, 404);
+    assert_eq!(s.call_raw("GET", &download(&other), Some(&carol.token), None).await.0, 200);
+    let (_, v) =
+        s.call("POST", &format!("{A}/v1/user/{}/media/quarantine", enc(&bob.id)), Some(&ops.token), None).await;
+    assert_eq!(v["num_quarantined"], 2);
+    assert_eq!(s.call_raw("GET", &download(&other), Some(&carol.token), None).await.0, 404);
+    let (st, v) = s.call("DELETE", &format!("{A}/v1/users/{}/media", enc(&bob.id)), Some(&ops.token), None).await;
+    assert_eq!((st, v["total"].as_u64()), (200, Some(2)), "{v}");
+    let (_, v) = s.get(&format!("{A}/v1/users/{}/media", enc(&bob.id)), &ops).await;
+    assert_eq!(v["total"], 0);
+}
