@@ -195,8 +195,14 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(server::get_visibility)
         .ruma(server::set_visibility)
         .ruma(server::public_rooms)
-        .ruma(server::public_rooms_filtered)
-        .route_layer(axum::middleware::from_fn_with_state(moss.clone(), metrics::record))
+        .ruma(server::public_rooms_filtered);
+    // Request metrics only when something will read them (`metrics.bind`).
+    let r = if moss.config.metrics.bind.is_some() {
+        r.route_layer(axum::middleware::from_fn_with_state(moss.clone(), metrics::record))
+    } else {
+        r
+    };
+    let r = r
         .route("/health", get(server::health))
         .fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized_method() });

@@ -99,13 +99,20 @@ impl Moss {
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let metrics = Arc::new(metrics::Metrics::new());
-        let media = media::Media::open(&config, has_media, metrics.clone())?;
+        // Timings are taken only when something will read them (`metrics.bind`); counters
+        // that cost an atomic add are kept either way.
+        let measuring = config.metrics.bind.is_some();
+        let observer: Option<Arc<dyn moss_media::store::metered::StoreObserver>> =
+            if measuring { Some(metrics.clone()) } else { None };
+        let media = media::Media::open(&config, has_media, observer)?;
         let push = push::Push::new(&config.push)?;
         let appservices = appservice::AppServices::load(&config.appservice.config_files, server_name.as_str())
             .map_err(|e| Error::internal(format!("appservice.config_files: {e}")))?;
         let federation =
             if config.federation.enabled { Some(federation::Federation::new(&config.federation)?) } else { None };
-        db.set_observer(metrics.clone());
+        if measuring {
+            db.set_observer(metrics.clone());
+        }
         let overrides = db.read_blocking(|r| Ok::<_, Error>(r.ratelimit_overrides()?))?;
         let ratelimit_overrides = overrides.into_iter().map(|(u, p, b)| (u, (p, b))).collect();
         Ok(Arc::new(Moss {

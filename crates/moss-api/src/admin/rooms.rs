@@ -105,8 +105,10 @@ pub(super) async fn list(
         _ => return Err(unknown_order()),
     };
     // Synapse sorts sizes largest first unless told otherwise.
-    let default_forward =
-        !matches!(order, RoomOrder::JoinedMembers | RoomOrder::JoinedLocalMembers | RoomOrder::StateEvents);
+    let default_forward = !matches!(
+        order,
+        RoomOrder::JoinedMembers | RoomOrder::JoinedLocalMembers | RoomOrder::StateEvents | RoomOrder::Version
+    );
     let page = q.list.page(default_forward)?;
     if q.search_term.as_deref() == Some("") {
         return Err(ApiError::invalid_param("search_term cannot be an empty string"));

@@ -694,7 +694,15 @@ pub(super) async fn username_available(
     let name = q
         .username
         .ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing string query parameter 'username'")))?;
-    moss.new_user_id(&name)?;
+    let id = moss.new_user_id(&name)?;
+    if moss.appservices.exclusive_user_owner(id.as_str()).is_some() {
+        return Err(moss_core::Error::new(
+            ruma::api::error::ErrorKind::Exclusive,
+            400,
+            "User ID reserved by an application service.",
+        )
+        .into());
+    }
     if !moss.username_available(&name).await? {
         return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "User ID already taken.").into());
     }

@@ -47,7 +47,8 @@ impl FromRequest<Arc<Moss>> for Signed {
 }
 
 pub fn router(moss: Arc<Moss>) -> Router {
-    Router::new()
+    let measured = moss.config.metrics.bind.is_some();
+    let r: Router<Arc<Moss>> = Router::new()
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
         .route("/_matrix/key/v2/query", axum::routing::post(notary_batch))
@@ -73,9 +74,14 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/state/{room_id}", get(state))
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
-        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events))
-        .route_layer(axum::middleware::from_fn_with_state(moss.clone(), crate::metrics::record))
-        .fallback(|| async { ApiError::unrecognized() })
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events));
+    // Request metrics only when something will read them (`metrics.bind`).
+    let r = if measured {
+        r.route_layer(axum::middleware::from_fn_with_state(moss.clone(), crate::metrics::record))
+    } else {
+        r
+    };
+    r.fallback(|| async { ApiError::unrecognized() })
         .with_state(moss)
         // A panic in a handler answers 500 with an id and leaves the listener serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::panic_response))

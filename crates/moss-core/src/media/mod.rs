@@ -224,7 +224,7 @@ impl Media {
 
     /// `has_media`: the database already records uploads, so a missing master key is an error
     /// (a fresh key could not read them), not a first start.
-    pub fn open(config: &Config, has_media: bool, observer: Arc<dyn StoreObserver>) -> Result<Media> {
+    pub fn open(config: &Config, has_media: bool, observer: Option<Arc<dyn StoreObserver>>) -> Result<Media> {
         let base = base_store(config)?;
         let kind = match base.describe() {
             d if d.starts_with("s3") => "s3",
@@ -233,7 +233,13 @@ impl Media {
         };
         // Each layer measured from above: the difference between two is what the upper one
         // added, and reads that reach the layer under the cache are its misses.
-        let mut store: Arc<dyn BlobStore> = Arc::new(MeteredStore::new(base, kind, observer.clone()));
+        let metered = |store: Arc<dyn BlobStore>, layer: &'static str| -> Arc<dyn BlobStore> {
+            match &observer {
+                Some(o) => Arc::new(MeteredStore::new(store, layer, o.clone())),
+                None => store,
+            }
+        };
+        let mut store: Arc<dyn BlobStore> = metered(base, kind);
         let enc = &config.media.encryption;
         if enc.enabled {
             let master = MasterKey::from_bytes({
@@ -250,7 +256,7 @@ impl Media {
             let previous = previous_master_keys(config)?;
             tracing::info!(master_key = %master.id_hex(), "media encryption is on");
             store = Arc::new(EncryptedStore::new(store, master).with_previous_keys(previous));
-            store = Arc::new(MeteredStore::new(store, "encrypt", observer.clone()));
+            store = metered(store, "encrypt");
         }
         let cache = &config.media.cache;
         if cache.enabled {
@@ -259,7 +265,7 @@ impl Media {
                 CacheStore::open(store, &dir, cache.max_size)
                     .map_err(|e| Error::internal(format!("media cache {}: {e}", dir.display())))?,
             );
-            store = Arc::new(MeteredStore::new(store, "cache", observer));
+            store = metered(store, "cache");
         }
         tracing::info!(store = %store.describe(), "media store");
         let naming = config.data_dir.join("media-naming.key");
