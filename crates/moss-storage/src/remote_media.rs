@@ -76,3 +76,34 @@ impl Writer<'_> {
         Ok(())
     }
 }
+
+impl Reader<'_> {
+    /// Other servers' media kept here and not served since `before` (ms; never served: kept
+    /// before it), `(origin, media id, content key)`.
+    pub fn remote_media_unused_since(&self, before: i64) -> Result<Vec<(String, String, String)>> {
+        self.collect(
+            "SELECT origin, media_id, content_key FROM remote_media WHERE COALESCE(last_access_ts, created_ts) < ?1",
+            [before],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    }
+}
+
+impl crate::Writer<'_> {
+    /// Forgets a kept remote item; returns the object keys no record points to any more (its
+    /// content and thumbnails), to delete from the store.
+    pub fn delete_remote_media(&self, origin: &str, media_id: &str, content_key: &str) -> Result<Vec<String>> {
+        self.exec("DELETE FROM remote_media WHERE origin = ?1 AND media_id = ?2", [origin, media_id])?;
+        let writing = self
+            .one("SELECT 1 FROM media_inflight WHERE content_key = ?1 LIMIT 1", [content_key], |r| r.get::<_, i64>(0))?
+            .is_some();
+        if self.media_referencing(content_key)? > 0 || writing {
+            return Ok(Vec::new());
+        }
+        let mut gone: Vec<String> =
+            self.collect("SELECT thumb_key FROM media_thumbnails WHERE content_key = ?1", [content_key], |r| r.get(0))?;
+        self.exec("DELETE FROM media_thumbnails WHERE content_key = ?1", [content_key])?;
+        gone.push(content_key.to_owned());
+        Ok(gone)
+    }
+}

@@ -281,3 +281,32 @@ pub(super) async fn delete_user_media(
     let deleted_media = moss.admin_delete_media(rows.into_iter().map(|m| m.media_id).collect()).await?;
     Ok(Json(Deleted { total: deleted_media.len(), deleted_media }))
 }
+
+#[derive(Deserialize)]
+pub(super) struct PurgeCache {
+    before_ts: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Purged {
+    deleted: u64,
+}
+
+/// `POST /_synapse/admin/v1/purge_media_cache?before_ts=`: other servers' media kept here and
+/// not served since then.
+pub(super) async fn purge_cache(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Query(q): Query<PurgeCache>,
+) -> Result<Json<Purged>, ApiError> {
+    let before = match q.before_ts.as_deref() {
+        None => return Err(moss_core::Error::missing_param("Missing integer query parameter 'before_ts'").into()),
+        v => non_negative("before_ts", v, 0)?,
+    };
+    if before < 30_000_000_000 {
+        return Err(ApiError::invalid_param(
+            "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a timestamp in milliseconds.",
+        ));
+    }
+    Ok(Json(Purged { deleted: moss.purge_remote_media_before(before).await? }))
+}

@@ -95,6 +95,7 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route(&format!("{A}/v1/media/quarantine/{{server}}/{{media_id}}"), post(media::quarantine))
         .route(&format!("{A}/v1/media/unquarantine/{{server}}/{{media_id}}"), post(media::unquarantine))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::stats))
+        .route(&format!("{A}/v1/purge_media_cache"), post(media::purge_cache))
         .route(&format!("{A}/v1/room/{{room_id}}/media/quarantine"), post(media::quarantine_room))
         .route(&format!("{A}/v1/user/{{user_id}}/media/quarantine"), post(media::quarantine_user))
         .route(&format!("{A}/v1/send_server_notice"), post(notices::post))

@@ -109,6 +109,25 @@ impl Moss {
 }
 
 impl Moss {
+    /// Deletes other servers' media kept here and not served since `before_ms` (Synapse's
+    /// `purge_media_cache`); it is fetched again if someone asks. Returns how many items.
+    pub async fn purge_remote_media_before(&self, before_ms: i64) -> Result<u64> {
+        let items = self.db.read(move |r| Ok::<_, Error>(r.remote_media_unused_since(before_ms)?)).await?;
+        let mut deleted = 0;
+        for (origin, media_id, key) in items {
+            // Held from the decision to the deletion, as for local media.
+            let _guard = self.media.content_lock(&key).await;
+            let (o, id, k) = (origin.clone(), media_id.clone(), key.clone());
+            let mut gone = self.db.write(move |w| Ok::<_, Error>(w.delete_remote_media(&o, &id, &k)?)).await?;
+            gone.push(self.media.meta_key(&format!("{origin}/{media_id}")));
+            for key in gone {
+                self.media.store.delete(&key).await.map_err(|e| Error::internal(format!("deleting {key}: {e}")))?;
+            }
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Stops serving media (one `mxc://` URI, or everything a user uploaded); the content stays.
     pub async fn quarantine(&self, mxc: Option<&str>, user: Option<&ruma::UserId>) -> Result<usize> {
         let id = match mxc {

@@ -287,6 +287,16 @@ async fn remote_media_is_fetched_once_over_federation_and_kept() {
     let r = get().await.unwrap();
     assert_eq!(r.status(), 200, "kept in A's store");
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
+
+    // An admin purges the kept copies (Synapse's purge_media_cache): with B gone, they are gone.
+    let ops = crate::admin::admin(&a.server, "ops").await;
+    let purge = "/_synapse/admin/v1/purge_media_cache";
+    let (st, _) = a.server.call("POST", &format!("{purge}?before_ts=1000"), Some(&ops.token), None).await;
+    assert_eq!(st, 400, "seconds, not milliseconds");
+    let (st, v) = a.server.call("POST", &format!("{purge}?before_ts=4000000000000"), Some(&ops.token), None).await;
+    assert_eq!((st, v["deleted"].as_u64()), (200, Some(2)), "{v}");
+    let r = get().await.unwrap();
+    assert_ne!(r.status(), 200, "no longer kept, and B cannot be asked");
 }
 
 #[tokio::test]
