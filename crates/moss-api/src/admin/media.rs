@@ -129,14 +129,7 @@ pub(super) async fn delete_before(
     Query(q): Query<DeleteBefore>,
 ) -> Result<Json<Deleted>, ApiError> {
     own_server(&moss, &server)?;
-    let before = match q.before_ts.as_deref() {
-        None => return Err(moss_core::Error::missing_param("Missing integer query parameter 'before_ts'").into()),
-        v => non_negative("before_ts", v, 0)?,
-    };
-    if before < 30_000_000_000 {
-        // Synapse refuses seconds where milliseconds are meant (and the form's default of 0).
-        return Err(ApiError::invalid_param("Query parameter before_ts you provided is from the year 1970. Double check that you are providing a timestamp in milliseconds."));
-    }
+    let before = before_ts(q.before_ts.as_deref())?;
     let size_gt = non_negative("size_gt", q.size_gt.as_deref(), 0)?;
     let keep_profiles = boolean("keep_profiles", q.keep_profiles.as_deref(), true)?;
     let deleted_media = moss.admin_delete_media_before(before, size_gt, keep_profiles).await?;
@@ -299,14 +292,22 @@ pub(super) async fn purge_cache(
     _: Admin,
     Query(q): Query<PurgeCache>,
 ) -> Result<Json<Purged>, ApiError> {
-    let before = match q.before_ts.as_deref() {
+    let before = before_ts(q.before_ts.as_deref())?;
+    Ok(Json(Purged { deleted: moss.purge_remote_media_before(before).await? }))
+}
+
+/// `before_ts`, required, in milliseconds: Synapse refuses seconds where milliseconds are meant
+/// (and synapse-admin's default of 0).
+fn before_ts(v: Option<&str>) -> Result<i64, ApiError> {
+    let before = match v {
         None => return Err(moss_core::Error::missing_param("Missing integer query parameter 'before_ts'").into()),
         v => non_negative("before_ts", v, 0)?,
     };
     if before < 30_000_000_000 {
         return Err(ApiError::invalid_param(
-            "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a timestamp in milliseconds.",
+            "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a \
+             timestamp in milliseconds.",
         ));
     }
-    Ok(Json(Purged { deleted: moss.purge_remote_media_before(before).await? }))
+    Ok(before)
 }
