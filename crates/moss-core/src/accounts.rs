@@ -153,6 +153,10 @@ impl Moss {
 
     pub async fn username_available(&self, localpart: &str) -> Result<bool> {
         let id = self.new_user_id(localpart)?;
+        // The server notices account is the server's, even before its first notice.
+        if self.notices_user().as_ref() == Some(&id) {
+            return Ok(false);
+        }
         Ok(self.user(&id).await?.is_none())
     }
 

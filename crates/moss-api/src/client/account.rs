@@ -40,7 +40,7 @@ pub async fn register(moss: Arc<Moss>, req: Ruma<register::v3::Request>) -> Hand
         None => moss_core::accounts::random_string(12).to_lowercase(),
     };
     let user_id = moss.new_user_id(&localpart)?;
-    if moss.user(&user_id).await?.is_some() {
+    if !moss.username_available(&localpart).await? {
         return Err(moss_core::Error::new(ruma::api::error::ErrorKind::UserInUse, 400, "user id already taken").into());
     }
     reserved_for_appservice(&moss, user_id.as_str())?;

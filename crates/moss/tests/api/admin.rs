@@ -545,6 +545,16 @@ async fn server_notices_reach_users_in_a_room_they_cannot_write_in() {
     .await;
     let ops = admin(&s, "ops").await;
     let bob = s.register("bob").await;
+    // The system account's name is the server's before its first notice.
+    let (st, v) = s
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "notices", "password": "password123", "auth": {"type": "m.login.dummy"}})),
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (400, "M_USER_IN_USE"), "{v}");
     let notice = json!({"user_id": bob.id, "content": {"msgtype": "m.text", "body": "maintenance at 2am"}});
     let (st, v) = s.post(&format!("{A}/v1/send_server_notice"), &bob, notice.clone()).await;
     assert_eq!(st, 403, "admins only: {v}");
