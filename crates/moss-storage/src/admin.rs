@@ -5,7 +5,10 @@
 
 use rusqlite::{params, Row};
 
-use crate::{Reader, Result, Writer};
+use crate::{
+    queries::{media_row, MEDIA_COLS},
+    MediaRow, Reader, Result, Writer,
+};
 
 /// `LIKE` pattern matching `term` anywhere, its wildcards taken literally (with `ESCAPE '\'`).
 pub fn like_anywhere(term: &str) -> String {
@@ -291,37 +294,22 @@ pub struct ReportFilter {
     pub event_sender: Option<String>,
 }
 
-/// One local upload as the admin API lists it.
+/// One local upload as the admin API lists it: its record and what only the admin API shows.
 #[derive(Debug, Clone)]
 pub struct AdminMediaRow {
-    pub media_id: String,
-    pub user_id: String,
-    pub created_ts: i64,
+    pub media: MediaRow,
     pub last_access_ts: Option<i64>,
-    pub content_type: Option<String>,
-    pub filename: Option<String>,
-    pub size: Option<i64>,
     pub sha256: Option<String>,
-    pub quarantined: bool,
     pub protected: bool,
 }
 
-const MEDIA_COLS: &str =
-    "media_id, user_id, created_ts, last_access_ts, content_type, filename, size, sha256, quarantined, protected";
+/// [`MEDIA_COLS`] (columns 0–9) and the admin's (10–12).
+fn admin_media_cols() -> String {
+    format!("{MEDIA_COLS}, last_access_ts, sha256, protected")
+}
 
 fn admin_media_row(r: &Row<'_>) -> rusqlite::Result<AdminMediaRow> {
-    Ok(AdminMediaRow {
-        media_id: r.get(0)?,
-        user_id: r.get(1)?,
-        created_ts: r.get(2)?,
-        last_access_ts: r.get(3)?,
-        content_type: r.get(4)?,
-        filename: r.get(5)?,
-        size: r.get(6)?,
-        sha256: r.get(7)?,
-        quarantined: r.get(8)?,
-        protected: r.get(9)?,
-    })
+    Ok(AdminMediaRow { media: media_row(r)?, last_access_ts: r.get(10)?, sha256: r.get(11)?, protected: r.get(12)? })
 }
 
 /// What a user's media list may be sorted by.
@@ -589,8 +577,9 @@ impl Reader<'_> {
     pub fn admin_user_media(&self, user_id: &str, order: MediaOrder, page: Page) -> Result<(Vec<AdminMediaRow>, i64)> {
         let rows = self.collect(
             &format!(
-                "SELECT {MEDIA_COLS} FROM media WHERE user_id = ?1 AND content_key IS NOT NULL \
+                "SELECT {} FROM media WHERE user_id = ?1 AND content_key IS NOT NULL \
                  ORDER BY {} {}, media_id ASC LIMIT ?2 OFFSET ?3",
+                admin_media_cols(),
                 order.column(),
                 page.dir()
             ),
@@ -605,7 +594,7 @@ impl Reader<'_> {
     }
 
     pub fn admin_media(&self, media_id: &str) -> Result<Option<AdminMediaRow>> {
-        self.one(&format!("SELECT {MEDIA_COLS} FROM media WHERE media_id = ?1"), [media_id], admin_media_row)
+        self.one(&format!("SELECT {} FROM media WHERE media_id = ?1", admin_media_cols()), [media_id], admin_media_row)
     }
 
     /// Local uploads before `before_ts` larger than `size_gt`, optionally sparing any used as an

@@ -972,10 +972,10 @@ pub struct MediaRow {
     pub quarantined: bool,
 }
 
-const MEDIA_COLS: &str =
+pub(crate) const MEDIA_COLS: &str =
     "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy, quarantined";
 
-fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
+pub(crate) fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
     Ok(MediaRow {
         media_id: r.get(0)?,
         user_id: r.get(1)?,

@@ -34,17 +34,17 @@ pub(super) struct Media {
 impl From<AdminMediaRow> for Media {
     fn from(m: AdminMediaRow) -> Self {
         Media {
-            media_id: m.media_id,
-            media_type: m.content_type,
-            media_length: m.size,
-            upload_name: m.filename,
-            created_ts: m.created_ts,
+            media_id: m.media.media_id,
+            media_type: m.media.content_type,
+            media_length: m.media.size,
+            upload_name: m.media.filename,
+            created_ts: m.media.created_ts,
             url_cache: None,
             last_access_ts: m.last_access_ts,
             // moss does not record who quarantined an item.
-            quarantined_by: m.quarantined.then(|| "admin".to_owned()),
+            quarantined_by: m.media.quarantined.then(|| "admin".to_owned()),
             safe_from_quarantine: m.protected,
-            user_id: m.user_id,
+            user_id: m.media.user_id,
             authenticated: true,
             sha256: m.sha256,
         }
@@ -271,7 +271,7 @@ pub(super) async fn delete_user_media(
     moss.admin_user(&user).await.map_err(|_| ApiError(moss_core::Error::not_found("Unknown user")))?;
     let page = q.page(!(q.order_by.is_none() && q.dir.is_none()))?;
     let (rows, _) = moss.admin_user_media(&user, MediaOrder::CreatedTs, page).await?;
-    let deleted_media = moss.admin_delete_media(rows.into_iter().map(|m| m.media_id).collect()).await?;
+    let deleted_media = moss.admin_delete_media(rows.into_iter().map(|m| m.media.media_id).collect()).await?;
     Ok(Json(Deleted { total: deleted_media.len(), deleted_media }))
 }
 
