@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use axum::{extract::State, Json};
-use bytes::Bytes;
 use moss_core::{admin::destinations::Destination, Moss};
 use serde::{Deserialize, Serialize};
 
-use super::{optional_body, unknown_order, Admin, Empty, ListParams};
+use super::{optional_body, unknown_order, Admin, Body, Empty, ListParams};
 use crate::{
     error::ApiError,
     extract::{Path, Query},
@@ -145,7 +144,7 @@ pub(super) async fn updates_enabled(_: Admin) -> Json<Enabled> {
 
 /// `POST /_synapse/admin/v1/background_updates/enabled`: accepted; moss has no background
 /// updates to pause (schema changes run at start).
-pub(super) async fn set_updates_enabled(_: Admin, bytes: Bytes) -> Result<Json<Enabled>, ApiError> {
+pub(super) async fn set_updates_enabled(_: Admin, Body(bytes): Body) -> Result<Json<Enabled>, ApiError> {
     let b: Enabled = optional_body(&bytes)?;
     if b.enabled.is_none() {
         return Err(moss_core::Error::missing_param("Missing param enabled").into());

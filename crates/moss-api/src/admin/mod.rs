@@ -129,6 +129,22 @@ async fn server_version() -> Json<ServerVersion> {
     Json(ServerVersion { server_version: format!("moss {}", env!("CARGO_PKG_VERSION")) })
 }
 
+/// A request body read within `http.max_request_bytes` (413 `M_TOO_LARGE` beyond, a Matrix
+/// error like every other refusal; axum's own limit would answer in plain text).
+pub struct Body(pub Bytes);
+
+impl axum::extract::FromRequest<Arc<Moss>> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, moss: &Arc<Moss>) -> Result<Self, ApiError> {
+        let limit = moss.config.http.max_request_bytes;
+        axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map(Body)
+            .map_err(|_| ApiError::too_large(format!("request body is larger than {limit} bytes")))
+    }
+}
+
 /// `{}`: what most admin writes answer.
 #[derive(Serialize, Default)]
 struct Empty {}
@@ -192,14 +208,14 @@ fn unknown_order() -> ApiError {
 }
 
 /// A JSON body that may be absent (then `T::default()`), as Synapse's optional bodies.
-fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     body(bytes)
 }
 
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| ApiError::not_json("Content not JSON."))?;
     if !v.is_object() {
         return Err(ApiError::bad_json("Content must be a JSON object."));

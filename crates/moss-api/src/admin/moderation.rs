@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use axum::{extract::State, Json};
-use bytes::Bytes;
 use moss_core::{admin::users::Moderation, Moss};
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{body, Admin};
+use super::{body, Admin, Body};
 use crate::{error::ApiError, extract::Path};
 
 fn user(raw: &str) -> Result<OwnedUserId, ApiError> {
@@ -41,7 +40,7 @@ pub(super) async fn put_lock(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Locked>, ApiError> {
     let b: Locked = body(&bytes)?;
     moss.admin_moderate(&session.user_id, &user(&raw)?, Moderation::Lock, b.locked).await?;
@@ -62,7 +61,7 @@ pub(super) async fn put_suspend(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Suspended>, ApiError> {
     let b: Suspended = body(&bytes)?;
     moss.admin_moderate(&session.user_id, &user(&raw)?, Moderation::Suspend, b.suspended).await?;
@@ -79,7 +78,7 @@ pub(super) async fn synapse_suspend(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
     let b: SynapseSuspend = body(&bytes)?;
     let target = user(&raw)?;

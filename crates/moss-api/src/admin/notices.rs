@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use axum::{extract::State, Json};
-use bytes::Bytes;
 use moss_core::{admin::notices::Notice, Moss};
 use ruma::{events::TimelineEventType, OwnedEventId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{body, Admin};
+use super::{body, Admin, Body};
 use crate::{error::ApiError, extract::Path};
 
 #[derive(Deserialize)]
@@ -26,7 +25,7 @@ pub(super) struct Sent {
     event_id: OwnedEventId,
 }
 
-async fn send(moss: &Moss, bytes: &Bytes, txn_id: Option<String>) -> Result<Json<Sent>, ApiError> {
+async fn send(moss: &Moss, bytes: &[u8], txn_id: Option<String>) -> Result<Json<Sent>, ApiError> {
     let b: SendNotice = body(bytes)?;
     let user = b.user_id.ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing param user_id")))?;
     let content = b.content.ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing param content")))?;
@@ -39,7 +38,7 @@ async fn send(moss: &Moss, bytes: &Bytes, txn_id: Option<String>) -> Result<Json
     Ok(Json(Sent { event_id: moss.send_server_notice(&user, notice).await? }))
 }
 
-pub(super) async fn post(State(moss): State<Arc<Moss>>, _: Admin, bytes: Bytes) -> Result<Json<Sent>, ApiError> {
+pub(super) async fn post(State(moss): State<Arc<Moss>>, _: Admin, Body(bytes): Body) -> Result<Json<Sent>, ApiError> {
     send(&moss, &bytes, None).await
 }
 
@@ -47,7 +46,7 @@ pub(super) async fn put(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(txn_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Sent>, ApiError> {
     send(&moss, &bytes, Some(txn_id)).await
 }

@@ -7,7 +7,6 @@ use std::{
 };
 
 use axum::{extract::State, Json};
-use bytes::Bytes;
 use moss_core::{
     admin::rooms::{DeleteRoom, Shutdown},
     storage::{AdminReportRow, AdminRoomRow, ReportFilter, RoomOrder},
@@ -17,7 +16,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{body, unknown_order, Admin, ListParams};
+use super::{body, unknown_order, Admin, Body, ListParams};
 use crate::{
     error::ApiError,
     extract::{Path, Query},
@@ -219,7 +218,7 @@ async fn run_delete(
     moss: &Moss,
     session_user: &ruma::UserId,
     raw: &str,
-    bytes: &Bytes,
+    bytes: &[u8],
 ) -> Result<(OwnedRoomId, ShutdownOut), ApiError> {
     let room = room_id(raw)?;
     // A body is required, as Synapse (`{}` for the defaults).
@@ -240,7 +239,7 @@ pub(super) async fn delete_v1(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<ShutdownOut>, ApiError> {
     Ok(Json(run_delete(&moss, &session.user_id, &raw, &bytes).await?.1))
 }
@@ -270,7 +269,7 @@ pub(super) async fn delete_v2(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<DeleteId>, ApiError> {
     let (room_id, shutdown) = run_delete(&moss, &session.user_id, &raw, &bytes).await?;
     let delete_id = moss_core::accounts::random_string(16);
@@ -384,7 +383,7 @@ pub(super) async fn put_block(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<BlockStatus>, ApiError> {
     let b: PutBlock = body(&bytes)?;
     moss.admin_block_room(&session.user_id, &room_id(&raw)?, b.block).await?;
@@ -509,7 +508,7 @@ pub(super) async fn join(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Joined>, ApiError> {
     let b: JoinBody = body(&bytes)?;
     let user = b.user_id.ok_or_else(|| ApiError(moss_core::Error::missing_param("Missing param user_id")))?;

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use axum::{extract::State, Json};
-use bytes::Bytes;
 use moss_core::{admin::tokens::TokenChange, now_ms, storage::RegistrationTokenRow, Moss};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{body, boolean, optional_body, Admin, Empty};
+use super::{body, boolean, optional_body, Admin, Body, Empty};
 use crate::{
     error::ApiError,
     extract::{Path, Query},
@@ -83,7 +82,11 @@ pub(super) struct NewToken {
 }
 
 /// `POST /_synapse/admin/v1/registration_tokens/new`
-pub(super) async fn create(State(moss): State<Arc<Moss>>, _: Admin, bytes: Bytes) -> Result<Json<Token>, ApiError> {
+pub(super) async fn create(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Body(bytes): Body,
+) -> Result<Json<Token>, ApiError> {
     let b: NewToken = optional_body(&bytes)?;
     let t = moss.admin_create_registration_token(b.token, b.length, b.uses_allowed, b.expiry_time).await?;
     Ok(Json(t.into()))
@@ -112,7 +115,7 @@ pub(super) async fn update(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(token): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Token>, ApiError> {
     let b: TokenUpdate = body(&bytes)?;
     let change = TokenChange { uses_allowed: b.uses_allowed, expiry_time: b.expiry_time };

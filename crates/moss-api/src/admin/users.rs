@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::{extract::State, http::StatusCode, Json};
-use bytes::Bytes;
 use moss_core::{
     admin::users::UserUpsert,
     storage::{AdminUserRow, DeviceRow, UserFilter, UserOrder},
@@ -13,7 +12,7 @@ use ruma::{OwnedRoomId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::{body, boolean, optional_body, unknown_order, Admin, Empty, ListParams};
+use super::{body, boolean, optional_body, unknown_order, Admin, Body, Empty, ListParams};
 use crate::{
     error::ApiError,
     extract::{Path, Query},
@@ -203,7 +202,7 @@ pub(super) async fn upsert(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<(StatusCode, Json<UserDetails>), ApiError> {
     let b: PutUser = body(&bytes)?;
     let user = match moss.local_user_id(&user_id) {
@@ -250,7 +249,7 @@ pub(super) async fn deactivate(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Deactivated>, ApiError> {
     let b: Deactivate = optional_body(&bytes)?;
     let user = local(&moss, &user_id)?;
@@ -269,7 +268,7 @@ pub(super) async fn reset_password(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Empty>, ApiError> {
     let b: ResetPassword = body(&bytes)?;
     let password =
@@ -348,7 +347,7 @@ pub(super) async fn put_admin(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Empty>, ApiError> {
     let b: IsAdmin = body(&bytes)?;
     let user = local(&moss, &user_id)?;
@@ -433,7 +432,7 @@ pub(super) async fn put_device(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path((user_id, device_id)): Path<(String, String)>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Empty>, ApiError> {
     let b: PutDevice = optional_body(&bytes)?;
     let user = existing_user(&moss, &user_id).await?;
@@ -465,7 +464,7 @@ pub(super) async fn delete_devices(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Empty>, ApiError> {
     let b: DeleteDevices = body(&bytes)?;
     let user = existing_user(&moss, &user_id).await?;
@@ -569,7 +568,7 @@ pub(super) async fn set_ratelimit(
     State(moss): State<Arc<Moss>>,
     _: Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<Ratelimit>, ApiError> {
     let b: Value = optional_body::<Option<Value>>(&bytes)?.unwrap_or_else(|| serde_json::json!({}));
     let field = |k: &str| -> Result<i64, ApiError> {
@@ -614,7 +613,7 @@ pub(super) async fn login_as(
     State(moss): State<Arc<Moss>>,
     Admin(session): Admin,
     Path(user_id): Path<String>,
-    bytes: Bytes,
+    Body(bytes): Body,
 ) -> Result<Json<LoginAsToken>, ApiError> {
     let b: LoginAs = optional_body(&bytes)?;
     let user = UserId::parse(&user_id).map_err(|_| ApiError::invalid_param("invalid user id"))?;

@@ -764,3 +764,29 @@ async fn joins_messages_memberships_account_data_and_bulk_quarantine() {
     let (_, v) = s.get(&format!("{A}/v1/users/{}/media", enc(&bob.id)), &ops).await;
     assert_eq!(v["total"], 0);
 }
+
+#[tokio::test]
+async fn admin_bodies_are_read_within_a_budget() {
+    // Admin endpoints take raw bodies (optional ones included): a huge or deeply nested body is
+    // refused with a Matrix error, never read whole into memory or parsed without a limit.
+    let s = Server::start().await;
+    let ops = admin(&s, "ops").await;
+    let path = format!("{A}/v2/users/{}", enc("@big:localhost"));
+    let huge = format!("{{\"displayname\": \"{}\"}}", "x".repeat(1024 * 1024 + 1));
+    let (st, v) = s.call_raw("PUT", &path, Some(&ops.token), Some(huge.into_bytes())).await;
+    assert_eq!((st, errcode(&v)), (413, "M_TOO_LARGE"), "{v}");
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    let (st, v) = s.call_raw("PUT", &path, Some(&ops.token), Some(deep.into_bytes())).await;
+    assert_eq!((st, errcode(&v)), (400, "M_NOT_JSON"), "{v}");
+    let (st, v) = s
+        .call_raw(
+            "POST",
+            &format!("{A}/v1/deactivate/{}", enc(&ops.id)),
+            Some(&ops.token),
+            Some(b"{\"erase\":".to_vec()),
+        )
+        .await;
+    assert_eq!((st, errcode(&v)), (400, "M_NOT_JSON"), "{v}");
+    let (st, _) = s.get(&format!("{A}/v2/users"), &ops).await;
+    assert_eq!(st, 200, "the server is unharmed");
+}
