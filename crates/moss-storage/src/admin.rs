@@ -404,9 +404,14 @@ impl Reader<'_> {
         self.one(&format!("SELECT {ADMIN_USER_COLS} FROM users u WHERE u.user_id = ?1"), [user_id], admin_user_row)
     }
 
-    /// Whether an admin suspended the account (false for unknown users).
-    pub fn suspended(&self, user_id: &str) -> Result<bool> {
-        Ok(self.one("SELECT suspended FROM users WHERE user_id = ?1", [user_id], |r| r.get(0))?.unwrap_or(false))
+    /// Whether an admin suspended or shadow-banned the account, in one lookup for the send
+    /// path (false, false for unknown users).
+    pub fn restrictions(&self, user_id: &str) -> Result<(bool, bool)> {
+        Ok(self
+            .one("SELECT suspended, shadow_banned FROM users WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .unwrap_or((false, false)))
     }
 
     /// Servers other than this one (`local` is `%:server`) with users joined to rooms here.

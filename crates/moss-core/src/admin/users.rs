@@ -210,14 +210,21 @@ impl Moss {
 
     /// Refuses what a suspended account may not do (403 `M_USER_SUSPENDED`).
     pub async fn check_not_suspended(&self, user: &UserId) -> Result<()> {
+        self.check_sender(user).await.map(|_| ())
+    }
+
+    /// For a local user about to send, invite or join: refused if suspended; `true` if
+    /// shadow-banned (the action then answers as done and goes nowhere). One database lookup.
+    pub(crate) async fn check_sender(&self, user: &UserId) -> Result<bool> {
         if user.server_name() != self.server_name {
-            return Ok(());
+            return Ok(false);
         }
         let u = user.to_string();
-        if self.db.read(move |r| Ok::<_, Error>(r.suspended(&u)?)).await? {
+        let (suspended, shadow) = self.db.read(move |r| Ok::<_, Error>(r.restrictions(&u)?)).await?;
+        if suspended {
             return Err(Error::new(ErrorKind::UserSuspended, 403, "this account is suspended"));
         }
-        Ok(())
+        Ok(shadow)
     }
 }
 
@@ -263,14 +270,6 @@ impl Moss {
     pub async fn admin_shadow_ban(&self, user: &UserId, banned: bool) -> Result<()> {
         let (u, changes) = (user.to_string(), UserChanges { shadow_banned: Some(banned), ..Default::default() });
         self.db.write(move |w| Ok::<_, Error>(w.update_admin_user(&u, &changes)?)).await
-    }
-
-    pub(crate) async fn shadow_banned(&self, user: &UserId) -> Result<bool> {
-        if user.server_name() != self.server_name {
-            return Ok(false);
-        }
-        let u = user.to_string();
-        Ok(self.db.read(move |r| Ok::<_, Error>(r.admin_user(&u)?)).await?.is_some_and(|u| u.shadow_banned))
     }
 
     /// An access token to act as `user` (support, debugging): no new device, valid until

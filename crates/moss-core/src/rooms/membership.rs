@@ -118,10 +118,10 @@ impl Moss {
         target: &UserId,
         reason: Option<String>,
     ) -> Result<()> {
-        self.check_not_suspended(sender).await?;
+        let shadow_banned = self.check_sender(sender).await?;
         self.require_joined(sender, room_id).await?;
         // A shadow-banned user's invites answer as sent and reach nobody.
-        if self.shadow_banned(sender).await? {
+        if shadow_banned {
             return Ok(());
         }
         let remote = target.server_name() != self.server_name;

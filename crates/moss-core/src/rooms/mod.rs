@@ -206,9 +206,9 @@ impl Moss {
         if kind == TimelineEventType::RoomRedaction {
             return Err(Error::forbidden("use the /redact endpoint to redact events"));
         }
-        self.check_not_suspended(sender).await?;
+        let shadow_banned = self.check_sender(sender).await?;
         self.require_joined(sender, room_id).await?;
-        if self.shadow_banned(sender).await? {
+        if shadow_banned {
             return Ok(fake_event_id());
         }
         self.note_user_action(sender).await;
@@ -235,9 +235,9 @@ impl Moss {
             TimelineEventType::RoomCanonicalAlias => self.check_canonical_alias(room_id, &content).await?,
             _ => {}
         }
-        self.check_not_suspended(sender).await?;
+        let shadow_banned = self.check_sender(sender).await?;
         self.require_joined(sender, room_id).await?;
-        if self.shadow_banned(sender).await? {
+        if shadow_banned {
             return Ok(fake_event_id());
         }
         self.note_user_action(sender).await;
