@@ -85,14 +85,29 @@ export function tmpDir(prefix) {
     return dir;
 }
 
+// Ports are taken below the kernel's ephemeral range (32768-60999 on Linux): a port handed out
+// for listen(0) can be handed out again, before the server binds it, as the source port of an
+// outgoing connection. Below that range only explicit binds take ports. Never the same one twice.
+const PORT_FIRST = 20000;
+const PORT_SPAN = 12000;
+let portNext = (process.pid * 997 + 9000) % PORT_SPAN;
+
+function portIsFree(port) {
+    return new Promise((resolve) => {
+        const probe = net.createServer();
+        probe.unref();
+        probe.once("error", () => resolve(false));
+        probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
+    });
+}
+
+/** A free TCP port on 127.0.0.1 (probed, then released). */
 export async function freePort() {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    const { port } = srv.address();
-    srv.close();
-    await once(srv, "close");
-    return port;
+    for (let i = 0; i < PORT_SPAN; i++) {
+        const port = PORT_FIRST + (portNext++ % PORT_SPAN);
+        if (await portIsFree(port)) return port;
+    }
+    throw new Error(`no free port in ${PORT_FIRST}..${PORT_FIRST + PORT_SPAN}`);
 }
 
 // A failure of the scenario (its message says it all).

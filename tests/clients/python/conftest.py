@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,8 @@ from pathlib import Path
 import aiohttp
 import nio
 import pytest
+
+from ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVER_NAME = "localhost"
@@ -57,14 +58,6 @@ class MossServer:
 # The session's server, kept module-global so the report hook below can reach it
 # without every test having to request it explicitly.
 _SERVER: MossServer | None = None
-
-
-def _free_port() -> int:
-    # Ask the kernel for an unused port. Another process could grab it before moss binds,
-    # but on a test machine that race is rare and shows up as a clear startup failure.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _moss_binary() -> Path:
@@ -105,7 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
         pytest.fail(f"moss binary not found at {binary}: build it first or set MOSS_BIN")
 
     workdir = tmp_path_factory.mktemp("moss")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = workdir / "moss.log"
 

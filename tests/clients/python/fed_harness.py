@@ -22,7 +22,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -37,6 +36,8 @@ import aiohttp
 import nio
 import pytest
 
+from ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
@@ -48,22 +49,8 @@ WAIT_S = 30.0
 SYNC_POLL_MS = 1000
 HTTP_TIMEOUT_S = 30.0
 SHARED_SECRET = "fed-harness-secret"
-
 T = TypeVar("T")
 
-_taken_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """An unused loopback port, never the same one twice in this process: all four ports are
-    picked before either server binds any of them."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _taken_ports:
-            _taken_ports.add(port)
-            return port
 
 
 def self_signed(dir: Path, kind: str) -> tuple[Path, Path]:

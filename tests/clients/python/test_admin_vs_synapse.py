@@ -32,7 +32,6 @@ import hmac
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -44,6 +43,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+
+from ports import free_port
 
 from fed_harness import moss_binary, synapse_python
 
@@ -67,12 +68,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -146,7 +141,7 @@ def _synapse_python_or_skip() -> Path:
 
 def start_synapse(python: Path, workdir: Path) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    hs = Server("synapse", "synapse.test", _free_port(), workdir / "synapse.log")
+    hs = Server("synapse", "synapse.test", free_port(), workdir / "synapse.log")
     generated = workdir / "homeserver.yaml"
     subprocess.run(
         [str(python), "-m", "synapse.app.homeserver", "--server-name", hs.server_name, "--config-path",
@@ -202,7 +197,7 @@ def start_moss(workdir: Path) -> Server:
     if not binary.is_file():
         pytest.fail(f"moss binary not found at {binary}: build it first or set MOSS_BIN")
     workdir.mkdir(parents=True, exist_ok=True)
-    hs = Server("moss", "moss.test", _free_port(), workdir / "moss.log")
+    hs = Server("moss", "moss.test", free_port(), workdir / "moss.log")
     # moss reads every MOSS_* variable as configuration and rejects unknown ones.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOSS_")}
     env.update({

@@ -23,8 +23,24 @@ pub struct User {
     pub device: String,
 }
 
+/// A port for a server to listen on, taken below the kernel's ephemeral range (32768–60999 on
+/// Linux). A port the kernel hands out for `:0` can be handed out again, before the server binds
+/// it, as the source port of any outgoing connection (CI once lost a run to exactly that); ports
+/// below the range are only ever taken by explicit binds. Each call in this process gets a new
+/// one, starting at an offset derived from the process id so parallel test binaries spread out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 997) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 pub fn moss_bin() -> &'static str {

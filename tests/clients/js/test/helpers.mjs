@@ -8,7 +8,6 @@ import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,6 +15,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import * as sdk from "matrix-js-sdk";
 import { logger as sdkRootLogger } from "matrix-js-sdk/lib/logger.js";
+
+import { freePort } from "../../harness/harness.mjs";
 
 export { sdk };
 
@@ -186,18 +187,8 @@ export async function withTimeout(promise, what, timeoutMs = WAIT_MS) {
 // The server
 // ---------------------------------------------------------------------------------------------
 
-/** A free TCP port on 127.0.0.1 (probed, then released). */
-export function freePort() {
-    return new Promise((resolve, reject) => {
-        const probe = net.createServer();
-        probe.unref();
-        probe.once("error", reject);
-        probe.listen(0, "127.0.0.1", () => {
-            const { port } = probe.address();
-            probe.close(() => resolve(port));
-        });
-    });
-}
+/** A free TCP port on 127.0.0.1, below the ephemeral range (see the shared harness). */
+export { freePort };
 
 /** The last `maxLines` lines of a log file (or a note that it cannot be read). */
 export function tailOf(file, maxLines = 60) {

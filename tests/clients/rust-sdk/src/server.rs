@@ -41,10 +41,23 @@ pub struct Server {
     synapse_configs: Option<(PathBuf, PathBuf)>,
 }
 
-/// An unused loopback port (probed, then released).
+/// An unused loopback port (probed, then released), below the kernel's ephemeral range
+/// (32768–60999 on Linux): a port handed out for `:0` can be handed out again, before the
+/// server binds it, as the source port of an outgoing connection. Never the same one twice.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("probing a free port")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ =
+        NEXT.compare_exchange(u32::MAX, (std::process::id() * 997 + 1_500) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 impl Server {
