@@ -59,6 +59,12 @@ pub struct StoreLabels {
     pub op: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct S3OutcomeLabels {
+    /// `answered`, `throttled`, `server_error` or `transport`.
+    pub outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -83,6 +89,7 @@ pub struct Metrics {
     pub media_duration: HistogramFamily<StoreLabels>,
     pub media_errors: Family<StoreLabels, Counter>,
     pub media_ops: Family<StoreLabels, Counter>,
+    pub s3_requests: Family<S3OutcomeLabels, Counter>,
     pub process_resident_bytes: Gauge<u64, AtomicU64>,
     pub process_virtual_bytes: Gauge<u64, AtomicU64>,
     pub process_cpu_seconds: Counter<f64, AtomicU64>,
@@ -117,6 +124,7 @@ impl Metrics {
             media_bytes: Family::default(),
             media_duration: Family::new_with_constructor(latency_histogram),
             media_errors: Family::default(),
+            s3_requests: Family::default(),
             media_ops: Family::default(),
             process_resident_bytes: Gauge::default(),
             process_virtual_bytes: Gauge::default(),
@@ -202,6 +210,12 @@ impl Metrics {
             "media_store_errors",
             "Failed media store operations, by layer and direction",
             m.media_errors.clone(),
+        );
+        r.register(
+            "media_s3_requests",
+            "HTTP requests to S3 stores by outcome, retries included: the client retries after \
+             throttled, server_error and transport outcomes, so those count retries and final failures",
+            m.s3_requests.clone(),
         );
         r.register_with_unit(
             "process_resident_memory",
@@ -308,6 +322,10 @@ impl moss_media::store::metered::StoreObserver for Metrics {
     fn op(&self, layer: &'static str, op: moss_media::store::metered::Op, bytes: u64, took: Duration, ok: bool) {
         self.media_op(layer, op.as_str(), bytes, took, ok);
     }
+
+    fn s3_request(&self, outcome: moss_media::store::metered::S3Outcome) {
+        self.s3_requests.get_or_create(&S3OutcomeLabels { outcome: outcome.as_str() }).inc();
+    }
 }
 
 impl moss_storage::DbObserver for Metrics {
@@ -367,8 +385,8 @@ impl crate::Moss {
             }
             Err(_) => return Err("database: no answer in time".into()),
         }
-        match tokio::time::timeout(limit, self.media.store.head("moss-health-probe")).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(limit, self.media.store.check()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "health check: the media store failed");
                 Err("media store unavailable".into())

@@ -198,10 +198,10 @@ pub async fn migrate(
     parallel: usize,
 ) -> Result<()> {
     let err = |e: moss_core::Error| anyhow::anyhow!("{e}");
-    let current = moss_core::media::current_store(config).map_err(err)?;
+    let current = moss_core::media::current_store(config, None).map_err(err)?;
     let (source, target) = match (to, from) {
-        (Some(name), None) => (current, moss_core::media::named_store(config, &name).map_err(err)?),
-        (None, Some(name)) => (moss_core::media::named_store(config, &name).map_err(err)?, current),
+        (Some(name), None) => (current, moss_core::media::named_store(config, &name, None).map_err(err)?),
+        (None, Some(name)) => (moss_core::media::named_store(config, &name, None).map_err(err)?, current),
         _ => bail!("say where to: --to NAME or --from NAME"),
     };
     println!("migrating {} -> {}", source.describe(), target.describe());

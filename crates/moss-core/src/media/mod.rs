@@ -154,7 +154,7 @@ pub async fn rotate_master_key(config: &Config, progress: impl Fn(u64) + Send + 
     let new_key = MasterKey::from_bytes(new);
     let mut readable = vec![old_key.clone()];
     readable.extend(previous_master_keys(config)?);
-    let store = EncryptedStore::new(base_store(config)?, new_key.clone()).with_previous_keys(readable);
+    let store = EncryptedStore::new(base_store(config, None)?, new_key.clone()).with_previous_keys(readable);
     let changed = store.rewrap_all_with_progress(progress).await.map_err(store_error)?;
     let kept = key_path.with_file_name(format!(
         "{}.previous-{}",
@@ -225,7 +225,7 @@ impl Media {
     /// `has_media`: the database already records uploads, so a missing master key is an error
     /// (a fresh key could not read them), not a first start.
     pub fn open(config: &Config, has_media: bool, observer: Option<Arc<dyn StoreObserver>>) -> Result<Media> {
-        let base = base_store(config)?;
+        let base = base_store(config, observer.as_ref())?;
         let kind = match base.describe() {
             d if d.starts_with("s3") => "s3",
             d if d.starts_with("fs") => "fs",
@@ -334,33 +334,38 @@ impl Media {
 }
 
 /// The configured backing store (mirrored if asked), before encryption and cache layers.
-pub fn base_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
-    let current = current_store(config)?;
+/// `observer` is told of every HTTP request to an S3 store.
+pub fn base_store(config: &Config, observer: Option<&Arc<dyn StoreObserver>>) -> Result<Arc<dyn BlobStore>> {
+    let current = current_store(config, observer)?;
     match &config.media.migrate_from {
-        Some(name) => Ok(Arc::new(FallbackStore::new(current, named_store(config, name)?))),
+        Some(name) => Ok(Arc::new(FallbackStore::new(current, named_store(config, name, observer)?))),
         None => Ok(current),
     }
 }
 
 /// The configured store (mirrored if asked), without migration read-through or other layers.
-pub fn current_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
+pub fn current_store(config: &Config, observer: Option<&Arc<dyn StoreObserver>>) -> Result<Arc<dyn BlobStore>> {
     let m = &config.media;
-    let primary = build_store(config, m.store, &m.path, &m.s3, "media.s3")?;
+    let primary = build_store(config, m.store, &m.path, &m.s3, "media.s3", observer)?;
     if !m.mirror.enabled {
         return Ok(primary);
     }
-    let secondary = build_store(config, m.mirror.store, &m.mirror.path, &m.mirror.s3, "media.mirror.s3")?;
+    let secondary = build_store(config, m.mirror.store, &m.mirror.path, &m.mirror.s3, "media.mirror.s3", observer)?;
     Ok(Arc::new(MirrorStore::new(primary, secondary)))
 }
 
 /// A store from `[media.stores.NAME]`.
-pub fn named_store(config: &Config, name: &str) -> Result<Arc<dyn BlobStore>> {
+pub fn named_store(
+    config: &Config,
+    name: &str,
+    observer: Option<&Arc<dyn StoreObserver>>,
+) -> Result<Arc<dyn BlobStore>> {
     let s = config
         .media
         .stores
         .get(name)
         .ok_or_else(|| Error::internal(format!("no store named {name:?} in [media.stores]")))?;
-    build_store(config, s.store, &s.path, &s.s3, &format!("media.stores.{name}.s3"))
+    build_store(config, s.store, &s.path, &s.s3, &format!("media.stores.{name}.s3"), observer)
 }
 
 fn build_store(
@@ -369,6 +374,7 @@ fn build_store(
     path: &Path,
     s3: &crate::config::S3Config,
     section: &str,
+    observer: Option<&Arc<dyn StoreObserver>>,
 ) -> Result<Arc<dyn BlobStore>> {
     Ok(match kind {
         StoreKind::Fs => {
@@ -388,22 +394,25 @@ fn build_store(
                 }
             }
             Arc::new(
-                S3Store::new(S3Settings {
-                    endpoint: c.endpoint.clone(),
-                    region: c.region.clone(),
-                    bucket: c.bucket.clone(),
-                    access_key_id: c.access_key_id.clone(),
-                    secret_access_key: c.secret_access_key.clone(),
-                    path_style: c.path_style,
-                    prefix: c.prefix.clone(),
-                    part_size: c.part_size as usize,
-                    request_timeout: Duration::from_millis(c.request_timeout_ms),
-                    connect_timeout: Duration::from_millis(c.connect_timeout_ms),
-                    idle_timeout: Duration::from_millis(c.idle_timeout_ms),
-                    read_segment: c.read_segment,
-                    read_ahead: c.read_ahead as usize,
-                    read_ahead_memory: c.read_ahead_memory,
-                })
+                S3Store::observed(
+                    S3Settings {
+                        endpoint: c.endpoint.clone(),
+                        region: c.region.clone(),
+                        bucket: c.bucket.clone(),
+                        access_key_id: c.access_key_id.clone(),
+                        secret_access_key: c.secret_access_key.clone(),
+                        path_style: c.path_style,
+                        prefix: c.prefix.clone(),
+                        part_size: c.part_size as usize,
+                        request_timeout: Duration::from_millis(c.request_timeout_ms),
+                        connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+                        idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+                        read_segment: c.read_segment,
+                        read_ahead: c.read_ahead as usize,
+                        read_ahead_memory: c.read_ahead_memory,
+                    },
+                    observer.cloned(),
+                )
                 .map_err(|e| Error::internal(e.to_string()))?,
             )
         }

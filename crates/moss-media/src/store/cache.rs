@@ -502,6 +502,11 @@ impl BlobStore for CacheStore {
     fn list(&self) -> BoxStream<'_, Result<String>> {
         self.inner.list()
     }
+
+    /// The backing store must answer; the local cache is an optimisation and is not checked.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.check()
+    }
 }
 
 #[cfg(test)]

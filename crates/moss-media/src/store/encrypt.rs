@@ -552,6 +552,10 @@ impl BlobStore for EncryptedStore {
             async move { keep }
         }))
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.check()
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,15 @@ impl BlobStore for FallbackStore {
             async move { keep }
         }))
     }
+
+    /// Both must answer: writes go to the new store, reads still depend on the old one.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.new.check().await?;
+            self.old.check().await
+        }
+        .boxed()
+    }
 }
 
 /// Result of copying one store into another.

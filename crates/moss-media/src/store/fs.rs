@@ -213,6 +213,18 @@ impl BlobStore for FsStore {
                 .flatten(),
         )
     }
+
+    /// The directory exists and takes a new file: a `head` alone would answer "no such object"
+    /// for a directory that was unmounted, deleted or remounted read-only.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let probe = self.root.join(".tmp").join(format!("health-{}", rand::random::<u64>()));
+            tokio::fs::File::create(&probe).await?;
+            tokio::fs::remove_file(&probe).await?;
+            Ok(())
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,40 @@ impl Op {
     }
 }
 
+/// How one HTTP request to an S3 store ended. The S3 client retries an operation after a
+/// `Throttled`, `ServerError` or `Transport` outcome (a few times, with backoff), so those count
+/// its retries plus the final failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Outcome {
+    /// A response other than the two below (success, not found, precondition failed…).
+    Answered,
+    /// 429 or 503 Slow Down.
+    Throttled,
+    /// Any other 5xx.
+    ServerError,
+    /// No response: connection refused or reset, timeout.
+    Transport,
+}
+
+impl S3Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3Outcome::Answered => "answered",
+            S3Outcome::Throttled => "throttled",
+            S3Outcome::ServerError => "server_error",
+            S3Outcome::Transport => "transport",
+        }
+    }
+}
+
 /// Told of every measured operation.
 pub trait StoreObserver: Send + Sync + 'static {
     fn op(&self, layer: &'static str, op: Op, bytes: u64, took: Duration, ok: bool);
+
+    /// One HTTP request to an S3 store (see [`S3Outcome`]).
+    fn s3_request(&self, outcome: S3Outcome) {
+        let _ = outcome;
+    }
 }
 
 pub struct MeteredStore {
@@ -141,6 +172,10 @@ impl BlobStore for MeteredStore {
 
     fn list(&self) -> BoxStream<'_, Result<String>> {
         self.inner.list()
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.check()
     }
 }
 

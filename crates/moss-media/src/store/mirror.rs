@@ -123,6 +123,15 @@ impl BlobStore for MirrorStore {
             async move { keep }
         }))
     }
+
+    /// Both must answer: an upload succeeds only when both stores take it.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.primary.check().await?;
+            self.secondary.check().await
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ pub mod fs;
 pub mod metered;
 pub mod mirror;
 pub mod s3;
+mod s3_requests;
 
 use bytes::Bytes;
-use futures_util::{future::BoxFuture, stream::BoxStream};
+use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt};
 
 use crate::{MediaError, Result};
 
@@ -59,6 +60,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every key in the store (order unspecified). For maintenance, never for request paths.
     fn list(&self) -> BoxStream<'_, Result<String>>;
+
+    /// Whether the store can serve requests now (for `/health`): by default, a `head` of a key
+    /// that does not exist answers without an error. Layers check every store they depend on.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        async move { self.head("moss-health-probe").await.map(drop) }.boxed()
+    }
 }
 
 /// Collects a stream into memory; for small objects and tests.

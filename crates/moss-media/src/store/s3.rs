@@ -17,7 +17,9 @@ use object_store::{
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{valid_key, BlobStore, ByteStream, ObjectInfo, Range};
+use super::{
+    metered::StoreObserver, s3_requests::CountingConnector, valid_key, BlobStore, ByteStream, ObjectInfo, Range,
+};
 use crate::{MediaError, Result};
 
 /// Connection settings; mirrors the `[media.s3]` configuration section.
@@ -282,6 +284,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl S3Store {
     pub fn new(config: S3Config) -> Result<S3Store> {
+        S3Store::observed(config, None)
+    }
+
+    /// A store whose every HTTP request (retries included) is reported to `observer`.
+    pub fn observed(config: S3Config, observer: Option<Arc<dyn StoreObserver>>) -> Result<S3Store> {
         let client = ClientOptions::new()
             .with_allow_http(config.endpoint.starts_with("http://"))
             .with_connect_timeout(config.connect_timeout)
@@ -296,7 +303,11 @@ impl S3Store {
             max_retries: 3,
             retry_timeout: config.request_timeout,
         };
-        let store = AmazonS3Builder::new()
+        let mut builder = AmazonS3Builder::new();
+        if let Some(observer) = observer {
+            builder = builder.with_http_connector(CountingConnector { observer });
+        }
+        let store = builder
             .with_endpoint(&config.endpoint)
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)

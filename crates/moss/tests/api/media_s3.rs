@@ -123,8 +123,20 @@ async fn raw_objects(store: &S3Store) -> Vec<(String, Vec<u8>)> {
 async fn media_round_trips_through_s3() {
     let Some(env) = s3_env() else { return };
     let p = prefix();
-    let s = start(&env, &p, false).await;
+    // With metrics on: every request to the bucket is counted, and answered.
+    let metrics_port = crate::common::free_port();
+    let mut vars = s3_vars(&env, &p);
+    vars.push(("MOSS_METRICS__BIND", format!("127.0.0.1:{metrics_port}")));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&vars).await;
     round_trips(&s).await;
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
+    let count = |outcome: &str| -> f64 {
+        let want = format!("moss_media_s3_requests_total{{outcome=\"{outcome}\"}} ");
+        text.lines().filter_map(|l| l.strip_prefix(want.as_str())?.parse::<f64>().ok()).sum()
+    };
+    assert!(count("answered") >= 3.0, "the three uploads reached the bucket: {text}");
+    assert_eq!(count("transport") + count("server_error") + count("throttled"), 0.0, "{text}");
     let objects: Vec<_> =
         raw_objects(&raw_store(&env, &p)).await.into_iter().filter(|(k, _)| k.starts_with("c-")).collect();
     assert_eq!(

@@ -190,10 +190,27 @@ async fn health_says_ok_and_503_when_the_media_store_is_gone() {
     let (st, body) = s.call_raw("GET", "/health", None, None).await;
     assert_eq!(st, 200, "{body}");
 
+    // The media directory gone (an unmounted disk): a lookup of a missing object would still
+    // answer "not found", so the check must notice the directory itself. Back when it returns.
+    let media = s.dir.join("data/media");
+    let moved = s.dir.join("data/media-away");
+    std::fs::rename(&media, &moved).unwrap();
+    let res = reqwest::get(format!("{}/health", s.base)).await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let body = res.text().await.unwrap();
+    assert!(body.starts_with("media store"), "{body}");
+    assert!(!body.contains("data/media"), "no paths: {body}");
+    std::fs::rename(&moved, &media).unwrap();
+    let (st, body) = s.call_raw("GET", "/health", None, None).await;
+    assert_eq!(st, 200, "{body}");
+
     // A media store nobody answers for (a closed port): 503 with the reason, while the
     // client API's versions still answer.
     let dead = format!("http://127.0.0.1:{}", free_port());
+    let metrics_port = free_port();
+    let metrics_bind = format!("127.0.0.1:{metrics_port}");
     let s = Server::start_with(&[
+        ("MOSS_METRICS__BIND", &metrics_bind),
         ("MOSS_MEDIA__STORE", "s3"),
         ("MOSS_MEDIA__S3__ENDPOINT", &dead),
         ("MOSS_MEDIA__S3__BUCKET", "nowhere"),
@@ -212,4 +229,11 @@ async fn health_says_ok_and_503_when_the_media_store_is_gone() {
     assert!(started.elapsed() < Duration::from_secs(8), "answered within the health check's limit");
     let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
     assert_eq!(st, 200);
+
+    // Every HTTP request to the store is counted, the S3 client's retries included: the health
+    // check's lookup was tried more than once before it gave up.
+    let text = scrape(metrics_port).await;
+    let transport = sample(&text, "moss_media_s3_requests_total", &[r#"outcome="transport""#]);
+    assert!(transport >= 2.0, "a retried lookup: {transport}\n{text}");
+    assert_eq!(sample(&text, "moss_media_s3_requests_total", &[r#"outcome="answered""#]), 0.0);
 }
