@@ -602,6 +602,17 @@ impl Reader<'_> {
         self.one(&format!("SELECT {} FROM media WHERE media_id = ?1", admin_media_cols()), [media_id], admin_media_row)
     }
 
+    /// Another server's item kept here, in the same shape (no uploader, never protected).
+    pub fn admin_remote_media(&self, origin: &str, media_id: &str) -> Result<Option<AdminMediaRow>> {
+        self.one(
+            "SELECT media_id, '', created_ts, NULL, content_key, content_type, filename, size, 0, quarantined, \
+                    last_access_ts, sha256, 0 \
+             FROM remote_media WHERE origin = ?1 AND media_id = ?2",
+            [origin, media_id],
+            admin_media_row,
+        )
+    }
+
     /// Local uploads before `before_ts` larger than `size_gt`, optionally sparing any used as an
     /// avatar, and never protected ones.
     pub fn media_to_delete(

@@ -59,16 +59,9 @@ pub(super) struct MediaList {
     next_token: Option<i64>,
 }
 
-/// `GET /_synapse/admin/v1/users/{userId}/media` (newest first when neither `order_by` nor
-/// `dir` is given, as Synapse)
-pub(super) async fn user_media(
-    State(moss): State<Arc<Moss>>,
-    _: Admin,
-    Path(user_id): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Json<MediaList>, ApiError> {
-    let user = moss.local_user_id(&user_id)?;
-    moss.admin_user(&user).await.map_err(|_| ApiError(moss_core::Error::not_found("Unknown user")))?;
+/// The order and page of a user's media that `order_by`, `dir`, `from` and `limit` ask for:
+/// newest first when neither `order_by` nor `dir` is given, as Synapse.
+fn media_page(q: &ListParams) -> Result<(MediaOrder, moss_core::admin::Page), ApiError> {
     let newest_first = q.order_by.is_none() && q.dir.is_none();
     let order = match q.order_by.as_deref().unwrap_or("created_ts") {
         "media_id" => MediaOrder::MediaId,
@@ -81,7 +74,19 @@ pub(super) async fn user_media(
         "safe_from_quarantine" => MediaOrder::SafeFromQuarantine,
         _ => return Err(unknown_order()),
     };
-    let page = q.page(!newest_first)?;
+    Ok((order, q.page(!newest_first)?))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/media`
+pub(super) async fn user_media(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(user_id): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Json<MediaList>, ApiError> {
+    let user = moss.local_user_id(&user_id)?;
+    moss.admin_user(&user).await.map_err(|_| ApiError(moss_core::Error::not_found("Unknown user")))?;
+    let (order, page) = media_page(&q)?;
     let (rows, total) = moss.admin_user_media(&user, order, page).await?;
     let next_token = q.next(&page, rows.len(), total);
     Ok(Json(MediaList { media: rows.into_iter().map(Media::from).collect(), total, next_token }))
@@ -114,6 +119,50 @@ pub(super) async fn delete_one(
     Ok(Json(Deleted { total: deleted_media.len(), deleted_media }))
 }
 
+#[derive(Serialize)]
+pub(super) struct MediaInfo {
+    media_info: MediaItem,
+}
+
+#[derive(Serialize)]
+struct MediaItem {
+    /// Null for this server's uploads, as in Synapse.
+    media_origin: Option<String>,
+    /// Synapse's own file name for a remote item; moss does not show its object keys.
+    filesystem_id: Option<String>,
+    #[serde(flatten)]
+    media: Media,
+}
+
+/// `GET /_synapse/admin/v1/media/{serverName}/{mediaId}`: an upload of this server or another
+/// server's item kept here.
+pub(super) async fn info(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path((server, media_id)): Path<(String, String)>,
+) -> Result<Json<MediaInfo>, ApiError> {
+    let row = moss.admin_media_info(&server, &media_id).await?;
+    let media_origin = (server != moss.server_name.as_str()).then_some(server);
+    Ok(Json(MediaInfo { media_info: MediaItem { media_origin, filesystem_id: None, media: row.into() } }))
+}
+
+#[derive(Serialize)]
+pub(super) struct RoomMedia {
+    local: Vec<String>,
+    remote: Vec<String>,
+}
+
+/// `GET /_synapse/admin/v1/room/{roomId}/media`
+pub(super) async fn room_media(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<RoomMedia>, ApiError> {
+    let room = ruma::RoomId::parse(&raw).map_err(|_| ApiError::invalid_param("invalid room id"))?;
+    let m = moss.admin_room_media(&room).await?;
+    Ok(Json(RoomMedia { local: m.local, remote: m.remote }))
+}
+
 #[derive(Deserialize)]
 pub(super) struct DeleteBefore {
     before_ts: Option<String>,
@@ -124,11 +173,20 @@ pub(super) struct DeleteBefore {
 /// `POST /_synapse/admin/v1/media/{serverName}/delete?before_ts=…&size_gt=…&keep_profiles=…`
 pub(super) async fn delete_before(
     State(moss): State<Arc<Moss>>,
-    _: Admin,
+    admin: Admin,
     Path(server): Path<String>,
     Query(q): Query<DeleteBefore>,
 ) -> Result<Json<Deleted>, ApiError> {
     own_server(&moss, &server)?;
+    delete_before_here(State(moss), admin, Query(q)).await
+}
+
+/// `POST /_synapse/admin/v1/media/delete?before_ts=…`: the same for this server's media.
+pub(super) async fn delete_before_here(
+    State(moss): State<Arc<Moss>>,
+    _: Admin,
+    Query(q): Query<DeleteBefore>,
+) -> Result<Json<Deleted>, ApiError> {
     let before = before_ts(q.before_ts.as_deref())?;
     let size_gt = non_negative("size_gt", q.size_gt.as_deref(), 0)?;
     let keep_profiles = boolean("keep_profiles", q.keep_profiles.as_deref(), true)?;
@@ -269,8 +327,8 @@ pub(super) async fn delete_user_media(
 ) -> Result<Json<Deleted>, ApiError> {
     let user = moss.local_user_id(&user_id)?;
     moss.admin_user(&user).await.map_err(|_| ApiError(moss_core::Error::not_found("Unknown user")))?;
-    let page = q.page(!(q.order_by.is_none() && q.dir.is_none()))?;
-    let (rows, _) = moss.admin_user_media(&user, MediaOrder::CreatedTs, page).await?;
+    let (order, page) = media_page(&q)?;
+    let (rows, _) = moss.admin_user_media(&user, order, page).await?;
     let deleted_media = moss.admin_delete_media(rows.into_iter().map(|m| m.media.media_id).collect()).await?;
     Ok(Json(Deleted { total: deleted_media.len(), deleted_media }))
 }

@@ -88,8 +88,10 @@ pub fn routes() -> Router<Arc<Moss>> {
         .route(&format!("{A}/v1/event_reports"), get(rooms::reports))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(rooms::report).delete(rooms::delete_report))
         // media
+        .route(&format!("{A}/v1/media/delete"), post(media::delete_before_here))
         .route(&format!("{A}/v1/media/{{server}}/delete"), post(media::delete_before))
-        .route(&format!("{A}/v1/media/{{server}}/{{media_id}}"), delete(media::delete_one))
+        .route(&format!("{A}/v1/media/{{server}}/{{media_id}}"), get(media::info).delete(media::delete_one))
+        .route(&format!("{A}/v1/room/{{room_id}}/media"), get(media::room_media))
         .route(&format!("{A}/v1/media/protect/{{media_id}}"), post(media::protect))
         .route(&format!("{A}/v1/media/unprotect/{{media_id}}"), post(media::unprotect))
         .route(&format!("{A}/v1/media/quarantine/{{server}}/{{media_id}}"), post(media::quarantine))

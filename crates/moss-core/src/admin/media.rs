@@ -26,6 +26,18 @@ impl Moss {
             .ok_or_else(|| Error::not_found("Unknown media"))
     }
 
+    /// An upload of this server, or another server's item kept here.
+    pub async fn admin_media_info(&self, server: &str, media_id: &str) -> Result<AdminMediaRow> {
+        if server == self.server_name.as_str() {
+            return self.admin_media(media_id).await;
+        }
+        let (origin, id) = (server.to_owned(), media_id.to_owned());
+        self.db
+            .read(move |r| Ok::<_, Error>(r.admin_remote_media(&origin, &id)?))
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown media"))
+    }
+
     /// Deletes local uploads by id (a missing one is not an error); returns those deleted.
     pub async fn admin_delete_media(&self, ids: Vec<String>) -> Result<Vec<String>> {
         let mut known = Vec::new();

@@ -4,7 +4,7 @@
 //! tagged `m.server_notice` for them, so clients show it apart. If the user left, the next
 //! notice goes to a new room.
 
-use ruma::{events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
+use ruma::{events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -69,6 +69,13 @@ impl Moss {
             self.set_profile_field(system, "avatar_url", Some(url.clone())).await?;
         }
         Ok(())
+    }
+
+    /// Whether `room` is the user's server notices room.
+    pub(crate) async fn is_server_notice_room(&self, user: &UserId, room: &RoomId) -> Result<bool> {
+        let u = user.to_string();
+        let theirs = self.db.read(move |r| Ok::<_, Error>(r.server_notice_room(&u)?)).await?;
+        Ok(theirs.as_deref() == Some(room.as_str()))
     }
 
     /// The user's notices room, made (and the user invited or joined) if there is none they are

@@ -215,6 +215,13 @@ impl Moss {
     }
 }
 
+/// The media a room's events point at, as `mxc://` URIs (`/_synapse/admin/v1/room/{roomId}/media`).
+#[derive(Debug, Clone, Default)]
+pub struct RoomMedia {
+    pub local: Vec<String>,
+    pub remote: Vec<String>,
+}
+
 /// A page of a room's events for an admin (`/_synapse/admin/v1/rooms/{roomId}/messages`): every
 /// event, whatever the history visibility.
 #[derive(Debug, Clone)]
@@ -261,6 +268,16 @@ impl Moss {
     /// The rooms taking the most space, `(room, bytes of stored events)`.
     pub async fn admin_largest_rooms(&self) -> Result<Vec<(String, i64)>> {
         self.db.read(|r| Ok::<_, Error>(r.largest_rooms(10)?)).await
+    }
+
+    /// The media the room's events point at (`content.url`, `content.info.thumbnail_url`) as
+    /// `mxc://` URIs: this server's, and other servers'.
+    pub async fn admin_room_media(&self, room: &RoomId) -> Result<RoomMedia> {
+        let r = room.to_string();
+        let all = self.db.read(move |x| Ok::<_, Error>(x.media_in_room(&r, "mxc://")?)).await?;
+        let own = format!("{}/", self.server_name);
+        let (local, remote) = all.into_iter().map(|m| format!("mxc://{m}")).partition(|m| m[6..].starts_with(&own));
+        Ok(RoomMedia { local, remote })
     }
 
     /// Quarantines this server's media the room's events point at; how many.

@@ -158,6 +158,15 @@ impl Moss {
             Some("ban") => return Err(Error::forbidden("you are banned from this room")),
             _ => return Err(Error::forbidden("you are not in this room")),
         }
+        if current.as_deref() == Some("invite") && self.is_server_notice_room(user, room_id).await? {
+            // As Synapse: the invite to the server notices room cannot be rejected, only left
+            // once joined, so the notice that caused it is read.
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::CannotLeaveServerNoticeRoom,
+                403,
+                "You cannot reject this invite",
+            ));
+        }
         // An invite to a room this server is not in is rejected through the inviting server.
         let (room, u) = (room_id.to_string(), user.to_string());
         let inviter = self

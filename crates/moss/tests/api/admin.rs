@@ -373,6 +373,14 @@ async fn reports_and_media_are_listed_and_deleted() {
     let download = |id: &str| format!("/_matrix/client/v1/media/download/localhost/{id}");
     let (st, _) = s.call("POST", &format!("{A}/v1/media/protect/{}", ids[0]), Some(&ops.token), None).await;
     assert_eq!(st, 200);
+    let (st, v) = s.get(&format!("{A}/v1/media/localhost/{}", ids[0]), &ops).await;
+    assert_eq!(st, 200, "{v}");
+    let info = &v["media_info"];
+    assert_eq!((info["media_id"].as_str(), info["user_id"].as_str()), (Some(ids[0].as_str()), Some(bob.id.as_str())));
+    assert_eq!((info["media_length"].as_i64(), info["upload_name"].as_str()), (Some(12), Some("a.txt")));
+    assert!(info["media_origin"].is_null() && info["safe_from_quarantine"] == true, "{v}");
+    assert_eq!(s.get(&format!("{A}/v1/media/localhost/nope"), &ops).await.0, 404);
+    assert_eq!(s.get(&format!("{A}/v1/media/elsewhere.example/{}", ids[0]), &ops).await.0, 404);
     s.call("POST", &format!("{A}/v1/media/quarantine/localhost/{}", ids[0]), Some(&ops.token), None).await;
     let (st, _) = s.call_raw("GET", &download(&ids[0]), Some(&rita.token), None).await;
     assert_eq!(st, 200, "protected media is not quarantined");
@@ -403,9 +411,8 @@ async fn reports_and_media_are_listed_and_deleted() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["total"], 0, "the protected upload stays: {v}");
     s.call("POST", &format!("{A}/v1/media/unprotect/{}", ids[0]), Some(&ops.token), None).await;
-    let (_, v) =
-        s.call("POST", &format!("{A}/v1/media/localhost/delete?before_ts={far}"), Some(&ops.token), None).await;
-    assert_eq!(v["deleted_media"], json!([ids[0]]));
+    let (_, v) = s.call("POST", &format!("{A}/v1/media/delete?before_ts={far}"), Some(&ops.token), None).await;
+    assert_eq!(v["deleted_media"], json!([ids[0]]), "the form without a server name: {v}");
 }
 
 #[tokio::test]
@@ -575,6 +582,9 @@ async fn server_notices_reach_users_in_a_room_they_cannot_write_in() {
     let room = invites.keys().next().unwrap().clone();
     let (_, tags) = s.get(&format!("/_matrix/client/v3/user/{}/rooms/{room}/tags", bob.id), &bob).await;
     assert!(tags["tags"].get("m.server_notice").is_some(), "{tags}");
+    // The invite cannot be rejected (as in Synapse); the room can be left once joined.
+    let (st, v) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &bob, json!({})).await;
+    assert_eq!((st, errcode(&v)), (403, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM"), "{v}");
     assert_eq!(s.join(&bob, &room).await.0, 200);
     let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), &bob).await;
     let bodies: Vec<&str> =
@@ -598,7 +608,8 @@ async fn server_notices_reach_users_in_a_room_they_cannot_write_in() {
     assert_eq!(v["displayname"], "Server Notices");
 
     // Having left, the next notice comes in a new room.
-    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &bob, json!({})).await;
+    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &bob, json!({})).await;
+    assert_eq!(st, 200);
     let (st, _) = s.post(&format!("{A}/v1/send_server_notice"), &ops, notice.clone()).await;
     assert_eq!(st, 200);
     let sync = s.sync(&bob, None, 0).await;
@@ -750,6 +761,19 @@ async fn joins_messages_memberships_account_data_and_bulk_quarantine() {
         json!({"msgtype": "m.image", "body": "pic", "url": posted}),
     )
     .await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{public}/send/m.room.message/remote-img"),
+        &bob,
+        json!({"msgtype": "m.image", "body": "theirs", "url": "mxc://elsewhere.example/abc",
+               "info": {"thumbnail_url": "mxc://elsewhere.example/thumb"}}),
+    )
+    .await;
+    let (st, v) = s.get(&format!("{A}/v1/room/{public}/media"), &ops).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["local"], json!([posted]), "{v}");
+    let mut remote: Vec<&str> = v["remote"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+    remote.sort();
+    assert_eq!(remote, ["mxc://elsewhere.example/abc", "mxc://elsewhere.example/thumb"], "{v}");
     let download = |mxc: &str| format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
     let (st, v) = s.call("POST", &format!("{A}/v1/room/{public}/media/quarantine"), Some(&ops.token), None).await;
     assert_eq!((st, v["num_quarantined"].as_u64()), (200, Some(1)), "{v}");
@@ -759,8 +783,13 @@ async fn joins_messages_memberships_account_data_and_bulk_quarantine() {
         s.call("POST", &format!("{A}/v1/user/{}/media/quarantine", enc(&bob.id)), Some(&ops.token), None).await;
     assert_eq!(v["num_quarantined"], 2);
     assert_eq!(s.call_raw("GET", &download(&other), Some(&carol.token), None).await.0, 404);
+    // A page in the order asked for: the largest one ("picture", 7 bytes) first.
+    let path = format!("{A}/v1/users/{}/media?order_by=media_length&dir=b&limit=1", enc(&bob.id));
+    let (st, v) = s.call("DELETE", &path, Some(&ops.token), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["deleted_media"], json!([posted.rsplit('/').next().unwrap()]), "{v}");
     let (st, v) = s.call("DELETE", &format!("{A}/v1/users/{}/media", enc(&bob.id)), Some(&ops.token), None).await;
-    assert_eq!((st, v["total"].as_u64()), (200, Some(2)), "{v}");
+    assert_eq!((st, v["total"].as_u64()), (200, Some(1)), "{v}");
     let (_, v) = s.get(&format!("{A}/v1/users/{}/media", enc(&bob.id)), &ops).await;
     assert_eq!(v["total"], 0);
 }
