@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod e2ee;
 pub mod keys;
+pub(crate) mod prejoin;
 pub mod query;
 pub mod rooms;
 pub mod sender;

@@ -11,7 +11,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::sender::queue_pdu;
+use super::{prejoin::prejoin_state_pdus, sender::queue_pdu};
 use crate::{
     error::{Error, Result},
     now_ms,
@@ -279,7 +279,7 @@ impl Moss {
         match outcome {
             Outcome::Accepted(a) => {
                 self.wake_destinations(dests.iter().map(String::as_str));
-                self.notify_room(&a.room_id).await;
+                self.notify_appended(&a).await;
             }
             Outcome::AlreadyKnown => {}
             Outcome::SoftFailed | Outcome::Rejected(_) => {
@@ -289,7 +289,7 @@ impl Moss {
         if membership == "knock" {
             // The knocker sees the room as an invitee would.
             let room = room_id.to_string();
-            let state = self.db.read(move |r| stripped_room_state(r, &room, None)).await?;
+            let state = self.db.read(move |r| prejoin_state_pdus(r, &room, None)).await?;
             return Ok(json!({"knock_room_state": state}));
         }
         if membership != "join" {
@@ -346,7 +346,8 @@ impl Moss {
         }
         countersign(self, &mut v.canon, &rules)?;
         let signed = serde_json::to_value(&v.canon)?;
-        let invite_state = body["invite_room_state"].clone();
+        let invite_state =
+            self.prejoin_state_for_clients(room_id, &version, &body["invite_room_state"], "invite_room_state").await;
         let (room, user, us) = (room_id.to_string(), target.to_string(), self.server_name.clone());
         let stored = serde_json::to_string(&v.canon)?;
         let push_rules = self.push.rules.clone();
@@ -366,7 +367,7 @@ impl Moss {
                 }
                 let id = v.pdu.event_id.to_string();
                 w.insert_outlier(&id, &room, &stored, "outlier")?;
-                let mut state: Vec<Value> = invite_state.as_array().cloned().unwrap_or_default();
+                let mut state = invite_state;
                 state.push(v.pdu.to_stripped());
                 w.store_remote_invite(&room, &user, &id, version.as_str(), &serde_json::to_string(&state)?)?;
                 let stream = w.next_stream()?;
@@ -756,7 +757,7 @@ impl Moss {
                 let info = room_info(w, room.as_str())?.ok_or_else(|| Error::not_found("unknown room"))?;
                 let new = NewPdu::state(TimelineEventType::RoomMember, t.as_str(), content);
                 let built = crate::rooms::timeline::build(w, &signer, &info.version, Some(&room), &s, new, now_ms())?;
-                let stripped = stripped_room_state(w, room.as_str(), Some(s.as_str()))?;
+                let stripped = prejoin_state_pdus(w, room.as_str(), Some(s.as_str()))?;
                 Ok::<_, Error>((built.federation_json(), info.version, stripped))
             })
             .await?;
@@ -831,11 +832,16 @@ impl Moss {
         let (room, u, stored) = (room_id.to_string(), user.to_string(), serde_json::to_string(&canon)?);
         let membership_s = membership.to_owned();
         let own = Pdu::from_stored(event_id.as_str(), &stored)?.to_stripped();
+        let knock_state = if membership == "knock" {
+            self.prejoin_state_for_clients(room_id, &version, &answer["knock_room_state"], "knock_room_state").await
+        } else {
+            Vec::new()
+        };
         self.db
             .write(move |w| {
                 w.insert_outlier(event_id.as_str(), &room, &stored, "outlier")?;
                 if membership_s == "knock" {
-                    let mut state: Vec<Value> = answer["knock_room_state"].as_array().cloned().unwrap_or_default();
+                    let mut state = knock_state;
                     state.push(own);
                     let state = serde_json::to_string(&state)?;
                     w.store_remote_invite(&room, &u, event_id.as_str(), version.as_str(), &state)?;
@@ -850,23 +856,6 @@ impl Moss {
         self.notifier.notify([user]);
         Ok(())
     }
-}
-
-/// What an invitee or knocker sees of a room (the spec's recommended stripped state), plus the
-/// member event of `member` if given (the inviter).
-fn stripped_room_state(r: &Reader<'_>, room: &str, member: Option<&str>) -> Result<Vec<Value>> {
-    let mut stripped = Vec::new();
-    for kind in crate::rooms::STRIPPED_STATE_TYPES {
-        if let Some(p) = current_state_pdu(r, room, kind, "")? {
-            stripped.push(p.to_stripped());
-        }
-    }
-    if let Some(m) = member {
-        if let Some(p) = current_state_pdu(r, room, "m.room.member", m)? {
-            stripped.push(p.to_stripped());
-        }
-    }
-    Ok(stripped)
 }
 
 /// An event as `server` may see it: whole if the room's history visibility at the event lets

@@ -139,7 +139,7 @@ impl Moss {
             .map_err(|e| (Some(id.clone()), e))?;
         match result {
             Outcome::Accepted(a) => {
-                self.notify_room(&a.room_id).await;
+                self.notify_appended(&a).await;
                 Ok(Some(id))
             }
             Outcome::AlreadyKnown | Outcome::SoftFailed => Ok(Some(id)),

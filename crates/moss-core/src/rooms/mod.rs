@@ -169,6 +169,17 @@ impl Moss {
         self.appservices.wake.send_modify(|n| *n += 1);
     }
 
+    /// A room event from another server was stored: wakes the push evaluator and the
+    /// application services, and the long-polls of everyone it concerns, as for a local event:
+    /// joined and invited members, and the user a membership event is about (a kicked, banned
+    /// or uninvited local user is no longer joined, and must still hear of it at once).
+    pub(crate) async fn notify_appended(&self, a: &Appended) {
+        self.events_stored();
+        let a = a.clone();
+        let users = self.db.read(move |r| interested_users(r, &a)).await.unwrap_or_default();
+        self.notifier.notify(users.iter().map(|u| u.as_ref()));
+    }
+
     /// Wakes the room's joined members' long-polls (and the push evaluator: new events may
     /// have been stored).
     pub(crate) async fn notify_room(&self, room_id: &RoomId) {

@@ -177,6 +177,18 @@ async fn two_servers_share_rooms_both_ways() {
         s["rooms"]["invite"][&room_b]["invite_state"]["events"].is_array()
     })
     .await;
+    // B sent the room's state as signed PDUs (MSC4311); A checked them and shows Alice the
+    // stripped form: the create event, the join rules, the inviter's membership, her invite.
+    let s = a.server.sync(&alice, None, 0).await;
+    let shown = s["rooms"]["invite"][&room_b]["invite_state"]["events"].as_array().unwrap().clone();
+    for e in &shown {
+        let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["content", "sender", "state_key", "type"], "stripped: {e}");
+    }
+    let has = |kind: &str, key: &str| shown.iter().any(|e| e["type"] == kind && e["state_key"] == key);
+    assert!(has("m.room.create", "") && has("m.room.join_rules", ""), "{shown:?}");
+    assert!(has("m.room.member", &bob.id) && has("m.room.member", &alice.id), "{shown:?}");
     let (st, v) = a.server.join(&alice, &enc(&room_b)).await;
     assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
     a.server.send_text(&alice, &room_b, "thanks for the invite").await;
@@ -185,17 +197,40 @@ async fn two_servers_share_rooms_both_ways() {
     })
     .await;
 
-    // Bob kicks Alice from his room: A learns she is out.
-    let (st, v) = b
-        .server
-        .post(&format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_b)), &bob, json!({"user_id": alice.id}))
-        .await;
+    // Bob kicks Alice from his room: A learns she is out, and Alice's long-polling sync on A
+    // is woken by the kick (she is no longer joined, and the event is about her), not by its
+    // 30 s timeout.
+    let since = a.server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let watch = async {
+        let mut since = since;
+        loop {
+            let s = a.server.sync(&alice, Some(&since), 30_000).await;
+            if s["rooms"]["leave"].get(&room_b).is_some() {
+                return (s, started.elapsed());
+            }
+            since = s["next_batch"].as_str().unwrap().to_owned();
+        }
+    };
+    let kick = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.server
+            .post(&format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_b)), &bob, json!({"user_id": alice.id}))
+            .await
+    };
+    let ((s, took), (st, v)) = tokio::join!(watch, kick);
     assert_eq!(st, 200, "{v}");
-    eventually("A sees alice kicked", &a, &b, || async {
-        let (_, v) = a.server.get("/_matrix/client/v3/joined_rooms", &alice).await;
-        !v["joined_rooms"].as_array().unwrap().contains(&json!(room_b))
-    })
-    .await;
+    assert!(took < Duration::from_secs(5), "the kick reached alice's long-poll after {took:?}");
+    let timeline = s["rooms"]["leave"][&room_b]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == alice.id.as_str()
+            && e["content"]["membership"] == "leave"
+            && e["sender"] == bob.id.as_str()),
+        "the kick is in the left room's timeline: {s}"
+    );
+    let (_, v) = a.server.get("/_matrix/client/v3/joined_rooms", &alice).await;
+    assert!(!v["joined_rooms"].as_array().unwrap().contains(&json!(room_b)), "{v}");
     // Bob leaves Alice's room; then Alice bans him, and he cannot come back.
     let (st, _) = b.server.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), &bob, json!({})).await;
     assert_eq!(st, 200);
