@@ -86,6 +86,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .ruma(account::logout)
         .ruma(account::logout_all)
         .ruma(account::whoami)
+        .ruma(account::request_openid_token)
         .ruma(account::appservice_ping)
         .ruma(account::change_password)
         .ruma(account::deactivate)

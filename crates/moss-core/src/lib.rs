@@ -17,6 +17,7 @@ pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod notifier;
+pub mod openid;
 #[cfg(test)]
 mod parser_props;
 pub mod presence;

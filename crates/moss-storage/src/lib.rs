@@ -9,6 +9,7 @@ mod admin;
 mod appservice;
 mod e2ee;
 mod federation;
+mod openid;
 mod presence;
 mod push;
 mod queries;
@@ -74,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_18_appservice_ephemeral.sql"),
     include_str!("schema_19_sliding_sync.sql"),
     include_str!("schema_20_admin.sql"),
+    include_str!("schema_21_openid.sql"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,10 @@ use moss_core::{
     Moss,
 };
 use ruma::api::client::{
-    account::{change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus},
+    account::{
+        change_password, deactivate, get_username_availability, register, request_openid_token, whoami,
+        ThirdPartyIdRemovalStatus,
+    },
     appservice::request_ping,
     session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
     uiaa::{AuthType, UserIdentifier},
@@ -252,6 +255,25 @@ pub async fn logout(moss: Arc<Moss>, req: Ruma<logout::v3::Request>) -> HandlerR
 pub async fn logout_all(moss: Arc<Moss>, req: Ruma<logout_all::v3::Request>) -> HandlerResult<logout_all::v3::Request> {
     moss.logout_all(&req.session()?.user_id).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
+}
+
+/// `POST /user/{userId}/openid/request_token`: a token another service can check with this
+/// server's `/_matrix/federation/v1/openid/userinfo`, for the caller's own id only.
+pub async fn request_openid_token(
+    moss: Arc<Moss>,
+    req: Ruma<request_openid_token::v3::Request>,
+) -> HandlerResult<request_openid_token::v3::Request> {
+    let s = req.session()?;
+    if req.body.user_id != s.user_id {
+        return Err(moss_core::Error::forbidden("you may only request a token for yourself").into());
+    }
+    let (token, lifetime) = moss.create_openid_token(&s.user_id).await?;
+    Ok(RumaResponse(request_openid_token::v3::Response::new(
+        token,
+        ruma::authentication::TokenType::Bearer,
+        moss.server_name.clone(),
+        lifetime,
+    )))
 }
 
 pub async fn whoami(_moss: Arc<Moss>, req: Ruma<whoami::v3::Request>) -> HandlerResult<whoami::v3::Request> {

@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::common::{errcode, free_port, Server};
+use crate::common::{enc, errcode, free_port, Server};
 
 /// A self-signed certificate for `localhost` (the openssl CLI; scripts/test installs it).
 pub(crate) fn self_signed(dir: &Path) {
@@ -432,4 +432,56 @@ async fn inbound_federation_is_rate_limited_per_origin() {
     assert_eq!(statuses[1].0, 200);
     assert_ne!(statuses[2].0, 200, "the third request within the burst is refused");
     assert!(statuses[2].1["error"].as_str().unwrap_or_default().contains("429"), "{:?}", statuses[2]);
+}
+
+#[tokio::test]
+async fn openid_tokens_name_their_user_to_any_service_that_asks() {
+    // A widget or Element Call's authoriser: it gets a token from the user's client and asks
+    // the user's server, on its federation listener and without server signatures, whose it is.
+    let a = fed_server().await;
+    let alice = a.server.register("alice").await;
+    let bob = a.server.register("bob").await;
+    let path = |u: &str| format!("/_matrix/client/v3/user/{}/openid/request_token", enc(u));
+    let (st, v) = a.server.post(&path(&alice.id), &alice, json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["token_type"].as_str(), v["matrix_server_name"].as_str()), (Some("Bearer"), Some(a.name.as_str())));
+    assert_eq!(v["expires_in"], 3600);
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    let (st, v) = a.server.post(&path(&alice.id), &bob, json!({})).await;
+    assert_eq!((st, errcode(&v)), (403, "M_FORBIDDEN"), "only for oneself: {v}");
+
+    let userinfo = |t: &str| {
+        let url = format!("https://127.0.0.1:{}/_matrix/federation/v1/openid/userinfo?access_token={t}", a.fed_port);
+        async move {
+            let res = tls_client().get(url).send().await.unwrap();
+            (res.status().as_u16(), json_of(res).await)
+        }
+    };
+    let (st, v) = userinfo(&token).await;
+    assert_eq!((st, v["sub"].as_str()), (200, Some(alice.id.as_str())), "{v}");
+    let (st, v) = userinfo("not-a-token").await;
+    assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"), "{v}");
+    let res = tls_client()
+        .get(format!("https://127.0.0.1:{}/_matrix/federation/v1/openid/userinfo", a.fed_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "the token is required");
+
+    // The token proves an identity and opens nothing: it is not an access token.
+    let (st, _) = a.server.call("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!(st, 401);
+
+    // A deactivated user's tokens stop answering.
+    let (st, v) = a
+        .server
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            &alice,
+            json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.id}, "password": "password123"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = userinfo(&token).await;
+    assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"), "{v}");
 }
