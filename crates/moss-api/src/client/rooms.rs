@@ -212,7 +212,7 @@ pub async fn timestamp_to_event(
 ) -> HandlerResult<get_event_by_timestamp::v1::Request> {
     let s = req.session()?.clone();
     let b = req.body;
-    let (id, ts) = moss.timestamp_to_event(&s.user_id, &b.room_id, u64::from(b.ts.get()), dir(b.dir)).await?;
+    let (id, ts) = moss.timestamp_to_event_anywhere(&s.user_id, &b.room_id, u64::from(b.ts.get()), dir(b.dir)).await?;
     let id = ruma::EventId::parse(id).map_err(|e| ApiError::from(moss_core::Error::internal(e.to_string())))?;
     let ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new(ts).unwrap_or_default());
     Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(id, ts)))

@@ -8,10 +8,14 @@ use axum::{
     Json, Router,
 };
 use moss_core::Moss;
-use ruma::UserId;
+use ruma::{api::federation::openid::get_openid_userinfo, UserId};
 use serde_json::{json, Value};
 
-use crate::{error::ApiError, extract::Query};
+use crate::{
+    error::ApiError,
+    extract::Query,
+    ruma_wrapper::{HandlerResult, RouterExt, Ruma, RumaResponse},
+};
 
 /// Largest federation request body accepted (transactions are bounded by the spec well below).
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -74,7 +78,10 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/state/{room_id}", get(state))
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
-        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events));
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events))
+        .route("/_matrix/federation/v1/timestamp_to_event/{room_id}", get(timestamp_to_event))
+        .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy))
+        .ruma(openid_userinfo);
     // Request metrics only when something will read them (`metrics.bind`).
     let r = if measured {
         r.route_layer(axum::middleware::from_fn_with_state(moss.clone(), crate::metrics::record))
@@ -85,6 +92,16 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .with_state(moss)
         // A panic in a handler answers 500 with an id and leaves the listener serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::panic_response))
+}
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=`: whose OpenID token this is. Asked
+/// by any service a user handed the token to, without server signatures.
+async fn openid_userinfo(
+    moss: Arc<Moss>,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> HandlerResult<get_openid_userinfo::v1::Request> {
+    let user = moss.openid_userinfo(&req.body.access_token).await?;
+    Ok(RumaResponse(get_openid_userinfo::v1::Response::new(user)))
 }
 
 async fn server_keys(State(moss): State<Arc<Moss>>) -> Result<Json<Value>, ApiError> {
@@ -450,6 +467,58 @@ async fn backfill(
     }
     let limit = all(&q, "limit").first().and_then(|l| l.parse().ok()).unwrap_or(10);
     Ok(Json(moss.serve_backfill(&signed.origin, &room_id(&room)?, from, limit).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct HierarchyQuery {
+    suggested_only: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only=`
+async fn hierarchy(
+    State(moss): State<Arc<Moss>>,
+    crate::extract::Path(room): crate::extract::Path<String>,
+    Query(q): Query<HierarchyQuery>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let suggested_only = match q.suggested_only.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid_param("suggested_only must be true or false")),
+    };
+    Ok(Json(moss.serve_hierarchy(&signed.origin, &room_id(&room)?, suggested_only).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct TimestampAnswer {
+    event_id: String,
+    origin_server_ts: u64,
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=&dir=`
+async fn timestamp_to_event(
+    State(moss): State<Arc<Moss>>,
+    crate::extract::Path(room): crate::extract::Path<String>,
+    Query(q): Query<TimestampQuery>,
+    signed: Signed,
+) -> Result<Json<TimestampAnswer>, ApiError> {
+    let ts = q.ts.ok_or_else(|| moss_core::Error::missing_param("ts is required"))?;
+    let ts: u64 = ts.parse().map_err(|_| ApiError::invalid_param("ts must be a timestamp in milliseconds"))?;
+    let dir = match q.dir.as_deref() {
+        Some("f") => moss_core::Direction::Forward,
+        Some("b") => moss_core::Direction::Backward,
+        Some(_) => return Err(ApiError::invalid_param("dir must be f or b")),
+        None => return Err(moss_core::Error::missing_param("dir is required").into()),
+    };
+    let room = room_id(&room)?;
+    let (event_id, origin_server_ts) = moss.serve_timestamp_to_event(&signed.origin, &room, ts, dir).await?;
+    Ok(Json(TimestampAnswer { event_id, origin_server_ts }))
 }
 
 async fn missing_events(

@@ -16,6 +16,8 @@ pub(crate) mod prejoin;
 pub mod query;
 pub mod rooms;
 pub mod sender;
+pub mod spaces;
+pub mod timestamp;
 pub mod transactions;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};

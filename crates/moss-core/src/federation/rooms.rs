@@ -78,7 +78,7 @@ pub(crate) fn require_acl(r: &Reader<'_>, room: &str, server: &ServerName) -> Re
 
 /// Whether `server` may see the room's events: one of its users is joined (or the room is
 /// world-readable), and the room's ACL does not deny it.
-fn require_server_in_room(r: &Reader<'_>, room: &str, server: &ServerName) -> Result<()> {
+pub(crate) fn require_server_in_room(r: &Reader<'_>, room: &str, server: &ServerName) -> Result<()> {
     if r.room(room)?.is_none() {
         return Err(Error::not_found("unknown room"));
     }
@@ -592,33 +592,57 @@ impl Moss {
         if self.federation.is_none() {
             return;
         }
+        let room = room_id.to_string();
+        let enough = self
+            .db
+            .read(move |r| Ok::<_, Error>(r.has_events_between(&room, JOIN_STATE_FLOOR, from, limit as i64)?))
+            .await
+            .unwrap_or(true);
+        if !enough {
+            self.backfill_older(room_id, limit).await;
+        }
+    }
+
+    /// Whether the room's stored history may continue further back on other servers: its
+    /// oldest stored event is not the create event, and no server said it had nothing older.
+    /// Returns that oldest event's id.
+    pub(crate) async fn history_continues_before(&self, room_id: &RoomId) -> Option<String> {
+        let room = room_id.to_string();
+        let oldest = self
+            .db
+            .read(move |r| Ok::<_, Error>(r.oldest_event_above(&room, JOIN_STATE_FLOOR)?))
+            .await
+            .ok()
+            .flatten()?;
+        let (id, kind, _, depth) = oldest;
+        let done = self
+            .federation
+            .as_ref()
+            .is_some_and(|f| f.backfill_done.lock().unwrap_or_else(|p| p.into_inner()).contains(&id));
+        (kind != "m.room.create" && depth > 1 && !done).then_some(id)
+    }
+
+    /// Fetches up to `limit` events older than the oldest one stored, from the first server in
+    /// the room that answers; how many were stored (0: none of them has anything older, or the
+    /// room's start is here already).
+    pub(crate) async fn backfill_older(&self, room_id: &RoomId, limit: usize) -> usize {
+        if self.federation.is_none() || self.history_continues_before(room_id).await.is_none() {
+            return 0;
+        }
         let (room, us) = (room_id.to_string(), self.server_name.clone());
         let plan = self
             .db
             .read(move |r| {
-                let Some((oldest, kind, group, depth)) = r.oldest_event_above(&room, JOIN_STATE_FLOOR)? else {
+                let Some((oldest, _, group, _)) = r.oldest_event_above(&room, JOIN_STATE_FLOOR)? else {
                     return Ok::<_, Error>(None);
                 };
-                if kind == "m.room.create" || depth <= 1 {
-                    return Ok(None);
-                }
-                if r.has_events_between(&room, JOIN_STATE_FLOOR, from, limit as i64)? {
-                    return Ok(None);
-                }
                 let servers = remote_servers(r, &room, &us)?;
                 Ok(Some((oldest, r.state_group(group)?, servers)))
             })
             .await
             .ok()
             .flatten();
-        let Some((oldest, state, servers)) = plan else { return };
-        if self
-            .federation
-            .as_ref()
-            .is_some_and(|f| f.backfill_done.lock().unwrap_or_else(|p| p.into_inner()).contains(&oldest))
-        {
-            return;
-        }
+        let Some((oldest, state, servers)) = plan else { return 0 };
         for server in servers {
             let Ok(server) = ServerName::parse(&server) else { continue };
             match self.backfill(&server, room_id, vec![oldest.clone()], state.clone(), limit.clamp(10, 100)).await {
@@ -628,11 +652,12 @@ impl Moss {
                             f.backfill_done.lock().unwrap_or_else(|p| p.into_inner()).insert(oldest);
                         }
                     }
-                    return;
+                    return n;
                 }
                 Err(e) => tracing::info!(%server, room = %room_id, error = %e, "backfill failed"),
             }
         }
+        0
     }
 
     /// `make_join`/`make_leave`/`make_knock` through `server`, then the template filled in

@@ -1,10 +1,11 @@
 //! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, breadth first, as far as the user may
-//! see them. Rooms on other servers appear once federation can fetch their summaries.
+//! see them; the parts other servers' view is built from (`federation/spaces.rs`). Rooms only on
+//! other servers do not appear yet (this server does not ask them).
 
 use std::collections::{HashSet, VecDeque};
 
 use moss_storage::Reader;
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use super::{directory::room_chunk, visibility::world_readable};
@@ -49,8 +50,56 @@ fn can_preview(r: &Reader<'_>, room: &str, user: &str) -> Result<bool> {
     })
 }
 
+/// Whether a user of `server` could see or join the room from outside: anyone may (public,
+/// knock, world-readable), the server already has a member in it, or a room its restricted join
+/// rule names has one. The requesting server checks its own user's right for restricted rooms
+/// with `allowed_room_ids`.
+pub(crate) fn server_can_preview(r: &Reader<'_>, room: &str, server: &ServerName) -> Result<bool> {
+    if r.room(room)?.is_none() {
+        return Ok(false);
+    }
+    let has_member = |room: &str| -> Result<bool> {
+        Ok(r.room_members(room)?
+            .iter()
+            .any(|m| m.membership == "join" && UserId::parse(&m.user_id).is_ok_and(|u| u.server_name() == server)))
+    };
+    if world_readable(r, room)? || has_member(room)? {
+        return Ok(true);
+    }
+    let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? else { return Ok(false) };
+    let content = serde_json::from_str::<Value>(&rules.pdu)?["content"].clone();
+    Ok(match content["join_rule"].as_str() {
+        Some("public") | Some("knock") | Some("knock_restricted") => true,
+        Some("restricted") => allowed_rooms(&content).iter().any(|o| has_member(o).unwrap_or(false)),
+        _ => false,
+    })
+}
+
+/// The rooms a restricted join rule admits the members of.
+fn allowed_rooms(join_rules: &Value) -> Vec<String> {
+    join_rules["allow"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "m.room_membership")
+        .filter_map(|a| a["room_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A room's summary for another server, with `allowed_room_ids` for a restricted room.
+pub(crate) fn chunk_for_server(r: &Reader<'_>, room: &str) -> Result<Value> {
+    let mut chunk = room_chunk(r, room)?;
+    if let Some(rules) = r.current_state_event(room, "m.room.join_rules", "")? {
+        let content = serde_json::from_str::<Value>(&rules.pdu)?["content"].clone();
+        if matches!(content["join_rule"].as_str(), Some("restricted") | Some("knock_restricted")) {
+            chunk["allowed_room_ids"] = json!(allowed_rooms(&content));
+        }
+    }
+    Ok(chunk)
+}
+
 /// The `m.space.child` events of a room that point somewhere (non-empty `via`), stripped.
-fn children(r: &Reader<'_>, room: &str, suggested_only: bool) -> Result<Vec<Value>> {
+pub(crate) fn children(r: &Reader<'_>, room: &str, suggested_only: bool) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for ((kind, key), event_id) in r.current_state(room)? {
         if kind != "m.space.child" {

@@ -978,3 +978,92 @@ async fn the_admin_api_shows_federation_destinations_and_resets_a_failing_one() 
     assert_eq!(st, 200, "{v}");
     drop((b_server, b_name2, fed_port));
 }
+
+#[tokio::test]
+async fn jump_to_date_reaches_history_from_before_the_join() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "archive"})).await;
+    let mut sent = Vec::new();
+    for i in 0..80 {
+        sent.push(a.server.send_text(&alice, &room, &format!("old news {i}")).await);
+        // Distinct timestamps, so "the first event at or after T" is one event on any server.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let (_, ev) =
+        a.server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&sent[3])), &alice).await;
+    let ts = ev["origin_server_ts"].as_u64().unwrap();
+    let jump = |dir: &str| format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}", enc(&room));
+
+    // B's federation endpoint on A: only for servers in the room.
+    let key = signing_key(&b.server);
+    let fed_path = format!("/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir=f", enc(&room));
+    let (st, _) = signed_get(&b, &key, &a, &fed_path).await;
+    assert_eq!(st, 403, "B has nobody in the room yet");
+
+    // Bob joins from B: the join brings the latest 50 events, not message 3.
+    let (st, v) = b.server.join(&bob, &enc(&format!("#archive:{}", a.name))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&sent[3])), &bob).await;
+    assert_eq!(st, 404, "message 3 is not on B yet: {v}");
+    let v = get_as(&b, &key, &a, &fed_path).await;
+    assert_eq!((v["event_id"].as_str(), v["origin_server_ts"].as_u64()), (Some(sent[3].as_str()), Some(ts)), "{v}");
+
+    // Jumping to message 3's time on B asks A, fetches the history in between, and answers
+    // with message 3, which Bob can now open, as Alice gets it on A.
+    let (st, mine) = a.server.get(&jump("f"), &alice).await;
+    assert_eq!((st, mine["event_id"].as_str()), (200, Some(sent[3].as_str())), "{mine}");
+    let (st, theirs) = b.server.get(&jump("f"), &bob).await;
+    assert_eq!(st, 200, "{theirs}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    assert_eq!(theirs["event_id"], mine["event_id"], "{theirs}");
+    let (st, v) = b.server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&sent[3])), &bob).await;
+    assert_eq!((st, v["content"]["body"].as_str()), (200, Some("old news 3")), "{v}");
+    let (_, back) = b.server.get(&jump("b"), &bob).await;
+    assert_eq!(back["event_id"], sent[3].as_str(), "at or before: {back}");
+    // Bad parameters are refused.
+    let bad = format!("/_matrix/federation/v1/timestamp_to_event/{}?ts=soon&dir=f", enc(&room));
+    assert_eq!(signed_get(&b, &key, &a, &bad).await.0, 400);
+}
+
+#[tokio::test]
+async fn other_servers_see_a_space_as_far_as_they_may() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let key = signing_key(&b.server);
+    let space = a
+        .server
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Club", "creation_content": {"type": "m.space"}}))
+        .await;
+    let open = a.server.create_room(&alice, json!({"preset": "public_chat", "name": "Open"})).await;
+    let closed = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Closed"})).await;
+    let via = json!({"via": [a.name.as_str()]});
+    for child in [&open, &closed, &"!elsewhere:other.example".to_owned()] {
+        let (st, v) = a
+            .server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(&space), enc(child)),
+                &alice,
+                via.clone(),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let path = |room: &str| format!("/_matrix/federation/v1/hierarchy/{}", enc(room));
+    let v = get_as(&b, &key, &a, &path(&space)).await;
+    assert_eq!(
+        (v["room"]["room_id"].as_str(), v["room"]["room_type"].as_str()),
+        (Some(space.as_str()), Some("m.space"))
+    );
+    assert_eq!(v["room"]["name"], "Club");
+    assert_eq!(v["room"]["children_state"].as_array().unwrap().len(), 3, "every child event: {v}");
+    let children: Vec<&str> = v["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
+    assert_eq!(children, [open.as_str()], "only what B could peek or join: {v}");
+    assert_eq!(v["children"][0]["name"], "Open");
+    assert_eq!(v["inaccessible_children"], json!([closed]), "known here but closed to B; unknown ones left out: {v}");
+    // A room B may not see is not found, as if it did not exist.
+    let (st, v) = signed_get(&b, &key, &a, &path(&closed)).await;
+    assert_eq!((st, errcode(&v)), (404, "M_NOT_FOUND"), "{v}");
+    let (st, _) = signed_get(&b, &key, &a, &format!("{}?suggested_only=maybe", path(&space))).await;
+    assert_eq!(st, 400);
+}
