@@ -1,6 +1,6 @@
 //! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, breadth first, as far as the user may
-//! see them; the parts other servers' view is built from (`federation/spaces.rs`). Rooms only on
-//! other servers do not appear yet (this server does not ask them).
+//! see them, rooms held only by other servers included (asked through `federation/spaces.rs`);
+//! and the parts other servers' view is built from.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -17,6 +17,16 @@ use crate::{
 /// Upper bounds that keep one request cheap whatever the space looks like.
 const MAX_ROOMS: usize = 1000;
 const MAX_DEPTH: u64 = 20;
+/// Other servers asked per request (each answer also brings its children's summaries).
+pub(crate) const MAX_REMOTE_ASKS: usize = 20;
+
+/// What other servers said about rooms during one request: each room's summary (with
+/// `children_state`) or `None` when it was not available.
+#[derive(Default)]
+pub(crate) struct RemoteSpaces {
+    pub summaries: std::collections::HashMap<String, Option<Value>>,
+    pub asked: usize,
+}
 
 pub struct HierarchyPage {
     pub rooms: Vec<Value>,
@@ -129,7 +139,46 @@ pub(crate) fn children(r: &Reader<'_>, room: &str, suggested_only: bool) -> Resu
     Ok(out)
 }
 
+/// What one step of the walk learned about a room this server holds: its summary with
+/// `children_state`, or that the user may not see it.
+fn local_step(r: &Reader<'_>, room: &str, user: &str, suggested_only: bool) -> Result<Option<Value>> {
+    if !can_preview(r, room, user)? {
+        return Ok(None);
+    }
+    let mut chunk = room_chunk(r, room)?;
+    chunk["children_state"] = json!(children(r, room, suggested_only)?);
+    Ok(Some(chunk))
+}
+
+/// Whether the user may see a room only another server holds, from the summary it sent:
+/// anyone may peek or join it, or its restricted rule admits members of a room the user is
+/// joined to here.
+fn may_see_remote(r: &Reader<'_>, chunk: &Value, user: &str) -> Result<bool> {
+    if chunk["world_readable"] == true {
+        return Ok(true);
+    }
+    Ok(match chunk["join_rule"].as_str() {
+        Some("public") | Some("knock") | Some("knock_restricted") => true,
+        Some("restricted") => {
+            let mut admitted = false;
+            for room in chunk["allowed_room_ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                admitted |= r.membership(room, user)?.is_some_and(|m| m.membership == "join");
+            }
+            admitted
+        }
+        _ => false,
+    })
+}
+
+/// The servers a child event names to reach the child through.
+fn via_of(child: &Value) -> Vec<String> {
+    child["content"]["via"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+}
+
 impl Moss {
+    /// The space's rooms, breadth first. Rooms this server does not hold are asked of the
+    /// servers their `m.space.child` event names (`/hierarchy` over federation, at most
+    /// [`MAX_REMOTE_ASKS`] per request), and shown when the user could peek or join them.
     pub async fn hierarchy(
         &self,
         user: &UserId,
@@ -149,39 +198,67 @@ impl Moss {
         let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
         let max_depth = max_depth.unwrap_or(MAX_DEPTH).min(MAX_DEPTH);
         let (root, u) = (root.to_string(), user.to_string());
-        self.db
-            .read(move |r| {
-                if r.room(&root)?.is_none() {
-                    return Err(Error::not_found("unknown room"));
-                }
-                if !can_preview(r, &root, &u)? {
-                    return Err(Error::forbidden("you cannot see this room"));
-                }
-                let mut seen = HashSet::from([root.clone()]);
-                let mut queue = VecDeque::from([(root.clone(), 0u64)]);
-                let mut rooms = Vec::new();
-                while let Some((room, depth)) = queue.pop_front() {
-                    if rooms.len() >= offset + limit || rooms.len() >= MAX_ROOMS {
-                        break;
+        {
+            let (root, u) = (root.clone(), u.clone());
+            self.db
+                .read(move |r| {
+                    if r.room(&root)?.is_none() {
+                        return Err(Error::not_found("unknown room"));
                     }
-                    let kids = children(r, &room, suggested_only)?;
-                    let mut chunk = room_chunk(r, &room)?;
-                    chunk["children_state"] = json!(kids);
-                    rooms.push(chunk);
-                    if depth >= max_depth {
+                    if !can_preview(r, &root, &u)? {
+                        return Err(Error::forbidden("you cannot see this room"));
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        let mut remote = RemoteSpaces::default();
+        let mut seen = HashSet::from([root.clone()]);
+        let mut queue = VecDeque::from([(root, 0u64, Vec::<String>::new())]);
+        let mut rooms = Vec::new();
+        while let Some((room, depth, via)) = queue.pop_front() {
+            if rooms.len() >= offset + limit || rooms.len() >= MAX_ROOMS {
+                queue.push_front((room, depth, via));
+                break;
+            }
+            let (rm, u2) = (room.clone(), u.clone());
+            let held = self
+                .db
+                .read(move |r| {
+                    if r.room(&rm)?.is_none() {
+                        return Ok::<_, Error>(None);
+                    }
+                    Ok(Some(local_step(r, &rm, &u2, suggested_only)?))
+                })
+                .await?;
+            let chunk = match held {
+                Some(Some(chunk)) => chunk,
+                Some(None) => continue,
+                None => {
+                    let Some(chunk) = self.remote_space(&room, &via, suggested_only, &mut remote).await else {
+                        continue;
+                    };
+                    let (c, u2) = (chunk.clone(), u.clone());
+                    if !self.db.read(move |r| may_see_remote(r, &c, &u2)).await? {
                         continue;
                     }
-                    for kid in kids {
-                        let Some(id) = kid["state_key"].as_str() else { continue };
-                        if seen.insert(id.to_owned()) && can_preview(r, id, &u)? {
-                            queue.push_back((id.to_owned(), depth + 1));
-                        }
-                    }
+                    chunk
                 }
-                let more = !queue.is_empty() && rooms.len() >= offset + limit;
-                let page: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
-                Ok(HierarchyPage { next_batch: more.then(|| format!("h{}", offset + page.len())), rooms: page })
-            })
-            .await
+            };
+            let kids: Vec<Value> = chunk["children_state"].as_array().cloned().unwrap_or_default();
+            rooms.push(chunk);
+            if depth >= max_depth {
+                continue;
+            }
+            for kid in kids {
+                let Some(id) = kid["state_key"].as_str() else { continue };
+                if seen.insert(id.to_owned()) {
+                    queue.push_back((id.to_owned(), depth + 1, via_of(&kid)));
+                }
+            }
+        }
+        let more = !queue.is_empty() && rooms.len() >= offset + limit;
+        let page: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
+        Ok(HierarchyPage { next_batch: more.then(|| format!("h{}", offset + page.len())), rooms: page })
     }
 }

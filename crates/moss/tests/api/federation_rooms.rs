@@ -1067,3 +1067,52 @@ async fn other_servers_see_a_space_as_far_as_they_may() {
     let (st, _) = signed_get(&b, &key, &a, &format!("{}?suggested_only=maybe", path(&space))).await;
     assert_eq!(st, 400);
 }
+
+#[tokio::test]
+async fn a_space_shows_rooms_that_only_another_server_holds() {
+    let (a, b) = pair().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let space = a
+        .server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "Club", "room_alias_name": "club", "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    let sub = a
+        .server
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Sub", "creation_content": {"type": "m.space"}}))
+        .await;
+    let deep = a.server.create_room(&alice, json!({"preset": "public_chat", "name": "Deep"})).await;
+    let closed = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Closed"})).await;
+    let via = json!({"via": [a.name.as_str()]});
+    let link = |parent: &str, child: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(parent), enc(child));
+        let (s, alice, via) = (&a.server, &alice, via.clone());
+        async move { assert_eq!(s.put(&path, alice, via).await.0, 200) }
+    };
+    link(&space, &sub).await;
+    link(&space, &closed).await;
+    link(&space, &format!("!gone:{}", a.name)).await;
+    link(&sub, &deep).await;
+
+    // Bob joins the space from B; B holds the space but none of its rooms.
+    let (st, v) = b.server.join(&bob, &enc(&format!("#club:{}", a.name))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = b.server.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), &bob).await;
+    assert_eq!(st, 200, "{v}\n--- A ---\n{}\n--- B ---\n{}", a.server.log(), b.server.log());
+    let names: Vec<&str> = v["rooms"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["Club", "Sub", "Deep"], "asked of A, as far as bob may see: {v}");
+    let sub_entry = &v["rooms"][1];
+    assert_eq!((sub_entry["room_id"].as_str(), sub_entry["room_type"].as_str()), (Some(sub.as_str()), Some("m.space")));
+    assert_eq!(sub_entry["children_state"][0]["state_key"], deep.as_str(), "{sub_entry}");
+    // Paging works across the remote part too.
+    let (_, p1) = b.server.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy?limit=2", enc(&space)), &bob).await;
+    assert_eq!(p1["rooms"].as_array().unwrap().len(), 2, "{p1}");
+    let next = p1["next_batch"].as_str().unwrap();
+    let (_, p2) =
+        b.server.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy?limit=2&from={next}", enc(&space)), &bob).await;
+    assert_eq!(p2["rooms"][0]["name"], "Deep", "{p2}");
+    assert!(p2.get("next_batch").is_none(), "{p2}");
+}
