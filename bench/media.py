@@ -214,6 +214,8 @@ class Row:
     """One way of storing and serving a file; subclasses say how."""
 
     id = "?"
+    # A new connection per request (the raw Garage reference), else connections are reused.
+    fresh_connections = False
     title = "?"
 
     def pids(self) -> list[int]:
@@ -328,6 +330,7 @@ class NginxRow(Row):
 class GarageRow(Row):
     id = "garage"
     title = "Garage raw S3 (presigned PUT/GET)"
+    fresh_connections = True
 
     def __init__(self, garage: "Garage"):
         self.garage = garage
@@ -344,7 +347,13 @@ class GarageRow(Row):
 async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[int, int], idle_rss_mib: float) -> dict:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
     out: dict = {"title": row.title, "idle_rss_mib": idle_rss_mib, "sizes": {}}
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as http:
+    # Raw Garage requests go on a fresh connection each (as curl would): on a reused one, this
+    # Python client meets Garage's Nagle + delayed-ACK stall (≈ 40 ms per small object), which
+    # would make the reference slower than the store (docs/benchmarks.md, "Media").
+    fresh = aiohttp.TCPConnector(limit=4, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as reused, \
+            aiohttp.ClientSession(timeout=timeout, connector=fresh) as raw_http:
+        http = raw_http if row.fresh_connections else reused
         await row.setup(http)
         for size in sizes:
             n = reps[size]
@@ -372,7 +381,7 @@ async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[i
                 down_sampled.append(mem.sampled_mib)
                 if same:
                     t0 = time.perf_counter()
-                    await get_stream(http, same[0], {}, same[1], None)
+                    await get_stream(raw_http, same[0], {}, same[1], None)
                     raw_times.append(time.perf_counter() - t0)
             for name, times, peaks, sampled in (("upload", ups, up_peaks, up_sampled),
                                                 ("download", downs, down_peaks, down_sampled)):

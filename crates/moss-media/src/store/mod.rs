@@ -7,7 +7,7 @@ pub mod fs;
 pub mod metered;
 pub mod mirror;
 pub mod s3;
-mod s3_requests;
+mod s3_http;
 
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt};

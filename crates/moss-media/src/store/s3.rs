@@ -18,7 +18,9 @@ use object_store::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    metered::StoreObserver, s3_requests::CountingConnector, valid_key, BlobStore, ByteStream, ObjectInfo, Range,
+    metered::StoreObserver,
+    s3_http::{StoreConnector, Timeouts},
+    valid_key, BlobStore, ByteStream, ObjectInfo, Range,
 };
 use crate::{MediaError, Result};
 
@@ -303,11 +305,14 @@ impl S3Store {
             max_retries: 3,
             retry_timeout: config.request_timeout,
         };
-        let mut builder = AmazonS3Builder::new();
-        if let Some(observer) = observer {
-            builder = builder.with_http_connector(CountingConnector { observer });
-        }
-        let store = builder
+        // Plain-HTTP endpoints get the quick-acknowledging client (see `s3_http`).
+        let plain = config.endpoint.starts_with("http://").then_some(Timeouts {
+            connect: config.connect_timeout,
+            request: config.request_timeout,
+            idle: config.idle_timeout,
+        });
+        let store = AmazonS3Builder::new()
+            .with_http_connector(StoreConnector { plain, observer })
             .with_endpoint(&config.endpoint)
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)

@@ -1,0 +1,297 @@
+//! The HTTP under the S3 client.
+//!
+//! `http://` endpoints (a gateway or Garage on the same host or network, as most self-hosters
+//! run them) get hyper over plain TCP with `TCP_NODELAY`, and `TCP_QUICKACK` re-armed before
+//! every read. Why: a server that writes a response's head and its body as two small writes
+//! without `TCP_NODELAY` (Garage does) holds the body back until the head is acknowledged
+//! (Nagle), and Linux delays that acknowledgement on a reused connection by up to 40 ms; every
+//! small object (avatars, thumbnails) took 40+ ms. Acknowledging at once removes the wait
+//! (a 4 KiB GET from loopback Garage: 44 ms → 0.5 ms). `https://` endpoints keep object_store's
+//! own client (reqwest with rustls).
+//!
+//! With an observer, every request, retries included, is reported by outcome (see
+//! [`S3Outcome`]).
+//!
+//! Guarantees: the same timeouts as the reqwest client (connect; request head within the
+//! request timeout; body with an idle limit and the same overall deadline), connections pooled
+//! and reused, errors classified so object_store retries what it would retry.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::{
+    client::legacy::{
+        connect::{Connected, Connection, HttpConnector as TcpConnector},
+        Client,
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use object_store::{
+    client::{
+        HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody, HttpResponse,
+        HttpResponseBody, HttpService, ReqwestConnector,
+    },
+    ClientOptions,
+};
+use tokio::{net::TcpStream, time::Instant};
+
+use super::metered::{S3Outcome, StoreObserver};
+
+/// Timeouts of the plain-HTTP client (those of `[media.s3]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+}
+
+/// The connector handed to object_store: quick-acknowledging HTTP for `http://` endpoints
+/// (`plain` set), reqwest otherwise; counted when there is an observer.
+#[derive(Clone)]
+pub(crate) struct StoreConnector {
+    pub plain: Option<Timeouts>,
+    pub observer: Option<Arc<dyn StoreObserver>>,
+}
+
+impl std::fmt::Debug for StoreConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConnector").field("plain", &self.plain).finish()
+    }
+}
+
+impl HttpConnector for StoreConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let base = match self.plain {
+            Some(t) => {
+                let mut tcp = TcpConnector::new();
+                tcp.set_nodelay(true);
+                tcp.set_connect_timeout(Some(t.connect));
+                tcp.enforce_http(true);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build::<_, HttpRequestBody>(QuickAckConnect(tcp));
+                HttpClient::new(PlainClient { client, timeouts: t })
+            }
+            None => ReqwestConnector::default().connect(options)?,
+        };
+        Ok(match &self.observer {
+            Some(observer) => HttpClient::new(Counting { inner: base, observer: observer.clone() }),
+            None => base,
+        })
+    }
+}
+
+// ---- quick acknowledgements ----
+
+/// Re-arms quick ACK mode: the next segments that arrive are acknowledged at once. The kernel
+/// leaves that mode on its own (when it sees request/response traffic), hence before each read.
+fn quickack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor owned by `stream`, and a pointer to a c_int that
+        // lives across the call with its size.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
+/// A TCP connection that acknowledges promptly.
+struct QuickAck(TokioIo<TcpStream>);
+
+impl Read for QuickAck {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+        quickack(self.0.inner());
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl Write for QuickAck {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for QuickAck {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone)]
+struct QuickAckConnect(TcpConnector);
+
+impl tower_service::Service<http::Uri> for QuickAckConnect {
+    type Response = QuickAck;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<QuickAck, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { Ok(QuickAck(connecting.await?)) })
+    }
+}
+
+// ---- the client ----
+
+struct PlainClient {
+    client: Client<QuickAckConnect, HttpRequestBody>,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for PlainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlainClient")
+    }
+}
+
+#[derive(Debug)]
+struct TimedOut(&'static str);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} timed out", self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// What object_store should make of a failed request: connection failures and requests that
+/// broke are retried, as with reqwest.
+fn classify(e: hyper_util::client::legacy::Error) -> HttpError {
+    let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
+    HttpError::new(kind, e)
+}
+
+impl PlainClient {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let started = Instant::now();
+        let deadline = started + self.timeouts.request;
+        let res = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Ok(r) => r.map_err(classify)?,
+            Err(_) => return Err(HttpError::new(HttpErrorKind::Timeout, TimedOut("the request"))),
+        };
+        let (parts, body) = res.into_parts();
+        let body = Timed {
+            inner: body,
+            idle: self.timeouts.idle,
+            idle_timer: Box::pin(tokio::time::sleep(self.timeouts.idle)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpService for PlainClient {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.send(req).await
+    }
+}
+
+/// A response body that fails when no data came for `idle`, or past the request's deadline.
+struct Timed {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Timed {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            let idle = self.idle;
+            self.idle_timer.as_mut().reset(Instant::now() + idle);
+            return Poll::Ready(frame.map(|f| f.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e))));
+        }
+        if self.idle_timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(HttpError::new(HttpErrorKind::Timeout, TimedOut("reading the body")))));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(HttpError::new(HttpErrorKind::Timeout, TimedOut("the request")))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---- counting ----
+
+struct Counting {
+    inner: HttpClient,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl std::fmt::Debug for Counting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counting")
+    }
+}
+
+fn outcome(result: &Result<HttpResponse, HttpError>) -> S3Outcome {
+    match result {
+        Err(_) => S3Outcome::Transport,
+        Ok(r) if r.status().as_u16() == 429 || r.status().as_u16() == 503 => S3Outcome::Throttled,
+        Ok(r) if r.status().is_server_error() => S3Outcome::ServerError,
+        Ok(_) => S3Outcome::Answered,
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpService for Counting {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let result = self.inner.execute(req).await;
+        self.observer.s3_request(outcome(&result));
+        result
+    }
+}
