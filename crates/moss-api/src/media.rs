@@ -208,6 +208,27 @@ async fn serve(
         )
         .into());
     }
+    // Downloads redirected to the store: the same type, disposition and caching, set by the
+    // store through S3's response overrides.
+    if moss.download_redirect_expiry().is_some() {
+        let name = filename.clone().or(row.filename.clone());
+        let (ctype, disposition) = presentation(row.content_type.as_deref(), name.as_deref());
+        let overrides = [
+            ("response-content-type", ctype),
+            ("response-content-disposition", disposition),
+            ("response-cache-control", CACHE_FOREVER.to_owned()),
+        ];
+        if let Some(url) = moss.download_redirect(&row, &overrides).await? {
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            // The link expires: never kept by a cache.
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+            return Ok(res);
+        }
+    }
     let size = row.size.unwrap_or(0) as u64;
     let range = parse_range(headers, size);
     let dl = moss.download_media(&row, range).await?;
@@ -215,11 +236,21 @@ async fn serve(
     Ok(respond(dl, name))
 }
 
-/// Streams a download with the headers that keep browsers from treating media as a page.
-fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
-    let ctype = dl.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+/// Media ids are never reused for other content, so clients may cache for long.
+const CACHE_FOREVER: &str = "private, max-age=31536000, immutable";
+
+/// The `Content-Type` and `Content-Disposition` media is served with: inline only for types
+/// that cannot run script, as an attachment otherwise.
+fn presentation(content_type: Option<&str>, name: Option<&str>) -> (String, String) {
+    let ctype = content_type.unwrap_or("application/octet-stream").to_owned();
     let essence = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let kind = if INLINE_TYPES.contains(&essence.as_str()) { "inline" } else { "attachment" };
+    (ctype, disposition(kind, name))
+}
+
+/// Streams a download with the headers that keep browsers from treating media as a page.
+fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
+    let (ctype, content_disposition) = presentation(dl.content_type.as_deref(), name.as_deref());
 
     let mut res = Response::new(Body::from_stream(dl.body));
     let h = res.headers_mut();
@@ -229,13 +260,12 @@ fn respond(dl: moss_core::media::Download, name: Option<String>) -> Response {
         }
     };
     set(h, header::CONTENT_TYPE, ctype);
-    set(h, header::CONTENT_DISPOSITION, disposition(kind, name.as_deref()));
+    set(h, header::CONTENT_DISPOSITION, content_disposition);
     set(h, header::CONTENT_SECURITY_POLICY, CSP.to_owned());
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Media ids are never reused for other content, so clients may cache for long.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_FOREVER));
     match dl.range {
         Some(r) => {
             *res.status_mut() = StatusCode::PARTIAL_CONTENT;

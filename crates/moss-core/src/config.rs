@@ -567,6 +567,15 @@ pub struct S3Config {
     /// ...and the segments read ahead of all downloads together hold at most this many bytes
     /// in memory (beyond it, downloads read one segment at a time).
     pub read_ahead_memory: u64,
+    /// Answer downloads with a 307 to a short-lived presigned URL of the object, so the bytes
+    /// go from the store (or a CDN in front of it) to the client without passing through moss.
+    /// Only for the main store, unencrypted, without mirror or migration (checked at start).
+    pub redirect_downloads: bool,
+    /// How long a presigned download URL works, in seconds.
+    pub redirect_expiry_secs: u64,
+    /// The base URL clients are sent to instead of `endpoint` (a CDN or public name of the
+    /// store, e.g. `https://media.example.org`); empty: `endpoint`.
+    pub public_url: String,
 }
 
 impl Default for S3Config {
@@ -586,6 +595,9 @@ impl Default for S3Config {
             read_segment: 8 * 1024 * 1024,
             read_ahead: 4,
             read_ahead_memory: 128 * 1024 * 1024,
+            redirect_downloads: false,
+            redirect_expiry_secs: 300,
+            public_url: String::new(),
         }
     }
 }

@@ -237,6 +237,13 @@ idle_timeout_ms = {s3_idle}
 read_segment = {read_segment}
 read_ahead = {read_ahead}
 read_ahead_memory = {read_ahead_memory}
+# Answer downloads with a 307 to a presigned URL of the object (valid redirect_expiry_secs), so
+# the bytes go from the store, or a CDN in front of it (public_url, e.g.
+# "https://media.example.org"), straight to the client. Not with encryption, a mirror or a
+# migration: moss refuses to start if asked.
+redirect_downloads = false
+redirect_expiry_secs = {redirect_expiry}
+public_url = ""
 
 [media.mirror]
 # Keep a second copy of every object in another store (e.g. Storj plus a local disk, or two
@@ -423,6 +430,7 @@ level = "info"
         read_segment = d.media.s3.read_segment,
         read_ahead = d.media.s3.read_ahead,
         read_ahead_memory = d.media.s3.read_ahead_memory,
+        redirect_expiry = d.media.s3.redirect_expiry_secs,
         max_pixels = d.media.thumbnails.max_image_pixels,
         max_decode = d.media.thumbnails.max_decode_memory,
         cache_size = d.media.cache.max_size,

@@ -86,18 +86,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=SHUTDOWN_GRACE_S)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
-    """Start `moss serve` on a free loopback port and yield it once /versions answers."""
-    global _SERVER
-
+def start_moss(workdir: Path, extra_env: dict[str, str] | None = None) -> MossServer:
+    """`moss serve` on a free loopback port in `workdir`, once /versions answers; `extra_env`
+    adds settings (MOSS_… variables)."""
     binary = _moss_binary()
     if not binary.is_file():
         # Fail rather than skip: a client suite that silently skips when the server
         # is missing would report green on a broken build.
         pytest.fail(f"moss binary not found at {binary}: build it first or set MOSS_BIN")
 
-    workdir = tmp_path_factory.mktemp("moss")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = workdir / "moss.log"
@@ -120,6 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
             "NO_COLOR": "1",
         }
     )
+    env.update(extra_env or {})
 
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -140,17 +138,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
             _stop(proc)
             pytest.fail(f"moss did not answer /versions within {STARTUP_TIMEOUT_S}s\n{srv.describe()}")
         time.sleep(0.1)
+    return srv
 
+
+def stop_moss(srv: MossServer) -> None:
+    _stop(srv.proc)
+    if srv.proc.returncode not in (0, -signal.SIGTERM):
+        # Not a test failure of its own (no test asserts shutdown behaviour), but worth
+        # seeing in the output when someone investigates.
+        print(f"\nmoss exited with code {srv.proc.returncode} after SIGTERM; log: {srv.log_path}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
+    """Start `moss serve` on a free loopback port and yield it once /versions answers."""
+    global _SERVER
+
+    srv = start_moss(tmp_path_factory.mktemp("moss"))
     _SERVER = srv
     try:
         yield srv
     finally:
         _SERVER = None
-        _stop(proc)
-        if proc.returncode not in (0, -signal.SIGTERM):
-            # Not a test failure of its own (no test asserts shutdown behaviour), but worth
-            # seeing in the output when someone investigates.
-            print(f"\nmoss exited with code {proc.returncode} after SIGTERM; log: {log_path}")
+        stop_moss(srv)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

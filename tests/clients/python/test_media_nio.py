@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 import os
 import struct
+import uuid
 import zlib
 
+import aiohttp
 import nio
+import pytest
 from nio.crypto.attachments import decrypt_attachment
 
+from conftest import register_user, start_moss, stop_moss
 from test_chat_nio import shared_private_room, sync_until, wait_for_event
 
 
@@ -103,3 +107,52 @@ async def test_encrypted_attachment_round_trips(make_client):
     assert got.body != secret, "the server must hold ciphertext only"
     plain = decrypt_attachment(got.body, file_info["key"]["k"], file_info["hashes"]["sha256"], file_info["iv"])
     assert plain == secret
+
+
+async def test_downloads_follow_a_redirect_to_the_store(tmp_path):
+    """With `media.s3.redirect_downloads` on an unencrypted bucket (Garage, started by
+    scripts/test), moss answers downloads with a short-lived link to the object: nio follows
+    it and gets the file, typed and named as uploaded."""
+    names = ("ENDPOINT", "REGION", "BUCKET", "KEY_ID", "SECRET")
+    s3 = {n: os.environ.get(f"MOSS_TEST_S3_{n}") for n in names}
+    if not all(s3.values()):
+        if os.environ.get("MOSS_REQUIRE_S3"):
+            pytest.fail("MOSS_REQUIRE_S3 is set but no MOSS_TEST_S3_* endpoint is configured")
+        pytest.skip("no S3 endpoint (scripts/test starts Garage)")
+    srv = start_moss(
+        tmp_path,
+        {
+            "MOSS_MEDIA__STORE": "s3",
+            "MOSS_MEDIA__S3__ENDPOINT": s3["ENDPOINT"],
+            "MOSS_MEDIA__S3__REGION": s3["REGION"],
+            "MOSS_MEDIA__S3__BUCKET": s3["BUCKET"],
+            "MOSS_MEDIA__S3__ACCESS_KEY_ID": s3["KEY_ID"],
+            "MOSS_MEDIA__S3__SECRET_ACCESS_KEY": s3["SECRET"],
+            "MOSS_MEDIA__S3__PREFIX": f'"nio-{uuid.uuid4().hex[:8]}-"',
+            "MOSS_MEDIA__S3__REDIRECT_DOWNLOADS": "true",
+        },
+    )
+    client = nio.AsyncClient(srv.base_url, user="carol")
+    try:
+        await register_user(srv.base_url, "carol", "pw-carol-1234")
+        assert isinstance(await client.login(password="pw-carol-1234"), nio.LoginResponse)
+        data = os.urandom(200_000)
+        mxc, _ = await upload(client, data, "application/pdf", "minutes.pdf")
+
+        # moss itself answers with a link, not the bytes...
+        url = f"{srv.base_url}/_matrix/client/v1/media/download/{mxc[len('mxc://'):]}"
+        headers = {"Authorization": f"Bearer {client.access_token}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers=headers, allow_redirects=False) as resp:
+                assert resp.status == 307, await resp.text()
+                assert resp.headers["Location"].startswith(s3["ENDPOINT"]), resp.headers["Location"]
+
+        # ...which the client follows to the store.
+        got = await client.download(mxc=mxc)
+        assert isinstance(got, nio.MemoryDownloadResponse), f"download failed: {got}"
+        assert got.body == data
+        assert got.content_type == "application/pdf"
+        assert got.filename == "minutes.pdf"
+    finally:
+        await client.close()
+        stop_moss(srv)

@@ -60,6 +60,60 @@ pub struct Media {
     _spool_lock: Option<std::fs::File>,
     /// Memory thumbnail jobs may hold, in MiB permits (`thumbnails.max_decode_memory`).
     decode_budget: Arc<tokio::sync::Semaphore>,
+    /// Downloads answered with a presigned URL (`media.s3.redirect_downloads`).
+    redirect: Option<Redirect>,
+}
+
+/// How downloads are redirected to the store.
+#[derive(Debug, Clone)]
+struct Redirect {
+    expiry: Duration,
+    /// Replaces the scheme, host and port of presigned URLs (a CDN), when set.
+    public_url: Option<String>,
+}
+
+impl Redirect {
+    /// From the configuration, refusing what cannot work: redirects hand the client the stored
+    /// object itself, so the store must be S3, hold plaintext, and be the only place objects
+    /// live (no mirror, no migration read-through).
+    fn from_config(config: &Config) -> Result<Option<Redirect>> {
+        let m = &config.media;
+        if !m.s3.redirect_downloads {
+            return Ok(None);
+        }
+        let refuse = |why: &str| Err(Error::internal(format!("media.s3.redirect_downloads cannot be used {why}")));
+        if m.store != StoreKind::S3 {
+            return refuse("unless media.store is \"s3\"");
+        }
+        if m.encryption.enabled {
+            return refuse(
+                "with media.encryption.enabled: the store holds ciphertext, which only moss can decrypt \
+                 (turn one of them off)",
+            );
+        }
+        if m.mirror.enabled || m.migrate_from.is_some() {
+            return refuse("with media.mirror or media.migrate_from: the object may live in the other store");
+        }
+        let public_url = m.s3.public_url.trim_end_matches('/');
+        let web = public_url.starts_with("https://") || public_url.starts_with("http://");
+        if !public_url.is_empty() && !web {
+            return refuse("with a media.s3.public_url that is not an http(s) URL");
+        }
+        Ok(Some(Redirect {
+            expiry: Duration::from_secs(m.s3.redirect_expiry_secs.clamp(10, 7 * 24 * 3600)),
+            public_url: (!public_url.is_empty()).then(|| public_url.to_owned()),
+        }))
+    }
+
+    /// `url` with its scheme, host and port replaced by the public base, path and query kept.
+    fn rebase(&self, url: String) -> String {
+        let Some(base) = &self.public_url else { return url };
+        let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+        match url[after_scheme..].find('/') {
+            Some(i) => format!("{base}{}", &url[after_scheme + i..]),
+            None => url,
+        }
+    }
 }
 
 /// Content put in the store, not yet recorded.
@@ -225,6 +279,7 @@ impl Media {
     /// `has_media`: the database already records uploads, so a missing master key is an error
     /// (a fresh key could not read them), not a first start.
     pub fn open(config: &Config, has_media: bool, observer: Option<Arc<dyn StoreObserver>>) -> Result<Media> {
+        let redirect = Redirect::from_config(config)?;
         let base = base_store(config, observer.as_ref())?;
         let kind = match base.describe() {
             d if d.starts_with("s3") => "s3",
@@ -315,6 +370,7 @@ impl Media {
             decode_budget: Arc::new(tokio::sync::Semaphore::new(
                 mib(config.media.thumbnails.max_decode_memory) as usize
             )),
+            redirect,
         })
     }
 
@@ -760,6 +816,29 @@ impl Moss {
         let body = self.media.store.get(key, range).await.map_err(store_error)?;
         self.note_media_access(&row.media_id);
         Ok(Download { content_type: row.content_type.clone(), filename: row.filename.clone(), size, range, body })
+    }
+
+    /// With `media.s3.redirect_downloads`: a short-lived URL of the stored object, whose
+    /// response carries `overrides` (S3's `response-content-type`, `…-disposition`,
+    /// `…-cache-control`), for the client to be sent to instead of the bytes. `None` when
+    /// downloads are not redirected.
+    pub async fn download_redirect(
+        &self,
+        row: &MediaRow,
+        overrides: &[(&'static str, String)],
+    ) -> Result<Option<String>> {
+        let Some(redirect) = &self.media.redirect else { return Ok(None) };
+        let key = row.content_key.as_deref().ok_or_else(|| Error::not_found("media not found"))?;
+        let url = self.media.store.presigned_get(key, redirect.expiry, overrides).await.map_err(store_error)?;
+        if url.is_some() {
+            self.note_media_access(&row.media_id);
+        }
+        Ok(url.map(|u| redirect.rebase(u)))
+    }
+
+    /// How long redirect URLs work, when downloads are redirected.
+    pub fn download_redirect_expiry(&self) -> Option<Duration> {
+        self.media.redirect.as_ref().map(|r| r.expiry)
     }
 
     /// Records that media was served, for `purge --unused-for`; at most hourly per item, in the

@@ -507,6 +507,15 @@ impl BlobStore for CacheStore {
     fn check(&self) -> BoxFuture<'_, Result<()>> {
         self.inner.check()
     }
+
+    fn presigned_get<'a>(
+        &'a self,
+        key: &'a str,
+        expires: std::time::Duration,
+        overrides: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        self.inner.presigned_get(key, expires, overrides)
+    }
 }
 
 #[cfg(test)]

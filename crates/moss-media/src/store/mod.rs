@@ -61,6 +61,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Every key in the store (order unspecified). For maintenance, never for request paths.
     fn list(&self) -> BoxStream<'_, Result<String>>;
 
+    /// A URL a client can GET the object from directly for `expires`, with the response's
+    /// headers set by `overrides` (S3's `response-content-type` and the like), or `None` where
+    /// the store cannot hand out such links or must not (encrypted content, a read-through).
+    fn presigned_get<'a>(
+        &'a self,
+        key: &'a str,
+        expires: std::time::Duration,
+        overrides: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        let _ = (key, expires, overrides);
+        async { Ok(None) }.boxed()
+    }
+
     /// Whether the store can serve requests now (for `/health`): by default, a `head` of a key
     /// that does not exist answers without an error. Layers check every store they depend on.
     fn check(&self) -> BoxFuture<'_, Result<()>> {

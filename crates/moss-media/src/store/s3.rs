@@ -11,6 +11,7 @@ use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt, T
 use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path,
+    signer::{SignedUrlOptions, Signer},
     BackoffConfig, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt, PutPayload,
     RetryConfig,
 };
@@ -503,6 +504,21 @@ impl BlobStore for S3Store {
                 }
             }
         }))
+    }
+
+    fn presigned_get<'a>(
+        &'a self,
+        key: &'a str,
+        expires: Duration,
+        overrides: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        async move {
+            let path = self.path(key)?;
+            let options = SignedUrlOptions::new().with_query(overrides.iter().map(|(k, v)| (*k, v.as_str())));
+            let url = self.store.signed_url_opts(http::Method::GET, &path, expires, &options).await.map_err(map_err)?;
+            Ok(Some(url.to_string()))
+        }
+        .boxed()
     }
 }
 

@@ -506,3 +506,90 @@ async fn migrating_1000_files_from_disk_to_s3_while_they_are_downloaded() {
         assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
     }
 }
+
+/// Starts moss on the test bucket with `extra` settings.
+async fn start_with_vars(env: &S3Env, prefix: &str, extra: &[(&'static str, &str)]) -> Server {
+    let mut vars = s3_vars(env, prefix);
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with(&vars).await
+}
+
+#[tokio::test]
+async fn downloads_redirect_to_short_lived_store_links_when_asked() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let s = start_with_vars(&env, &p, &[("MOSS_MEDIA__S3__REDIRECT_DOWNLOADS", "true")]).await;
+    let alice = s.register("alice").await;
+    let page = b"<script>alert(1)</script>".to_vec();
+    let (st, v) = upload(&s, &alice, page.clone(), "text/html", Some("page.html")).await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let url = format!("{}/_matrix/client/v1/media/download/localhost/{id}", s.base);
+    let res = no_follow.get(&url).bearer_auth(&alice.token).send().await.unwrap();
+    assert_eq!(res.status(), 307);
+    assert_eq!(res.headers()["cache-control"], "private, no-store");
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&env.endpoint) && location.contains("X-Amz-Signature="), "{location}");
+    assert!(no_follow.get(&url).send().await.unwrap().status() == 401, "the redirect is for authenticated users");
+
+    // The store answers the link with moss's own type, disposition and caching.
+    let res = reqwest::get(&location).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h["content-type"], "text/html");
+    assert_eq!(h["content-disposition"], "attachment; filename=\"page.html\"; filename*=utf-8''page.html");
+    assert_eq!(h["cache-control"], "private, max-age=31536000, immutable");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), page);
+    // A client that follows redirects (and sends its range along) gets the bytes.
+    let res =
+        reqwest::Client::new().get(&url).bearer_auth(&alice.token).header("range", "bytes=0-7").send().await.unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), page[..8].to_vec());
+    drop(s);
+
+    // Through a CDN: links point at its public name, path and signature unchanged.
+    let s = start_with_vars(
+        &env,
+        &p,
+        &[("MOSS_MEDIA__S3__REDIRECT_DOWNLOADS", "true"), ("MOSS_MEDIA__S3__PUBLIC_URL", "https://cdn.example.org/")],
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let (_, v) = upload(&s, &alice, page.clone(), "text/html", Some("page.html")).await;
+    let id = v["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let res = no_follow
+        .get(format!("{}/_matrix/client/v1/media/download/localhost/{id}", s.base))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    let cdn = res.headers()["location"].to_str().unwrap().to_owned();
+    let object_path = format!("https://cdn.example.org/{}/{p}c-", env.bucket);
+    assert!(cdn.starts_with(&object_path) && cdn.contains("X-Amz-Signature="), "{cdn}");
+    drop(s);
+
+    // An encrypted store cannot hand out its objects: moss refuses to start, and says why.
+    let dir = std::env::temp_dir().join(format!("moss-redirect-{}", crate::common::free_port()));
+    let mut vars = s3_vars(&env, &p);
+    vars.extend([
+        ("MOSS_MEDIA__S3__REDIRECT_DOWNLOADS", "true".to_owned()),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()),
+        ("MOSS_DATA_DIR", dir.display().to_string()),
+        ("MOSS_HTTP__BIND", format!("127.0.0.1:{}", crate::common::free_port())),
+    ]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(crate::common::moss_bin()).arg("serve").envs(vars).output()
+        }),
+    )
+    .await
+    .expect("moss exits")
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("redirect_downloads cannot be used with media.encryption.enabled"), "{stderr}");
+}
