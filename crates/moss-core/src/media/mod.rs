@@ -582,23 +582,21 @@ impl Moss {
         }
 
         let id = media_id.map(str::to_owned).unwrap_or_else(|| random_string(24));
-        let content = self.store_content(body, enforce.then_some(user), &id).await?;
-        let StoredContent { key, sha_hex, size, inflight } = content;
-
         // A small record beside the content, so the store alone (plus the master key, when
         // encrypted) can restore every file with its name and type: `moss media decrypt`.
         let meta = MediaMeta {
             media_id: id.clone(),
             server_name: self.server_name.to_string(),
             user_id: user.to_string(),
-            content_key: key.clone(),
+            content_key: String::new(),
             content_type: content_type.clone(),
             filename: filename.clone(),
-            size,
-            sha256: sha_hex.clone(),
+            size: 0,
+            sha256: String::new(),
             created_ts: now_ms(),
         };
-        self.write_meta(&id, &meta).await?;
+        let content = self.store_content(body, enforce.then_some(user), &id, meta).await?;
+        let StoredContent { key, sha_hex, size, inflight } = content;
         let (i, u, k) = (id.clone(), user.to_string(), key.clone());
         let stored = self
             .db
@@ -627,9 +625,15 @@ impl Moss {
     /// before anything reaches the store), then puts it in the store unless an identical object
     /// is there already. With `limits_for`, the size limit and that user's quota apply. The
     /// content is marked in flight until the caller records it (`end_inflight`).
-    /// `meta_name` names the metadata record the caller writes next; it is marked in flight
-    /// with the content, in the same transaction.
-    async fn store_content<S>(&self, body: S, limits_for: Option<&UserId>, meta_name: &str) -> Result<StoredContent>
+    /// `template` (its content key, size and hash filled in here) is written beside the content as
+    /// the record named `meta_name`, marked in flight with it, in the same transaction.
+    async fn store_content<S>(
+        &self,
+        body: S,
+        limits_for: Option<&UserId>,
+        meta_name: &str,
+        template: MediaMeta,
+    ) -> Result<StoredContent>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
@@ -677,24 +681,29 @@ impl Moss {
                 Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&meta, now)?])
             })
             .await?;
-        {
+        // The content, unless identical content is stored already, and beside it the small
+        // record that lets the store alone restore the file (`moss media decrypt`): written at
+        // the same time, so a small upload costs the store one round trip after the check, not
+        // three in a row.
+        let sha_hex = hex::encode(sha);
+        let record =
+            serde_json::to_vec(&MediaMeta { content_key: key.clone(), size, sha256: sha_hex.clone(), ..template })?;
+        let record_key = self.media.meta_key(meta_name);
+        let content = async {
             let _guard = self.media.content_lock(&key).await;
             let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
                 let stream = file_stream(spool.0.clone()).await?;
                 self.media.store.put(&key, size, stream).await.map_err(store_error)?;
             }
-        }
-        Ok(StoredContent { key, sha_hex: hex::encode(sha), size, inflight })
-    }
-
-    /// Writes the metadata record that lets the store alone restore a file (`moss media decrypt`).
-    /// `store_content` marked it in flight (so an orphan sweep leaves it alone) until the caller
-    /// records the media.
-    async fn write_meta(&self, name: &str, meta: &MediaMeta) -> Result<()> {
-        let bytes = serde_json::to_vec(meta)?;
-        let key = self.media.meta_key(name);
-        self.media.store.put(&key, bytes.len() as u64, moss_media::store::once(bytes)).await.map_err(store_error)
+            Ok::<_, Error>(())
+        };
+        let record = async {
+            let len = record.len() as u64;
+            self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)
+        };
+        tokio::try_join!(content, record)?;
+        Ok(StoredContent { key, sha_hex, size, inflight })
     }
 
     /// Marks an object as being written: `purge --orphans` leaves it alone until the mark ends
@@ -721,19 +730,18 @@ impl Moss {
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
         let meta_name = format!("{origin}/{media_id}");
-        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None, &meta_name).await?;
         let meta = MediaMeta {
             media_id: media_id.to_owned(),
             server_name: origin.to_owned(),
             user_id: String::new(),
-            content_key: key.clone(),
+            content_key: String::new(),
             content_type: content_type.clone(),
             filename: filename.clone(),
-            size,
-            sha256: sha_hex.clone(),
+            size: 0,
+            sha256: String::new(),
             created_ts: created_ts as u64,
         };
-        self.write_meta(&meta_name, &meta).await?;
+        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None, &meta_name, meta).await?;
         let (o, id) = (origin.to_owned(), media_id.to_owned());
         self.db
             .write(move |w| {
