@@ -173,6 +173,16 @@ impl Db {
         &self.inner.path
     }
 
+    /// Writes a consistent copy of the whole database to `to` (a new file), while the server
+    /// may keep reading and writing: SQLite's `VACUUM INTO` reads one snapshot, so the copy
+    /// holds every transaction committed before it started and none after.
+    pub fn snapshot_to(&self, to: &Path) -> Result<()> {
+        let conn = Connection::open_with_flags(&self.inner.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+        Ok(())
+    }
+
     /// Sets what is told the timing of every transaction (once; later calls are ignored).
     pub fn set_observer(&self, observer: Arc<dyn DbObserver>) {
         let _ = self.inner.observer.set(observer);

@@ -1,5 +1,6 @@
 //! The `moss` binary: command line, configuration, logging and wiring.
 
+mod backup;
 mod config_load;
 mod listener;
 mod media_cli;
@@ -59,6 +60,28 @@ enum Command {
     Appservice {
         #[command(subcommand)]
         command: AppserviceCommand,
+    },
+    /// Write the database (a consistent copy, also while the server runs), the keys and the
+    /// configuration into one archive; media on S3 is not copied (see docs/deploy.md).
+    Backup {
+        /// The archive to write (a tar file).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also copy a filesystem media store.
+        #[arg(long)]
+        with_media: bool,
+    },
+    /// Unpack a `moss backup` archive into a new, empty data directory.
+    Restore {
+        /// The archive to read.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where the data goes (must be empty or missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to write the archived configuration file, if it has one.
+        #[arg(long)]
+        config_out: Option<PathBuf>,
     },
     /// Operator actions the admin API also offers (work whether or not the server runs).
     Admin {
@@ -270,7 +293,14 @@ fn run() -> Result<()> {
         println!("wrote {}", path.display());
         return Ok(());
     }
+    if let Command::Restore { from, data_dir, config_out } = &command {
+        return backup::restore(from, data_dir, config_out.as_deref());
+    }
     let config = config_load::load(cli.config.as_deref())?;
+    if let Command::Backup { out, with_media } = &command {
+        let file = cli.config.clone().or_else(|| Some(PathBuf::from("moss.toml")));
+        return backup::backup(&config, file.as_deref(), out, *with_media);
+    }
     if let Command::Config { command: ConfigCommand::Check } = &command {
         let problems = config_load::check(&config);
         if problems.is_empty() {
@@ -300,7 +330,9 @@ fn run() -> Result<()> {
                 appservice_list(&moss);
                 Ok(())
             }
-            Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
+            Command::Init { .. } | Command::Config { .. } | Command::Backup { .. } | Command::Restore { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }

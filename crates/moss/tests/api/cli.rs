@@ -157,3 +157,65 @@ async fn admin_commands_delete_rooms_and_media_and_send_notices() {
     let sync = s.sync(&bob, None, 0).await;
     assert_eq!(sync["rooms"]["invite"].as_object().unwrap().len(), 1, "{sync}");
 }
+
+#[tokio::test]
+async fn a_backup_taken_while_serving_restores_a_working_server() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, serde_json::json!({"name": "Archive"})).await;
+    for i in 0..3 {
+        s.send_text(&alice, &room, &format!("before the backup {i}")).await;
+    }
+    let (st, v) =
+        s.call_raw("POST", "/_matrix/media/v3/upload", Some(&alice.token), Some(b"kept bytes".to_vec())).await;
+    assert_eq!(st, 200, "{v}");
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+
+    let work = std::env::temp_dir().join(format!("moss-backup-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&work).unwrap();
+    let archive = work.join("moss-backup.tar");
+    let data_dir = s.data_dir();
+    let run = |args: &[&str]| {
+        let out = Command::new(moss_bin()).args(args).env("MOSS_DATA_DIR", &data_dir).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    // Taken while the server runs; what is sent afterwards is not in it.
+    let (ok, out) = run(&["backup", "--out", archive.to_str().unwrap(), "--with-media"]);
+    assert!(ok, "{out}");
+    s.send_text(&alice, &room, "after the backup").await;
+    // A plain tar: standard tools read it.
+    let listing = Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for want in ["data/moss.db", "data/signing.key", "data/media-naming.key"] {
+        assert!(listing.lines().any(|l| l == want), "{want} in:\n{listing}");
+    }
+    assert!(listing.lines().any(|l| l.starts_with("data/media/")), "{listing}");
+
+    let restored = work.join("restored");
+    let (ok, out) =
+        run(&["restore", "--from", archive.to_str().unwrap(), "--data-dir", restored.join("data").to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) =
+        run(&["restore", "--from", archive.to_str().unwrap(), "--data-dir", restored.join("data").to_str().unwrap()]);
+    assert!(!ok && out.contains("is not empty"), "never over existing data: {out}");
+    drop(s);
+
+    let s = Server::start_in(restored, &[("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await;
+    let token = s.login("alice").await;
+    let alice = crate::common::User { token, ..alice };
+    let (_, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), &alice).await;
+    let bodies: Vec<&str> =
+        v["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["before the backup 2", "before the backup 1", "before the backup 0"], "{v}");
+    let download = format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
+    let (st, _) = s.call_raw("GET", &download, Some(&alice.token), None).await;
+    assert_eq!(st, 200, "the media came back");
+
+    // An archive with anything outside the data directory is refused.
+    let evil = work.join("evil.tar");
+    let made = Command::new("tar").arg("-cPf").arg(&evil).arg(work.join("moss-backup.tar")).status().unwrap();
+    assert!(made.success());
+    let (ok, out) = run(&["restore", "--from", evil.to_str().unwrap(), "--data-dir", work.join("x").to_str().unwrap()]);
+    assert!(!ok && out.contains("outside the data directory"), "{out}");
+}
