@@ -4,6 +4,7 @@ mod backup;
 mod config_load;
 mod listener;
 mod media_cli;
+mod systemd;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -356,9 +357,12 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // Every listener is bound and the background work runs: ready for systemd (Type=notify).
+    systemd::notify("READY=1\nSTATUS=serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            systemd::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
             tracing::info!("shutting down: finishing in-flight requests");
             // Long-polling syncs return now instead of holding the shutdown up.
             shutdown_moss.begin_shutdown();

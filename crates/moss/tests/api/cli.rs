@@ -219,3 +219,51 @@ async fn a_backup_taken_while_serving_restores_a_working_server() {
     let (ok, out) = run(&["restore", "--from", evil.to_str().unwrap(), "--data-dir", work.join("x").to_str().unwrap()]);
     assert!(!ok && out.contains("outside the data directory"), "{out}");
 }
+
+#[tokio::test]
+async fn systemd_is_told_when_moss_is_ready_and_when_it_stops() {
+    // The service manager's end of NOTIFY_SOCKET, as systemd would hold it for Type=notify.
+    let dir = std::env::temp_dir().join(format!("moss-notify-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let socket = path.to_str().unwrap().to_owned();
+    let mut s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("NOTIFY_SOCKET", &socket),
+    ])
+    .await;
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY within 20 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(st, 200, "serving once ready");
+    assert_eq!(s.terminate(), Some(0), "a clean exit on SIGTERM");
+    let n = manager.recv(&mut buf).expect("STOPPING on SIGTERM");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        assert!(std::env::var("MOSS_REQUIRE_SYSTEMD_ANALYZE").is_err(), "systemd-analyze is required");
+        eprintln!("skipping: no systemd-analyze");
+        return;
+    };
+    assert!(probe.status.success());
+    // The unit as shipped, with ExecStart pointing at the binary under test (verify checks it).
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/systemd/moss.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ProtectSystem=strict"), "{unit}");
+    let dir = std::env::temp_dir().join(format!("moss-unit-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("moss.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/moss", moss_bin())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("moss.service:"), "{text}");
+}
