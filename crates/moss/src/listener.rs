@@ -28,17 +28,48 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
     Ok(config)
 }
 
+/// On SIGHUP, reads the certificate and key again (renewed by certbot or the like) and serves
+/// new connections with them; a pair that does not load is logged and the old one kept.
+fn reload_on_sighup(
+    current: Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match tls_config(&cert, &key) {
+                Ok(config) => {
+                    *current.write().unwrap_or_else(|p| p.into_inner()) =
+                        tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                    tracing::info!(certificate = %cert.display(), "reloaded the federation TLS certificate");
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: the federation certificate did not load; keeping the old one")
+                }
+            }
+        }
+    });
+}
+
 /// Binds the federation listener; the returned future serves until `shutdown` fires.
 pub async fn federation(moss: Arc<Moss>) -> Result<impl std::future::Future<Output = ()>> {
     let cfg = &moss.config.federation;
     let addr: SocketAddr = cfg.bind;
-    let tls = match (&cfg.tls_certificate, &cfg.tls_private_key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(
-            &moss.config.data_dir.join(c),
-            &moss.config.data_dir.join(k),
-        )?))),
+    let files = match (&cfg.tls_certificate, &cfg.tls_private_key) {
+        (Some(c), Some(k)) => Some((moss.config.data_dir.join(c), moss.config.data_dir.join(k))),
         (None, None) => None,
         _ => anyhow::bail!("federation.tls_certificate and federation.tls_private_key go together"),
+    };
+    let tls = match &files {
+        Some((cert, key)) => {
+            let current =
+                Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert, key)?))));
+            reload_on_sighup(current.clone(), cert.clone(), key.clone());
+            Some(current)
+        }
+        None => None,
     };
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, tls = tls.is_some(), "federation listener is up");
@@ -57,7 +88,9 @@ pub async fn federation(moss: Arc<Moss>) -> Result<impl std::future::Future<Outp
                 _ = shutdown.changed() => break,
             };
             let _ = stream.set_nodelay(true);
-            let (app, tls) = (app.clone(), tls.clone());
+            // The certificate as of this connection (SIGHUP swaps in a renewed one).
+            let tls = tls.as_ref().map(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
+            let app = app.clone();
             tokio::spawn(async move {
                 let service = TowerToHyperService::new(app);
                 let builder = Builder::new(TokioExecutor::new());

@@ -357,6 +357,16 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // SIGHUP reloads what can be reloaded (the federation certificate, in listener.rs) and never
+    // stops the server, whatever else is configured (`systemctl reload moss`).
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+            }
+        });
+    }
     // Every listener is bound and the background work runs: ready for systemd (Type=notify).
     systemd::notify("READY=1\nSTATUS=serving");
     axum::serve(listener, app)

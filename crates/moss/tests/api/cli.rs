@@ -241,6 +241,11 @@ async fn systemd_is_told_when_moss_is_ready_and_when_it_stops() {
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
     assert_eq!(st, 200, "serving once ready");
+    // `systemctl reload` (SIGHUP) never stops it, with or without a certificate to reload.
+    s.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(st, 200, "still serving after SIGHUP");
     assert_eq!(s.terminate(), Some(0), "a clean exit on SIGTERM");
     let n = manager.recv(&mut buf).expect("STOPPING on SIGTERM");
     let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();

@@ -175,6 +175,13 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the process; returns its exit status code.
+    /// Sends a signal (`HUP`, `USR1`…) to the running server.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+        }
+    }
+
     pub fn terminate(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();

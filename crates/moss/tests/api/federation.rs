@@ -485,3 +485,38 @@ async fn openid_tokens_name_their_user_to_any_service_that_asks() {
     let (st, v) = userinfo(&token).await;
     assert_eq!((st, errcode(&v)), (401, "M_UNKNOWN_TOKEN"), "{v}");
 }
+
+#[tokio::test]
+async fn sighup_swaps_in_a_renewed_certificate_and_keeps_a_broken_one_out() {
+    let a = fed_server().await;
+    let fingerprint = || {
+        let cmd = format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256",
+            a.fed_port
+        );
+        let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = fingerprint();
+    assert!(first.contains("Fingerprint="), "{first}");
+    // certbot renews the files in place; nothing changes until moss is told.
+    self_signed(&a.server.dir);
+    assert_eq!(fingerprint(), first, "the old certificate until SIGHUP");
+    a.server.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut second = fingerprint();
+    while second == first && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        second = fingerprint();
+    }
+    assert!(second != first && second.contains("Fingerprint="), "renewed: {second}");
+    // A broken file (a half-written renewal): logged, and the working certificate stays.
+    std::fs::write(a.server.dir.join("fed.crt"), "not a certificate").unwrap();
+    a.server.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(fingerprint(), second);
+    assert!(a.server.log().contains("did not load; keeping the old one"), "{}", a.server.log());
+    let (st, _) = a.server.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(st, 200, "still serving");
+}
