@@ -173,11 +173,12 @@ impl Db {
         &self.inner.path
     }
 
-    /// Writes a consistent copy of the whole database to `to` (a new file), while the server
-    /// may keep reading and writing: SQLite's `VACUUM INTO` reads one snapshot, so the copy
-    /// holds every transaction committed before it started and none after.
-    pub fn snapshot_to(&self, to: &Path) -> Result<()> {
-        let conn = Connection::open_with_flags(&self.inner.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    /// Writes a consistent copy of the database at `from` to `to` (a new file), while a server
+    /// may keep reading and writing it: SQLite's `VACUUM INTO` reads one snapshot, so the copy
+    /// holds every transaction committed before it started and none after. The database is
+    /// only read (no migrations: the server using it may be an older version).
+    pub fn snapshot(from: &Path, to: &Path) -> Result<()> {
+        let conn = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
         Ok(())

@@ -107,9 +107,7 @@ pub fn backup(config: &Config, config_file: Option<&Path>, out_path: &Path, with
     let tmp = out_path.with_extension("partial");
     let snapshot = out_path.with_extension("db-snapshot");
     let _ = std::fs::remove_file(&snapshot);
-    let db = moss_storage::Db::open(&db_path, moss_storage::Synchronous::Normal)?;
-    db.snapshot_to(&snapshot).context("copying the database")?;
-    drop(db);
+    moss_storage::Db::snapshot(&db_path, &snapshot).context("copying the database")?;
     let result = (|| -> Result<usize> {
         let mut out = BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
         let db_name = db_path.file_name().and_then(|n| n.to_str()).unwrap_or("moss.db").to_owned();
