@@ -281,14 +281,8 @@ async fn counting_listener(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, hits)
 }
 
-/// A TLS "federation server" on `ip` whose media answers point elsewhere (`Location`), chosen by
-/// media id: `/_matrix/federation/v1/media/download/{id}` → `locations[id]`, or the content
-/// "hello" inline for any other id. Records the paths asked for.
-async fn fake_federation(
-    ip: &str,
-    dir: &std::path::Path,
-    locations: Vec<(String, String)>,
-) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+/// TLS with a fresh self-signed certificate for `localhost`/127.0.0.1 (written into `dir`).
+fn test_tls_acceptor(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     crate::federation::self_signed(dir);
     let certs: Vec<CertificateDer<'static>> =
@@ -301,7 +295,61 @@ async fn fake_federation(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A hostile TLS "federation server" on `ip` answering every request with `head` and then
+/// `body_len` bytes made by repeating `chunk` (after `start`): huge, deep or plain wrong JSON.
+async fn hostile_federation(
+    ip: &str,
+    dir: &std::path::Path,
+    start: &'static [u8],
+    chunk: &'static [u8],
+    body_len: usize,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let acceptor = test_tls_acceptor(dir);
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else { return };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\nconnection: close\r\n\r\n"
+                );
+                if tls.write_all(head.as_bytes()).await.is_err() || tls.write_all(start).await.is_err() {
+                    return;
+                }
+                let mut sent = start.len();
+                while sent < body_len {
+                    let n = chunk.len().min(body_len - sent);
+                    if tls.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+/// A TLS "federation server" on `ip` whose media answers point elsewhere (`Location`), chosen by
+/// media id: `/_matrix/federation/v1/media/download/{id}` → `locations[id]`, or the content
+/// "hello" inline for any other id. Records the paths asked for.
+async fn fake_federation(
+    ip: &str,
+    dir: &std::path::Path,
+    locations: Vec<(String, String)>,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let acceptor = test_tls_acceptor(dir);
     let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -533,4 +581,46 @@ async fn push_rules_cannot_be_turned_against_the_server() {
         .collect();
     assert_eq!(highlights, ["a b c"], "{v}");
     watchdog.finish("push rules").await;
+}
+
+#[tokio::test]
+async fn hostile_space_summaries_from_other_servers_are_bounded() {
+    // A local space whose children live on servers that answer `/hierarchy` with 64 MiB, with
+    // JSON nested 100,000 deep, and with 200,000 children: the user's space view shows the
+    // space alone, promptly, and the server stays small.
+    let dir = std::env::temp_dir().join(format!("moss-hostile-spaces-{}", free_port()));
+    for d in ["huge", "deep", "many"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let huge =
+        hostile_federation("127.0.0.2", &dir.join("huge"), b"{\"room\":{\"room_id\":\"", b"aaaaaaaaaaaaaaaa", 64 << 20)
+            .await;
+    let deep = hostile_federation("127.0.0.2", &dir.join("deep"), b"{\"room\":", b"[[[[[[[[[[[[[[[[", 100_000).await;
+    let many_child = b"{\"room_id\":\"!c:x\",\"children_state\":[]},";
+    let many =
+        hostile_federation("127.0.0.2", &dir.join("many"), b"{\"children\":[", many_child, 200_000 * many_child.len())
+            .await;
+    let fed_port = free_port();
+    let s = federating(fed_port).await;
+    let alice = s.register("alice").await;
+    let space = s.create_room(&alice, json!({"preset": "public_chat", "creation_content": {"type": "m.space"}})).await;
+    for (addr, _) in [&huge, &deep, &many] {
+        let server = format!("127.0.0.2:{}", addr.port());
+        let child = format!("!room:{server}");
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(&space), enc(&child));
+        let (st, v) = s.put(&path, &alice, json!({"via": [server]})).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let started = Instant::now();
+    let (st, v) = s.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), &alice).await;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<&str> = v["rooms"].as_array().unwrap().iter().filter_map(|r| r["room_id"].as_str()).collect();
+    assert_eq!(ids, [space.as_str()], "nothing taken from the hostile answers: {v}");
+    assert!(started.elapsed() < Duration::from_secs(20), "answered in {:?}", started.elapsed());
+    for (name, (_, asked)) in [("huge", &huge), ("deep", &deep), ("many", &many)] {
+        assert!(asked.load(Ordering::SeqCst) >= 1, "the {name} server was asked");
+    }
+    assert_under_ceiling(&s, "hostile space summaries");
+    let (st, _) = s.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(st, 200);
 }
