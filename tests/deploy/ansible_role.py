@@ -11,7 +11,7 @@ route, the redirect from plain HTTP, the admin API kept out, and a user who logs
 uploads and downloads 3 MiB of media (on Garage, encrypted, when MOSS_TEST_S3_* is set, as
 scripts/test does). The role then runs again and must change nothing; ansible-lint must be clean.
 
-Usage: tests/deploy/ansible_role.py --moss target/debug/moss   (after scripts/setup-ansible.sh)
+Usage: tests/deploy/ansible_role.py --moss target/debug/moss   (after scripts/setup-deploy.sh)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "clients" / "python"))
 from ports import free_port  # noqa: E402
 
-VENV = REPO / ".venv-ansible" / "bin"
+VENV = REPO / ".venv-deploy" / "bin"
 DEPLOY = REPO / "deploy" / "ansible"
 SERVER_NAME = "example.test"
 MATRIX_HOST = "matrix.example.test"
@@ -312,7 +312,7 @@ def main() -> int:
 
     started = time.monotonic()
     r = run([str(VENV / "ansible-lint"), "--offline", "--profile", "production", "--nocolor", "."], cwd=DEPLOY,
-            env=dict(os.environ, PATH=f"{VENV}:{os.environ['PATH']}", ANSIBLE_HOME=str(REPO / ".venv-ansible" / "home")))
+            env=dict(os.environ, PATH=f"{VENV}:{os.environ['PATH']}", ANSIBLE_HOME=str(REPO / ".venv-deploy" / "home")))
     if r.returncode != 0:
         print(r.stdout, r.stderr, sep="\n")
     check(r.returncode == 0, f"ansible-lint --profile production is clean ({time.monotonic() - started:.1f} s)")
@@ -383,7 +383,7 @@ def main() -> int:
             wait_for(proxy_c, "moss behind Caddy")
             exercise(proxy_c, prefix_c, vars_c, "caddy")
         else:
-            log("caddy is not installed: the Caddy variant is not run (scripts/setup-ansible.sh installs it)")
+            log("caddy is not installed: the Caddy variant is not run (scripts/setup-deploy.sh installs it)")
         ok = True
         log(f"passed in {time.monotonic() - started:.1f} s")
     finally:

@@ -60,7 +60,8 @@ pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, St
         let Some(rest) = key.strip_prefix("MOSS_") else {
             continue;
         };
-        if rest.is_empty() {
+        // An empty value overrides nothing (compose files pass `${VAR:-}` for optional keys).
+        if rest.is_empty() || raw.is_empty() {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
@@ -509,6 +510,17 @@ mod tests {
         let vars = vec![("MOSS_BIN".to_owned(), "/x/moss".to_owned()), ("MOSS_PASSWORD".to_owned(), "p".to_owned())];
         assert!(!apply_env(&mut t, vars.into_iter()).unwrap());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn empty_variables_leave_the_key_alone() {
+        let mut t: toml::Table = "public_baseurl = \"https://m.example.org/\"".parse().unwrap();
+        let vars =
+            vec![("MOSS_PUBLIC_BASEURL".to_owned(), String::new()), ("MOSS_REGISTRATION".to_owned(), String::new())];
+        assert!(!apply_env(&mut t, vars.into_iter()).unwrap());
+        let c: Config = Value::Table(t).try_into().unwrap();
+        assert_eq!(c.public_baseurl.as_deref(), Some("https://m.example.org/"));
+        assert_eq!(c.registration, Config::default().registration);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod backup;
 mod config_load;
+mod healthcheck;
 mod listener;
 mod media_cli;
 mod systemd;
@@ -88,6 +89,13 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Ask the running server's /health (on http.bind) and exit 0 only if it answers 200: for
+    /// container HEALTHCHECKs and monitors.
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
     /// List what users reported (rooms and events), newest first.
     Reports {
@@ -302,6 +310,9 @@ fn run() -> Result<()> {
         let file = cli.config.clone().or_else(|| Some(PathBuf::from("moss.toml")));
         return backup::backup(&config, file.as_deref(), out, *with_media);
     }
+    if let Command::Healthcheck { timeout } = &command {
+        return healthcheck::run(config.http.bind, std::time::Duration::from_secs((*timeout).max(1)));
+    }
     if let Command::Config { command: ConfigCommand::Check } = &command {
         let problems = config_load::check(&config);
         if problems.is_empty() {
@@ -331,7 +342,11 @@ fn run() -> Result<()> {
                 appservice_list(&moss);
                 Ok(())
             }
-            Command::Init { .. } | Command::Config { .. } | Command::Backup { .. } | Command::Restore { .. } => {
+            Command::Init { .. }
+            | Command::Config { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Healthcheck { .. } => {
                 unreachable!("handled above")
             }
         }

@@ -272,3 +272,34 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !text.contains("moss.service:"), "{text}");
 }
+
+#[tokio::test]
+async fn healthcheck_exits_zero_only_while_the_server_is_healthy() {
+    let s = Server::start().await;
+    let bind = s.base.trim_start_matches("http://").to_owned();
+    let check = |bind: &str| {
+        let out = Command::new(moss_bin())
+            .args(["healthcheck", "--timeout", "5"])
+            .env("MOSS_DATA_DIR", s.data_dir())
+            .env("MOSS_HTTP__BIND", bind)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check(&bind);
+    assert!(ok && out.contains("healthy"), "{out}");
+    // Bound to every address: asked on loopback.
+    let port = bind.rsplit(':').next().unwrap();
+    let (ok, out) = check(&format!("0.0.0.0:{port}"));
+    assert!(ok, "{out}");
+    // The media directory gone: /health answers 503 and the check fails.
+    std::fs::remove_dir_all(s.data_dir().join("media")).unwrap();
+    let (ok, out) = check(&bind);
+    assert!(!ok && out.contains("unhealthy") && out.contains("503"), "{out}");
+    // Nothing listening.
+    let (ok, out) = check(&format!("127.0.0.1:{}", crate::common::free_port()));
+    assert!(!ok && out.contains("connecting"), "{out}");
+}
