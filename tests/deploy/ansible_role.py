@@ -155,8 +155,9 @@ def role_vars(prefix: Path, moss_bin: Path, cert: Path, key: Path, ports: dict[s
     return v
 
 
-def play(work: Path, vars_: dict, name: str) -> dict[str, int]:
-    """Runs the example playbook on this machine; returns the PLAY RECAP counters."""
+def play(work: Path, vars_: dict, name: str, dry_run: bool = False) -> dict[str, int]:
+    """Runs the example playbook on this machine (`--check --diff` when dry_run); returns the
+    PLAY RECAP counters."""
     inventory = work / "inventory.ini"
     inventory.write_text(f"[moss]\nlocalhost ansible_connection=local ansible_python_interpreter={VENV / 'python'}\n")
     vars_file = work / f"vars-{name}.json"
@@ -166,7 +167,8 @@ def play(work: Path, vars_: dict, name: str) -> dict[str, int]:
                ANSIBLE_HOME=str(work / "ansible-home"))
     started = time.monotonic()
     r = run([str(VENV / "ansible-playbook"), "-i", str(inventory), "-e", f"@{vars_file}",
-             "--become-method", "ansible.builtin.su", str(DEPLOY / "playbook.yml")],
+             "--become-method", "ansible.builtin.su", str(DEPLOY / "playbook.yml")]
+            + (["--check", "--diff"] if dry_run else []),
             env=env, cwd=DEPLOY)
     (work / f"ansible-{name}.log").write_text(r.stdout + r.stderr)
     m = re.search(r"^localhost\s*:\s*(.*)$", r.stdout, re.M)
@@ -329,6 +331,9 @@ def main() -> int:
         # nginx, certificates from files.
         prefix = work / "root"
         vars_ = role_vars(prefix, moss_bin, cert, key, ports, "nginx")
+        dry = play(work, vars_, "nginx-dry-run", dry_run=True)
+        check(dry.get("failed", 1) == 0 and not (prefix / "etc/moss/moss.toml").exists(),
+              "a dry run (--check --diff) on a fresh machine passes and writes nothing")
         first = play(work, vars_, "nginx-first")
         check(first.get("failed", 1) == 0 and first.get("changed", 0) > 0, "the first run installs and configures")
         config = (prefix / "etc/moss/moss.toml").read_text()
