@@ -5,9 +5,10 @@ No registry but Debian's and PyPI's is reachable here, so the base images the Co
 names by default are made locally: Debian bookworm by debootstrap (minbase, as the official
 slim image is made) and, for the compose test, Garage's image from the Garage binary
 scripts/setup-garage.sh built (the same release the compose file names). The moss binary under
-test goes in through the Containerfile's MOSS_BINARY argument, so its build stage (a release
-build of the whole tree) is skipped; everything else in the file runs as written: apt installs
-CA certificates, the account, /data, HEALTHCHECK, the entrypoint.
+test stands in for the Containerfile's build stage (a release build of the whole tree, 10+
+minutes on two cores): the test swaps exactly that stage, checked word for word, for an image
+holding the binary; everything else in the file runs as written: apt installs CA certificates,
+the account, /data, HEALTHCHECK, the entrypoint.
 
 Then: the image's user, volume, ports and health check; a container with its ports published
 serves /versions, reports healthy through `podman healthcheck run`, runs as a non-root user,
@@ -42,6 +43,13 @@ HERE = Path(__file__).resolve().parent
 BASE_IMAGE = "localhost/moss-test/debian:bookworm-minbase"
 CACHE = REPO / ".container-test"
 TAG = f"{os.getpid()}"
+# The Containerfile's build stage, replaced here by an image holding the binary under test.
+BUILD_STAGE = """FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin moss \\
+    && install -m 0755 target/release/moss /moss
+"""
 
 
 def log(msg: str) -> None:
@@ -265,15 +273,17 @@ def main() -> int:
     import_single_file(args.moss.resolve(), "moss", binary_image)
     try:
         t = time.monotonic()
-        out = subprocess.run(
-            ["podman", "build", "--format", "docker", "-f", str(REPO / "deploy" / "Containerfile"),
-             "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"MOSS_BINARY={binary_image}",
-             "-t", image, str(REPO)], env=ENV, capture_output=True, text=True, timeout=900)
+        containerfile = (REPO / "deploy" / "Containerfile").read_text()
+        check(BUILD_STAGE in containerfile, "the Containerfile's build stage is the one this test replaces")
+        with tempfile.NamedTemporaryFile("w", suffix=".Containerfile") as f:
+            f.write(containerfile.replace(BUILD_STAGE, f"FROM {binary_image} AS build\n"))
+            f.flush()
+            out = subprocess.run(
+                ["podman", "build", "--format", "docker", "-f", f.name, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+                 "-t", image, str(REPO)], env=ENV, capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             print(out.stdout[-4000:], out.stderr[-4000:], sep="\n")
         check(out.returncode == 0, f"deploy/Containerfile builds ({time.monotonic() - t:.0f} s)")
-        check("rust" not in (out.stdout + out.stderr).lower().replace("rust_image", ""),
-              "with MOSS_BINARY the build stage is skipped (no Rust image is fetched)")
         test_image(image)
         test_container(image)
         test_compose(image, args.compose)
