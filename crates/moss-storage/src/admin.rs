@@ -3,7 +3,10 @@
 //!
 //! Orders are enums mapped to fixed column names here, so no caller text reaches the SQL.
 
-use rusqlite::{params, Row};
+use crate::{
+    backend::{OwnedValue, Row},
+    params,
+};
 
 use crate::{
     queries::{media_row, MEDIA_COLS},
@@ -38,7 +41,7 @@ const ADMIN_USER_COLS: &str = "u.user_id, u.admin, u.deactivated, u.created_ts, 
      u.locked, u.erased, u.shadow_banned, u.user_type, u.password_hash IS NOT NULL, \
      (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id), u.suspended";
 
-fn admin_user_row(r: &Row<'_>) -> rusqlite::Result<AdminUserRow> {
+fn admin_user_row(r: &Row<'_>) -> Result<AdminUserRow> {
     Ok(AdminUserRow {
         user_id: r.get(0)?,
         admin: r.get(1)?,
@@ -214,11 +217,11 @@ fn room_select() -> String {
     )
 }
 
-fn admin_room_row(r: &Row<'_>) -> rusqlite::Result<AdminRoomRow> {
-    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+fn admin_room_row(r: &Row<'_>) -> Result<AdminRoomRow> {
+    let text = |i: usize| -> Result<Option<String>> {
         // State content may hold a non-string where a string belongs: show nothing then.
-        Ok(match r.get_ref(i)? {
-            rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        Ok(match r.get_value(i)? {
+            OwnedValue::Text(t) => Some(t),
             _ => None,
         })
     };
@@ -238,7 +241,7 @@ fn admin_room_row(r: &Row<'_>) -> rusqlite::Result<AdminRoomRow> {
         join_rules: text(12)?,
         guest_access: text(13)?,
         history_visibility: text(14)?,
-        federatable: !matches!(r.get_ref(15)?, rusqlite::types::ValueRef::Integer(0)),
+        federatable: !matches!(r.get_value(15)?, OwnedValue::Int(0)),
         room_type: text(16)?,
     })
 }
@@ -270,7 +273,7 @@ pub struct AdminReportRow {
 
 const REPORT_COLS: &str = "p.id, p.received_ts, p.room_id, p.event_id, p.reporter, p.reason, p.score, e.sender, e.pdu";
 
-fn admin_report_row(r: &Row<'_>) -> rusqlite::Result<AdminReportRow> {
+fn admin_report_row(r: &Row<'_>) -> Result<AdminReportRow> {
     Ok(AdminReportRow {
         id: r.get(0)?,
         received_ts: r.get(1)?,
@@ -308,7 +311,7 @@ fn admin_media_cols() -> String {
     format!("{MEDIA_COLS}, last_access_ts, sha256, protected")
 }
 
-fn admin_media_row(r: &Row<'_>) -> rusqlite::Result<AdminMediaRow> {
+fn admin_media_row(r: &Row<'_>) -> Result<AdminMediaRow> {
     Ok(AdminMediaRow { media: media_row(r)?, last_access_ts: r.get(10)?, sha256: r.get(11)?, protected: r.get(12)? })
 }
 

@@ -1,6 +1,6 @@
 //! Queries for application services: each service's delivery cursor and the transaction in flight.
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{presence_row, receipt_row, PresenceRow, Reader, ReceiptRow, Result, Writer, RECEIPT_COLS};
 

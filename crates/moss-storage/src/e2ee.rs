@@ -1,7 +1,7 @@
 //! Queries for end-to-end encryption: device keys, one-time and fallback keys, cross-signing
 //! keys and signatures, device-list changes, to-device messages and server-side key backup.
 
-use rusqlite::params;
+use crate::{backend::Row, params};
 
 use crate::{Reader, Result, Writer};
 
@@ -164,7 +164,7 @@ impl Reader<'_> {
 
     /// The newest live backup version, or the given one.
     pub fn backup_version(&self, user_id: &str, version: Option<i64>) -> Result<Option<BackupVersionRow>> {
-        let map = |r: &rusqlite::Row<'_>| {
+        let map = |r: &Row<'_>| {
             Ok(BackupVersionRow { version: r.get(0)?, algorithm: r.get(1)?, auth_data: r.get(2)?, etag: r.get(3)? })
         };
         match version {

@@ -1,7 +1,7 @@
 //! Queries for federation: other servers' signing keys, events held outside the timeline, the
 //! outbound queue, inbound transactions and invites to rooms elsewhere.
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{Reader, Result, Writer};
 
@@ -145,7 +145,7 @@ impl Writer<'_> {
         } else {
             "UPDATE history_counter SET history = history - 1 WHERE id = 0 RETURNING history"
         };
-        Ok(self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?)
+        self.returning(sql, [])
     }
 
     pub fn enqueue_outbound(&self, destination: &str, kind: &str, payload: &str, now: i64) -> Result<()> {

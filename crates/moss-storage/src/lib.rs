@@ -4,9 +4,13 @@
 //! connection) or a [`Writer`] (the single write transaction), whose methods are the queries.
 //! SQLite allows one writer at a time anyway; making that explicit gives every write a
 //! serial order, which the global stream ordering relies on.
+//!
+//! Two backends sit under the same closures ([`backend`]): SQLite (a file, the default) and
+//! PostgreSQL (`database.url`). Queries are written once; see the backend module for how.
 
 mod admin;
 mod appservice;
+pub mod backend;
 mod e2ee;
 mod federation;
 mod openid;
@@ -24,6 +28,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::cell::RefCell;
+
+use backend::{postgres::Session, Conn, Dialect, Params};
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 pub use admin::*;
@@ -47,6 +54,10 @@ pub enum StorageError {
     Task(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    #[error("unexpected column value: {0}")]
+    Type(String),
+    #[error("{0} is not available on this database backend")]
+    Unsupported(&'static str),
     #[error("database schema version {found} is newer than this moss understands ({known})")]
     TooNew { found: i64, known: i64 },
 }
@@ -78,6 +89,37 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_21_openid.sql"),
 ];
 
+/// PostgreSQL's schema, by the SQLite version it matches: a fresh PostgreSQL database gets the
+/// whole schema of that version at once (there were no PostgreSQL databases before it); every
+/// later SQLite migration has its PostgreSQL twin here under the same number.
+const PG_MIGRATIONS: &[(i64, &str)] = &[(21, include_str!("pg/schema_21.sql"))];
+
+/// Applies PostgreSQL migrations under an advisory lock, so processes starting together take
+/// turns; the version lives in `moss_schema`.
+fn pg_migrate(session: &mut Session) -> Result<()> {
+    const LOCK: i64 = 0x6d6f_7373; // "moss"
+    session.batch(&format!("SELECT pg_advisory_lock({LOCK})"))?;
+    let out = pg_migrate_locked(session);
+    let unlocked = session.batch(&format!("SELECT pg_advisory_unlock({LOCK})"));
+    out.and(unlocked)
+}
+
+fn pg_migrate_locked(session: &mut Session) -> Result<()> {
+    session.batch("CREATE TABLE IF NOT EXISTS moss_schema (version BIGINT NOT NULL)")?;
+    let version = session.scalar_i64("SELECT version FROM moss_schema")?.unwrap_or(0);
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StorageError::TooNew { found: version, known });
+    }
+    for (v, sql) in PG_MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+        session.batch(&format!(
+            "BEGIN; {sql}; DELETE FROM moss_schema; INSERT INTO moss_schema (version) VALUES ({v}); COMMIT;"
+        ))?;
+        tracing::info!(version = v, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
     /// fsync the WAL on every commit: an acknowledged write survives power loss.
@@ -86,11 +128,14 @@ pub enum Synchronous {
     Normal,
 }
 
+/// The database behind a [`Db`].
+enum Backend {
+    Sqlite { path: PathBuf, writer: Mutex<Connection>, readers: Mutex<Vec<Connection>>, synchronous: Synchronous },
+    Postgres { url: String, writer: Mutex<Option<Session>>, readers: Mutex<Vec<Session>> },
+}
+
 struct Inner {
-    path: PathBuf,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
-    synchronous: Synchronous,
+    backend: Backend,
     observer: OnceLock<Arc<dyn DbObserver>>,
 }
 
@@ -102,7 +147,7 @@ pub struct Db {
 
 /// A read-only view: every query that does not write.
 pub struct Reader<'a> {
-    conn: &'a Connection,
+    conn: Conn<'a>,
 }
 
 /// The write transaction. Derefs to [`Reader`] so reads see the transaction's own writes.
@@ -114,6 +159,45 @@ impl<'a> std::ops::Deref for Writer<'a> {
     type Target = Reader<'a>;
     fn deref(&self) -> &Reader<'a> {
         &self.reader
+    }
+}
+
+impl Reader<'_> {
+    /// Which SQL this connection speaks, for the few queries written twice.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.conn.dialect()
+    }
+
+    /// `sqlite` or `postgres`, whichever this connection speaks.
+    pub(crate) fn sql<'s>(&self, sqlite: &'s str, postgres: &'s str) -> &'s str {
+        match self.dialect() {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+
+    pub(crate) fn collect<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnMut(&backend::Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.conn.collect(sql, &params.values(), f)
+    }
+
+    pub(crate) fn one<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnOnce(&backend::Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.conn.one(sql, &params.values(), f)
+    }
+}
+
+impl Writer<'_> {
+    pub(crate) fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
+        self.conn.exec(sql, &params.values())
     }
 }
 
@@ -153,24 +237,49 @@ pub trait DbObserver: Send + Sync {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self> {
         let mut conn = Connection::open(path)?;
         configure(&conn, synchronous)?;
         migrate(&mut conn)?;
-        Ok(Db {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: Mutex::new(conn),
-                readers: Mutex::new(Vec::new()),
-                synchronous,
-                observer: OnceLock::new(),
-            }),
-        })
+        Ok(Db::with(Backend::Sqlite {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            synchronous,
+        }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host/db`) and
+    /// applies pending migrations.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        let mut session = Session::connect(url)?;
+        pg_migrate(&mut session)?;
+        Ok(Db::with(Backend::Postgres {
+            url: url.to_owned(),
+            writer: Mutex::new(Some(session)),
+            readers: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn with(backend: Backend) -> Db {
+        Db { inner: Arc::new(Inner { backend, observer: OnceLock::new() }) }
+    }
+
+    /// The SQLite file, when the database is one.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Which SQL the database speaks.
+    pub fn dialect(&self) -> Dialect {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+            Backend::Postgres { .. } => Dialect::Postgres,
+        }
     }
 
     /// Writes a consistent copy of the database at `from` to `to` (a new file), while a server
@@ -209,15 +318,42 @@ impl Db {
         F: FnOnce(&Writer<'_>) -> Result<T, E>,
     {
         let asked = Instant::now();
-        let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let got = Instant::now();
-        let tx =
-            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StorageError::from)?;
-        let out = f(&Writer { reader: Reader { conn: &tx } });
-        let out = match out {
-            Ok(v) => commit(tx).map(|()| v).map_err(E::from),
-            Err(e) => Err(e),
+        let out = match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => {
+                let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let got = Instant::now();
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(StorageError::from)?;
+                let out = f(&Writer { reader: Reader { conn: Conn::Sqlite(&tx) } });
+                let out = match out {
+                    Ok(v) => commit(tx).map(|()| v).map_err(E::from),
+                    Err(e) => Err(e),
+                };
+                (out, got)
+            }
+            Backend::Postgres { url, writer, .. } => {
+                let mut slot = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let got = Instant::now();
+                let session = match slot.take() {
+                    Some(s) if !s.is_closed() => s,
+                    _ => Session::connect(url)?,
+                };
+                let cell = RefCell::new(session);
+                cell.borrow_mut().batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+                let out = f(&Writer { reader: Reader { conn: Conn::Pg(&cell) } });
+                let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                let ended = cell.borrow_mut().batch(end);
+                let out = match (out, ended) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                    (Err(e), _) => Err(e),
+                };
+                *slot = Some(cell.into_inner());
+                (out, got)
+            }
         };
+        let (out, got) = out;
         if let Some(o) = self.inner.observer.get() {
             o.write(got - asked, got.elapsed());
         }
@@ -242,30 +378,55 @@ impl Db {
         E: From<StorageError>,
         F: FnOnce(&Reader<'_>) -> Result<T, E>,
     {
-        let conn = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.inner.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(StorageError::from)?;
-                configure_reader(&c, self.inner.synchronous)?;
-                c
+        let began;
+        let out = match &self.inner.backend {
+            Backend::Sqlite { path, readers, synchronous, .. } => {
+                let conn = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => {
+                        let c = Connection::open_with_flags(
+                            path,
+                            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                        )
+                        .map_err(StorageError::from)?;
+                        configure_reader(&c, *synchronous)?;
+                        c
+                    }
+                };
+                // A read sees one consistent snapshot even across several queries.
+                began = Instant::now();
+                conn.execute_batch("BEGIN").map_err(StorageError::from)?;
+                let out = f(&Reader { conn: Conn::Sqlite(&conn) });
+                let _ = conn.execute_batch("COMMIT");
+                let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+                out
+            }
+            Backend::Postgres { url, readers, .. } => {
+                let session = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let session = match session {
+                    Some(s) if !s.is_closed() => s,
+                    _ => Session::connect(url)?,
+                };
+                let cell = RefCell::new(session);
+                began = Instant::now();
+                cell.borrow_mut().batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                let out = f(&Reader { conn: Conn::Pg(&cell) });
+                let ended = cell.borrow_mut().batch("COMMIT");
+                if ended.is_ok() {
+                    let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+                    if pool.len() < 16 {
+                        pool.push(cell.into_inner());
+                    }
+                }
+                out
             }
         };
-        // A read sees one consistent snapshot even across several queries.
-        let began = Instant::now();
-        conn.execute_batch("BEGIN").map_err(StorageError::from)?;
-        let out = f(&Reader { conn: &conn });
-        let _ = conn.execute_batch("COMMIT");
         if let Some(o) = self.inner.observer.get() {
             o.read(began.elapsed());
-        }
-        let mut pool = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 16 {
-            pool.push(conn);
         }
         out
     }

@@ -1,6 +1,6 @@
 //! OpenID tokens: which user a token names, until it expires.
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{Reader, Result, Writer};
 

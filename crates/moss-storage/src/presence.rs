@@ -1,6 +1,6 @@
 //! Queries for presence, content reports and login tokens.
 
-use rusqlite::params;
+use crate::{backend::Row, params};
 
 use crate::{Reader, Result, Writer};
 
@@ -24,7 +24,7 @@ pub struct ReportRow {
     pub received_ts: i64,
 }
 
-pub(crate) fn presence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PresenceRow> {
+pub(crate) fn presence_row(r: &Row<'_>) -> Result<PresenceRow> {
     Ok(PresenceRow {
         user_id: r.get(0)?,
         state: r.get(1)?,
@@ -110,11 +110,11 @@ impl Writer<'_> {
         score: Option<i64>,
         now: i64,
     ) -> Result<i64> {
-        self.exec(
-            "INSERT INTO reports (reporter, room_id, event_id, reason, score, received_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        self.returning(
+            "INSERT INTO reports (reporter, room_id, event_id, reason, score, received_ts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
             params![reporter, room_id, event_id, reason, score, now],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+        )
     }
 
     pub fn add_login_token(&self, token: &str, user_id: &str, expires_ts: i64) -> Result<()> {

@@ -2,7 +2,7 @@
 //! and user (which unread counts and `/notifications` read), and pushers with their delivery
 //! cursors.
 
-use rusqlite::{params, Row};
+use crate::{backend::Row, params};
 
 use crate::{
     queries::{event_row, EVENT_COLS},
@@ -23,7 +23,7 @@ pub struct PushActionRow {
     pub ts: i64,
 }
 
-fn action_row(r: &Row<'_>) -> rusqlite::Result<PushActionRow> {
+fn action_row(r: &Row<'_>) -> Result<PushActionRow> {
     Ok(PushActionRow {
         user_id: r.get(0)?,
         room_id: r.get(1)?,
@@ -59,7 +59,7 @@ pub struct PusherRow {
     pub failing_since: Option<i64>,
 }
 
-fn pusher_row(r: &Row<'_>) -> rusqlite::Result<PusherRow> {
+fn pusher_row(r: &Row<'_>) -> Result<PusherRow> {
     Ok(PusherRow {
         user_id: r.get(0)?,
         app_id: r.get(1)?,

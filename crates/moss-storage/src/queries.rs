@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::{backend::Row, params};
 
 use crate::{Reader, Result, Writer};
 
@@ -35,7 +35,7 @@ pub struct DeviceRow {
     pub last_seen_user_agent: Option<String>,
 }
 
-fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+fn device_row(r: &Row<'_>) -> Result<DeviceRow> {
     Ok(DeviceRow {
         device_id: r.get(0)?,
         display_name: r.get(1)?,
@@ -138,7 +138,7 @@ pub enum Direction {
     Backward,
 }
 
-fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+fn user_row(r: &Row<'_>) -> Result<UserRow> {
     Ok(UserRow {
         user_id: r.get(0)?,
         password_hash: r.get(1)?,
@@ -151,7 +151,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
 }
 const USER_COLS: &str = "user_id, password_hash, admin, deactivated, created_ts, displayname, avatar_url";
 
-pub(crate) fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+pub(crate) fn event_row(r: &Row<'_>) -> Result<EventRow> {
     Ok(EventRow {
         stream: r.get(0)?,
         event_id: r.get(1)?,
@@ -171,7 +171,7 @@ pub(crate) fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
 pub(crate) const EVENT_COLS: &str = "stream, event_id, room_id, type, state_key, sender, origin_server_ts, pdu, \
                           state_group, redacted_by, txn_user, txn_device, txn_id";
 
-fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
+fn membership_row(r: &Row<'_>) -> Result<MembershipRow> {
     Ok(MembershipRow {
         room_id: r.get(0)?,
         user_id: r.get(1)?,
@@ -183,7 +183,7 @@ fn membership_row(r: &Row<'_>) -> rusqlite::Result<MembershipRow> {
 }
 const MEMBERSHIP_COLS: &str = "room_id, user_id, membership, event_id, stream, forgotten";
 
-pub(crate) fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
+pub(crate) fn receipt_row(r: &Row<'_>) -> Result<ReceiptRow> {
     Ok(ReceiptRow {
         room_id: r.get(0)?,
         user_id: r.get(1)?,
@@ -197,27 +197,6 @@ pub(crate) fn receipt_row(r: &Row<'_>) -> rusqlite::Result<ReceiptRow> {
 pub(crate) const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
 
 impl Reader<'_> {
-    pub(crate) fn collect<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, f)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
-    }
-
-    pub(crate) fn one<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Option<T>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        Ok(stmt.query_row(params, f).optional()?)
-    }
-
     // ---- stream ----
 
     pub fn current_stream(&self) -> Result<i64> {
@@ -580,16 +559,14 @@ impl Reader<'_> {
 }
 
 impl Writer<'_> {
-    pub(crate) fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
-        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
-    }
-
     /// Allocates the next position of the global stream.
     pub fn next_stream(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .prepare_cached("UPDATE stream_counter SET pos = pos + 1 WHERE id = 0 RETURNING pos")?
-            .query_row([], |r| r.get(0))?)
+        self.returning("UPDATE stream_counter SET pos = pos + 1 WHERE id = 0 RETURNING pos", [])
+    }
+
+    /// Runs a statement whose `RETURNING` gives one integer.
+    pub(crate) fn returning(&self, sql: &str, params: impl crate::backend::Params) -> Result<i64> {
+        self.one(sql, params, |r| r.get(0))?.ok_or(crate::StorageError::Type(format!("no row returned by {sql}")))
     }
 
     // ---- users ----
@@ -792,11 +769,10 @@ impl Writer<'_> {
             (Some(p), _) => (None, 0, Some(self.state_group(p)?)),
             (None, _) => (None, 0, None),
         };
-        self.exec(
-            "INSERT INTO state_groups (room_id, parent, chain_len) VALUES (?1, ?2, ?3)",
+        let id = self.returning(
+            "INSERT INTO state_groups (room_id, parent, chain_len) VALUES (?1, ?2, ?3) RETURNING id",
             params![room_id, parent, chain_len],
         )?;
-        let id = self.conn.last_insert_rowid();
         let mut entries: StateMap = full.unwrap_or_default();
         for (k, sk, ev) in changes {
             entries.insert(((*k).to_owned(), (*sk).to_owned()), (*ev).to_owned());
@@ -975,7 +951,7 @@ pub struct MediaRow {
 pub(crate) const MEDIA_COLS: &str =
     "media_id, user_id, created_ts, expires_ts, content_key, content_type, filename, size, legacy, quarantined";
 
-pub(crate) fn media_row(r: &Row<'_>) -> rusqlite::Result<MediaRow> {
+pub(crate) fn media_row(r: &Row<'_>) -> Result<MediaRow> {
     Ok(MediaRow {
         media_id: r.get(0)?,
         user_id: r.get(1)?,
@@ -1248,8 +1224,10 @@ impl Writer<'_> {
     }
 
     pub fn begin_inflight(&self, content_key: &str, now: i64) -> Result<i64> {
-        self.exec("INSERT INTO media_inflight (content_key, started_ts) VALUES (?1, ?2)", params![content_key, now])?;
-        Ok(self.conn.last_insert_rowid())
+        self.returning(
+            "INSERT INTO media_inflight (content_key, started_ts) VALUES (?1, ?2) RETURNING rowid",
+            params![content_key, now],
+        )
     }
 
     pub fn end_inflight(&self, rowid: i64) -> Result<()> {

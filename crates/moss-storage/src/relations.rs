@@ -1,7 +1,7 @@
 //! Queries over event relations (threads, edits, reactions, references) and the full-text search
 //! index. Both indexes are kept by triggers on `events` (schema 7).
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{
     queries::{event_row, EVENT_COLS},

@@ -1,6 +1,6 @@
 //! Queries for media of other servers kept in our store.
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{MediaRow, Reader, Result, Writer};
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::params;
+use crate::params;
 
 use crate::{Reader, Result};
 
