@@ -47,7 +47,9 @@ TAG = f"{os.getpid()}"
 BUILD_STAGE = """FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin moss \\
+# The release profile keeps debug info for profiling; the image does not need it (256 → 56 MB).
+RUN CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \\
+    cargo build --release --locked --bin moss \\
     && install -m 0755 target/release/moss /moss
 """
 
