@@ -121,11 +121,15 @@ pub struct DatabaseConfig {
     pub path: PathBuf,
     /// `full` fsyncs each commit (survives power loss); `normal` survives only a crash of moss.
     pub synchronous: SyncMode,
+    /// PostgreSQL instead of SQLite: `postgres://user:password@host:port/database` (or the
+    /// key=value form). Several moss processes may share one database (docs/scaling.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full }
+        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full, url: None }
     }
 }
 

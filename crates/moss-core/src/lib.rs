@@ -90,13 +90,16 @@ impl Moss {
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
-        let db = Db::open(
-            &config.database_path(),
-            match config.database.synchronous {
-                config::SyncMode::Full => Synchronous::Full,
-                config::SyncMode::Normal => Synchronous::Normal,
-            },
-        )?;
+        let db = match &config.database.url {
+            Some(url) => Db::open_postgres(url)?,
+            None => Db::open(
+                &config.database_path(),
+                match config.database.synchronous {
+                    config::SyncMode::Full => Synchronous::Full,
+                    config::SyncMode::Normal => Synchronous::Normal,
+                },
+            )?,
+        };
         let key = keys::load_or_generate(&config.signing_key_path())?;
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let metrics = Arc::new(metrics::Metrics::new());

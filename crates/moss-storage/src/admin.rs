@@ -377,9 +377,10 @@ impl Reader<'_> {
     pub fn admin_users(&self, f: &UserFilter, order: UserOrder, page: Page) -> Result<(Vec<AdminUserRow>, i64)> {
         let name = f.name.as_deref().map(|n| (format!("@{}", like_anywhere(n)) + ":%", like_anywhere(n)));
         let id = if name.is_none() { f.user_id.as_deref().map(like_anywhere) } else { None };
-        let filter = "(?1 IS NULL OR u.user_id LIKE ?1 ESCAPE '\\' OR u.displayname LIKE ?2 ESCAPE '\\') \
-             AND (?3 IS NULL OR u.user_id LIKE ?3 ESCAPE '\\') AND (?4 OR u.deactivated = 0) \
-             AND (?5 OR u.locked = 0) AND (?6 IS NULL OR u.admin = ?6)";
+        let filter =
+            "(CAST(?1 AS TEXT) IS NULL OR u.user_id LIKE ?1 ESCAPE '\\' OR u.displayname LIKE ?2 ESCAPE '\\') \
+             AND (CAST(?3 AS TEXT) IS NULL OR u.user_id LIKE ?3 ESCAPE '\\') AND (?4 OR u.deactivated = 0) \
+             AND (?5 OR u.locked = 0) AND (CAST(?6 AS BIGINT) IS NULL OR u.admin = ?6)";
         let (n1, n2) = match &name {
             Some((a, b)) => (Some(a.as_str()), Some(b.as_str())),
             None => (None, None),
@@ -498,7 +499,7 @@ impl Reader<'_> {
     ) -> Result<(Vec<AdminRoomRow>, i64)> {
         let local = format!("%:{server}");
         let pattern = search.map(like_anywhere);
-        let filter = "(?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR canonical_alias LIKE ?2 ESCAPE '\\' \
+        let filter = "(CAST(?2 AS TEXT) IS NULL OR name LIKE ?2 ESCAPE '\\' OR canonical_alias LIKE ?2 ESCAPE '\\' \
              OR room_id LIKE ?2 ESCAPE '\\')";
         let base = room_select();
         // Rooms without a value for the order's column come last whichever the direction.
@@ -527,7 +528,7 @@ impl Reader<'_> {
     /// The room's forward extremities with their depth and when they arrived.
     pub fn forward_extremities_detail(&self, room_id: &str) -> Result<Vec<ExtremityRow>> {
         self.collect(
-            "SELECT f.event_id, COALESCE(json_extract(e.pdu, '$.depth'), 0), COALESCE(e.origin_server_ts, 0), e.state_group \
+            "SELECT f.event_id, COALESCE(CAST(json_extract(e.pdu, '$.depth') AS BIGINT), 0), COALESCE(e.origin_server_ts, 0), e.state_group \
              FROM forward_extremities f LEFT JOIN events e ON e.event_id = f.event_id WHERE f.room_id = ?1",
             [room_id],
             |r| Ok(ExtremityRow { event_id: r.get(0)?, depth: r.get(1)?, received_ts: r.get(2)?, state_group: r.get(3)? }),
@@ -550,8 +551,8 @@ impl Reader<'_> {
     // ---- reports ----
 
     pub fn admin_reports(&self, f: &ReportFilter, page: Page) -> Result<(Vec<AdminReportRow>, i64)> {
-        let filter = "(?1 IS NULL OR p.room_id = ?1) AND (?2 IS NULL OR p.reporter LIKE ?2 ESCAPE '\\') \
-             AND (?3 IS NULL OR e.sender LIKE ?3 ESCAPE '\\')";
+        let filter = "(CAST(?1 AS TEXT) IS NULL OR p.room_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR p.reporter LIKE ?2 ESCAPE '\\') \
+             AND (CAST(?3 AS TEXT) IS NULL OR e.sender LIKE ?3 ESCAPE '\\')";
         let (user, sender) = (f.user_id.as_deref().map(like_anywhere), f.event_sender.as_deref().map(like_anywhere));
         let rows = self.collect(
             &format!(
@@ -643,7 +644,7 @@ impl Reader<'_> {
         let pattern = search.map(like_anywhere);
         let base = "SELECT m.user_id AS user_id, u.displayname AS displayname, COUNT(*) AS media_count, \
              COALESCE(SUM(m.size), 0) AS media_length FROM media m LEFT JOIN users u ON u.user_id = m.user_id \
-             WHERE m.content_key IS NOT NULL AND (?1 IS NULL OR m.user_id LIKE ?1 ESCAPE '\\' \
+             WHERE m.content_key IS NOT NULL AND (CAST(?1 AS TEXT) IS NULL OR m.user_id LIKE ?1 ESCAPE '\\' \
                  OR u.displayname LIKE ?1 ESCAPE '\\') \
              GROUP BY m.user_id";
         let rows = self.collect(

@@ -204,7 +204,7 @@ impl Reader<'_> {
         self.collect(
             "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data \
              FROM backup_keys WHERE user_id = ?1 AND version = ?2 \
-               AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4) \
+               AND (CAST(?3 AS TEXT) IS NULL OR room_id = ?3) AND (CAST(?4 AS TEXT) IS NULL OR session_id = ?4) \
              ORDER BY room_id, session_id",
             params![user_id, version, room_id, session_id],
             |r| {
@@ -271,7 +271,8 @@ impl Writer<'_> {
             "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
              VALUES (?1, ?2, ?3, ?4, ?5, 0) \
              ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET \
-               used = CASE WHEN key_id = excluded.key_id AND key_json = excluded.key_json THEN used ELSE 0 END, \
+               used = CASE WHEN fallback_keys.key_id = excluded.key_id AND fallback_keys.key_json = excluded.key_json \
+                           THEN fallback_keys.used ELSE 0 END, \
                key_id = excluded.key_id, key_json = excluded.key_json",
             params![user_id, device_id, algorithm, key_id, key_json],
         )?;
@@ -442,7 +443,7 @@ impl Writer<'_> {
     ) -> Result<usize> {
         self.exec(
             "DELETE FROM backup_keys WHERE user_id = ?1 AND version = ?2 \
-               AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4)",
+               AND (CAST(?3 AS TEXT) IS NULL OR room_id = ?3) AND (CAST(?4 AS TEXT) IS NULL OR session_id = ?4)",
             params![user_id, version, room_id, session_id],
         )
     }

@@ -225,8 +225,10 @@ impl Writer<'_> {
 
     pub fn insert_push_action(&self, a: &PushActionRow) -> Result<()> {
         self.exec(
-            "INSERT OR REPLACE INTO push_actions (user_id, room_id, stream, event_id, thread_id, highlight, actions, ts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO push_actions (user_id, room_id, stream, event_id, thread_id, highlight, actions, ts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (user_id, room_id, stream) DO UPDATE SET event_id = excluded.event_id, \
+               thread_id = excluded.thread_id, highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts",
             params![a.user_id, a.room_id, a.stream, a.event_id, a.thread_id, a.highlight, a.actions, a.ts],
         )?;
         Ok(())
@@ -270,7 +272,7 @@ impl Writer<'_> {
         failing_since: Option<i64>,
     ) -> Result<()> {
         self.exec(
-            "UPDATE pushers SET last_stream = MAX(last_stream, ?4), failing_since = ?5 \
+            "UPDATE pushers SET last_stream = CASE WHEN last_stream > ?4 THEN last_stream ELSE ?4 END, failing_since = ?5 \
              WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3",
             params![user_id, app_id, pushkey, last_stream, failing_since],
         )?;

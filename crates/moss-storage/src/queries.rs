@@ -619,8 +619,8 @@ impl Writer<'_> {
         self.exec(
             "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (user_id, device_id) DO UPDATE SET \
-               display_name = COALESCE(excluded.display_name, display_name), last_seen_ts = excluded.last_seen_ts, \
-               last_seen_ip = COALESCE(excluded.last_seen_ip, last_seen_ip)",
+               display_name = COALESCE(excluded.display_name, devices.display_name), last_seen_ts = excluded.last_seen_ts, \
+               last_seen_ip = COALESCE(excluded.last_seen_ip, devices.last_seen_ip)",
             params![user_id, device_id, display_name, now, ip],
         )?;
         Ok(())

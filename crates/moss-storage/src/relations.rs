@@ -4,6 +4,7 @@
 use crate::params;
 
 use crate::{
+    backend::Dialect,
     queries::{event_row, EVENT_COLS},
     Direction, EventRow, Reader, Result,
 };
@@ -49,11 +50,12 @@ impl Reader<'_> {
             Direction::Forward => (from.unwrap_or(-1), to.unwrap_or(i64::MAX).min(cap), "ASC"),
         };
         let cols = event_cols_of("e");
+        let each = self.sql("SELECT value FROM json_each(?1)", "SELECT jsonb_array_elements_text(?1::jsonb)");
         self.collect(
             &format!(
                 "SELECT {cols} FROM event_relations r JOIN events e ON e.stream = r.stream \
-                 WHERE r.relates_to IN (SELECT value FROM json_each(?1)) \
-                   AND (?2 IS NULL OR r.rel_type = ?2) AND (?3 IS NULL OR r.type = ?3) \
+                 WHERE r.relates_to IN ({each}) \
+                   AND (CAST(?2 AS TEXT) IS NULL OR r.rel_type = ?2) AND (CAST(?3 AS TEXT) IS NULL OR r.type = ?3) \
                    AND r.stream > ?4 AND r.stream <= ?5 \
                  ORDER BY r.stream {order} LIMIT ?6"
             ),
@@ -64,7 +66,7 @@ impl Reader<'_> {
 
     pub fn thread_summary(&self, root: &str, user: &str) -> Result<Option<ThreadSummary>> {
         self.one(
-            "SELECT COUNT(*), MAX(stream), MAX(sender = ?2) FROM event_relations \
+            "SELECT COUNT(*), MAX(stream), MAX(CASE WHEN sender = ?2 THEN 1 ELSE 0 END) FROM event_relations \
              WHERE relates_to = ?1 AND rel_type = 'm.thread' HAVING COUNT(*) > 0",
             [root, user],
             |r| Ok(ThreadSummary { count: r.get(0)?, latest_stream: r.get(1)?, user_participated: r.get(2)? }),
@@ -124,7 +126,7 @@ impl Reader<'_> {
                  SELECT relates_to, MAX(stream) AS latest FROM event_relations \
                  WHERE room_id = ?1 AND rel_type = 'm.thread' AND stream <= ?4 GROUP BY relates_to \
              ) t \
-             WHERE t.latest < ?3 AND (?2 IS NULL \
+             WHERE t.latest < ?3 AND (CAST(?2 AS TEXT) IS NULL \
                  OR EXISTS (SELECT 1 FROM event_relations x WHERE x.relates_to = t.relates_to \
                             AND x.rel_type = 'm.thread' AND x.sender = ?2) \
                  OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.relates_to AND e.sender = ?2)) \
@@ -149,12 +151,24 @@ impl Reader<'_> {
         let rooms = serde_json::to_string(rooms)?;
         let keys = serde_json::to_string(keys)?;
         let cols = event_cols_of("e");
-        let filter = "event_search MATCH ?1 AND s.key IN (SELECT value FROM json_each(?3)) \
-                      AND e.room_id IN (SELECT value FROM json_each(?2))";
-        let order = if by_rank { "s.rank, e.stream DESC" } else { "e.stream DESC" };
+        // FTS5's bm25 rank is lower for better matches; PostgreSQL's ts_rank higher, so negated.
+        let (filter, rank) = match self.dialect() {
+            Dialect::Sqlite => (
+                "event_search MATCH ?1 AND s.key IN (SELECT value FROM json_each(?3)) \
+                 AND e.room_id IN (SELECT value FROM json_each(?2))",
+                "s.rank",
+            ),
+            Dialect::Postgres => (
+                "s.tsv @@ websearch_to_tsquery('simple', ?1) \
+                 AND s.key IN (SELECT jsonb_array_elements_text(?3::jsonb)) \
+                 AND e.room_id IN (SELECT jsonb_array_elements_text(?2::jsonb))",
+                "-ts_rank(s.tsv, websearch_to_tsquery('simple', ?1))::float8",
+            ),
+        };
+        let order = if by_rank { "rank, e.stream DESC" } else { "e.stream DESC" };
         let rows = self.collect(
             &format!(
-                "SELECT {cols}, s.rank FROM event_search s JOIN events e ON e.stream = s.rowid \
+                "SELECT {cols}, {rank} AS rank FROM event_search s JOIN events e ON e.stream = s.rowid \
                  WHERE {filter} ORDER BY {order} LIMIT ?4 OFFSET ?5"
             ),
             params![query, rooms, keys, limit, offset],

@@ -84,7 +84,8 @@ impl Reader<'_> {
     pub fn member_counts(&self, room_id: &str) -> Result<(i64, i64)> {
         Ok(self
             .one(
-                "SELECT COALESCE(SUM(membership = 'join'), 0), COALESCE(SUM(membership = 'invite'), 0) \
+                "SELECT COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0), \
+                        COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0) \
                  FROM memberships WHERE room_id = ?1",
                 params![room_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),

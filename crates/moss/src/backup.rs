@@ -100,6 +100,12 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 /// `moss backup --out FILE [--with-media]`.
 pub fn backup(config: &Config, config_file: Option<&Path>, out_path: &Path, with_media: bool) -> Result<()> {
     let data = &config.data_dir;
+    if config.database.url.is_some() {
+        bail!(
+            "the database is PostgreSQL: back it up with pg_dump (or your PostgreSQL backups) and \
+             copy the data directory's keys yourself; `moss backup` copies SQLite databases"
+        );
+    }
     let db_path = config.database_path();
     if !db_path.exists() {
         bail!("no database at {}: nothing to back up", db_path.display());

@@ -169,6 +169,8 @@ trusted_proxies = []
 path = "moss.db"
 # "full": every commit is fsynced (survives power loss). "normal": faster, survives a crash of moss only.
 synchronous = "full"
+# PostgreSQL instead of the SQLite file (several moss processes may share it; docs/scaling.md):
+# url = "postgres://moss:password@127.0.0.1:5432/moss"
 
 [auth]
 # Lifetime of access tokens issued together with a refresh token, in milliseconds.

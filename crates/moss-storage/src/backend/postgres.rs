@@ -21,37 +21,76 @@ fn pg(e: postgres::Error) -> StorageError {
     }
 }
 
+/// Runs a blocking driver call. The driver blocks on a runtime of its own, which tokio forbids
+/// on a thread that is driving async tasks (moss opens its database from `main`'s runtime, and
+/// some reads run inline, and a pool may be dropped there): on a multi-threaded runtime's worker
+/// the call is moved off it with `block_in_place`, on a current-thread runtime it runs on a
+/// scoped thread of its own. On `spawn_blocking` threads and outside any runtime it just runs.
+fn blocking<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => f(),
+    }
+}
+
 /// One connection and its statement cache.
 pub(crate) struct Session {
-    client: Client,
+    /// Always `Some` until dropped (taken then, to close it off the runtime).
+    client: Option<Client>,
     statements: HashMap<String, Statement>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closing the connection blocks on the driver's runtime: not on a runtime worker.
+        let statements = std::mem::take(&mut self.statements);
+        let client = self.client.take();
+        blocking(move || {
+            drop(statements);
+            drop(client);
+        });
+    }
 }
 
 impl Session {
     pub(crate) fn connect(url: &str) -> Result<Session> {
-        let client = Client::connect(url, NoTls).map_err(pg)?;
-        Ok(Session { client, statements: HashMap::new() })
+        let client = blocking(|| Client::connect(url, NoTls)).map_err(pg)?;
+        Ok(Session { client: Some(client), statements: HashMap::new() })
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client.as_mut().ok_or(StorageError::Postgres("the connection is closed".into()))
     }
 
     pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).map_err(pg)
+        blocking(|| self.client()?.batch_execute(sql).map_err(pg))
     }
 
     /// The first column of the first row of a statement without parameters.
     pub(crate) fn scalar_i64(&mut self, sql: &str) -> Result<Option<i64>> {
-        let rows = self.client.query(sql, &[]).map_err(pg)?;
+        let rows = blocking(|| self.client()?.query(sql, &[]).map_err(pg))?;
         rows.first().map(|r| r.try_get::<_, i64>(0)).transpose().map_err(pg)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.client.as_ref().is_none_or(Client::is_closed)
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = self.client.prepare(&pg_placeholders(sql)).map_err(pg)?;
+        let stmt = blocking(|| self.client()?.prepare(&pg_placeholders(sql)).map_err(pg)).map_err(|e| match e {
+            // A statement that does not prepare is a bug in moss's SQL: say which.
+            StorageError::Postgres(m) => {
+                StorageError::Postgres(format!("{m} in: {}", sql.chars().take(300).collect::<String>()))
+            }
+            other => other,
+        })?;
         if self.statements.len() >= 512 {
             self.statements.clear();
         }
@@ -62,7 +101,7 @@ impl Session {
     fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<postgres::Row>> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client.query(&stmt, &refs).map_err(pg)
+        blocking(|| self.client()?.query(&stmt, &refs).map_err(pg))
     }
 
     pub(super) fn collect<T>(
@@ -89,7 +128,7 @@ impl Session {
     pub(super) fn exec(&mut self, sql: &str, params: &[Value<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let n = self.client.execute(&stmt, &refs).map_err(pg)?;
+        let n = blocking(|| self.client()?.execute(&stmt, &refs).map_err(pg))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
@@ -153,6 +192,7 @@ impl<'a> FromSql<'a> for Raw<'a> {
             Type::BOOL => Value::Int(i64::from(bool::from_sql(ty, raw)?)),
             Type::FLOAT8 => Value::Real(f64::from_sql(ty, raw)?),
             Type::FLOAT4 => Value::Real(f64::from(f32::from_sql(ty, raw)?)),
+            Type::NUMERIC => numeric(raw)?,
             Type::BYTEA => Value::Blob(raw),
             // jsonb's binary form is a version byte, then the text.
             Type::JSONB => Value::Text(std::str::from_utf8(raw.get(1..).unwrap_or_default())?),
@@ -169,7 +209,73 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
+/// NUMERIC (what `SUM` of integers gives) from its binary form: digit count, weight, sign,
+/// display scale, then base-10000 digits. Whole numbers become integers, others reals.
+fn numeric(raw: &[u8]) -> std::result::Result<Value<'static>, BoxError> {
+    let word = |i: usize| -> std::result::Result<i16, BoxError> {
+        let b = raw.get(i * 2..i * 2 + 2).ok_or("NUMERIC value is truncated")?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    };
+    let (ndigits, weight, sign) = (word(0)?, word(1)?, word(2)? as u16);
+    if sign == 0xC000 {
+        return Ok(Value::Real(f64::NAN));
+    }
+    let mut int: i128 = 0;
+    let mut real = 0f64;
+    let mut whole = true;
+    for i in 0..ndigits.max(0) as usize {
+        let digit = i128::from(word(4 + i)?);
+        let power = i32::from(weight) - i as i32;
+        real += digit as f64 * 10000f64.powi(power);
+        if power >= 0 {
+            int = int.checked_mul(10000).and_then(|v| v.checked_add(digit)).ok_or("NUMERIC out of range")?;
+        } else if digit != 0 {
+            whole = false;
+        }
+    }
+    // Trailing zero groups of a whole number are not stored: scale up to the weight.
+    let stored_int_groups = (i32::from(weight) + 1).min(i32::from(ndigits.max(0)));
+    for _ in stored_int_groups..(i32::from(weight) + 1) {
+        int = int.checked_mul(10000).ok_or("NUMERIC out of range")?;
+    }
+    let negative = sign == 0x4000;
+    if whole {
+        let v = i64::try_from(if negative { -int } else { int })?;
+        Ok(Value::Int(v))
+    } else {
+        Ok(Value::Real(if negative { -real } else { real }))
+    }
+}
+
 pub(super) fn column<T>(r: &postgres::Row, idx: usize, f: impl FnOnce(Value<'_>) -> Result<T>) -> Result<T> {
     let raw: Raw<'_> = r.try_get(idx).map_err(|e| StorageError::Type(format!("column {idx}: {e}")))?;
     f(raw.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(ndigits: i16, weight: i16, sign: u16, digits: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [ndigits, weight, sign as i16, 0] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_sums_decode_as_integers() {
+        assert_eq!(numeric(&enc(0, 0, 0, &[])).unwrap(), Value::Int(0));
+        assert_eq!(numeric(&enc(1, 0, 0, &[42])).unwrap(), Value::Int(42));
+        // 1_2345_6789 = [1, 2345, 6789], weight 2
+        assert_eq!(numeric(&enc(3, 2, 0, &[1, 2345, 6789])).unwrap(), Value::Int(123_456_789));
+        // 50_000_000 = [5000] weight 1 with the trailing 0000 group not stored
+        assert_eq!(numeric(&enc(1, 1, 0, &[5000])).unwrap(), Value::Int(50_000_000));
+        assert_eq!(numeric(&enc(1, 0, 0x4000, &[7])).unwrap(), Value::Int(-7));
+        assert_eq!(numeric(&enc(2, 0, 0, &[1, 5000])).unwrap(), Value::Real(1.5));
+    }
 }

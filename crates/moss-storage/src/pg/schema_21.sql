@@ -443,6 +443,37 @@ CREATE TABLE event_search (
 );
 CREATE INDEX event_search_tsv ON event_search USING GIN (tsv);
 
+-- SQLite's functions that a few shared queries use, with SQLite's meaning:
+-- json_extract(doc, '$.a."b.c".d') gives a string's text, a number's or boolean's text, NULL
+-- for null or a missing path, and an object's or array's JSON; instr is strpos; typeof tells
+-- text from NULL (all these queries ask).
+CREATE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE jsonb_typeof(v) WHEN 'string' THEN v #>> '{}' WHEN 'null' THEN NULL ELSE v::text END
+    FROM (SELECT doc::jsonb #> ARRAY(
+              SELECT COALESCE(m[1], m[2])
+              FROM regexp_matches(substr(path, 3), '"([^"]*)"|([^.]+)', 'g') AS m) AS v) AS x
+$$;
+CREATE FUNCTION json_type(doc TEXT, path TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE jsonb_typeof(v) WHEN 'string' THEN 'text' WHEN 'boolean' THEN v::text
+               WHEN 'number' THEN CASE WHEN v::text ~ '^-?[0-9]+$' THEN 'integer' ELSE 'real' END
+               ELSE jsonb_typeof(v) END
+    FROM (SELECT doc::jsonb #> ARRAY(
+              SELECT COALESCE(m[1], m[2])
+              FROM regexp_matches(substr(path, 3), '"([^"]*)"|([^.]+)', 'g') AS m) AS v) AS x
+$$;
+CREATE FUNCTION json_array_length(doc TEXT, path TEXT) RETURNS INTEGER LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) END
+    FROM (SELECT doc::jsonb #> ARRAY(
+              SELECT COALESCE(m[1], m[2])
+              FROM regexp_matches(substr(path, 3), '"([^"]*)"|([^.]+)', 'g') AS m) AS v) AS x
+$$;
+CREATE FUNCTION instr(haystack TEXT, needle TEXT) RETURNS INTEGER LANGUAGE sql IMMUTABLE AS $$
+    SELECT strpos(haystack, needle)
+$$;
+CREATE FUNCTION typeof(value TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN value IS NULL THEN 'null' ELSE 'text' END
+$$;
+
 -- The text of a JSON path in a PDU, or NULL when it is missing or not a string (SQLite's
 -- `CASE WHEN json_type(..) = 'text' THEN json_extract(..) END`).
 CREATE FUNCTION moss_json_text(pdu TEXT, VARIADIC path TEXT[]) RETURNS TEXT

@@ -93,6 +93,7 @@ async fn registration_is_disabled_by_default_and_token_mode_counts_uses() {
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["registration-token", "create", "--token", "invite-1", "--uses", "1"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

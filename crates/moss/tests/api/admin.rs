@@ -16,6 +16,7 @@ pub(crate) async fn admin(s: &Server, name: &str) -> User {
         .args(["user", "create", name, "--password", "password123", "--admin"])
         .envs(s.env_vars())
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -80,6 +80,7 @@ async fn reporting_events_and_rooms() {
     let out = std::process::Command::new(crate::common::moss_bin())
         .arg("reports")
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

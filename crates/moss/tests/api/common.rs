@@ -84,6 +84,11 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        if !env.iter().any(|(k, _)| *k == "MOSS_DATABASE__URL") {
+            if let Some(url) = postgres_database_for(&dir) {
+                cmd.env("MOSS_DATABASE__URL", url);
+            }
+        }
         let child = cmd.spawn().expect("start moss");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let server = Server {
@@ -300,4 +305,40 @@ pub fn enc(s: &str) -> String {
 /// The errcode of an error body.
 pub fn errcode(v: &Value) -> &str {
     v["errcode"].as_str().unwrap_or("<none>")
+}
+
+/// With `MOSS_TEST_DB=postgres` (and the `MOSS_TEST_PG_*` variables of scripts/postgres-start.sh),
+/// each server directory gets a PostgreSQL database of its own, made on first start and kept
+/// for restarts on the same directory; otherwise `None` (SQLite in the data directory).
+pub fn postgres_database_for(dir: &std::path::Path) -> Option<String> {
+    if std::env::var("MOSS_TEST_DB").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let file = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("MOSS_TEST_DB=postgres needs {k}"));
+    let (bin, socket, port) = (var("MOSS_TEST_PG_BIN"), var("MOSS_TEST_PG_SOCKET_DIR"), var("MOSS_TEST_PG_PORT"));
+    let (user, password) = (var("MOSS_TEST_PG_USER"), var("MOSS_TEST_PG_PASSWORD"));
+    let name = format!("moss_{}_{}", std::process::id(), free_port());
+    let out = std::process::Command::new(format!("{bin}/psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &socket, "-p", &port, "-U", "postgres", "-d", "postgres"])
+        .arg("-c")
+        .arg(format!(
+            "CREATE DATABASE {name} OWNER \"{user}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}");
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}
+
+/// The database settings of the server whose data directory is `data_dir`, for CLI commands
+/// run against it: its PostgreSQL URL when it has one (see [`postgres_database_for`]).
+pub fn database_env(data_dir: impl AsRef<std::path::Path>) -> Vec<(String, String)> {
+    let url = data_dir.as_ref().parent().and_then(|p| std::fs::read_to_string(p.join("postgres-url")).ok());
+    url.map(|u| vec![("MOSS_DATABASE__URL".to_owned(), u)]).unwrap_or_default()
 }

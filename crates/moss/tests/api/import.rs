@@ -69,6 +69,7 @@ async fn import_round_trip(postgres: bool) {
             .arg("--database")
             .arg(fixture["database"].as_str().unwrap())
             .env("MOSS_DATA_DIR", &data_dir)
+            .envs(crate::common::database_env(&data_dir))
             .env("MOSS_SERVER_NAME", &server_name)
             .output()
             .unwrap();
@@ -122,6 +123,7 @@ async fn import_round_trip(postgres: bool) {
     let out = std::process::Command::new(moss_bin())
         .args(["media", "purge", "--orphans"])
         .env("MOSS_DATA_DIR", &data_dir)
+        .envs(crate::common::database_env(&data_dir))
         .env("MOSS_SERVER_NAME", &server_name)
         .output()
         .unwrap();

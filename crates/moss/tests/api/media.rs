@@ -514,6 +514,7 @@ async fn the_store_and_master_key_alone_restore_every_file() {
         .args(["media", "decrypt", "--out"])
         .arg(&out)
         .env("MOSS_DATA_DIR", &data)
+        .envs(crate::common::database_env(&data))
         .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
         .output()
         .unwrap();
@@ -532,6 +533,7 @@ async fn the_store_and_master_key_alone_restore_every_file() {
         .args(["media", "decrypt", "--out"])
         .arg(s.dir.join("again"))
         .env("MOSS_DATA_DIR", &data)
+        .envs(crate::common::database_env(&data))
         .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
         .output()
         .unwrap();
@@ -553,12 +555,14 @@ async fn a_lost_master_key_stops_the_server_instead_of_replacing_the_key() {
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["config", "check"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     assert!(out.status.success());
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["user", "list"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
         .output()
         .unwrap();
@@ -578,6 +582,7 @@ async fn a_lost_naming_key_stops_the_server_and_cli_commands_leave_the_spool_alo
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["media", "stats"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -588,6 +593,7 @@ async fn a_lost_naming_key_stops_the_server_and_cli_commands_leave_the_spool_alo
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["user", "list"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -622,6 +628,7 @@ async fn rotating_the_master_key_reseals_keys_and_keeps_media_readable() {
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(["media", "rotate-key"])
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
         .output()
         .unwrap();
@@ -678,6 +685,7 @@ fn moss_cli(s: &Server, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(crate::common::moss_bin())
         .args(args)
         .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()))
         .output()
         .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))

@@ -476,7 +476,8 @@ async fn migrating_1000_files_from_disk_to_s3_while_they_are_downloaded() {
     };
     let mut cmd = std::process::Command::new(crate::common::moss_bin());
     cmd.args(["media", "migrate", "--from", "old", "--delete-source", "--parallel", "8"])
-        .env("MOSS_DATA_DIR", s.data_dir());
+        .env("MOSS_DATA_DIR", s.data_dir())
+        .envs(crate::common::database_env(s.data_dir()));
     for (k, v) in &vars {
         cmd.env(k, v);
     }
