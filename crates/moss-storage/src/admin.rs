@@ -202,8 +202,8 @@ fn room_select() -> String {
                  AND m.user_id LIKE ?1) AS joined_local_members, \
              (SELECT COUNT(*) FROM current_state c WHERE c.room_id = r.room_id) AS state_events, \
              {encryption} AS encryption, {join_rules} AS join_rules, {guest} AS guest_access, \
-             {history} AS history_visibility, COALESCE({federate}, 1) AS federatable, {room_type} AS room_type \
-         FROM rooms r WHERE EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = r.room_id))",
+             {history} AS history_visibility, {federate} AS federatable, {room_type} AS room_type \
+         FROM rooms r WHERE EXISTS (SELECT 1 FROM current_state c WHERE c.room_id = r.room_id)) AS rooms_view",
         name = state("m.room.name", "name"),
         alias = state("m.room.canonical_alias", "alias"),
         topic = state("m.room.topic", "topic"),
@@ -212,7 +212,10 @@ fn room_select() -> String {
         join_rules = state("m.room.join_rules", "join_rule"),
         guest = state("m.room.guest_access", "guest_access"),
         history = state("m.room.history_visibility", "history_visibility"),
-        federate = state("m.room.create", "\"m.federate\""),
+        // Only an explicit `false` stops federation (json_type names JSON's booleans on both).
+        federate = "(SELECT CASE WHEN json_type(e.pdu, '$.content.\"m.federate\"') = 'false' THEN 0 ELSE 1 END \
+             FROM current_state c JOIN events e ON e.event_id = c.event_id \
+             WHERE c.room_id = r.room_id AND c.type = 'm.room.create' AND c.state_key = '')",
         room_type = state("m.room.create", "type"),
     )
 }
@@ -460,7 +463,7 @@ impl Reader<'_> {
         self.collect(
             "SELECT DISTINCT substr(u, length(?2) + 1) FROM ( \
                  SELECT json_extract(pdu, '$.content.url') AS u FROM events WHERE room_id = ?1 \
-                 UNION SELECT json_extract(pdu, '$.content.info.thumbnail_url') FROM events WHERE room_id = ?1) \
+                 UNION SELECT json_extract(pdu, '$.content.info.thumbnail_url') FROM events WHERE room_id = ?1) AS urls \
              WHERE typeof(u) = 'text' AND substr(u, 1, length(?2)) = ?2",
             params![room_id, prefix],
             |r| r.get(0),
@@ -512,8 +515,11 @@ impl Reader<'_> {
             params![local, pattern, page.limit, page.from],
             admin_room_row,
         )?;
-        let total =
-            self.one(&format!("SELECT COUNT(*) FROM ({base} WHERE {filter})"), params![local, pattern], |r| r.get(0))?;
+        let total = self.one(
+            &format!("SELECT COUNT(*) FROM ({base} WHERE {filter}) AS matching"),
+            params![local, pattern],
+            |r| r.get(0),
+        )?;
         Ok((rows, total.unwrap_or(0)))
     }
 
@@ -646,7 +652,7 @@ impl Reader<'_> {
              COALESCE(SUM(m.size), 0) AS media_length FROM media m LEFT JOIN users u ON u.user_id = m.user_id \
              WHERE m.content_key IS NOT NULL AND (CAST(?1 AS TEXT) IS NULL OR m.user_id LIKE ?1 ESCAPE '\\' \
                  OR u.displayname LIKE ?1 ESCAPE '\\') \
-             GROUP BY m.user_id";
+             GROUP BY m.user_id, u.displayname";
         let rows = self.collect(
             &format!("{base} ORDER BY {} {}, user_id ASC LIMIT ?2 OFFSET ?3", order.column(), page.dir()),
             params![pattern, page.limit, page.from],
@@ -659,7 +665,7 @@ impl Reader<'_> {
                 })
             },
         )?;
-        let total = self.one(&format!("SELECT COUNT(*) FROM ({base})"), params![pattern], |r| r.get(0))?;
+        let total = self.one(&format!("SELECT COUNT(*) FROM ({base}) AS matching"), params![pattern], |r| r.get(0))?;
         Ok((rows, total.unwrap_or(0)))
     }
 }

@@ -131,7 +131,7 @@ pub enum Synchronous {
 /// The database behind a [`Db`].
 enum Backend {
     Sqlite { path: PathBuf, writer: Mutex<Connection>, readers: Mutex<Vec<Connection>>, synchronous: Synchronous },
-    Postgres { url: String, writer: Mutex<Option<Session>>, readers: Mutex<Vec<Session>> },
+    Postgres { url: String, writer: Box<Mutex<Option<Session>>>, readers: Mutex<Vec<Session>> },
 }
 
 struct Inner {
@@ -257,7 +257,7 @@ impl Db {
         pg_migrate(&mut session)?;
         Ok(Db::with(Backend::Postgres {
             url: url.to_owned(),
-            writer: Mutex::new(Some(session)),
+            writer: Box::new(Mutex::new(Some(session))),
             readers: Mutex::new(Vec::new()),
         }))
     }

@@ -1152,7 +1152,7 @@ impl Reader<'_> {
         let (contents, content_bytes) = self
             .one(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT content_key, MAX(size) AS size FROM media \
-                 WHERE content_key IS NOT NULL GROUP BY content_key)",
+                 WHERE content_key IS NOT NULL GROUP BY content_key) AS contents",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?
@@ -1210,7 +1210,7 @@ impl Reader<'_> {
     /// Media neither uploaded nor served since `cutoff_ts`.
     pub fn media_unused_since(&self, cutoff_ts: i64) -> Result<Vec<String>> {
         self.collect(
-            "SELECT media_id FROM media WHERE content_key IS NOT NULL AND MAX(created_ts, COALESCE(last_access_ts, 0)) < ?1",
+            "SELECT media_id FROM media WHERE content_key IS NOT NULL AND CASE WHEN created_ts > COALESCE(last_access_ts, 0) THEN created_ts ELSE COALESCE(last_access_ts, 0) END < ?1",
             [cutoff_ts],
             |r| r.get(0),
         )

@@ -322,8 +322,11 @@ impl Conn<'_> {
 }
 
 /// `?1`, `?2`… (and bare `?`, numbered in order) as PostgreSQL's `$1`, `$2`…, outside quoted
-/// strings and identifiers.
+/// strings and identifiers; and `LIKE` as `ILIKE`, because SQLite's LIKE ignores (ASCII) case
+/// and every LIKE in moss's queries is written for that.
 pub(crate) fn pg_placeholders(sql: &str) -> String {
+    let sql = like_ignoring_case(sql);
+    let sql = sql.as_str();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
@@ -359,6 +362,21 @@ pub(crate) fn pg_placeholders(sql: &str) -> String {
     out
 }
 
+fn like_ignoring_case(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(i) = rest.find(" LIKE ") {
+        let (before, after) = rest.split_at(i);
+        out.push_str(before);
+        // Inside a quoted string the word is text, not the operator.
+        let quoted = out.matches('\'').count() % 2 == 1;
+        out.push_str(if quoted { " LIKE " } else { " ILIKE " });
+        rest = &after[" LIKE ".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +389,7 @@ mod tests {
         );
         assert_eq!(pg_placeholders("x = ? AND y = ?"), "x = $1 AND y = $2");
         assert_eq!(pg_placeholders("x = '?1' AND \"a?\" = ?2"), "x = '?1' AND \"a?\" = $2");
+        assert_eq!(pg_placeholders("a LIKE ?1 AND b = ' LIKE '"), "a ILIKE $1 AND b = ' LIKE '");
     }
 
     #[test]
