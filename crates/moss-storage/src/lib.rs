@@ -11,6 +11,8 @@
 mod admin;
 mod appservice;
 pub mod backend;
+#[cfg(test)]
+mod conformance;
 mod e2ee;
 mod federation;
 mod openid;

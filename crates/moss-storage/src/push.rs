@@ -291,7 +291,7 @@ impl Writer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Db, PushActionRow, StorageError, Synchronous};
+    use crate::{PushActionRow, StorageError};
 
     fn row(user: &str, room: &str, stream: i64, thread: &str, highlight: bool, ts: i64) -> PushActionRow {
         PushActionRow {
@@ -310,81 +310,75 @@ mod tests {
     /// highlights listed by `/notifications?only=highlight`.
     #[test]
     fn pruning_keeps_unread_rows_and_highlights() {
-        let dir =
-            std::env::temp_dir().join(format!("moss-push-{}-{:?}", std::process::id(), std::time::Instant::now()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
-        db.write_blocking(|w| {
-            for r in [
-                row("@a:x", "!r:x", 10, "main", false, 0),
-                row("@a:x", "!r:x", 11, "main", true, 0),
-                row("@a:x", "!r:x", 12, "$root", false, 0),
-                row("@a:x", "!r:x", 13, "main", false, 0),
-                row("@a:x", "!r:x", 5, "main", false, 10_000),
-                row("@b:x", "!r:x", 10, "main", false, 0),
-            ] {
-                w.insert_push_action(&r)?;
-            }
-            // @a read the main timeline up to 12 (threaded receipt), and nothing unthreaded.
-            w.exec(
+        for (_backend, db) in crate::conformance::test_dbs() {
+            db.write_blocking(|w| {
+                for r in [
+                    row("@a:x", "!r:x", 10, "main", false, 0),
+                    row("@a:x", "!r:x", 11, "main", true, 0),
+                    row("@a:x", "!r:x", 12, "$root", false, 0),
+                    row("@a:x", "!r:x", 13, "main", false, 0),
+                    row("@a:x", "!r:x", 5, "main", false, 10_000),
+                    row("@b:x", "!r:x", 10, "main", false, 0),
+                ] {
+                    w.insert_push_action(&r)?;
+                }
+                // @a read the main timeline up to 12 (threaded receipt), and nothing unthreaded.
+                w.exec(
                 "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream, event_stream) \
                  VALUES ('!r:x', '@a:x', 'm.read', 'main', '$e12', 0, 1, 12)",
                 [],
             )?;
-            for user in ["@a:x", "@b:x"] {
-                w.set_membership("!r:x", user, "join", "$j", 1)?;
-            }
-            assert_eq!(w.prune_push_actions(1_000)?, 1, "only the read, old, plain main-timeline row");
-            // Once @b has left, their old rows go too.
-            w.set_membership("!r:x", "@b:x", "leave", "$l", 2)?;
-            assert_eq!(w.prune_push_actions(1_000)?, 1);
-            let left: Vec<i64> = w.push_actions_after("@a:x", 0, 10)?.iter().map(|r| r.stream).collect();
-            assert_eq!(left, [5, 11, 12, 13]);
-            assert!(w.push_actions_after("@b:x", 0, 10)?.is_empty());
-            assert_eq!(w.read_positions("@a:x", "!r:x")?, vec![("main".to_owned(), 12)]);
-            Ok::<_, StorageError>(())
-        })
-        .unwrap();
-        let _ = std::fs::remove_dir_all(dir);
+                for user in ["@a:x", "@b:x"] {
+                    w.set_membership("!r:x", user, "join", "$j", 1)?;
+                }
+                assert_eq!(w.prune_push_actions(1_000)?, 1, "only the read, old, plain main-timeline row");
+                // Once @b has left, their old rows go too.
+                w.set_membership("!r:x", "@b:x", "leave", "$l", 2)?;
+                assert_eq!(w.prune_push_actions(1_000)?, 1);
+                let left: Vec<i64> = w.push_actions_after("@a:x", 0, 10)?.iter().map(|r| r.stream).collect();
+                assert_eq!(left, [5, 11, 12, 13]);
+                assert!(w.push_actions_after("@b:x", 0, 10)?.is_empty());
+                assert_eq!(w.read_positions("@a:x", "!r:x")?, vec![("main".to_owned(), 12)]);
+                Ok::<_, StorageError>(())
+            })
+            .unwrap();
+        }
     }
 
     /// The queue is the rows after each pusher's cursor: the gauge counts them, the sweep finds
     /// the pushers that have any, and moving a cursor (never back) empties it.
     #[test]
     fn pending_pushes_are_the_rows_after_each_cursor() {
-        let dir =
-            std::env::temp_dir().join(format!("moss-push-q-{}-{:?}", std::process::id(), std::time::Instant::now()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
-        db.write_blocking(|w| {
-            for user in ["@a:x", "@b:x"] {
-                w.put_pusher(&crate::PusherRow {
-                    user_id: user.into(),
-                    app_id: "app".into(),
-                    pushkey: format!("{user}-key"),
-                    pusher: "{}".into(),
-                    device_id: Some("D".into()),
-                    created_ts: 0,
-                    last_stream: 10,
-                    failing_since: None,
-                })?;
-            }
-            for s in [9, 11, 12] {
-                w.insert_push_action(&row("@a:x", "!r:x", s, "main", false, 0))?;
-            }
-            assert_eq!(w.pending_pushes()?, 2);
-            let with: Vec<String> = w.pushers_with_pending()?.into_iter().map(|p| p.user_id).collect();
-            assert_eq!(with, ["@a:x"]);
-            w.advance_pusher("@a:x", "app", "@a:x-key", 12, None)?;
-            w.advance_pusher("@a:x", "app", "@a:x-key", 5, Some(7))?;
-            let p = w.pusher("@a:x", "app", "@a:x-key")?.unwrap();
-            assert_eq!((p.last_stream, p.failing_since), (12, Some(7)), "never back");
-            assert_eq!(w.pending_pushes()?, 0);
-            assert!(w.pushers_with_pending()?.is_empty());
-            assert_eq!(w.delete_device_pushers("@b:x", "D")?, 1);
-            Ok::<_, StorageError>(())
-        })
-        .unwrap();
-        let _ = std::fs::remove_dir_all(dir);
+        for (_backend, db) in crate::conformance::test_dbs() {
+            db.write_blocking(|w| {
+                for user in ["@a:x", "@b:x"] {
+                    w.put_pusher(&crate::PusherRow {
+                        user_id: user.into(),
+                        app_id: "app".into(),
+                        pushkey: format!("{user}-key"),
+                        pusher: "{}".into(),
+                        device_id: Some("D".into()),
+                        created_ts: 0,
+                        last_stream: 10,
+                        failing_since: None,
+                    })?;
+                }
+                for s in [9, 11, 12] {
+                    w.insert_push_action(&row("@a:x", "!r:x", s, "main", false, 0))?;
+                }
+                assert_eq!(w.pending_pushes()?, 2);
+                let with: Vec<String> = w.pushers_with_pending()?.into_iter().map(|p| p.user_id).collect();
+                assert_eq!(with, ["@a:x"]);
+                w.advance_pusher("@a:x", "app", "@a:x-key", 12, None)?;
+                w.advance_pusher("@a:x", "app", "@a:x-key", 5, Some(7))?;
+                let p = w.pusher("@a:x", "app", "@a:x-key")?.unwrap();
+                assert_eq!((p.last_stream, p.failing_since), (12, Some(7)), "never back");
+                assert_eq!(w.pending_pushes()?, 0);
+                assert!(w.pushers_with_pending()?.is_empty());
+                assert_eq!(w.delete_device_pushers("@b:x", "D")?, 1);
+                Ok::<_, StorageError>(())
+            })
+            .unwrap();
+        }
     }
 }

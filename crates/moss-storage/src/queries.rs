@@ -1293,32 +1293,23 @@ impl Writer<'_> {
 
 #[cfg(test)]
 mod media_tests {
-    use crate::{Db, StorageError, Synchronous};
-
-    fn db() -> Db {
-        let dir = std::env::temp_dir().join(format!("moss-storage-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Db::open(&dir.join("t.db"), Synchronous::Normal).unwrap()
-    }
-
-    fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    }
+    use crate::StorageError;
 
     /// A purge that races an upload of the same content keeps the object the upload relies on.
     #[test]
     fn deleting_media_keeps_content_an_upload_is_writing() {
-        let db = db();
-        db.write_blocking(|w| {
-            w.store_media("a", "@u:x", 1, "c-1", None, None, 3, "s")?;
-            w.store_media("b", "@u:x", 1, "c-2", None, None, 3, "s")?;
-            w.store_thumbnail("c-1", 32, 32, "crop", false, "t-1", "image/png", 10)?;
-            let mark = w.begin_inflight("c-1", 2)?;
-            assert_eq!(w.delete_media("a")?, Vec::<String>::new(), "in flight: nothing to delete");
-            w.end_inflight(mark)?;
-            assert_eq!(w.delete_media("b")?, vec!["c-2".to_owned()]);
-            Ok::<_, StorageError>(())
-        })
-        .unwrap();
+        for (_backend, db) in crate::conformance::test_dbs() {
+            db.write_blocking(|w| {
+                w.store_media("a", "@u:x", 1, "c-1", None, None, 3, "s")?;
+                w.store_media("b", "@u:x", 1, "c-2", None, None, 3, "s")?;
+                w.store_thumbnail("c-1", 32, 32, "crop", false, "t-1", "image/png", 10)?;
+                let mark = w.begin_inflight("c-1", 2)?;
+                assert_eq!(w.delete_media("a")?, Vec::<String>::new(), "in flight: nothing to delete");
+                w.end_inflight(mark)?;
+                assert_eq!(w.delete_media("b")?, vec!["c-2".to_owned()]);
+                Ok::<_, StorageError>(())
+            })
+            .unwrap();
+        }
     }
 }
