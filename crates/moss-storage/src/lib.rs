@@ -15,6 +15,7 @@ pub mod backend;
 mod conformance;
 mod e2ee;
 mod federation;
+mod migrate;
 mod openid;
 mod presence;
 mod push;
@@ -39,6 +40,7 @@ pub use admin::*;
 pub use appservice::*;
 pub use e2ee::*;
 pub use federation::*;
+pub use migrate::{migrate_sqlite_to_postgres, Progress as MigrateProgress, TableReport};
 pub use presence::*;
 pub use push::*;
 pub use queries::*;
@@ -60,6 +62,8 @@ pub enum StorageError {
     Type(String),
     #[error("{0} is not available on this database backend")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    Migrate(String),
     #[error("database schema version {found} is newer than this moss understands ({known})")]
     TooNew { found: i64, known: i64 },
 }

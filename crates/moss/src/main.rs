@@ -2,6 +2,7 @@
 
 mod backup;
 mod config_load;
+mod db_cli;
 mod healthcheck;
 mod listener;
 mod media_cli;
@@ -90,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The database: moving it from SQLite to PostgreSQL.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Ask the running server's /health (on http.bind) and exit 0 only if it answers 200: for
     /// container HEALTHCHECKs and monitors.
     Healthcheck {
@@ -109,6 +115,23 @@ enum Command {
 enum AppserviceCommand {
     /// Show the loaded registrations: id, URL, the service's user, namespaces, options.
     List,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Copy the SQLite database into an empty PostgreSQL database, verified table by table
+    /// (row counts and checksums); resumable: run it again after an interruption. Stop moss first.
+    Migrate {
+        /// postgres://user:password@host:port/database
+        #[arg(long)]
+        to: String,
+        /// Rows per committed batch.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Stop after this many batches (to test resuming).
+        #[arg(long, hide = true)]
+        stop_after_batches: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +333,9 @@ fn run() -> Result<()> {
         let file = cli.config.clone().or_else(|| Some(PathBuf::from("moss.toml")));
         return backup::backup(&config, file.as_deref(), out, *with_media);
     }
+    if let Command::Db { command: DbCommand::Migrate { to, batch, stop_after_batches } } = &command {
+        return db_cli::migrate(&config, to, *batch, *stop_after_batches);
+    }
     if let Command::Healthcheck { timeout } = &command {
         return healthcheck::run(config.http.bind, std::time::Duration::from_secs((*timeout).max(1)));
     }
@@ -346,7 +372,8 @@ fn run() -> Result<()> {
             | Command::Config { .. }
             | Command::Backup { .. }
             | Command::Restore { .. }
-            | Command::Healthcheck { .. } => {
+            | Command::Healthcheck { .. }
+            | Command::Db { .. } => {
                 unreachable!("handled above")
             }
         }

@@ -76,6 +76,59 @@ impl Session {
         rows.first().map(|r| r.try_get::<_, i64>(0)).transpose().map_err(pg)
     }
 
+    /// The three integer columns of the first row of a statement without parameters.
+    pub(crate) fn one_row3(&mut self, sql: &str) -> Result<Option<(i64, i64, i64)>> {
+        let rows = blocking(|| self.client()?.query(sql, &[]).map_err(pg))?;
+        rows.first()
+            .map(|r| Ok((r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?, r.try_get(2).map_err(pg)?)))
+            .transpose()
+    }
+
+    /// Runs `f` in a transaction of its own, committed if it returns `Ok`.
+    pub(crate) fn transaction(&mut self, f: impl FnOnce(&mut Session) -> Result<()>) -> Result<()> {
+        self.batch("BEGIN")?;
+        match f(self) {
+            Ok(()) => self.batch("COMMIT"),
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a statement written with `$n` placeholders (and no statement cache: bulk inserts
+    /// differ in length).
+    pub(crate) fn exec_raw(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        blocking(|| self.client()?.execute(sql, &refs).map_err(pg))
+    }
+
+    /// Streams a query's rows, hashing each row's `columns` values with `hash`: the row count
+    /// and the wrapping sum of the row hashes (independent of row order).
+    pub(crate) fn checksum(
+        &mut self,
+        sql: &str,
+        columns: usize,
+        hash: fn(&mut std::collections::hash_map::DefaultHasher, Value<'_>),
+    ) -> Result<(u64, u64)> {
+        use std::hash::Hasher;
+        blocking(|| {
+            let client = self.client()?;
+            let mut rows = client.query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>()).map_err(pg)?;
+            let (mut count, mut sum) = (0u64, 0u64);
+            while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(pg)? {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for i in 0..columns {
+                    let raw: Raw<'_> = row.try_get(i).map_err(pg)?;
+                    hash(&mut h, raw.0);
+                }
+                sum = sum.wrapping_add(h.finish());
+                count += 1;
+            }
+            Ok((count, sum))
+        })
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.client.as_ref().is_none_or(Client::is_closed)
     }

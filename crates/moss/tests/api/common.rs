@@ -318,7 +318,16 @@ pub fn postgres_database_for(dir: &std::path::Path) -> Option<String> {
     if let Ok(url) = std::fs::read_to_string(&file) {
         return Some(url);
     }
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("MOSS_TEST_DB=postgres needs {k}"));
+    let url = create_postgres_database().expect("MOSS_TEST_DB=postgres needs the MOSS_TEST_PG_* variables");
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}
+
+/// A new, empty PostgreSQL database on the test instance (`MOSS_TEST_PG_*` from
+/// scripts/postgres-start.sh), as a URL; `None` when there is no test instance.
+pub fn create_postgres_database() -> Option<String> {
+    std::env::var("MOSS_TEST_PG_PORT").ok()?;
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("PostgreSQL tests need {k}"));
     let (bin, socket, port) = (var("MOSS_TEST_PG_BIN"), var("MOSS_TEST_PG_SOCKET_DIR"), var("MOSS_TEST_PG_PORT"));
     let (user, password) = (var("MOSS_TEST_PG_USER"), var("MOSS_TEST_PG_PASSWORD"));
     let name = format!("moss_{}_{}", std::process::id(), free_port());
@@ -331,9 +340,7 @@ pub fn postgres_database_for(dir: &std::path::Path) -> Option<String> {
         .output()
         .expect("run psql");
     assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
-    let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}");
-    std::fs::write(&file, &url).unwrap();
-    Some(url)
+    Some(format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}"))
 }
 
 /// The database settings of the server whose data directory is `data_dir`, for CLI commands

@@ -17,6 +17,7 @@ mod join_rules;
 mod media;
 mod media_s3;
 mod metrics;
+mod postgres;
 mod presence;
 mod preview;
 mod push;

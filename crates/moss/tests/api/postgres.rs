@@ -1,0 +1,156 @@
+//! moss on PostgreSQL beyond running the whole suite on it (`MOSS_TEST_DB=postgres`): moving an
+//! existing SQLite server over with `moss db migrate`.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::common::{create_postgres_database, enc, moss_bin, Server};
+
+fn pg_or_skip() -> Option<String> {
+    match create_postgres_database() {
+        Some(url) => Some(url),
+        None => {
+            assert!(std::env::var("MOSS_REQUIRE_PG").is_err(), "PostgreSQL is required (MOSS_TEST_PG_*)");
+            eprintln!("skipping: no PostgreSQL test instance (scripts/postgres-start.sh)");
+            None
+        }
+    }
+}
+
+/// A server used on SQLite, copied with `moss db migrate` (interrupted once, then resumed),
+/// starts on PostgreSQL with everything there: accounts, rooms, history, search, relations,
+/// redactions, media, receipts, account data; and it goes on (new events, rooms, reports).
+#[tokio::test]
+async fn a_sqlite_server_moves_to_postgresql_and_carries_on() {
+    let Some(url) = pg_or_skip() else { return };
+    // SQLite whatever MOSS_TEST_DB says: an empty value overrides nothing.
+    let sqlite = [("MOSS_DATABASE__URL", ""), ("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")];
+    let s = Server::start_with(&sqlite).await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"name": "Before the move", "preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let mut sent = Vec::new();
+    for i in 0..25 {
+        sent.push(s.send_text(&alice, &room, &format!("message {i} about pelicans")).await);
+    }
+    let (st, v) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r1"),
+            &bob,
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": sent[0], "key": "👍"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let redacted = s.send_text(&bob, &room, "a secret pelican").await;
+    let (st, _) =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{}/x1", enc(&redacted)), &bob, json!({})).await;
+    assert_eq!(st, 200);
+    let (st, v) =
+        s.call_raw("POST", "/_matrix/media/v3/upload", Some(&alice.token), Some(b"moved bytes".to_vec())).await;
+    assert_eq!(st, 200, "{v}");
+    let mxc = v["content_uri"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/org.example.moved", enc(&alice.id)),
+            &alice,
+            json!({"yes": 1}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", enc(&sent[24])), &bob, json!({})).await;
+    assert_eq!(st, 200);
+    let data_dir = s.data_dir();
+    let dir = s.dir.clone();
+    let mut s = s;
+    assert_eq!(s.terminate(), Some(0), "moss stops before its database is copied");
+
+    let migrate = |extra: &[&str]| {
+        let out = Command::new(moss_bin())
+            .args(["db", "migrate", "--to", &url, "--batch", "7"])
+            .args(extra)
+            .env("MOSS_DATA_DIR", &data_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = migrate(&["--stop-after-batches", "5"]);
+    assert!(!ok && out.contains("stopped after 5 batches") && out.contains("run the same command again"), "{out}");
+    let (ok, out) = migrate(&[]);
+    assert!(ok && out.contains("verified"), "{out}");
+    for table in ["events", "users", "event_relations", "event_search", "room_list_info", "media"] {
+        assert!(out.lines().any(|l| l.starts_with(table)), "{table} in the report: {out}");
+    }
+    let (ok, out) = migrate(&[]);
+    assert!(ok && out.contains("verified"), "a finished copy verifies again: {out}");
+    // A database that has a server in it, not from a copy, is refused.
+    let other = create_postgres_database().unwrap();
+    let busy = Server::start_with(&[("MOSS_DATABASE__URL", other.as_str()), ("MOSS_REGISTRATION", "open")]).await;
+    busy.register("someone").await;
+    let out = Command::new(moss_bin())
+        .args(["db", "migrate", "--to", &other])
+        .env("MOSS_DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("empty database"), "{text}");
+    drop(busy);
+
+    std::mem::forget(s); // its directory is the new server's
+    let s = Server::start_in(
+        dir,
+        &[("MOSS_DATABASE__URL", url.as_str()), ("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")],
+    )
+    .await;
+    let alice_token = s.login("alice").await;
+    let alice = crate::common::User { token: alice_token, ..alice };
+    let (st, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), &alice).await;
+    assert_eq!(st, 200, "{v}");
+    let bodies: Vec<&str> =
+        v["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies.iter().filter(|b| b.contains("about pelicans")).count(), 25, "{bodies:?}");
+    assert!(!bodies.iter().any(|b| b.contains("secret")), "the redaction stays: {bodies:?}");
+    let (st, v) = s
+        .post(
+            "/_matrix/client/v3/search",
+            &alice,
+            json!({"search_categories": {"room_events": {"search_term": "pelicans"}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["search_categories"]["room_events"]["count"], 25,
+        "search finds the copied messages, not the redacted one: {v}"
+    );
+    let (st, v) = s.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{}", enc(&sent[0])), &alice).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["chunk"].as_array().unwrap().len(), 1, "the reaction: {v}");
+    let res = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v1/media/download/{}", s.base, mxc.trim_start_matches("mxc://")))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.bytes().await.unwrap()[..], b"moved bytes", "media served after the move");
+    let (st, v) =
+        s.get(&format!("/_matrix/client/v3/user/{}/account_data/org.example.moved", enc(&alice.id)), &alice).await;
+    assert_eq!((st, v), (200, json!({"yes": 1})));
+    // It carries on: new events after the old ones, a new room (state group ids continue), a report.
+    let newer = s.send_text(&alice, &room, "after the move").await;
+    let (_, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), &alice).await;
+    assert_eq!(v["chunk"][0]["event_id"], newer.as_str());
+    let room2 = s.create_room(&alice, json!({"name": "After the move"})).await;
+    s.send_text(&alice, &room2, "new room, new state groups").await;
+    let (st, v) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/report/{}", enc(&newer)), &alice, json!({"reason": "test"}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let sync = s.sync(&alice, None, 0).await;
+    assert!(sync["rooms"]["join"][&room2].is_object() && sync["rooms"]["join"][&room].is_object(), "{sync}");
+}
