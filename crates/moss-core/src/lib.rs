@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod appservice;
+pub mod cluster;
 pub mod config;
 pub mod e2ee;
 pub mod error;
@@ -40,7 +41,7 @@ pub use crate::{
     config::Config,
     error::{Error, Result},
 };
-use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing, uiaa::UiaaSessions};
+use crate::{notifier::Notifier, rooms::timeline::Signer, typing::Typing};
 pub use moss_storage::{DeviceRow, Direction, MediaRow};
 /// The storage layer's row and filter types the admin API passes through.
 pub mod storage {
@@ -56,11 +57,12 @@ pub struct Moss {
     pub db: Db,
     pub(crate) signer: Signer,
     pub notifier: Notifier,
+    /// The other moss processes on the same database, if any (crate::cluster).
+    pub cluster: cluster::Cluster,
     pub typing: Typing,
     pub media: media::Media,
     /// `None` when federation is disabled.
     pub federation: Option<federation::Federation>,
-    pub(crate) uiaa: UiaaSessions,
     /// When each device's last-seen time was last written, to write it at most every few minutes.
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub(crate) presence_tracker: std::sync::Arc<presence::PresenceTracker>,
@@ -125,10 +127,10 @@ impl Moss {
             db,
             config,
             notifier: Notifier::default(),
+            cluster: cluster::Cluster::default(),
             typing: Typing::default(),
             media,
             federation,
-            uiaa: UiaaSessions::default(),
             last_seen: Default::default(),
             presence_tracker: Default::default(),
             push,
@@ -142,9 +144,13 @@ impl Moss {
 
     /// Starts the background tasks (typing expiry, presence timeouts, federation delivery).
     pub fn spawn_background(self: &Arc<Self>) {
-        self.spawn_federation_sender();
-        self.spawn_push();
-        self.spawn_appservice_senders();
+        // Queues every process shares: run by one process at a time (crate::cluster).
+        self.start_cluster(|moss| {
+            moss.spawn_federation_sender();
+            moss.spawn_push();
+            moss.spawn_appservice_senders();
+            moss.spawn_presence_timeouts();
+        });
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -156,6 +162,9 @@ impl Moss {
                 }
             }
         });
+    }
+
+    fn spawn_presence_timeouts(self: &Arc<Self>) {
         let moss = Arc::downgrade(self);
         let p = &self.config.presence;
         let every = Duration::from_millis(p.offline_after_ms.min(p.idle_after_ms) / 4)

@@ -24,6 +24,15 @@ struct RoomTyping {
     users: HashMap<OwnedUserId, Instant>,
 }
 
+/// Serials are microseconds of the wall clock (or one more than the last): processes sharing a
+/// database apply the same changes at nearly the same time, so a sync token from one process
+/// means the same point in time to another (crate::cluster).
+fn next_serial(last: u64) -> u64 {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    now.max(last + 1)
+}
+
 #[derive(Default)]
 pub struct Typing {
     state: Mutex<State>,
@@ -37,7 +46,7 @@ impl Typing {
     /// Sets or clears a user's typing flag; returns whether anything changed.
     pub fn set(&self, room: &RoomId, user: &UserId, timeout: Option<Duration>) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let serial = s.serial + 1;
+        let serial = next_serial(s.serial);
         let r = s.rooms.entry(room.to_owned()).or_default();
         let changed = match timeout {
             Some(t) => r.users.insert(user.to_owned(), Instant::now() + t).is_none(),
@@ -54,7 +63,7 @@ impl Typing {
     pub fn expire(&self) -> Vec<OwnedRoomId> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let serial = s.serial + 1;
+        let serial = next_serial(s.serial);
         let mut changed = Vec::new();
         for (room, r) in s.rooms.iter_mut() {
             let before = r.users.len();

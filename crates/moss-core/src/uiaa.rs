@@ -1,11 +1,7 @@
 //! User-interactive authentication: sessions that collect completed stages until one of an
 //! endpoint's flows is done.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use ruma::{
     api::{
@@ -15,21 +11,10 @@ use ruma::{
     UserId,
 };
 
-use crate::{error::Error, Moss, Result};
+use crate::{error::Error, now_ms, Moss, Result};
 
+/// Sessions live in the database (every process sharing it, and a restarted one, knows them).
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
-
-struct Session {
-    created: Instant,
-    /// The endpoint (and user) the session was started for: a session cannot be reused elsewhere.
-    purpose: String,
-    completed: Vec<AuthType>,
-}
-
-#[derive(Default)]
-pub struct UiaaSessions {
-    sessions: Mutex<HashMap<String, Session>>,
-}
 
 /// What the caller must prove.
 pub struct UiaaRequest<'a> {
@@ -51,16 +36,16 @@ impl Moss {
     pub async fn uiaa(&self, req: UiaaRequest<'_>, auth: Option<AuthData>) -> Result<UiaaOutcome> {
         let mut outcome = UiaaOutcome::default();
         let Some(auth) = auth else {
-            return Err(self.uiaa_challenge(&req, self.uiaa.new_session(&req.purpose), vec![], None));
+            return Err(self.uiaa_challenge(&req, self.uiaa_new_session(&req.purpose).await?, vec![], None));
         };
         let session = match auth.session() {
             Some(s) => s.to_owned(),
             // A client may complete a single-stage flow without asking first.
-            None => self.uiaa.new_session(&req.purpose),
+            None => self.uiaa_new_session(&req.purpose).await?,
         };
         let completed = self
-            .uiaa
-            .completed(&session, &req.purpose)
+            .uiaa_completed(&session, &req.purpose)
+            .await?
             .ok_or_else(|| Error::new(ErrorKind::Unknown, 400, "unknown or expired user-interactive auth session"))?;
 
         let stage_result: Result<AuthType, StandardErrorBody> = match &auth {
@@ -106,10 +91,14 @@ impl Moss {
             }
         }
         if req.flows.iter().any(|flow| flow.iter().all(|s| completed.contains(s))) {
-            self.uiaa.finish(&session);
+            let done = session.clone();
+            self.db.write(move |w| Ok::<_, Error>(w.delete_uiaa_session(&done)?)).await?;
             Ok(outcome)
         } else {
-            self.uiaa.set_completed(&session, completed.clone());
+            let names: Vec<String> = completed.iter().map(|a| a.to_string()).collect();
+            let json = serde_json::to_string(&names).map_err(|e| Error::internal(e.to_string()))?;
+            let id = session.clone();
+            self.db.write(move |w| Ok::<_, Error>(w.set_uiaa_completed(&id, &json)?)).await?;
             Err(self.uiaa_challenge(&req, session, completed, None))
         }
     }
@@ -130,30 +119,27 @@ impl Moss {
     }
 }
 
-impl UiaaSessions {
-    fn new_session(&self, purpose: &str) -> String {
+impl Moss {
+    async fn uiaa_new_session(&self, purpose: &str) -> Result<String> {
         let id = crate::accounts::random_string(24);
-        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        s.retain(|_, v| v.created.elapsed() < SESSION_LIFETIME);
-        s.insert(id.clone(), Session { created: Instant::now(), purpose: purpose.to_owned(), completed: vec![] });
-        id
+        let (session, purpose) = (id.clone(), purpose.to_owned());
+        let now = now_ms() as i64;
+        let expired = now - SESSION_LIFETIME.as_millis() as i64;
+        self.db.write(move |w| Ok::<_, Error>(w.create_uiaa_session(&session, &purpose, now, expired)?)).await?;
+        Ok(id)
     }
 
-    fn completed(&self, session: &str, purpose: &str) -> Option<Vec<AuthType>> {
-        let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        s.get(session)
-            .filter(|v| v.purpose == purpose && v.created.elapsed() < SESSION_LIFETIME)
-            .map(|v| v.completed.clone())
-    }
-
-    fn set_completed(&self, session: &str, completed: Vec<AuthType>) {
-        if let Some(v) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get_mut(session) {
-            v.completed = completed;
+    /// The stages a live session for `purpose` has completed; `None` for an unknown, expired or
+    /// other endpoint's session.
+    async fn uiaa_completed(&self, session: &str, purpose: &str) -> Result<Option<Vec<AuthType>>> {
+        let id = session.to_owned();
+        let Some(row) = self.db.read(move |r| Ok::<_, Error>(r.uiaa_session(&id)?)).await? else { return Ok(None) };
+        let live = now_ms() as i64 - row.created_ts < SESSION_LIFETIME.as_millis() as i64;
+        if row.purpose != purpose || !live {
+            return Ok(None);
         }
-    }
-
-    fn finish(&self, session: &str) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(session);
+        let names: Vec<String> = serde_json::from_str(&row.completed).unwrap_or_default();
+        Ok(Some(names.iter().map(|n| AuthType::from(n.as_str())).collect()))
     }
 }
 

@@ -113,6 +113,14 @@ mod tests {
         }
     }
 
+    /// Every SQLite migration has its PostgreSQL twin under the same number.
+    #[test]
+    fn postgresql_migrations_keep_up_with_sqlite() {
+        let last = crate::PG_MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
+        assert_eq!(last, crate::MIGRATIONS.len() as i64);
+        assert!(crate::PG_MIGRATIONS.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    }
+
     /// A writer that fails leaves nothing behind; one that succeeds is seen whole.
     #[test]
     fn a_failed_write_leaves_nothing() {

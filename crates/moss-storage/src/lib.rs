@@ -11,6 +11,7 @@
 mod admin;
 mod appservice;
 pub mod backend;
+pub mod cluster;
 #[cfg(test)]
 mod conformance;
 mod e2ee;
@@ -24,6 +25,7 @@ mod relations;
 mod remote_media;
 mod sliding_sync;
 pub mod synapse;
+mod uiaa;
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +49,7 @@ pub use queries::*;
 pub use relations::*;
 pub use remote_media::*;
 pub use sliding_sync::*;
+pub use uiaa::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -93,12 +96,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_19_sliding_sync.sql"),
     include_str!("schema_20_admin.sql"),
     include_str!("schema_21_openid.sql"),
+    include_str!("schema_22_uiaa.sql"),
 ];
 
 /// PostgreSQL's schema, by the SQLite version it matches: a fresh PostgreSQL database gets the
 /// whole schema of that version at once (there were no PostgreSQL databases before it); every
 /// later SQLite migration has its PostgreSQL twin here under the same number.
-const PG_MIGRATIONS: &[(i64, &str)] = &[(21, include_str!("pg/schema_21.sql"))];
+const PG_MIGRATIONS: &[(i64, &str)] =
+    &[(21, include_str!("pg/schema_21.sql")), (22, include_str!("pg/schema_22_uiaa.sql"))];
+
+/// The advisory lock every PostgreSQL write transaction takes (see `write_blocking`).
+const WRITER_LOCK: i64 = 0x6d6f_7377; // "mosw"
 
 /// Applies PostgreSQL migrations under an advisory lock, so processes starting together take
 /// turns; the version lives in `moss_schema`.
@@ -346,7 +354,11 @@ impl Db {
                     _ => Session::connect(url)?,
                 };
                 let cell = RefCell::new(session);
-                cell.borrow_mut().batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+                // One writer at a time across every process on the database, as SQLite has one
+                // writer: the transaction-scoped lock goes with the commit or rollback.
+                cell.borrow_mut().batch(&format!(
+                    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+                ))?;
                 let out = f(&Writer { reader: Reader { conn: Conn::Pg(&cell) } });
                 let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
                 let ended = cell.borrow_mut().batch(end);
@@ -364,6 +376,33 @@ impl Db {
             o.write(got - asked, got.elapsed());
         }
         out
+    }
+
+    /// Runs `f` on a pooled PostgreSQL session outside any transaction (each statement commits
+    /// by itself), on a blocking thread.
+    pub(crate) async fn write_autocommit(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let Backend::Postgres { url, readers, .. } = &db.inner.backend else { return Ok(()) };
+            let session = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut session = match session {
+                Some(s) if !s.is_closed() => s,
+                _ => Session::connect(url)?,
+            };
+            let out = f(&mut session);
+            if out.is_ok() {
+                let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < 16 {
+                    pool.push(session);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Runs `f` against a pooled read connection on a blocking thread.

@@ -384,6 +384,7 @@ impl Moss {
             })
             .await?;
         if pushed {
+            self.publish(crate::cluster::Signal::Pushers { users: vec![target.to_string()] });
             self.push.wake_pushers(vec![target.to_string()]);
         }
         self.notifier.notify([target.as_ref()]);

@@ -87,8 +87,23 @@ impl Moss {
         }
     }
 
-    /// Tells the destinations' tasks there is something to send.
+    /// Tells the destinations' tasks there is something to send (in whichever process runs
+    /// them: crate::cluster).
     pub(crate) fn wake_destinations<'a>(&self, destinations: impl IntoIterator<Item = &'a str>) {
+        if self.federation.is_none() {
+            return;
+        }
+        let destinations: Vec<&str> = destinations.into_iter().collect();
+        if self.cluster.is_shared() && !destinations.is_empty() {
+            self.publish(crate::cluster::Signal::Federation {
+                destinations: destinations.iter().map(|d| d.to_string()).collect(),
+                reset: false,
+            });
+        }
+        self.wake_destinations_local(destinations);
+    }
+
+    pub(crate) fn wake_destinations_local<'a>(&self, destinations: impl IntoIterator<Item = &'a str>) {
         let Some(fed) = &self.federation else { return };
         for d in destinations {
             if let Ok(name) = ServerName::parse(d) {
@@ -99,6 +114,13 @@ impl Moss {
 
     /// A server we had given up on for a while talked to us: retry it now.
     pub fn destination_is_back(&self, server: &ServerName) {
+        if self.cluster.is_shared() {
+            self.publish(crate::cluster::Signal::Federation { destinations: vec![server.to_string()], reset: true });
+        }
+        self.destination_is_back_local(server);
+    }
+
+    pub(crate) fn destination_is_back_local(&self, server: &ServerName) {
         if let Some(fed) = &self.federation {
             fed.mark_up(server);
             let _ = fed.wakeups.tx.send((server.to_owned(), true));

@@ -353,6 +353,11 @@ impl Moss {
                 let typing = content["typing"].as_bool().unwrap_or(false);
                 let timeout = typing.then_some(Duration::from_secs(30));
                 if self.typing.set(&room, &user, timeout) {
+                    self.publish(crate::cluster::Signal::Typing {
+                        room: room.clone(),
+                        user: user.clone(),
+                        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                    });
                     self.notify_room(&room).await;
                 }
             }

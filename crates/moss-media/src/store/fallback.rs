@@ -1,5 +1,8 @@
 //! Reading through to an old store during a migration: writes go to the new store only, reads
 //! that miss there are served from the old one, so nothing is unavailable while objects move.
+//! A read that misses in both looks in the new store once more: the migration copies an object
+//! before deleting it from the old store, so an object that moved between the two looks is in
+//! the new store by the second.
 
 use std::sync::Arc;
 
@@ -31,7 +34,10 @@ impl BlobStore for FallbackStore {
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
         async move {
             match self.new.get(key, range).await {
-                Err(MediaError::NotFound) => self.old.get(key, range).await,
+                Err(MediaError::NotFound) => match self.old.get(key, range).await {
+                    Err(MediaError::NotFound) => self.new.get(key, range).await,
+                    other => other,
+                },
                 other => other,
             }
         }
@@ -42,7 +48,10 @@ impl BlobStore for FallbackStore {
         async move {
             match self.new.head(key).await? {
                 Some(i) => Ok(Some(i)),
-                None => self.old.head(key).await,
+                None => match self.old.head(key).await? {
+                    Some(i) => Ok(Some(i)),
+                    None => self.new.head(key).await,
+                },
             }
         }
         .boxed()

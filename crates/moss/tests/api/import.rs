@@ -61,6 +61,8 @@ async fn import_round_trip(postgres: bool) {
     // Server::start_in keeps its data in DIR/data. moss takes over Synapse's server name (which
     // has a port: the fixture federates two Synapses on loopback to fill the remote cache).
     let data_dir = work.join("data");
+    // On PostgreSQL the server's database is made now, so that the import writes into it.
+    let _ = crate::common::postgres_database_for(&work);
     let server_name = fixture["server_name"].as_str().unwrap().to_owned();
     let import = || {
         let out = std::process::Command::new(moss_bin())

@@ -154,3 +154,150 @@ async fn a_sqlite_server_moves_to_postgresql_and_carries_on() {
     let sync = s.sync(&alice, None, 0).await;
     assert!(sync["rooms"]["join"][&room2].is_object() && sync["rooms"]["join"][&room].is_object(), "{sync}");
 }
+
+/// Two moss processes on one PostgreSQL database and one data directory, a client's requests
+/// alternating between them: a two-step registration that starts on one and ends on the other,
+/// a long-poll on one woken by a message and by typing sent through the other, unread counts
+/// from the push evaluator that only one of them runs; then that one is killed and the other
+/// takes the background work over.
+#[tokio::test]
+async fn two_processes_share_one_database() {
+    let Some(url) = pg_or_skip() else { return };
+    let env =
+        [("MOSS_DATABASE__URL", url.as_str()), ("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")];
+    let a = Server::start_with(&env).await;
+    let shared = a.data_dir().to_string_lossy().into_owned();
+    let dir_b = std::env::temp_dir().join(format!("moss-test-b-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let mut env_b = env.to_vec();
+    env_b.push(("MOSS_DATA_DIR", shared.as_str()));
+    let b = Server::start_in(dir_b, &env_b).await;
+
+    // Registration in two steps, one on each process.
+    let (st, v) = a
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "alice", "password": "password123"})),
+        )
+        .await;
+    assert_eq!(st, 401, "{v}");
+    let session = v["session"].as_str().unwrap().to_owned();
+    let (st, v) = b
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "alice", "password": "password123", "auth": {"type": "m.login.dummy", "session": session}})),
+        )
+        .await;
+    assert_eq!(st, 200, "the session begun on A is known to B: {v}");
+    let alice = crate::common::User {
+        id: v["user_id"].as_str().unwrap().into(),
+        token: v["access_token"].as_str().unwrap().into(),
+        device: v["device_id"].as_str().unwrap().into(),
+    };
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(b.join(&bob, &room).await.0, 200);
+
+    // Bob long-polls on A; Alice writes on B.
+    let first = a.sync(&bob, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let (base, token, since) = (a.base.clone(), bob.token.clone(), since.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (started.elapsed(), v)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = b.send_text(&alice, &room, "written on B, read on A").await;
+    let (took, v) = poll.await.unwrap();
+    let events = &v["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(events.as_array().unwrap().iter().any(|e| e["event_id"] == sent.as_str()), "{v}");
+    assert!(took < std::time::Duration::from_secs(5), "woken across processes in {took:?}");
+
+    // Typing through B reaches a long-poll on A.
+    let since = v["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let (base, token) = (a.base.clone(), bob.token.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (st, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&alice.id)),
+            &alice,
+            json!({"typing": true, "timeout": 10000}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let v = poll.await.unwrap();
+    let ephemeral = &v["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        ephemeral
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == alice.id.as_str()),
+        "{v}"
+    );
+
+    // One of the two runs the background work: the push evaluator counts Bob's unread message
+    // whichever process stored it.
+    let leads = |s: &Server| s.log().contains("runs the background work");
+    assert!(leads(&a) ^ leads(&b), "exactly one leads: A {} B {}", leads(&a), leads(&b));
+    let unread =
+        |v: &serde_json::Value| v["rooms"]["join"][&room]["unread_notifications"]["notification_count"].as_i64();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = b.sync(&bob, None, 0).await;
+        if unread(&v) == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "unread count never reached 1: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The leader dies; the other takes over and counts the next message.
+    let (mut leader, survivor) = if leads(&a) { (a, b) } else { (b, a) };
+    leader.kill9();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !survivor.log().contains("runs the background work") {
+        assert!(std::time::Instant::now() < deadline, "no takeover: {}", survivor.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    survivor.send_text(&alice, &room, "after the takeover").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = survivor.sync(&bob, None, 0).await;
+        if unread(&v) == Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "unread count never reached 2 after the takeover: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(leader);
+    drop(survivor);
+}
