@@ -37,10 +37,30 @@ const MAX_PAYLOAD: usize = 7_000;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "signal", rename_all = "snake_case")]
 pub enum Signal {
-    Wake { users: Vec<String> },
-    Typing { room: OwnedRoomId, user: OwnedUserId, timeout_ms: Option<u64> },
-    Federation { destinations: Vec<String>, reset: bool },
-    Pushers { users: Vec<String> },
+    Wake {
+        users: Vec<String>,
+    },
+    Typing {
+        room: OwnedRoomId,
+        user: OwnedUserId,
+        timeout_ms: Option<u64>,
+    },
+    Federation {
+        destinations: Vec<String>,
+        reset: bool,
+    },
+    Pushers {
+        users: Vec<String>,
+    },
+    /// A user's push rules or ignore list changed: cached rules are stale.
+    PushRules {
+        user: String,
+    },
+    /// An admin set (`Some`) or removed a user's message rate limit.
+    RateLimit {
+        user: String,
+        limit: Option<(i64, i64)>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -207,6 +227,27 @@ impl Moss {
                 }
             }
             Signal::Pushers { users } => self.push.wake_pushers(users),
+            Signal::PushRules { user } => self.push.invalidate_rules(&user),
+            Signal::RateLimit { user, limit } => self.set_ratelimit_override_local(&user, limit),
+        }
+    }
+
+    /// Waits (at most `limit`) until the push evaluator, in whichever process runs it, has gone
+    /// past `stream`.
+    pub(crate) async fn push_evaluated(&self, stream: i64, limit: std::time::Duration) {
+        if !self.cluster.is_shared() {
+            self.push.evaluated(stream, limit).await;
+            return;
+        }
+        self.publish(Signal::Wake { users: vec![] });
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            match self.db.read(|r| Ok::<_, crate::Error>(r.push_evaluated_upto()?)).await {
+                Ok(done) if done >= stream => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

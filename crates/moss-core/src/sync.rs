@@ -23,7 +23,7 @@ use crate::{
     Moss,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncToken {
     pub stream: i64,
     pub typing: u64,

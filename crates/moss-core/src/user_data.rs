@@ -128,6 +128,7 @@ impl Moss {
             .await?;
         if kind == IGNORED_USERS || kind == PUSH_RULES {
             self.push.invalidate_rules(user.as_str());
+            self.publish(crate::cluster::Signal::PushRules { user: user.to_string() });
         }
         self.notifier.notify([user]);
         Ok(())
@@ -166,6 +167,7 @@ impl Moss {
     async fn save_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<()> {
         self.write_account_data(user, None, PUSH_RULES, &json!({"global": rules})).await?;
         self.push.invalidate_rules(user.as_str());
+        self.publish(crate::cluster::Signal::PushRules { user: user.to_string() });
         Ok(())
     }
 

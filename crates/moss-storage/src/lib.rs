@@ -97,13 +97,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_20_admin.sql"),
     include_str!("schema_21_openid.sql"),
     include_str!("schema_22_uiaa.sql"),
+    include_str!("schema_23_sliding_positions.sql"),
 ];
 
 /// PostgreSQL's schema, by the SQLite version it matches: a fresh PostgreSQL database gets the
 /// whole schema of that version at once (there were no PostgreSQL databases before it); every
 /// later SQLite migration has its PostgreSQL twin here under the same number.
-const PG_MIGRATIONS: &[(i64, &str)] =
-    &[(21, include_str!("pg/schema_21.sql")), (22, include_str!("pg/schema_22_uiaa.sql"))];
+const PG_MIGRATIONS: &[(i64, &str)] = &[
+    (21, include_str!("pg/schema_21.sql")),
+    (22, include_str!("pg/schema_22_uiaa.sql")),
+    (23, include_str!("pg/schema_23_sliding_positions.sql")),
+];
 
 /// The advisory lock every PostgreSQL write transaction takes (see `write_blocking`).
 const WRITER_LOCK: i64 = 0x6d6f_7377; // "mosw"

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::params;
 
-use crate::{Reader, Result};
+use crate::{Reader, Result, Writer};
 
 /// One room a user has a membership in, with what sliding sync's lists need to know about it.
 #[derive(Debug, Clone)]
@@ -131,5 +131,84 @@ impl Reader<'_> {
             .collect("SELECT DISTINCT room_id FROM receipts WHERE stream > ?1", params![from], |r| r.get(0))?
             .into_iter()
             .collect())
+    }
+}
+
+/// One stored sliding sync position (see schema 23).
+#[derive(Debug, Clone)]
+pub struct SlidingPositionRow {
+    pub pos: i64,
+    pub state: String,
+    pub used_ts: i64,
+}
+
+impl Reader<'_> {
+    pub fn sliding_position(
+        &self,
+        user: &str,
+        device: &str,
+        conn: &str,
+        pos: i64,
+    ) -> Result<Option<SlidingPositionRow>> {
+        self.one(
+            "SELECT pos, state, used_ts FROM sliding_positions \
+             WHERE user_id = ?1 AND device_id = ?2 AND conn_id = ?3 AND pos = ?4",
+            params![user, device, conn, pos],
+            |r| Ok(SlidingPositionRow { pos: r.get(0)?, state: r.get(1)?, used_ts: r.get(2)? }),
+        )
+    }
+}
+
+impl Writer<'_> {
+    /// Stores the state after a response as the connection's next position and returns it:
+    /// keeps the newest `keep` positions, at most `per_device` connections per device (the least
+    /// recently used go), and forgets connections unused since `idle_before`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_sliding_position(
+        &self,
+        user: &str,
+        device: &str,
+        conn: &str,
+        continued: bool,
+        state: &str,
+        now: i64,
+        keep: i64,
+        per_device: i64,
+        idle_before: i64,
+    ) -> Result<i64> {
+        self.exec("DELETE FROM sliding_positions WHERE used_ts < ?1", [idle_before])?;
+        if !continued {
+            self.exec(
+                "DELETE FROM sliding_positions WHERE user_id = ?1 AND device_id = ?2 AND conn_id = ?3",
+                [user, device, conn],
+            )?;
+        }
+        let pos = self
+            .one(
+                "SELECT COALESCE(MAX(pos), 0) + 1 FROM sliding_positions WHERE user_id = ?1 AND device_id = ?2 AND conn_id = ?3",
+                [user, device, conn],
+                |r| r.get::<_, i64>(0),
+            )?
+            .unwrap_or(1);
+        self.exec(
+            "INSERT INTO sliding_positions (user_id, device_id, conn_id, pos, state, used_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![user, device, conn, pos, state, now],
+        )?;
+        self.exec(
+            "DELETE FROM sliding_positions WHERE user_id = ?1 AND device_id = ?2 AND conn_id = ?3 AND pos <= ?4",
+            params![user, device, conn, pos - keep],
+        )?;
+        self.exec(
+            "UPDATE sliding_positions SET used_ts = ?4 WHERE user_id = ?1 AND device_id = ?2 AND conn_id = ?3",
+            params![user, device, conn, now],
+        )?;
+        // The device's other connections beyond its share, least recently used first.
+        self.exec(
+            "DELETE FROM sliding_positions WHERE user_id = ?1 AND device_id = ?2 AND conn_id IN ( \
+                 SELECT conn_id FROM sliding_positions WHERE user_id = ?1 AND device_id = ?2 AND conn_id != ?3 \
+                 GROUP BY conn_id ORDER BY MAX(used_ts) DESC LIMIT 1000000 OFFSET ?4)",
+            params![user, device, conn, per_device - 1],
+        )?;
+        Ok(pos)
     }
 }

@@ -257,12 +257,17 @@ impl Moss {
                 Ok::<_, Error>(())
             })
             .await?;
+        self.set_ratelimit_override_local(user.as_str(), limit);
+        self.publish(crate::cluster::Signal::RateLimit { user: user.to_string(), limit });
+        Ok(())
+    }
+
+    pub(crate) fn set_ratelimit_override_local(&self, user: &str, limit: Option<(i64, i64)>) {
         let mut all = self.ratelimit_overrides.write().unwrap_or_else(|p| p.into_inner());
         match limit {
-            Some(l) => all.insert(user.to_string(), l),
-            None => all.remove(user.as_str()),
+            Some(l) => all.insert(user.to_owned(), l),
+            None => all.remove(user),
         };
-        Ok(())
     }
 
     /// Marks (or clears) a shadow ban: the user's messages, state changes and invites answer

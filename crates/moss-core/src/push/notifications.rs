@@ -35,7 +35,7 @@ impl Moss {
         let limit = limit.unwrap_or(20).clamp(1, 100) as i64;
         // The newest events may not be evaluated yet: wait a moment for the evaluator.
         let current = self.db.read(|r| Ok::<_, Error>(r.current_stream()?)).await?;
-        self.push.evaluated(current, std::time::Duration::from_secs(2)).await;
+        self.push_evaluated(current, std::time::Duration::from_secs(2)).await;
         let u = user.to_string();
         self.db
             .read(move |r| {

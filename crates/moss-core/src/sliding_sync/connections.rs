@@ -11,6 +11,10 @@
 //!
 //! Memory is bounded: [`MAX_PER_DEVICE`] connections per device and [`MAX_CONNECTIONS`] in all,
 //! the least recently used going first, and connections idle for [`IDLE_EXPIRY`] are dropped.
+//!
+//! Processes sharing a database (crate::cluster) keep the positions in it instead (table
+//! `sliding_positions`, positions `db_<n>`), with the same limits, so that a client's next
+//! request may reach any of them: [`Moss::sliding_resume`] and [`Moss::sliding_store`].
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -172,5 +176,125 @@ fn make_room(conns: &mut HashMap<Key, Conn>, key: &Key) {
     while conns.len() >= MAX_CONNECTIONS {
         let Some(oldest) = conns.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) else { break };
         conns.remove(&oldest);
+    }
+}
+
+/// A [`ConnState`] as stored in the database: each distinct `required_state` once.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    token: Option<SyncToken>,
+    required: Vec<RequiredState>,
+    /// (room, upto, membership, timeline_limit, index into `required`)
+    rooms: Vec<(OwnedRoomId, i64, MembershipState, u64, usize)>,
+    lists: BTreeMap<String, wire::List>,
+    extensions: request::Extensions,
+    to_device_next: Option<String>,
+}
+
+impl Stored {
+    fn of(state: &ConnState) -> Stored {
+        let mut required: Vec<Arc<RequiredState>> = Vec::new();
+        let mut rooms = Vec::with_capacity(state.rooms.len());
+        for (room, sent) in &state.rooms {
+            let idx = match required.iter().position(|r| Arc::ptr_eq(r, &sent.required) || **r == *sent.required) {
+                Some(i) => i,
+                None => {
+                    required.push(sent.required.clone());
+                    required.len() - 1
+                }
+            };
+            rooms.push((room.clone(), sent.upto, sent.membership.clone(), sent.timeline_limit, idx));
+        }
+        Stored {
+            token: state.token,
+            required: required.iter().map(|r| (**r).clone()).collect(),
+            rooms,
+            lists: state.lists.clone(),
+            extensions: state.extensions.clone(),
+            to_device_next: state.to_device_next.clone(),
+        }
+    }
+
+    fn into_state(self) -> ConnState {
+        let required: Vec<Arc<RequiredState>> = self.required.into_iter().map(Arc::new).collect();
+        let rooms = self
+            .rooms
+            .into_iter()
+            .filter_map(|(room, upto, membership, timeline_limit, idx)| {
+                let required = required.get(idx)?.clone();
+                Some((room, RoomSent { upto, membership, timeline_limit, required }))
+            })
+            .collect();
+        ConnState {
+            token: self.token,
+            rooms,
+            lists: self.lists,
+            extensions: self.extensions,
+            to_device_next: self.to_device_next,
+        }
+    }
+}
+
+const SHARED_PREFIX: &str = "db_";
+
+impl crate::Moss {
+    /// [`Connections::resume`], from the database when processes share it.
+    pub(crate) async fn sliding_resume(
+        &self,
+        user: &OwnedUserId,
+        device: &OwnedDeviceId,
+        conn_id: &str,
+        pos: Option<&str>,
+    ) -> Result<Arc<ConnState>> {
+        if !self.db.is_shared() {
+            return self.sliding.resume(user, device, conn_id, pos);
+        }
+        let Some(pos) = pos else {
+            return Ok(Arc::new(ConnState::default()));
+        };
+        let n: i64 = pos.strip_prefix(SHARED_PREFIX).and_then(|n| n.parse().ok()).ok_or_else(unknown_pos)?;
+        let (u, d, c) = (user.to_string(), device.to_string(), conn_id.to_owned());
+        let row =
+            self.db.read(move |r| Ok::<_, Error>(r.sliding_position(&u, &d, &c, n)?)).await?.ok_or_else(unknown_pos)?;
+        if crate::now_ms() as i64 - row.used_ts > IDLE_EXPIRY.as_millis() as i64 {
+            return Err(unknown_pos());
+        }
+        let stored: Stored = serde_json::from_str(&row.state).map_err(|_| unknown_pos())?;
+        Ok(Arc::new(stored.into_state()))
+    }
+
+    /// [`Connections::store`], into the database when processes share it.
+    pub(crate) async fn sliding_store(
+        &self,
+        user: &OwnedUserId,
+        device: &OwnedDeviceId,
+        conn_id: &str,
+        continued: bool,
+        state: ConnState,
+    ) -> Result<String> {
+        if !self.db.is_shared() {
+            return Ok(self.sliding.store(user, device, conn_id, continued, state));
+        }
+        let json = serde_json::to_string(&Stored::of(&state)).map_err(|e| Error::internal(e.to_string()))?;
+        let (u, d, c) = (user.to_string(), device.to_string(), conn_id.to_owned());
+        let now = crate::now_ms() as i64;
+        let idle_before = now - IDLE_EXPIRY.as_millis() as i64;
+        let n = self
+            .db
+            .write(move |w| {
+                Ok::<_, Error>(w.store_sliding_position(
+                    &u,
+                    &d,
+                    &c,
+                    continued,
+                    &json,
+                    now,
+                    KEPT_POSITIONS as i64,
+                    MAX_PER_DEVICE as i64,
+                    idle_before,
+                )?)
+            })
+            .await?;
+        Ok(format!("{SHARED_PREFIX}{n}"))
     }
 }

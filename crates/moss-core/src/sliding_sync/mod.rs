@@ -136,7 +136,7 @@ impl Moss {
         req.check()?;
         let conn_id = req.body.conn_id.clone().unwrap_or_default();
         let continued = req.body.pos.is_some();
-        let prev = self.sliding.resume(&session.user_id, &session.device_id, &conn_id, req.body.pos.as_deref())?;
+        let prev = self.sliding_resume(&session.user_id, &session.device_id, &conn_id, req.body.pos.as_deref()).await?;
         let ext = sticky(&req.body.extensions, &prev);
         let timeout = req.body.timeout.unwrap_or(Duration::ZERO);
         let deadline =
@@ -171,7 +171,7 @@ impl Moss {
             if done {
                 out.state.to_device_next = out.response.extensions.to_device.as_ref().map(|t| t.next_batch.clone());
                 out.response.pos =
-                    self.sliding.store(&session.user_id, &session.device_id, &conn_id, continued, out.state);
+                    self.sliding_store(&session.user_id, &session.device_id, &conn_id, continued, out.state).await?;
                 out.response.txn_id = req.body.txn_id.clone();
                 return Ok(out.response);
             }

@@ -10,7 +10,7 @@ use ruma::{events::StateEventType, UserId};
 /// Most entries one `required_state` may have (one list's or one subscription's).
 pub const MAX_ENTRIES: usize = 256;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequiredState {
     all: bool,
     any_key_of: BTreeSet<String>,

@@ -28,21 +28,21 @@ pub struct Response {
     pub extensions: Extensions,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct List {
     pub count: u64,
     /// One `SYNC` operation per requested range, with the rooms in it in order.
     pub ops: Vec<ListOp>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ListOp {
     pub op: ListOpKind,
     pub range: (u64, u64),
     pub room_ids: Vec<OwnedRoomId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub enum ListOpKind {
     #[serde(rename = "SYNC")]
     Sync,

@@ -264,6 +264,27 @@ async fn two_processes_share_one_database() {
         "{v}"
     );
 
+    // A sliding sync connection (Element X) continues on the other process: its positions are
+    // in the database.
+    const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let body = json!({"conn_id": "room-list", "lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
+    let (st, v) = a.post(&format!("{SLIDING}?timeout=0"), &bob, body.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let pos = v["pos"].as_str().unwrap().to_owned();
+    assert!(v["rooms"][&room].is_object(), "{v}");
+    let latest = a.send_text(&alice, &room, "for the room list").await;
+    let (st, v) = b.post(&format!("{SLIDING}?timeout=5000&pos={pos}"), &bob, body.clone()).await;
+    assert_eq!(st, 200, "a position from A continues on B: {v}");
+    let timeline = v["rooms"][&room]["timeline"].as_array().cloned().unwrap_or_default();
+    assert!(timeline.iter().any(|e| e["event_id"] == latest.as_str()), "only what is new: {v}");
+    assert!(v["rooms"][&room]["initial"].is_null(), "not sent again from scratch: {v}");
+    let pos_b = v["pos"].as_str().unwrap().to_owned();
+    let (st, v) = a.post(&format!("{SLIDING}?timeout=0&pos={pos}"), &bob, body.clone()).await;
+    assert_eq!(st, 200, "an older position is still answered (a retried request): {v}");
+    let (st, v) = a.post(&format!("{SLIDING}?timeout=0&pos=db_999"), &bob, body).await;
+    assert_eq!((st, v["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{v}");
+    assert_ne!(pos_b, pos);
+
     // One of the two runs the background work: the push evaluator counts Bob's unread message
     // whichever process stored it.
     let leads = |s: &Server| s.log().contains("runs the background work");
@@ -273,10 +294,10 @@ async fn two_processes_share_one_database() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let v = b.sync(&bob, None, 0).await;
-        if unread(&v) == Some(1) {
+        if unread(&v) == Some(2) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "unread count never reached 1: {v}");
+        assert!(std::time::Instant::now() < deadline, "unread count never reached 2: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
@@ -292,10 +313,10 @@ async fn two_processes_share_one_database() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let v = survivor.sync(&bob, None, 0).await;
-        if unread(&v) == Some(2) {
+        if unread(&v) == Some(3) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "unread count never reached 2 after the takeover: {v}");
+        assert!(std::time::Instant::now() < deadline, "unread count never reached 3 after the takeover: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     drop(leader);
