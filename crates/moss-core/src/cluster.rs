@@ -40,10 +40,12 @@ pub enum Signal {
     Wake {
         users: Vec<String>,
     },
+    /// A typing change, with the serial and end time it was made with (crate::typing).
     Typing {
         room: OwnedRoomId,
         user: OwnedUserId,
-        timeout_ms: Option<u64>,
+        serial: u64,
+        until_us: Option<u64>,
     },
     Federation {
         destinations: Vec<String>,
@@ -209,9 +211,8 @@ impl Moss {
                 self.notifier.notify_local(ids.iter().map(|u| u.as_ref()));
                 self.events_stored();
             }
-            Signal::Typing { room, user, timeout_ms } => {
-                let timeout = timeout_ms.map(std::time::Duration::from_millis);
-                if self.typing.set(&room, &user, timeout) {
+            Signal::Typing { room, user, serial, until_us } => {
+                if self.typing.apply(&room, &user, crate::typing::TypingChange { serial, until_us }) {
                     self.notify_room_local(&room).await;
                 }
             }

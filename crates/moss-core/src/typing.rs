@@ -3,11 +3,7 @@
 //! Typing has its own serial (the second half of a sync token) because it changes without a
 //! database write and must not take a place in the persistent stream.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
@@ -21,16 +17,28 @@ struct State {
 struct RoomTyping {
     /// The serial of the last change in this room.
     changed: u64,
-    users: HashMap<OwnedUserId, Instant>,
+    /// Who types, until when (wall-clock microseconds).
+    users: HashMap<OwnedUserId, u64>,
 }
 
-/// Serials are microseconds of the wall clock (or one more than the last): processes sharing a
-/// database apply the same changes at nearly the same time, so a sync token from one process
-/// means the same point in time to another (crate::cluster).
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Serials are microseconds of the wall clock (or one more than the last), and a change keeps
+/// its serial wherever it is applied: processes sharing a database (crate::cluster) apply the
+/// same changes with the same serials, so a sync token from one means the same to another.
+/// Expiry is at a wall-clock time the change carries, with that time as its serial.
 fn next_serial(last: u64) -> u64 {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-    now.max(last + 1)
+    now_us().max(last + 1)
+}
+
+/// A typing change as made here, to be applied by the other processes as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypingChange {
+    pub serial: u64,
+    /// When the typing ends (wall-clock microseconds); `None`: it ended.
+    pub until_us: Option<u64>,
 }
 
 #[derive(Default)]
@@ -43,18 +51,24 @@ impl Typing {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).serial
     }
 
-    /// Sets or clears a user's typing flag; returns whether anything changed.
-    pub fn set(&self, room: &RoomId, user: &UserId, timeout: Option<Duration>) -> bool {
+    /// Sets or clears a user's typing flag; the change if anything changed.
+    pub fn set(&self, room: &RoomId, user: &UserId, timeout: Option<Duration>) -> Option<TypingChange> {
+        let serial = next_serial(self.serial());
+        let until_us = timeout.map(|t| now_us() + t.as_micros() as u64);
+        self.apply(room, user, TypingChange { serial, until_us }).then_some(TypingChange { serial, until_us })
+    }
+
+    /// Applies a change (made here or by another process); returns whether anything changed.
+    pub fn apply(&self, room: &RoomId, user: &UserId, change: TypingChange) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let serial = next_serial(s.serial);
         let r = s.rooms.entry(room.to_owned()).or_default();
-        let changed = match timeout {
-            Some(t) => r.users.insert(user.to_owned(), Instant::now() + t).is_none(),
+        let changed = match change.until_us {
+            Some(until) => r.users.insert(user.to_owned(), until).is_none(),
             None => r.users.remove(user).is_some(),
         };
         if changed {
-            r.changed = serial;
-            s.serial = serial;
+            r.changed = r.changed.max(change.serial);
+            s.serial = s.serial.max(change.serial);
         }
         changed
     }
@@ -62,21 +76,23 @@ impl Typing {
     /// Drops expired entries; returns the rooms that changed.
     pub fn expire(&self) -> Vec<OwnedRoomId> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let serial = next_serial(s.serial);
+        let now = now_us();
         let mut changed = Vec::new();
+        let mut newest = s.serial;
         for (room, r) in s.rooms.iter_mut() {
-            let before = r.users.len();
-            r.users.retain(|_, until| *until > now);
-            if r.users.len() != before {
-                r.changed = serial;
+            let ended = r.users.values().filter(|until| **until <= now).copied().max();
+            if let Some(at) = ended {
+                // At the expiry time (the same in every process), unless something newer was
+                // already handed out here.
+                let serial = at.max(newest + 1);
+                r.users.retain(|_, until| *until > now);
+                r.changed = r.changed.max(serial);
+                newest = newest.max(serial);
                 changed.push(room.clone());
             }
         }
-        s.rooms.retain(|_, r| !r.users.is_empty() || r.changed == serial);
-        if !changed.is_empty() {
-            s.serial = serial;
-        }
+        s.rooms.retain(|room, r| !r.users.is_empty() || changed.contains(room));
+        s.serial = newest;
         changed
     }
 

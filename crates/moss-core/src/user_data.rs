@@ -251,11 +251,12 @@ impl Moss {
             self.note_user_action(user).await;
         }
         let timeout = typing.then(|| timeout.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(120)));
-        if self.typing.set(room, user, timeout) {
+        if let Some(change) = self.typing.set(room, user, timeout) {
             self.publish(crate::cluster::Signal::Typing {
                 room: room.to_owned(),
                 user: user.to_owned(),
-                timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                serial: change.serial,
+                until_us: change.until_us,
             });
             self.notify_room(room).await;
             let edu = json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": user, "typing": typing}});

@@ -149,10 +149,108 @@ def stop_moss(srv: MossServer) -> None:
         print(f"\nmoss exited with code {srv.proc.returncode} after SIGTERM; log: {srv.log_path}")
 
 
+def _create_postgres_database() -> str:
+    """A new database on the test PostgreSQL (scripts/postgres-start.sh's MOSS_TEST_PG_*)."""
+    env = os.environ
+    name = f"moss_nio_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        [f"{env['MOSS_TEST_PG_BIN']}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", env["MOSS_TEST_PG_SOCKET_DIR"],
+         "-p", env["MOSS_TEST_PG_PORT"], "-U", "postgres", "-d", "postgres", "-c",
+         f"CREATE DATABASE {name} OWNER \"{env['MOSS_TEST_PG_USER']}\" TEMPLATE template0 ENCODING 'UTF8' "
+         "LC_COLLATE 'C' LC_CTYPE 'C'"],
+        check=True, capture_output=True,
+    )
+    return (f"postgres://{env['MOSS_TEST_PG_USER']}:{env['MOSS_TEST_PG_PASSWORD']}@127.0.0.1:"
+            f"{env['MOSS_TEST_PG_PORT']}/{name}")
+
+
+@dataclass
+class Cluster:
+    """Two moss processes on one PostgreSQL database and one data directory, behind nginx
+    (round robin, nothing sticky): the deployment docs/scaling.md describes."""
+
+    front: MossServer
+    others: list[MossServer]
+    nginx_dir: Path
+
+    def stop(self) -> None:
+        subprocess.run(["nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf"), "-s", "stop"],
+                       capture_output=True)
+        for srv in [self.front, *self.others]:
+            stop_moss(srv)
+
+
+def start_cluster(workdir: Path) -> Cluster:
+    url = _create_postgres_database()
+    shared = {"MOSS_DATABASE__URL": url, "MOSS_DATA_DIR": str(workdir / "data"),
+              "MOSS_HTTP__TRUSTED_PROXIES": '["127.0.0.1/32"]'}
+    (workdir / "a").mkdir()
+    (workdir / "b").mkdir()
+    a = start_moss(workdir / "a", shared)
+    b = start_moss(workdir / "b", shared)
+    port = free_port()
+    nginx_dir = workdir / "nginx"
+    nginx_dir.mkdir()
+    upstream = "\n".join(f"        server {srv.base_url.removeprefix('http://')};" for srv in (a, b))
+    (nginx_dir / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {nginx_dir}/nginx.pid;
+error_log {nginx_dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {nginx_dir}/access.log;
+    client_body_temp_path {nginx_dir}/body;
+    proxy_temp_path {nginx_dir}/proxy;
+    upstream moss {{
+{upstream}
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 110m;
+        proxy_request_buffering off;
+        proxy_read_timeout 120s;
+        location / {{
+            proxy_pass http://moss;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+""")
+    subprocess.run(["nginx", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")], check=True)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not _versions_ok(base_url):
+        if time.monotonic() > deadline:
+            pytest.fail(f"nginx in front of two moss processes did not answer\n{a.describe()}\n{b.describe()}")
+        time.sleep(0.1)
+    front = MossServer(base_url=base_url, workdir=a.workdir, log_path=a.log_path, proc=a.proc)
+    return Cluster(front=front, others=[a, b], nginx_dir=nginx_dir)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MossServer]:
-    """Start `moss serve` on a free loopback port and yield it once /versions answers."""
+    """Start `moss serve` on a free loopback port and yield it once /versions answers.
+
+    With MOSS_TEST_CLUSTER=postgres, two moss processes on one PostgreSQL database behind nginx
+    (round robin) stand in for it: every client request may reach either process."""
     global _SERVER
+
+    if os.environ.get("MOSS_TEST_CLUSTER") == "postgres":
+        cluster = start_cluster(tmp_path_factory.mktemp("moss-cluster"))
+        _SERVER = cluster.front
+        try:
+            yield cluster.front
+        finally:
+            _SERVER = None
+            subprocess.run(["nginx", "-p", str(cluster.nginx_dir), "-c", str(cluster.nginx_dir / "nginx.conf"),
+                            "-s", "stop"], capture_output=True)
+            for srv in cluster.others:
+                stop_moss(srv)
+        return
 
     srv = start_moss(tmp_path_factory.mktemp("moss"))
     _SERVER = srv

@@ -352,11 +352,12 @@ impl Moss {
                 let user = self.remote_member(origin, content["user_id"].as_str(), Some(room.as_str())).await?;
                 let typing = content["typing"].as_bool().unwrap_or(false);
                 let timeout = typing.then_some(Duration::from_secs(30));
-                if self.typing.set(&room, &user, timeout) {
+                if let Some(change) = self.typing.set(&room, &user, timeout) {
                     self.publish(crate::cluster::Signal::Typing {
                         room: room.clone(),
                         user: user.clone(),
-                        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                        serial: change.serial,
+                        until_us: change.until_us,
                     });
                     self.notify_room(&room).await;
                 }
