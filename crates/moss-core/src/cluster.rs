@@ -58,6 +58,11 @@ pub enum Signal {
     PushRules {
         user: String,
     },
+    /// These users have a /sync open (or just ended one) on the sender: for presence, which the
+    /// process running the background work times out.
+    Syncing {
+        users: Vec<String>,
+    },
     /// An admin set (`Some`) or removed a user's message rate limit.
     RateLimit {
         user: String,
@@ -171,6 +176,21 @@ impl Moss {
                 }
             });
         }
+        // Presence: who syncs here, told to the others a few times per offline timeout.
+        let moss = Arc::downgrade(self);
+        let every = std::time::Duration::from_millis(self.config.presence.offline_after_ms / 3)
+            .clamp(std::time::Duration::from_millis(500), std::time::Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(moss) = moss.upgrade() else { break };
+                let users = moss.presence_tracker.syncing(every * 2);
+                for signal in chunks(users, |users| Signal::Syncing { users }) {
+                    moss.publish(signal);
+                }
+            }
+        });
         // Leadership: the background work starts once this process holds the lock.
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -229,6 +249,7 @@ impl Moss {
             }
             Signal::Pushers { users } => self.push.wake_pushers(users),
             Signal::PushRules { user } => self.push.invalidate_rules(&user),
+            Signal::Syncing { users } => self.presence_tracker.syncing_elsewhere(&users),
             Signal::RateLimit { user, limit } => self.set_ratelimit_override_local(&user, limit),
         }
     }

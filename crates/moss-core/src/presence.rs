@@ -72,6 +72,23 @@ impl PresenceTracker {
     pub(crate) fn heard_from(&self, user: &str) {
         self.lock().heard.insert(user.to_owned(), Instant::now());
     }
+
+    /// Local users with a /sync in progress here, or one that ended within `recent`: what this
+    /// process tells the others (crate::cluster).
+    pub(crate) fn syncing(&self, recent: Duration) -> Vec<String> {
+        let t = self.lock();
+        t.syncs.iter().filter(|(_, (n, ended))| *n > 0 || ended.elapsed() < recent).map(|(u, _)| u.clone()).collect()
+    }
+
+    /// Another process has these users syncing: they count as connected as if a /sync of
+    /// theirs had just ended here.
+    pub(crate) fn syncing_elsewhere(&self, users: &[String]) {
+        let mut t = self.lock();
+        for u in users {
+            let entry = t.syncs.entry(u.clone()).or_insert((0, Instant::now()));
+            entry.1 = Instant::now();
+        }
+    }
 }
 
 /// Held for the length of one /sync: the user counts as connected while it lives.

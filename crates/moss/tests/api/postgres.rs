@@ -163,8 +163,12 @@ async fn a_sqlite_server_moves_to_postgresql_and_carries_on() {
 #[tokio::test]
 async fn two_processes_share_one_database() {
     let Some(url) = pg_or_skip() else { return };
-    let env =
-        [("MOSS_DATABASE__URL", url.as_str()), ("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")];
+    let env = [
+        ("MOSS_DATABASE__URL", url.as_str()),
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_PRESENCE__OFFLINE_AFTER_MS", "1500"),
+    ];
     let a = Server::start_with(&env).await;
     let shared = a.data_dir().to_string_lossy().into_owned();
     let dir_b = std::env::temp_dir().join(format!("moss-test-b-{}", crate::common::free_port()));
@@ -289,6 +293,30 @@ async fn two_processes_share_one_database() {
     // whichever process stored it.
     let leads = |s: &Server| s.log().contains("runs the background work");
     assert!(leads(&a) ^ leads(&b), "exactly one leads: A {} B {}", leads(&a), leads(&b));
+    // Presence: Bob syncs only on the process that does not run the background work; the one
+    // that times presence out hears of it and keeps him online past the offline timeout.
+    let (other, leader_now) = if leads(&a) { (&b, &a) } else { (&a, &b) };
+    let since = other.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let holding = {
+        let (base, token) = (other.base.clone(), bob.token.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{base}/_matrix/client/v3/sync?timeout=4500&since={since}&set_presence=online"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let (st, v) = leader_now.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&bob.id)), &alice).await;
+    assert_eq!(
+        (st, v["presence"].as_str()),
+        (200, Some("online")),
+        "Bob's sync on the other process keeps him online: {v}"
+    );
+    let _ = holding.await;
+
     let unread =
         |v: &serde_json::Value| v["rooms"]["join"][&room]["unread_notifications"]["notification_count"].as_i64();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
