@@ -331,20 +331,66 @@ async fn two_processes_share_one_database() {
 
     // The leader dies; the other takes over and counts the next message.
     let (mut leader, survivor) = if leads(&a) { (a, b) } else { (b, a) };
+    // Eight clients keep sending to the leader while it is killed: every send it acknowledged
+    // is stored (kill -9 loses nothing acknowledged), as the survivor shows.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let senders: Vec<_> = (0..8)
+        .map(|t| {
+            let (base, token, room, acked) = (leader.base.clone(), alice.token.clone(), room.clone(), acked.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0.. {
+                    let res = http
+                        .put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/race{t}-{i}"))
+                        .bearer_auth(&token)
+                        .json(&json!({"msgtype": "m.text", "body": format!("race {t}-{i}")}))
+                        .send()
+                        .await;
+                    let Ok(res) = res else { break };
+                    let Ok(v) = res.json::<serde_json::Value>().await else { break };
+                    if let Some(id) = v["event_id"].as_str() {
+                        acked.lock().unwrap().push(id.to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < 30 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     leader.kill9();
+    for s in senders {
+        let _ = s.await;
+    }
+    let acknowledged = acked.lock().unwrap().clone();
+    for id in &acknowledged {
+        let (st, v) = survivor.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(id)), &alice).await;
+        assert_eq!(st, 200, "acknowledged {id} before the kill, missing after: {v}");
+    }
+    eprintln!("{} sends were acknowledged before the kill; all of them are stored", acknowledged.len());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !survivor.log().contains("runs the background work") {
         assert!(std::time::Instant::now() < deadline, "no takeover: {}", survivor.log());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     survivor.send_text(&alice, &room, "after the takeover").await;
+    // Every message of Alice's since Bob joined notifies him: the ones before the kill, the
+    // acknowledged ones (and any stored but unanswered when it died), this one.
+    let (_, v) = survivor.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=200"), &bob).await;
+    let messages = v["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message" && e["sender"] == alice.id.as_str())
+        .count() as i64;
+    assert!(messages >= acknowledged.len() as i64 + 3, "{messages}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let v = survivor.sync(&bob, None, 0).await;
-        if unread(&v) == Some(3) {
+        if unread(&v) == Some(messages) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "unread count never reached 3 after the takeover: {v}");
+        assert!(std::time::Instant::now() < deadline, "unread count never reached {messages} after the takeover: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     drop(leader);
