@@ -167,6 +167,89 @@ class Moss(Server):
         return [str(self.binary), "serve"], env
 
 
+def create_database(pg: "Postgres", prefix: str) -> str:
+    """A new, empty database on the bench's PostgreSQL, made by its superuser over the socket;
+    its URL for moss."""
+    e = pg.env
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        [f"{e['MOSS_TEST_PG_BIN']}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", e["MOSS_TEST_PG_SOCKET_DIR"],
+         "-p", e["MOSS_TEST_PG_PORT"], "-U", "postgres", "-d", "postgres", "-c",
+         f"CREATE DATABASE {name} OWNER \"{e['MOSS_TEST_PG_USER']}\" TEMPLATE template0 ENCODING 'UTF8' "
+         "LC_COLLATE 'C' LC_CTYPE 'C'"], check=True, capture_output=True)
+    return f"postgres://{e['MOSS_TEST_PG_USER']}:{e['MOSS_TEST_PG_PASSWORD']}@127.0.0.1:{e['MOSS_TEST_PG_PORT']}/{name}"
+
+
+class MossPair(Server):
+    """Two moss processes on one PostgreSQL database behind nginx (round robin): the
+    deployment of docs/scaling.md. `proc` is the first process (its RSS is the one reported)."""
+
+    name = "moss-postgres-2"
+
+    def __init__(self, work: Path, binary: Path, url: str):
+        super().__init__(work)
+        shared = {"MOSS_DATABASE__URL": url, "MOSS_DATA_DIR": str(work / "data"),
+                  "MOSS_HTTP__TRUSTED_PROXIES": '["127.0.0.1/32"]'}
+        (work / "a").mkdir(parents=True)
+        (work / "b").mkdir(parents=True)
+        self.members = [Moss(work / "a", binary, shared), Moss(work / "b", binary, shared)]
+        self.nginx_dir = work / "nginx"
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        for m in self.members:
+            await m.start()
+        self.proc = self.members[0].proc
+        self.nginx_dir.mkdir(exist_ok=True)
+        upstream = "\n".join(f"        server 127.0.0.1:{m.port};" for m in self.members)
+        (self.nginx_dir / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {self.nginx_dir}/nginx.pid;
+error_log {self.nginx_dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.nginx_dir}/body;
+    proxy_temp_path {self.nginx_dir}/proxy;
+    upstream moss {{
+{upstream}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        client_max_body_size 110m;
+        proxy_request_buffering off;
+        proxy_read_timeout 120s;
+        location / {{
+            proxy_pass http://moss;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+""")
+        subprocess.run(["nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf")], check=True)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3000):
+                try:
+                    async with http.get(f"{self.base}/_matrix/client/versions") as r:
+                        if r.status == 200:
+                            self.cold_start_s = time.perf_counter() - started
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.01)
+        raise SystemExit("nginx in front of two moss processes did not answer")
+
+    def stop(self) -> None:
+        subprocess.run(["nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf"), "-s", "stop"],
+                       capture_output=True)
+        for m in self.members:
+            m.stop()
+
+
 class Postgres:
     """A PostgreSQL cluster: started here with scripts/postgres-start.sh, or an existing one (--pg-env)."""
 
@@ -618,7 +701,8 @@ ROWS = [
     ("peak memory incl. database (MiB)", None, "peak_total_mib", "lower", 1),
 ]
 
-TITLES = {"moss": "moss", "synapse-postgres": "Synapse+PostgreSQL", "synapse-sqlite": "Synapse+SQLite"}
+TITLES = {"moss": "moss", "moss-postgres": "moss+PostgreSQL", "moss-postgres-2": "moss+PostgreSQL ×2 (nginx)",
+          "synapse-postgres": "Synapse+PostgreSQL", "synapse-sqlite": "Synapse+SQLite"}
 PRIMARY = "synapse-postgres"
 
 
@@ -802,6 +886,19 @@ async def main() -> None:
             push_notes, as_notes = [], []
             if name == "moss":
                 server: Server = Moss(work / "moss", binary)
+            elif name in ("moss-postgres", "moss-postgres-2"):
+                if pg is None:
+                    pg = Postgres(read_env_file(Path(args.pg_env)), owned=False) if args.pg_env \
+                        else Postgres.start(pg_dir)
+                    pg_version = versions(pg).get("postgresql")
+                url = create_database(pg, name.replace("-", "_"))
+                if name == "moss-postgres":
+                    server = Moss(work / name, binary, {"MOSS_DATABASE__URL": url})
+                    server.name = name
+                    server.pg = pg
+                else:
+                    server = MossPair(work / name, binary, url)
+                    server.pg = pg
             elif name == "synapse-sqlite":
                 server = Synapse(work / "synapse-sqlite")
             else:
@@ -810,7 +907,7 @@ async def main() -> None:
                         else Postgres.start(pg_dir)
                     pg_version = versions(pg).get("postgresql")
                 server = SynapsePg(work / "synapse-postgres", pg)
-            server.work.mkdir(parents=True)
+            server.work.mkdir(parents=True, exist_ok=True)
             if receiver and name == "moss":  # workload 8: moss.toml with [push], if the binary knows it
                 why_not = push8.configure_moss(binary, server.work, server.command()[1])
                 if why_not:

@@ -155,6 +155,28 @@ async fn a_sqlite_server_moves_to_postgresql_and_carries_on() {
     assert!(sync["rooms"]["join"][&room2].is_object() && sync["rooms"]["join"][&room].is_object(), "{sync}");
 }
 
+/// A /sync long-poll (20 s) on `s` from `since`, in the background: how long it took, and its body.
+fn long_poll(
+    s: &Server,
+    u: &crate::common::User,
+    since: &str,
+) -> tokio::task::JoinHandle<(std::time::Duration, serde_json::Value)> {
+    let (base, token, since) = (s.base.clone(), u.token.clone(), since.to_owned());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (started.elapsed(), v)
+    })
+}
+
 /// Two moss processes on one PostgreSQL database and one data directory, a client's requests
 /// alternating between them: a two-step registration that starts on one and ends on the other,
 /// a long-poll on one woken by a message and by typing sent through the other, unread counts
@@ -209,22 +231,7 @@ async fn two_processes_share_one_database() {
     // Bob long-polls on A; Alice writes on B.
     let first = a.sync(&bob, None, 0).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let (base, token, since) = (a.base.clone(), bob.token.clone(), since.clone());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let v: serde_json::Value = reqwest::Client::new()
-                .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (started.elapsed(), v)
-        })
-    };
+    let poll = long_poll(&a, &bob, &since);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = b.send_text(&alice, &room, "written on B, read on A").await;
     let (took, v) = poll.await.unwrap();
@@ -234,20 +241,7 @@ async fn two_processes_share_one_database() {
 
     // Typing through B reaches a long-poll on A.
     let since = v["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let (base, token) = (a.base.clone(), bob.token.clone());
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let poll = long_poll(&a, &bob, &since);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (st, _) = b
         .put(
@@ -257,7 +251,7 @@ async fn two_processes_share_one_database() {
         )
         .await;
     assert_eq!(st, 200);
-    let v = poll.await.unwrap();
+    let (_, v) = poll.await.unwrap();
     let ephemeral = &v["rooms"]["join"][&room]["ephemeral"]["events"];
     assert!(
         ephemeral
