@@ -124,6 +124,10 @@ class Server:
         log = open(self.work / "server.log", "w")
         started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=self.work, env={**os.environ, **env}, stdout=log, stderr=log)
+        await self.wait_ready(started)
+
+    async def wait_ready(self, started: float) -> None:
+        """Until /versions answers on `base` (cold start counted from `started`)."""
         async with aiohttp.ClientSession() as http:
             for _ in range(3000):
                 try:
@@ -133,7 +137,7 @@ class Server:
                             return
                 except aiohttp.ClientError:
                     pass
-                if self.proc.poll() is not None:
+                if self.proc and self.proc.poll() is not None:
                     raise SystemExit(f"{self.name} exited during start; see {self.work / 'server.log'}")
                 await asyncio.sleep(0.01)
         raise SystemExit(f"{self.name} did not start")
@@ -231,17 +235,7 @@ http {{
 }}
 """)
         subprocess.run(["nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf")], check=True)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(3000):
-                try:
-                    async with http.get(f"{self.base}/_matrix/client/versions") as r:
-                        if r.status == 200:
-                            self.cold_start_s = time.perf_counter() - started
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.01)
-        raise SystemExit("nginx in front of two moss processes did not answer")
+        await self.wait_ready(started)
 
     def stop(self) -> None:
         subprocess.run(["nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf"), "-s", "stop"],
