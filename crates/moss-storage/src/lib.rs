@@ -63,8 +63,6 @@ pub enum StorageError {
     Postgres(String),
     #[error("unexpected column value: {0}")]
     Type(String),
-    #[error("{0} is not available on this database backend")]
-    Unsupported(&'static str),
     #[error("{0}")]
     Migrate(String),
     #[error("database schema version {found} is newer than this moss understands ({known})")]
