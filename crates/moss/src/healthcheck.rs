@@ -26,12 +26,29 @@ fn target(bind: SocketAddr) -> SocketAddr {
 
 pub fn run(bind: SocketAddr, timeout: Duration) -> Result<()> {
     let addr = target(bind);
+    let deadline = std::time::Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(stream, "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    // At most MAX_ANSWER bytes, all within the one deadline (a trickle cannot stretch it).
     let mut answer = Vec::new();
-    stream.take(MAX_ANSWER).read_to_end(&mut answer).with_context(|| format!("reading from {addr}"))?;
+    let mut buf = [0u8; 4096];
+    while (answer.len() as u64) < MAX_ANSWER {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            bail!("no complete answer from {addr} within {timeout:?}");
+        }
+        stream.set_read_timeout(Some(left))?;
+        let want = buf.len().min((MAX_ANSWER - answer.len() as u64) as usize);
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                bail!("no complete answer from {addr} within {timeout:?}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading from {addr}")),
+        }
+    }
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or_default();
@@ -47,6 +64,44 @@ pub fn run(bind: SocketAddr, timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener on loopback whose every connection gets `answer` (then, if `forever`, the same
+    /// bytes again without end, one write per 50 ms).
+    fn fake(answer: &'static [u8], forever: bool) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 1024];
+                    let _ = conn.read(&mut req);
+                    while conn.write_all(answer).is_ok() && forever {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_healthy_answer_passes_and_others_fail() {
+        assert!(run(fake(b"HTTP/1.1 200 OK\r\n\r\n{\"status\":\"ok\"}", false), Duration::from_secs(2)).is_ok());
+        let err = run(fake(b"HTTP/1.1 503 Service Unavailable\r\n\r\ndown", false), Duration::from_secs(2));
+        assert!(err.unwrap_err().to_string().contains("503"));
+    }
+
+    /// An endless answer is read up to the budget, a trickle only until the deadline.
+    #[test]
+    fn endless_or_trickling_answers_are_bounded_in_size_and_time() {
+        let started = std::time::Instant::now();
+        let huge = run(fake(&[b'x'; 16 * 1024], true), Duration::from_secs(30));
+        assert!(huge.is_err(), "not a 200");
+        let trickle = run(fake(b"H", true), Duration::from_millis(500));
+        assert!(trickle.unwrap_err().to_string().contains("within"), "the deadline ends a trickle");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
 
     #[test]
     fn unspecified_binds_are_reached_on_loopback() {
