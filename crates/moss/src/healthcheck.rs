@@ -29,7 +29,9 @@ pub fn run(bind: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    // One write: `write!` on an unbuffered stream sends each formatted piece on its own.
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     // At most MAX_ANSWER bytes, all within the one deadline (a trickle cannot stretch it).
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
@@ -74,8 +76,13 @@ mod tests {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 std::thread::spawn(move || {
-                    let mut req = [0u8; 1024];
-                    let _ = conn.read(&mut req);
+                    // The whole request first: closing with unread bytes would reset the
+                    // connection before the client reads the answer.
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") && matches!(conn.read(&mut byte), Ok(1)) {
+                        req.push(byte[0]);
+                    }
                     while conn.write_all(answer).is_ok() && forever {
                         std::thread::sleep(Duration::from_millis(50));
                     }
