@@ -205,6 +205,13 @@ fn build(
     let mut leave = Map::new();
     let mut typing_rooms = Vec::new();
     let mut empty = true;
+    // An incremental sync looks only at rooms with an event or a receipt since the token
+    // (and those whose membership changed); every other joined room has nothing to say.
+    let changed_rooms = match since_stream {
+        Some(s) if !full_state => Some(r.rooms_changed_since(s)?),
+        _ => None,
+    };
+    let account_data_since = r.account_data_since(u, since_stream.unwrap_or(-1))?;
 
     for m in r.user_memberships(u)? {
         if !filter::room_allowed(filter, &m.room_id) {
@@ -215,6 +222,12 @@ fn build(
             "join" => {
                 typing_rooms.push(m.room_id.clone());
                 let newly = since_stream.is_none() || changed;
+                if !newly
+                    && changed_rooms.as_ref().is_some_and(|c| !c.contains(&m.room_id))
+                    && !account_data_since.iter().any(|a| a.room_id == m.room_id)
+                {
+                    continue;
+                }
                 let lower = if newly && since_stream.is_none() { -1 } else { since_stream.unwrap_or(-1) };
                 let mut rows =
                     r.room_events(&m.room_id, current, Some(lower), Direction::Backward, limit as i64 + 1)?;
@@ -303,9 +316,8 @@ fn build(
                 }
 
                 // Room account data.
-                let account_data: Vec<Value> = r
-                    .account_data_since(u, if since.is_none() { -1 } else { since_stream.unwrap_or(-1) })?
-                    .into_iter()
+                let account_data: Vec<Value> = account_data_since
+                    .iter()
                     .filter(|a| a.room_id == m.room_id)
                     .map(|a| {
                         Ok::<_, Error>(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}))
@@ -388,7 +400,7 @@ fn build(
 
     let mut global = Vec::new();
     let mut saw_push_rules = false;
-    for a in r.account_data_since(u, since_stream.unwrap_or(-1))? {
+    for a in &account_data_since {
         if a.room_id.is_empty() {
             saw_push_rules |= a.kind == crate::user_data::PUSH_RULES;
             global.push(json!({"type": a.kind, "content": serde_json::from_str::<Value>(&a.content)?}));

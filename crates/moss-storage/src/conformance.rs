@@ -33,10 +33,10 @@ pub(crate) fn postgres_db() -> Option<Db> {
     let (user, password) = (var("MOSS_TEST_PG_USER"), var("MOSS_TEST_PG_PASSWORD"));
     let name = format!("moss_storage_{}", unique());
     let mut admin =
-        postgres::Client::connect(&format!("host={socket} port={port} user=postgres dbname=postgres"), postgres::NoTls)
+        crate::backend::postgres::Session::connect(&format!("host={socket} port={port} user=postgres dbname=postgres"))
             .unwrap();
     admin
-        .batch_execute(&format!(
+        .batch(&format!(
             "CREATE DATABASE {name} OWNER \"{user}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
         ))
         .unwrap();

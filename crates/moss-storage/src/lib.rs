@@ -25,6 +25,7 @@ mod relations;
 mod remote_media;
 mod sliding_sync;
 pub mod synapse;
+mod sync;
 mod uiaa;
 
 use std::{
@@ -358,12 +359,13 @@ impl Db {
                 let cell = RefCell::new(session);
                 // One writer at a time across every process on the database, as SQLite has one
                 // writer: the transaction-scoped lock goes with the commit or rollback.
-                cell.borrow_mut().batch(&format!(
+                // (Sent with the transaction's first statement.)
+                cell.borrow_mut().begin(format!(
                     "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
-                ))?;
+                ));
                 let out = f(&Writer { reader: Reader { conn: Conn::Pg(&cell) } });
                 let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let ended = cell.borrow_mut().batch(end);
+                let ended = cell.borrow_mut().end(end);
                 let out = match (out, ended) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Ok(_), Err(e)) => Err(E::from(e)),
@@ -460,9 +462,9 @@ impl Db {
                 };
                 let cell = RefCell::new(session);
                 began = Instant::now();
-                cell.borrow_mut().batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                cell.borrow_mut().begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into());
                 let out = f(&Reader { conn: Conn::Pg(&cell) });
-                let ended = cell.borrow_mut().batch("COMMIT");
+                let ended = cell.borrow_mut().end_read();
                 if ended.is_ok() {
                     let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
                     if pool.len() < 16 {

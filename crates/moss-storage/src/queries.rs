@@ -196,6 +196,11 @@ pub(crate) fn receipt_row(r: &Row<'_>) -> Result<ReceiptRow> {
 }
 pub(crate) const RECEIPT_COLS: &str = "room_id, user_id, receipt_type, thread_id, event_id, ts, stream";
 
+/// The delta chain of state group `?1` as `chain(id, depth)`, depth 0 being the group itself.
+const STATE_CHAIN: &str = "WITH RECURSIVE chain(id, parent, depth) AS ( \
+     SELECT id, parent, 0 FROM state_groups WHERE id = ?1 \
+     UNION ALL SELECT g.id, g.parent, c.depth + 1 FROM state_groups g JOIN chain c ON g.id = c.parent)";
+
 impl Reader<'_> {
     // ---- stream ----
 
@@ -397,28 +402,18 @@ impl Reader<'_> {
 
     // ---- state ----
 
-    /// The full state of a state group, following its delta chain.
+    /// The full state of a state group, following its delta chain (one statement: the chain
+    /// and its entries, oldest delta first so that newer ones overwrite).
     pub fn state_group(&self, group: i64) -> Result<StateMap> {
-        let mut chain = Vec::new();
-        let mut next = Some(group);
-        while let Some(id) = next {
-            chain.push(id);
-            next = self
-                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
-                .flatten();
-        }
-        let mut state = StateMap::new();
-        // Oldest first, so newer deltas overwrite.
-        for id in chain.into_iter().rev() {
-            for (k, sk, ev) in self.collect(
-                "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?1",
-                [id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
-            )? {
-                state.insert((k, sk), ev);
-            }
-        }
-        Ok(state)
+        let rows = self.collect(
+            &format!(
+                "{STATE_CHAIN} SELECT e.type, e.state_key, e.event_id FROM chain c \
+                 JOIN state_group_entries e ON e.group_id = c.id ORDER BY c.depth DESC"
+            ),
+            [group],
+            |r| Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, String>(2)?)),
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     pub fn current_state(&self, room_id: &str) -> Result<StateMap> {
@@ -889,22 +884,16 @@ impl Writer<'_> {
 }
 
 impl Reader<'_> {
-    /// One entry of a state group, following its delta chain only as far as needed.
+    /// One entry of a state group: the newest delta of its chain that has it.
     pub fn state_group_entry(&self, group: i64, kind: &str, state_key: &str) -> Result<Option<String>> {
-        let mut next = Some(group);
-        while let Some(id) = next {
-            if let Some(ev) = self.one(
-                "SELECT event_id FROM state_group_entries WHERE group_id = ?1 AND type = ?2 AND state_key = ?3",
-                params![id, kind, state_key],
-                |r| r.get::<_, String>(0),
-            )? {
-                return Ok(Some(ev));
-            }
-            next = self
-                .one("SELECT parent FROM state_groups WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
-                .flatten();
-        }
-        Ok(None)
+        self.one(
+            &format!(
+                "{STATE_CHAIN} SELECT e.event_id FROM chain c JOIN state_group_entries e ON e.group_id = c.id \
+                 WHERE e.type = ?2 AND e.state_key = ?3 ORDER BY c.depth LIMIT 1"
+            ),
+            params![group, kind, state_key],
+            |r| r.get::<_, String>(0),
+        )
     }
 }
 

@@ -224,7 +224,7 @@ impl ColumnIndex for usize {
 /// One result row.
 pub enum Row<'r> {
     Sqlite(&'r rusqlite::Row<'r>),
-    Pg(&'r ::postgres::Row),
+    Pg(&'r tokio_postgres::Row),
 }
 
 impl Row<'_> {

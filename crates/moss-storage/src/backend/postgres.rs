@@ -1,11 +1,21 @@
-//! PostgreSQL through the `postgres` crate (tokio-postgres driven by a runtime of its own), so
-//! queries run synchronously inside the same blocking closures as SQLite's. Each session keeps
-//! its prepared statements by SQL text; placeholders are rewritten once per statement.
+//! PostgreSQL through tokio-postgres, each session driven by a current-thread runtime of its
+//! own, so queries run synchronously inside the same blocking closures as SQLite's. Each
+//! session keeps its prepared statements by SQL text; placeholders are rewritten once per
+//! statement.
+//!
+//! What a statement costs here is its round trip (a loopback exchange is ≈ 50–70 µs, a point
+//! query a few µs of the server's time), so a session saves the ones it can: a transaction's
+//! BEGIN travels in the same flight as its first statement (both written before either answer
+//! is read), a transaction that issued no statement never begins, and a read transaction's
+//! COMMIT is written without waiting for its answer (a read-only COMMIT has nothing to report;
+//! the next use of the connection reads the answer and drops it).
 
-use std::{collections::HashMap, error::Error as StdError};
+use std::{collections::HashMap, error::Error as StdError, future::Future, pin::pin, task::Poll};
 
 use bytes::{BufMut, BytesMut};
-use postgres::{
+use futures_util::TryStreamExt;
+use tokio::runtime::Runtime;
+use tokio_postgres::{
     types::{to_sql_checked, FromSql, IsNull, ToSql, Type},
     Client, NoTls, Statement,
 };
@@ -13,7 +23,7 @@ use postgres::{
 use super::{pg_placeholders, Row, Value};
 use crate::{Result, StorageError};
 
-fn pg(e: postgres::Error) -> StorageError {
+fn pg(e: tokio_postgres::Error) -> StorageError {
     // The server's own message (constraint, syntax, type) says more than the driver's summary.
     match e.as_db_error() {
         Some(db) => StorageError::Postgres(format!("{} ({})", db.message(), db.code().code())),
@@ -21,7 +31,7 @@ fn pg(e: postgres::Error) -> StorageError {
     }
 }
 
-/// Runs a blocking driver call. The driver blocks on a runtime of its own, which tokio forbids
+/// Runs a blocking driver call. A session blocks on a runtime of its own, which tokio forbids
 /// on a thread that is driving async tasks (moss opens its database from `main`'s runtime, and
 /// some reads run inline, and a pool may be dropped there): on a multi-threaded runtime's worker
 /// the call is moved off it with `block_in_place`, on a current-thread runtime it runs on a
@@ -37,48 +47,136 @@ fn blocking<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// A connection: the client, the runtime that drives it and the task reading its socket.
+struct Link {
+    client: Client,
+    runtime: Runtime,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Runs `f` on this connection's runtime (off any async worker).
+    fn run<T: Send>(&self, f: impl AsyncFnOnce(&Client) -> T + Send) -> T {
+        blocking(|| self.runtime.block_on(f(&self.client)))
+    }
+}
+
 /// One connection and its statement cache.
 pub(crate) struct Session {
     /// Always `Some` until dropped (taken then, to close it off the runtime).
-    client: Option<Client>,
+    link: Option<Link>,
     statements: HashMap<String, Statement>,
+    /// The opening of a transaction (simple-query text), sent with the next statement.
+    begin: Option<String>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Closing the connection blocks on the driver's runtime: not on a runtime worker.
         let statements = std::mem::take(&mut self.statements);
-        let client = self.client.take();
+        let Some(Link { client, runtime, connection }) = self.link.take() else { return };
+        // Closing blocks on the session's runtime, so not on an async worker: the statements
+        // are closed and the client dropped, then the connection says goodbye and ends.
         blocking(move || {
             drop(statements);
             drop(client);
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection).await;
+            });
         });
     }
 }
 
 impl Session {
     pub(crate) fn connect(url: &str) -> Result<Session> {
-        let client = blocking(|| Client::connect(url, NoTls)).map_err(pg)?;
-        Ok(Session { client: Some(client), statements: HashMap::new() })
+        let link = blocking(|| -> Result<Link> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StorageError::Postgres(format!("starting the connection's runtime: {e}")))?;
+            let (client, connection) = runtime.block_on(tokio_postgres::connect(url, NoTls)).map_err(pg)?;
+            let connection = runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok(Link { client, runtime, connection })
+        })?;
+        Ok(Session { link: Some(link), statements: HashMap::new(), begin: None })
     }
 
-    fn client(&mut self) -> Result<&mut Client> {
-        self.client.as_mut().ok_or(StorageError::Postgres("the connection is closed".into()))
+    fn link(&self) -> Result<&Link> {
+        self.link.as_ref().ok_or(StorageError::Postgres("the connection is closed".into()))
+    }
+
+    /// Opens a transaction with `sql` (BEGIN …), sent with the first statement that follows.
+    pub(crate) fn begin(&mut self, sql: String) {
+        self.begin = Some(sql);
+    }
+
+    /// Ends the transaction [`Session::begin`] opened: `COMMIT` or `ROLLBACK`, waiting for the
+    /// answer (a write is acknowledged only once committed). Nothing to do if it never began.
+    pub(crate) fn end(&mut self, sql: &str) -> Result<()> {
+        if self.begin.take().is_some() {
+            return Ok(());
+        }
+        self.batch(sql)
+    }
+
+    /// Ends a read-only transaction: COMMIT written to the socket without waiting for its answer.
+    pub(crate) fn end_read(&mut self) -> Result<()> {
+        if self.begin.take().is_some() {
+            return Ok(());
+        }
+        self.link()?.run(async |client| {
+            {
+                let mut commit = pin!(client.batch_execute("COMMIT"));
+                // The first poll hands the message to the connection task; the answer is not
+                // awaited (dropping the future tells the connection to discard it).
+                std::future::poll_fn(|cx| {
+                    let _ = commit.as_mut().poll(cx);
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            // Lets the connection task write it now, so the snapshot is released at once.
+            tokio::task::yield_now().await;
+        });
+        Ok(())
+    }
+
+    /// Runs `f`'s request, preceded in the same flight by a pending transaction opening.
+    fn pipelined<T: Send>(
+        &mut self,
+        f: impl AsyncFnOnce(&Client) -> std::result::Result<T, tokio_postgres::Error> + Send,
+    ) -> Result<T> {
+        let begin = self.begin.take();
+        self.link()?.run(async |client| match begin {
+            None => f(client).await.map_err(pg),
+            Some(begin) => {
+                let (begun, out) = futures_util::future::join(client.batch_execute(&begin), f(client)).await;
+                begun.map_err(pg)?;
+                out.map_err(pg)
+            }
+        })
     }
 
     pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
-        blocking(|| self.client()?.batch_execute(sql).map_err(pg))
+        let sql = match self.begin.take() {
+            Some(begin) => format!("{begin}; {sql}"),
+            None => sql.to_owned(),
+        };
+        self.link()?.run(async |client| client.batch_execute(&sql).await.map_err(pg))
     }
 
     /// The first column of the first row of a statement without parameters.
     pub(crate) fn scalar_i64(&mut self, sql: &str) -> Result<Option<i64>> {
-        let rows = blocking(|| self.client()?.query(sql, &[]).map_err(pg))?;
+        let rows = self.pipelined(async |c| c.query(sql, &[]).await)?;
         rows.first().map(|r| r.try_get::<_, i64>(0)).transpose().map_err(pg)
     }
 
     /// The three integer columns of the first row of a statement without parameters.
     pub(crate) fn one_row3(&mut self, sql: &str) -> Result<Option<(i64, i64, i64)>> {
-        let rows = blocking(|| self.client()?.query(sql, &[]).map_err(pg))?;
+        let rows = self.pipelined(async |c| c.query(sql, &[]).await)?;
         rows.first()
             .map(|r| Ok((r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?, r.try_get(2).map_err(pg)?)))
             .transpose()
@@ -91,11 +189,11 @@ impl Session {
 
     /// Runs `f` in a transaction of its own, committed if it returns `Ok`.
     pub(crate) fn transaction(&mut self, f: impl FnOnce(&mut Session) -> Result<()>) -> Result<()> {
-        self.batch("BEGIN")?;
+        self.begin("BEGIN".into());
         match f(self) {
-            Ok(()) => self.batch("COMMIT"),
+            Ok(()) => self.end("COMMIT"),
             Err(e) => {
-                let _ = self.batch("ROLLBACK");
+                let _ = self.end("ROLLBACK");
                 Err(e)
             }
         }
@@ -105,7 +203,7 @@ impl Session {
     /// differ in length).
     pub(crate) fn exec_raw(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        blocking(|| self.client()?.execute(sql, &refs).map_err(pg))
+        self.pipelined(async |c| c.execute(sql, &refs).await)
     }
 
     /// Streams a query's rows, hashing each row's `columns` values with `hash`: the row count
@@ -117,11 +215,14 @@ impl Session {
         hash: fn(&mut std::collections::hash_map::DefaultHasher, Value<'_>),
     ) -> Result<(u64, u64)> {
         use std::hash::Hasher;
-        blocking(|| {
-            let client = self.client()?;
-            let mut rows = client.query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>()).map_err(pg)?;
+        if let Some(begin) = self.begin.take() {
+            self.batch(&begin)?;
+        }
+        self.link()?.run(async |client| {
+            let rows = client.query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>()).await.map_err(pg)?;
+            let mut rows = pin!(rows);
             let (mut count, mut sum) = (0u64, 0u64);
-            while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(pg)? {
+            while let Some(row) = rows.try_next().await.map_err(pg)? {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 for i in 0..columns {
                     let raw: Raw<'_> = row.try_get(i).map_err(pg)?;
@@ -135,19 +236,22 @@ impl Session {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.client.as_ref().is_none_or(Client::is_closed)
+        self.link.as_ref().is_none_or(|l| l.client.is_closed())
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = blocking(|| self.client()?.prepare(&pg_placeholders(sql)).map_err(pg)).map_err(|e| match e {
+        let text = pg_placeholders(sql);
+        let stmt = self.link()?.run(async |client| client.prepare(&text).await).map_err(|e| {
             // A statement that does not prepare is a bug in moss's SQL: say which.
-            StorageError::Postgres(m) => {
-                StorageError::Postgres(format!("{m} in: {}", sql.chars().take(300).collect::<String>()))
+            match pg(e) {
+                StorageError::Postgres(m) => {
+                    StorageError::Postgres(format!("{m} in: {}", sql.chars().take(300).collect::<String>()))
+                }
+                other => other,
             }
-            other => other,
         })?;
         if self.statements.len() >= 512 {
             self.statements.clear();
@@ -156,10 +260,10 @@ impl Session {
         Ok(stmt)
     }
 
-    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<postgres::Row>> {
+    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        blocking(|| self.client()?.query(&stmt, &refs).map_err(pg))
+        self.pipelined(async |c| c.query(&stmt, &refs).await)
     }
 
     pub(super) fn collect<T>(
@@ -186,7 +290,7 @@ impl Session {
     pub(super) fn exec(&mut self, sql: &str, params: &[Value<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let n = blocking(|| self.client()?.execute(&stmt, &refs).map_err(pg))?;
+        let n = self.pipelined(async |c| c.execute(&stmt, &refs).await)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
@@ -305,7 +409,7 @@ fn numeric(raw: &[u8]) -> std::result::Result<Value<'static>, BoxError> {
     }
 }
 
-pub(super) fn column<T>(r: &postgres::Row, idx: usize, f: impl FnOnce(Value<'_>) -> Result<T>) -> Result<T> {
+pub(super) fn column<T>(r: &tokio_postgres::Row, idx: usize, f: impl FnOnce(Value<'_>) -> Result<T>) -> Result<T> {
     let raw: Raw<'_> = r.try_get(idx).map_err(|e| StorageError::Type(format!("column {idx}: {e}")))?;
     f(raw.0)
 }
