@@ -23,6 +23,7 @@ mod push;
 mod queries;
 mod relations;
 mod remote_media;
+mod room_state;
 mod sliding_sync;
 pub mod synapse;
 mod sync;
@@ -49,6 +50,7 @@ pub use push::*;
 pub use queries::*;
 pub use relations::*;
 pub use remote_media::*;
+pub use room_state::Extremity;
 pub use sliding_sync::*;
 pub use uiaa::*;
 

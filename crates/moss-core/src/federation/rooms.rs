@@ -187,7 +187,8 @@ impl Moss {
                     }
                 }
                 let new = NewPdu::state(TimelineEventType::RoomMember, u.as_str(), content);
-                let t = template(w, &info.rules, Some(&room), &u, new, now_ms())?;
+                let view = crate::rooms::timeline::StateView::new(w, room.as_str());
+                let t = template(w, &view, &info.rules, Some(&room), &u, new, now_ms())?;
                 // Refuse now what the auth rules would refuse later (bans, invite-only rooms).
                 let mut obj = t.obj;
                 let probe = Pdu::from_stored("$probe", &serde_json::to_string(&obj)?)?;

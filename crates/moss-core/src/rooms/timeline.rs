@@ -4,7 +4,7 @@
 //! Everything here runs inside one write transaction, so an event that fails any step leaves
 //! nothing behind.
 
-use std::sync::Arc;
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use moss_storage::{NewEvent, Writer};
 use ruma::{
@@ -123,6 +123,56 @@ impl Built {
     }
 }
 
+/// The room's current state as building one event sees it. Inside the write transaction it
+/// cannot change underneath, so each `(type, state key)` is read at most once, and the auth
+/// events the rules name are read together in one statement.
+pub(crate) struct StateView<'a, 'w> {
+    w: &'a Writer<'w>,
+    room: &'a str,
+    seen: RefCell<HashMap<(String, String), Option<Pdu>>>,
+}
+
+impl<'a, 'w> StateView<'a, 'w> {
+    pub(crate) fn new(w: &'a Writer<'w>, room: &'a str) -> Self {
+        StateView { w, room, seen: RefCell::default() }
+    }
+
+    /// Reads every key not seen yet, in one statement.
+    fn load(&self, keys: &[(&str, &str)]) -> Result<()> {
+        let missing: Vec<(&str, &str)> = {
+            let seen = self.seen.borrow();
+            keys.iter().copied().filter(|(k, sk)| !seen.contains_key(&((*k).to_owned(), (*sk).to_owned()))).collect()
+        };
+        if missing.is_empty() || self.room.is_empty() {
+            return Ok(());
+        }
+        let rows = self.w.current_state_events(self.room, &missing)?;
+        let mut seen = self.seen.borrow_mut();
+        for (k, sk) in missing {
+            seen.insert((k.to_owned(), sk.to_owned()), None);
+        }
+        for row in rows {
+            let pdu = Pdu::from_stored(&row.event_id, &row.pdu)?;
+            seen.insert((row.kind, row.state_key.unwrap_or_default()), Some(pdu));
+        }
+        Ok(())
+    }
+
+    fn get(&self, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        self.load(&[(kind, state_key)])?;
+        Ok(self.seen.borrow().get(&(kind.to_owned(), state_key.to_owned())).cloned().flatten())
+    }
+
+    /// An event by id: one of the state events read already, else from the database.
+    fn event(&self, id: &str) -> Result<Option<Pdu>> {
+        let known = self.seen.borrow().values().flatten().find(|p| p.event_id.as_str() == id).cloned();
+        match known {
+            Some(pdu) => Ok(Some(pdu)),
+            None => load_pdu(self.w, id),
+        }
+    }
+}
+
 /// The unsigned event: where it goes in the room graph (prev events, depth), the state it is
 /// authorized by (auth events) and what a state event replaces (for clients).
 pub(crate) struct Template {
@@ -137,6 +187,7 @@ pub const MAX_PREV_EVENTS: usize = 20;
 
 pub(crate) fn template(
     w: &Writer<'_>,
+    view: &StateView<'_, '_>,
     rules: &RoomVersionRules,
     room_id: Option<&RoomId>,
     sender: &UserId,
@@ -150,11 +201,7 @@ pub(crate) fn template(
     // events take them in, so a room another server splintered is merged over a few events.
     let mut tips = Vec::new();
     if room_id.is_some() {
-        for e in w.forward_extremities(&room_str)? {
-            if let Some(row) = w.event(&e)? {
-                tips.push((w.event_depth(&e)?.unwrap_or(0), e, row.state_group));
-            }
-        }
+        tips = w.extremities(&room_str)?.into_iter().map(|t| (t.depth, t.event_id, t.state_group)).collect();
     }
     tips.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     tips.truncate(MAX_PREV_EVENTS);
@@ -178,9 +225,17 @@ pub(crate) fn template(
             .map_err(|e| Error::bad_json(format!("invalid event content: {e}")))?;
     let mut auth_events = Vec::new();
     if room_id.is_some() {
+        let mut keys: Vec<(String, &str)> = auth_types.iter().map(|(k, sk)| (k.to_string(), sk.as_str())).collect();
+        // What a state event replaces, and the sender's membership (the rules check it), in the
+        // same statement.
+        if let Some(sk) = &new.state_key {
+            keys.push((new.kind.to_string(), sk));
+        }
+        keys.push(("m.room.member".to_owned(), sender.as_str()));
+        view.load(&keys.iter().map(|(k, sk)| (k.as_str(), *sk)).collect::<Vec<_>>())?;
         for (kind, sk) in &auth_types {
-            if let Some(row) = w.current_state_event(&room_str, &kind.to_string(), sk)? {
-                auth_events.push(row.event_id);
+            if let Some(pdu) = view.get(&kind.to_string(), sk)? {
+                auth_events.push(pdu.event_id.to_string());
             }
         }
     }
@@ -188,7 +243,7 @@ pub(crate) fn template(
     // Tell clients what a state event replaced.
     let mut unsigned = serde_json::Map::new();
     if let (Some(sk), Some(_)) = (&new.state_key, room_id) {
-        if let Some(prev) = current_state_pdu(w, &room_str, &new.kind.to_string(), sk)? {
+        if let Some(prev) = view.get(&new.kind.to_string(), sk)? {
             unsigned.insert("replaces_state".into(), json!(prev.event_id));
             unsigned.insert("prev_content".into(), prev.content_value());
             unsigned.insert("prev_sender".into(), json!(prev.sender));
@@ -233,7 +288,9 @@ pub fn build(
     now: u64,
 ) -> Result<Built> {
     let rules = rules_for(version)?;
-    let Template { obj, depth, parent_group, unsigned } = template(w, &rules, room_id, sender, new, now)?;
+    let room_for_view = room_id.map(|r| r.as_str()).unwrap_or_default();
+    let view = StateView::new(w, room_for_view);
+    let Template { obj, depth, parent_group, unsigned } = template(w, &view, &rules, room_id, sender, new, now)?;
     let mut canon: CanonicalJsonObject = match serde_json::from_value(obj) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         Ok(_) => return Err(Error::internal("event is not an object")),
@@ -270,11 +327,18 @@ pub fn build(
 
     // The authorization rules, against the auth events and the current state (for local events
     // they are the same state).
-    let fetch_event = |id: &EventId| load_pdu(w, id.as_str()).ok().flatten();
+    let fetch_event = |id: &EventId| view.event(id.as_str()).ok().flatten();
     check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
-    let fetch_state =
-        |kind: &StateEventType, sk: &str| current_state_pdu(w, &room_str, &kind.to_string(), sk).ok().flatten();
+    // The create event of a room whose id is its hash is not stored yet: the view of a room
+    // without an id holds nothing, so those lookups go by the new room's id.
+    let fetch_state = |kind: &StateEventType, sk: &str| {
+        if room_for_view.is_empty() {
+            current_state_pdu(w, &room_str, &kind.to_string(), sk).ok().flatten()
+        } else {
+            view.get(&kind.to_string(), sk).ok().flatten()
+        }
+    };
     check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
     Ok(Built { pdu, canon, room_id, depth, parent_group })
