@@ -18,7 +18,7 @@ use crate::{
     filter,
     rooms::{
         read::{client_event, token},
-        relations::served_event,
+        relations::served_events,
     },
     Moss,
 };
@@ -156,8 +156,10 @@ fn state_events(
 ) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let matcher = filter::EventFilter::new(f);
+    let ids: Vec<String> = ids.collect();
+    let mut rows = r.events_by_id(&ids.iter().map(String::as_str).collect::<Vec<_>>())?;
     for id in ids {
-        if let Some(row) = r.event(&id)? {
+        if let Some(row) = rows.remove(&id) {
             let ev = client_event(&row, user, None)?;
             if matcher.matches(&ev) {
                 out.push(ev);
@@ -208,9 +210,15 @@ fn build(
     // An incremental sync looks only at rooms with an event or a receipt since the token
     // (and those whose membership changed); every other joined room has nothing to say.
     let changed_rooms = match since_stream {
-        Some(s) if !full_state => Some(r.rooms_changed_since(s)?),
+        Some(s) if !full_state => {
+            let mut rooms = r.rooms_with_events_after(s)?;
+            rooms.extend(r.rooms_with_receipts_after(s)?);
+            Some(rooms)
+        }
         _ => None,
     };
+    // Read at the first room that reports counts.
+    let mut counts_at = None;
     let account_data_since = r.account_data_since(u, since_stream.unwrap_or(-1))?;
 
     for m in r.user_memberships(u)? {
@@ -235,13 +243,9 @@ fn build(
                 rows.truncate(limit);
                 rows.reverse();
                 let first_stream = rows.first().map(|e| e.stream).unwrap_or(current + 1);
-                let mut timeline = Vec::new();
-                for row in rows.iter().filter(|row| row.state_key.is_some() || !ignored.contains(&row.sender)) {
-                    let ev = served_event(r, row, u, Some(device))?;
-                    if timeline_matcher.matches(&ev) {
-                        timeline.push(ev);
-                    }
-                }
+                let shown = rows.iter().filter(|row| row.state_key.is_some() || !ignored.contains(&row.sender));
+                let mut timeline = served_events(r, shown, u, Some(device))?;
+                timeline.retain(|ev| timeline_matcher.matches(ev));
                 // State: the full state before the timeline for new rooms, else the changes
                 // the timeline skipped over.
                 let before = state_before(r, &m.room_id, first_stream - 1)?;
@@ -340,15 +344,11 @@ fn build(
                 room["ephemeral"] = json!({"events": ephemeral});
                 room["account_data"] = json!({"events": account_data});
                 room["summary"] = summary(r, &m.room_id, u)?;
-                unread_counts(
-                    r,
-                    rules,
-                    user,
-                    &m.room_id,
-                    current,
-                    timeline_filter.unread_thread_notifications,
-                    &mut room,
-                )?;
+                let at = match counts_at {
+                    Some(at) => at,
+                    None => *counts_at.insert(crate::push::counts::CountsAt::read(r, current)?),
+                };
+                unread_counts(r, rules, user, &m.room_id, at, timeline_filter.unread_thread_notifications, &mut room)?;
                 join.insert(m.room_id.clone(), room);
             }
             "invite" if changed && !invited_by_ignored(r, &m.event_id, &ignored)? => {
@@ -499,12 +499,12 @@ fn unread_counts(
     rules: &crate::push::RulesCache,
     user: &UserId,
     room: &str,
-    current: i64,
+    at: crate::push::counts::CountsAt,
     by_thread: bool,
     entry: &mut Value,
 ) -> Result<()> {
     let room_id = RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?;
-    let counts = crate::push::counts::room_counts(r, rules, user, &room_id, current)?;
+    let counts = crate::push::counts::room_counts(r, rules, user, &room_id, at)?;
     let room_level = if by_thread { counts.main() } else { counts.total() };
     entry["unread_notifications"] =
         json!({"notification_count": room_level.notify, "highlight_count": room_level.highlight});

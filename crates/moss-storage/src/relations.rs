@@ -1,6 +1,8 @@
 //! Queries over event relations (threads, edits, reactions, references) and the full-text search
 //! index. Both indexes are kept by triggers on `events` (schema 7).
 
+use std::collections::HashSet;
+
 use crate::params;
 
 use crate::{
@@ -27,6 +29,22 @@ impl Reader<'_> {
         Ok(self
             .one("SELECT 1 FROM event_relations WHERE relates_to = ?1 LIMIT 1", [event_id], |r| r.get::<_, i64>(0))?
             .is_some())
+    }
+
+    /// Which of `event_ids` have an event relating to them (one statement for a whole timeline;
+    /// only those get their relations bundled).
+    pub fn events_with_relations(&self, event_ids: &[&str]) -> Result<HashSet<String>> {
+        if event_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids = serde_json::to_string(event_ids)?;
+        let each = self.sql("SELECT value FROM json_each(?1)", "SELECT jsonb_array_elements_text(?1::jsonb)");
+        let found = self.collect(
+            &format!("SELECT DISTINCT relates_to FROM event_relations WHERE relates_to IN ({each})"),
+            [ids],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(found.into_iter().collect())
     }
 
     /// Events relating to `event_id` (to any of `targets`), optionally of one relation type and

@@ -89,7 +89,7 @@ mod tests {
                 w.set_forward_extremities("!r:x", &["$e2", "$missing"])
             })
             .unwrap();
-            let (tips, found, none) = db
+            let (tips, found, none, by_id) = db
                 .read_blocking(|r| {
                     Ok::<_, crate::StorageError>((
                         r.extremities("!r:x")?,
@@ -98,6 +98,7 @@ mod tests {
                             &[("m.room.create", ""), ("m.room.member", "@u:x"), ("m.room.power_levels", "")],
                         )?,
                         r.current_state_events("!r:x", &[])?,
+                        r.events_by_id(&["$e0", "$e2", "$nope"])?,
                     ))
                 })
                 .unwrap();
@@ -106,6 +107,10 @@ mod tests {
             ids.sort();
             assert_eq!(ids, ["$e0", "$e1"], "{name}");
             assert!(none.is_empty(), "{name}");
+            let mut ids: Vec<&String> = by_id.keys().collect();
+            ids.sort();
+            assert_eq!(ids, ["$e0", "$e2"], "{name}");
+            assert_eq!(by_id["$e2"].kind, "m.room.message", "{name}");
         }
     }
 }

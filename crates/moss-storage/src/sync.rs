@@ -1,71 +1,29 @@
-//! Queries for `/sync`: which rooms an incremental sync has to look at.
+//! Queries for `/sync`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use crate::{Reader, Result};
+use crate::{
+    queries::{event_row, EVENT_COLS},
+    EventRow, Reader, Result,
+};
 
 impl Reader<'_> {
-    /// The rooms with an event or a receipt after stream position `since`: an incremental
-    /// sync looks only at these (and at rooms whose membership changed), so one that finds
-    /// nothing new costs a statement, not a few per room.
-    pub fn rooms_changed_since(&self, since: i64) -> Result<HashSet<String>> {
-        let rooms = self.collect(
-            "SELECT room_id FROM events WHERE stream > ?1 UNION SELECT room_id FROM receipts WHERE stream > ?1",
-            [since],
-            |r| r.get::<_, String>(0),
-        )?;
-        Ok(rooms.into_iter().collect())
+    /// The stored events among `event_ids`, by id, in one statement (a room's state for sync).
+    pub fn events_by_id(&self, event_ids: &[&str]) -> Result<HashMap<String, EventRow>> {
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = serde_json::to_string(event_ids)?;
+        let each = self.sql("SELECT value FROM json_each(?1)", "SELECT jsonb_array_elements_text(?1::jsonb)");
+        let rows =
+            self.collect(&format!("SELECT {EVENT_COLS} FROM events WHERE event_id IN ({each})"), [ids], event_row)?;
+        Ok(rows.into_iter().map(|e| (e.event_id.clone(), e)).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{conformance::test_dbs, NewEvent, ReceiptRow};
-
-    #[test]
-    fn rooms_changed_since_sees_events_and_receipts_after_the_position() {
-        for (name, db) in test_dbs() {
-            db.write_blocking(|w| {
-                for (i, room) in ["!a:x", "!b:x", "!a:x"].into_iter().enumerate() {
-                    let stream = w.next_stream()?;
-                    w.insert_event(&NewEvent {
-                        stream,
-                        event_id: &format!("$e{i}"),
-                        room_id: room,
-                        kind: "m.room.message",
-                        state_key: None,
-                        sender: "@u:x",
-                        origin_server_ts: 0,
-                        depth: 1,
-                        pdu: "{}",
-                        state_group: 0,
-                        txn: None,
-                    })?;
-                }
-                let stream = w.next_stream()?;
-                w.set_receipt(&ReceiptRow {
-                    room_id: "!c:x".into(),
-                    user_id: "@u:x".into(),
-                    receipt_type: "m.read".into(),
-                    thread_id: String::new(),
-                    event_id: "$e0".into(),
-                    ts: 0,
-                    stream,
-                })
-            })
-            .unwrap();
-            let changed = |since| db.read_blocking(|r| r.rooms_changed_since(since)).unwrap();
-            let sorted = |s: std::collections::HashSet<String>| {
-                let mut v: Vec<String> = s.into_iter().collect();
-                v.sort();
-                v
-            };
-            assert_eq!(sorted(changed(0)), ["!a:x", "!b:x", "!c:x"], "{name}");
-            assert_eq!(sorted(changed(2)), ["!a:x", "!c:x"], "{name}");
-            assert_eq!(sorted(changed(3)), ["!c:x"], "{name}");
-            assert!(changed(4).is_empty(), "{name}");
-        }
-    }
+    use crate::conformance::test_dbs;
 
     /// A group's state follows its delta chain, newer deltas winning; one entry is the newest.
     #[test]

@@ -86,14 +86,29 @@ pub(crate) fn read_marks(r: &Reader<'_>, user: &str, room: &str) -> Result<ReadM
 /// behind at most; clients show "99+" anyway).
 const INLINE_MAX: i64 = 100;
 
-/// A user's unread counts in a room as of `current` (the snapshot's stream position).
+/// Where counts are taken, read once per response rather than per room: the snapshot's
+/// stream position and how far the push evaluator had got in it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CountsAt {
+    pub current: i64,
+    pub evaluated: i64,
+}
+
+impl CountsAt {
+    pub(crate) fn read(r: &Reader<'_>, current: i64) -> Result<CountsAt> {
+        Ok(CountsAt { current, evaluated: r.push_evaluated_upto()? })
+    }
+}
+
+/// A user's unread counts in a room as of `at` (the snapshot's stream position).
 pub(crate) fn room_counts(
     r: &Reader<'_>,
     rules: &RulesCache,
     user: &UserId,
     room_id: &RoomId,
-    current: i64,
+    at: CountsAt,
 ) -> Result<RoomCounts> {
+    let CountsAt { current, evaluated } = at;
     let (u, room) = (user.as_str(), room_id.as_str());
     let marks = read_marks(r, u, room)?;
     let mut counts = RoomCounts::default();
@@ -108,7 +123,6 @@ pub(crate) fn room_counts(
         counts.threads.insert(t.thread_id, c);
     }
     // Events the evaluator has not reached yet.
-    let evaluated = r.push_evaluated_upto()?;
     let from = evaluated.max(marks.all);
     if from < current {
         let rows = r.room_events(room, from, Some(current), Direction::Forward, INLINE_MAX)?;
@@ -143,6 +157,7 @@ pub(crate) fn room_counts(
 /// The number on the app icon: rooms with unread notifications (or, with
 /// `push.group_unread_count_by_room = false`, the notifications themselves), plus invites.
 pub(crate) fn badge(r: &Reader<'_>, rules: &RulesCache, user: &UserId, by_room: bool, current: i64) -> Result<u64> {
+    let at = CountsAt::read(r, current)?;
     let mut badge = r.count_memberships(user.as_str(), "invite")?;
     for (room, newest) in r.push_rooms(user.as_str())? {
         let Ok(room_id) = RoomId::parse(&room) else { continue };
@@ -153,7 +168,7 @@ pub(crate) fn badge(r: &Reader<'_>, rules: &RulesCache, user: &UserId, by_room: 
         if newest <= marks.all {
             continue;
         }
-        let n = room_counts(r, rules, user, &room_id, current)?.total().notify;
+        let n = room_counts(r, rules, user, &room_id, at)?.total().notify;
         badge += if by_room { u64::from(n > 0) } else { n };
     }
     Ok(badge)

@@ -36,10 +36,37 @@ pub fn served_event(r: &Reader<'_>, row: &EventRow, user: &str, device: Option<&
     Ok(ev)
 }
 
+/// Several events as clients get them, relations bundled; which of them have any is asked once
+/// for all of them.
+pub fn served_events<'e>(
+    r: &Reader<'_>,
+    rows: impl IntoIterator<Item = &'e EventRow>,
+    user: &str,
+    device: Option<&str>,
+) -> Result<Vec<Value>> {
+    let rows: Vec<&EventRow> = rows.into_iter().collect();
+    let ids: Vec<&str> = rows.iter().filter(|e| e.redacted_by.is_none()).map(|e| e.event_id.as_str()).collect();
+    let related = r.events_with_relations(&ids)?;
+    rows.into_iter()
+        .map(|row| {
+            let mut ev = client_event(row, user, device)?;
+            if row.redacted_by.is_none() && related.contains(&row.event_id) {
+                bundle_related(r, row, user, &mut ev)?;
+            }
+            Ok(ev)
+        })
+        .collect()
+}
+
 fn bundle(r: &Reader<'_>, row: &EventRow, user: &str, ev: &mut Value) -> Result<()> {
     if row.redacted_by.is_some() || !r.has_relations(&row.event_id)? {
         return Ok(());
     }
+    bundle_related(r, row, user, ev)
+}
+
+/// Adds the relations of an event that has some.
+fn bundle_related(r: &Reader<'_>, row: &EventRow, user: &str, ev: &mut Value) -> Result<()> {
     let mut rel = Map::new();
     if let Some(t) = r.thread_summary(&row.event_id, user)? {
         if let Some(latest) = r.event_at(t.latest_stream)? {

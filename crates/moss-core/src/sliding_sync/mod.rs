@@ -283,6 +283,7 @@ fn build(
         device,
         from,
         current,
+        counts_at: crate::push::counts::CountsAt::read(r, current)?,
         rules,
         ignored: &ignored,
         rooms_with_events: &rooms_with_events,

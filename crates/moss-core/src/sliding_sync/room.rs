@@ -50,6 +50,8 @@ pub struct Ctx<'a> {
     /// The connection's stream position before this response (`None` on a new connection).
     pub from: Option<i64>,
     pub current: i64,
+    /// Where unread counts are taken (read once for all rooms).
+    pub counts_at: crate::push::counts::CountsAt,
     pub rules: &'a RulesCache,
     pub ignored: &'a HashSet<String>,
     /// Rooms with events after `from`.
@@ -175,7 +177,7 @@ pub fn build(ctx: &Ctx<'_>, c: &Candidate, cfg: &RoomConfig, sent: Option<&RoomS
     let (joined_count, invited_count) = r.member_counts(room)?;
     let (notification_count, highlight_count) = if joined {
         let room_id = RoomId::parse(room).map_err(|e| Error::internal(e.to_string()))?;
-        let counts = crate::push::counts::room_counts(r, ctx.rules, ctx.user, &room_id, ctx.current)?.total();
+        let counts = crate::push::counts::room_counts(r, ctx.rules, ctx.user, &room_id, ctx.counts_at)?.total();
         (counts.notify, counts.highlight)
     } else {
         (0, 0)
