@@ -73,6 +73,14 @@ fn pusher_row(r: &Row<'_>) -> Result<PusherRow> {
 }
 const PUSHER_COLS: &str = "user_id, app_id, pushkey, pusher, device_id, created_ts, last_stream, failing_since";
 
+/// How far a user has read a room: the read receipts' event positions per thread (`""` is the
+/// main timeline and unthreaded receipts), and where their current join is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadPositions {
+    pub joined: Option<i64>,
+    pub threads: Vec<(String, i64)>,
+}
+
 impl Reader<'_> {
     pub fn push_evaluated_upto(&self) -> Result<i64> {
         Ok(self.one("SELECT evaluated_upto FROM push_progress WHERE id = 0", [], |r| r.get(0))?.unwrap_or(0))
@@ -120,13 +128,23 @@ impl Reader<'_> {
 
     /// How far a user's read receipts (`m.read` and `m.read.private`) go in a room, per thread
     /// (`""` for unthreaded receipts), as event streams.
-    pub fn read_positions(&self, user_id: &str, room_id: &str) -> Result<Vec<(String, i64)>> {
-        self.collect(
+    pub fn read_positions(&self, user_id: &str, room_id: &str) -> Result<ReadPositions> {
+        // The user's join in the same statement, as the row without a thread.
+        let rows: Vec<(Option<String>, i64)> = self.collect(
             "SELECT thread_id, MAX(COALESCE(event_stream, -1)) FROM receipts WHERE room_id = ?2 AND user_id = ?1 \
-             AND receipt_type IN ('m.read', 'm.read.private') GROUP BY thread_id",
+             AND receipt_type IN ('m.read', 'm.read.private') GROUP BY thread_id \
+             UNION ALL SELECT NULL, stream FROM memberships WHERE room_id = ?2 AND user_id = ?1 AND membership = 'join'",
             [user_id, room_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?;
+        let mut out = ReadPositions::default();
+        for (thread, stream) in rows {
+            match thread {
+                Some(t) => out.threads.push((t, stream)),
+                None => out.joined = Some(stream),
+            }
+        }
+        Ok(out)
     }
 
     /// Rooms where a user has notifying rows, with the newest row's stream.
@@ -338,7 +356,10 @@ mod tests {
                 let left: Vec<i64> = w.push_actions_after("@a:x", 0, 10)?.iter().map(|r| r.stream).collect();
                 assert_eq!(left, [5, 11, 12, 13]);
                 assert!(w.push_actions_after("@b:x", 0, 10)?.is_empty());
-                assert_eq!(w.read_positions("@a:x", "!r:x")?, vec![("main".to_owned(), 12)]);
+                let positions = w.read_positions("@a:x", "!r:x")?;
+                assert_eq!(positions.threads, vec![("main".to_owned(), 12)]);
+                assert_eq!(positions.joined, Some(1), "where the join is comes along");
+                assert_eq!(w.read_positions("@b:x", "!r:x")?.joined, None, "left");
                 Ok::<_, StorageError>(())
             })
             .unwrap();

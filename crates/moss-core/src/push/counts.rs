@@ -70,9 +70,9 @@ impl ReadMarks {
 pub(crate) fn read_marks(r: &Reader<'_>, user: &str, room: &str) -> Result<ReadMarks> {
     // Events before the user's current join are not theirs to count (an invite, though, is
     // itself the event to notify of).
-    let joined = r.membership(room, user)?.filter(|m| m.membership == "join").map(|m| m.stream).unwrap_or(-1);
-    let mut marks = ReadMarks { all: joined, threads: HashMap::new() };
-    for (thread, stream) in r.read_positions(user, room)? {
+    let positions = r.read_positions(user, room)?;
+    let mut marks = ReadMarks { all: positions.joined.unwrap_or(-1), threads: HashMap::new() };
+    for (thread, stream) in positions.threads {
         if thread.is_empty() {
             marks.all = marks.all.max(stream);
         } else {
