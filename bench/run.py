@@ -472,6 +472,22 @@ async def workloads(server: Server, quick: bool) -> dict:
         await asyncio.gather(*(burst(c) for c in senders))
         out["concurrent_send"] = {"events_per_s": users * per_user / (time.perf_counter() - t0), "users": users, "per_user": per_user}
 
+        # 2b. the same with 32 users (the load the scale-out rows are compared on)
+        many, per_many = (32, 3) if quick else (32, 25)
+        room32 = await alice.create_room()
+        crowd = [await Client(http, server.base).register(f"m{i}{tag}") for i in range(many)]
+        for c in crowd:
+            await c.join(room32)
+
+        async def burst32(c: Client) -> None:
+            for i in range(per_many):
+                await c.send(room32, f"m {i}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(burst32(c) for c in crowd))
+        out["concurrent_send_32"] = {"events_per_s": many * per_many / (time.perf_counter() - t0), "users": many,
+                                     "per_user": per_many}
+
         # 3. delivery latency: send -> the other user's long-poll returns it
         bob = senders[0]
         since = (await bob.sync())["next_batch"]
@@ -678,6 +694,7 @@ ROWS = [
     ("sequential send p99 (ms)", "seq_send", "p99_ms", "lower", 1),
     ("sequential send (events/s)", "seq_send", "events_per_s", "higher", 1),
     ("concurrent send (events/s)", "concurrent_send", "events_per_s", "higher", 1),
+    ("concurrent send, 32 users (events/s)", "concurrent_send_32", "events_per_s", "higher", 1),
     ("delivery p50 (ms)", "delivery", "p50_ms", "lower", 1),
     ("delivery p99 (ms)", "delivery", "p99_ms", "lower", 1),
     ("initial sync (ms)", "initial_sync", "median_ms", "lower", 1),
