@@ -1,6 +1,6 @@
 //! The server's ed25519 signing key, generated on first start and kept in the data directory.
 
-use std::{fs, io::Write, path::Path};
+use std::{fs, path::Path};
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use rand::{distributions::Alphanumeric, Rng};
@@ -9,26 +9,25 @@ use ruma::signatures::Ed25519KeyPair;
 use crate::error::{Error, Result};
 
 /// Loads the key at `path`, or generates and writes one (mode 0600) if the file is missing.
+/// Processes sharing the data directory and starting together all end up with the same key.
 ///
 /// File format: one line, `ed25519 <version> <base64 PKCS#8 document>`.
 pub fn load_or_generate(path: &Path) -> Result<Ed25519KeyPair> {
-    if path.exists() {
+    let read = || -> Result<Ed25519KeyPair> {
         let text = fs::read_to_string(path).map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
-        return parse(&text).map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())));
+        parse(&text).map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())))
+    };
+    if path.exists() {
+        return read();
     }
     let doc = Ed25519KeyPair::generate();
     let version: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
     let line = format!("ed25519 a_{version} {}\n", STANDARD_NO_PAD.encode(&doc));
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(|e| Error::internal(format!("writing {}: {e}", tmp.display())))?;
-        f.write_all(line.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::internal(e.to_string()))?;
+    let created = crate::secret_file::create_once(path, line.as_bytes())
+        .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))?;
+    if !created {
+        return read();
     }
-    fs::rename(&tmp, path).map_err(|e| Error::internal(e.to_string()))?;
     tracing::info!(path = %path.display(), "generated a new signing key");
     parse(&line).map_err(Error::internal)
 }

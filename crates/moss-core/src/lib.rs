@@ -24,6 +24,7 @@ mod parser_props;
 pub mod presence;
 pub mod push;
 pub mod rooms;
+mod secret_file;
 pub mod sliding_sync;
 pub mod sync;
 pub mod typing;

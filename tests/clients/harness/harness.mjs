@@ -28,6 +28,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { clusterEnv, clusterMode, createPostgresDatabase, startNginx } from "./cluster.mjs";
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 export const SERVER_NAME = "localhost";
@@ -160,15 +161,39 @@ export async function startMoss(prefix, beforeServe = async () => {}) {
     }
     const workdir = tmpDir(prefix);
     const port = await freePort();
-    const baseUrl = `http://127.0.0.1:${port}`;
+    let baseUrl = `http://127.0.0.1:${port}`;
     const logPath = path.join(workdir, "moss.log");
     const env = mossEnv(workdir, port);
+    // MOSS_TEST_CLUSTER=postgres: a second process on the same PostgreSQL database and data
+    // directory, nginx in front of both (cluster.mjs); the first process's log is the report's.
+    const cluster = clusterMode() ? { dir: path.join(workdir, "cluster") } : null;
+    if (cluster) {
+        Object.assign(env, clusterEnv(createPostgresDatabase("moss_browser"), path.join(workdir, "data")));
+        // Clients find the homeserver through .well-known: it must name the proxy.
+        cluster.front = await freePort();
+        env.MOSS_PUBLIC_BASEURL = `http://127.0.0.1:${cluster.front}`;
+    }
     await beforeServe({ workdir, env });
 
     const fd = openSync(logPath, "w");
     const proc = spawn(bin, ["serve"], { cwd: workdir, env, stdio: ["ignore", fd, fd] });
     state.moss = { proc, logPath, baseUrl, exit: null };
     proc.on("exit", (code, signal) => (state.moss.exit = { code, signal }));
+    if (cluster) {
+        const port2 = await freePort();
+        mkdirSync(cluster.dir, { recursive: true });
+        const fd2 = openSync(path.join(cluster.dir, "moss-2.log"), "w");
+        cluster.second = spawn(bin, ["serve"], {
+            cwd: cluster.dir,
+            env: { ...env, MOSS_HTTP__BIND: `127.0.0.1:${port2}` },
+            stdio: ["ignore", fd2, fd2],
+        });
+        cluster.second.on("exit", (code, signal) => (state.moss.exit ??= { code, signal, process: 2 }));
+        cluster.nginx = startNginx(path.join(cluster.dir, "nginx"), cluster.front, [`127.0.0.1:${port}`, `127.0.0.1:${port2}`]);
+        baseUrl = env.MOSS_PUBLIC_BASEURL;
+        state.moss.baseUrl = baseUrl;
+        state.moss.cluster = cluster;
+    }
     await waitFor(
         "moss to answer /_matrix/client/versions",
         async () => {
@@ -184,12 +209,16 @@ export async function startMoss(prefix, beforeServe = async () => {}) {
 
 export async function stopMoss() {
     const m = state.moss;
-    if (!m || m.exit) return;
-    m.proc.kill("SIGTERM");
-    const exited = await Promise.race([once(m.proc, "exit").then(() => true), sleep(10_000).then(() => false)]);
-    if (!exited) {
-        m.proc.kill("SIGKILL");
-        await once(m.proc, "exit");
+    if (!m) return;
+    m.cluster?.nginx.stop();
+    for (const proc of [m.proc, m.cluster?.second].filter(Boolean)) {
+        if (proc.exitCode !== null || proc.signalCode !== null) continue;
+        proc.kill("SIGTERM");
+        const exited = await Promise.race([once(proc, "exit").then(() => true), sleep(10_000).then(() => false)]);
+        if (!exited) {
+            proc.kill("SIGKILL");
+            await once(proc, "exit");
+        }
     }
 }
 

@@ -221,27 +221,26 @@ pub async fn rotate_master_key(config: &Config, progress: impl Fn(u64) + Send + 
 }
 
 fn read_or_create_secret(path: &Path, what: &str) -> Result<[u8; 32]> {
-    if let Ok(text) = std::fs::read_to_string(path) {
+    let parse = |text: &str| {
         let t = text.trim();
         let bytes = if t.len() == 64 { hex::decode(t).ok() } else { STANDARD.decode(t).ok() };
-        return bytes
+        bytes
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| Error::internal(format!("{what} {} must hold 32 bytes as base64 or hex", path.display())));
-    }
-    let key = MasterKey::generate();
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = opts.open(&tmp)?;
-        f.write_all(format!("{}\n", STANDARD.encode(key)).as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+            .ok_or_else(|| Error::internal(format!("{what} {} must hold 32 bytes as base64 or hex", path.display())))
     };
-    write().map_err(|e| Error::internal(format!("writing {what} {}: {e}", path.display())))?;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return parse(&text);
+    }
+    // Processes sharing the data directory and starting together all end up with the first key
+    // written (media encrypted under a key another process replaced would be lost).
+    let key = MasterKey::generate();
+    let created = crate::secret_file::create_once(path, format!("{}\n", STANDARD.encode(key)).as_bytes())
+        .map_err(|e| Error::internal(format!("writing {what} {}: {e}", path.display())))?;
+    if !created {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::internal(format!("reading {what} {}: {e}", path.display())))?;
+        return parse(&text);
+    }
     tracing::info!(path = %path.display(), "generated a new {what}");
     Ok(key)
 }

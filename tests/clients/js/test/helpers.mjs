@@ -16,6 +16,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as sdk from "matrix-js-sdk";
 import { logger as sdkRootLogger } from "matrix-js-sdk/lib/logger.js";
 
+import { clusterEnv, clusterMode, createPostgresDatabase, startNginx } from "../../harness/cluster.mjs";
 import { freePort } from "../../harness/harness.mjs";
 
 export { sdk };
@@ -217,35 +218,12 @@ export async function startServer({ readyTimeoutMs = 30_000, extraToml, dir: reu
     if (!fs.existsSync(bin)) {
         throw new Error(`moss binary not found at ${bin}: build it (cargo build) or set MOSS_BIN`);
     }
+    if (clusterMode()) return startCluster({ bin, readyTimeoutMs, extraToml });
 
     const dir = reuseDir ?? (await fsp.mkdtemp(path.join(os.tmpdir(), "moss-js-")));
     const port = reusePort ?? (await freePort());
     const baseUrl = `http://127.0.0.1:${port}`;
-    const logPath = path.join(dir, "moss.log");
-
-    const args = ["serve"];
-    if (extraToml !== undefined) {
-        const configPath = path.join(dir, "moss.toml");
-        await fsp.writeFile(configPath, extraToml);
-        args.unshift("--config", configPath);
-    }
-
-    const logFd = fs.openSync(logPath, "a");
-    const child = spawn(bin, args, {
-        cwd: dir,
-        env: {
-            ...process.env,
-            MOSS_DATA_DIR: path.join(dir, "data"),
-            MOSS_HTTP__BIND: `127.0.0.1:${port}`,
-            MOSS_SERVER_NAME: SERVER_NAME,
-            MOSS_REGISTRATION: "open",
-            MOSS_RATE_LIMITS__ENABLED: "false",
-        },
-        stdio: ["ignore", logFd, logFd],
-    });
-    fs.closeSync(logFd); // the child holds its own descriptor
-
-    const proc = superviseChild(child);
+    const { proc, pid, logPath } = spawnMember(bin, dir, port, extraToml, { MOSS_DATA_DIR: path.join(dir, "data") });
 
     const server = {
         baseUrl,
@@ -253,7 +231,7 @@ export async function startServer({ readyTimeoutMs = 30_000, extraToml, dir: reu
         dir,
         logPath,
         extraToml,
-        pid: child.pid,
+        pid,
         logTail: (maxLines) => tailOf(logPath, maxLines),
 
         /**
@@ -331,12 +309,97 @@ export async function waitUntilServing(server, proc, name, timeoutMs, pollMs) {
         `(last: ${lastProblem}); dir ${server.dir}; log:\n${server.logTail()}`);
 }
 
+/** One `moss serve` on `port` with `env` added; its handle (proc, pid, port, logPath). */
+function spawnMember(bin, dir, port, extraToml, env) {
+    fs.mkdirSync(dir, { recursive: true });
+    const logPath = path.join(dir, "moss.log");
+    const args = ["serve"];
+    if (extraToml !== undefined) {
+        const configPath = path.join(dir, "moss.toml");
+        fs.writeFileSync(configPath, extraToml);
+        args.unshift("--config", configPath);
+    }
+    const logFd = fs.openSync(logPath, "a");
+    const child = spawn(bin, args, {
+        cwd: dir,
+        env: {
+            ...process.env,
+            MOSS_HTTP__BIND: `127.0.0.1:${port}`,
+            MOSS_SERVER_NAME: SERVER_NAME,
+            MOSS_REGISTRATION: "open",
+            MOSS_RATE_LIMITS__ENABLED: "false",
+            ...env,
+        },
+        stdio: ["ignore", logFd, logFd],
+    });
+    fs.closeSync(logFd);
+    return { proc: superviseChild(child), pid: child.pid, port, dir, logPath };
+}
+
+/**
+ * Two moss processes on one new PostgreSQL database behind nginx (tests/clients/harness/
+ * cluster.mjs): the same handle as one server (baseUrl is nginx's), plus `members` and
+ * `kill(i, signal)` / `revive(i)` for one of them. Clients' requests alternate between them.
+ */
+async function startCluster({ bin, readyTimeoutMs, extraToml }) {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "moss-js-cluster-"));
+    const shared = clusterEnv(createPostgresDatabase(), path.join(dir, "data"));
+    const ports = [await freePort(), await freePort()];
+    const port = await freePort();
+    shared.MOSS_PUBLIC_BASEURL = `http://127.0.0.1:${port}`; // what .well-known names: the proxy
+    const spawnOne = (i) => spawnMember(bin, path.join(dir, "ab"[i]), ports[i], extraToml, shared);
+    const members = [spawnOne(0), spawnOne(1)];
+    const nginx = startNginx(path.join(dir, "nginx"), port, ports.map((p) => `127.0.0.1:${p}`));
+    const server = {
+        baseUrl: `http://127.0.0.1:${port}`,
+        port,
+        dir,
+        logPath: members[0].logPath,
+        extraToml,
+        members,
+        pid: members[0].pid,
+        logTail: (maxLines = 60) =>
+            members.map((m, i) => `--- process ${"ab"[i]} ---\n${tailOf(m.logPath, maxLines)}`).join("\n"),
+        /** Stops (or with "SIGKILL" kills) member `i`; nginx passes its requests to the other. */
+        async kill(i, signal = "SIGKILL") {
+            return members[i].proc.stop(signal);
+        },
+        /** Starts member `i` again on its port and waits until it answers. */
+        async revive(i) {
+            members[i] = spawnOne(i);
+            const one = { ...members[i], baseUrl: `http://127.0.0.1:${members[i].port}`, dir,
+                logTail: () => tailOf(members[i].logPath), stop: async () => members[i].proc.stop() };
+            await waitUntilServing(one, members[i].proc, `moss process ${"ab"[i]}`, readyTimeoutMs, 100);
+        },
+        async stop({ keepDir = false, signal = "SIGTERM" } = {}) {
+            nginx.stop();
+            const infos = await Promise.all(members.map((m) => m.proc.stop(signal)));
+            if (!keepDir) await fsp.rm(dir, { recursive: true, force: true });
+            return infos[0];
+        },
+        /** Both processes stopped with `signal` and started again on the same database. */
+        async restart({ signal = "SIGTERM" } = {}) {
+            await Promise.all(members.map((m) => m.proc.stop(signal)));
+            await Promise.all([0, 1].map((i) => server.revive(i)));
+            return server;
+        },
+    };
+    for (const [i, m] of members.entries()) {
+        const one = { ...m, baseUrl: `http://127.0.0.1:${m.port}`, dir, logTail: () => tailOf(m.logPath),
+            stop: async () => server.stop({ keepDir: true }) };
+        await waitUntilServing(one, m.proc, `moss process ${"ab"[i]}`, readyTimeoutMs, 100);
+    }
+    await waitUntilServing(server, members[0].proc, "nginx in front of two moss processes", readyTimeoutMs, 100);
+    return server;
+}
+
 /**
  * Stops `server` with `signal` (default SIGTERM; "SIGKILL" simulates a crash) and starts a new
  * moss on the same data directory, port and extra configuration. Returns the new handle (same
- * baseUrl, so clients created for the old one keep working).
+ * baseUrl, so clients created for the old one keep working). A cluster restarts both processes.
  */
 export async function restartServer(server, { signal = "SIGTERM", readyTimeoutMs = 30_000 } = {}) {
+    if (server.restart) return server.restart({ signal });
     await server.stop({ keepDir: true, signal });
     return startServer({ readyTimeoutMs, extraToml: server.extraToml, dir: server.dir, port: server.port });
 }
