@@ -180,6 +180,23 @@ class Cluster:
             stop_moss(srv)
 
 
+def nginx_config(nginx_dir: Path, http: str) -> str:
+    """An nginx.conf that keeps its pid, logs and temporary files in `nginx_dir`, with `http`
+    (upstream and server blocks) inside its http block."""
+    return f"""
+worker_processes 1;
+pid {nginx_dir}/nginx.pid;
+error_log {nginx_dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {nginx_dir}/access.log;
+    client_body_temp_path {nginx_dir}/body;
+    proxy_temp_path {nginx_dir}/proxy;
+{http}
+}}
+"""
+
+
 def start_cluster(workdir: Path) -> Cluster:
     url = _create_postgres_database()
     shared = {"MOSS_DATABASE__URL": url, "MOSS_DATA_DIR": str(workdir / "data"),
@@ -192,15 +209,7 @@ def start_cluster(workdir: Path) -> Cluster:
     nginx_dir = workdir / "nginx"
     nginx_dir.mkdir()
     upstream = "\n".join(f"        server {srv.base_url.removeprefix('http://')};" for srv in (a, b))
-    (nginx_dir / "nginx.conf").write_text(f"""
-worker_processes 1;
-pid {nginx_dir}/nginx.pid;
-error_log {nginx_dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {nginx_dir}/access.log;
-    client_body_temp_path {nginx_dir}/body;
-    proxy_temp_path {nginx_dir}/proxy;
+    (nginx_dir / "nginx.conf").write_text(nginx_config(nginx_dir, f"""
     upstream moss {{
 {upstream}
         keepalive 32;
@@ -218,8 +227,7 @@ http {{
             proxy_set_header X-Forwarded-For $remote_addr;
         }}
     }}
-}}
-""")
+"""))
     subprocess.run(["nginx", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")], check=True)
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

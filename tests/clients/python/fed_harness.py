@@ -120,6 +120,8 @@ class Homeserver:
     proc: subprocess.Popen | None = None
     # Where the current test's part of the log starts (see `mark_logs`).
     log_offset: int = 0
+    # What else stopping it stops (a cluster's second process and its proxy).
+    also_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def server_name(self) -> str:
@@ -152,6 +154,8 @@ class Homeserver:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        for stop in self.also_stop:
+            stop()
         _stop(self.proc)
 
 
@@ -172,6 +176,8 @@ def start_moss(workdir: Path) -> Homeserver:
     if not binary.is_file():
         pytest.fail(f"moss binary not found at {binary}: build it first or set MOSS_BIN")
     workdir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("MOSS_TEST_CLUSTER") == "postgres":
+        return start_moss_cluster(binary, workdir)
     cert, key = self_signed(workdir, "ec")
     hs = Homeserver("moss", workdir, free_port(), free_port(), workdir / "moss.log")
     # moss reads every MOSS_* variable as configuration and rejects unknown keys: none of the
@@ -201,6 +207,77 @@ def start_moss(workdir: Path) -> Homeserver:
             [str(binary), "serve"], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return hs
+
+
+def start_moss_cluster(binary: Path, workdir: Path) -> Homeserver:
+    """MOSS_TEST_CLUSTER=postgres: two moss processes on one PostgreSQL database behind nginx,
+    which terminates federation's TLS (as the Ansible role's site does) and passes client and
+    federation requests to either process in turn. Synapse sees one server."""
+    from conftest import _create_postgres_database, nginx_config
+
+    cert, key = self_signed(workdir, "ec")
+    hs = Homeserver("moss", workdir, free_port(), free_port(), workdir / "moss.log")
+    members = [(free_port(), free_port()) for _ in range(2)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSS_")}
+    env.update({
+        "MOSS_DATA_DIR": str(workdir / "data"),
+        "MOSS_DATABASE__URL": _create_postgres_database(),
+        "MOSS_HTTP__TRUSTED_PROXIES": '["127.0.0.1/32"]',
+        "MOSS_PUBLIC_BASEURL": hs.base_url,
+        "MOSS_SERVER_NAME": hs.server_name,
+        "MOSS_REGISTRATION": "open",
+        "MOSS_RATE_LIMITS__ENABLED": "false",
+        "MOSS_FEDERATION__ENABLED": "true",
+        "MOSS_FEDERATION__VERIFY_CERTIFICATES": "false",
+        "MOSS_FEDERATION__IP_RANGE_ALLOWLIST": '["127.0.0.1/32", "::1/128"]',
+        "MOSS_LOG__LEVEL": os.environ.get("MOSS_TEST_FED_LOG", "info"),
+        "RUST_BACKTRACE": "1",
+        "NO_COLOR": "1",
+    })
+    procs = []
+    for i, (client_port, fed_port) in enumerate(members):
+        log_path = hs.log_path if i == 0 else workdir / "moss-b.log"
+        member_env = {**env, "MOSS_HTTP__BIND": f"127.0.0.1:{client_port}",
+                      "MOSS_FEDERATION__BIND": f"127.0.0.1:{fed_port}"}
+        with open(log_path, "wb") as log:
+            procs.append(subprocess.Popen([str(binary), "serve"], cwd=workdir, env=member_env,
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+    nginx_dir = workdir / "nginx"
+    nginx_dir.mkdir()
+    upstream = lambda ports: "\n".join(f"        server 127.0.0.1:{p};" for p in ports)  # noqa: E731
+    proxy = """proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;"""
+    (nginx_dir / "nginx.conf").write_text(nginx_config(nginx_dir, f"""
+    client_max_body_size 110m;
+    # Bodies streamed, never spooled (nginx's workers cannot write into pytest's directories).
+    proxy_request_buffering off;
+    proxy_read_timeout 120s;
+    upstream moss_client {{
+{upstream(c for c, _ in members)}
+        keepalive 16;
+    }}
+    upstream moss_federation {{
+{upstream(f for _, f in members)}
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{hs.client_port};
+        location / {{ proxy_pass http://moss_client; {proxy} }}
+    }}
+    server {{
+        listen 127.0.0.1:{hs.fed_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ proxy_pass http://moss_federation; {proxy} }}
+    }}
+"""))
+    conf = ["nginx", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")]
+    subprocess.run(conf, check=True)
+    hs.proc = procs[0]
+    hs.also_stop = [lambda: subprocess.run([*conf, "-s", "stop"], capture_output=True), lambda: _stop(procs[1])]
     return hs
 
 
