@@ -300,7 +300,15 @@ impl Moss {
 
     pub(crate) async fn require_joined(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
         let (room, u) = (room_id.to_string(), user.to_string());
-        let m = self.db.read(move |r| Ok::<_, Error>((r.room(&room)?.is_some(), membership_of(r, &room, &u)?))).await?;
+        let m = self
+            .db
+            .read(move |r| {
+                let m = membership_of(r, &room, &u)?;
+                // Whether the room exists matters only for the refusal's wording.
+                let known = m.as_deref() == Some("join") || r.room(&room)?.is_some();
+                Ok::<_, Error>((known, m))
+            })
+            .await?;
         match m {
             (_, Some(m)) if m == "join" => Ok(()),
             (false, _) => Err(Error::forbidden("unknown room, or you are not in it")),

@@ -232,6 +232,9 @@ pub(crate) fn template(
             keys.push((new.kind.to_string(), sk));
         }
         keys.push(("m.room.member".to_owned(), sender.as_str()));
+        // The rules always look at the create event, by id where it is not an auth event (room
+        // versions whose room id is its hash).
+        keys.push(("m.room.create".to_owned(), ""));
         view.load(&keys.iter().map(|(k, sk)| (k.as_str(), *sk)).collect::<Vec<_>>())?;
         for (kind, sk) in &auth_types {
             if let Some(pdu) = view.get(&kind.to_string(), sk)? {
