@@ -458,35 +458,24 @@ async def workloads(server: Server, quick: bool) -> dict:
         out["seq_send"] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "events_per_s": n_seq / (time.perf_counter() - t0),
                            "samples_ms": lat}
 
-        # 2. concurrent send throughput
-        room = await alice.create_room()
-        senders = [await Client(http, server.base).register(f"u{i}{tag}") for i in range(users)]
-        for c in senders:
-            await c.join(room)
+        # 2. concurrent send throughput: `n` new users in one new room, each sending `each` messages
+        async def concurrent(n: int, each: int, prefix: str) -> tuple[dict, list[Client]]:
+            room = await alice.create_room()
+            clients = [await Client(http, server.base).register(f"{prefix}{i}{tag}") for i in range(n)]
+            for c in clients:
+                await c.join(room)
 
-        async def burst(c: Client) -> None:
-            for i in range(per_user):
-                await c.send(room, f"c {i}")
+            async def burst(c: Client) -> None:
+                for i in range(each):
+                    await c.send(room, f"{prefix} {i}")
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(burst(c) for c in senders))
-        out["concurrent_send"] = {"events_per_s": users * per_user / (time.perf_counter() - t0), "users": users, "per_user": per_user}
+            t0 = time.perf_counter()
+            await asyncio.gather(*(burst(c) for c in clients))
+            return {"events_per_s": n * each / (time.perf_counter() - t0), "users": n, "per_user": each}, clients
 
+        out["concurrent_send"], senders = await concurrent(users, per_user, "u")
         # 2b. the same with 32 users (the load the scale-out rows are compared on)
-        many, per_many = (32, 3) if quick else (32, 25)
-        room32 = await alice.create_room()
-        crowd = [await Client(http, server.base).register(f"m{i}{tag}") for i in range(many)]
-        for c in crowd:
-            await c.join(room32)
-
-        async def burst32(c: Client) -> None:
-            for i in range(per_many):
-                await c.send(room32, f"m {i}")
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(burst32(c) for c in crowd))
-        out["concurrent_send_32"] = {"events_per_s": many * per_many / (time.perf_counter() - t0), "users": many,
-                                     "per_user": per_many}
+        out["concurrent_send_32"], _ = await concurrent(32, 3 if quick else 25, "m")
 
         # 3. delivery latency: send -> the other user's long-poll returns it
         bob = senders[0]
