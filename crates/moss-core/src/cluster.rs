@@ -54,6 +54,11 @@ pub enum Signal {
     Pushers {
         users: Vec<String>,
     },
+    /// These users' read receipts moved: the process running push sends their pushers a new
+    /// badge (counts only).
+    Badges {
+        users: Vec<String>,
+    },
     /// A user's push rules or ignore list changed: cached rules are stale.
     PushRules {
         user: String,
@@ -248,6 +253,11 @@ impl Moss {
                 }
             }
             Signal::Pushers { users } => self.push.wake_pushers(users),
+            Signal::Badges { users } => {
+                for user in &users {
+                    self.push.receipt_moved(user);
+                }
+            }
             Signal::PushRules { user } => self.push.invalidate_rules(&user),
             Signal::Syncing { users } => self.presence_tracker.syncing_elsewhere(&users),
             Signal::RateLimit { user, limit } => self.set_ratelimit_override_local(&user, limit),
@@ -300,17 +310,19 @@ fn merge(batch: Vec<Signal>) -> Vec<Signal> {
     let mut users = std::collections::BTreeSet::new();
     let mut dests = std::collections::BTreeSet::new();
     let mut pushers = std::collections::BTreeSet::new();
+    let mut badges = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for s in batch {
         match s {
             Signal::Wake { users: u } => users.extend(u),
             Signal::Federation { destinations, reset: false } => dests.extend(destinations),
             Signal::Pushers { users: u } => pushers.extend(u),
+            Signal::Badges { users: u } => badges.extend(u),
             other => out.push(other),
         }
     }
     // An empty wake still matters: it wakes the push evaluator and the bridges' senders.
-    if !users.is_empty() || out.is_empty() && dests.is_empty() && pushers.is_empty() {
+    if !users.is_empty() || out.is_empty() && dests.is_empty() && pushers.is_empty() && badges.is_empty() {
         out.extend(chunks(users.into_iter().collect(), |users| Signal::Wake { users }));
         if out.is_empty() {
             out.push(Signal::Wake { users: vec![] });
@@ -318,6 +330,7 @@ fn merge(batch: Vec<Signal>) -> Vec<Signal> {
     }
     out.extend(chunks(dests.into_iter().collect(), |destinations| Signal::Federation { destinations, reset: false }));
     out.extend(chunks(pushers.into_iter().collect(), |users| Signal::Pushers { users }));
+    out.extend(chunks(badges.into_iter().collect(), |users| Signal::Badges { users }));
     out
 }
 
@@ -346,5 +359,13 @@ mod tests {
             merged.contains(&Signal::Federation { destinations: vec!["a.org".into(), "b.org".into()], reset: false })
         );
         assert_eq!(merge(vec![Signal::Wake { users: vec![] }]), vec![Signal::Wake { users: vec![] }]);
+        // Badges merge like pushers, and alone need no wake.
+        assert_eq!(
+            merge(vec![
+                Signal::Badges { users: vec!["@b:x".into()] },
+                Signal::Badges { users: vec!["@a:x".into(), "@b:x".into()] }
+            ]),
+            vec![Signal::Badges { users: vec!["@a:x".into(), "@b:x".into()] }]
+        );
     }
 }

@@ -336,6 +336,8 @@ impl Moss {
             })
             .await?;
         self.push.receipt_moved(user.as_str());
+        // The badge goes out from the process running push, which may be another one.
+        self.publish(crate::cluster::Signal::Badges { users: vec![user.to_string()] });
         self.notify_room(room).await;
         if let Some(edu) = edu {
             self.send_room_edu(room, edu).await?;
