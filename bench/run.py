@@ -459,7 +459,7 @@ async def workloads(server: Server, quick: bool) -> dict:
                            "samples_ms": lat}
 
         # 2. concurrent send throughput: `n` new users in one new room, each sending `each` messages
-        async def concurrent(n: int, each: int, prefix: str) -> tuple[dict, list[Client]]:
+        async def concurrent(n: int, each: int, prefix: str) -> tuple[dict, str, list[Client]]:
             room = await alice.create_room()
             clients = [await Client(http, server.base).register(f"{prefix}{i}{tag}") for i in range(n)]
             for c in clients:
@@ -471,11 +471,11 @@ async def workloads(server: Server, quick: bool) -> dict:
 
             t0 = time.perf_counter()
             await asyncio.gather(*(burst(c) for c in clients))
-            return {"events_per_s": n * each / (time.perf_counter() - t0), "users": n, "per_user": each}, clients
+            return {"events_per_s": n * each / (time.perf_counter() - t0), "users": n, "per_user": each}, room, clients
 
-        out["concurrent_send"], senders = await concurrent(users, per_user, "u")
+        out["concurrent_send"], room, senders = await concurrent(users, per_user, "u")
         # 2b. the same with 32 users (the load the scale-out rows are compared on)
-        out["concurrent_send_32"], _ = await concurrent(32, 3 if quick else 25, "m")
+        out["concurrent_send_32"], _, _ = await concurrent(32, 3 if quick else 25, "m")
 
         # 3. delivery latency: send -> the other user's long-poll returns it
         bob = senders[0]
