@@ -349,6 +349,12 @@ async function startCluster({ bin, readyTimeoutMs, extraToml }) {
     shared.MOSS_PUBLIC_BASEURL = `http://127.0.0.1:${port}`; // what .well-known names: the proxy
     const spawnOne = (i) => spawnMember(bin, path.join(dir, "ab"[i]), ports[i], extraToml, shared);
     const members = [spawnOne(0), spawnOne(1)];
+    // Waits until member `i` answers on its own port; `giveUp` is what a timeout stops.
+    const waitForMember = (i, giveUp) => {
+        const m = members[i];
+        const one = { ...m, baseUrl: `http://127.0.0.1:${m.port}`, dir, logTail: () => tailOf(m.logPath), stop: giveUp };
+        return waitUntilServing(one, m.proc, `moss process ${"ab"[i]}`, readyTimeoutMs, 100);
+    };
     const nginx = startNginx(path.join(dir, "nginx"), port, ports.map((p) => `127.0.0.1:${p}`));
     const server = {
         baseUrl: `http://127.0.0.1:${port}`,
@@ -367,9 +373,7 @@ async function startCluster({ bin, readyTimeoutMs, extraToml }) {
         /** Starts member `i` again on its port and waits until it answers. */
         async revive(i) {
             members[i] = spawnOne(i);
-            const one = { ...members[i], baseUrl: `http://127.0.0.1:${members[i].port}`, dir,
-                logTail: () => tailOf(members[i].logPath), stop: async () => members[i].proc.stop() };
-            await waitUntilServing(one, members[i].proc, `moss process ${"ab"[i]}`, readyTimeoutMs, 100);
+            await waitForMember(i, async () => members[i].proc.stop());
         },
         async stop({ keepDir = false, signal = "SIGTERM" } = {}) {
             nginx.stop();
@@ -384,11 +388,7 @@ async function startCluster({ bin, readyTimeoutMs, extraToml }) {
             return server;
         },
     };
-    for (const [i, m] of members.entries()) {
-        const one = { ...m, baseUrl: `http://127.0.0.1:${m.port}`, dir, logTail: () => tailOf(m.logPath),
-            stop: async () => server.stop({ keepDir: true }) };
-        await waitUntilServing(one, m.proc, `moss process ${"ab"[i]}`, readyTimeoutMs, 100);
-    }
+    for (const i of [0, 1]) await waitForMember(i, async () => server.stop({ keepDir: true }));
     await waitUntilServing(server, members[0].proc, "nginx in front of two moss processes", readyTimeoutMs, 100);
     return server;
 }
