@@ -81,6 +81,7 @@ pub struct Metrics {
     pub events_persisted: Counter,
     pub db_write_wait: Histogram,
     pub db_write_duration: Histogram,
+    pub db_write_group: Histogram,
     pub db_read_duration: Histogram,
     pub outbox_depth: Family<DestinationLabels, Gauge>,
     pub federation_failures: Family<DestinationLabels, Counter>,
@@ -117,6 +118,7 @@ impl Metrics {
             events_persisted: EVENTS_PERSISTED.clone(),
             db_write_wait: latency_histogram(),
             db_write_duration: latency_histogram(),
+            db_write_group: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             db_read_duration: latency_histogram(),
             outbox_depth: Family::default(),
             federation_failures: Family::default(),
@@ -169,6 +171,11 @@ impl Metrics {
             "Time a write transaction held the writer (work and commit)",
             Unit::Seconds,
             m.db_write_duration.clone(),
+        );
+        r.register(
+            "db_write_group_size",
+            "Writes that shared one transaction and its commit (group commit)",
+            m.db_write_group.clone(),
         );
         r.register_with_unit(
             "db_read_transaction",
@@ -335,6 +342,9 @@ impl moss_storage::DbObserver for Metrics {
     }
     fn read(&self, held: Duration) {
         self.db_read_duration.observe(held.as_secs_f64());
+    }
+    fn group(&self, size: usize) {
+        self.db_write_group.observe(size as f64);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod cluster;
 mod conformance;
 mod e2ee;
 mod federation;
+mod group;
 mod migrate;
 mod openid;
 mod presence;
@@ -113,6 +114,13 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
 /// The advisory lock every PostgreSQL write transaction takes (see `write_blocking`).
 const WRITER_LOCK: i64 = 0x6d6f_7377; // "mosw"
 
+/// How a PostgreSQL write transaction opens: one writer at a time across every process on the
+/// database, as SQLite has one writer; the transaction-scoped lock goes with the commit or
+/// rollback.
+fn pg_write_begin() -> String {
+    format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})")
+}
+
 /// Applies PostgreSQL migrations under an advisory lock, so processes starting together take
 /// turns; the version lives in `moss_schema`.
 fn pg_migrate(session: &mut Session) -> Result<()> {
@@ -156,6 +164,7 @@ enum Backend {
 struct Inner {
     backend: Backend,
     observer: OnceLock<Arc<dyn DbObserver>>,
+    group: Mutex<group::Queue>,
 }
 
 /// Handle to the database; cheap to clone.
@@ -253,6 +262,8 @@ pub trait DbObserver: Send + Sync {
     fn write(&self, wait: Duration, held: Duration);
     /// A read snapshot was held for `held`.
     fn read(&self, held: Duration);
+    /// A write transaction committed (or rolled back) `size` queued writes at once.
+    fn group(&self, _size: usize) {}
 }
 
 impl Db {
@@ -282,7 +293,7 @@ impl Db {
     }
 
     fn with(backend: Backend) -> Db {
-        Db { inner: Arc::new(Inner { backend, observer: OnceLock::new() }) }
+        Db { inner: Arc::new(Inner { backend, observer: OnceLock::new(), group: Mutex::new(group::Queue::default()) }) }
     }
 
     /// The SQLite file, when the database is one.
@@ -317,20 +328,79 @@ impl Db {
         let _ = self.inner.observer.set(observer);
     }
 
-    /// Runs `f` in a write transaction on a blocking thread; commits if it returns `Ok`.
+    /// Runs `f` in a write transaction on a blocking thread; its effects are committed (and the
+    /// call returns) if it returns `Ok`, rolled back if not.
+    ///
+    /// Group commit: writes that queue up while one transaction runs share the next one, each
+    /// inside a savepoint of its own (a failing write rolls back only itself), and one commit —
+    /// one fsync — acknowledges them all. Nobody waits for company: a write that finds the
+    /// writer idle starts at once, alone.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StorageError> + Send + 'static,
         F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
     {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.write_blocking(f))
-            .await
-            .map_err(|e| E::from(StorageError::Task(e.to_string())))?
+        let (job, answer) = group::job(f);
+        let lead = {
+            let mut queue = self.inner.group.lock().unwrap_or_else(|p| p.into_inner());
+            queue.jobs.push_back(job);
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if lead {
+            let db = self.clone();
+            tokio::task::spawn_blocking(move || db.drain());
+        }
+        answer.await.map_err(|_| E::from(StorageError::Task("the write transaction ended without an answer".into())))?
     }
 
-    /// The synchronous form of [`Db::write`], for the command line.
+    /// Runs queued writes, a group per transaction, until the queue is empty.
+    fn drain(&self) {
+        loop {
+            let jobs: Vec<_> = {
+                let mut queue = self.inner.group.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.jobs.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                let n = queue.jobs.len().min(group::MAX_JOBS);
+                queue.jobs.drain(..n).collect()
+            };
+            let asked: Vec<Instant> = jobs.iter().map(|j| j.queued()).collect();
+            if let Some(o) = self.inner.observer.get() {
+                o.group(jobs.len());
+            }
+            let (got, held) = match &self.inner.backend {
+                Backend::Sqlite { writer, .. } => {
+                    let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let got = Instant::now();
+                    group::run_sqlite(&mut conn, jobs);
+                    (got, got.elapsed())
+                }
+                Backend::Postgres { url, writer, .. } => {
+                    let mut slot = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let got = Instant::now();
+                    let session = match slot.take() {
+                        Some(s) if !s.is_closed() => Ok(s),
+                        _ => Session::connect(url),
+                    };
+                    match session {
+                        Ok(session) => *slot = Some(group::run_postgres(session, jobs)),
+                        Err(e) => group::fail_all(jobs, &e),
+                    }
+                    (got, got.elapsed())
+                }
+            };
+            if let Some(o) = self.inner.observer.get() {
+                for a in asked {
+                    o.write(got.saturating_duration_since(a), held);
+                }
+            }
+        }
+    }
+
+    /// The synchronous form of [`Db::write`], for the command line and tests: a transaction of
+    /// its own, not grouped.
     pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<StorageError>,
@@ -359,12 +429,7 @@ impl Db {
                     _ => Session::connect(url)?,
                 };
                 let cell = RefCell::new(session);
-                // One writer at a time across every process on the database, as SQLite has one
-                // writer: the transaction-scoped lock goes with the commit or rollback.
-                // (Sent with the transaction's first statement.)
-                cell.borrow_mut().begin(format!(
-                    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
-                ));
+                cell.borrow_mut().begin(pg_write_begin()); // sent with the first statement
                 let out = f(&Writer { reader: Reader { conn: Conn::Pg(&cell) } });
                 let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
                 let ended = cell.borrow_mut().end(end);

@@ -66,8 +66,11 @@ pub(crate) struct Session {
     /// Always `Some` until dropped (taken then, to close it off the runtime).
     link: Option<Link>,
     statements: HashMap<String, Statement>,
-    /// The opening of a transaction (simple-query text), sent with the next statement.
-    begin: Option<String>,
+    /// Simple-query text sent ahead of the next statement, in the same flight: a transaction's
+    /// opening, a group commit's savepoints.
+    pending: Option<String>,
+    /// Whether the open transaction's BEGIN has gone out (if not, ending it has nothing to do).
+    begun: bool,
 }
 
 impl Drop for Session {
@@ -101,7 +104,7 @@ impl Session {
             });
             Ok(Link { client, runtime, connection })
         })?;
-        Ok(Session { link: Some(link), statements: HashMap::new(), begin: None })
+        Ok(Session { link: Some(link), statements: HashMap::new(), pending: None, begun: false })
     }
 
     fn link(&self) -> Result<&Link> {
@@ -110,21 +113,43 @@ impl Session {
 
     /// Opens a transaction with `sql` (BEGIN …), sent with the first statement that follows.
     pub(crate) fn begin(&mut self, sql: String) {
-        self.begin = Some(sql);
+        self.pending = Some(sql);
+        self.begun = false;
     }
 
-    /// Ends the transaction [`Session::begin`] opened: `COMMIT` or `ROLLBACK`, waiting for the
-    /// answer (a write is acknowledged only once committed). Nothing to do if it never began.
+    /// Sends `sql` (simple-query text, e.g. a savepoint) ahead of the next statement, after what
+    /// is already pending.
+    pub(crate) fn queue(&mut self, sql: &str) {
+        self.pending = Some(match self.pending.take() {
+            Some(p) => format!("{p}; {sql}"),
+            None => sql.to_owned(),
+        });
+    }
+
+    /// What is pending, taken to be sent now (the transaction has begun once it is).
+    fn take_pending(&mut self) -> Option<String> {
+        let p = self.pending.take();
+        self.begun |= p.is_some();
+        p
+    }
+
+    /// Ends the transaction [`Session::begin`] opened: `COMMIT` or `ROLLBACK` (after whatever is
+    /// pending), waiting for the answer (a write is acknowledged only once committed). Nothing to
+    /// do if it never began.
     pub(crate) fn end(&mut self, sql: &str) -> Result<()> {
-        if self.begin.take().is_some() {
+        if !std::mem::take(&mut self.begun) {
+            self.pending = None;
             return Ok(());
         }
-        self.batch(sql)
+        let out = self.batch(sql);
+        self.begun = false;
+        out
     }
 
     /// Ends a read-only transaction: COMMIT written to the socket without waiting for its answer.
     pub(crate) fn end_read(&mut self) -> Result<()> {
-        if self.begin.take().is_some() {
+        if !std::mem::take(&mut self.begun) {
+            self.pending = None;
             return Ok(());
         }
         self.link()?.run(async |client| {
@@ -149,7 +174,7 @@ impl Session {
         &mut self,
         f: impl AsyncFnOnce(&Client) -> std::result::Result<T, tokio_postgres::Error> + Send,
     ) -> Result<T> {
-        let begin = self.begin.take();
+        let begin = self.take_pending();
         self.link()?.run(async |client| match begin {
             None => f(client).await.map_err(pg),
             Some(begin) => {
@@ -161,7 +186,7 @@ impl Session {
     }
 
     pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
-        let sql = match self.begin.take() {
+        let sql = match self.take_pending() {
             Some(begin) => format!("{begin}; {sql}"),
             None => sql.to_owned(),
         };
@@ -215,7 +240,7 @@ impl Session {
         hash: fn(&mut std::collections::hash_map::DefaultHasher, Value<'_>),
     ) -> Result<(u64, u64)> {
         use std::hash::Hasher;
-        if let Some(begin) = self.begin.take() {
+        if let Some(begin) = self.take_pending() {
             self.batch(&begin)?;
         }
         self.link()?.run(async |client| {

@@ -349,3 +349,47 @@ pub fn database_env(data_dir: impl AsRef<std::path::Path>) -> Vec<(String, Strin
     let url = data_dir.as_ref().parent().and_then(|p| std::fs::read_to_string(p.join("postgres-url")).ok());
     url.map(|u| vec![("MOSS_DATABASE__URL".to_owned(), u)]).unwrap_or_default()
 }
+
+/// One send that the server acknowledged: which sender (index into the tokens), its event id,
+/// when its request started and when its answer arrived.
+pub struct Ack {
+    pub sender: usize,
+    pub event_id: String,
+    pub started: Instant,
+    pub answered: Instant,
+}
+
+/// Senders sending messages into `room` one after another, one task per token, until a send
+/// fails (the server died, say); every acknowledged send is recorded as it is answered.
+pub fn spawn_senders(
+    base: &str,
+    room: &str,
+    tokens: Vec<String>,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<Ack>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(n, token)| {
+            let (base, room, acks) = (base.to_owned(), room.to_owned(), acks.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0.. {
+                    let started = Instant::now();
+                    let res = http
+                        .put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/k{n}-{i}"))
+                        .bearer_auth(&token)
+                        .json(&json!({"msgtype": "m.text", "body": format!("{n}-{i}")}))
+                        .send()
+                        .await;
+                    let Ok(res) = res else { break };
+                    let Ok(v) = res.json::<Value>().await else { break };
+                    let Some(id) = v["event_id"].as_str() else { break };
+                    let answered = Instant::now();
+                    acks.lock().unwrap().push(Ack { sender: n, event_id: id.to_owned(), started, answered });
+                }
+            })
+        })
+        .collect();
+    (acks, tasks)
+}

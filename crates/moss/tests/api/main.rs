@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod client_features;
 mod common;
+mod durability;
 mod e2ee;
 mod exhaustion;
 mod federation;

@@ -327,28 +327,7 @@ async fn two_processes_share_one_database() {
     let (mut leader, survivor) = if leads(&a) { (a, b) } else { (b, a) };
     // Eight clients keep sending to the leader while it is killed: every send it acknowledged
     // is stored (kill -9 loses nothing acknowledged), as the survivor shows.
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let senders: Vec<_> = (0..8)
-        .map(|t| {
-            let (base, token, room, acked) = (leader.base.clone(), alice.token.clone(), room.clone(), acked.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                for i in 0.. {
-                    let res = http
-                        .put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/race{t}-{i}"))
-                        .bearer_auth(&token)
-                        .json(&json!({"msgtype": "m.text", "body": format!("race {t}-{i}")}))
-                        .send()
-                        .await;
-                    let Ok(res) = res else { break };
-                    let Ok(v) = res.json::<serde_json::Value>().await else { break };
-                    if let Some(id) = v["event_id"].as_str() {
-                        acked.lock().unwrap().push(id.to_owned());
-                    }
-                }
-            })
-        })
-        .collect();
+    let (acked, senders) = crate::common::spawn_senders(&leader.base, &room, vec![alice.token.clone(); 8]);
     while acked.lock().unwrap().len() < 30 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -356,7 +335,7 @@ async fn two_processes_share_one_database() {
     for s in senders {
         let _ = s.await;
     }
-    let acknowledged = acked.lock().unwrap().clone();
+    let acknowledged: Vec<String> = acked.lock().unwrap().iter().map(|a| a.event_id.clone()).collect();
     for id in &acknowledged {
         let (st, v) = survivor.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(id)), &alice).await;
         assert_eq!(st, 200, "acknowledged {id} before the kill, missing after: {v}");
