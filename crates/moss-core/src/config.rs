@@ -125,11 +125,20 @@ pub struct DatabaseConfig {
     /// key=value form). Several moss processes may share one database (docs/scaling.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// PostgreSQL only: most read sessions this process keeps open at once (its writer session
+    /// and the cluster listener come on top); further reads wait for one. A cluster of N
+    /// processes needs N × (this + 3) of PostgreSQL's `max_connections`.
+    pub max_connections: usize,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { path: PathBuf::from("moss.db"), synchronous: SyncMode::Full, url: None }
+        DatabaseConfig {
+            path: PathBuf::from("moss.db"),
+            synchronous: SyncMode::Full,
+            url: None,
+            max_connections: moss_storage::DEFAULT_PG_READERS,
+        }
     }
 }
 

@@ -94,7 +94,7 @@ impl Moss {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let db = match &config.database.url {
-            Some(url) => Db::open_postgres(url)?,
+            Some(url) => Db::open_postgres_with(url, config.database.max_connections)?,
             None => Db::open(
                 &config.database_path(),
                 match config.database.synchronous {

@@ -25,6 +25,11 @@ pub(crate) fn sqlite_db() -> Db {
 
 /// A fresh PostgreSQL database, when the environment asks for PostgreSQL.
 pub(crate) fn postgres_db() -> Option<Db> {
+    postgres_url().map(|url| Db::open_postgres(&url).unwrap())
+}
+
+/// The URL of a fresh, empty PostgreSQL database, when the environment asks for PostgreSQL.
+pub(crate) fn postgres_url() -> Option<String> {
     if std::env::var("MOSS_TEST_DB").ok().as_deref() != Some("postgres") {
         return None;
     }
@@ -40,7 +45,7 @@ pub(crate) fn postgres_db() -> Option<Db> {
             "CREATE DATABASE {name} OWNER \"{user}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
         ))
         .unwrap();
-    Some(Db::open_postgres(&format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}")).unwrap())
+    Some(format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}"))
 }
 
 /// Every backend to run a storage test on, named for assertion messages.

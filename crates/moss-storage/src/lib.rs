@@ -111,6 +111,9 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     (23, include_str!("pg/schema_23_sliding_positions.sql")),
 ];
 
+/// Most PostgreSQL read sessions one process opens by default (`database.max_connections`).
+pub const DEFAULT_PG_READERS: usize = 16;
+
 /// The advisory lock every PostgreSQL write transaction takes (see `write_blocking`).
 const WRITER_LOCK: i64 = 0x6d6f_7377; // "mosw"
 
@@ -158,7 +161,7 @@ pub enum Synchronous {
 /// The database behind a [`Db`].
 enum Backend {
     Sqlite { path: PathBuf, writer: Mutex<Connection>, readers: Mutex<Vec<Connection>>, synchronous: Synchronous },
-    Postgres { url: String, writer: Box<Mutex<Option<Session>>>, readers: Mutex<Vec<Session>> },
+    Postgres { url: String, writer: Box<Mutex<Option<Session>>>, readers: backend::pool::Pool },
 }
 
 struct Inner {
@@ -281,14 +284,20 @@ impl Db {
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host/db`) and
-    /// applies pending migrations.
+    /// applies pending migrations; at most [`DEFAULT_PG_READERS`] read sessions.
     pub fn open_postgres(url: &str) -> Result<Self> {
+        Db::open_postgres_with(url, DEFAULT_PG_READERS)
+    }
+
+    /// [`Db::open_postgres`] with at most `readers` read sessions open at once (the writer
+    /// session comes on top); reads beyond that wait for a session.
+    pub fn open_postgres_with(url: &str, readers: usize) -> Result<Self> {
         let mut session = Session::connect(url)?;
         pg_migrate(&mut session)?;
         Ok(Db::with(Backend::Postgres {
             url: url.to_owned(),
             writer: Box::new(Mutex::new(Some(session))),
-            readers: Mutex::new(Vec::new()),
+            readers: backend::pool::Pool::new(url, readers),
         }))
     }
 
@@ -457,18 +466,13 @@ impl Db {
     ) -> Result<()> {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let Backend::Postgres { url, readers, .. } = &db.inner.backend else { return Ok(()) };
-            let session = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut session = match session {
-                Some(s) if !s.is_closed() => s,
-                _ => Session::connect(url)?,
-            };
+            let Backend::Postgres { readers, .. } = &db.inner.backend else { return Ok(()) };
+            let mut session = readers.take()?;
             let out = f(&mut session);
             if out.is_ok() {
-                let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
-                if pool.len() < 16 {
-                    pool.push(session);
-                }
+                readers.give(session);
+            } else {
+                readers.lost();
             }
             out
         })
@@ -521,22 +525,16 @@ impl Db {
                 }
                 out
             }
-            Backend::Postgres { url, readers, .. } => {
-                let session = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let session = match session {
-                    Some(s) if !s.is_closed() => s,
-                    _ => Session::connect(url)?,
-                };
-                let cell = RefCell::new(session);
+            Backend::Postgres { readers, .. } => {
+                let cell = RefCell::new(readers.take()?);
                 began = Instant::now();
                 cell.borrow_mut().begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into());
                 let out = f(&Reader { conn: Conn::Pg(&cell) });
                 let ended = cell.borrow_mut().end_read();
                 if ended.is_ok() {
-                    let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
-                    if pool.len() < 16 {
-                        pool.push(cell.into_inner());
-                    }
+                    readers.give(cell.into_inner());
+                } else {
+                    readers.lost();
                 }
                 out
             }

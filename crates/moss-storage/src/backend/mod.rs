@@ -11,6 +11,7 @@
 //! What each backend guarantees is the same: a [`crate::Writer`] is one transaction that sees
 //! its own writes and commits atomically; a [`crate::Reader`] reads one consistent snapshot.
 
+pub(crate) mod pool;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
