@@ -248,7 +248,15 @@ fn build(
                 timeline.retain(|ev| timeline_matcher.matches(ev));
                 // State: the full state before the timeline for new rooms, else the changes
                 // the timeline skipped over.
-                let before = state_before(r, &m.room_id, first_stream - 1)?;
+                // The whole state before the timeline is needed for a new room, a full-state
+                // sync or a gap; otherwise only the timeline senders' memberships (lazy
+                // loading), looked up one by one rather than reading every member's.
+                let before_group = r.last_event_at(&m.room_id, first_stream - 1)?.map(|ev| ev.state_group);
+                let whole = newly || full_state || limited;
+                let before = match before_group {
+                    Some(g) if whole => r.state_group(g)?,
+                    _ => StateMap::new(),
+                };
                 let state_ids: Vec<String> = if newly || full_state {
                     before.values().cloned().collect()
                 } else if limited {
@@ -270,17 +278,33 @@ fn build(
                     // (`include_redundant_members` permits, not requires, leaving them out).
                     // A sender who joined within the timeline's range (their join filtered out
                     // of it) is found in the state after it.
-                    let mut after: Option<StateMap> = None;
+                    let mut after_group: Option<Option<i64>> = None;
+                    let mut looked_up = std::collections::HashSet::new();
                     for sender in timeline.iter().filter_map(|e| e["sender"].as_str()) {
+                        if !looked_up.insert(sender) {
+                            continue;
+                        }
                         let key = ("m.room.member".to_owned(), sender.to_owned());
-                        let id = match before.get(&key) {
-                            Some(id) => Some(id.clone()),
+                        let found = match (whole, before_group) {
+                            (true, _) => before.get(&key).cloned(),
+                            (false, Some(g)) => r.state_group_entry(g, "m.room.member", sender)?,
+                            (false, None) => None,
+                        };
+                        let id = match found {
+                            Some(id) => Some(id),
                             None => {
-                                if after.is_none() {
-                                    let last = rows.last().map_or(current, |e| e.stream);
-                                    after = Some(state_before(r, &m.room_id, last)?);
+                                let group = match after_group {
+                                    Some(g) => g,
+                                    None => {
+                                        let last = rows.last().map_or(current, |e| e.stream);
+                                        let g = r.last_event_at(&m.room_id, last)?.map(|ev| ev.state_group);
+                                        *after_group.insert(g)
+                                    }
+                                };
+                                match group {
+                                    Some(g) => r.state_group_entry(g, "m.room.member", sender)?,
+                                    None => None,
                                 }
-                                after.as_ref().and_then(|a| a.get(&key).cloned())
                             }
                         };
                         if let Some(id) = id {
@@ -343,7 +367,12 @@ fn build(
                 room["state"] = json!({"events": state});
                 room["ephemeral"] = json!({"events": ephemeral});
                 room["account_data"] = json!({"events": account_data});
-                room["summary"] = summary(r, &m.room_id, u)?;
+                // The summary changes only with membership: sent with a new room, a full-state
+                // sync, a gap or a membership event in the timeline; omitted as unchanged
+                // otherwise (lazy-loaded members in `state` are not changes).
+                if newly || full_state || limited || timeline.iter().any(|e| e["type"] == "m.room.member") {
+                    room["summary"] = summary(r, &m.room_id, u)?;
+                }
                 let at = match counts_at {
                     Some(at) => at,
                     None => *counts_at.insert(crate::push::counts::CountsAt::read(r, current)?),
@@ -480,16 +509,8 @@ fn invited_by_ignored(r: &Reader<'_>, invite_event: &str, ignored: &std::collect
 
 /// The room summary clients use to name rooms without a name.
 fn summary(r: &Reader<'_>, room: &str, user: &str) -> Result<Value> {
-    let members = r.room_members(room)?;
-    let joined = members.iter().filter(|m| m.membership == "join").count();
-    let invited = members.iter().filter(|m| m.membership == "invite").count();
-    let heroes: Vec<&str> = members
-        .iter()
-        .filter(|m| m.user_id != user && (m.membership == "join" || m.membership == "invite"))
-        .map(|m| m.user_id.as_str())
-        .take(5)
-        .collect();
-    Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
+    let s = r.room_summary(room, user, 5)?;
+    Ok(json!({"m.heroes": s.heroes, "m.joined_member_count": s.joined, "m.invited_member_count": s.invited}))
 }
 
 /// The room's `unread_notifications` (and, when the filter asks for threads apart,

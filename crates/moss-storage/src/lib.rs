@@ -38,7 +38,7 @@ use std::{
 
 use std::cell::RefCell;
 
-use backend::{postgres::Session, Conn, Dialect, Params};
+use backend::{pool::Pool, postgres::Session, Conn, Dialect, Params};
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 pub use admin::*;
@@ -111,6 +111,10 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     (23, include_str!("pg/schema_23_sliding_positions.sql")),
 ];
 
+/// Most SQLite read connections open at once: reads beyond wait for one (a fresh connection
+/// reads the schema and prepares its statements again, which costs more than the wait).
+const SQLITE_READERS: usize = 16;
+
 /// Most PostgreSQL read sessions one process opens by default (`database.max_connections`).
 pub const DEFAULT_PG_READERS: usize = 16;
 
@@ -160,8 +164,8 @@ pub enum Synchronous {
 
 /// The database behind a [`Db`].
 enum Backend {
-    Sqlite { path: PathBuf, writer: Mutex<Connection>, readers: Mutex<Vec<Connection>>, synchronous: Synchronous },
-    Postgres { url: String, writer: Box<Mutex<Option<Session>>>, readers: backend::pool::Pool },
+    Sqlite { path: PathBuf, writer: Mutex<Connection>, readers: Pool<Connection>, synchronous: Synchronous },
+    Postgres { url: String, writer: Box<Mutex<Option<Session>>>, readers: Pool<Session> },
 }
 
 struct Inner {
@@ -278,7 +282,7 @@ impl Db {
         Ok(Db::with(Backend::Sqlite {
             path: path.to_owned(),
             writer: Mutex::new(conn),
-            readers: Mutex::new(Vec::new()),
+            readers: Pool::new(SQLITE_READERS),
             synchronous,
         }))
     }
@@ -297,7 +301,7 @@ impl Db {
         Ok(Db::with(Backend::Postgres {
             url: url.to_owned(),
             writer: Box::new(Mutex::new(Some(session))),
-            readers: backend::pool::Pool::new(url, readers),
+            readers: Pool::new(readers),
         }))
     }
 
@@ -466,8 +470,8 @@ impl Db {
     ) -> Result<()> {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let Backend::Postgres { readers, .. } = &db.inner.backend else { return Ok(()) };
-            let mut session = readers.take()?;
+            let Backend::Postgres { url, readers, .. } = &db.inner.backend else { return Ok(()) };
+            let mut session = readers.take(|s| !s.is_closed(), || Session::connect(url))?;
             let out = f(&mut session);
             if out.is_ok() {
                 readers.give(session);
@@ -501,32 +505,30 @@ impl Db {
         let began;
         let out = match &self.inner.backend {
             Backend::Sqlite { path, readers, synchronous, .. } => {
-                let conn = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let conn = match conn {
-                    Some(c) => c,
-                    None => {
+                let conn = readers.take(
+                    |_| true,
+                    || {
                         let c = Connection::open_with_flags(
                             path,
                             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                        )
-                        .map_err(StorageError::from)?;
+                        )?;
                         configure_reader(&c, *synchronous)?;
-                        c
-                    }
-                };
+                        Ok(c)
+                    },
+                )?;
                 // A read sees one consistent snapshot even across several queries.
                 began = Instant::now();
-                conn.execute_batch("BEGIN").map_err(StorageError::from)?;
+                if let Err(e) = conn.execute_batch("BEGIN") {
+                    readers.give(conn);
+                    return Err(E::from(StorageError::from(e)));
+                }
                 let out = f(&Reader { conn: Conn::Sqlite(&conn) });
                 let _ = conn.execute_batch("COMMIT");
-                let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
-                if pool.len() < 16 {
-                    pool.push(conn);
-                }
+                readers.give(conn);
                 out
             }
-            Backend::Postgres { readers, .. } => {
-                let cell = RefCell::new(readers.take()?);
+            Backend::Postgres { url, readers, .. } => {
+                let cell = RefCell::new(readers.take(|s| !s.is_closed(), || Session::connect(url))?);
                 began = Instant::now();
                 cell.borrow_mut().begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into());
                 let out = f(&Reader { conn: Conn::Pg(&cell) });

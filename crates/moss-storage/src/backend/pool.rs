@@ -1,44 +1,40 @@
-//! A bounded pool of PostgreSQL sessions: at most `max` live at once, idle ones reused. When
-//! every session is in use, a caller waits (on its blocking thread) for one to come back, so
-//! a burst of requests (200 clients' first syncs at once, say) queues in moss instead of
-//! opening more connections than PostgreSQL accepts (`max_connections`, 100 by default, shared
-//! by every process of a cluster).
+//! A bounded pool of database connections: at most `max` live at once, idle ones reused. When
+//! every connection is in use, a caller waits (on its blocking thread) for one to come back, so
+//! a burst of requests (200 clients' syncs at once, say) queues in moss instead of opening a
+//! connection each: a PostgreSQL server accepts only so many (`max_connections`, 100 by
+//! default, shared by every process of a cluster), and a new SQLite connection reads the
+//! schema and prepares every statement afresh, which made such a burst many times slower.
 
 use std::sync::{Condvar, Mutex};
 
-use super::postgres::Session;
 use crate::Result;
 
-pub(crate) struct Pool {
-    url: String,
+pub(crate) struct Pool<C> {
     max: usize,
-    state: Mutex<State>,
+    state: Mutex<State<C>>,
     freed: Condvar,
 }
 
-struct State {
-    idle: Vec<Session>,
-    /// Sessions open, idle or lent out (or being opened).
+struct State<C> {
+    idle: Vec<C>,
+    /// Connections open, idle or lent out (or being opened).
     live: usize,
 }
 
-impl Pool {
-    pub(crate) fn new(url: &str, max: usize) -> Pool {
-        Pool {
-            url: url.to_owned(),
-            max: max.max(1),
-            state: Mutex::new(State { idle: Vec::new(), live: 0 }),
-            freed: Condvar::new(),
-        }
+impl<C> Pool<C> {
+    pub(crate) fn new(max: usize) -> Pool<C> {
+        Pool { max: max.max(1), state: Mutex::new(State { idle: Vec::new(), live: 0 }), freed: Condvar::new() }
     }
 
-    /// A session to use and then [`Pool::give`] back (or [`Pool::lost`] if it broke).
-    pub(crate) fn take(&self) -> Result<Session> {
+    /// A connection to use and then [`Pool::give`] back (or [`Pool::lost`] if it broke): an
+    /// idle one that `usable` accepts, else a new one from `connect` while fewer than `max`
+    /// are live, else the next one given back.
+    pub(crate) fn take(&self, usable: impl Fn(&C) -> bool, connect: impl FnOnce() -> Result<C>) -> Result<C> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(s) = st.idle.pop() {
-                if !s.is_closed() {
-                    return Ok(s);
+            if let Some(c) = st.idle.pop() {
+                if usable(&c) {
+                    return Ok(c);
                 }
                 st.live -= 1;
                 continue;
@@ -46,19 +42,19 @@ impl Pool {
             if st.live < self.max {
                 st.live += 1;
                 drop(st);
-                return Session::connect(&self.url).inspect_err(|_| self.lost());
+                return connect().inspect_err(|_| self.lost());
             }
             st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// Returns a session that is fit for reuse.
-    pub(crate) fn give(&self, s: Session) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).idle.push(s);
+    /// Returns a connection that is fit for reuse.
+    pub(crate) fn give(&self, c: C) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).idle.push(c);
         self.freed.notify_one();
     }
 
-    /// Forgets a session that was taken and will not come back (it is dropped).
+    /// Forgets a connection that was taken and will not come back (it is dropped).
     pub(crate) fn lost(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).live -= 1;
         self.freed.notify_one();

@@ -359,3 +359,37 @@ async fn lazy_loading_brings_each_new_senders_membership_with_their_message() {
     let quiet = sync(Some(since)).await;
     assert!(quiet["rooms"]["join"].get(&room).is_none(), "{quiet}");
 }
+
+/// The room summary (heroes, member counts) comes with a new room and with every membership
+/// change, counted right; an incremental sync without one leaves it out (unchanged).
+#[tokio::test]
+async fn room_summary_follows_membership() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let (st, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &alice, json!({"user_id": carol.id})).await;
+    assert_eq!(st, 200);
+
+    let first = s.sync(&alice, None, 0).await;
+    let summary = &first["rooms"]["join"][&room]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 2, "{summary}");
+    assert_eq!(summary["m.invited_member_count"], 1, "{summary}");
+    assert_eq!(summary["m.heroes"], json!([bob.id, carol.id]), "{summary}");
+
+    // A message changes no membership: the summary is left out.
+    s.send_text(&bob, &room, "hello").await;
+    let next = s.sync(&alice, first["next_batch"].as_str(), 0).await;
+    assert_eq!(timeline(&next, &room).len(), 1, "{next}");
+    assert!(next["rooms"]["join"][&room].get("summary").is_none_or(|v| v.is_null()), "{next}");
+
+    // Carol accepts: the counts move, and the summary says so.
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let after = s.sync(&alice, next["next_batch"].as_str(), 0).await;
+    let summary = &after["rooms"]["join"][&room]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 3, "{after}");
+    assert_eq!(summary["m.invited_member_count"], 0, "{after}");
+}
