@@ -32,6 +32,10 @@ the service down for 60 s (5 s) while messages are sent. `--only appservice` run
 Workload 10 (sliding sync, see bench/sliding.py) runs last on each row: a user in 1,000 rooms (40
 with --quick), a new connection's first response with a 20-room window, long-poll delivery and
 memory per open connection. `--only sliding` runs just that; `--no-sliding` skips it.
+
+Workload 11 (fan-out, see bench/fanout.py) runs on every row after workloads 1-5: 200 users (40
+with --quick) long-poll one room while one user sends 30 messages/s into it for 10 s (2 s), every
+delivery timed, missing ones counted. `--no-fanout` skips it.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import media as media6
 import appservice as as9
 import push as push8
 import sliding as ss10
+import fanout as fo11
 
 # One definition each, shared with the media workload.
 free_port = media6.free_port
@@ -817,6 +822,7 @@ def report(results: dict, meta: dict, media: dict | None = None) -> str:
     lines += push8.report(results, meta, TITLES)
     lines += as9.report(results, meta, TITLES)
     lines += ss10.report(results, meta, TITLES)
+    lines += fo11.report(results, meta, TITLES)
     if meta.get("plots"):
         lines += ["## Plots", ""]
         for title, name in meta["plots"]:
@@ -845,6 +851,7 @@ async def main() -> None:
     ap.add_argument("--no-push", action="store_true", help="skip workload 8 (push)")
     ap.add_argument("--no-appservice", action="store_true", help="skip workload 9 (application services)")
     ap.add_argument("--no-sliding", action="store_true", help="skip workload 10 (sliding sync)")
+    ap.add_argument("--no-fanout", action="store_true", help="skip workload 11 (fan-out to long-polling receivers)")
     args = ap.parse_args()
     if (args.only == "push" and args.no_push) or (args.only == "appservice" and args.no_appservice) \
             or (args.only == "sliding" and args.no_sliding):
@@ -932,6 +939,9 @@ async def main() -> None:
                 await server.start()
                 print(f"running {server.name} …", flush=True)
                 results[server.name] = {} if args.only else await workloads(server, args.quick)
+                if not args.only and not args.no_fanout:
+                    print(f"running fan-out: {server.name} …", flush=True)
+                    results[server.name]["fanout"] = await fo11.workload(server, args.quick, Client)
                 if receiver and extras:
                     print(f"running push: {server.name} …", flush=True)
                     results[server.name]["push"] = await push8.workload(server, args.quick, receiver, Client, push_notes)
