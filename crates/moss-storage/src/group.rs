@@ -23,7 +23,7 @@ use std::{
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::{backend::postgres::Session, backend::Conn, pg_write_begin, Reader, StorageError, Writer};
+use crate::{backend::postgres::Session, backend::Conn, pg_write_begin, Reader, StorageError, Synchronous, Writer};
 
 /// The most closures one transaction takes (bounds how long the first of them waits for the
 /// commit).
@@ -39,6 +39,8 @@ pub(crate) struct Queue {
 /// One queued write: a closure and the caller waiting for its answer.
 pub(crate) trait Job: Send {
     fn queued(&self) -> Instant;
+    /// Whether its writes must survive a power loss once acknowledged (see `Db::write_relaxed`).
+    fn durable(&self) -> bool;
     /// Runs the closure; true if it returned `Ok` (its writes are to be kept).
     fn run(&mut self, w: &Writer<'_>) -> bool;
     /// Answers the caller once the transaction's fate is known (`committed`: the commit's
@@ -47,6 +49,7 @@ pub(crate) trait Job: Send {
 }
 
 struct Pending<T, E, F> {
+    durable: bool,
     f: Option<F>,
     out: Option<Result<T, E>>,
     answer: oneshot::Sender<Result<T, E>>,
@@ -54,14 +57,14 @@ struct Pending<T, E, F> {
 }
 
 /// Wraps `f` as a job and hands back where its answer arrives.
-pub(crate) fn job<T, E, F>(f: F) -> (Box<dyn Job>, oneshot::Receiver<Result<T, E>>)
+pub(crate) fn job<T, E, F>(durable: bool, f: F) -> (Box<dyn Job>, oneshot::Receiver<Result<T, E>>)
 where
     T: Send + 'static,
     E: From<StorageError> + Send + 'static,
     F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
 {
     let (answer, rx) = oneshot::channel();
-    (Box::new(Pending { f: Some(f), out: None, answer, queued: Instant::now() }), rx)
+    (Box::new(Pending { durable, f: Some(f), out: None, answer, queued: Instant::now() }), rx)
 }
 
 impl<T, E, F> Job for Pending<T, E, F>
@@ -72,6 +75,10 @@ where
 {
     fn queued(&self) -> Instant {
         self.queued
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     fn run(&mut self, w: &Writer<'_>) -> bool {
@@ -113,7 +120,20 @@ pub(crate) fn fail_all(jobs: Vec<Box<dyn Job>>, error: &StorageError) {
 
 /// Runs `jobs` on SQLite: BEGIN IMMEDIATE, each in a savepoint (when there are several), one
 /// COMMIT.
-pub(crate) fn run_sqlite(conn: &mut Connection, jobs: Vec<Box<dyn Job>>) {
+pub(crate) fn run_sqlite(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, synchronous: Synchronous) {
+    // A group of relaxed writes only commits without the fsync; the next durable commit's fsync
+    // covers it (the WAL is synced in order).
+    let relaxed = synchronous == Synchronous::Full && !jobs.iter().any(|j| j.durable());
+    if relaxed {
+        let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+    }
+    run_sqlite_group(conn, jobs);
+    if relaxed {
+        let _ = conn.pragma_update(None, "synchronous", "FULL");
+    }
+}
+
+fn run_sqlite_group(conn: &mut Connection, jobs: Vec<Box<dyn Job>>) {
     let grouped = jobs.len() > 1;
     let mut kept: Vec<Box<dyn Job>> = Vec::new();
     let mut done: Vec<Box<dyn Job>> = Vec::new();
@@ -196,6 +216,10 @@ pub(crate) fn run_postgres(session: Session, jobs: Vec<Box<dyn Job>>) -> Session
     let grouped = jobs.len() > 1;
     let cell = RefCell::new(session);
     cell.borrow_mut().begin(pg_write_begin()); // sent with the first statement
+    if !jobs.iter().any(|j| j.durable()) {
+        // Relaxed writes only: the commit returns before the WAL is flushed.
+        cell.borrow_mut().queue("SET LOCAL synchronous_commit = off");
+    }
     let mut kept: Vec<Box<dyn Job>> = Vec::new();
     let mut done: Vec<Box<dyn Job>> = Vec::new();
     for mut job in jobs {
@@ -305,5 +329,32 @@ mod tests {
             assert!(sizes.iter().any(|&n| n > 1), "{name}: the queued writes were never grouped: {sizes:?}");
             assert_eq!(sizes.iter().sum::<usize>(), 101, "{name}: {sizes:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod relaxed_tests {
+    use crate::{params, Db, StorageError, Synchronous};
+
+    /// A relaxed write commits like any other, and the writer goes back to fsyncing every
+    /// commit afterwards (`synchronous` 2 = FULL).
+    #[test]
+    fn relaxed_writes_commit_and_leave_full_sync_in_place() {
+        let dir = std::env::temp_dir().join(format!("moss-relaxed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(&dir.join("t.db"), Synchronous::Full).unwrap();
+        db.write_blocking(|w| w.exec("CREATE TABLE r (k BIGINT)", []).map(|_| ())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(db.write_relaxed(|w| w.exec("INSERT INTO r (k) VALUES (?1)", params![1i64]).map(|_| ()))).unwrap();
+        let (count, sync) = db
+            .write_blocking(|w| {
+                let count = w.one("SELECT COUNT(*) FROM r", [], |r| r.get::<_, i64>(0))?;
+                let sync = w.one("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?;
+                Ok::<_, StorageError>((count, sync))
+            })
+            .unwrap();
+        assert_eq!(count, Some(1));
+        assert_eq!(sync, Some(2), "the writer must be back to synchronous = FULL");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

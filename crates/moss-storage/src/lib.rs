@@ -354,7 +354,30 @@ impl Db {
         E: From<StorageError> + Send + 'static,
         F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
     {
-        let (job, answer) = group::job(f);
+        self.enqueue(true, f).await
+    }
+
+    /// [`Db::write`] for derived data that is recomputed from durable data after a power loss
+    /// (the push evaluator's actions and watermark): acknowledged once committed, but a group
+    /// of such writes alone commits without waiting for the disk (SQLite: no fsync; PostgreSQL:
+    /// `synchronous_commit = off`). A crash of moss loses nothing; a power loss may lose the
+    /// last of them, never a durable write committed after them.
+    pub async fn write_relaxed<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.enqueue(false, f).await
+    }
+
+    async fn enqueue<T, E, F>(&self, durable: bool, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let (job, answer) = group::job(durable, f);
         let lead = {
             let mut queue = self.inner.group.lock().unwrap_or_else(|p| p.into_inner());
             queue.jobs.push_back(job);
@@ -384,10 +407,10 @@ impl Db {
                 o.group(jobs.len());
             }
             let (got, held) = match &self.inner.backend {
-                Backend::Sqlite { writer, .. } => {
+                Backend::Sqlite { writer, synchronous, .. } => {
                     let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
                     let got = Instant::now();
-                    group::run_sqlite(&mut conn, jobs);
+                    group::run_sqlite(&mut conn, jobs, *synchronous);
                     (got, got.elapsed())
                 }
                 Backend::Postgres { url, writer, .. } => {

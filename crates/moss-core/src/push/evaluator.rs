@@ -140,8 +140,10 @@ impl Moss {
             u.dedup();
             u
         };
+        // Derived data: after a power loss the evaluator redoes what was lost from its durable
+        // watermark (pushes may then go out twice), so its commits need not wait for the disk.
         self.db
-            .write(move |w| {
+            .write_relaxed(move |w| {
                 for row in &rows {
                     w.insert_push_action(row)?;
                 }

@@ -112,11 +112,26 @@ async fn closed_clients_go_offline_and_quiet_ones_go_idle_until_they_act() {
     assert!(v["last_active_ago"].as_u64().unwrap() < 1000, "{v}");
     s.sync(&alice, None, 0).await;
     assert_eq!(s.get(&presence_of(&alice), &bob).await.1["presence"], "online");
-    // A client that syncs with set_presence=offline is not kept online by it.
+    // A client that syncs with set_presence=offline is not kept online by it: Alice goes
+    // offline while such a long-poll of hers is still in progress (had it kept her online, she
+    // would stay so until 1.5 s after its end, past the deadline).
     let v = s.sync(&alice, None, 0).await;
     let since = v["next_batch"].as_str().unwrap().to_owned();
-    let (st, _) =
-        s.get(&format!("/_matrix/client/v3/sync?set_presence=offline&timeout=2500&since={since}"), &alice).await;
+    let offline_sync = format!("/_matrix/client/v3/sync?set_presence=offline&timeout=8000&since={since}");
+    let poll = s.get(&offline_sync, &alice);
+    let went_offline = async {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            if s.get(&presence_of(&alice), &bob).await.1["presence"] == "offline" {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let ((st, _), went_offline) = tokio::join!(poll, went_offline);
     assert_eq!(st, 200);
-    assert_eq!(s.get(&presence_of(&alice), &bob).await.1["presence"], "offline");
+    assert!(went_offline, "Alice stayed online while syncing with set_presence=offline");
 }
