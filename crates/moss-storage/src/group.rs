@@ -123,17 +123,32 @@ pub(crate) fn fail_all(jobs: Vec<Box<dyn Job>>, error: &StorageError) {
 pub(crate) fn run_sqlite(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, synchronous: Synchronous) {
     // A group of relaxed writes only commits without the fsync; the next durable commit's fsync
     // covers it (the WAL is synced in order).
-    let relaxed = synchronous == Synchronous::Full && !jobs.iter().any(|j| j.durable());
-    if relaxed {
+    if synchronous == Synchronous::Full && !jobs.iter().any(|j| j.durable()) {
         let _ = conn.pragma_update(None, "synchronous", "NORMAL");
-    }
-    run_sqlite_group(conn, jobs);
-    if relaxed {
-        let _ = conn.pragma_update(None, "synchronous", "FULL");
+        // Back to FULL afterwards, even if the group panics.
+        struct Restore<'c>(&'c mut Connection);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                if !self.0.is_autocommit() {
+                    // Left open by a panic: nothing of it was acknowledged, and the setting
+                    // cannot change inside a transaction.
+                    let _ = self.0.execute_batch("ROLLBACK");
+                }
+                let _ = self.0.pragma_update(None, "synchronous", "FULL");
+            }
+        }
+        let restore = Restore(conn);
+        run_sqlite_group(restore.0, jobs);
+    } else {
+        run_sqlite_group(conn, jobs);
     }
 }
 
 fn run_sqlite_group(conn: &mut Connection, jobs: Vec<Box<dyn Job>>) {
+    if !conn.is_autocommit() {
+        // Left open by a group that panicked half-way: nothing of it was acknowledged.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     let grouped = jobs.len() > 1;
     let mut kept: Vec<Box<dyn Job>> = Vec::new();
     let mut done: Vec<Box<dyn Job>> = Vec::new();

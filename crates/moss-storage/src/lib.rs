@@ -118,7 +118,7 @@ const SQLITE_READERS: usize = 16;
 /// Most PostgreSQL read sessions one process opens by default (`database.max_connections`).
 pub const DEFAULT_PG_READERS: usize = 16;
 
-/// The advisory lock every PostgreSQL write transaction takes (see `write_blocking`).
+/// The advisory lock every PostgreSQL write transaction takes (see `pg_write_begin`).
 const WRITER_LOCK: i64 = 0x6d6f_7377; // "mosw"
 
 /// How a PostgreSQL write transaction opens: one writer at a time across every process on the
@@ -406,31 +406,42 @@ impl Db {
             if let Some(o) = self.inner.observer.get() {
                 o.group(jobs.len());
             }
-            let (got, held) = match &self.inner.backend {
-                Backend::Sqlite { writer, synchronous, .. } => {
-                    let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let got = Instant::now();
-                    group::run_sqlite(&mut conn, jobs, *synchronous);
-                    (got, got.elapsed())
-                }
-                Backend::Postgres { url, writer, .. } => {
-                    let mut slot = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let got = Instant::now();
-                    let session = match slot.take() {
-                        Some(s) if !s.is_closed() => Ok(s),
-                        _ => Session::connect(url),
-                    };
-                    match session {
-                        Ok(session) => *slot = Some(group::run_postgres(session, jobs)),
-                        Err(e) => group::fail_all(jobs, &e),
-                    }
-                    (got, got.elapsed())
-                }
+            // A panic outside the closures (which are caught one by one) must not leave the
+            // queue without a drainer: its writes have been answered with an error by then.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_group(jobs)));
+            let Ok((got, held)) = ran else {
+                tracing::error!("running a group of writes panicked; its writers got an error");
+                continue;
             };
             if let Some(o) = self.inner.observer.get() {
                 for a in asked {
                     o.write(got.saturating_duration_since(a), held);
                 }
+            }
+        }
+    }
+
+    /// Runs one group of queued writes; when the writer was had and for how long.
+    fn run_group(&self, jobs: Vec<Box<dyn group::Job>>) -> (Instant, Duration) {
+        match &self.inner.backend {
+            Backend::Sqlite { writer, synchronous, .. } => {
+                let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let got = Instant::now();
+                group::run_sqlite(&mut conn, jobs, *synchronous);
+                (got, got.elapsed())
+            }
+            Backend::Postgres { url, writer, .. } => {
+                let mut slot = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let got = Instant::now();
+                let session = match slot.take() {
+                    Some(s) if !s.is_closed() => Ok(s),
+                    _ => Session::connect(url),
+                };
+                match session {
+                    Ok(session) => *slot = Some(group::run_postgres(session, jobs)),
+                    Err(e) => group::fail_all(jobs, &e),
+                }
+                (got, got.elapsed())
             }
         }
     }
