@@ -155,12 +155,9 @@ fn run_sqlite_group(conn: &mut Connection, jobs: Vec<Box<dyn Job>>) {
     let mut open = false;
     for mut job in jobs {
         if !open {
+            // (Nothing is kept while no transaction is open: closing one answers its writes.)
             if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                let e = StorageError::from(e).to_string();
-                job.finish(Err(e.clone()));
-                for j in kept.drain(..) {
-                    j.finish(Err(e.clone()));
-                }
+                job.finish(Err(StorageError::from(e).to_string()));
                 continue;
             }
             open = true;
