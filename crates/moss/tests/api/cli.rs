@@ -327,3 +327,61 @@ async fn healthcheck_exits_zero_only_while_the_server_is_healthy() {
     let (ok, out) = check(&format!("127.0.0.1:{}", crate::common::free_port()));
     assert!(!ok && out.contains("connecting"), "{out}");
 }
+
+#[tokio::test]
+async fn a_stop_finishes_an_upload_in_flight_and_takes_no_new_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Server::start().await;
+    let alice = s.register("alice").await;
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload?filename=big.bin HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        alice.token,
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    tcp.write_all(&body[..half]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // systemctl stop: the upload has half its body sent.
+    s.signal("TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let fresh = reqwest::Client::new().get(format!("{}/_matrix/client/versions", s.base)).send().await;
+    assert!(fresh.is_err(), "a stopping server takes no new connections: {fresh:?}");
+
+    tcp.write_all(&body[half..]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&answer).contains("}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the upload was answered");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json = &answer[answer.find('{').expect("a JSON body")..=answer.rfind('}').unwrap()];
+    let mxc: serde_json::Value = serde_json::from_str(json).expect(&answer);
+    let mxc = mxc["content_uri"].as_str().expect("content_uri").to_owned();
+    drop(tcp);
+    assert_eq!(s.terminate(), Some(0), "a clean exit once the upload is done");
+
+    // The upload finished during the stop is there after the next start, byte for byte.
+    let s = s.restart().await;
+    let download = format!("{}/_matrix/client/v1/media/download/{}", s.base, mxc.trim_start_matches("mxc://"));
+    let got = reqwest::Client::new().get(download).bearer_auth(&alice.token).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap().as_ref() == body.as_slice(), "the stored bytes are the uploaded ones");
+}

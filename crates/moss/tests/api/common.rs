@@ -179,7 +179,6 @@ impl Server {
         self.dir.join("data")
     }
 
-    /// Sends SIGTERM and waits for the process; returns its exit status code.
     /// Sends a signal (`HUP`, `USR1`…) to the running server.
     pub fn signal(&self, name: &str) {
         if let Some(child) = &self.child {
@@ -187,6 +186,7 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits for the process; returns its exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
