@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::{
     http::{header, Method},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{get, post},
     Router,
 };
 use moss_core::Moss;
@@ -56,26 +56,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
             "/_matrix/client/r0/profile/{user_id}/{field}",
             get(user::get_profile_field).put(user::set_profile_field),
         )
-        // media
-        .route("/_matrix/media/v3/upload", post(media::upload))
-        .route("/_matrix/media/r0/upload", post(media::upload))
-        .route("/_matrix/media/v1/create", post(media::create))
-        .route("/_matrix/media/v3/upload/{server}/{media_id}", put(media::upload_to))
-        .route("/_matrix/client/v1/media/config", get(media::config))
-        .route("/_matrix/media/v3/config", get(media::config))
-        .route("/_matrix/media/r0/config", get(media::config))
-        .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(media::download))
-        .route("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}", get(media::download_named))
-        .route("/_matrix/media/v3/download/{server}/{media_id}", get(media::legacy_download))
-        .route("/_matrix/media/v3/download/{server}/{media_id}/{filename}", get(media::legacy_download_named))
-        .route("/_matrix/media/r0/download/{server}/{media_id}", get(media::legacy_download))
-        .route("/_matrix/media/r0/download/{server}/{media_id}/{filename}", get(media::legacy_download_named))
-        .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(media::thumbnail))
-        .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
-        .route("/_matrix/media/r0/thumbnail/{server}/{media_id}", get(media::legacy_thumbnail))
-        .route("/_matrix/client/v1/media/preview_url", get(media::preview_url))
-        .route("/_matrix/media/v3/preview_url", get(media::preview_url))
-        .route("/_matrix/media/r0/preview_url", get(media::preview_url))
+        .merge(media::routes())
         // accounts and sessions
         .ruma(account::register)
         .ruma(account::available)
@@ -203,6 +184,23 @@ pub fn router(moss: Arc<Moss>) -> Router {
     } else {
         r
     };
+    finish(r, moss)
+}
+
+/// `moss media-repo`: the media endpoints alone, client and federation ones on one listener
+/// (the reverse proxy in front of Synapse routes those paths here; docs/media-repo.md).
+pub fn media_repo_router(moss: Arc<Moss>) -> Router {
+    let r: Router<Arc<Moss>> = Router::new().merge(media::routes()).merge(federation::media_routes());
+    let r = if moss.config.metrics.bind.is_some() {
+        r.route_layer(axum::middleware::from_fn_with_state(moss.clone(), metrics::record))
+    } else {
+        r
+    };
+    finish(r, moss)
+}
+
+/// `/health`, the error answers for unknown paths and methods, panics answered as errors, CORS.
+fn finish(r: Router<Arc<Moss>>, moss: Arc<Moss>) -> Router {
     let r = r
         .route("/health", get(server::health))
         .fallback(|| async { ApiError::unrecognized() })

@@ -8,7 +8,8 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::Response,
-    Json,
+    routing::{get, post, put},
+    Json, Router,
 };
 use futures_util::TryStreamExt;
 use moss_core::{config::LegacyMedia, Moss};
@@ -53,6 +54,30 @@ const INLINE_TYPES: &[&str] = &[
 
 const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
                    style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
+
+/// Every client media endpoint: `/_matrix/client/v1/media/*` and the legacy `/_matrix/media/*`.
+pub fn routes() -> Router<Arc<Moss>> {
+    Router::new()
+        .route("/_matrix/media/v3/upload", post(upload))
+        .route("/_matrix/media/r0/upload", post(upload))
+        .route("/_matrix/media/v1/create", post(create))
+        .route("/_matrix/media/v3/upload/{server}/{media_id}", put(upload_to))
+        .route("/_matrix/client/v1/media/config", get(config))
+        .route("/_matrix/media/v3/config", get(config))
+        .route("/_matrix/media/r0/config", get(config))
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(download))
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}", get(download_named))
+        .route("/_matrix/media/v3/download/{server}/{media_id}", get(legacy_download))
+        .route("/_matrix/media/v3/download/{server}/{media_id}/{filename}", get(legacy_download_named))
+        .route("/_matrix/media/r0/download/{server}/{media_id}", get(legacy_download))
+        .route("/_matrix/media/r0/download/{server}/{media_id}/{filename}", get(legacy_download_named))
+        .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(thumbnail))
+        .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(legacy_thumbnail))
+        .route("/_matrix/media/r0/thumbnail/{server}/{media_id}", get(legacy_thumbnail))
+        .route("/_matrix/client/v1/media/preview_url", get(preview_url))
+        .route("/_matrix/media/v3/preview_url", get(preview_url))
+        .route("/_matrix/media/r0/preview_url", get(preview_url))
+}
 
 #[derive(Deserialize)]
 pub struct UploadQuery {

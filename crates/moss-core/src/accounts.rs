@@ -299,6 +299,10 @@ impl Moss {
     /// Synapse does; `query` may name the user it acts as, `user_id=`, and the device,
     /// `device_id=`), else a user's access token.
     pub async fn authenticate_request(&self, token: &str, query: Option<&str>) -> Result<Session> {
+        // `moss media-repo`: Synapse knows the tokens.
+        if let Some(repo) = &self.media_repo {
+            return repo.session(token, query).await;
+        }
         match self.appservices.by_as_token(token) {
             Some(service) => self.appservice_session(service.clone(), token, query).await,
             None => self.authenticate(token).await,
@@ -495,6 +499,10 @@ impl Moss {
         ip: Option<String>,
         user_agent: Option<String>,
     ) {
+        // Synapse keeps its devices' last-seen times; a media repository has no devices.
+        if self.media_repo.is_some() {
+            return;
+        }
         let key = format!("{}|{}", session.user_id, session.device_id);
         {
             let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());

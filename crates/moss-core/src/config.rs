@@ -38,6 +38,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub server_notices: ServerNoticesConfig,
     pub log: LogConfig,
+    pub media_repo: MediaRepoConfig,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             server_notices: ServerNoticesConfig::default(),
             log: LogConfig::default(),
+            media_repo: MediaRepoConfig::default(),
         }
     }
 }
@@ -276,6 +278,40 @@ pub struct AppserviceConfig {
     /// Registration files (YAML or JSON, as bridges generate them; Synapse's
     /// `app_service_config_files`). Relative paths are relative to the working directory.
     pub config_files: Vec<PathBuf>,
+}
+
+/// `moss media-repo`: moss as the media repository of a Synapse homeserver (docs/media-repo.md).
+/// Read only by that command; `moss serve` ignores it. `server_name` must be Synapse's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaRepoConfig {
+    /// Synapse's client-server API (e.g. `http://127.0.0.1:8008`), asked whose an access token
+    /// is (`/_matrix/client/v3/account/whoami`). Required.
+    pub synapse_url: Option<String>,
+    /// Synapse's signing key file (`signing_key_path` in homeserver.yaml): requests for other
+    /// servers' media are signed as the homeserver. Required.
+    pub signing_key_path: Option<PathBuf>,
+    /// Synapse's `media_store_path`: media uploaded to Synapse before moss took over is imported
+    /// (kept under its mxc:// URI) the first time it is asked for. Needs `synapse_database`.
+    pub synapse_media_store: Option<PathBuf>,
+    /// Synapse's database, for that media's metadata: its SQLite file or a `postgres://` URL
+    /// (read only).
+    pub synapse_database: Option<String>,
+    /// How long a token's owner is remembered, in seconds: a token logged out on Synapse keeps
+    /// working here for at most this long.
+    pub token_cache_secs: u64,
+}
+
+impl Default for MediaRepoConfig {
+    fn default() -> Self {
+        MediaRepoConfig {
+            synapse_url: None,
+            signing_key_path: None,
+            synapse_media_store: None,
+            synapse_database: None,
+            token_cache_secs: 60,
+        }
+    }
 }
 
 /// Prometheus metrics (`docs/metrics.md`), on a listener of their own so that they are never

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod glob;
 pub mod keys;
 pub mod media;
+pub mod media_repo;
 pub mod metrics;
 pub mod net;
 pub mod notifier;
@@ -77,12 +78,23 @@ pub struct Moss {
     pub(crate) ratelimit_overrides: std::sync::RwLock<std::collections::HashMap<String, (i64, i64)>>,
     /// Prometheus metrics (`metrics`), exposed on `metrics.bind` when set.
     pub metrics: Arc<metrics::Metrics>,
+    /// Set when this process is `moss media-repo` for a Synapse (crate::media_repo).
+    pub(crate) media_repo: Option<media_repo::MediaRepo>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Moss {
     /// Opens the data directory (creating it, the database and the signing key as needed).
     pub fn open(config: Config) -> Result<Arc<Moss>> {
+        Moss::open_with(config, None, None)
+    }
+
+    /// `key`: a signing key to use instead of the data directory's own.
+    fn open_with(
+        config: Config,
+        key: Option<ruma::signatures::Ed25519KeyPair>,
+        media_repo: Option<media_repo::MediaRepo>,
+    ) -> Result<Arc<Moss>> {
         let server_name = ServerName::parse(&config.server_name)
             .map_err(|e| Error::internal(format!("server_name {:?} is invalid: {e}", config.server_name)))?;
         if rooms::room_version(&config.default_room_version).is_none() {
@@ -103,7 +115,10 @@ impl Moss {
                 },
             )?,
         };
-        let key = keys::load_or_generate(&config.signing_key_path())?;
+        let key = match key {
+            Some(k) => k,
+            None => keys::load_or_generate(&config.signing_key_path())?,
+        };
         let has_media = db.read_blocking(|r| Ok::<_, Error>(r.has_media()?))?;
         let metrics = Arc::new(metrics::Metrics::new());
         // Timings are taken only when something will read them (`metrics.bind`); counters
@@ -139,6 +154,7 @@ impl Moss {
             sliding: Default::default(),
             metrics,
             ratelimit_overrides: std::sync::RwLock::new(ratelimit_overrides),
+            media_repo,
             shutdown: watch::channel(false).0,
         }))
     }

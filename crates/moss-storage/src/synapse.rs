@@ -1,5 +1,5 @@
-//! Reading a Synapse database's media tables (SQLite or PostgreSQL), for
-//! `moss media import-synapse`.
+//! Reading a Synapse database's media tables (SQLite or PostgreSQL), read only: all of them for
+//! `moss media import-synapse`, one item at a time for `moss media-repo`'s import on first use.
 
 use std::path::Path;
 
@@ -23,19 +23,68 @@ pub struct SynapseLocalMedia {
     pub url_cache: bool,
 }
 
+/// Which media rows to read.
+#[derive(Debug, Clone, Copy)]
+pub enum SynapseMediaFilter<'a> {
+    All,
+    /// One local upload.
+    Local(&'a str),
+    /// One cached item of another server.
+    Remote {
+        origin: &'a str,
+        media_id: &'a str,
+    },
+}
+
+impl SynapseMediaFilter<'_> {
+    fn wants_local(&self) -> bool {
+        matches!(self, SynapseMediaFilter::All | SynapseMediaFilter::Local(_))
+    }
+    fn wants_remote(&self) -> bool {
+        matches!(self, SynapseMediaFilter::All | SynapseMediaFilter::Remote { .. })
+    }
+    /// `(origin, media_id)` to match, `None` for every row.
+    fn keys(&self) -> (Option<&str>, Option<&str>) {
+        match *self {
+            SynapseMediaFilter::All => (None, None),
+            SynapseMediaFilter::Local(id) => (None, Some(id)),
+            SynapseMediaFilter::Remote { origin, media_id } => (Some(origin), Some(media_id)),
+        }
+    }
+}
+
 /// Local media rows of the Synapse SQLite database at `path` (opened read-only).
 pub fn synapse_local_media(path: &Path) -> Result<Vec<SynapseLocalMedia>> {
+    synapse_media_sqlite(path, SynapseMediaFilter::All).map(|(local, _)| local)
+}
+
+/// Remote media rows of the Synapse SQLite database at `path` (opened read-only).
+pub fn synapse_remote_media(path: &Path) -> Result<Vec<SynapseRemoteMedia>> {
+    synapse_media_sqlite(path, SynapseMediaFilter::All).map(|(_, remote)| remote)
+}
+
+/// The media rows `filter` names from the Synapse SQLite database at `path` (opened read-only).
+pub fn synapse_media_sqlite(
+    path: &Path,
+    filter: SynapseMediaFilter<'_>,
+) -> Result<(Vec<SynapseLocalMedia>, Vec<SynapseRemoteMedia>)> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let local = if filter.wants_local() { local_sqlite(&conn, filter.keys().1)? } else { Vec::new() };
+    let remote = if filter.wants_remote() { remote_sqlite(&conn, filter.keys())? } else { Vec::new() };
+    Ok((local, remote))
+}
+
+fn local_sqlite(conn: &Connection, media_id: Option<&str>) -> Result<Vec<SynapseLocalMedia>> {
     let has_authenticated: bool = conn
         .prepare("SELECT 1 FROM pragma_table_info('local_media_repository') WHERE name = 'authenticated'")?
         .exists([])?;
     let sql = format!(
         "SELECT media_id, media_type, media_length, created_ts, upload_name, user_id, quarantined_by IS NOT NULL, {}, \
-         url_cache IS NOT NULL FROM local_media_repository ORDER BY created_ts",
+         url_cache IS NOT NULL FROM local_media_repository WHERE ?1 IS NULL OR media_id = ?1 ORDER BY created_ts",
         if has_authenticated { "authenticated" } else { "0" }
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([media_id], |r| {
         Ok(SynapseLocalMedia {
             media_id: r.get(0)?,
             media_type: r.get(1)?,
@@ -64,14 +113,15 @@ pub struct SynapseRemoteMedia {
     pub quarantined: bool,
 }
 
-/// Remote media rows of the Synapse SQLite database at `path` (opened read-only).
-pub fn synapse_remote_media(path: &Path) -> Result<Vec<SynapseRemoteMedia>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+fn remote_sqlite(
+    conn: &Connection,
+    (origin, media_id): (Option<&str>, Option<&str>),
+) -> Result<Vec<SynapseRemoteMedia>> {
     let mut stmt = conn.prepare(
         "SELECT media_origin, media_id, media_type, created_ts, upload_name, filesystem_id, quarantined_by IS NOT NULL \
-         FROM remote_media_cache ORDER BY created_ts",
+         FROM remote_media_cache WHERE ?1 IS NULL OR (media_origin = ?1 AND media_id = ?2) ORDER BY created_ts",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([origin, media_id], |r| {
         Ok(SynapseRemoteMedia {
             origin: r.get(0)?,
             media_id: r.get(1)?,
@@ -85,9 +135,13 @@ pub fn synapse_remote_media(path: &Path) -> Result<Vec<SynapseRemoteMedia>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Both media tables of a Synapse database on PostgreSQL, given a connection URL
-/// (`postgres://user:password@host:port/database`; no TLS: run the import next to the database).
-pub async fn synapse_media_postgres(url: &str) -> Result<(Vec<SynapseLocalMedia>, Vec<SynapseRemoteMedia>)> {
+/// The media rows `filter` names from a Synapse database on PostgreSQL, given a connection URL
+/// (`postgres://user:password@host:port/database`; no TLS: run moss next to the database).
+pub async fn synapse_media_postgres(
+    url: &str,
+    filter: SynapseMediaFilter<'_>,
+) -> Result<(Vec<SynapseLocalMedia>, Vec<SynapseRemoteMedia>)> {
+    let (origin, media_id) = filter.keys();
     let pg = |e: tokio_postgres::Error| crate::StorageError::Postgres(e.to_string());
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(pg)?;
     let conn = tokio::spawn(async move {
@@ -104,49 +158,59 @@ pub async fn synapse_media_postgres(url: &str) -> Result<(Vec<SynapseLocalMedia>
         .await
         .map_err(pg)?
         .is_empty();
-    let local = client
-        .query(
-            &format!(
-                "SELECT media_id, media_type, media_length::BIGINT, created_ts, upload_name, user_id, \
-                 quarantined_by IS NOT NULL, {}, url_cache IS NOT NULL FROM local_media_repository ORDER BY created_ts",
-                if has_authenticated { "authenticated" } else { "FALSE" }
-            ),
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .into_iter()
-        .map(|r| SynapseLocalMedia {
-            media_id: r.get(0),
-            media_type: r.get(1),
-            media_length: r.get(2),
-            created_ts: r.get(3),
-            upload_name: r.get(4),
-            user_id: r.get(5),
-            quarantined: r.get(6),
-            authenticated: r.get(7),
-            url_cache: r.get(8),
-        })
-        .collect();
-    let remote = client
-        .query(
-            "SELECT media_origin, media_id, media_type, created_ts, upload_name, filesystem_id, \
-             quarantined_by IS NOT NULL FROM remote_media_cache ORDER BY created_ts",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .into_iter()
-        .map(|r| SynapseRemoteMedia {
-            origin: r.get(0),
-            media_id: r.get(1),
-            media_type: r.get(2),
-            created_ts: r.get(3),
-            upload_name: r.get(4),
-            filesystem_id: r.get(5),
-            quarantined: r.get(6),
-        })
-        .collect();
+    let local = if !filter.wants_local() {
+        Vec::new()
+    } else {
+        client
+            .query(
+                &format!(
+                    "SELECT media_id, media_type, media_length::BIGINT, created_ts, upload_name, user_id, \
+                 quarantined_by IS NOT NULL, {}, url_cache IS NOT NULL FROM local_media_repository \
+                 WHERE $1::TEXT IS NULL OR media_id = $1 ORDER BY created_ts",
+                    if has_authenticated { "authenticated" } else { "FALSE" }
+                ),
+                &[&media_id],
+            )
+            .await
+            .map_err(pg)?
+            .into_iter()
+            .map(|r| SynapseLocalMedia {
+                media_id: r.get(0),
+                media_type: r.get(1),
+                media_length: r.get(2),
+                created_ts: r.get(3),
+                upload_name: r.get(4),
+                user_id: r.get(5),
+                quarantined: r.get(6),
+                authenticated: r.get(7),
+                url_cache: r.get(8),
+            })
+            .collect()
+    };
+    let remote = if !filter.wants_remote() {
+        Vec::new()
+    } else {
+        client
+            .query(
+                "SELECT media_origin, media_id, media_type, created_ts, upload_name, filesystem_id, \
+             quarantined_by IS NOT NULL FROM remote_media_cache \
+             WHERE $1::TEXT IS NULL OR (media_origin = $1 AND media_id = $2) ORDER BY created_ts",
+                &[&origin, &media_id],
+            )
+            .await
+            .map_err(pg)?
+            .into_iter()
+            .map(|r| SynapseRemoteMedia {
+                origin: r.get(0),
+                media_id: r.get(1),
+                media_type: r.get(2),
+                created_ts: r.get(3),
+                upload_name: r.get(4),
+                filesystem_id: r.get(5),
+                quarantined: r.get(6),
+            })
+            .collect()
+    };
     drop(client);
     let _ = conn.await;
     Ok((local, remote))

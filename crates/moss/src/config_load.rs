@@ -51,6 +51,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "metrics",
     "server_notices",
     "log",
+    "media_repo",
 ];
 
 /// `MOSS_HTTP__BIND=…` sets `http.bind`: double underscores separate sections.
@@ -126,6 +127,21 @@ pub fn check(config: &Config) -> Vec<String> {
     if let Some(url) = &config.public_baseurl {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             problems.push(format!("public_baseurl {url:?} must start with http:// or https://"));
+        }
+    }
+    // `moss media-repo`'s section, when it is filled in.
+    let repo = &config.media_repo;
+    if repo.synapse_url.is_some() || repo.signing_key_path.is_some() {
+        if let Err(e) = moss_core::media_repo::MediaRepo::new(repo) {
+            problems.push(e.to_string());
+        }
+        match &repo.signing_key_path {
+            Some(path) => {
+                if let Err(e) = moss_core::keys::load(path) {
+                    problems.push(format!("media_repo.signing_key_path: {e}"));
+                }
+            }
+            None => problems.push("media_repo.signing_key_path is required with media_repo.synapse_url".into()),
         }
     }
     problems
@@ -403,8 +419,22 @@ trusted_key_servers = []
 format = "pretty"
 # A tracing filter, e.g. "info" or "moss_core=debug,info".
 level = "info"
+
+[media_repo]
+# Only for `moss media-repo`: moss serving the media of a Synapse homeserver, which keeps
+# everything else (docs/media-repo.md). server_name must then be Synapse's.
+# Synapse's client API, asked whose an access token is:
+# synapse_url = "http://127.0.0.1:8008"
+# Synapse's signing key (homeserver.yaml's signing_key_path), to fetch other servers' media:
+# signing_key_path = "/etc/matrix-synapse/homeserver.signing.key"
+# Synapse's media_store_path and database: its media is imported when first asked for.
+# synapse_media_store = "/var/lib/matrix-synapse/media_store"
+# synapse_database = "postgres://synapse:password@127.0.0.1:5432/synapse"
+# Seconds a token's owner is remembered (a token logged out on Synapse works this long here).
+token_cache_secs = {token_cache}
 "#,
         server_name = d.server_name,
+        token_cache = d.media_repo.token_cache_secs,
         data_dir = d.data_dir.display(),
         bind = d.http.bind,
         max_request_bytes = d.http.max_request_bytes,

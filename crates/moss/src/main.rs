@@ -103,6 +103,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Serve only media, as the media repository of a Synapse homeserver that keeps everything
+    /// else ([media_repo] in the configuration; server_name must be Synapse's). See
+    /// docs/media-repo.md for the reverse proxy's routes.
+    MediaRepo,
     /// List what users reported (rooms and events), newest first.
     Reports {
         /// How many to show.
@@ -356,6 +360,10 @@ fn run() -> Result<()> {
         if let Command::Media { command: MediaCommand::RotateKey } = &command {
             return media_cli::rotate_key(&config).await;
         }
+        if let Command::MediaRepo = &command {
+            let moss = Moss::open_media_repo(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            return serve_media_repo(moss).await;
+        }
         let moss = Moss::open(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         match command {
             Command::Serve => serve(moss).await,
@@ -373,6 +381,7 @@ fn run() -> Result<()> {
             | Command::Backup { .. }
             | Command::Restore { .. }
             | Command::Healthcheck { .. }
+            | Command::MediaRepo
             | Command::Db { .. } => {
                 unreachable!("handled above")
             }
@@ -392,7 +401,23 @@ async fn serve(moss: Arc<Moss>) -> Result<()> {
     moss.ensure_appservice_users().await.map_err(|e| anyhow::anyhow!("application service users: {e}"))?;
     moss.spawn_background();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is listening");
-    let app = moss_api::router(moss.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    serve_on(listener, moss.clone(), moss_api::router(moss)).await
+}
+
+/// `moss media-repo`: the media endpoints (client and federation) on `http.bind`, nothing else.
+async fn serve_media_repo(moss: Arc<Moss>) -> Result<()> {
+    let addr: SocketAddr = moss.config.http.bind;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    if let Some(addr) = moss.config.metrics.bind {
+        tokio::spawn(listener::metrics(moss.clone(), addr).await?);
+    }
+    tracing::info!(server_name = %moss.server_name, %addr, "moss is serving media for Synapse");
+    serve_on(listener, moss.clone(), moss_api::media_repo_router(moss)).await
+}
+
+/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then finishes what is in flight.
+async fn serve_on(listener: tokio::net::TcpListener, moss: Arc<Moss>, app: axum::Router) -> Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown_moss = moss.clone();
     // Small responses must not wait for delayed ACKs (Nagle): a /sync answer or a 4 KiB
     // download would otherwise stall ~40 ms on a reused connection.

@@ -180,6 +180,30 @@ class Cluster:
             stop_moss(srv)
 
 
+def garage_or_skip() -> dict[str, str]:
+    """The test bucket scripts/test makes in Garage (MOSS_TEST_S3_*): ENDPOINT, REGION, BUCKET,
+    KEY_ID, SECRET. Skips without one, fails instead under MOSS_REQUIRE_S3."""
+    s3 = {n: os.environ.get(f"MOSS_TEST_S3_{n}", "") for n in ("ENDPOINT", "REGION", "BUCKET", "KEY_ID", "SECRET")}
+    if not all(s3.values()):
+        if os.environ.get("MOSS_REQUIRE_S3"):
+            pytest.fail("MOSS_REQUIRE_S3 is set but no MOSS_TEST_S3_* endpoint is configured")
+        pytest.skip("no S3 endpoint (scripts/test starts Garage)")
+    return s3
+
+
+def s3_store_env(s3: dict[str, str], prefix: str) -> dict[str, str]:
+    """moss's settings for that bucket, its objects under `prefix`."""
+    return {
+        "MOSS_MEDIA__STORE": "s3",
+        "MOSS_MEDIA__S3__ENDPOINT": s3["ENDPOINT"],
+        "MOSS_MEDIA__S3__REGION": s3["REGION"],
+        "MOSS_MEDIA__S3__BUCKET": s3["BUCKET"],
+        "MOSS_MEDIA__S3__ACCESS_KEY_ID": s3["KEY_ID"],
+        "MOSS_MEDIA__S3__SECRET_ACCESS_KEY": s3["SECRET"],
+        "MOSS_MEDIA__S3__PREFIX": f'"{prefix}"',
+    }
+
+
 def nginx_config(nginx_dir: Path, http: str) -> str:
     """An nginx.conf that keeps its pid, logs and temporary files in `nginx_dir`, with `http`
     (upstream and server blocks) inside its http block."""

@@ -122,6 +122,10 @@ class Homeserver:
     log_offset: int = 0
     # What else stopping it stops (a cluster's second process and its proxy).
     also_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Behind a reverse proxy (start_synapse(behind_proxy=True)): where Synapse itself listens,
+    # plain HTTP, while the proxy holds client_port and the TLS fed_port.
+    internal_client_port: int = 0
+    internal_fed_port: int = 0
 
     @property
     def server_name(self) -> str:
@@ -281,7 +285,9 @@ def start_moss_cluster(binary: Path, workdir: Path) -> Homeserver:
     return hs
 
 
-def start_synapse(workdir: Path) -> Homeserver:
+def start_synapse(workdir: Path, behind_proxy: bool = False) -> Homeserver:
+    """A Synapse on SQLite. With `behind_proxy`, it listens on two internal plain-HTTP ports
+    (client, federation) and the caller puts a proxy on `client_port` and, with TLS, `fed_port`."""
     python = synapse_python()
     if not python.exists():
         pytest.fail(
@@ -315,13 +321,22 @@ def start_synapse(workdir: Path) -> Homeserver:
     # Synapse merges the top-level keys of every `-c` file, later files winning: the generated
     # file keeps its secrets and signing key, this one (JSON is YAML) sets up the test server.
     rate = {"per_second": 1000, "burst_count": 1000}
-    overrides: dict[str, Any] = {
-        "listeners": [
-            {"port": hs.client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "x_forwarded": False,
+    listeners = [
+        {"port": hs.client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "x_forwarded": False,
+         "resources": [{"names": ["client"], "compress": False}]},
+        {"port": hs.fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+         "x_forwarded": False, "resources": [{"names": ["federation"], "compress": False}]},
+    ]
+    if behind_proxy:
+        hs.internal_client_port, hs.internal_fed_port = free_port(), free_port()
+        listeners = [
+            {"port": hs.internal_client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "x_forwarded": True,
              "resources": [{"names": ["client"], "compress": False}]},
-            {"port": hs.fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
-             "x_forwarded": False, "resources": [{"names": ["federation"], "compress": False}]},
-        ],
+            {"port": hs.internal_fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "x_forwarded": True,
+             "resources": [{"names": ["federation"], "compress": False}]},
+        ]
+    overrides: dict[str, Any] = {
+        "listeners": listeners,
         "log_config": str(log_config),
         "tls_certificate_path": str(cert),
         "tls_private_key_path": str(key),
@@ -341,6 +356,8 @@ def start_synapse(workdir: Path) -> Homeserver:
                           "concurrent": 100},
         "rc_joins": {"local": rate, "remote": rate},
     }
+    if behind_proxy:
+        overrides["public_baseurl"] = f"{hs.base_url}/"
     for name in ["rc_message", "rc_registration", "rc_media_create", "rc_joins_per_room", "rc_room_creation",
                  "rc_admin_redaction"]:
         overrides[name] = rate

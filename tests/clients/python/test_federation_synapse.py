@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import uuid
-import zlib
 from typing import Any
 from urllib.parse import quote
 
 import nio
 import pytest
 from nio import RoomPreset, RoomVisibility
+
+from pngs import png
 
 from fed_harness import (  # noqa: F401 (fixtures are found by name)
     Account,
@@ -45,17 +45,6 @@ from fed_harness import (  # noqa: F401 (fixtures are found by name)
 )
 
 MEGOLM = "m.megolm.v1.aes-sha2"
-
-
-def png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(
-        b"\x00" + bytes(v for x in range(width) for v in (x % 256, y % 256, 90)) for y in range(height)
-    )
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def other(fed: Federation, hs: Homeserver) -> Homeserver:

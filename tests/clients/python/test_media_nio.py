@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import uuid
-import zlib
 
 import aiohttp
 import nio
 import pytest
 from nio.crypto.attachments import decrypt_attachment
 
-from conftest import register_user, start_moss, stop_moss
+from conftest import garage_or_skip, register_user, s3_store_env, start_moss, stop_moss
+from pngs import png, png_size
 from test_chat_nio import shared_private_room, sync_until, wait_for_event
-
-
-def png(width: int, height: int) -> bytes:
-    """A real PNG (RGB gradient), written by hand so the suite needs no imaging library."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(
-        b"\x00" + bytes(v for x in range(width) for v in (x % 256, y % 256, 128)) for y in range(height)
-    )
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    return struct.unpack(">II", data[16:24])
 
 
 async def upload(client: nio.AsyncClient, data: bytes, content_type: str, filename: str, encrypt: bool = False):
@@ -113,24 +94,10 @@ async def test_downloads_follow_a_redirect_to_the_store(tmp_path):
     """With `media.s3.redirect_downloads` on an unencrypted bucket (Garage, started by
     scripts/test), moss answers downloads with a short-lived link to the object: nio follows
     it and gets the file, typed and named as uploaded."""
-    names = ("ENDPOINT", "REGION", "BUCKET", "KEY_ID", "SECRET")
-    s3 = {n: os.environ.get(f"MOSS_TEST_S3_{n}") for n in names}
-    if not all(s3.values()):
-        if os.environ.get("MOSS_REQUIRE_S3"):
-            pytest.fail("MOSS_REQUIRE_S3 is set but no MOSS_TEST_S3_* endpoint is configured")
-        pytest.skip("no S3 endpoint (scripts/test starts Garage)")
+    s3 = garage_or_skip()
     srv = start_moss(
         tmp_path,
-        {
-            "MOSS_MEDIA__STORE": "s3",
-            "MOSS_MEDIA__S3__ENDPOINT": s3["ENDPOINT"],
-            "MOSS_MEDIA__S3__REGION": s3["REGION"],
-            "MOSS_MEDIA__S3__BUCKET": s3["BUCKET"],
-            "MOSS_MEDIA__S3__ACCESS_KEY_ID": s3["KEY_ID"],
-            "MOSS_MEDIA__S3__SECRET_ACCESS_KEY": s3["SECRET"],
-            "MOSS_MEDIA__S3__PREFIX": f'"nio-{uuid.uuid4().hex[:8]}-"',
-            "MOSS_MEDIA__S3__REDIRECT_DOWNLOADS": "true",
-        },
+        {**s3_store_env(s3, f"nio-{uuid.uuid4().hex[:8]}-"), "MOSS_MEDIA__S3__REDIRECT_DOWNLOADS": "true"},
     )
     client = nio.AsyncClient(srv.base_url, user="carol")
     try:

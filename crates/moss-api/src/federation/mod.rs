@@ -63,8 +63,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v1/user/keys/query", axum::routing::post(user_keys_query))
         .route("/_matrix/federation/v1/user/keys/claim", axum::routing::post(user_keys_claim))
         .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
-        .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
-        .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail))
+        .merge(media_routes())
         .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
         .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(make_leave))
         .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
@@ -92,6 +91,13 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .with_state(moss)
         // A panic in a handler answers 500 with an id and leaves the listener serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::panic_response))
+}
+
+/// The federation media endpoints (also served by `moss media-repo`, on its one listener).
+pub fn media_routes() -> Router<Arc<Moss>> {
+    Router::new()
+        .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
+        .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail))
 }
 
 /// `GET /_matrix/federation/v1/openid/userinfo?access_token=`: whose OpenID token this is. Asked

@@ -769,7 +769,12 @@ impl Moss {
             return self.media_row(media_id, wait).await;
         }
         let (o, id) = (server.to_owned(), media_id.to_owned());
-        let row = self.db.read(move |r| Ok::<_, Error>(r.remote_media(&o, &id)?)).await?;
+        let mut row = self.db.read(move |r| Ok::<_, Error>(r.remote_media(&o, &id)?)).await?;
+        // `moss media-repo`: Synapse may have fetched it before moss took over.
+        if row.is_none() && valid_media_id(media_id) && self.import_remote_from_synapse(server, media_id).await? {
+            let (o, id) = (server.to_owned(), media_id.to_owned());
+            row = self.db.read(move |r| Ok::<_, Error>(r.remote_media(&o, &id)?)).await?;
+        }
         match row {
             Some(r) if r.quarantined => Err(Error::not_found("media not found")),
             Some(r) => Ok(r),
@@ -787,10 +792,18 @@ impl Moss {
             return Err(Error::not_found("media not found"));
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let mut asked_synapse = false;
         loop {
             let id = media_id.to_owned();
             let row = self.db.read(move |r| Ok::<_, Error>(r.media(&id)?)).await?;
             match row {
+                // `moss media-repo`: an upload Synapse stored before moss took over.
+                None if !asked_synapse && self.is_media_repo() => {
+                    asked_synapse = true;
+                    if !self.import_from_synapse(media_id).await? {
+                        return Err(Error::not_found("media not found"));
+                    }
+                }
                 None => return Err(Error::not_found("media not found")),
                 // Quarantined media looks like no media at all.
                 Some(r) if r.quarantined => return Err(Error::not_found("media not found")),

@@ -385,3 +385,30 @@ async fn a_stop_finishes_an_upload_in_flight_and_takes_no_new_requests() {
     assert_eq!(got.status(), 200);
     assert!(got.bytes().await.unwrap().as_ref() == body.as_slice(), "the stored bytes are the uploaded ones");
 }
+
+#[test]
+fn config_check_reads_the_media_repository_section() {
+    let dir = std::env::temp_dir().join(format!("moss-cli-media-repo-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Synapse's signing key format: the bare seed.
+    std::fs::write(dir.join("synapse.signing.key"), "ed25519 a_AbCd nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A\n")
+        .unwrap();
+    std::fs::write(
+        dir.join("good.toml"),
+        "[media_repo]\nsynapse_url = \"http://127.0.0.1:8008\"\nsigning_key_path = \"synapse.signing.key\"\n",
+    )
+    .unwrap();
+    let out = moss(&dir, &["-c", "good.toml", "config", "check"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(
+        dir.join("bad.toml"),
+        "[media_repo]\nsynapse_url = \"ftp://synapse\"\nsynapse_database = \"synapse.db\"\n",
+    )
+    .unwrap();
+    let out = moss(&dir, &["-c", "bad.toml", "config", "check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("must start with http"), "{err}");
+    assert!(err.contains("signing_key_path is required"), "{err}");
+}
