@@ -62,7 +62,16 @@ pub struct Media {
     decode_budget: Arc<tokio::sync::Semaphore>,
     /// Downloads answered with a presigned URL (`media.s3.redirect_downloads`).
     redirect: Option<Redirect>,
+    /// Bytes of small uploads held in memory instead of the spool, across all uploads
+    /// ([`IN_MEMORY_TOTAL`]); an upload that cannot get more goes to the spool.
+    in_memory: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads up to this size are hashed and sent from memory, never written to the spool: a small
+/// file then costs the store's round trips alone.
+const IN_MEMORY_UPLOAD: usize = 1024 * 1024;
+/// Memory all uploads held that way may take together.
+const IN_MEMORY_TOTAL: usize = 64 * 1024 * 1024;
 
 /// How downloads are redirected to the store.
 #[derive(Debug, Clone)]
@@ -366,6 +375,7 @@ impl Media {
             accessed: Default::default(),
             fetching: Default::default(),
             _spool_lock: spool_owned.then_some(spool_lock),
+            in_memory: Arc::new(tokio::sync::Semaphore::new(IN_MEMORY_TOTAL)),
             decode_budget: Arc::new(tokio::sync::Semaphore::new(
                 mib(config.media.thumbnails.max_decode_memory) as usize
             )),
@@ -489,6 +499,82 @@ struct SpoolFile(PathBuf);
 impl Drop for SpoolFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An upload's body while it is read: in memory (with its share of [`Media::in_memory`]) until
+/// it grows past [`IN_MEMORY_UPLOAD`] or the budget runs out, then in a spool file.
+enum Held {
+    Memory(Vec<Bytes>, Option<tokio::sync::OwnedSemaphorePermit>),
+    Spooling(SpoolFile, tokio::fs::File),
+}
+
+/// A body read whole, ready for the store.
+enum Ready {
+    /// The chunks, and their share of the budget (returned when dropped).
+    Memory {
+        chunks: Vec<Bytes>,
+        _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    Spooled(SpoolFile),
+}
+
+impl Held {
+    /// Adds `chunk`; `size` counts it already.
+    async fn push(self, chunk: Bytes, size: u64, media: &Media) -> Result<Held> {
+        let spool_error = |e: std::io::Error| Error::internal(format!("spool: {e}"));
+        match self {
+            Held::Memory(mut chunks, mut permit) => {
+                let fits = size <= IN_MEMORY_UPLOAD as u64
+                    && match media.in_memory.clone().try_acquire_many_owned(chunk.len() as u32) {
+                        Ok(more) => {
+                            match permit.as_mut() {
+                                Some(p) => p.merge(more),
+                                None => permit = Some(more),
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                if fits {
+                    chunks.push(chunk);
+                    return Ok(Held::Memory(chunks, permit));
+                }
+                let spool = SpoolFile(media.spool.join(format!("upload-{}", random_string(16))));
+                let mut file = tokio::fs::File::create(&spool.0).await.map_err(spool_error)?;
+                for c in chunks.iter().chain(std::iter::once(&chunk)) {
+                    file.write_all(c).await.map_err(spool_error)?;
+                }
+                Ok(Held::Spooling(spool, file))
+            }
+            Held::Spooling(spool, mut file) => {
+                file.write_all(&chunk).await.map_err(spool_error)?;
+                Ok(Held::Spooling(spool, file))
+            }
+        }
+    }
+
+    /// The whole body has been read.
+    async fn finish(self) -> Result<Ready> {
+        match self {
+            Held::Memory(chunks, permit) => Ok(Ready::Memory { chunks, _budget: permit }),
+            Held::Spooling(spool, mut file) => {
+                file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
+                Ok(Ready::Spooled(spool))
+            }
+        }
+    }
+}
+
+impl Ready {
+    /// The body, to be written to the store.
+    async fn stream(&self) -> Result<ByteStream> {
+        match self {
+            Ready::Memory { chunks, .. } => {
+                Ok(Box::pin(futures_util::stream::iter(chunks.clone().into_iter().map(Ok))))
+            }
+            Ready::Spooled(spool) => file_stream(spool.0.clone()).await,
+        }
     }
 }
 
@@ -636,11 +722,11 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        // Spool to disk while hashing: memory stays flat, and the content key (a hash of the
-        // content) is known before anything reaches the store.
+        // Hash while reading, so that the content key (a hash of the content) is known before
+        // anything reaches the store: small bodies in memory (within a shared budget), larger
+        // ones spooled to disk so that memory stays flat.
         let max = self.config.media.max_upload_size;
-        let spool = SpoolFile(self.media.spool.join(format!("upload-{}", random_string(16))));
-        let mut file = tokio::fs::File::create(&spool.0).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
+        let mut held = Held::Memory(Vec::new(), None);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = body;
@@ -651,10 +737,9 @@ impl Moss {
                 return Err(Error::too_large(format!("uploads are limited to {max} bytes")));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
+            held = held.push(chunk, size, &self.media).await?;
         }
-        file.flush().await.map_err(|e| Error::internal(format!("spool: {e}")))?;
-        drop(file);
+        let held = held.finish().await?;
         let quota = self.config.media.quota_per_user;
         if let (true, Some(user)) = (quota > 0, limits_for) {
             let u = user.to_string();
@@ -672,10 +757,12 @@ impl Moss {
 
         // Mark the content as being written, so a concurrent orphan sweep leaves it alone, and
         // a purge of other media with the same content keeps the object (see `purge_media`).
+        // Relaxed: the mark keeps a running sweep away; after a power loss there is no sweep to
+        // keep away, and an object whose record did not commit is an orphan the sweep may take.
         let (k, meta) = (key.clone(), self.media.meta_key(meta_name));
         let inflight = self
             .db
-            .write(move |w| {
+            .write_relaxed(move |w| {
                 let now = now_ms() as i64;
                 Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&meta, now)?])
             })
@@ -692,8 +779,7 @@ impl Moss {
             let _guard = self.media.content_lock(&key).await;
             let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
-                let stream = file_stream(spool.0.clone()).await?;
-                self.media.store.put(&key, size, stream).await.map_err(store_error)?;
+                self.media.store.put(&key, size, held.stream().await?).await.map_err(store_error)?;
             }
             Ok::<_, Error>(())
         };

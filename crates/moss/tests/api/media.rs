@@ -859,3 +859,61 @@ async fn dynamic_thumbnails_have_the_size_asked() {
     assert_eq!((img.width(), img.height()), (123, 45), "none covers it: the largest");
     assert_eq!(count(), stored, "no new thumbnail was stored");
 }
+
+#[tokio::test]
+async fn many_small_uploads_at_once_all_land_whether_held_in_memory_or_spooled() {
+    // Small bodies are held in memory within a 64 MiB budget shared by all uploads. 96 uploads
+    // of 1 MiB each send 700 KiB and wait for one another before sending the rest: 67 MiB held
+    // at once overruns the budget, so some must go to the spool. Every one must land intact.
+    const N: usize = 96;
+    const FIRST: usize = 700 * 1024;
+    let s = Server::start().await;
+    let a = s.register("alice").await;
+    let all_sent_first = std::sync::Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (s_base, token, barrier) = (s.base.clone(), a.token.clone(), all_sent_first.clone());
+        tasks.push(tokio::spawn(async move {
+            let data: Vec<u8> = (0..1024 * 1024).map(|j| ((j * 13 + i * 7) % 251) as u8).collect();
+            let (first, rest) =
+                (bytes::Bytes::copy_from_slice(&data[..FIRST]), bytes::Bytes::copy_from_slice(&data[FIRST..]));
+            let body = futures_util::StreamExt::then(
+                futures_util::stream::iter([Some(first), None, Some(rest)]),
+                move |part| {
+                    let barrier = barrier.clone();
+                    async move {
+                        match part {
+                            Some(b) => Ok::<_, std::io::Error>(b),
+                            None => {
+                                barrier.wait().await;
+                                Ok(bytes::Bytes::new())
+                            }
+                        }
+                    }
+                },
+            );
+            let res = reqwest::Client::new()
+                .post(format!("{s_base}/_matrix/media/v3/upload"))
+                .bearer_auth(&token)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", data.len())
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let v: serde_json::Value = res.json().await.unwrap();
+            (v["content_uri"].as_str().unwrap().to_owned(), data)
+        }));
+    }
+    for t in tasks {
+        let (mxc, data) = t.await.unwrap();
+        let got =
+            download(&s, Some(&a), &format!("/_matrix/client/v1/media/download/{}", media_path(&mxc)), None).await;
+        assert_eq!(got.status(), 200);
+        assert!(got.bytes().await.unwrap().as_ref() == data.as_slice(), "{mxc} came back different");
+    }
+    // Nothing is left behind in the spool.
+    let spool: Vec<_> = files(&s.data_dir().join("tmp"));
+    assert!(spool.iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with("upload-")), "{spool:?}");
+}
