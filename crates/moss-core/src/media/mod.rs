@@ -777,7 +777,13 @@ impl Moss {
         let record_key = self.media.meta_key(meta_name);
         let content = async {
             let _guard = self.media.content_lock(&key).await;
-            let exists = self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
+            // Unencrypted, the name is the content: a small object written again is the same
+            // bytes, and one PUT costs less than asking first. Encrypted objects are two (data,
+            // wrapped key) under a fresh data key each time, so an existing one is never
+            // rewritten under its readers; large ones are not sent twice.
+            let ask_first = self.config.media.encryption.enabled || size > IN_MEMORY_UPLOAD as u64;
+            let exists =
+                ask_first && self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
                 self.media.store.put(&key, size, held.stream().await?).await.map_err(store_error)?;
             }
