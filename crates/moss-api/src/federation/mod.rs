@@ -69,6 +69,7 @@ pub fn router(moss: Arc<Moss>) -> Router {
         .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
         .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
+        .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite_v1))
         .route("/_matrix/federation/v1/make_knock/{room_id}/{user_id}", get(make_knock))
         .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(send_knock))
         .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
@@ -412,6 +413,10 @@ async fn invite(
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&signed)?;
     Ok(Json(moss.serve_invite(&signed.origin, &room_id(&room)?, &event_id(&event)?, body).await?))
+}
+
+async fn invite_v1(State(moss): State<Arc<Moss>>, p: PathPair, signed: Signed) -> Result<Json<Value>, ApiError> {
+    Err(moss.serve_invite_v1(&signed.origin, &room_id(&p.0 .0)?).into())
 }
 
 async fn send_transaction(

@@ -317,6 +317,14 @@ impl Moss {
     }
 
     /// `PUT /invite` (v2): another server invites one of our users.
+    /// `PUT /_matrix/federation/v1/invite`: only for rooms of version 1 or 2 (the spec: a v1
+    /// invite is for one of those), which this server does not support. Answered as such, so
+    /// that the inviting server tells its user why rather than that an endpoint is missing.
+    pub fn serve_invite_v1(&self, origin: &ServerName, room_id: &RoomId) -> Error {
+        tracing::info!(%origin, %room_id, "refused a v1 invite: room versions 1 and 2 are not supported");
+        incompatible("1")
+    }
+
     pub async fn serve_invite(
         &self,
         origin: &ServerName,

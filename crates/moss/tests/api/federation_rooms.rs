@@ -296,7 +296,12 @@ async fn send_as(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, pdus: Vec<V
 
 async fn send_raw_as(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, body: Vec<u8>) -> (u16, Value) {
     let path = format!("/_matrix/federation/v1/send/forged{}", crate::common::free_port());
-    let req = http::Request::builder().method("PUT").uri(&path).body(body.clone()).unwrap();
+    signed_put(a, b, key, &path, body).await
+}
+
+/// A PUT from `a` to `b`'s federation API, signed with `a`'s key.
+async fn signed_put(a: &FedServer, b: &FedServer, key: &Ed25519KeyPair, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let req = http::Request::builder().method("PUT").uri(path).body(body.clone()).unwrap();
     let auth = XMatrix::sign_http_request(&req, XMatrixSigningInput::new(a.name.clone(), b.name.clone(), key))
         .unwrap()
         .to_string();
@@ -319,6 +324,31 @@ fn signing_key(server: &Server) -> Ed25519KeyPair {
     use base64::Engine;
     let doc = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).unwrap();
     Ed25519KeyPair::from_der(&doc, version.to_owned()).unwrap()
+}
+
+#[tokio::test]
+async fn a_v1_invite_is_answered_as_an_unsupported_room_version() {
+    // v1 invites are for room versions 1 and 2 only (the spec), which moss does not support: the
+    // inviting server hears that, not that the endpoint is missing.
+    let (a, b) = pair().await;
+    let key = signing_key(&a.server);
+    let bob = b.server.register("bob").await;
+    let invite = json!({
+        "type": "m.room.member", "state_key": bob.id, "sender": format!("@alice:{}", a.name),
+        "room_id": format!("!old:{}", a.name), "content": {"membership": "invite"}, "origin_server_ts": 1,
+    });
+    let path = format!("/_matrix/federation/v1/invite/{}/{}", enc(&format!("!old:{}", a.name)), enc("$old"));
+    let (st, v) = signed_put(&a, &b, &key, &path, serde_json::to_vec(&invite).unwrap()).await;
+    assert_eq!((st, errcode(&v)), (400, "M_INCOMPATIBLE_ROOM_VERSION"), "{v}");
+    assert_eq!(v["room_version"], "1", "{v}");
+    // Unsigned, it is refused before anything else.
+    let res = tls_client()
+        .put(format!("https://127.0.0.1:{}{path}", b.fed_port))
+        .body(serde_json::to_vec(&invite).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }
 
 #[tokio::test]
