@@ -11,6 +11,39 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::{Backend, Db, Result, StorageError};
 
+/// The connection NOTIFYs go out on: made on first use, made again after it is lost. Callers
+/// share it (tokio-postgres pipelines their statements).
+#[derive(Default)]
+pub(crate) struct Publisher {
+    client: tokio::sync::Mutex<Option<std::sync::Arc<tokio_postgres::Client>>>,
+}
+
+impl Publisher {
+    async fn client(&self, url: &str) -> Result<std::sync::Arc<tokio_postgres::Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("the PostgreSQL connection that tells other moss processes ended: {e}");
+            }
+        });
+        let client = std::sync::Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets `client` after an error, so that the next message opens a new connection.
+    async fn lost(&self, client: &std::sync::Arc<tokio_postgres::Client>) {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, client)) {
+            *slot = None;
+        }
+    }
+}
+
 /// What a listener hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heard {
@@ -40,11 +73,18 @@ impl Db {
 
     /// Sends `payload` (at most ~7,900 bytes) to every process listening on `channel`; a no-op
     /// on SQLite. Sent at once, outside any transaction: call it after the write it announces.
+    /// It goes out on a connection of its own, so that a burst of reads never holds a wake-up of
+    /// the other processes back.
     pub async fn notify(&self, channel: &'static str, payload: String) -> Result<()> {
-        if !self.is_shared() {
-            return Ok(());
+        let Some(url) = self.postgres_url() else { return Ok(()) };
+        let client = self.inner.publisher.client(url).await?;
+        match client.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.inner.publisher.lost(&client).await;
+                Err(pg(e))
+            }
         }
-        self.write_autocommit(move |s| s.notify(channel, &payload)).await
     }
 
     /// Listens on `channel` for as long as the returned receiver lives, reconnecting (with a

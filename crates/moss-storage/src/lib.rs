@@ -172,6 +172,8 @@ struct Inner {
     backend: Backend,
     observer: OnceLock<Arc<dyn DbObserver>>,
     group: Mutex<group::Queue>,
+    /// PostgreSQL: the connection NOTIFYs to other processes go out on (`cluster.rs`).
+    publisher: cluster::Publisher,
 }
 
 /// Handle to the database; cheap to clone.
@@ -306,7 +308,14 @@ impl Db {
     }
 
     fn with(backend: Backend) -> Db {
-        Db { inner: Arc::new(Inner { backend, observer: OnceLock::new(), group: Mutex::new(group::Queue::default()) }) }
+        Db {
+            inner: Arc::new(Inner {
+                backend,
+                observer: OnceLock::new(),
+                group: Mutex::new(group::Queue::default()),
+                publisher: cluster::Publisher::default(),
+            }),
+        }
     }
 
     /// The SQLite file, when the database is one.
@@ -494,28 +503,6 @@ impl Db {
             o.write(got - asked, got.elapsed());
         }
         out
-    }
-
-    /// Runs `f` on a pooled PostgreSQL session outside any transaction (each statement commits
-    /// by itself), on a blocking thread.
-    pub(crate) async fn write_autocommit(
-        &self,
-        f: impl FnOnce(&mut Session) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let Backend::Postgres { url, readers, .. } = &db.inner.backend else { return Ok(()) };
-            let mut session = readers.take(|s| !s.is_closed(), || Session::connect(url))?;
-            let out = f(&mut session);
-            if out.is_ok() {
-                readers.give(session);
-            } else {
-                readers.lost();
-            }
-            out
-        })
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Runs `f` against a pooled read connection on a blocking thread.

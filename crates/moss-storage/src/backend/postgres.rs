@@ -207,11 +207,6 @@ impl Session {
             .transpose()
     }
 
-    /// `NOTIFY channel, payload`, delivered to listeners at once (outside a transaction).
-    pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
-        self.exec_raw("SELECT pg_notify($1, $2)", &[Value::Text(channel), Value::Text(payload)]).map(|_| ())
-    }
-
     /// Runs `f` in a transaction of its own, committed if it returns `Ok`.
     pub(crate) fn transaction(&mut self, f: impl FnOnce(&mut Session) -> Result<()>) -> Result<()> {
         self.begin("BEGIN".into());
