@@ -566,18 +566,6 @@ impl Held {
     }
 }
 
-impl Ready {
-    /// The body, to be written to the store.
-    async fn stream(&self) -> Result<ByteStream> {
-        match self {
-            Ready::Memory { chunks, .. } => {
-                Ok(Box::pin(futures_util::stream::iter(chunks.clone().into_iter().map(Ok))))
-            }
-            Ready::Spooled(spool) => file_stream(spool.0.clone()).await,
-        }
-    }
-}
-
 pub fn valid_media_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
@@ -785,7 +773,16 @@ impl Moss {
             let exists =
                 ask_first && self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
-                self.media.store.put(&key, size, held.stream().await?).await.map_err(store_error)?;
+                match &held {
+                    Ready::Memory { chunks, .. } => {
+                        let stream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
+                        self.media.store.put(&key, size, Box::pin(stream)).await.map_err(store_error)?
+                    }
+                    // A store on the spool's filesystem takes the file as it is.
+                    Ready::Spooled(spool) => {
+                        self.media.store.put_file(&key, size, &spool.0).await.map_err(store_error)?
+                    }
+                }
             }
             Ok::<_, Error>(())
         };
@@ -984,20 +981,7 @@ impl Moss {
 }
 
 pub(crate) async fn file_stream(path: PathBuf) -> Result<ByteStream> {
-    let file = tokio::fs::File::open(&path).await.map_err(|e| Error::internal(format!("spool: {e}")))?;
-    let s = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    Ok(Box::pin(s))
+    moss_media::store::file_stream(&path).await.map_err(|e| Error::internal(format!("spool: {e}")))
 }
 
 impl Moss {

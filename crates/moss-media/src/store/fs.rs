@@ -117,6 +117,29 @@ impl BlobStore for FsStore {
         .boxed()
     }
 
+    /// Takes the file itself when it is on the store's filesystem: made durable where it is and
+    /// renamed into place, so a large upload is written once instead of copied. Elsewhere (or a
+    /// file of another size), as `put`.
+    fn put_file<'a>(&'a self, key: &'a str, size: u64, file: &'a Path) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let path = self.path(key)?;
+            let f = tokio::fs::File::open(file).await?;
+            if f.metadata().await?.len() != size {
+                return Err(MediaError::Other(format!("expected a file of {size} bytes")));
+            }
+            f.sync_all().await?;
+            drop(f);
+            let dir = path.parent().expect("sharded path has a parent");
+            tokio::fs::create_dir_all(dir).await?;
+            match tokio::fs::rename(file, &path).await {
+                Ok(()) => Ok(sync_dir(dir).await?),
+                // Another filesystem (EXDEV) or anything else rename cannot do: copy it.
+                Err(_) => self.put(key, size, super::file_stream(file).await?).await,
+            }
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
         async move {
             let path = self.path(key)?;
@@ -235,6 +258,21 @@ mod tests {
     fn store() -> (FsStore, PathBuf) {
         let dir = std::env::temp_dir().join(format!("moss-fs-{}", rand::random::<u64>()));
         (FsStore::open(&dir).unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn a_file_on_the_same_filesystem_is_taken_as_it_is() {
+        let (s, dir) = store();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let spool = dir.join("spooled-upload");
+        std::fs::write(&spool, &data).unwrap();
+        // A size that is not the file's is refused, and the file stays.
+        assert!(s.put_file("c-moved", 5, &spool).await.is_err());
+        assert!(spool.exists());
+        s.put_file("c-moved", data.len() as u64, &spool).await.unwrap();
+        assert!(!spool.exists(), "renamed into place, not copied");
+        assert_eq!(read_all(s.get("c-moved", None).await.unwrap()).await.unwrap(), data);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -142,6 +142,16 @@ impl BlobStore for MeteredStore {
         .boxed()
     }
 
+    fn put_file<'a>(&'a self, key: &'a str, size: u64, path: &'a std::path::Path) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let started = Instant::now();
+            let out = self.inner.put_file(key, size, path).await;
+            self.observer.op(self.layer, Op::Write, size, started.elapsed(), out.is_ok());
+            out
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
         async move {
             let started = Instant::now();

@@ -49,6 +49,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Stores `size` bytes from `data` under `key`, replacing any object there.
     fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>>;
 
+    /// Stores the file at `path` (`size` bytes) under `key`. The caller hands the file over: the
+    /// store may take it as it is (a store on the same filesystem renames it into place) or
+    /// leave it where it is. By default it is streamed through [`BlobStore::put`].
+    fn put_file<'a>(&'a self, key: &'a str, size: u64, path: &'a std::path::Path) -> BoxFuture<'a, Result<()>> {
+        async move { self.put(key, size, file_stream(path).await?).await }.boxed()
+    }
+
     /// Reads the object, or `range` of it.
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>>;
 
@@ -79,6 +86,24 @@ pub trait BlobStore: Send + Sync + 'static {
     fn check(&self) -> BoxFuture<'_, Result<()>> {
         async move { self.head("moss-health-probe").await.map(drop) }.boxed()
     }
+}
+
+/// A file's content as a stream of 256 KiB chunks.
+pub async fn file_stream(path: &std::path::Path) -> Result<ByteStream> {
+    let file = tokio::fs::File::open(path).await?;
+    let s = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(Box::pin(s))
 }
 
 /// Collects a stream into memory; for small objects and tests.
