@@ -97,26 +97,59 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A PostgreSQL database's dump inside the archive (pg_dump's custom format).
+const PG_DUMP: &str = "database.pgdump";
+
+/// `program` (pg_dump, pg_restore) pointed at the database `url`, the password passed in the
+/// environment rather than on the command line, where any user's `ps` would show it.
+fn pg_tool(program: &str, url: &str) -> Result<std::process::Command> {
+    let mut parsed = url::Url::parse(url).context("database.url is not a URL")?;
+    let password = parsed.password().map(|p| {
+        url::form_urlencoded::parse(format!("p={p}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    });
+    let _ = parsed.set_password(None);
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("--dbname").arg(parsed.as_str());
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    Ok(cmd)
+}
+
+fn run_tool(mut cmd: std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what} (is the PostgreSQL client installed?)"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// `moss backup --out FILE [--with-media]`.
 pub fn backup(config: &Config, config_file: Option<&Path>, out_path: &Path, with_media: bool) -> Result<()> {
     let data = &config.data_dir;
-    if config.database.url.is_some() {
-        bail!(
-            "the database is PostgreSQL: back it up with pg_dump (or your PostgreSQL backups) and \
-             copy the data directory's keys yourself; `moss backup` copies SQLite databases"
-        );
-    }
-    let db_path = config.database_path();
-    if !db_path.exists() {
-        bail!("no database at {}: nothing to back up", db_path.display());
-    }
     let tmp = out_path.with_extension("partial");
     let snapshot = out_path.with_extension("db-snapshot");
     let _ = std::fs::remove_file(&snapshot);
-    moss_storage::Db::snapshot(&db_path, &snapshot).context("copying the database")?;
+    // The database, consistent as of one moment while the server may keep writing: SQLite's
+    // online copy, or pg_dump's (one repeatable-read transaction).
+    let db_name = match &config.database.url {
+        Some(url) => {
+            let mut dump = pg_tool("pg_dump", url)?;
+            dump.args(["--format=custom", "--no-owner", "--no-privileges", "--file"]).arg(&snapshot);
+            run_tool(dump, "pg_dump")?;
+            PG_DUMP.to_owned()
+        }
+        None => {
+            let db_path = config.database_path();
+            if !db_path.exists() {
+                bail!("no database at {}: nothing to back up", db_path.display());
+            }
+            moss_storage::Db::snapshot(&db_path, &snapshot).context("copying the database")?;
+            db_path.file_name().and_then(|n| n.to_str()).unwrap_or("moss.db").to_owned()
+        }
+    };
     let result = (|| -> Result<usize> {
         let mut out = BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-        let db_name = db_path.file_name().and_then(|n| n.to_str()).unwrap_or("moss.db").to_owned();
         add_file(&mut out, &format!("data/{db_name}"), &snapshot)?;
         let mut count = 1;
         for entry in std::fs::read_dir(data)? {
@@ -188,8 +221,8 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
     Some(path.to_owned())
 }
 
-/// `moss restore --from FILE --data-dir DIR [--config-out FILE]`.
-pub fn restore(archive: &Path, data_dir: &Path, config_out: Option<&Path>) -> Result<()> {
+/// `moss restore --from FILE --data-dir DIR [--config-out FILE] [--database-url URL]`.
+pub fn restore(archive: &Path, data_dir: &Path, config_out: Option<&Path>, database_url: Option<&str>) -> Result<()> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         bail!("{} is not empty: restore into a new directory", data_dir.display());
     }
@@ -242,9 +275,34 @@ pub fn restore(archive: &Path, data_dir: &Path, config_out: Option<&Path>) -> Re
             }
         }
     }
+    // A PostgreSQL server's archive: its dump goes into the database named, not the directory.
+    // The directory was empty before: on a refusal or a failed pg_restore nothing is left in it.
+    let dump = data_dir.join(PG_DUMP);
+    let into_postgres = (|| -> Result<bool> {
+        match (dump.exists(), database_url) {
+            (true, Some(url)) => {
+                let mut restore = pg_tool("pg_restore", url)?;
+                restore.args(["--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"]).arg(&dump);
+                run_tool(restore, "pg_restore")?;
+                std::fs::remove_file(&dump)?;
+                Ok(true)
+            }
+            (true, None) => bail!(
+                "this archive holds a PostgreSQL database: give --database-url of an empty database to restore it into"
+            ),
+            (false, Some(_)) => {
+                bail!("this archive holds a SQLite database, not a PostgreSQL dump: leave out --database-url")
+            }
+            (false, None) => Ok(false),
+        }
+    })()
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(data_dir);
+    })?;
     println!(
-        "restored {files} files into {}{}",
+        "restored {files} files into {}{}{}",
         data_dir.display(),
+        if into_postgres { " and the database into PostgreSQL" } else { "" },
         if config_written { " and the configuration" } else { "" }
     );
     Ok(())

@@ -64,8 +64,9 @@ enum Command {
         #[command(subcommand)]
         command: AppserviceCommand,
     },
-    /// Write the database (a consistent copy, also while the server runs), the keys and the
-    /// configuration into one archive; media on S3 is not copied (see docs/deploy.md).
+    /// Write the database (a consistent copy, also while the server runs: SQLite's own copy, or
+    /// pg_dump's for PostgreSQL), the keys and the configuration into one archive; media on S3
+    /// is not copied (see docs/deploy.md).
     Backup {
         /// The archive to write (a tar file).
         #[arg(long)]
@@ -85,6 +86,10 @@ enum Command {
         /// Where to write the archived configuration file, if it has one.
         #[arg(long)]
         config_out: Option<PathBuf>,
+        /// For an archive of a PostgreSQL server: the empty database to restore it into
+        /// (postgres://user:password@host:port/database), with pg_restore.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Operator actions the admin API also offers (work whether or not the server runs).
     Admin {
@@ -329,8 +334,8 @@ fn run() -> Result<()> {
         println!("wrote {}", path.display());
         return Ok(());
     }
-    if let Command::Restore { from, data_dir, config_out } = &command {
-        return backup::restore(from, data_dir, config_out.as_deref());
+    if let Command::Restore { from, data_dir, config_out, database_url } = &command {
+        return backup::restore(from, data_dir, config_out.as_deref(), database_url.as_deref());
     }
     let config = config_load::load(cli.config.as_deref())?;
     if let Command::Backup { out, with_media } = &command {

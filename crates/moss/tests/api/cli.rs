@@ -197,34 +197,45 @@ async fn a_backup_taken_while_serving_restores_a_working_server() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     };
-    // Taken while the server runs; what is sent afterwards is not in it.
+    // Taken while the server runs; what is sent afterwards is not in it. On PostgreSQL the
+    // database part is pg_dump's, restored with pg_restore into an empty database.
+    let on_postgres = !crate::common::database_env(&data_dir).is_empty();
     let (ok, out) = run(&["backup", "--out", archive.to_str().unwrap(), "--with-media"]);
-    if crate::common::database_env(&data_dir).is_empty() {
-        assert!(ok, "{out}");
-    } else {
-        // On PostgreSQL moss backup says so and points at pg_dump; nothing else here applies.
-        assert!(!ok && out.contains("pg_dump"), "{out}");
-        return;
-    }
+    assert!(ok, "{out}");
     s.send_text(&alice, &room, "after the backup").await;
     // A plain tar: standard tools read it.
     let listing = Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    for want in ["data/moss.db", "data/signing.key", "data/media-naming.key"] {
+    let database = if on_postgres { "data/database.pgdump" } else { "data/moss.db" };
+    for want in [database, "data/signing.key", "data/media-naming.key"] {
         assert!(listing.lines().any(|l| l == want), "{want} in:\n{listing}");
     }
     assert!(listing.lines().any(|l| l.starts_with("data/media/")), "{listing}");
 
     let restored = work.join("restored");
-    let (ok, out) =
-        run(&["restore", "--from", archive.to_str().unwrap(), "--data-dir", restored.join("data").to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let (ok, out) =
-        run(&["restore", "--from", archive.to_str().unwrap(), "--data-dir", restored.join("data").to_str().unwrap()]);
+    let target = restored.join("data");
+    let (archive_arg, target_arg) = (archive.to_str().unwrap(), target.to_str().unwrap());
+    let new_database = on_postgres.then(|| crate::common::create_postgres_database().unwrap());
+    if let Some(url) = &new_database {
+        // Without a database to restore into, it refuses and leaves nothing behind.
+        let (ok, out) = run(&["restore", "--from", archive_arg, "--data-dir", target_arg]);
+        assert!(!ok && out.contains("--database-url"), "{out}");
+        assert!(!target.exists(), "a refused restore leaves no directory behind");
+        let (ok, out) = run(&["restore", "--from", archive_arg, "--data-dir", target_arg, "--database-url", url]);
+        assert!(ok, "{out}");
+    } else {
+        let (ok, out) = run(&["restore", "--from", archive_arg, "--data-dir", target_arg]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = run(&["restore", "--from", archive_arg, "--data-dir", target_arg]);
     assert!(!ok && out.contains("is not empty"), "never over existing data: {out}");
     drop(s);
 
-    let s = Server::start_in(restored, &[("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")]).await;
+    let mut env = vec![("MOSS_REGISTRATION", "open"), ("MOSS_RATE_LIMITS__ENABLED", "false")];
+    if let Some(url) = &new_database {
+        env.push(("MOSS_DATABASE__URL", url.as_str()));
+    }
+    let s = Server::start_in(restored, &env).await;
     let token = s.login("alice").await;
     let alice = crate::common::User { token, ..alice };
     let (_, v) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), &alice).await;
