@@ -301,7 +301,7 @@ impl Moss {
     pub async fn authenticate_request(&self, token: &str, query: Option<&str>) -> Result<Session> {
         // `moss media-repo`: Synapse knows the tokens.
         if let Some(repo) = &self.media_repo {
-            return repo.session(token, query).await;
+            return repo.session(&self.server_name, token, query).await;
         }
         match self.appservices.by_as_token(token) {
             Some(service) => self.appservice_session(service.clone(), token, query).await,

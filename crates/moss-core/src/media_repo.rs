@@ -132,7 +132,14 @@ impl MediaRepo {
 
     /// Whose token this is, as Synapse says. `query` is the request's query string: an
     /// application service's `user_id` (and device) are passed on for Synapse to check.
-    pub(crate) async fn session(&self, token: &str, query: Option<&str>) -> Result<Session> {
+    /// Only users of `server_name` are accepted (a `synapse_url` pointing at another homeserver
+    /// would name its users).
+    pub(crate) async fn session(
+        &self,
+        server_name: &ruma::ServerName,
+        token: &str,
+        query: Option<&str>,
+    ) -> Result<Session> {
         let pass_on: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .filter(|(k, _)| matches!(k.as_ref(), "user_id" | "device_id" | "org.matrix.msc3202.device_id"))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -150,6 +157,10 @@ impl MediaRepo {
                 owner
             }
         };
+        if owner.user_id.server_name() != server_name {
+            tracing::warn!(user = %owner.user_id, "media repository: Synapse named a user of another server; check media_repo.synapse_url");
+            return Err(Error::forbidden("this token belongs to a user of another server"));
+        }
         Ok(Session {
             user_id: owner.user_id,
             device_id: owner.device_id,

@@ -19,8 +19,10 @@ import datetime
 import hashlib
 import hmac
 import io
+import json
 import os
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +30,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nio
@@ -139,7 +142,8 @@ def _start_proxy(workdir: Path, synapse: Homeserver, repo_port: int) -> list[str
     return conf
 
 
-def _start_media_repo(workdir: Path, synapse: Homeserver, port: int, s3: dict[str, str], prefix: str):
+def _start_media_repo(workdir: Path, synapse: Homeserver, port: int, s3: dict[str, str], prefix: str,
+                      synapse_url: str | None = None):
     workdir.mkdir(parents=True, exist_ok=True)
     (signing_key,) = synapse.workdir.glob("*.signing.key")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOSS_")}
@@ -149,7 +153,7 @@ def _start_media_repo(workdir: Path, synapse: Homeserver, port: int, s3: dict[st
         "MOSS_HTTP__BIND": f"127.0.0.1:{port}",
         "MOSS_HTTP__TRUSTED_PROXIES": '["127.0.0.1/32"]',
         "MOSS_DATABASE__SYNCHRONOUS": "normal",
-        "MOSS_MEDIA_REPO__SYNAPSE_URL": f"http://127.0.0.1:{synapse.internal_client_port}",
+        "MOSS_MEDIA_REPO__SYNAPSE_URL": synapse_url or f"http://127.0.0.1:{synapse.internal_client_port}",
         "MOSS_MEDIA_REPO__SIGNING_KEY_PATH": str(signing_key),
         "MOSS_MEDIA_REPO__SYNAPSE_MEDIA_STORE": str(synapse.workdir / "media_store"),
         "MOSS_MEDIA_REPO__SYNAPSE_DATABASE": str(synapse.workdir / "homeserver.db"),
@@ -335,3 +339,72 @@ async def test_media_crosses_to_and_from_another_homeserver(stack: Stack):
     status, got, _ = await http(stack.synapse, "GET", f"/_matrix/client/v1/media/download/{theirs_uri[6:]}",
                                 local.access_token)
     assert status == 200 and got == theirs, f"{status} {got!r:.300}{stack.logs()}"
+
+
+class _HostileSynapse(BaseHTTPRequestHandler):
+    """A whoami endpoint that answers as badly as it can, chosen by the token."""
+
+    def do_GET(self):  # noqa: N802 (the standard library's name)
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        try:
+            if token == "huge":  # announces 256 MiB and sends it
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(256 << 20))
+                self.end_headers()
+                for _ in range(256):
+                    self.wfile.write(b"[" * (1 << 20))
+            elif token == "endless":  # chunked, never ends
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for _ in range(4096):
+                    self.wfile.write(b"10000\r\n" + b"{" * 0x10000 + b"\r\n")
+            elif token == "deep":  # small, but nested past any parser's depth
+                body = b"[" * 60_000
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif token == "slow":  # says nothing for longer than moss waits
+                time.sleep(15)
+            else:  # a user on another server
+                body = json.dumps({"user_id": "@mallory:elsewhere.example"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_a_hostile_homeserver_answer_is_bounded(stack: Stack, tmp_path: Path):
+    """Synapse is the operator's, but its answers are still parsed with a budget: a huge, endless,
+    deeply nested or silent whoami answer fails the request (503) without moss holding it."""
+    hostile = ThreadingHTTPServer(("127.0.0.1", free_port()), _HostileSynapse)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    port = free_port()
+    proc, log = _start_media_repo(tmp_path / "repo", stack.synapse, port, stack.s3, stack.prefix,
+                                  synapse_url=f"http://127.0.0.1:{hostile.server_address[1]}")
+    base = Homeserver("moss", tmp_path, 0, port, log)
+    try:
+        for token in ("huge", "endless", "deep", "slow"):
+            started = time.monotonic()
+            status, body, _ = await http(base, "GET", "/_matrix/client/v1/media/config", token)
+            took = time.monotonic() - started
+            assert status == 503, f"{token}: {status} {body!r:.200}\n{_tail(log, 30)}"
+            assert took < 14, f"{token}: answered after {took:.1f} s"
+        # A user of another server (a synapse_url pointing at the wrong homeserver) is refused.
+        status, body, _ = await http(base, "GET", "/_matrix/client/v1/media/config", "someone")
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+        rss = int(next(l for l in open(f"/proc/{proc.pid}/status") if l.startswith("VmHWM:")).split()[1]) // 1024
+        assert rss < 200, f"moss peaked at {rss} MiB"
+    finally:
+        _stop(proc)
+        hostile.shutdown()
