@@ -182,6 +182,29 @@ impl Segment {
     }
 }
 
+/// The body of `res`, the response for all of `r`; an error at its end if it was cut short.
+fn one_response(res: GetResult, path: Path, r: std::ops::Range<u64>) -> ByteStream {
+    let body = res.into_stream();
+    Box::pin(futures_util::stream::unfold(Some((body, 0u64)), move |state| {
+        let (path, r) = (path.clone(), r.clone());
+        async move {
+            let (mut body, got) = state?;
+            match body.next().await {
+                Some(Ok(b)) => {
+                    let got = got + b.len() as u64;
+                    Some((Ok(b), Some((body, got))))
+                }
+                Some(Err(e)) => Some((Err(std::io::Error::other(error_chain(&e))), None)),
+                None if got != r.end - r.start => {
+                    let e = format!("{path}: expected {} bytes at {}, got {got}", r.end - r.start, r.start);
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e)), None))
+                }
+                None => None,
+            }
+        }
+    }))
+}
+
 /// Reads `start..end` of an object as consecutive ranged GETs of `plan.segment` bytes, `first`
 /// being the response for the first one. Several GETs in flight at once are what lets a store
 /// deliver at its full rate to one reader (one GET is bound by the store's per-request pipeline:
@@ -464,6 +487,11 @@ impl BlobStore for S3Store {
             let end = range.map_or(size, |r| r.end);
             if end > size {
                 return Err(MediaError::BadRange);
+            }
+            if first_end >= end {
+                // One response holds the whole read (most media: one segment): streamed as it
+                // arrives, without a task and channel in between.
+                return Ok(one_response(first, path, start..end));
             }
             Ok(segmented(self.store.clone(), path, first, start..first_end.min(end), end, self.plan.clone()))
         }
