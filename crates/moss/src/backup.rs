@@ -104,9 +104,8 @@ const PG_DUMP: &str = "database.pgdump";
 /// environment rather than on the command line, where any user's `ps` would show it.
 fn pg_tool(program: &str, url: &str) -> Result<std::process::Command> {
     let mut parsed = url::Url::parse(url).context("database.url is not a URL")?;
-    let password = parsed.password().map(|p| {
-        url::form_urlencoded::parse(format!("p={p}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-    });
+    // The URL holds it percent-encoded (`+`, `&` and the like are literal there).
+    let password = parsed.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
     let _ = parsed.set_password(None);
     let mut cmd = std::process::Command::new(program);
     cmd.arg("--dbname").arg(parsed.as_str());
@@ -306,4 +305,16 @@ pub fn restore(archive: &Path, data_dir: &Path, config_out: Option<&Path>, datab
         if config_written { " and the configuration" } else { "" }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod pg_tool_tests {
+    #[test]
+    fn the_password_goes_to_the_environment_decoded_and_not_on_the_command_line() {
+        let cmd = super::pg_tool("pg_dump", "postgres://moss:a+b%2Fc&d@db.example:5432/moss").unwrap();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["--dbname", "postgres://moss@db.example:5432/moss"]);
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert_eq!(env, [(std::ffi::OsStr::new("PGPASSWORD"), Some(std::ffi::OsStr::new("a+b/c&d")))]);
+    }
 }
