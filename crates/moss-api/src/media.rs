@@ -88,6 +88,12 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// What the request says about an upload: its type, name and (hyper holds the body to it) length.
+fn upload_info(headers: &HeaderMap, filename: Option<String>) -> moss_core::media::UploadInfo {
+    let declared_len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    moss_core::media::UploadInfo { content_type: content_type(headers), filename, declared_len }
+}
+
 fn body_stream(body: Body) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin {
     body.into_data_stream().map_err(std::io::Error::other)
 }
@@ -100,7 +106,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::rate_limit::check_session(&moss, crate::rate_limit::Class::MediaUpload, &session)?;
-    let id = moss.upload_media(&session.user_id, None, content_type(&headers), q.filename, body_stream(body)).await?;
+    let id = moss.upload_media(&session.user_id, None, upload_info(&headers, q.filename), body_stream(body)).await?;
     Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", moss.server_name)})))
 }
 
@@ -124,7 +130,7 @@ pub async fn upload_to(
         return Err(ApiError::forbidden("media ids of other servers cannot be uploaded to here"));
     }
     crate::rate_limit::check_session(&moss, crate::rate_limit::Class::MediaUpload, &session)?;
-    moss.upload_media(&session.user_id, Some(&media_id), content_type(&headers), q.filename, body_stream(body)).await?;
+    moss.upload_media(&session.user_id, Some(&media_id), upload_info(&headers, q.filename), body_stream(body)).await?;
     Ok(Json(json!({})))
 }
 

@@ -599,10 +599,12 @@ pub struct S3Config {
     pub path_style: bool,
     /// Prepended to every object name.
     pub prefix: String,
-    /// Multipart part size in bytes (64 MiB is one Storj segment).
+    /// Multipart part size in bytes (64 MiB is one Storj segment), for objects beyond a single
+    /// PUT's 5 GiB.
     pub part_size: u64,
     /// Upper bound on one S3 request including retries, in milliseconds: a backstop for a
-    /// store that trickles; a 64 MiB part must fit in it at the slowest rate you accept.
+    /// store that trickles. An upload's PUT streams as the client sends, so a slow client's
+    /// upload must fit in it (past it the upload is sent again from moss's copy).
     pub request_timeout_ms: u64,
     /// Bound on connecting to the store, in milliseconds.
     pub connect_timeout_ms: u64,

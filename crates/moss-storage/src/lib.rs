@@ -17,6 +17,7 @@ mod conformance;
 mod e2ee;
 mod federation;
 mod group;
+mod media_content;
 mod migrate;
 mod openid;
 mod presence;
@@ -100,6 +101,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_21_openid.sql"),
     include_str!("schema_22_uiaa.sql"),
     include_str!("schema_23_sliding_positions.sql"),
+    include_str!("schema_24_media_hash.sql"),
 ];
 
 /// PostgreSQL's schema, by the SQLite version it matches: a fresh PostgreSQL database gets the
@@ -109,6 +111,7 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     (21, include_str!("pg/schema_21.sql")),
     (22, include_str!("pg/schema_22_uiaa.sql")),
     (23, include_str!("pg/schema_23_sliding_positions.sql")),
+    (24, include_str!("pg/schema_24_media_hash.sql")),
 ];
 
 /// Most SQLite read connections open at once: reads beyond wait for one (a fresh connection

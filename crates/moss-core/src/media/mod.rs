@@ -134,6 +134,16 @@ struct StoredContent {
     inflight: [i64; 2],
 }
 
+/// What an upload request says about its body.
+#[derive(Debug, Clone, Default)]
+pub struct UploadInfo {
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    /// The body's length when the request states it (`Content-Length`; the HTTP server holds
+    /// the body to it). Large bodies of known length can be streamed to the store.
+    pub declared_len: Option<u64>,
+}
+
 /// What the store keeps beside each upload (object `m-…`), enough to rebuild the media table.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MediaMeta {
@@ -599,15 +609,14 @@ impl Moss {
         &self,
         user: &UserId,
         media_id: Option<&str>,
-        content_type: Option<String>,
-        filename: Option<String>,
+        about: UploadInfo,
         body: S,
     ) -> Result<String>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
         self.check_not_suspended(user).await?;
-        self.ingest(user, media_id, content_type, filename, body, true).await
+        self.ingest(user, media_id, about, body, true).await
     }
 
     /// Fills a reserved media id without the checks meant for clients (quota, size limit,
@@ -623,21 +632,21 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        self.ingest(user, Some(media_id), content_type, filename, body, false).await
+        self.ingest(user, Some(media_id), UploadInfo { content_type, filename, declared_len: None }, body, false).await
     }
 
     async fn ingest<S>(
         &self,
         user: &UserId,
         media_id: Option<&str>,
-        content_type: Option<String>,
-        filename: Option<String>,
+        about: UploadInfo,
         body: S,
         enforce: bool,
     ) -> Result<String>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
+        let UploadInfo { content_type, filename, declared_len: declared } = about;
         if let (Some(id), true) = (media_id, enforce) {
             let (i, u) = (id.to_owned(), user.to_string());
             let now = now_ms() as i64;
@@ -668,7 +677,7 @@ impl Moss {
             sha256: String::new(),
             created_ts: now_ms(),
         };
-        let content = self.store_content(body, enforce.then_some(user), &id, meta).await?;
+        let content = self.store_content(body, declared, enforce.then_some(user), &id, meta).await?;
         let StoredContent { key, sha_hex, size, inflight } = content;
         let (i, u, k) = (id.clone(), user.to_string(), key.clone());
         let stored = self
@@ -694,13 +703,65 @@ impl Moss {
         Ok(id)
     }
 
-    /// Spools a body to disk while hashing it (memory stays flat, and the content key is known
-    /// before anything reaches the store), then puts it in the store unless an identical object
-    /// is there already. With `limits_for`, the size limit and that user's quota apply. The
-    /// content is marked in flight until the caller records it (`end_inflight`).
-    /// `template` (its content key, size and hash filled in here) is written beside the content as
-    /// the record named `meta_name`, marked in flight with it, in the same transaction.
+    /// Stores a body and writes `template` (its content key, size and hash filled in here)
+    /// beside it as the record named `meta_name`. With `limits_for`, the size limit and that
+    /// user's quota apply. The content and the record are marked in flight until the caller
+    /// records them (`end_inflight`), so a concurrent orphan sweep leaves them alone and a purge
+    /// of other media with the same content keeps the object (see `purge_media`).
+    ///
+    /// A body of known length larger than [`IN_MEMORY_UPLOAD`], on a store that sends writes on
+    /// as they arrive (S3), is streamed to it ([`Moss::store_streamed`]); any other is read
+    /// whole first, so that it is named by its hash ([`Moss::store_hashed_first`]).
     async fn store_content<S>(
+        &self,
+        body: S,
+        declared: Option<u64>,
+        limits_for: Option<&UserId>,
+        meta_name: &str,
+        template: MediaMeta,
+    ) -> Result<StoredContent>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let max = self.config.media.max_upload_size;
+        if let (Some(n), Some(_)) = (declared, limits_for) {
+            if n > max {
+                return Err(Error::too_large(format!("uploads are limited to {max} bytes")));
+            }
+        }
+        match declared {
+            Some(n) if n > IN_MEMORY_UPLOAD as u64 && self.media.store.streams_writes() => {
+                if let Some(user) = limits_for {
+                    self.check_quota(user, n).await?;
+                }
+                self.store_streamed(body, n, meta_name, template).await
+            }
+            _ => self.store_hashed_first(body, limits_for, meta_name, template).await,
+        }
+    }
+
+    /// Refuses an upload of `size` bytes that would take `user` past the quota.
+    async fn check_quota(&self, user: &UserId, size: u64) -> Result<()> {
+        let quota = self.config.media.quota_per_user;
+        if quota == 0 {
+            return Ok(());
+        }
+        let u = user.to_string();
+        let used = self.db.read(move |r| Ok::<_, Error>(r.user_media_bytes(&u)?)).await? as u64;
+        if used + size > quota {
+            return Err(Error::forbidden(format!(
+                "this upload would exceed your storage quota ({} of {} MiB used)",
+                used / (1024 * 1024),
+                quota / (1024 * 1024)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the body whole while hashing it (small ones in memory within a shared budget,
+    /// larger ones spooled to disk so that memory stays flat), then puts it in the store under
+    /// the name its hash gives, unless an identical object is there already.
+    async fn store_hashed_first<S>(
         &self,
         body: S,
         limits_for: Option<&UserId>,
@@ -710,9 +771,6 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        // Hash while reading, so that the content key (a hash of the content) is known before
-        // anything reaches the store: small bodies in memory (within a shared budget), larger
-        // ones spooled to disk so that memory stays flat.
         let max = self.config.media.max_upload_size;
         let mut held = Held::Memory(Vec::new(), None);
         let mut hasher = Sha256::new();
@@ -728,33 +786,13 @@ impl Moss {
             held = held.push(chunk, size, &self.media).await?;
         }
         let held = held.finish().await?;
-        let quota = self.config.media.quota_per_user;
-        if let (true, Some(user)) = (quota > 0, limits_for) {
-            let u = user.to_string();
-            let used = self.db.read(move |r| Ok::<_, Error>(r.user_media_bytes(&u)?)).await? as u64;
-            if used + size > quota {
-                return Err(Error::forbidden(format!(
-                    "this upload would exceed your storage quota ({} of {} MiB used)",
-                    used / (1024 * 1024),
-                    quota / (1024 * 1024)
-                )));
-            }
+        if let Some(user) = limits_for {
+            self.check_quota(user, size).await?;
         }
         let sha = hasher.finalize();
         let key = self.media.content_key(&sha);
 
-        // Mark the content as being written, so a concurrent orphan sweep leaves it alone, and
-        // a purge of other media with the same content keeps the object (see `purge_media`).
-        // Relaxed: the mark keeps a running sweep away; after a power loss there is no sweep to
-        // keep away, and an object whose record did not commit is an orphan the sweep may take.
-        let (k, meta) = (key.clone(), self.media.meta_key(meta_name));
-        let inflight = self
-            .db
-            .write_relaxed(move |w| {
-                let now = now_ms() as i64;
-                Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&meta, now)?])
-            })
-            .await?;
+        let inflight = self.mark_writing(&key, &self.media.meta_key(meta_name)).await?;
         // The content, unless identical content is stored already, and beside it the small
         // record that lets the store alone restore the file (`moss media decrypt`): written at
         // the same time, so a small upload costs the store one round trip after the check, not
@@ -773,16 +811,7 @@ impl Moss {
             let exists =
                 ask_first && self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {
-                match &held {
-                    Ready::Memory { chunks, .. } => {
-                        let stream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
-                        self.media.store.put(&key, size, Box::pin(stream)).await.map_err(store_error)?
-                    }
-                    // A store on the spool's filesystem takes the file as it is.
-                    Ready::Spooled(spool) => {
-                        self.media.store.put_file(&key, size, &spool.0).await.map_err(store_error)?
-                    }
-                }
+                self.put_ready(&key, size, &held).await?;
             }
             Ok::<_, Error>(())
         };
@@ -792,6 +821,148 @@ impl Moss {
         };
         tokio::try_join!(content, record)?;
         Ok(StoredContent { key, sha_hex, size, inflight })
+    }
+
+    /// Streams a body of `declared` bytes to the store as it arrives, so that receiving it and
+    /// storing it overlap. The content hash that names objects is only known at the end, so the
+    /// object gets a fresh random name (`c-` and 64 hex digits, like every content name: it
+    /// reveals nothing). A copy goes to the spool as well (small ones stay in memory): a store
+    /// request that fails is sent again from it, as a spooled upload's would be retried. Once
+    /// stored, content with the same hash that a record already refers to wins: the new object
+    /// is deleted and the old one shared, so identical uploads are still kept once.
+    async fn store_streamed<S>(
+        &self,
+        mut body: S,
+        declared: u64,
+        meta_name: &str,
+        template: MediaMeta,
+    ) -> Result<StoredContent>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let fresh = format!("c-{}", hex::encode(rand::random::<[u8; 32]>()));
+        let record_key = self.media.meta_key(meta_name);
+        let marks = self.mark_writing(&fresh, &record_key).await?;
+        // A few chunks in between: the slower of the client and the store sets the pace.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+        let to_store = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let sending = self.media.store.put(&fresh, declared, Box::pin(to_store));
+        let reading = async {
+            let mut held = Held::Memory(Vec::new(), None);
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut tx = Some(tx);
+            loop {
+                let failure = match body.next().await {
+                    None => break,
+                    Some(Err(e)) => format!("upload interrupted: {e}"),
+                    Some(Ok(chunk)) => {
+                        size += chunk.len() as u64;
+                        if size <= declared {
+                            hasher.update(&chunk);
+                            held = held.push(chunk.clone(), size, &self.media).await?;
+                            // A store request that failed has stopped taking chunks: the spool
+                            // still gets them, to send again.
+                            if let Some(t) = &tx {
+                                if t.send(Ok(chunk)).await.is_err() {
+                                    tx = None;
+                                }
+                            }
+                            continue;
+                        }
+                        format!("the body is longer than its declared {declared} bytes")
+                    }
+                };
+                // The store must not keep a partial object: the request fails with the body.
+                if let Some(t) = tx.take() {
+                    let _ = t.send(Err(std::io::Error::other(failure.clone()))).await;
+                }
+                return Err(Error::bad_json(failure));
+            }
+            drop(tx);
+            if size != declared {
+                return Err(Error::bad_json(format!("the body ended after {size} of its declared {declared} bytes")));
+            }
+            Ok::<_, Error>((held.finish().await?, hasher.finalize()))
+        };
+        let (sent, read) = tokio::join!(sending, reading);
+        let (held, sha) = read?;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "a streamed upload did not reach the media store; sending it again");
+            self.put_ready(&fresh, declared, &held).await?;
+        }
+        drop(held);
+        let sha_hex = hex::encode(sha);
+        let (key, mark) = match self.stored_duplicate(&sha_hex, declared, &fresh).await? {
+            Some((existing, mark)) => {
+                // Deleted now, or by the orphan sweep once its mark goes stale.
+                if let Err(e) = self.media.store.delete(&fresh).await {
+                    tracing::warn!(error = %e, "could not delete a duplicate upload; the orphan sweep will");
+                } else {
+                    let m = marks[0];
+                    self.db.write_relaxed(move |w| Ok::<_, Error>(w.end_inflight(m)?)).await?;
+                }
+                (existing, mark)
+            }
+            None => (fresh, marks[0]),
+        };
+        let record = serde_json::to_vec(&MediaMeta {
+            content_key: key.clone(),
+            size: declared,
+            sha256: sha_hex.clone(),
+            ..template
+        })?;
+        let len = record.len() as u64;
+        self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)?;
+        Ok(StoredContent { key, sha_hex, size: declared, inflight: [mark, marks[1]] })
+    }
+
+    /// Marks a content object and its record as being written (see [`Moss::store_content`]).
+    /// Relaxed: the marks keep a running sweep away; after a power loss there is no sweep to
+    /// keep away, and an object whose record did not commit is an orphan the sweep may take.
+    async fn mark_writing(&self, content: &str, record: &str) -> Result<[i64; 2]> {
+        let (k, m) = (content.to_owned(), record.to_owned());
+        self.db
+            .write_relaxed(move |w| {
+                let now = now_ms() as i64;
+                Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&m, now)?])
+            })
+            .await
+    }
+
+    /// Content with this hash and size that a record already refers to (other than `except`),
+    /// marked in flight so that a purge deciding after this keeps it. Under the content's lock,
+    /// so a purge that decided before has deleted the record by then (and it is not found).
+    async fn stored_duplicate(&self, sha_hex: &str, size: u64, except: &str) -> Result<Option<(String, i64)>> {
+        let (s, e) = (sha_hex.to_owned(), except.to_owned());
+        let Some(existing) = self.db.read(move |r| Ok::<_, Error>(r.content_with_hash(&s, size as i64, &e)?)).await?
+        else {
+            return Ok(None);
+        };
+        let _guard = self.media.content_lock(&existing).await;
+        let k = existing.clone();
+        let mark = self
+            .db
+            .write_relaxed(move |w| {
+                if w.media_referencing(&k)? == 0 {
+                    return Ok::<_, Error>(None);
+                }
+                Ok(Some(w.begin_inflight(&k, now_ms() as i64)?))
+            })
+            .await?;
+        Ok(mark.map(|m| (existing, m)))
+    }
+
+    /// Puts a body read whole under `key`: from memory, or the spool file (which a store on the
+    /// spool's filesystem takes as it is).
+    async fn put_ready(&self, key: &str, size: u64, ready: &Ready) -> Result<()> {
+        match ready {
+            Ready::Memory { chunks, .. } => {
+                let stream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
+                self.media.store.put(key, size, Box::pin(stream)).await.map_err(store_error)
+            }
+            Ready::Spooled(spool) => self.media.store.put_file(key, size, &spool.0).await.map_err(store_error),
+        }
     }
 
     /// Marks an object as being written: `purge --orphans` leaves it alone until the mark ends
@@ -829,7 +1000,8 @@ impl Moss {
             sha256: String::new(),
             created_ts: created_ts as u64,
         };
-        let StoredContent { key, sha_hex, size, inflight } = self.store_content(body, None, &meta_name, meta).await?;
+        let StoredContent { key, sha_hex, size, inflight } =
+            self.store_content(body, None, None, &meta_name, meta).await?;
         let (o, id) = (origin.to_owned(), media_id.to_owned());
         self.db
             .write(move |w| {
@@ -1230,7 +1402,14 @@ impl Moss {
             .map_err(|e| Error::internal(e.to_string()))?;
         let ctype = img.content_type.split(';').next().unwrap_or("image/png").trim().to_owned();
         let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(img.body)) });
-        let id = self.upload_media(&owner, None, Some(ctype.clone()), None, Box::pin(body)).await?;
+        let id = self
+            .upload_media(
+                &owner,
+                None,
+                UploadInfo { content_type: Some(ctype.clone()), ..Default::default() },
+                Box::pin(body),
+            )
+            .await?;
         og.insert("og:image".into(), serde_json::json!(format!("mxc://{}/{id}", self.server_name)));
         og.insert("og:image:type".into(), serde_json::json!(ctype));
         og.insert("matrix:image:size".into(), serde_json::json!(size));

@@ -423,6 +423,10 @@ fn tee(
 }
 
 impl BlobStore for CacheStore {
+    fn streams_writes(&self) -> bool {
+        self.inner.streams_writes()
+    }
+
     fn describe(&self) -> String {
         format!("cache({}, {} MiB)+{}", self.dir.display(), self.max_bytes / (1024 * 1024), self.inner.describe())
     }

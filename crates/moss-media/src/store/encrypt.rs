@@ -472,6 +472,10 @@ fn decrypt_stream(input: ByteStream, key: ObjectKey, object: String, first: u64,
 }
 
 impl BlobStore for EncryptedStore {
+    fn streams_writes(&self) -> bool {
+        self.inner.streams_writes()
+    }
+
     fn describe(&self) -> String {
         format!("encrypt(key {})+{}", self.master.id_hex(), self.inner.describe())
     }

@@ -23,12 +23,20 @@ impl FallbackStore {
 }
 
 impl BlobStore for FallbackStore {
+    fn streams_writes(&self) -> bool {
+        self.new.streams_writes()
+    }
+
     fn describe(&self) -> String {
         format!("{} (reading through to {} while migrating)", self.new.describe(), self.old.describe())
     }
 
     fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>> {
         self.new.put(key, size, data)
+    }
+
+    fn put_file<'a>(&'a self, key: &'a str, size: u64, path: &'a std::path::Path) -> BoxFuture<'a, Result<()>> {
+        self.new.put_file(key, size, path)
     }
 
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {

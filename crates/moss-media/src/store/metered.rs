@@ -128,6 +128,10 @@ impl Drop for Counted {
 }
 
 impl BlobStore for MeteredStore {
+    fn streams_writes(&self) -> bool {
+        self.inner.streams_writes()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -32,6 +32,10 @@ fn worth_retrying(e: &MediaError) -> bool {
 }
 
 impl BlobStore for MirrorStore {
+    fn streams_writes(&self) -> bool {
+        self.primary.streams_writes()
+    }
+
     fn describe(&self) -> String {
         format!("mirror({} | {})", self.primary.describe(), self.secondary.describe())
     }

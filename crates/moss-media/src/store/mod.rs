@@ -56,6 +56,14 @@ pub trait BlobStore: Send + Sync + 'static {
         async move { self.put(key, size, file_stream(path).await?).await }.boxed()
     }
 
+    /// Whether `put` sends the body on while it still arrives (a store across the network)
+    /// instead of needing it whole first. An upload is then best handed over as it comes in,
+    /// under a name chosen before its content hash is known, so that receiving and storing
+    /// overlap. Layers answer for the store they write to.
+    fn streams_writes(&self) -> bool {
+        false
+    }
+
     /// Reads the object, or `range` of it.
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>>;
 

@@ -3,6 +3,11 @@
 //!
 //! Kept within the Storj gateway's limits: plain PUT or multipart upload (never UploadPartCopy),
 //! the STANDARD storage class, no checksum headers, and listing without a delimiter.
+//!
+//! Writes: objects up to [`BUFFERED_PUT_MAX`] are gathered and sent in one PUT that object_store
+//! retries; larger ones, up to S3's single-PUT limit, are one PUT whose body streams as it is
+//! produced (to a presigned URL, see `s3_http::StreamingPut`), so an upload reaches the store
+//! while it still arrives; only objects beyond that limit are multipart uploads.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -20,7 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     metered::StoreObserver,
-    s3_http::{StoreConnector, Timeouts},
+    s3_http::{PutFailure, StoreConnector, StreamingPut, Timeouts},
     valid_key, BlobStore, ByteStream, ObjectInfo, Range,
 };
 use crate::{MediaError, Result};
@@ -37,7 +42,7 @@ pub struct S3Config {
     pub path_style: bool,
     /// Prepended to every object key, e.g. `moss-`.
     pub prefix: String,
-    /// Multipart part size; objects up to this size are sent in one PUT.
+    /// Multipart part size, for objects beyond a single PUT's 5 GiB.
     pub part_size: usize,
     /// Upper bound on one request, retries included: a backstop for a store that trickles
     /// (a 64 MiB part must fit in it at the slowest rate you accept).
@@ -59,7 +64,18 @@ pub struct S3Store {
     store: Arc<AmazonS3>,
     config: S3Config,
     plan: ReadPlan,
+    streaming: StreamingPut,
+    single_put_max: u64,
 }
+
+/// Objects up to this size are gathered in memory and sent in one retried PUT.
+pub const BUFFERED_PUT_MAX: u64 = 1024 * 1024;
+
+/// S3's limit on one PUT; larger objects are multipart uploads.
+pub const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Attempts at a streamed PUT whose body can be read again (a file).
+const FILE_PUT_ATTEMPTS: u32 = 4;
 
 fn map_err(e: object_store::Error) -> MediaError {
     match e {
@@ -294,7 +310,7 @@ fn segmented(
 }
 
 /// The error with all its causes: the root cause ("Connection refused") is what explains it.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -335,6 +351,9 @@ impl S3Store {
             request: config.request_timeout,
             idle: config.idle_timeout,
         });
+        let timeouts =
+            Timeouts { connect: config.connect_timeout, request: config.request_timeout, idle: config.idle_timeout };
+        let streaming = StreamingPut::new(plain.is_some(), timeouts, observer.clone()).map_err(MediaError::Other)?;
         let store = AmazonS3Builder::new()
             .with_http_connector(StoreConnector { plain, observer })
             .with_endpoint(&config.endpoint)
@@ -353,7 +372,14 @@ impl S3Store {
             ahead: config.read_ahead.max(1),
             budget: Arc::new(Semaphore::new(units)),
         };
-        Ok(S3Store { store: Arc::new(store), config, plan })
+        Ok(S3Store { store: Arc::new(store), config, plan, streaming, single_put_max: SINGLE_PUT_MAX })
+    }
+
+    /// Sends objects larger than `max` bytes as multipart uploads, rather than those beyond
+    /// [`SINGLE_PUT_MAX`] (to try multipart uploads on small objects).
+    pub fn with_single_put_max(mut self, max: u64) -> S3Store {
+        self.single_put_max = max.min(SINGLE_PUT_MAX);
+        self
     }
 
     /// Bytes of read-ahead memory not in use right now.
@@ -375,6 +401,25 @@ impl S3Store {
         }
     }
 
+    /// One PUT of `size` bytes streamed from `data` to a presigned URL (see the module header).
+    async fn streamed_put(&self, path: &Path, size: u64, data: ByteStream) -> Result<(), PutFailure> {
+        // Valid for as long as the request may take, and a little: signed once per attempt.
+        let expires = self.config.request_timeout + Duration::from_secs(60);
+        let url = self
+            .store
+            .signed_url(http::Method::PUT, path, expires)
+            .await
+            .map_err(|e| PutFailure { retryable: false, message: error_chain(&e) })?;
+        self.streaming.put(url.as_str(), size, data).await
+    }
+
+    fn put_failed(&self, f: PutFailure) -> MediaError {
+        if f.message.contains("NoSuchBucket") {
+            return MediaError::Unavailable(format!("NoSuchBucket: the bucket {} does not exist", self.config.bucket));
+        }
+        MediaError::Unavailable(f.message)
+    }
+
     fn path(&self, key: &str) -> Result<Path> {
         if !valid_key(key) {
             return Err(MediaError::Other(format!("invalid object key {key:?}")));
@@ -392,7 +437,10 @@ impl BlobStore for S3Store {
         async move {
             let path = self.path(key)?;
             let part = self.config.part_size.max(5 * 1024 * 1024);
-            if size as usize <= part {
+            if size > BUFFERED_PUT_MAX && size <= self.single_put_max {
+                return self.streamed_put(&path, size, data).await.map_err(|f| self.put_failed(f));
+            }
+            if size <= BUFFERED_PUT_MAX {
                 // Small objects: one PUT of a buffer no larger than a part.
                 let mut buf = BytesMut::with_capacity(size as usize);
                 while let Some(chunk) = data.next().await {
@@ -456,6 +504,36 @@ impl BlobStore for S3Store {
             }
         }
         .boxed()
+    }
+
+    /// A file can be sent again: a streamed PUT of it is retried as object_store retries (a
+    /// broken connection, a 5xx, throttling), with the same backoff.
+    fn put_file<'a>(&'a self, key: &'a str, size: u64, file: &'a std::path::Path) -> BoxFuture<'a, Result<()>> {
+        async move {
+            if size <= BUFFERED_PUT_MAX || size > self.single_put_max {
+                return self.put(key, size, super::file_stream(file).await?).await;
+            }
+            let path = self.path(key)?;
+            let mut backoff = Duration::from_millis(100);
+            let mut attempt = 1;
+            loop {
+                match self.streamed_put(&path, size, super::file_stream(file).await?).await {
+                    Ok(()) => return Ok(()),
+                    Err(f) if f.retryable && attempt < FILE_PUT_ATTEMPTS => {
+                        tracing::debug!(key, attempt, error = %f.message, "retrying a PUT");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        attempt += 1;
+                    }
+                    Err(f) => return Err(self.put_failed(f)),
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn streams_writes(&self) -> bool {
+        true
     }
 
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {

@@ -295,3 +295,166 @@ impl HttpService for Counting {
         result
     }
 }
+
+// ---- streamed PUTs ----
+
+/// A PUT whose body is sent while it still arrives, to a presigned URL: object_store's client
+/// wants every body whole in memory first, which makes an upload wait for all of its bytes
+/// before the first one leaves. Plain-HTTP endpoints get the quick-acknowledging client above,
+/// `https://` ones reqwest. One attempt: a stream cannot be sent twice (callers that can
+/// replay the body retry, see `S3Store::put_file`).
+pub(crate) struct StreamingPut {
+    client: PutClient,
+    timeouts: Timeouts,
+    observer: Option<Arc<dyn StoreObserver>>,
+}
+
+enum PutClient {
+    Plain(Box<Client<QuickAckConnect, PutBody>>),
+    Tls(reqwest::Client),
+}
+
+type PutBody = http_body_util::StreamBody<
+    futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>,
+>;
+
+/// How a streamed PUT failed: whether sending the same bytes again may work.
+#[derive(Debug)]
+pub(crate) struct PutFailure {
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// Most of an error answer read for the log.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+impl StreamingPut {
+    pub fn new(
+        plain: bool,
+        timeouts: Timeouts,
+        observer: Option<Arc<dyn StoreObserver>>,
+    ) -> Result<StreamingPut, String> {
+        let client = if plain {
+            let mut tcp = TcpConnector::new();
+            tcp.set_nodelay(true);
+            tcp.set_connect_timeout(Some(timeouts.connect));
+            tcp.enforce_http(true);
+            PutClient::Plain(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build::<_, PutBody>(QuickAckConnect(tcp)),
+            ))
+        } else {
+            // The operator's own store endpoint, as object_store's client reaches it: not a
+            // destination anyone else chooses, so not one for the outbound guard (docs/security.md).
+            #[allow(clippy::disallowed_methods)]
+            PutClient::Tls(
+                reqwest::Client::builder()
+                    .connect_timeout(timeouts.connect)
+                    .read_timeout(timeouts.idle)
+                    .build()
+                    .map_err(|e| format!("HTTP client: {e}"))?,
+            )
+        };
+        Ok(StreamingPut { client, timeouts, observer })
+    }
+
+    /// PUTs exactly `size` bytes from `data` to `url`; a stream that ends early or runs long
+    /// fails the request (the store never keeps a short object).
+    pub async fn put(&self, url: &str, size: u64, data: super::ByteStream) -> Result<(), PutFailure> {
+        use futures_util::StreamExt;
+        let deadline = Instant::now() + self.timeouts.request;
+        let mut sent = 0u64;
+        let counted = data.map(move |chunk| {
+            let chunk = chunk?;
+            sent += chunk.len() as u64;
+            if sent > size {
+                return Err(std::io::Error::other(format!("body longer than the declared {size} bytes")));
+            }
+            Ok(chunk)
+        });
+        let request = async {
+            match &self.client {
+                PutClient::Plain(client) => {
+                    let body: PutBody = http_body_util::StreamBody::new(
+                        counted.map(|c| c.map(Frame::data).map_err(|e| Box::new(e) as BoxError)).boxed(),
+                    );
+                    let req = http::Request::put(url)
+                        .header(http::header::CONTENT_LENGTH, size)
+                        .body(body)
+                        .map_err(|e| PutFailure { retryable: false, message: e.to_string() })?;
+                    let res = client
+                        .request(req)
+                        .await
+                        .map_err(|e| PutFailure { retryable: true, message: super::s3::error_chain(&e) })?;
+                    let status = res.status();
+                    let text = if status.is_success() { String::new() } else { read_limited(res.into_body()).await };
+                    Ok((status, text))
+                }
+                PutClient::Tls(client) => {
+                    let res = client
+                        .put(url)
+                        .header(http::header::CONTENT_LENGTH, size)
+                        .body(reqwest::Body::wrap_stream(counted))
+                        .send()
+                        .await
+                        .map_err(|e| PutFailure { retryable: true, message: super::s3::error_chain(&e) })?;
+                    let status = res.status();
+                    let text = if status.is_success() {
+                        String::new()
+                    } else {
+                        let mut text = String::new();
+                        let mut stream = res.bytes_stream();
+                        while let Some(Ok(b)) = stream.next().await {
+                            text.push_str(&String::from_utf8_lossy(&b));
+                            if text.len() >= ERROR_BODY_LIMIT {
+                                break;
+                            }
+                        }
+                        text
+                    };
+                    Ok((status, text))
+                }
+            }
+        };
+        let result = match tokio::time::timeout_at(deadline, request).await {
+            Ok(r) => r,
+            Err(_) => Err(PutFailure { retryable: true, message: "the request timed out".into() }),
+        };
+        if let Some(observer) = &self.observer {
+            observer.s3_request(match &result {
+                Err(_) => S3Outcome::Transport,
+                Ok((s, _)) if s.as_u16() == 429 || s.as_u16() == 503 => S3Outcome::Throttled,
+                Ok((s, _)) if s.is_server_error() => S3Outcome::ServerError,
+                Ok(_) => S3Outcome::Answered,
+            });
+        }
+        let (status, text) = result?;
+        if status.is_success() {
+            return Ok(());
+        }
+        let text: String = text.chars().take(ERROR_BODY_LIMIT).collect();
+        Err(PutFailure {
+            retryable: status.is_server_error() || status.as_u16() == 429,
+            message: format!("PUT answered {status}: {text}"),
+        })
+    }
+}
+
+/// The start of an error answer's body, at most [`ERROR_BODY_LIMIT`] bytes of it.
+async fn read_limited(mut body: hyper::body::Incoming) -> String {
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while out.len() < ERROR_BODY_LIMIT {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    out.extend_from_slice(d);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.truncate(ERROR_BODY_LIMIT);
+    String::from_utf8_lossy(&out).into_owned()
+}

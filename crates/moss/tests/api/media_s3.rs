@@ -417,14 +417,11 @@ async fn a_200_mib_upload_streams_through_encrypted_s3_with_flat_memory() {
     let p = prefix();
     let s = start(&env, &p, true).await;
     let a = s.register("alice").await;
-    let growth = big_round_trip(&s, &a, 200 << 20).await;
+    // With its length declared, as clients send files: streamed to the store as it arrives.
+    let growth = big_round_trip(&s, &a, 200 << 20, true).await;
     assert!(growth < 64 << 20, "peak memory grew by {} MiB", growth >> 20);
     let objects: Vec<String> = raw_store(&env, &p).list().map(|k| k.unwrap()).collect().await;
-    assert_eq!(
-        objects.iter().filter(|k| k.starts_with("c-")).count(),
-        2,
-        "one data object (multipart) and its key: {objects:?}"
-    );
+    assert_eq!(objects.iter().filter(|k| k.starts_with("c-")).count(), 2, "one data object and its key: {objects:?}");
 }
 
 #[tokio::test]
@@ -593,4 +590,202 @@ async fn downloads_redirect_to_short_lived_store_links_when_asked() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("redirect_downloads cannot be used with media.encryption.enabled"), "{stderr}");
+}
+
+/// A TCP relay in front of the store that counts the bytes sent to it, and can break
+/// connections: the one carrying the byte at `cut.at`, then (`cut.left` more times) the one
+/// carrying the byte `cut.every` bytes later.
+struct Relay {
+    endpoint: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::Mutex<Cut>>,
+}
+
+struct Cut {
+    at: u64,
+    every: u64,
+    left: u32,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        use std::sync::{atomic::AtomicU64, Arc};
+        let target = target.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(std::sync::Mutex::new(Cut { at: u64::MAX, every: 0, left: 0 }));
+        let (s, c) = (sent.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else { return };
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (s, c) = (s.clone(), c.clone());
+                tokio::spawn(async move { relay(inbound, outbound, s, c).await });
+            }
+        });
+        Relay { endpoint, sent, cut }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Breaks the connection that carries the byte `n` bytes from now, and then `times - 1`
+    /// more, each `n` bytes after the last break.
+    fn cut_after(&self, n: u64, times: u32) {
+        *self.cut.lock().unwrap() = Cut { at: self.sent() + n, every: n, left: times - 1 };
+    }
+}
+
+async fn relay(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::Mutex<Cut>>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut in_r, mut in_w) = inbound.into_split();
+    let (mut out_r, mut out_w) = outbound.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match in_r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+            {
+                let mut c = cut.lock().unwrap();
+                if total >= c.at {
+                    c.at = if c.left > 0 { total + c.every } else { u64::MAX };
+                    c.left = c.left.saturating_sub(1);
+                    return; // both halves dropped with this task: the connection breaks
+                }
+            }
+            if out_w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+    };
+    tokio::select! { _ = up => {}, _ = down => {} }
+}
+
+/// Uploads `data`, declaring its length, in two halves with `between` run after the first.
+async fn upload_in_halves<F: std::future::Future<Output = ()>>(
+    s: &Server,
+    u: &crate::common::User,
+    data: &[u8],
+    between: F,
+) -> String {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let request = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", data.len())
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let half = data.len() / 2;
+    let feed = async {
+        for c in data[..half].chunks(64 * 1024) {
+            tx.send(Ok(c.to_vec())).await.unwrap();
+        }
+        between.await;
+        for c in data[half..].chunks(64 * 1024) {
+            tx.send(Ok(c.to_vec())).await.unwrap();
+        }
+    };
+    let (res, ()) = tokio::join!(request, feed);
+    let res = res.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    v["content_uri"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_large_upload_reaches_s3_while_it_still_arrives_and_is_kept_once() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let relay = Relay::start(&env.endpoint).await;
+    let via_relay = S3Env { endpoint: relay.endpoint.clone(), ..s3_env().unwrap() };
+    let s = start(&via_relay, &p, false).await;
+    let a = s.register("alice").await;
+    let data: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+
+    // Half the body sent: most of it is in the store's hands before the rest arrives.
+    let before = relay.sent();
+    let first = upload_in_halves(&s, &a, &data, async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while relay.sent() < before + (2 << 20) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store got {} bytes of the first half",
+                relay.sent() - before
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The store's connection breaks mid-object: the upload is sent again from moss's copy, and
+    // when that breaks too, once more.
+    let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    let second = upload_in_halves(&s, &a, &other, async {
+        relay.cut_after(1 << 20, 2);
+    })
+    .await;
+    assert!(s.log().contains("sending it again"), "the first PUT broke and was retried");
+
+    // The same content again: the new object is dropped and the stored one shared.
+    let third = upload_in_halves(&s, &a, &data, async {}).await;
+    for (uri, want) in [(&first, &data), (&second, &other), (&third, &data)] {
+        let res = download(&s, Some(&a), &format!("/_matrix/client/v1/media/download/{}", media_path(uri)), None).await;
+        assert_eq!(res.status(), 200);
+        assert!(res.bytes().await.unwrap().as_ref() == want.as_slice(), "{uri} downloads as uploaded");
+    }
+    let store = raw_store(&env, &p);
+    let mut sizes = Vec::new();
+    for k in store.list().map(|k| k.unwrap()).collect::<Vec<_>>().await {
+        if k.starts_with("c-") {
+            sizes.push(store.head(&k).await.unwrap().unwrap().size);
+        }
+    }
+    assert_eq!(sizes, vec![6 << 20; 2], "two distinct contents, each kept once");
+    assert_eq!(std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(), 0, "the spool is empty");
+}
+
+#[tokio::test]
+async fn objects_beyond_one_put_are_multipart_uploads_that_join_exactly() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    // 5 MiB parts (S3's smallest) for anything past 6 MiB: a 12 MiB object is three parts.
+    let store = raw_store(&env, &p).with_single_put_max(6 << 20);
+    let data: Vec<u8> = (0..12u32 << 20).map(|i| (i.wrapping_mul(2246822519) >> 11) as u8).collect();
+    let chunks: Vec<std::io::Result<bytes::Bytes>> =
+        data.chunks(100_000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    store.put("multi", data.len() as u64, Box::pin(futures_util::stream::iter(chunks))).await.unwrap();
+    let file = std::env::temp_dir().join(format!("moss-multipart-{}", std::process::id()));
+    std::fs::write(&file, &data[..7 << 20]).unwrap();
+    store.put_file("multi-file", 7 << 20, &file).await.unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let got = moss_media::store::read_all(store.get("multi", None).await.unwrap()).await.unwrap();
+    assert!(got == data, "the parts join to the object");
+    let got = moss_media::store::read_all(store.get("multi-file", None).await.unwrap()).await.unwrap();
+    assert!(got == data[..7 << 20], "the file's parts join to the object");
+    // A stream shorter than declared leaves no object.
+    let short = futures_util::stream::iter(vec![Ok(bytes::Bytes::from(vec![1u8; 7 << 20]))]);
+    assert!(store.put("short", 8 << 20, Box::pin(short)).await.is_err());
+    let short = futures_util::stream::iter(vec![Ok(bytes::Bytes::from(vec![1u8; 3 << 20]))]);
+    assert!(store.put("short-single", 4 << 20, Box::pin(short)).await.is_err());
+    assert_eq!(store.head("short").await.unwrap(), None);
+    assert_eq!(store.head("short-single").await.unwrap(), None);
+    for k in ["multi", "multi-file"] {
+        store.delete(k).await.unwrap();
+    }
 }
