@@ -24,3 +24,19 @@ impl Reader<'_> {
         )
     }
 }
+
+impl Reader<'_> {
+    /// Whether the object `content_key` may have readers or another writer: a record refers to
+    /// it, or an upload other than the one holding the in-flight mark `own_mark` is writing it.
+    pub fn content_in_use(&self, content_key: &str, own_mark: i64) -> Result<bool> {
+        Ok(self
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM media WHERE content_key = ?1) \
+                   OR EXISTS (SELECT 1 FROM remote_media WHERE content_key = ?1) \
+                   OR EXISTS (SELECT 1 FROM media_inflight WHERE content_key = ?1 AND rowid <> ?2)",
+                params![content_key, own_mark],
+                |r| r.get::<_, bool>(0),
+            )?
+            .unwrap_or(false))
+    }
+}

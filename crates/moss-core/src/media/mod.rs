@@ -806,8 +806,13 @@ impl Moss {
             // Unencrypted, the name is the content: a small object written again is the same
             // bytes, and one PUT costs less than asking first. Encrypted objects are two (data,
             // wrapped key) under a fresh data key each time, so an existing one is never
-            // rewritten under its readers; large ones are not sent twice.
-            let ask_first = self.config.media.encryption.enabled || size > IN_MEMORY_UPLOAD as u64;
+            // rewritten under its readers; large ones are not sent twice. Content no record
+            // refers to and no other upload is writing has neither readers nor a copy worth
+            // keeping (at most an orphan): the database says so without asking the store.
+            let ask_first = (self.config.media.encryption.enabled || size > IN_MEMORY_UPLOAD as u64) && {
+                let (k, own) = (key.clone(), inflight[0]);
+                self.db.read(move |r| Ok::<_, Error>(r.content_in_use(&k, own)?)).await?
+            };
             let exists =
                 ask_first && self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
             if !exists {

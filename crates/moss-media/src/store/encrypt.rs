@@ -491,11 +491,16 @@ impl BlobStore for EncryptedStore {
             let sealed = seal_key(&self.master, key, kind, chunk_size, size, &nonce_prefix, &dek)?;
             let object_key =
                 ObjectKey { chunk_size, len: size, nonce_prefix, kind, cipher: DataCipher::new(kind, &dek)? };
-            // The key object first: data without its key would be unreadable.
-            self.inner.put(&format!("{key}{KEY_SUFFIX}"), sealed.len() as u64, super::once(sealed)).await?;
+            // The key object and the data at the same time (one round trip, not two): the put
+            // succeeds only once both are stored, and whoever writes objects records them only
+            // after that, so data whose key failed to arrive is an unreferenced orphan.
             self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            let key_name = format!("{key}{KEY_SUFFIX}");
             let csize = object_key.ciphertext_len();
-            self.inner.put(key, csize, encrypt_stream(data, object_key.clone(), key.to_owned())).await?;
+            tokio::try_join!(
+                self.inner.put(&key_name, sealed.len() as u64, super::once(sealed)),
+                self.inner.put(key, csize, encrypt_stream(data, object_key.clone(), key.to_owned())),
+            )?;
             // Whoever uploads is often followed by readers: they need not fetch the key again.
             self.remember(key, object_key);
             Ok(())

@@ -789,3 +789,47 @@ async fn objects_beyond_one_put_are_multipart_uploads_that_join_exactly() {
         store.delete(k).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_new_encrypted_upload_costs_one_round_trip_and_a_repeated_one_rewrites_nothing() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let metrics_port = crate::common::free_port();
+    let mut vars = s3_vars(&env, &p);
+    vars.push(("MOSS_METRICS__BIND", format!("127.0.0.1:{metrics_port}")));
+    vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&vars).await;
+    let a = s.register("alice").await;
+    let requests = || async {
+        let text =
+            reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
+        let want = "moss_media_s3_requests_total{outcome=\"answered\"} ";
+        text.lines().filter_map(|l| l.strip_prefix(want)?.parse::<f64>().ok()).sum::<f64>()
+    };
+    let data = pattern(4096);
+    let before = requests().await;
+    let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "{v}");
+    // The data and its wrapped key, the metadata record and its key: four PUTs at once, no
+    // question to the store first (the database knows the content is new).
+    assert_eq!(requests().await - before, 4.0, "requests for a new upload");
+    let objects = raw_objects(&raw_store(&env, &p)).await;
+
+    // The same bytes again: the stored object is kept as it is (not sealed anew under readers).
+    let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "{v}");
+    let after = raw_objects(&raw_store(&env, &p)).await;
+    let content = |objs: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
+        objs.iter().filter(|(k, _)| k.starts_with("c-")).cloned().collect()
+    };
+    assert!(content(&after) == content(&objects), "the content objects are untouched");
+    let res = download(
+        &s,
+        Some(&a),
+        &format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())),
+        None,
+    )
+    .await;
+    assert_eq!(res.bytes().await.unwrap().to_vec(), data);
+}
