@@ -36,6 +36,11 @@ pub async fn download(s: &Server, u: Option<&User>, path: &str, range: Option<&s
     req.send().await.unwrap()
 }
 
+/// Downloads `mxc://…` (a content URI) through the authenticated endpoint.
+pub async fn download_uri(s: &Server, u: Option<&User>, content_uri: &str) -> reqwest::Response {
+    download(s, u, &format!("/_matrix/client/v1/media/download/{}", media_path(content_uri)), None).await
+}
+
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -61,7 +66,7 @@ pub async fn round_trips(s: &Server) {
         assert_eq!(st, 200, "{v}");
         let mxc = v["content_uri"].as_str().unwrap();
         assert!(mxc.starts_with("mxc://localhost/"), "{mxc}");
-        let res = download(s, Some(&a), &format!("/_matrix/client/v1/media/download/{}", media_path(mxc)), None).await;
+        let res = download_uri(s, Some(&a), mxc).await;
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["content-length"], n.to_string().as_str());
         assert_eq!(res.bytes().await.unwrap().to_vec(), data, "size {n}");
@@ -134,13 +139,7 @@ async fn identical_uploads_are_stored_once_with_their_own_names() {
     let (_, v2) = upload(&s, &a, data.clone(), "application/pdf", Some("two.pdf")).await;
     assert_ne!(v1["content_uri"], v2["content_uri"]);
     assert_eq!(contents(), before + 1, "one object for identical content");
-    let r1 = download(
-        &s,
-        Some(&a),
-        &format!("/_matrix/client/v1/media/download/{}", media_path(v1["content_uri"].as_str().unwrap())),
-        None,
-    )
-    .await;
+    let r1 = download_uri(&s, Some(&a), v1["content_uri"].as_str().unwrap()).await;
     assert_eq!(r1.headers()["content-type"], "image/png");
     assert_eq!(r1.headers()["content-disposition"], "inline; filename=\"one.png\"; filename*=utf-8''one.png");
     let r2 = download(
@@ -160,13 +159,7 @@ async fn security_headers_and_dangerous_types() {
     let a = s.register("alice").await;
     for ctype in ["text/html", "image/svg+xml", "application/javascript"] {
         let (_, v) = upload(&s, &a, b"<script>alert(1)</script>".to_vec(), ctype, Some("x")).await;
-        let res = download(
-            &s,
-            Some(&a),
-            &format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())),
-            None,
-        )
-        .await;
+        let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
         let h = res.headers();
         assert!(h["content-disposition"].to_str().unwrap().starts_with("attachment"), "{ctype} must not be inline");
         assert!(h["content-security-policy"].to_str().unwrap().starts_with("sandbox;"));
@@ -458,13 +451,7 @@ pub async fn big_round_trip(s: &Server, u: &User, len: u64, declared: bool) -> u
     let res = req.body(reqwest::Body::wrap_stream(big_stream(len, 42))).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let v: serde_json::Value = res.json().await.unwrap();
-    let res = download(
-        s,
-        Some(u),
-        &format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())),
-        None,
-    )
-    .await;
+    let res = download_uri(s, Some(u), v["content_uri"].as_str().unwrap()).await;
     assert_eq!(res.status(), 200);
     let got = sha256_of_stream(res.bytes_stream().map_err(std::io::Error::other)).await;
     let want = sha256_of_stream(big_stream(len, 42)).await;
@@ -778,11 +765,7 @@ async fn quarantined_media_is_no_longer_served() {
     let status = |mxc: String| {
         let s = &s;
         let a = &a;
-        async move {
-            download(s, Some(a), &format!("/_matrix/client/v1/media/download/{}", media_path(&mxc)), None)
-                .await
-                .status()
-        }
+        async move { download_uri(s, Some(a), &mxc).await.status() }
     };
     let (ok, out) = moss_cli(&s, &["media", "quarantine", &bad]);
     assert!(ok && out.contains("quarantined 1 media"), "{out}");
@@ -911,8 +894,7 @@ async fn many_small_uploads_at_once_all_land_whether_held_in_memory_or_spooled()
     }
     for t in tasks {
         let (mxc, data) = t.await.unwrap();
-        let got =
-            download(&s, Some(&a), &format!("/_matrix/client/v1/media/download/{}", media_path(&mxc)), None).await;
+        let got = download_uri(&s, Some(&a), &mxc).await;
         assert_eq!(got.status(), 200);
         assert!(got.bytes().await.unwrap().as_ref() == data.as_slice(), "{mxc} came back different");
     }

@@ -11,7 +11,7 @@ use moss_media::{
 
 use crate::{
     common::Server,
-    media::{big_round_trip, download, media_path, pattern, round_trips, upload},
+    media::{big_round_trip, download, download_uri, media_path, pattern, round_trips, upload},
 };
 
 struct S3Env {
@@ -204,13 +204,7 @@ async fn encrypted_media_on_s3_leaves_no_plaintext_in_the_bucket() {
     assert_eq!(st, 200, "{v}");
     // The same file again: deduplicated, still one data object.
     let (_, v2) = upload(&s, &a, marker.clone(), "text/plain", None).await;
-    let res = download(
-        &s,
-        Some(&a),
-        &format!("/_matrix/client/v1/media/download/{}", media_path(v2["content_uri"].as_str().unwrap())),
-        None,
-    )
-    .await;
+    let res = download_uri(&s, Some(&a), v2["content_uri"].as_str().unwrap()).await;
     assert_eq!(res.bytes().await.unwrap().to_vec(), marker);
 
     let objects = raw_objects(&raw_store(&env, &p)).await;
@@ -745,7 +739,7 @@ async fn a_large_upload_reaches_s3_while_it_still_arrives_and_is_kept_once() {
     // The same content again: the new object is dropped and the stored one shared.
     let third = upload_in_halves(&s, &a, &data, async {}).await;
     for (uri, want) in [(&first, &data), (&second, &other), (&third, &data)] {
-        let res = download(&s, Some(&a), &format!("/_matrix/client/v1/media/download/{}", media_path(uri)), None).await;
+        let res = download_uri(&s, Some(&a), uri).await;
         assert_eq!(res.status(), 200);
         assert!(res.bytes().await.unwrap().as_ref() == want.as_slice(), "{uri} downloads as uploaded");
     }
@@ -824,12 +818,6 @@ async fn a_new_encrypted_upload_costs_one_round_trip_and_a_repeated_one_rewrites
         objs.iter().filter(|(k, _)| k.starts_with("c-")).cloned().collect()
     };
     assert!(content(&after) == content(&objects), "the content objects are untouched");
-    let res = download(
-        &s,
-        Some(&a),
-        &format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap())),
-        None,
-    )
-    .await;
+    let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
     assert_eq!(res.bytes().await.unwrap().to_vec(), data);
 }
