@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use moss_core::{media::MediaMeta, Moss};
 use moss_media::{store::read_all, BlobStore};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -69,21 +70,30 @@ pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
     let (mut restored, mut failed) = (0u64, 0u64);
     for key in keys {
         let result: Result<()> = async {
-            let meta: MediaMeta = serde_json::from_slice(&read_all(store.get(&key, None).await?).await?)
+            let mut meta: MediaMeta = serde_json::from_slice(&read_all(store.get(&key, None).await?).await?)
                 .with_context(|| format!("{key} is not a media record"))?;
             let dir: PathBuf = out.join(safe_name(Some(&meta.server_name))).join(safe_name(Some(&meta.media_id)));
             tokio::fs::create_dir_all(&dir).await?;
             let mut body = store.get(&meta.content_key, None).await?;
             let mut file = tokio::fs::File::create(dir.join(safe_name(meta.filename.as_deref()))).await?;
             let mut written = 0u64;
+            let mut hasher = Sha256::new();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
                 written += chunk.len() as u64;
+                hasher.update(&chunk);
                 file.write_all(&chunk).await?;
             }
             file.flush().await?;
             if written != meta.size {
                 bail!("{}: expected {} bytes, got {written}", meta.media_id, meta.size);
+            }
+            // Records of uploads streamed to the store were written before the hash was known.
+            let sha = hex::encode(hasher.finalize());
+            if meta.sha256.is_empty() {
+                meta.sha256 = sha;
+            } else if meta.sha256 != sha {
+                bail!("{}: the content does not match its record's SHA-256", meta.media_id);
             }
             tokio::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?).await?;
             Ok(())

@@ -70,6 +70,11 @@ pub struct Media {
 /// Uploads up to this size are hashed and sent from memory, never written to the spool: a small
 /// file then costs the store's round trips alone.
 const IN_MEMORY_UPLOAD: usize = 1024 * 1024;
+
+/// Uploads of known length above this go to a store that takes writes as they arrive (S3) while
+/// they arrive ([`Moss::store_streamed`]); smaller ones are read whole and named by their hash,
+/// which costs less than the duplicate check after the fact.
+const STREAM_ABOVE: u64 = 256 * 1024;
 /// Memory all uploads held that way may take together.
 const IN_MEMORY_TOTAL: usize = 64 * 1024 * 1024;
 
@@ -709,7 +714,7 @@ impl Moss {
     /// records them (`end_inflight`), so a concurrent orphan sweep leaves them alone and a purge
     /// of other media with the same content keeps the object (see `purge_media`).
     ///
-    /// A body of known length larger than [`IN_MEMORY_UPLOAD`], on a store that sends writes on
+    /// A body of known length larger than [`STREAM_ABOVE`], on a store that sends writes on
     /// as they arrive (S3), is streamed to it ([`Moss::store_streamed`]); any other is read
     /// whole first, so that it is named by its hash ([`Moss::store_hashed_first`]).
     async fn store_content<S>(
@@ -730,7 +735,7 @@ impl Moss {
             }
         }
         match declared {
-            Some(n) if n > IN_MEMORY_UPLOAD as u64 && self.media.store.streams_writes() => {
+            Some(n) if n > STREAM_ABOVE && self.media.store.streams_writes() => {
                 if let Some(user) = limits_for {
                     self.check_quota(user, n).await?;
                 }
@@ -890,36 +895,41 @@ impl Moss {
             }
             Ok::<_, Error>((held.finish().await?, hasher.finalize()))
         };
-        let (sent, read) = tokio::join!(sending, reading);
+        // The record beside it at the same time: it names the new object and says the size; the
+        // hash, not known yet, is left out (`moss media decrypt` computes it as it restores).
+        let first_record =
+            serde_json::to_vec(&MediaMeta { content_key: fresh.clone(), size: declared, ..template.clone() })?;
+        let recording =
+            self.media.store.put(&record_key, first_record.len() as u64, moss_media::store::once(first_record));
+        let (sent, read, recorded) = tokio::join!(sending, reading, recording);
         let (held, sha) = read?;
+        recorded.map_err(store_error)?;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "a streamed upload did not reach the media store; sending it again");
             self.put_ready(&fresh, declared, &held).await?;
         }
         drop(held);
         let sha_hex = hex::encode(sha);
-        let (key, mark) = match self.stored_duplicate(&sha_hex, declared, &fresh).await? {
-            Some((existing, mark)) => {
-                // Deleted now, or by the orphan sweep once its mark goes stale.
-                if let Err(e) = self.media.store.delete(&fresh).await {
-                    tracing::warn!(error = %e, "could not delete a duplicate upload; the orphan sweep will");
-                } else {
-                    let m = marks[0];
-                    self.db.write_relaxed(move |w| Ok::<_, Error>(w.end_inflight(m)?)).await?;
-                }
-                (existing, mark)
-            }
-            None => (fresh, marks[0]),
+        let Some((existing, mark)) = self.stored_duplicate(&sha_hex, declared, &fresh).await? else {
+            return Ok(StoredContent { key: fresh, sha_hex, size: declared, inflight: marks });
         };
+        // Identical content is kept already: the record names that object instead, and the new
+        // one goes (now, or with the orphan sweep once its mark is stale).
         let record = serde_json::to_vec(&MediaMeta {
-            content_key: key.clone(),
+            content_key: existing.clone(),
             size: declared,
             sha256: sha_hex.clone(),
             ..template
         })?;
         let len = record.len() as u64;
         self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)?;
-        Ok(StoredContent { key, sha_hex, size: declared, inflight: [mark, marks[1]] })
+        if let Err(e) = self.media.store.delete(&fresh).await {
+            tracing::warn!(error = %e, "could not delete a duplicate upload; the orphan sweep will");
+        } else {
+            let m = marks[0];
+            self.db.write_relaxed(move |w| Ok::<_, Error>(w.end_inflight(m)?)).await?;
+        }
+        Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]] })
     }
 
     /// Marks a content object and its record as being written (see [`Moss::store_content`]).

@@ -69,7 +69,7 @@ pub struct S3Store {
 }
 
 /// Objects up to this size are gathered in memory and sent in one retried PUT.
-pub const BUFFERED_PUT_MAX: u64 = 1024 * 1024;
+pub const BUFFERED_PUT_MAX: u64 = 256 * 1024;
 
 /// S3's limit on one PUT; larger objects are multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;

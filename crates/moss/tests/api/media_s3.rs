@@ -752,6 +752,25 @@ async fn a_large_upload_reaches_s3_while_it_still_arrives_and_is_kept_once() {
     }
     assert_eq!(sizes, vec![6 << 20; 2], "two distinct contents, each kept once");
     assert_eq!(std::fs::read_dir(s.data_dir().join("tmp")).unwrap().count(), 0, "the spool is empty");
+
+    // The store alone restores all three: records written before the hash was known (it is
+    // computed on the way) and the one that names the content kept before.
+    let out = s.dir.join("restored");
+    let res = std::process::Command::new(crate::common::moss_bin())
+        .args(["media", "decrypt", "--out"])
+        .arg(&out)
+        .env("MOSS_DATA_DIR", s.dir.join("restore-data"))
+        .envs(s3_vars(&env, &p))
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    for (uri, want) in [(&first, &data), (&second, &other), (&third, &data)] {
+        let dir = out.join(media_path(uri));
+        assert!(std::fs::read(dir.join("content")).unwrap() == *want, "{uri} restored");
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        use sha2::Digest;
+        assert_eq!(meta["sha256"], hex::encode(sha2::Sha256::digest(want)), "{uri}");
+    }
 }
 
 #[tokio::test]
