@@ -840,3 +840,147 @@ async fn a_new_encrypted_upload_costs_one_round_trip_and_a_repeated_one_rewrites
     let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
     assert_eq!(res.bytes().await.unwrap().to_vec(), data);
 }
+
+/// nginx with TLS on a free port in front of `upstream` (plain HTTP), with a certificate for
+/// 127.0.0.1 from a CA of its own: `ca.pem` in `dir`. None (the test skips) without nginx or
+/// openssl, unless `MOSS_REQUIRE_NGINX` is set (CI).
+struct TlsFront {
+    child: std::process::Child,
+    endpoint: String,
+    ca: std::path::PathBuf,
+}
+
+impl TlsFront {
+    fn start(dir: &std::path::Path, upstream: &str) -> Option<TlsFront> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let openssl = std::process::Command::new("openssl").arg("version").output().is_ok();
+        let (Some(nginx), true) = (nginx, openssl) else {
+            assert!(
+                std::env::var("MOSS_REQUIRE_NGINX").is_err(),
+                "MOSS_REQUIRE_NGINX is set but nginx or openssl is missing"
+            );
+            eprintln!("skipping: no nginx or openssl");
+            return None;
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=moss test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let port = crate::common::free_port();
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let d = dir.display();
+        // As root, workers would run as nobody and could not read the test's private files
+        // (not root, nginx ignores the directive).
+        let user = "user root;";
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "daemon off; {user} pid {d}/nginx.pid; error_log {d}/error.log warn; events {{ worker_connections 64; }}
+                 http {{ access_log off; client_max_body_size 0;
+                   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
+                     location / {{ proxy_pass http://{upstream}; proxy_set_header Host $http_host;
+                                  proxy_request_buffering off; proxy_http_version 1.1; }} }} }}"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(nginx)
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(TlsFront { child, endpoint: format!("https://127.0.0.1:{port}"), ca: dir.join("ca.pem") })
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn uploads_stream_to_an_https_store() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("moss-tls-front-{}-{p}", std::process::id()));
+    let Some(front) = TlsFront::start(&dir, &env.endpoint) else { return };
+    let via_tls = S3Env { endpoint: front.endpoint.clone(), ..s3_env().unwrap() };
+    let mut vars = s3_vars(&via_tls, &p);
+    // The store's certificate comes from the test's own CA.
+    vars.push(("SSL_CERT_FILE", front.ca.display().to_string()));
+    vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&vars).await;
+    let a = s.register("alice").await;
+    for size in [4096usize, 3 << 20] {
+        let data: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+        let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
+        assert_eq!(st, 200, "{v}");
+        let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
+        assert_eq!(res.status(), 200);
+        assert!(res.bytes().await.unwrap().as_ref() == data.as_slice(), "{size} bytes round trip");
+    }
+    // The large one went as one streamed PUT over TLS, not again from the spool.
+    assert!(!s.log().contains("sending it again"), "{}", s.log());
+    let objects: Vec<String> = raw_store(&env, &p).list().map(|k| k.unwrap()).collect().await;
+    assert_eq!(objects.iter().filter(|k| k.starts_with("c-") && !k.ends_with(".k")).count(), 2, "{objects:?}");
+    drop(front);
+    let _ = std::fs::remove_dir_all(&dir);
+}
