@@ -168,6 +168,7 @@ impl Moss {
             moss.spawn_appservice_senders();
             moss.spawn_presence_timeouts();
         });
+        self.spawn_media_reconcile();
         let moss = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -46,6 +46,7 @@ pub use admin::*;
 pub use appservice::*;
 pub use e2ee::*;
 pub use federation::*;
+pub use media_content::UnconfirmedMedia;
 pub use migrate::{migrate_sqlite_to_postgres, Progress as MigrateProgress, TableReport};
 pub use presence::*;
 pub use push::*;
@@ -102,6 +103,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_22_uiaa.sql"),
     include_str!("schema_23_sliding_positions.sql"),
     include_str!("schema_24_media_hash.sql"),
+    include_str!("schema_25_media_unconfirmed.sql"),
 ];
 
 /// PostgreSQL's schema, by the SQLite version it matches: a fresh PostgreSQL database gets the
@@ -112,6 +114,7 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     (22, include_str!("pg/schema_22_uiaa.sql")),
     (23, include_str!("pg/schema_23_sliding_positions.sql")),
     (24, include_str!("pg/schema_24_media_hash.sql")),
+    (25, include_str!("pg/schema_25_media_unconfirmed.sql")),
 ];
 
 /// Most SQLite read connections open at once: reads beyond wait for one (a fresh connection

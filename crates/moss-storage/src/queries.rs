@@ -1234,6 +1234,7 @@ impl Writer<'_> {
     pub fn delete_media(&self, media_id: &str) -> Result<Vec<String>> {
         let key = self.media_content_key(media_id)?;
         self.exec("DELETE FROM media WHERE media_id = ?1", [media_id])?;
+        self.exec("DELETE FROM media_unconfirmed WHERE media_id = ?1", [media_id])?;
         let writing = |k: &str| -> Result<bool> {
             Ok(self
                 .one("SELECT 1 FROM media_inflight WHERE content_key = ?1 LIMIT 1", [k], |r| r.get::<_, i64>(0))?

@@ -416,6 +416,7 @@ async fn serve_media_repo(moss: Arc<Moss>) -> Result<()> {
     if let Some(addr) = moss.config.metrics.bind {
         tokio::spawn(listener::metrics(moss.clone(), addr).await?);
     }
+    moss.spawn_media_reconcile();
     tracing::info!(server_name = %moss.server_name, %addr, "moss is serving media for Synapse");
     serve_on(listener, moss.clone(), moss_api::media_repo_router(moss)).await
 }

@@ -1,11 +1,12 @@
 //! Media maintenance for operators: statistics, purging old media, and sweeping objects no
 //! record points to (left by a crash between storing an object and recording it).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use moss_storage::MediaStats;
 
+use super::MediaMeta;
 use crate::{
     error::{Error, Result},
     now_ms, Moss,
@@ -14,6 +15,19 @@ use crate::{
 /// In-flight uploads younger than this are never swept.
 const INFLIGHT_GRACE_MS: u64 = 60 * 60 * 1000;
 
+/// How often uploads recorded ahead of their content are checked, and how many at a time.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10 * 60);
+const RECONCILE_BATCH: i64 = 100;
+
+/// What checking uploads left unconfirmed found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Their content had arrived: kept.
+    pub kept: u64,
+    /// It had not: the record is gone.
+    pub dropped: u64,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PurgeReport {
     pub examined: u64,
@@ -21,6 +35,94 @@ pub struct PurgeReport {
 }
 
 impl Moss {
+    /// Checks, now and every few minutes, the uploads recorded while their content was written
+    /// that no confirmation followed (a crash in between, `EarlyRecord` in `media`). Alone on
+    /// its database, this process knows that every such record from before it started belongs
+    /// to an upload that died with the last run; on a shared database another process may
+    /// still be writing one, so only those older than the in-flight grace are decided.
+    pub fn spawn_media_reconcile(self: &Arc<Self>) {
+        let moss = Arc::downgrade(self);
+        let started = now_ms();
+        let alone = !self.db.is_shared();
+        tokio::spawn(async move {
+            let mut first = true;
+            let mut tick = tokio::time::interval(RECONCILE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(moss) = moss.upgrade() else { break };
+                let grace_cutoff = now_ms().saturating_sub(INFLIGHT_GRACE_MS);
+                let cutoff = if first && alone { started.max(grace_cutoff) } else { grace_cutoff };
+                first = false;
+                match moss.reconcile_unconfirmed_media(cutoff).await {
+                    Ok(r) if r != Reconciled::default() => tracing::info!(
+                        kept = r.kept,
+                        dropped = r.dropped,
+                        "checked uploads a crash left unconfirmed: kept those the store has, dropped the others"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("checking unconfirmed uploads: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Decides the unconfirmed uploads recorded before `cutoff_ms`: a record whose content the
+    /// store has is confirmed, one whose content never arrived is deleted (no client was told
+    /// its id). Those the store cannot answer for now are left for the next time.
+    pub async fn reconcile_unconfirmed_media(&self, cutoff_ms: u64) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
+        loop {
+            let batch =
+                self.db.read(move |r| Ok::<_, Error>(r.unconfirmed_media(cutoff_ms as i64, RECONCILE_BATCH)?)).await?;
+            let more = batch.len() as i64 == RECONCILE_BATCH;
+            for row in batch {
+                match self.media.store.head(&row.content_key).await {
+                    Ok(Some(info)) if info.size as i64 == row.size => {
+                        // The content arrived; the metadata record beside it may not have.
+                        let record = serde_json::to_vec(&MediaMeta {
+                            media_id: row.media_id.clone(),
+                            server_name: self.server_name.to_string(),
+                            user_id: row.user_id,
+                            content_key: row.content_key,
+                            content_type: row.content_type,
+                            filename: row.filename,
+                            size: row.size as u64,
+                            sha256: row.sha256.unwrap_or_default(),
+                            created_ts: row.created_ts as u64,
+                        })?;
+                        let (key, len) = (self.media.meta_key(&row.media_id), record.len() as u64);
+                        let written = match self.media.store.head(&key).await {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => self.media.store.put(&key, len, moss_media::store::once(record)).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = written {
+                            tracing::warn!(error = %e, "cannot write unconfirmed uploads' records now");
+                            return Ok(done);
+                        }
+                        let id = row.media_id;
+                        self.db.write(move |w| Ok::<_, Error>(w.confirm_media(&id)?)).await?;
+                        done.kept += 1;
+                    }
+                    Ok(_) => {
+                        tracing::warn!(media_id = %row.media_id, "an upload's content never reached the store: its record goes");
+                        self.delete_media_ids(vec![row.media_id]).await?;
+                        done.dropped += 1;
+                    }
+                    Err(e) => {
+                        // The store is not answering: all of it waits for the next round.
+                        tracing::warn!(media_id = %row.media_id, error = %e, "cannot check unconfirmed uploads now");
+                        return Ok(done);
+                    }
+                }
+            }
+            if !more {
+                return Ok(done);
+            }
+        }
+    }
+
     pub async fn media_stats(&self) -> Result<MediaStats> {
         self.db.read(|r| Ok::<_, Error>(r.media_stats()?)).await
     }

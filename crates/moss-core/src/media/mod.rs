@@ -137,6 +137,20 @@ struct StoredContent {
     size: u64,
     /// In-flight marks of the content and of its metadata record, ended when recorded.
     inflight: [i64; 2],
+    /// The media row was committed already, while the content was written ([`EarlyRecord`]).
+    recorded: bool,
+}
+
+/// The media row of an upload under a fresh id, which no client can know before the answer:
+/// it is committed while the content is still being written, so that the commit's fsync and
+/// the store's round trip overlap instead of adding up. Until the store has answered for the
+/// content and its metadata record, the row is listed as unconfirmed: one a crash left so is
+/// checked against the store later (`reconcile_unconfirmed_media`: the row kept and its record
+/// written again if the content arrived, the row deleted if not).
+struct EarlyRecord {
+    user_id: String,
+    content_type: Option<String>,
+    filename: Option<String>,
 }
 
 /// What an upload request says about its body.
@@ -521,8 +535,13 @@ impl Drop for SpoolFile {
 /// it grows past [`IN_MEMORY_UPLOAD`] or the budget runs out, then in a spool file.
 enum Held {
     Memory(Vec<Bytes>, Option<tokio::sync::OwnedSemaphorePermit>),
-    Spooling(SpoolFile, tokio::fs::File),
+    /// Written through a large buffer: the body arrives in frames of a few KiB, and each write
+    /// to a file is a trip to the blocking pool.
+    Spooling(SpoolFile, tokio::io::BufWriter<tokio::fs::File>),
 }
+
+/// The spool's write buffer (see [`Held::Spooling`]).
+const SPOOL_BUFFER: usize = 1024 * 1024;
 
 /// A body read whole, ready for the store.
 enum Ready {
@@ -556,7 +575,8 @@ impl Held {
                     return Ok(Held::Memory(chunks, permit));
                 }
                 let spool = SpoolFile(media.spool.join(format!("upload-{}", random_string(16))));
-                let mut file = tokio::fs::File::create(&spool.0).await.map_err(spool_error)?;
+                let file = tokio::fs::File::create(&spool.0).await.map_err(spool_error)?;
+                let mut file = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, file);
                 for c in chunks.iter().chain(std::iter::once(&chunk)) {
                     file.write_all(c).await.map_err(spool_error)?;
                 }
@@ -682,8 +702,31 @@ impl Moss {
             sha256: String::new(),
             created_ts: now_ms(),
         };
-        let content = self.store_content(body, declared, enforce.then_some(user), &id, meta).await?;
-        let StoredContent { key, sha_hex, size, inflight } = content;
+        let early = media_id.is_none().then(|| EarlyRecord {
+            user_id: user.to_string(),
+            content_type: content_type.clone(),
+            filename: filename.clone(),
+        });
+        let content = self.store_content(body, declared, enforce.then_some(user), &id, meta, early).await?;
+        let StoredContent { key, sha_hex, size, inflight, recorded } = content;
+        if recorded {
+            // Recorded durably and stored: the answer need not wait for the bookkeeping (a mark
+            // left behind goes stale, a confirmation lost to a crash is reconciled).
+            let (db, i) = (self.db.clone(), id.clone());
+            tokio::spawn(async move {
+                let done = db
+                    .write_relaxed(move |w| {
+                        w.end_inflight(inflight[0])?;
+                        w.end_inflight(inflight[1])?;
+                        Ok::<_, Error>(w.confirm_media(&i)?)
+                    })
+                    .await;
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "could not confirm a stored upload; the reconciliation will");
+                }
+            });
+            return Ok(id);
+        }
         let (i, u, k) = (id.clone(), user.to_string(), key.clone());
         let stored = self
             .db
@@ -724,6 +767,7 @@ impl Moss {
         limits_for: Option<&UserId>,
         meta_name: &str,
         template: MediaMeta,
+        early: Option<EarlyRecord>,
     ) -> Result<StoredContent>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
@@ -741,7 +785,7 @@ impl Moss {
                 }
                 self.store_streamed(body, n, meta_name, template).await
             }
-            _ => self.store_hashed_first(body, limits_for, meta_name, template).await,
+            _ => self.store_hashed_first(body, limits_for, meta_name, template, early).await,
         }
     }
 
@@ -765,13 +809,15 @@ impl Moss {
 
     /// Reads the body whole while hashing it (small ones in memory within a shared budget,
     /// larger ones spooled to disk so that memory stays flat), then puts it in the store under
-    /// the name its hash gives, unless an identical object is there already.
+    /// the name its hash gives, unless an identical object is there already. With `early`, the
+    /// media row (named `meta_name`) is committed at the same time.
     async fn store_hashed_first<S>(
         &self,
         body: S,
         limits_for: Option<&UserId>,
         meta_name: &str,
         template: MediaMeta,
+        early: Option<EarlyRecord>,
     ) -> Result<StoredContent>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
@@ -815,8 +861,8 @@ impl Moss {
             // refers to and no other upload is writing has neither readers nor a copy worth
             // keeping (at most an orphan): the database says so without asking the store.
             let ask_first = (self.config.media.encryption.enabled || size > IN_MEMORY_UPLOAD as u64) && {
-                let (k, own) = (key.clone(), inflight[0]);
-                self.db.read(move |r| Ok::<_, Error>(r.content_in_use(&k, own)?)).await?
+                let (k, own, id) = (key.clone(), inflight[0], meta_name.to_owned());
+                self.db.read(move |r| Ok::<_, Error>(r.content_in_use(&k, own, &id)?)).await?
             };
             let exists =
                 ask_first && self.media.store.head(&key).await.map_err(store_error)?.is_some_and(|i| i.size == size);
@@ -829,8 +875,31 @@ impl Moss {
             let len = record.len() as u64;
             self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)
         };
-        tokio::try_join!(content, record)?;
-        Ok(StoredContent { key, sha_hex, size, inflight })
+        let Some(early) = early else {
+            tokio::try_join!(content, record)?;
+            return Ok(StoredContent { key, sha_hex, size, inflight, recorded: false });
+        };
+        let (id, k, sha) = (meta_name.to_owned(), key.clone(), sha_hex.clone());
+        let row = self.db.write(move |w| {
+            let now = now_ms() as i64;
+            let EarlyRecord { user_id, content_type, filename } = early;
+            let (ct, name) = (content_type.as_deref(), filename.as_deref());
+            if !w.store_media(&id, &user_id, now, &k, ct, name, size as i64, &sha)? {
+                return Err(Error::new(ErrorKind::CannotOverwriteMedia, 409, "media already uploaded"));
+            }
+            Ok(w.record_unconfirmed(&id, &k, now)?)
+        });
+        let (stored, row) = tokio::join!(async { tokio::try_join!(content, record) }, row);
+        if let Err(e) = stored {
+            if row.is_ok() {
+                // Not stored, so not kept: the row goes (a crash before this is reconciled).
+                let id = meta_name.to_owned();
+                self.db.write(move |w| Ok::<_, Error>(w.delete_media(&id)?)).await?;
+            }
+            return Err(e);
+        }
+        row?;
+        Ok(StoredContent { key, sha_hex, size, inflight, recorded: true })
     }
 
     /// Streams a body of `declared` bytes to the store as it arrives, so that receiving it and
@@ -911,7 +980,7 @@ impl Moss {
         drop(held);
         let sha_hex = hex::encode(sha);
         let Some((existing, mark)) = self.stored_duplicate(&sha_hex, declared, &fresh).await? else {
-            return Ok(StoredContent { key: fresh, sha_hex, size: declared, inflight: marks });
+            return Ok(StoredContent { key: fresh, sha_hex, size: declared, inflight: marks, recorded: false });
         };
         // Identical content is kept already: the record names that object instead, and the new
         // one goes (now, or with the orphan sweep once its mark is stale).
@@ -929,7 +998,7 @@ impl Moss {
             let m = marks[0];
             self.db.write_relaxed(move |w| Ok::<_, Error>(w.end_inflight(m)?)).await?;
         }
-        Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]] })
+        Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]], recorded: false })
     }
 
     /// Marks a content object and its record as being written (see [`Moss::store_content`]).
@@ -1015,8 +1084,8 @@ impl Moss {
             sha256: String::new(),
             created_ts: created_ts as u64,
         };
-        let StoredContent { key, sha_hex, size, inflight } =
-            self.store_content(body, None, None, &meta_name, meta).await?;
+        let StoredContent { key, sha_hex, size, inflight, .. } =
+            self.store_content(body, None, None, &meta_name, meta, None).await?;
         let (o, id) = (origin.to_owned(), media_id.to_owned());
         self.db
             .write(move |w| {

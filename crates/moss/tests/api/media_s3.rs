@@ -593,6 +593,17 @@ struct Relay {
     endpoint: String,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cut: std::sync::Arc<std::sync::Mutex<Cut>>,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// What a relay drops instead of passing on ([`Relay::swallow`]).
+#[derive(Clone, Copy)]
+enum Swallow {
+    Nothing = 0,
+    /// Requests: the store never hears of them.
+    Requests = 1,
+    /// Answers: the store does the work, its client never hears back.
+    Answers = 2,
 }
 
 struct Cut {
@@ -609,16 +620,22 @@ impl Relay {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let sent = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(std::sync::Mutex::new(Cut { at: u64::MAX, every: 0, left: 0 }));
-        let (s, c) = (sent.clone(), cut.clone());
+        let swallow = Arc::new(std::sync::atomic::AtomicU8::new(Swallow::Nothing as u8));
+        let (s, c, w) = (sent.clone(), cut.clone(), swallow.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else { return };
                 let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
-                let (s, c) = (s.clone(), c.clone());
-                tokio::spawn(async move { relay(inbound, outbound, s, c).await });
+                let (s, c, w) = (s.clone(), c.clone(), w.clone());
+                tokio::spawn(async move { relay(inbound, outbound, s, c, w).await });
             }
         });
-        Relay { endpoint, sent, cut }
+        Relay { endpoint, sent, cut, swallow }
+    }
+
+    /// From now on, drops what `what` says instead of passing it on (connections stay open).
+    fn swallow(&self, what: Swallow) {
+        self.swallow.store(what as u8, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn sent(&self) -> u64 {
@@ -637,6 +654,7 @@ async fn relay(
     outbound: tokio::net::TcpStream,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cut: std::sync::Arc<std::sync::Mutex<Cut>>,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicU8>,
 ) {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -649,6 +667,9 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if swallow.load(Ordering::SeqCst) == Swallow::Requests as u8 {
+                continue;
+            }
             let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
             {
                 let mut c = cut.lock().unwrap();
@@ -664,7 +685,19 @@ async fn relay(
         }
     };
     let down = async {
-        let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match out_r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if swallow.load(Ordering::SeqCst) == Swallow::Answers as u8 {
+                continue;
+            }
+            if in_w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
     };
     tokio::select! { _ = up => {}, _ = down => {} }
 }
@@ -983,4 +1016,108 @@ async fn uploads_stream_to_an_https_store() {
     assert_eq!(objects.iter().filter(|k| k.starts_with("c-") && !k.ends_with(".k")).count(), 2, "{objects:?}");
     drop(front);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Uploads `data` (a small file: the fast path) on a task of its own, for a test that does not
+/// wait for the answer.
+fn upload_detached(s: &Server, u: &crate::common::User, data: Vec<u8>) -> tokio::task::JoinHandle<()> {
+    let request = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send();
+    tokio::spawn(async move {
+        let _ = request.await;
+    })
+}
+
+/// The media ids the admin API lists for a user.
+async fn listed_media(s: &Server, admin: &crate::common::User, user: &crate::common::User) -> Vec<String> {
+    let path = format!("/_synapse/admin/v1/users/{}/media", crate::common::enc(&user.id));
+    let (st, v) = s.get(&path, admin).await;
+    assert_eq!(st, 200, "{v}");
+    v["media"].as_array().unwrap().iter().map(|m| m["media_id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Waits until `user` has `n` media listed.
+async fn until_listed(s: &Server, admin: &crate::common::User, user: &crate::common::User, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids = listed_media(s, admin, user).await;
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} media listed, waited for {n}", ids.len());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_small_upload_is_recorded_while_it_is_stored_and_a_crash_in_between_is_reconciled() {
+    let Some(env) = s3_env() else { return };
+    let p = prefix();
+    let relay = Relay::start(&env.endpoint).await;
+    let via_relay = S3Env { endpoint: relay.endpoint.clone(), ..s3_env().unwrap() };
+    let s = start(&via_relay, &p, false).await;
+    let postgres = s.dir.join("postgres-url").exists();
+    let ops = crate::admin::admin(&s, "ops").await;
+    let a = s.register("alice").await;
+    let file = |seed: u8| -> Vec<u8> { (0..4096u32).map(|i| (i as u8).wrapping_mul(seed)).collect() };
+    let (st, v) = upload(&s, &a, file(3), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "{v}");
+    let first = v["content_uri"].as_str().unwrap().to_owned();
+    until_listed(&s, &ops, &a, 1).await;
+
+    // The store never hears of the next upload: its record is committed while the store
+    // request is still waiting (not after it), and the upload does not finish.
+    relay.swallow(Swallow::Requests);
+    let lost = upload_detached(&s, &a, file(5));
+    let ids = until_listed(&s, &ops, &a, 2).await;
+    assert!(!lost.is_finished(), "recorded before the store answered");
+    let lost_id = ids.into_iter().find(|id| !first.ends_with(id.as_str())).unwrap();
+
+    // A crash now; the store is back at the restart. Alone on its database, moss knows the
+    // upload died with it, asks the store, and drops the record of content that never came.
+    relay.swallow(Swallow::Nothing);
+    let s = s.restart().await;
+    let uri = format!("mxc://localhost/{lost_id}");
+    if postgres {
+        // Another process sharing the database could still be writing it: kept for the grace.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(listed_media(&s, &ops, &a).await.len(), 2, "undecided within the grace on a shared database");
+    } else {
+        until_listed(&s, &ops, &a, 1).await;
+        assert!(s.log().contains("never reached the store"), "{}", s.log());
+        assert_eq!(download_uri(&s, Some(&a), &uri).await.status(), 404);
+    }
+    let baseline = listed_media(&s, &ops, &a).await.len();
+
+    // This time the store stores it but its answer is lost: after the crash the record is kept,
+    // and the file downloads as uploaded.
+    let store = raw_store(&env, &p);
+    let objects = store.list().map(|k| k.unwrap()).collect::<Vec<_>>().await.len();
+    relay.swallow(Swallow::Answers);
+    let stored = upload_detached(&s, &a, file(7));
+    let ids = until_listed(&s, &ops, &a, baseline + 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let count = || async { store.list().map(|k| k.unwrap()).collect::<Vec<_>>().await.len() };
+    // The content and its metadata record.
+    while count().await < objects + 2 {
+        assert!(std::time::Instant::now() < deadline, "the store got the upload");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!stored.is_finished(), "the answer never came");
+    relay.swallow(Swallow::Nothing);
+    let s = s.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(listed_media(&s, &ops, &a).await, ids, "kept: its content is in the store");
+
+    let kept = ids.iter().find(|id| !first.ends_with(id.as_str()) && **id != lost_id).unwrap();
+    let res = download_uri(&s, Some(&a), &format!("mxc://localhost/{kept}")).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.unwrap().as_ref() == file(7).as_slice());
+    if !postgres {
+        assert!(s.log().contains("kept=1"), "{}", s.log());
+    }
 }
