@@ -841,26 +841,53 @@ impl Moss {
             self.check_quota(user, size).await?;
         }
         let sha = hasher.finalize();
-        let key = self.media.content_key(&sha);
-
-        let inflight = self.mark_writing(&key, &self.media.meta_key(meta_name)).await?;
+        let sha_hex = hex::encode(sha);
+        let record_key = self.media.meta_key(meta_name);
+        let encrypted = self.config.media.encryption.enabled;
+        // Encrypted, every object is sealed under a data key of its own, so two writers of one
+        // name (two processes on a shared database storing the same new file at once) could
+        // leave one's data beside the other's wrapped key. New encrypted content therefore gets
+        // a fresh name, and identical content is found by its hash in the database instead:
+        // shared as it is, never written again (two uploads of the same new file at the same
+        // moment may each keep a copy; nothing breaks). Unencrypted, the name is the content
+        // (HMAC of its hash): the same bytes under the same name, whoever writes them.
+        let duplicate = if encrypted { self.stored_duplicate(&sha_hex, size, "").await? } else { None };
+        let (key, inflight, write) = match duplicate {
+            Some((existing, content_mark)) => {
+                let r = record_key.clone();
+                let now = now_ms() as i64;
+                let record_mark = self.db.write_relaxed(move |w| Ok::<_, Error>(w.begin_inflight(&r, now)?)).await?;
+                (existing, [content_mark, record_mark], false)
+            }
+            None => {
+                let key = if encrypted {
+                    format!("c-{}", hex::encode(rand::random::<[u8; 32]>()))
+                } else {
+                    self.media.content_key(&sha)
+                };
+                let marks = self.mark_writing(&key, &record_key).await?;
+                (key, marks, true)
+            }
+        };
         // The content, unless identical content is stored already, and beside it the small
         // record that lets the store alone restore the file (`moss media decrypt`): written at
-        // the same time, so a small upload costs the store one round trip after the check, not
-        // three in a row.
-        let sha_hex = hex::encode(sha);
+        // the same time, so a small upload costs the store one round trip, not several in a row.
         let record =
             serde_json::to_vec(&MediaMeta { content_key: key.clone(), size, sha256: sha_hex.clone(), ..template })?;
-        let record_key = self.media.meta_key(meta_name);
         let content = async {
+            if !write {
+                return Ok(());
+            }
+            if encrypted {
+                // A fresh name: nobody else writes or reads it yet.
+                return self.put_ready(&key, size, &held).await;
+            }
             let _guard = self.media.content_lock(&key).await;
-            // Unencrypted, the name is the content: a small object written again is the same
-            // bytes, and one PUT costs less than asking first. Encrypted objects are two (data,
-            // wrapped key) under a fresh data key each time, so an existing one is never
-            // rewritten under its readers; large ones are not sent twice. Content no record
-            // refers to and no other upload is writing has neither readers nor a copy worth
-            // keeping (at most an orphan): the database says so without asking the store.
-            let ask_first = (self.config.media.encryption.enabled || size > IN_MEMORY_UPLOAD as u64) && {
+            // A small object written again is the same bytes, and one PUT costs less than
+            // asking first; large ones are not sent twice. Content no record refers to and no
+            // other upload is writing has no copy worth keeping (at most an orphan): the
+            // database says so without asking the store.
+            let ask_first = size > IN_MEMORY_UPLOAD as u64 && {
                 let (k, own, id) = (key.clone(), inflight[0], meta_name.to_owned());
                 self.db.read(move |r| Ok::<_, Error>(r.content_in_use(&k, own, &id)?)).await?
             };

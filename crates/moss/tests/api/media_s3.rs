@@ -1121,3 +1121,46 @@ async fn a_small_upload_is_recorded_while_it_is_stored_and_a_crash_in_between_is
         assert!(s.log().contains("kept=1"), "{}", s.log());
     }
 }
+
+/// Two processes sharing one PostgreSQL database and one encrypted bucket store the same new
+/// file at the same moment, round after round: every copy decrypts on both. (Written under one
+/// name, one process's data could end up beside the other's wrapped key.)
+#[tokio::test]
+async fn two_processes_storing_the_same_new_file_at_once_keep_it_readable() {
+    let Some(env) = s3_env() else { return };
+    let Some(url) = crate::common::create_postgres_database() else {
+        assert!(std::env::var("MOSS_REQUIRE_PG").is_err(), "PostgreSQL is required (MOSS_TEST_PG_*)");
+        return;
+    };
+    let p = prefix();
+    let mut vars = s3_vars(&env, &p);
+    vars.push(("MOSS_MEDIA__ENCRYPTION__ENABLED", "true".to_owned()));
+    vars.push(("MOSS_DATABASE__URL", url));
+    let env_a: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Server::start_with(&env_a).await;
+    // The second process shares the first one's keys (naming and master) and database.
+    let shared = a.data_dir().to_string_lossy().into_owned();
+    let mut env_b = env_a.clone();
+    env_b.push(("MOSS_DATA_DIR", shared.as_str()));
+    let dir_b = std::env::temp_dir().join(format!("moss-test-b-{}", crate::common::free_port()));
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let b = Server::start_in(dir_b, &env_b).await;
+    let alice = a.register("alice").await;
+
+    for round in 0..16u32 {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(round * 2 + 7) >> 3) as u8).collect();
+        let (on_a, on_b) = tokio::join!(
+            upload(&a, &alice, data.clone(), "application/octet-stream", None),
+            upload(&b, &alice, data.clone(), "application/octet-stream", None)
+        );
+        for (st, v) in [&on_a, &on_b] {
+            assert_eq!(*st, 200, "round {round}: {v}");
+            let uri = v["content_uri"].as_str().unwrap();
+            for s in [&a, &b] {
+                let res = download_uri(s, Some(&alice), uri).await;
+                assert_eq!(res.status(), 200, "round {round}: {uri}");
+                assert!(res.bytes().await.unwrap().as_ref() == data.as_slice(), "round {round}: {uri} decrypts");
+            }
+        }
+    }
+}
