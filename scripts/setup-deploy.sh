@@ -4,7 +4,9 @@
 #   their own;
 # - Debian's packages, with apt-get, only when missing: nginx and Caddy for the reverse proxies
 #   the role configures; podman, runc and debootstrap for the container image (the test makes its
-#   Debian base image with debootstrap: no container registry is reachable from test machines).
+#   Debian base image with debootstrap: no container registry is reachable from test machines),
+#   and the CNI dnsname plugin, which Debian's podman only recommends: without it the compose
+#   example's moss cannot resolve the name `garage`.
 #   nginx's and Caddy's packages start their service where an init system runs; the tests run
 #   their own on free ports, so those services are stopped and disabled right after the install
 #   (only those: never by process name).
@@ -24,7 +26,7 @@ fi
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]; }
 
 missing=()
-for pkg in nginx caddy podman runc debootstrap; do
+for pkg in nginx caddy podman runc debootstrap golang-github-containernetworking-plugin-dnsname; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -250,7 +250,12 @@ def test_compose(moss_image: str, compose_bin: Path) -> None:
         podman("exec", moss_ctr, "moss", "user", "create", "dave", "--password", "compose-pass-1")
         token = login(base, "dave", "compose-pass-1")
         blob = os.urandom(2 * 1024 * 1024 + 17)
-        mxc = upload(base, token, blob)
+        try:
+            mxc = upload(base, token, blob)
+        except AssertionError:
+            tail = subprocess.run(["podman", "logs", moss_ctr], env=ENV, capture_output=True, text=True).stderr
+            print("[container] moss's log:\n" + "\n".join(tail.splitlines()[-30:]), flush=True)
+            raise
         compose("down")
         compose("up", "-d")
         wait_versions(base, "moss after compose down and up", 90)
