@@ -75,6 +75,12 @@ const IN_MEMORY_UPLOAD: usize = 1024 * 1024;
 /// they arrive ([`Moss::store_streamed`]); smaller ones are read whole and named by their hash,
 /// which costs less than the duplicate check after the fact.
 const STREAM_ABOVE: u64 = 256 * 1024;
+
+/// A new content object's name when it cannot be its hash's: `c-` and 64 random hex digits,
+/// shaped like every content name, revealing nothing.
+fn fresh_content_name() -> String {
+    format!("c-{}", hex::encode(rand::random::<[u8; 32]>()))
+}
 /// Memory all uploads held that way may take together.
 const IN_MEMORY_TOTAL: usize = 64 * 1024 * 1024;
 
@@ -860,11 +866,7 @@ impl Moss {
                 (existing, [content_mark, record_mark], false)
             }
             None => {
-                let key = if encrypted {
-                    format!("c-{}", hex::encode(rand::random::<[u8; 32]>()))
-                } else {
-                    self.media.content_key(&sha)
-                };
+                let key = if encrypted { fresh_content_name() } else { self.media.content_key(&sha) };
                 let marks = self.mark_writing(&key, &record_key).await?;
                 (key, marks, true)
             }
@@ -946,7 +948,7 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        let fresh = format!("c-{}", hex::encode(rand::random::<[u8; 32]>()));
+        let fresh = fresh_content_name();
         let record_key = self.media.meta_key(meta_name);
         let marks = self.mark_writing(&fresh, &record_key).await?;
         // A few chunks in between: the slower of the client and the store sets the pace.
