@@ -304,8 +304,10 @@ class MossS3Row(MatrixRow):
 
     async def after_uploads(self, size: int) -> None:
         client, bucket = self.garage.client(), self.garage.env["MOSS_TEST_S3_BUCKET"]
-        # The file's own size, or its ciphertext's (16 bytes more per 64 KiB chunk).
-        fits = (size, size + 16 * max(1, -(-size // (64 << 10))))
+        # The file's own size, or its ciphertext's (16 bytes more per 64 KiB chunk), with the
+        # 116-byte key header in front for objects up to 1 MiB.
+        sealed = size + 16 * max(1, -(-size // (64 << 10)))
+        fits = (size, sealed, sealed + 116)
         objects = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=self.prefix):
             objects += [o for o in page.get("Contents", []) if not o["Key"].endswith(".k") and o["Size"] in fits]

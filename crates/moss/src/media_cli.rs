@@ -127,7 +127,7 @@ pub async fn rotate_key(config: &moss_core::Config) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     pb.finish_and_clear();
-    println!("master key {old} replaced by {new}: {changed} object key(s) re-sealed, no data rewritten");
+    println!("master key {old} replaced by {new}: {changed} object key(s) re-sealed, no ciphertext rewritten");
     println!("restart moss, then run this again to re-seal anything uploaded meanwhile");
     Ok(())
 }

@@ -229,8 +229,8 @@ pub fn previous_master_keys(config: &Config) -> Result<Vec<MasterKey>> {
     paths.iter().map(|p| read_key_file(p).map(MasterKey::from_bytes)).collect()
 }
 
-/// Replaces the master key: seals every object's data key under a new one (object data is not
-/// touched), keeps the old key as `<key_file>.previous-<id>`, and returns how many objects
+/// Replaces the master key: seals every object's data key under a new one (ciphertext is not
+/// touched; small objects, whose key header is inline, are rewritten with a new header), keeps the old key as `<key_file>.previous-<id>`, and returns how many objects
 /// were re-sealed. Run it again after restarting moss to catch uploads made meanwhile.
 pub async fn rotate_master_key(config: &Config, progress: impl Fn(u64) + Send + Sync) -> Result<(String, String, u64)> {
     let enc = &config.media.encryption;

@@ -3,9 +3,11 @@
 //! Every object gets its own random data key. The data is split into chunks (64 KiB by default)
 //! sealed with AES-256-GCM where the CPU has AES instructions (format 2) or XChaCha20-Poly1305
 //! elsewhere (format 1; both are always readable), so a ranged read decrypts only the chunks it
-//! touches. The data key, wrapped by the master key, lives in a small companion object
-//! `<key>.k`; rotating the master key rewrites only those. The format is documented in
-//! `docs/media.md`.
+//! touches. The data key, wrapped by the master key, travels in a 116-byte key header: at the
+//! start of the object itself for objects up to `inline_max` (1 MiB; format 3: one object, so
+//! one PUT to write and one GET to read), in a companion object `<key>.k` for larger ones, so
+//! that rotating the master key rewrites only small objects. Readers recognise an inline header
+//! by its magic. The format is documented in `docs/media.md`.
 
 use std::{
     collections::HashMap,
@@ -21,7 +23,7 @@ use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use super::{read_all, BlobStore, ByteStream, ObjectInfo, Range};
+use super::{read_at_most, BlobStore, ByteStream, ObjectInfo, Range};
 use crate::{MediaError, Result};
 
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
@@ -30,6 +32,11 @@ const TAG: u64 = 16;
 const KEY_MAGIC: &[u8; 8] = b"MOSSKEY1";
 /// Format 2: chunks sealed with AES-256-GCM (the data key is wrapped the same way).
 const KEY_MAGIC_AES: &[u8; 8] = b"MOSSKEY2";
+/// Format 3: either format with its key header at the start of the data object.
+const INLINE_MAGIC: &[u8; 8] = b"MOSSINL1";
+const INLINE_MAGIC_AES: &[u8; 8] = b"MOSSINL2";
+/// Objects up to this size carry their key inline.
+pub const DEFAULT_INLINE_MAX: u64 = 1024 * 1024;
 /// magic, master key id, chunk size, plaintext length, nonce prefix
 const KEY_HEADER_LEN: usize = 8 + 8 + 4 + 8 + 16;
 const KEY_OBJECT_LEN: usize = KEY_HEADER_LEN + 24 + 32 + 16;
@@ -84,11 +91,21 @@ impl ChunkCipher {
         ChunkCipher::XChaCha20Poly1305
     }
 
-    fn magic(self) -> &'static [u8; 8] {
-        match self {
-            ChunkCipher::XChaCha20Poly1305 => KEY_MAGIC,
-            ChunkCipher::Aes256Gcm => KEY_MAGIC_AES,
+    fn magic(self, inline: bool) -> &'static [u8; 8] {
+        match (self, inline) {
+            (ChunkCipher::XChaCha20Poly1305, false) => KEY_MAGIC,
+            (ChunkCipher::Aes256Gcm, false) => KEY_MAGIC_AES,
+            (ChunkCipher::XChaCha20Poly1305, true) => INLINE_MAGIC,
+            (ChunkCipher::Aes256Gcm, true) => INLINE_MAGIC_AES,
         }
+    }
+
+    /// The cipher a key header's magic names, and whether the header is inline.
+    fn from_magic(magic: &[u8]) -> Option<(ChunkCipher, bool)> {
+        [ChunkCipher::XChaCha20Poly1305, ChunkCipher::Aes256Gcm]
+            .into_iter()
+            .flat_map(|c| [(c, false), (c, true)])
+            .find(|(c, inline)| c.magic(*inline) == magic)
     }
 }
 
@@ -112,9 +129,11 @@ impl DataCipher {
     }
 }
 
-/// The parsed companion object of one encrypted object.
+/// The parsed key header of one encrypted object.
 #[derive(Clone)]
 struct ObjectKey {
+    /// Where the ciphertext starts in the data object: after an inline key header, or at 0.
+    offset: u64,
     chunk_size: u64,
     len: u64,
     nonce_prefix: [u8; 16],
@@ -182,9 +201,21 @@ fn chunk_aad(object: &str, i: u64, last: bool) -> Vec<u8> {
     aad
 }
 
-fn header_bytes(kind: ChunkCipher, master_id: &[u8; 8], chunk_size: u64, len: u64, nonce_prefix: &[u8; 16]) -> Vec<u8> {
+/// Whether the data object's first bytes are an inline key header.
+fn is_inline(prefix: &[u8]) -> bool {
+    prefix.get(..8).and_then(ChunkCipher::from_magic).is_some_and(|(_, inline)| inline)
+}
+
+fn header_bytes(
+    kind: ChunkCipher,
+    inline: bool,
+    master_id: &[u8; 8],
+    chunk_size: u64,
+    len: u64,
+    nonce_prefix: &[u8; 16],
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(KEY_HEADER_LEN);
-    h.extend_from_slice(kind.magic());
+    h.extend_from_slice(kind.magic(inline));
     h.extend_from_slice(master_id);
     h.extend_from_slice(&(chunk_size as u32).to_le_bytes());
     h.extend_from_slice(&len.to_le_bytes());
@@ -199,18 +230,10 @@ fn wrap_aad(header: &[u8], object: &str) -> Vec<u8> {
 }
 
 /// Seals a data key for `object` under `master`; the header fields are authenticated with it.
-#[allow(clippy::too_many_arguments)]
-fn seal_key(
-    master: &MasterKey,
-    object: &str,
-    kind: ChunkCipher,
-    chunk_size: u64,
-    len: u64,
-    nonce_prefix: &[u8; 16],
-    dek: &[u8; 32],
-) -> Result<Vec<u8>> {
-    // The magic (and with it the chunk cipher) is in the authenticated header: no downgrade.
-    let header = header_bytes(kind, &master.id, chunk_size, len, nonce_prefix);
+fn seal_key(master: &MasterKey, object: &str, k: &ObjectKey, dek: &[u8; 32]) -> Result<Vec<u8>> {
+    // The magic (and with it the chunk cipher and where the header lives) is in the
+    // authenticated header: no downgrade, and an inline header cannot pass for a `.k` object.
+    let header = header_bytes(k.kind, k.offset != 0, &master.id, k.chunk_size, k.len, &k.nonce_prefix);
     let mut wrap_nonce = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut wrap_nonce);
     let mut sealed = dek.to_vec();
@@ -224,16 +247,21 @@ fn seal_key(
     Ok(out)
 }
 
-/// Opens a key object with whichever of `masters` it was sealed under.
-fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(ObjectKey, [u8; 8])> {
-    let kind = match bytes.get(..8) {
+/// Opens a key header with whichever of `masters` it was sealed under: a `.k` object, or with
+/// `inline` the first bytes of a data object.
+fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8], inline: bool) -> Result<(ObjectKey, [u8; 8])> {
+    let kind = match bytes.get(..8).and_then(ChunkCipher::from_magic) {
         _ if bytes.len() != KEY_OBJECT_LEN => None,
-        Some(m) if m == KEY_MAGIC => Some(ChunkCipher::XChaCha20Poly1305),
-        Some(m) if m == KEY_MAGIC_AES => Some(ChunkCipher::Aes256Gcm),
+        Some((kind, i)) if i == inline => Some(kind),
         _ => None,
     };
     let Some(kind) = kind else {
-        return Err(MediaError::Corrupt(format!("{object}{KEY_SUFFIX} is not a moss key object")));
+        let what = if inline {
+            format!("{object} has no inline key header")
+        } else {
+            format!("{object}{KEY_SUFFIX} is not a moss key object")
+        };
+        return Err(MediaError::Corrupt(what));
     };
     let mut master_id = [0u8; 8];
     master_id.copy_from_slice(&bytes[8..16]);
@@ -255,7 +283,8 @@ fn open_key(masters: &[MasterKey], object: &str, bytes: &[u8]) -> Result<(Object
         .decrypt_in_place_detached(wrap_nonce, &wrap_aad(header, object), &mut dek, tag.into())
         .map_err(|_| MediaError::Corrupt(format!("{object}: data key does not authenticate")))?;
     let cipher = DataCipher::new(kind, &dek)?;
-    Ok((ObjectKey { chunk_size, len, nonce_prefix, kind, cipher }, master_id))
+    let offset = if inline { KEY_OBJECT_LEN as u64 } else { 0 };
+    Ok((ObjectKey { offset, chunk_size, len, nonce_prefix, kind, cipher }, master_id))
 }
 
 pub struct EncryptedStore {
@@ -266,6 +295,8 @@ pub struct EncryptedStore {
     chunk_size: u32,
     /// How new objects are sealed.
     cipher: ChunkCipher,
+    /// New objects up to this size carry their key header inline (format 3).
+    inline_max: Option<u64>,
     keys: Mutex<HashMap<String, ObjectKey>>,
 }
 
@@ -277,6 +308,7 @@ impl EncryptedStore {
             previous: Vec::new(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             cipher: ChunkCipher::best(),
+            inline_max: Some(DEFAULT_INLINE_MAX),
             keys: Mutex::new(HashMap::new()),
         }
     }
@@ -293,6 +325,13 @@ impl EncryptedStore {
         self
     }
 
+    /// New objects up to `max` bytes keep their key inline (none with `None`), larger ones in
+    /// a `.k` object (objects of either kind are always readable).
+    pub fn with_inline_max(mut self, max: Option<u64>) -> Self {
+        self.inline_max = max;
+        self
+    }
+
     pub fn with_previous_keys(mut self, previous: Vec<MasterKey>) -> Self {
         self.previous = previous;
         self
@@ -304,14 +343,44 @@ impl EncryptedStore {
         all
     }
 
-    async fn object_key(&self, key: &str) -> Result<ObjectKey> {
-        if let Some(k) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return Ok(k.clone());
-        }
-        let bytes = read_all(self.inner.get(&format!("{key}{KEY_SUFFIX}"), None).await?).await?;
-        let (k, _) = open_key(&self.masters(), key, &bytes)?;
+    fn known_key(&self, key: &str) -> Option<ObjectKey> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// The key in the object's `.k` companion.
+    async fn companion_key(&self, key: &str) -> Result<ObjectKey> {
+        let bytes = read_at_most(self.inner.get(&format!("{key}{KEY_SUFFIX}"), None).await?, KEY_OBJECT_LEN).await?;
+        let (k, _) = open_key(&self.masters(), key, &bytes, false)?;
         self.remember(key, k.clone());
         Ok(k)
+    }
+
+    /// The raw key header at the start of the data object, if it has one inline.
+    async fn inline_header(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let first = Range { start: 0, end: KEY_OBJECT_LEN as u64 };
+        match self.inner.get(key, Some(first)).await {
+            Ok(s) => {
+                let bytes = read_at_most(s, KEY_OBJECT_LEN).await?;
+                Ok(is_inline(&bytes).then_some(bytes))
+            }
+            // Shorter than a key header: a small object with a companion.
+            Err(MediaError::BadRange) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Any object's key: the data object's own header first (an object rewritten inline may
+    /// have a stale companion beside it), else the companion.
+    async fn object_key(&self, key: &str) -> Result<ObjectKey> {
+        if let Some(k) = self.known_key(key) {
+            return Ok(k);
+        }
+        if let Some(header) = self.inline_header(key).await? {
+            let (k, _) = open_key(&self.masters(), key, &header, true)?;
+            self.remember(key, k.clone());
+            return Ok(k);
+        }
+        self.companion_key(key).await
     }
 
     fn remember(&self, key: &str, k: ObjectKey) {
@@ -322,31 +391,93 @@ impl EncryptedStore {
         cache.insert(key.to_owned(), k);
     }
 
+    /// Reads `range` of an object whose key is known: only the chunks it touches.
+    async fn read_planned(&self, key: &str, k: ObjectKey, range: Option<Range>) -> Result<ByteStream> {
+        let range = range.unwrap_or(Range { start: 0, end: k.len });
+        if range.start > range.end || range.end > k.len {
+            return Err(MediaError::BadRange);
+        }
+        if range.is_empty() {
+            return Ok(decrypt_stream(super::once(Bytes::new()), k, key.to_owned(), 0, range));
+        }
+        let cs = k.chunk_size;
+        let (first, last) = (range.start / cs, (range.end - 1) / cs);
+        let c_start = k.offset + first * (cs + TAG);
+        let c_end = k.offset + ((last + 1) * (cs + TAG)).min(k.ciphertext_len());
+        let inner = self.inner.get(key, Some(Range { start: c_start, end: c_end })).await?;
+        Ok(decrypt_stream(inner, k, key.to_owned(), first, range))
+    }
+
+    /// Reads a whole object whose key is not known yet in one GET when the key is inline: the
+    /// header is read off the front of the data; without one, the companion is fetched while
+    /// the data waits.
+    async fn read_whole(&self, key: &str) -> Result<ByteStream> {
+        let mut body = self.inner.get(key, None).await?;
+        let mut front = BytesMut::new();
+        while front.len() < KEY_OBJECT_LEN {
+            match body.next().await {
+                Some(chunk) => front.extend_from_slice(&chunk?),
+                None => break,
+            }
+        }
+        let (k, rest) = if front.len() >= KEY_OBJECT_LEN && is_inline(&front) {
+            let header = front.split_to(KEY_OBJECT_LEN);
+            let (k, _) = open_key(&self.masters(), key, &header, true)?;
+            self.remember(key, k.clone());
+            (k, front.freeze())
+        } else {
+            (self.companion_key(key).await?, front.freeze())
+        };
+        let whole = Range { start: 0, end: k.len };
+        let data = Box::pin(futures_util::stream::once(async move { Ok(rest) }).chain(body));
+        Ok(decrypt_stream(data, k, key.to_owned(), 0, whole))
+    }
+
     /// Re-seals every data key under the current master key (after configuring the old one as
-    /// a previous key). Object data is not touched. Returns how many key objects changed.
+    /// a previous key): `.k` objects are rewritten, and objects with their key inline are
+    /// rewritten whole with a new header (their ciphertext unchanged). Returns how many
+    /// objects changed.
     pub async fn rewrap_all(&self) -> Result<u64> {
         self.rewrap_all_with_progress(|_| {}).await
     }
 
-    /// [`EncryptedStore::rewrap_all`], reporting each key object examined.
+    /// [`EncryptedStore::rewrap_all`], reporting each key examined.
     pub async fn rewrap_all_with_progress(&self, progress: impl Fn(u64) + Send + Sync) -> Result<u64> {
         let mut changed = 0;
         let mut seen = 0;
         let keys: Vec<String> = self.inner.list().filter_map(|k| async move { k.ok() }).collect().await;
         for name in keys {
-            let Some(object) = name.strip_suffix(KEY_SUFFIX) else {
-                continue;
+            let header = match name.strip_suffix(KEY_SUFFIX) {
+                Some(_) => read_at_most(self.inner.get(&name, None).await?, KEY_OBJECT_LEN).await?,
+                None => match self.inline_header(&name).await {
+                    Ok(Some(h)) => h,
+                    Ok(None) | Err(MediaError::NotFound) => continue,
+                    Err(e) => return Err(e),
+                },
             };
             seen += 1;
             progress(seen);
-            let bytes = read_all(self.inner.get(&name, None).await?).await?;
-            let (k, master_id) = open_key(&self.masters(), object, &bytes)?;
+            let inline = !name.ends_with(KEY_SUFFIX);
+            let object = name.strip_suffix(KEY_SUFFIX).unwrap_or(&name);
+            let (k, master_id) = open_key(&self.masters(), object, &header, inline)?;
             if master_id == self.master.id {
                 continue;
             }
-            let dek = recover_dek(&self.masters(), object, &bytes)?;
-            let sealed = seal_key(&self.master, object, k.kind, k.chunk_size, k.len, &k.nonce_prefix, &dek)?;
-            self.inner.put(&name, sealed.len() as u64, super::once(sealed)).await?;
+            let dek = recover_dek(&self.masters(), object, &header)?;
+            let sealed = seal_key(&self.master, object, &k, &dek)?;
+            if inline {
+                // The whole object again, its header replaced. Read just before the write, so
+                // only a rewrite of this very object in between would be undone.
+                let whole = self.inner.get(&name, None).await?;
+                let mut data = read_at_most(whole, KEY_OBJECT_LEN + k.ciphertext_len() as usize).await?;
+                if data.len() < KEY_OBJECT_LEN || data[..KEY_OBJECT_LEN] != header[..] {
+                    continue; // rewritten meanwhile, by someone sealing with a current key
+                }
+                data[..KEY_OBJECT_LEN].copy_from_slice(&sealed);
+                self.inner.put(&name, data.len() as u64, super::once(data)).await?;
+            } else {
+                self.inner.put(&name, sealed.len() as u64, super::once(sealed)).await?;
+            }
             changed += 1;
         }
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -486,23 +617,37 @@ impl BlobStore for EncryptedStore {
             rand::thread_rng().fill_bytes(&mut dek);
             let mut nonce_prefix = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut nonce_prefix);
-            let chunk_size = self.chunk_size as u64;
             let kind = self.cipher;
-            let sealed = seal_key(&self.master, key, kind, chunk_size, size, &nonce_prefix, &dek)?;
-            let object_key =
-                ObjectKey { chunk_size, len: size, nonce_prefix, kind, cipher: DataCipher::new(kind, &dek)? };
-            // The key object and the data at the same time (one round trip, not two): the put
-            // succeeds only once both are stored, and whoever writes objects records them only
-            // after that, so data whose key failed to arrive is an unreferenced orphan.
+            let inline = self.inline_max.is_some_and(|max| size <= max);
+            let k = ObjectKey {
+                offset: if inline { KEY_OBJECT_LEN as u64 } else { 0 },
+                chunk_size: self.chunk_size as u64,
+                len: size,
+                nonce_prefix,
+                kind,
+                cipher: DataCipher::new(kind, &dek)?,
+            };
+            let sealed = seal_key(&self.master, key, &k, &dek)?;
             self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-            let key_name = format!("{key}{KEY_SUFFIX}");
-            let csize = object_key.ciphertext_len();
-            tokio::try_join!(
-                self.inner.put(&key_name, sealed.len() as u64, super::once(sealed)),
-                self.inner.put(key, csize, encrypt_stream(data, object_key.clone(), key.to_owned())),
-            )?;
+            let body = encrypt_stream(data, k.clone(), key.to_owned());
+            let csize = k.ciphertext_len();
+            if inline {
+                // One object, the key header in front: one PUT.
+                let header = futures_util::stream::once(async move { Ok(Bytes::from(sealed)) });
+                self.inner.put(key, KEY_OBJECT_LEN as u64 + csize, Box::pin(header.chain(body))).await?;
+            } else {
+                // The key object and the data at the same time (one round trip, not two): the
+                // put succeeds only once both are stored, and whoever writes objects records
+                // them only after that, so data whose key failed to arrive is an unreferenced
+                // orphan.
+                let key_name = format!("{key}{KEY_SUFFIX}");
+                tokio::try_join!(
+                    self.inner.put(&key_name, sealed.len() as u64, super::once(sealed)),
+                    self.inner.put(key, csize, body),
+                )?;
+            }
             // Whoever uploads is often followed by readers: they need not fetch the key again.
-            self.remember(key, object_key);
+            self.remember(key, k);
             Ok(())
         }
         .boxed()
@@ -510,31 +655,29 @@ impl BlobStore for EncryptedStore {
 
     fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
         async move {
-            let k = self.object_key(key).await?;
-            let range = range.unwrap_or(Range { start: 0, end: k.len });
-            if range.start > range.end || range.end > k.len {
-                return Err(MediaError::BadRange);
+            if let Some(k) = self.known_key(key) {
+                return self.read_planned(key, k, range).await;
             }
-            let cs = k.chunk_size;
-            let first = if range.is_empty() { 0 } else { range.start / cs };
-            let last = if range.is_empty() { 0 } else { (range.end - 1) / cs };
-            let c_start = first * (cs + TAG);
-            let c_end = ((last + 1) * (cs + TAG)).min(k.ciphertext_len());
-            let inner = if range.is_empty() {
-                super::once(Bytes::new())
-            } else {
-                self.inner.get(key, Some(Range { start: c_start, end: c_end })).await?
+            if range.is_none() {
+                return self.read_whole(key).await;
+            }
+            // A ranged read is most often a seek in a large object, whose key is a companion:
+            // that first; an object without one has its key inline.
+            let k = match self.companion_key(key).await {
+                Err(MediaError::NotFound) => self.object_key(key).await?,
+                other => other?,
             };
-            Ok(decrypt_stream(inner, k, key.to_owned(), first, range))
+            self.read_planned(key, k, range).await
         }
         .boxed()
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
         async move {
-            if self.inner.head(key).await?.is_none() {
-                return Ok(None);
+            if let Some(k) = self.known_key(key) {
+                return Ok(self.inner.head(key).await?.map(|_| ObjectInfo { size: k.len }));
             }
+            // Reading the key header says whether the object is there too.
             match self.object_key(key).await {
                 Ok(k) => Ok(Some(ObjectInfo { size: k.len })),
                 Err(MediaError::NotFound) => Ok(None),
@@ -583,25 +726,141 @@ mod tests {
         (0..n).map(|i| (i * 31 % 253) as u8).collect()
     }
 
+    /// Counts the requests reaching the store below.
+    struct Counting {
+        inner: Arc<FsStore>,
+        gets: std::sync::atomic::AtomicU64,
+        puts: std::sync::atomic::AtomicU64,
+    }
+
+    impl Counting {
+        fn new(inner: Arc<FsStore>) -> Arc<Counting> {
+            Arc::new(Counting { inner, gets: Default::default(), puts: Default::default() })
+        }
+        /// (GETs, PUTs) since the last call.
+        fn take(&self) -> (u64, u64) {
+            use std::sync::atomic::Ordering::SeqCst;
+            (self.gets.swap(0, SeqCst), self.puts.swap(0, SeqCst))
+        }
+    }
+
+    impl BlobStore for Counting {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put<'a>(&'a self, key: &'a str, size: u64, data: ByteStream) -> BoxFuture<'a, Result<()>> {
+            self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.put(key, size, data)
+        }
+        fn get<'a>(&'a self, key: &'a str, range: Option<Range>) -> BoxFuture<'a, Result<ByteStream>> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.get(key, range)
+        }
+        fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
+            self.inner.head(key)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
+            self.inner.delete(key)
+        }
+        fn list(&self) -> BoxStream<'_, Result<String>> {
+            self.inner.list()
+        }
+    }
+
+    async fn names(fs: &FsStore) -> Vec<String> {
+        let mut v: Vec<String> = fs.list().map(|k| k.unwrap()).collect().await;
+        v.sort();
+        v
+    }
+
     #[tokio::test]
     async fn round_trips_every_size_and_range_at_chunk_boundaries() {
-        let (_fs, enc, dir) = setup(64);
-        for n in [0usize, 1, 63, 64, 65, 128, 1000] {
-            let d = data(n);
-            let key = format!("c-{n}");
-            enc.put(&key, n as u64, once(d.clone())).await.unwrap();
-            assert_eq!(read_all(enc.get(&key, None).await.unwrap()).await.unwrap(), d, "size {n}");
-            assert_eq!(enc.head(&key).await.unwrap(), Some(ObjectInfo { size: n as u64 }));
-            for (s, e) in [(0, 0), (0, 1), (63, 65), (64, 128), (1, n), (n / 2, n)] {
-                if s > e || e > n {
-                    continue;
+        // With the key inline (the default for small objects) and in a companion object; read
+        // by the writer (which knows each key) and by a reader that has to find it.
+        for inline_max in [Some(DEFAULT_INLINE_MAX), None] {
+            let (fs, enc, dir) = setup(64);
+            let enc = enc.with_inline_max(inline_max);
+            for n in [0usize, 1, 63, 64, 65, 128, 1000] {
+                let d = data(n);
+                let key = format!("c-{n}");
+                enc.put(&key, n as u64, once(d.clone())).await.unwrap();
+                for fresh in [false, true] {
+                    let fresh_reader = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+                    let r = if fresh { &fresh_reader } else { &enc };
+                    let what = format!("size {n}, inline up to {inline_max:?}, fresh reader {fresh}");
+                    assert_eq!(read_all(r.get(&key, None).await.unwrap()).await.unwrap(), d, "{what}");
+                    let fresh_reader = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+                    let r = if fresh { &fresh_reader } else { &enc };
+                    assert_eq!(r.head(&key).await.unwrap(), Some(ObjectInfo { size: n as u64 }), "{what}");
+                    for (s, e) in [(0, 0), (0, 1), (63, 65), (64, 128), (1, n), (n / 2, n)] {
+                        if s > e || e > n {
+                            continue;
+                        }
+                        let fresh_reader = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+                        let r = if fresh { &fresh_reader } else { &enc };
+                        let got = read_all(r.get(&key, Some(Range { start: s as u64, end: e as u64 })).await.unwrap())
+                            .await
+                            .unwrap();
+                        assert_eq!(got, d[s..e], "{what}, range {s}..{e}");
+                    }
                 }
-                let got = read_all(enc.get(&key, Some(Range { start: s as u64, end: e as u64 })).await.unwrap())
-                    .await
-                    .unwrap();
-                assert_eq!(got, d[s..e], "size {n} range {s}..{e}");
+                let fresh_reader = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+                assert_eq!(fresh_reader.head(&format!("c-missing-{n}")).await.unwrap(), None);
             }
+            let companions = names(&fs).await.iter().filter(|n| n.ends_with(".k")).count();
+            assert_eq!(companions, if inline_max.is_none() { 7 } else { 0 }, "inline up to {inline_max:?}");
+            let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    #[tokio::test]
+    async fn a_small_object_is_one_object_written_with_one_put_and_read_with_one_get() {
+        let dir = std::env::temp_dir().join(format!("moss-enc-{}", rand::random::<u64>()));
+        let fs = Arc::new(FsStore::open(&dir).unwrap());
+        let counting = Counting::new(fs.clone());
+        let master = || MasterKey::from_bytes([7u8; 32]);
+        let writer = EncryptedStore::new(counting.clone(), master()).with_inline_max(Some(4096));
+        let (small, large) = (data(4096), data(4097));
+        writer.put("c-small", 4096, once(small.clone())).await.unwrap();
+        assert_eq!(counting.take(), (0, 1));
+        writer.put("c-large", 4097, once(large.clone())).await.unwrap();
+        assert_eq!(counting.take(), (0, 2), "data and companion");
+        assert_eq!(names(&fs).await, ["c-large", "c-large.k", "c-small"]);
+        // The header is on the front of the small object, sealed like a companion object but
+        // with its own magic.
+        let raw = read_all(fs.get("c-small", None).await.unwrap()).await.unwrap();
+        assert!(&raw[..8] == INLINE_MAGIC_AES || &raw[..8] == INLINE_MAGIC, "{:?}", &raw[..8]);
+        assert_eq!(raw.len() as u64, KEY_OBJECT_LEN as u64 + 4096 + TAG);
+
+        // A reader that has never seen the object: one GET for the small one, two for the
+        // large one (its data and its companion).
+        let reader = EncryptedStore::new(counting.clone(), master());
+        assert_eq!(read_all(reader.get("c-small", None).await.unwrap()).await.unwrap(), small);
+        assert_eq!(counting.take(), (1, 0));
+        assert_eq!(read_all(reader.get("c-large", None).await.unwrap()).await.unwrap(), large);
+        assert_eq!(counting.take(), (2, 0));
+        // Known keys now: a ranged read of either is one GET of just the chunks it needs.
+        let r = Range { start: 100, end: 200 };
+        assert_eq!(read_all(reader.get("c-small", Some(r)).await.unwrap()).await.unwrap(), small[100..200]);
+        assert_eq!(read_all(reader.get("c-large", Some(r)).await.unwrap()).await.unwrap(), large[100..200]);
+        assert_eq!(counting.take(), (2, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_object_rewritten_inline_is_read_by_its_own_header_not_a_stale_companion() {
+        let (fs, _, dir) = setup(64);
+        let master = || MasterKey::from_bytes([7u8; 32]);
+        let old = EncryptedStore::new(fs.clone(), master()).with_chunk_size(64).with_inline_max(None);
+        old.put("m-rec", 300, once(data(300))).await.unwrap();
+        let new = EncryptedStore::new(fs.clone(), master()).with_chunk_size(64);
+        let d: Vec<u8> = data(200).into_iter().rev().collect();
+        new.put("m-rec", 200, once(d.clone())).await.unwrap();
+        assert!(names(&fs).await.contains(&"m-rec.k".to_owned()), "the old companion is still there");
+        let reader = EncryptedStore::new(fs.clone(), master());
+        assert_eq!(reader.head("m-rec").await.unwrap(), Some(ObjectInfo { size: 200 }));
+        let reader = EncryptedStore::new(fs.clone(), master());
+        assert_eq!(read_all(reader.get("m-rec", None).await.unwrap()).await.unwrap(), d);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -609,14 +868,19 @@ mod tests {
     async fn both_chunk_ciphers_round_trip_and_stay_readable() {
         let (fs, enc, dir) = setup(64);
         let d = data(1000);
-        for (name, cipher, magic) in
-            [("c-chacha", ChunkCipher::XChaCha20Poly1305, KEY_MAGIC), ("c-aes", ChunkCipher::Aes256Gcm, KEY_MAGIC_AES)]
-        {
+        for (name, cipher, magic, inline_max) in [
+            ("c-chacha", ChunkCipher::XChaCha20Poly1305, KEY_MAGIC, None),
+            ("c-aes", ChunkCipher::Aes256Gcm, KEY_MAGIC_AES, None),
+            ("c-chacha-in", ChunkCipher::XChaCha20Poly1305, INLINE_MAGIC, Some(DEFAULT_INLINE_MAX)),
+            ("c-aes-in", ChunkCipher::Aes256Gcm, INLINE_MAGIC_AES, Some(DEFAULT_INLINE_MAX)),
+        ] {
             let writer = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]))
                 .with_chunk_size(64)
-                .with_cipher(cipher);
+                .with_cipher(cipher)
+                .with_inline_max(inline_max);
             writer.put(name, d.len() as u64, once(d.clone())).await.unwrap();
-            let k = read_all(fs.get(&format!("{name}.k"), None).await.unwrap()).await.unwrap();
+            let header = if inline_max.is_none() { format!("{name}.k") } else { name.to_owned() };
+            let k = read_all(fs.get(&header, None).await.unwrap()).await.unwrap();
             assert_eq!(&k[..8], magic);
             // Any store with the master key reads either format, whole and ranged.
             assert_eq!(read_all(enc.get(name, None).await.unwrap()).await.unwrap(), d);
@@ -630,46 +894,95 @@ mod tests {
         fs.put("c-aes.k", k.len() as u64, once(k)).await.unwrap();
         let fresh = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32])).with_chunk_size(64);
         assert!(matches!(fresh.get("c-aes", None).await, Err(MediaError::Corrupt(_))));
+        // So is an inline header relabelled to the other cipher, or moved into a companion.
+        let raw = read_all(fs.get("c-aes-in", None).await.unwrap()).await.unwrap();
+        let mut relabelled = raw.clone();
+        relabelled[..8].copy_from_slice(INLINE_MAGIC);
+        fs.put("c-aes-in", raw.len() as u64, once(relabelled)).await.unwrap();
+        let fresh = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+        assert!(matches!(fresh.get("c-aes-in", None).await, Err(MediaError::Corrupt(_))));
+        let mut as_companion = raw[..KEY_OBJECT_LEN].to_vec();
+        as_companion[..8].copy_from_slice(KEY_MAGIC_AES);
+        fs.put("c-moved.k", KEY_OBJECT_LEN as u64, once(as_companion)).await.unwrap();
+        let rest = raw[KEY_OBJECT_LEN..].to_vec();
+        fs.put("c-moved", rest.len() as u64, once(rest)).await.unwrap();
+        let fresh = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+        assert!(matches!(fresh.get("c-moved", None).await, Err(MediaError::Corrupt(_))));
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn the_inner_store_sees_no_plaintext_and_tampering_is_caught() {
-        let (fs, enc, dir) = setup(DEFAULT_CHUNK_SIZE);
-        let marker = b"PLAINTEXT-MARKER-0123456789".repeat(10_000);
-        enc.put("c-m", marker.len() as u64, once(marker.clone())).await.unwrap();
-        let raw = read_all(fs.get("c-m", None).await.unwrap()).await.unwrap();
-        assert!(!raw.windows(16).any(|w| w == &b"PLAINTEXT-MARKER"[..]));
-        // Flip one byte of the ciphertext: the read must fail, not return wrong data.
-        let mut bad = raw.clone();
-        bad[100] ^= 1;
-        fs.put("c-m", bad.len() as u64, once(bad)).await.unwrap();
-        assert!(read_all(enc.get("c-m", None).await.unwrap()).await.is_err());
-        // Data moved under another name does not decrypt either.
-        fs.put("c-other", raw.len() as u64, once(raw)).await.unwrap();
-        let k = read_all(fs.get("c-m.k", None).await.unwrap()).await.unwrap();
-        fs.put("c-other.k", k.len() as u64, once(k)).await.unwrap();
-        assert!(enc.get("c-other", None).await.is_err());
-        let _ = std::fs::remove_dir_all(dir);
+        for inline_max in [Some(DEFAULT_INLINE_MAX), None] {
+            let (fs, enc, dir) = setup(DEFAULT_CHUNK_SIZE);
+            let enc = enc.with_inline_max(inline_max);
+            let marker = b"PLAINTEXT-MARKER-0123456789".repeat(10_000);
+            enc.put("c-m", marker.len() as u64, once(marker.clone())).await.unwrap();
+            let raw = read_all(fs.get("c-m", None).await.unwrap()).await.unwrap();
+            assert!(!raw.windows(16).any(|w| w == &b"PLAINTEXT-MARKER"[..]));
+            // Flip one byte of the ciphertext: the read must fail, not return wrong data,
+            // whether the reader knows the key or not. (An inline header's bytes matter only
+            // to a reader that needs the key from it: for it, flipping them fails too.)
+            for at in [10, 100, KEY_OBJECT_LEN + 5, raw.len() - 1] {
+                let in_header = inline_max.is_some() && at < KEY_OBJECT_LEN;
+                let mut bad = raw.clone();
+                bad[at] ^= 1;
+                fs.put("c-m", bad.len() as u64, once(bad)).await.unwrap();
+                let fresh = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
+                let readers = if in_header { vec![&fresh] } else { vec![&enc, &fresh] };
+                for r in readers {
+                    let read = match r.get("c-m", None).await {
+                        Ok(s) => read_all(s).await,
+                        Err(e) => Err(e),
+                    };
+                    assert!(read.is_err(), "byte {at} flipped, inline up to {inline_max:?}");
+                }
+            }
+            // Data moved under another name does not decrypt either.
+            fs.put("c-other", raw.len() as u64, once(raw)).await.unwrap();
+            if inline_max.is_none() {
+                let k = read_all(fs.get("c-m.k", None).await.unwrap()).await.unwrap();
+                fs.put("c-other.k", k.len() as u64, once(k)).await.unwrap();
+            }
+            assert!(enc.get("c-other", None).await.is_err());
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     #[tokio::test]
-    async fn rotation_rewraps_keys_without_touching_data() {
-        let (fs, enc, dir) = setup(64);
-        let d = data(500);
-        enc.put("c-r", 500, once(d.clone())).await.unwrap();
-        let before = read_all(fs.get("c-r", None).await.unwrap()).await.unwrap();
+    async fn rotation_reseals_every_key_and_leaves_ciphertext_as_it_was() {
+        let (fs, _, dir) = setup(64);
         let old = MasterKey::from_bytes([7u8; 32]);
+        let enc = EncryptedStore::new(fs.clone(), old.clone()).with_chunk_size(64).with_inline_max(Some(500));
+        let (small, large) = (data(500), data(501));
+        enc.put("c-small", 500, once(small.clone())).await.unwrap();
+        enc.put("c-large", 501, once(large.clone())).await.unwrap();
+        let raw = |name: &'static str| {
+            let fs = fs.clone();
+            async move { read_all(fs.get(name, None).await.unwrap()).await.unwrap() }
+        };
+        let (small_before, large_before) = (raw("c-small").await, raw("c-large").await);
         let new = MasterKey::from_bytes([9u8; 32]);
-        let rotated = EncryptedStore::new(fs.clone(), new.clone()).with_chunk_size(64).with_previous_keys(vec![old]);
-        assert_eq!(rotated.rewrap_all().await.unwrap(), 1);
-        assert_eq!(read_all(fs.get("c-r", None).await.unwrap()).await.unwrap(), before, "data untouched");
-        let only_new = EncryptedStore::new(fs.clone(), new);
-        assert_eq!(read_all(only_new.get("c-r", None).await.unwrap()).await.unwrap(), d);
-        let only_old = EncryptedStore::new(fs.clone(), MasterKey::from_bytes([7u8; 32]));
-        assert!(only_old.get("c-r", None).await.is_err(), "the old key alone no longer opens it");
-        let keys: Vec<String> = only_new.list().map(|k| k.unwrap()).collect().await;
-        assert_eq!(keys, vec!["c-r".to_owned()]);
+        let rotated =
+            EncryptedStore::new(fs.clone(), new.clone()).with_chunk_size(64).with_previous_keys(vec![old.clone()]);
+        assert_eq!(rotated.rewrap_all().await.unwrap(), 2, "a companion and an inline header");
+        assert_eq!(raw("c-large").await, large_before, "data untouched");
+        let small_after = raw("c-small").await;
+        assert_eq!(small_after[KEY_OBJECT_LEN..], small_before[KEY_OBJECT_LEN..], "ciphertext untouched");
+        assert_ne!(small_after[..KEY_OBJECT_LEN], small_before[..KEY_OBJECT_LEN], "header re-sealed");
+        let only_new = EncryptedStore::new(fs.clone(), new.clone());
+        assert_eq!(read_all(only_new.get("c-small", None).await.unwrap()).await.unwrap(), small);
+        assert_eq!(read_all(only_new.get("c-large", None).await.unwrap()).await.unwrap(), large);
+        for name in ["c-small", "c-large"] {
+            let only_old = EncryptedStore::new(fs.clone(), old.clone());
+            assert!(only_old.get(name, None).await.is_err(), "the old key alone no longer opens {name}");
+        }
+        let mut keys: Vec<String> = only_new.list().map(|k| k.unwrap()).collect().await;
+        keys.sort();
+        assert_eq!(keys, ["c-large", "c-small"]);
+        // Nothing left to do the second time.
+        let again = EncryptedStore::new(fs.clone(), new).with_previous_keys(vec![old]);
+        assert_eq!(again.rewrap_all().await.unwrap(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 
