@@ -136,6 +136,14 @@ impl Redirect {
     }
 }
 
+/// What an upload's first write decided: the object's name, its and its record's in-flight
+/// marks, and whether the object is to be written (not when identical content is shared).
+struct Prepared {
+    key: String,
+    inflight: [i64; 2],
+    write: bool,
+}
+
 /// Content put in the store, not yet recorded.
 struct StoredContent {
     key: String,
@@ -646,7 +654,8 @@ impl Moss {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        self.check_not_suspended(user).await?;
+        // Whether the user is suspended is asked together with the upload's first write (see
+        // `Moss::prepare_write`): one trip to the database instead of two before storing.
         self.ingest(user, media_id, about, body, true).await
     }
 
@@ -789,7 +798,7 @@ impl Moss {
                 if let Some(user) = limits_for {
                     self.check_quota(user, n).await?;
                 }
-                self.store_streamed(body, n, meta_name, template).await
+                self.store_streamed(body, n, limits_for, meta_name, template).await
             }
             _ => self.store_hashed_first(body, limits_for, meta_name, template, early).await,
         }
@@ -857,20 +866,9 @@ impl Moss {
         // shared as it is, never written again (two uploads of the same new file at the same
         // moment may each keep a copy; nothing breaks). Unencrypted, the name is the content
         // (HMAC of its hash): the same bytes under the same name, whoever writes them.
-        let duplicate = if encrypted { self.stored_duplicate(&sha_hex, size, "").await? } else { None };
-        let (key, inflight, write) = match duplicate {
-            Some((existing, content_mark)) => {
-                let r = record_key.clone();
-                let now = now_ms() as i64;
-                let record_mark = self.db.write_relaxed(move |w| Ok::<_, Error>(w.begin_inflight(&r, now)?)).await?;
-                (existing, [content_mark, record_mark], false)
-            }
-            None => {
-                let key = if encrypted { fresh_content_name() } else { self.media.content_key(&sha) };
-                let marks = self.mark_writing(&key, &record_key).await?;
-                (key, marks, true)
-            }
-        };
+        let name = if encrypted { fresh_content_name() } else { self.media.content_key(&sha) };
+        let same = encrypted.then(|| (sha_hex.clone(), size));
+        let Prepared { key, inflight, write } = self.prepare_write(name, &record_key, same, limits_for).await?;
         // The content, unless identical content is stored already, and beside it the small
         // record that lets the store alone restore the file (`moss media decrypt`): written at
         // the same time, so a small upload costs the store one round trip, not several in a row.
@@ -942,6 +940,7 @@ impl Moss {
         &self,
         mut body: S,
         declared: u64,
+        limits_for: Option<&UserId>,
         meta_name: &str,
         template: MediaMeta,
     ) -> Result<StoredContent>
@@ -950,7 +949,7 @@ impl Moss {
     {
         let fresh = fresh_content_name();
         let record_key = self.media.meta_key(meta_name);
-        let marks = self.mark_writing(&fresh, &record_key).await?;
+        let marks = self.prepare_write(fresh.clone(), &record_key, None, limits_for).await?.inflight;
         // A few chunks in between: the slower of the client and the store sets the pace.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
         let to_store = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -1030,15 +1029,41 @@ impl Moss {
         Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]], recorded: false })
     }
 
-    /// Marks a content object and its record as being written (see [`Moss::store_content`]).
+    /// An upload's first write, before anything is stored, in one trip to the database:
+    /// refuses a suspended `user`; with `same` (SHA-256 and size), shares content with that
+    /// hash a record already refers to (nothing to write); otherwise the object goes under
+    /// `name`. The object and the record are marked in flight (see [`Moss::store_content`]).
+    /// One write transaction: a purge that deletes the last record of that content commits
+    /// before it (and the content is not found) or after (and sees the mark, keeping it).
     /// Relaxed: the marks keep a running sweep away; after a power loss there is no sweep to
     /// keep away, and an object whose record did not commit is an orphan the sweep may take.
-    async fn mark_writing(&self, content: &str, record: &str) -> Result<[i64; 2]> {
-        let (k, m) = (content.to_owned(), record.to_owned());
+    async fn prepare_write(
+        &self,
+        name: String,
+        record: &str,
+        same: Option<(String, u64)>,
+        user: Option<&UserId>,
+    ) -> Result<Prepared> {
+        let record = record.to_owned();
+        let user = user.filter(|u| u.server_name() == self.server_name).map(|u| u.to_string());
         self.db
             .write_relaxed(move |w| {
+                if let Some(u) = user {
+                    if w.restrictions(&u)?.0 {
+                        return Err(Error::new(ErrorKind::UserSuspended, 403, "this account is suspended"));
+                    }
+                }
                 let now = now_ms() as i64;
-                Ok::<_, Error>([w.begin_inflight(&k, now)?, w.begin_inflight(&m, now)?])
+                let shared = match same {
+                    Some((sha, size)) => w.content_with_hash(&sha, size as i64, "")?,
+                    None => None,
+                };
+                let (key, write) = match shared {
+                    Some(existing) if w.media_referencing(&existing)? > 0 => (existing, false),
+                    _ => (name, true),
+                };
+                let inflight = [w.begin_inflight(&key, now)?, w.begin_inflight(&record, now)?];
+                Ok(Prepared { key, inflight, write })
             })
             .await
     }
