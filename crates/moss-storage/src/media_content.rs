@@ -7,17 +7,25 @@ use crate::{Reader, Result, Writer};
 impl Reader<'_> {
     /// The object of content with this SHA-256 (hex) and size that a media record already refers
     /// to, other than `except`: an upload stored under a fresh name shares it instead. Records
-    /// whose content the store has not confirmed yet do not count (it may never arrive).
-    pub fn content_with_hash(&self, sha256: &str, size: i64, except: &str) -> Result<Option<String>> {
-        let local = self.one(
-            "SELECT content_key FROM media m WHERE sha256 = ?1 AND size = ?2 AND content_key IS NOT NULL \
-             AND content_key <> ?3 \
-             AND NOT EXISTS (SELECT 1 FROM media_unconfirmed u WHERE u.media_id = m.media_id) LIMIT 1",
+    /// still listed as unconfirmed count only where `stored` says (by media id) that their
+    /// content has arrived (the process that wrote it knows; otherwise it may never arrive).
+    pub fn content_with_hash(
+        &self,
+        sha256: &str,
+        size: i64,
+        except: &str,
+        stored: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<String>> {
+        let local: Vec<(String, String, bool)> = self.collect(
+            "SELECT content_key, media_id, \
+               EXISTS (SELECT 1 FROM media_unconfirmed u WHERE u.media_id = m.media_id) \
+             FROM media m WHERE sha256 = ?1 AND size = ?2 AND content_key IS NOT NULL \
+             AND content_key <> ?3 LIMIT 16",
             params![sha256, size, except],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        if local.is_some() {
-            return Ok(local);
+        if let Some((key, _, _)) = local.into_iter().find(|(_, id, unconfirmed)| !unconfirmed || stored(id)) {
+            return Ok(Some(key));
         }
         self.one(
             "SELECT content_key FROM remote_media WHERE sha256 = ?1 AND size = ?2 AND content_key <> ?3 LIMIT 1",
@@ -134,8 +142,10 @@ mod tests {
             let other = db.read_blocking(|r| r.content_in_use("c-2", -1, "m9")).unwrap();
             assert_eq!((own, other), (false, true), "{name}: a record other than the asker's");
 
-            let found = |sha: &str, size| db.read_blocking(|r| r.content_with_hash(sha, size, "")).unwrap();
+            let found = |sha: &str, size| db.read_blocking(|r| r.content_with_hash(sha, size, "", &|_| false)).unwrap();
             assert_eq!(found("ab", 4106), None, "{name}: unconfirmed content is not shared");
+            let known = db.read_blocking(|r| r.content_with_hash("ab", 4106, "", &|id| id == "m1")).unwrap();
+            assert_eq!(known.as_deref(), Some("c-1"), "{name}: unless its content is known to have arrived");
             db.write_blocking(|w| w.confirm_media("m1")).unwrap();
             assert_eq!(found("ab", 4106).as_deref(), Some("c-1"), "{name}: confirmed content is");
             db.write_blocking(|w| w.delete_media("m2").map(|_| ())).unwrap();

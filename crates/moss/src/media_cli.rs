@@ -57,39 +57,53 @@ fn safe_name(name: Option<&str>) -> String {
     }
 }
 
+/// Copies an object to `path`, returning its size and SHA-256.
+async fn restore_object(store: &dyn BlobStore, key: &str, path: &Path) -> Result<(u64, String)> {
+    let mut body = store.get(key, None).await?;
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut written = 0u64;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        written += chunk.len() as u64;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok((written, hex::encode(hasher.finalize())))
+}
+
+/// What `decrypt` writes beside content no record names.
+#[derive(serde::Serialize)]
+struct UnnamedContent<'a> {
+    content_key: &'a str,
+    size: u64,
+    sha256: String,
+}
+
 /// Restores every file from the store alone (disaster recovery without the database):
-/// `OUT/<server>/<media id>/<file name>` plus `meta.json` beside it.
+/// `OUT/<server>/<media id>/<file name>` plus `meta.json` beside it. Content no metadata
+/// record names (an upload whose record a crash prevented, if the database went with it) is
+/// restored too, as `OUT/unnamed/<object name>` with its size and hash in `<object name>.json`.
 pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
-    let keys: Vec<String> = store
-        .list()
-        .filter_map(|k| async move { k.ok() })
-        .filter(|k| futures_util::future::ready(k.starts_with("m-")))
-        .collect()
-        .await;
-    let pb = bar(keys.len() as u64, "restoring");
+    let all: Vec<String> = store.list().filter_map(|k| async move { k.ok() }).collect().await;
+    let records: Vec<&String> = all.iter().filter(|k| k.starts_with("m-")).collect();
+    let pb = bar(records.len() as u64, "restoring");
     let (mut restored, mut failed) = (0u64, 0u64);
-    for key in keys {
+    let mut named = std::collections::HashSet::new();
+    for key in records {
         let result: Result<()> = async {
-            let mut meta: MediaMeta = serde_json::from_slice(&read_all(store.get(&key, None).await?).await?)
+            let mut meta: MediaMeta = serde_json::from_slice(&read_all(store.get(key, None).await?).await?)
                 .with_context(|| format!("{key} is not a media record"))?;
+            named.insert(meta.content_key.clone());
             let dir: PathBuf = out.join(safe_name(Some(&meta.server_name))).join(safe_name(Some(&meta.media_id)));
             tokio::fs::create_dir_all(&dir).await?;
-            let mut body = store.get(&meta.content_key, None).await?;
-            let mut file = tokio::fs::File::create(dir.join(safe_name(meta.filename.as_deref()))).await?;
-            let mut written = 0u64;
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                written += chunk.len() as u64;
-                hasher.update(&chunk);
-                file.write_all(&chunk).await?;
-            }
-            file.flush().await?;
+            let path = dir.join(safe_name(meta.filename.as_deref()));
+            let (written, sha) = restore_object(store, &meta.content_key, &path).await?;
             if written != meta.size {
                 bail!("{}: expected {} bytes, got {written}", meta.media_id, meta.size);
             }
             // Records of uploads streamed to the store were written before the hash was known.
-            let sha = hex::encode(hasher.finalize());
             if meta.sha256.is_empty() {
                 meta.sha256 = sha;
             } else if meta.sha256 != sha {
@@ -109,9 +123,36 @@ pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let unnamed: Vec<&String> = all.iter().filter(|k| k.starts_with("c-") && !named.contains(*k)).collect();
+    let mut without_record = 0u64;
+    if !unnamed.is_empty() {
+        let dir = out.join("unnamed");
+        tokio::fs::create_dir_all(&dir).await?;
+        for key in unnamed {
+            let result: Result<()> = async {
+                let (size, sha256) = restore_object(store, key, &dir.join(key)).await?;
+                let about = UnnamedContent { content_key: key, size, sha256 };
+                tokio::fs::write(dir.join(format!("{key}.json")), serde_json::to_vec_pretty(&about)?).await?;
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => without_record += 1,
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("could not restore {key}: {e:#}");
+                }
+            }
+        }
+    }
     println!(
-        "restored {restored} file(s) into {}{}",
+        "restored {restored} file(s) into {}{}{}",
         out.display(),
+        if without_record > 0 {
+            format!(", and {without_record} without a record into unnamed/ (uploads whose record a crash prevented)")
+        } else {
+            String::new()
+        },
         if failed > 0 { format!(", {failed} failed") } else { String::new() }
     );
     if failed > 0 {

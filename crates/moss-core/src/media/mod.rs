@@ -65,7 +65,12 @@ pub struct Media {
     /// Bytes of small uploads held in memory instead of the spool, across all uploads
     /// ([`IN_MEMORY_TOTAL`]); an upload that cannot get more goes to the spool.
     in_memory: Arc<tokio::sync::Semaphore>,
+    /// Uploads answered here whose metadata record is still being written (so still listed as
+    /// unconfirmed), by media id: their content is stored, and identical uploads may share it.
+    stored_unconfirmed: StoredUnconfirmed,
 }
+
+type StoredUnconfirmed = Arc<Mutex<std::collections::HashSet<String>>>;
 
 /// Uploads up to this size are hashed and sent from memory, never written to the spool: a small
 /// file then costs the store's round trips alone.
@@ -151,8 +156,63 @@ struct StoredContent {
     size: u64,
     /// In-flight marks of the content and of its metadata record, ended when recorded.
     inflight: [i64; 2],
-    /// The media row was committed already, while the content was written ([`EarlyRecord`]).
-    recorded: bool,
+    recorded: Recorded,
+}
+
+/// Whether the media row of stored content is committed.
+enum Recorded {
+    /// Not yet: the caller records it (the metadata record object is stored already).
+    No,
+    /// While the content was written ([`EarlyRecord`]); the metadata record object (`record`,
+    /// named `key`) is written after the answer, and then the row confirmed.
+    Early { key: String, record: Vec<u8> },
+}
+
+/// After an upload under a fresh id was answered: writes its metadata record (a few attempts),
+/// ends the in-flight marks and confirms the row. A record that cannot be written now leaves
+/// the row unconfirmed, for the reconciliation to write it (as after a crash); one whose media
+/// was deleted in the meantime is deleted again.
+async fn write_record_and_confirm(
+    db: moss_storage::Db,
+    store: Arc<dyn BlobStore>,
+    media_id: String,
+    key: String,
+    record: Vec<u8>,
+    inflight: [i64; 2],
+) {
+    let record = Bytes::from(record);
+    let mut written = Err(moss_media::MediaError::Other("not tried".into()));
+    for pause in [0, 200, 2000] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        written = store.put(&key, record.len() as u64, moss_media::store::once(record.clone())).await;
+        if written.is_ok() {
+            break;
+        }
+    }
+    if let Err(e) = &written {
+        tracing::warn!(media_id, error = %e, "could not write an upload's metadata record; the reconciliation will");
+    }
+    let (confirm, id) = (written.is_ok(), media_id.clone());
+    let done = db
+        .write_relaxed(move |w| {
+            w.end_inflight(inflight[0])?;
+            w.end_inflight(inflight[1])?;
+            if !confirm {
+                return Ok::<_, Error>(true);
+            }
+            w.confirm_media(&id)?;
+            Ok(w.media(&id)?.is_some())
+        })
+        .await;
+    match done {
+        Ok(true) => {}
+        Ok(false) => {
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(media_id, error = %e, "could not delete the record of media deleted while it was written");
+            }
+        }
+        Err(e) => tracing::warn!(media_id, error = %e, "could not confirm a stored upload; the reconciliation will"),
+    }
 }
 
 /// The media row of an upload under a fresh id, which no client can know before the answer:
@@ -423,6 +483,7 @@ impl Media {
                 mib(config.media.thumbnails.max_decode_memory) as usize
             )),
             redirect,
+            stored_unconfirmed: Default::default(),
         })
     }
 
@@ -724,21 +785,15 @@ impl Moss {
         });
         let content = self.store_content(body, declared, enforce.then_some(user), &id, meta, early).await?;
         let StoredContent { key, sha_hex, size, inflight, recorded } = content;
-        if recorded {
-            // Recorded durably and stored: the answer need not wait for the bookkeeping (a mark
-            // left behind goes stale, a confirmation lost to a crash is reconciled).
-            let (db, i) = (self.db.clone(), id.clone());
+        if let Recorded::Early { key: record_key, record } = recorded {
+            // Recorded durably and stored: the answer need not wait for the rest (a mark left
+            // behind goes stale; a record or a confirmation lost to a crash is reconciled).
+            let (db, store, i) = (self.db.clone(), self.media.store.clone(), id.clone());
+            let stored = self.media.stored_unconfirmed.clone();
+            stored.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
             tokio::spawn(async move {
-                let done = db
-                    .write_relaxed(move |w| {
-                        w.end_inflight(inflight[0])?;
-                        w.end_inflight(inflight[1])?;
-                        Ok::<_, Error>(w.confirm_media(&i)?)
-                    })
-                    .await;
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "could not confirm a stored upload; the reconciliation will");
-                }
+                write_record_and_confirm(db, store, i.clone(), record_key, record, inflight).await;
+                stored.lock().unwrap_or_else(|p| p.into_inner()).remove(&i);
             });
             return Ok(id);
         }
@@ -869,9 +924,10 @@ impl Moss {
         let name = if encrypted { fresh_content_name() } else { self.media.content_key(&sha) };
         let same = encrypted.then(|| (sha_hex.clone(), size));
         let Prepared { key, inflight, write } = self.prepare_write(name, &record_key, same, limits_for).await?;
-        // The content, unless identical content is stored already, and beside it the small
-        // record that lets the store alone restore the file (`moss media decrypt`): written at
-        // the same time, so a small upload costs the store one round trip, not several in a row.
+        // The content, unless identical content is stored already, and the small record that
+        // lets the store alone restore the file (`moss media decrypt`): beside it, so that a
+        // small upload costs the store one round trip, not several in a row; or, when the row
+        // is committed early, after the answer.
         let record =
             serde_json::to_vec(&MediaMeta { content_key: key.clone(), size, sha256: sha_hex.clone(), ..template })?;
         let content = async {
@@ -898,13 +954,13 @@ impl Moss {
             }
             Ok::<_, Error>(())
         };
-        let record = async {
-            let len = record.len() as u64;
-            self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)
-        };
         let Some(early) = early else {
+            let record = async {
+                let len = record.len() as u64;
+                self.media.store.put(&record_key, len, moss_media::store::once(record)).await.map_err(store_error)
+            };
             tokio::try_join!(content, record)?;
-            return Ok(StoredContent { key, sha_hex, size, inflight, recorded: false });
+            return Ok(StoredContent { key, sha_hex, size, inflight, recorded: Recorded::No });
         };
         let (id, k, sha) = (meta_name.to_owned(), key.clone(), sha_hex.clone());
         let row = self.db.write(move |w| {
@@ -916,7 +972,9 @@ impl Moss {
             }
             Ok(w.record_unconfirmed(&id, &k, now)?)
         });
-        let (stored, row) = tokio::join!(async { tokio::try_join!(content, record) }, row);
+        // The metadata record (for restoring from the store alone) is written after the
+        // answer: the row is durable and listed as unconfirmed until it is.
+        let (stored, row) = tokio::join!(content, row);
         if let Err(e) = stored {
             if row.is_ok() {
                 // Not stored, so not kept: the row goes (a crash before this is reconciled).
@@ -926,7 +984,7 @@ impl Moss {
             return Err(e);
         }
         row?;
-        Ok(StoredContent { key, sha_hex, size, inflight, recorded: true })
+        Ok(StoredContent { key, sha_hex, size, inflight, recorded: Recorded::Early { key: record_key, record } })
     }
 
     /// Streams a body of `declared` bytes to the store as it arrives, so that receiving it and
@@ -1008,7 +1066,7 @@ impl Moss {
         drop(held);
         let sha_hex = hex::encode(sha);
         let Some((existing, mark)) = self.stored_duplicate(&sha_hex, declared, &fresh).await? else {
-            return Ok(StoredContent { key: fresh, sha_hex, size: declared, inflight: marks, recorded: false });
+            return Ok(StoredContent { key: fresh, sha_hex, size: declared, inflight: marks, recorded: Recorded::No });
         };
         // Identical content is kept already: the record names that object instead, and the new
         // one goes (now, or with the orphan sweep once its mark is stale).
@@ -1026,7 +1084,7 @@ impl Moss {
             let m = marks[0];
             self.db.write_relaxed(move |w| Ok::<_, Error>(w.end_inflight(m)?)).await?;
         }
-        Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]], recorded: false })
+        Ok(StoredContent { key: existing, sha_hex, size: declared, inflight: [mark, marks[1]], recorded: Recorded::No })
     }
 
     /// An upload's first write, before anything is stored, in one trip to the database:
@@ -1046,6 +1104,7 @@ impl Moss {
     ) -> Result<Prepared> {
         let record = record.to_owned();
         let user = user.filter(|u| u.server_name() == self.server_name).map(|u| u.to_string());
+        let stored = self.media.stored_unconfirmed.clone();
         self.db
             .write_relaxed(move |w| {
                 if let Some(u) = user {
@@ -1055,7 +1114,9 @@ impl Moss {
                 }
                 let now = now_ms() as i64;
                 let shared = match same {
-                    Some((sha, size)) => w.content_with_hash(&sha, size as i64, "")?,
+                    Some((sha, size)) => w.content_with_hash(&sha, size as i64, "", &|id| {
+                        stored.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+                    })?,
                     None => None,
                 };
                 let (key, write) = match shared {
@@ -1072,8 +1133,10 @@ impl Moss {
     /// marked in flight so that a purge deciding after this keeps it. Under the content's lock,
     /// so a purge that decided before has deleted the record by then (and it is not found).
     async fn stored_duplicate(&self, sha_hex: &str, size: u64, except: &str) -> Result<Option<(String, i64)>> {
-        let (s, e) = (sha_hex.to_owned(), except.to_owned());
-        let Some(existing) = self.db.read(move |r| Ok::<_, Error>(r.content_with_hash(&s, size as i64, &e)?)).await?
+        let (s, e, stored) = (sha_hex.to_owned(), except.to_owned(), self.media.stored_unconfirmed.clone());
+        let is_stored = move |id: &str| stored.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
+        let Some(existing) =
+            self.db.read(move |r| Ok::<_, Error>(r.content_with_hash(&s, size as i64, &e, &is_stored)?)).await?
         else {
             return Ok(None);
         };

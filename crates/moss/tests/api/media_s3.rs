@@ -393,9 +393,11 @@ async fn a_local_mirror_serves_what_the_bucket_lost() {
     let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
     assert_eq!(st, 200, "{v}");
     let path = format!("/_matrix/client/v1/media/download/{}", media_path(v["content_uri"].as_str().unwrap()));
-    // Both copies exist; then the bucket loses everything.
+    // Both copies exist (the record follows the answer); then the bucket loses everything.
     let raw = raw_store(&env, &p);
-    let keys: Vec<String> = raw.list().map(|k| k.unwrap()).collect().await;
+    let listed = || async { raw.list().map(|k| k.unwrap()).collect::<Vec<String>>().await };
+    eventually("the record stored", || async { listed().await.len() >= 2 }).await;
+    let keys = listed().await;
     assert_eq!(keys.len(), 2, "content and metadata, each with its key in front, in the bucket: {keys:?}");
     for k in keys {
         raw.delete(&k).await.unwrap();
@@ -433,6 +435,9 @@ async fn migrating_1000_files_from_disk_to_s3_while_they_are_downloaded() {
             data,
         ));
     }
+    // Each upload's metadata record follows its answer: all of them on disk before the restart.
+    let media_dir = s.data_dir().join("media");
+    eventually("every record written", || async { crate::media::stored_records(&media_dir).len() == 1000 }).await;
     let p = prefix();
     let mut vars = s3_vars(&env, &p);
     vars.extend([
@@ -594,6 +599,8 @@ struct Relay {
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cut: std::sync::Arc<std::sync::Mutex<Cut>>,
     swallow: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// With [`Swallow::RequestsFor`]: what the request line contains.
+    matching: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// What a relay drops instead of passing on ([`Relay::swallow`]).
@@ -604,6 +611,9 @@ enum Swallow {
     Requests = 1,
     /// Answers: the store does the work, its client never hears back.
     Answers = 2,
+    /// Requests whose request line contains [`Relay::swallow_requests_for`]'s text, and
+    /// whatever follows them on their connection.
+    RequestsFor = 3,
 }
 
 struct Cut {
@@ -621,16 +631,23 @@ impl Relay {
         let sent = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(std::sync::Mutex::new(Cut { at: u64::MAX, every: 0, left: 0 }));
         let swallow = Arc::new(std::sync::atomic::AtomicU8::new(Swallow::Nothing as u8));
-        let (s, c, w) = (sent.clone(), cut.clone(), swallow.clone());
+        let matching = Arc::new(std::sync::Mutex::new(String::new()));
+        let (s, c, w, m) = (sent.clone(), cut.clone(), swallow.clone(), matching.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else { return };
                 let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
-                let (s, c, w) = (s.clone(), c.clone(), w.clone());
-                tokio::spawn(async move { relay(inbound, outbound, s, c, w).await });
+                let (s, c, w, m) = (s.clone(), c.clone(), w.clone(), m.clone());
+                tokio::spawn(async move { relay(inbound, outbound, s, c, w, m).await });
             }
         });
-        Relay { endpoint, sent, cut, swallow }
+        Relay { endpoint, sent, cut, swallow, matching }
+    }
+
+    /// From now on, drops the requests whose request line contains `text`.
+    fn swallow_requests_for(&self, text: &str) {
+        *self.matching.lock().unwrap() = text.to_owned();
+        self.swallow(Swallow::RequestsFor);
     }
 
     /// From now on, drops what `what` says instead of passing it on (connections stay open).
@@ -655,6 +672,7 @@ async fn relay(
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cut: std::sync::Arc<std::sync::Mutex<Cut>>,
     swallow: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    matching: std::sync::Arc<std::sync::Mutex<String>>,
 ) {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -662,12 +680,21 @@ async fn relay(
     let (mut out_r, mut out_w) = outbound.into_split();
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut swallowing = false;
         loop {
             let n = match in_r.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             if swallow.load(Ordering::SeqCst) == Swallow::Requests as u8 {
+                continue;
+            }
+            if !swallowing && swallow.load(Ordering::SeqCst) == Swallow::RequestsFor as u8 {
+                let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+                let text = matching.lock().unwrap().clone();
+                swallowing = String::from_utf8_lossy(line).contains(&text);
+            }
+            if swallowing {
                 continue;
             }
             let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
@@ -857,8 +884,10 @@ async fn a_new_encrypted_upload_costs_one_round_trip_and_a_repeated_one_rewrites
     let before = requests().await;
     let (st, v) = upload(&s, &a, data.clone(), "application/octet-stream", None).await;
     assert_eq!(st, 200, "{v}");
-    // The data and the metadata record, each with its wrapped key in front: two PUTs at once,
-    // no question to the store first (the database knows the content is new).
+    // The data and then, after the answer, the metadata record, each with its wrapped key in
+    // front: two PUTs, no question to the store first (the database knows the content is new).
+    eventually("the record stored", || async { requests().await - before >= 2.0 }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(requests().await - before, 2.0, "requests for a new upload");
     let objects = raw_objects(&raw_store(&env, &p)).await;
 
@@ -880,6 +909,15 @@ async fn a_new_encrypted_upload_costs_one_round_trip_and_a_repeated_one_rewrites
     let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
     assert_eq!(res.bytes().await.unwrap().to_vec(), data);
     assert_eq!(requests().await - before, 1.0, "requests for a download after a restart");
+}
+
+/// Waits up to 10 s for `check` to hold.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// nginx with TLS on a free port in front of `upstream` (plain HTTP), with a certificate for
@@ -1110,8 +1148,8 @@ async fn a_small_upload_is_recorded_while_it_is_stored_and_a_crash_in_between_is
     let ids = until_listed(&s, &ops, &a, baseline + 1).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let count = || async { store.list().map(|k| k.unwrap()).collect::<Vec<_>>().await.len() };
-    // The content and its metadata record.
-    while count().await < objects + 2 {
+    // The content (its metadata record would follow the answer).
+    while count().await < objects + 1 {
         assert!(std::time::Instant::now() < deadline, "the store got the upload");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -1120,6 +1158,14 @@ async fn a_small_upload_is_recorded_while_it_is_stored_and_a_crash_in_between_is
     let s = s.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(listed_media(&s, &ops, &a).await, ids, "kept: its content is in the store");
+    if !postgres {
+        // And the record a restore from the store alone needs is written now.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count().await < objects + 2 {
+            assert!(std::time::Instant::now() < deadline, "the reconciliation wrote the record");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 
     let kept = ids.iter().find(|id| !first.ends_with(id.as_str()) && **id != lost_id).unwrap();
     let res = download_uri(&s, Some(&a), &format!("mxc://localhost/{kept}")).await;
@@ -1128,6 +1174,26 @@ async fn a_small_upload_is_recorded_while_it_is_stored_and_a_crash_in_between_is
     if !postgres {
         assert!(s.log().contains("kept=1"), "{}", s.log());
     }
+
+    // The metadata record is written after the answer: an upload whose record the store never
+    // hears of is answered all the same, and after a crash its record is written.
+    let objects = count().await;
+    relay.swallow_requests_for(&format!("{p}m-"));
+    let (st, v) = upload(&s, &a, file(11), "application/octet-stream", None).await;
+    assert_eq!(st, 200, "answered without the record: {v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await, objects + 1, "only the content arrived");
+    relay.swallow(Swallow::Nothing);
+    let s = s.restart().await;
+    if !postgres {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count().await < objects + 2 {
+            assert!(std::time::Instant::now() < deadline, "the reconciliation wrote the record");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let res = download_uri(&s, Some(&a), v["content_uri"].as_str().unwrap()).await;
+    assert!(res.bytes().await.unwrap().as_ref() == file(11).as_slice());
 }
 
 /// Two processes sharing one PostgreSQL database and one encrypted bucket store the same new
