@@ -51,6 +51,8 @@ QUICK_MOSS_STORES = ["fs", "encrypt+s3"]
 FULL_REPS = {4 << 10: 200, MiB: 40, 64 * MiB: 5, 1024 * MiB: 3}
 QUICK_REPS = {4 << 10: 10, MiB: 3, 64 * MiB: 1}
 VERIFY_UP_TO = MiB  # downloads up to this size are compared byte for byte with the file
+# Pause before each timed request of an upload pair, outside the clock (see measure_row).
+SETTLE_S = 0.01
 RSS_INTERVAL_S = 0.05
 MAX_UPLOAD = 2 << 30  # servers' upload limit: above the 1 GiB file
 
@@ -402,9 +404,15 @@ async def measure_row(row: Row, files: DataFiles, sizes: list[int], reps: dict[i
                     # each block once, so the very bytes moss stores (unencrypted) would skip
                     # Garage's writes for whichever of the two comes second.
                     files.refresh(size)
+                    # A pause before each timed request of a pair: what a server does after
+                    # answering (moss writes the upload's metadata record and confirms it)
+                    # finishes before the next one, which would otherwise be charged for it,
+                    # and both requests start from the same idle machine.
+                    await asyncio.sleep(SETTLE_S)
                     t0 = time.perf_counter()
                     await put_file(raw_http, "PUT", put_url, path, {})
                     raw_puts.append(time.perf_counter() - t0)
+                    await asyncio.sleep(SETTLE_S)
                 files.refresh(size)
                 with PeakRss(row.pids) as mem:
                     t0 = time.perf_counter()
