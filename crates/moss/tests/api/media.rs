@@ -46,9 +46,13 @@ pub fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// Every file under `dir`, recursively.
+/// The files under `dir`, but not those of an fs store's writes under way (`.tmp`).
 fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name() == ".tmp" {
+            continue;
+        }
         if e.path().is_dir() {
             out.extend(files(&e.path()));
         } else {
@@ -60,11 +64,7 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// The metadata records an fs store holds (not the temporary files of writes under way).
 pub fn stored_records(media_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    files(media_dir)
-        .into_iter()
-        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("m-"))
-        .filter(|f| f.parent().unwrap().file_name().is_none_or(|d| d != ".tmp"))
-        .collect()
+    files(media_dir).into_iter().filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("m-")).collect()
 }
 
 pub async fn round_trips(s: &Server) {
@@ -125,6 +125,12 @@ async fn encrypted_media_round_trips_and_the_store_holds_no_plaintext() {
     let (st, _) = upload(&s, &a, marker, "text/plain", None).await;
     assert_eq!(st, 200);
     let needle = b"MOSS-PLAINTEXT-MARKER";
+    // Four uploads, each with its metadata record (written right after the answer).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored_records(&s.data_dir().join("media")).len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the records were written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for f in files(&s.data_dir().join("media")) {
         let bytes = std::fs::read(&f).unwrap();
         assert!(!bytes.windows(needle.len()).any(|w| w == needle), "plaintext found in {}", f.display());
