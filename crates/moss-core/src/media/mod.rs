@@ -298,8 +298,9 @@ pub fn previous_master_keys(config: &Config) -> Result<Vec<MasterKey>> {
 }
 
 /// Replaces the master key: seals every object's data key under a new one (ciphertext is not
-/// touched; small objects, whose key header is inline, are rewritten with a new header), keeps the old key as `<key_file>.previous-<id>`, and returns how many objects
-/// were re-sealed. Run it again after restarting moss to catch uploads made meanwhile.
+/// touched; small objects, whose key header is inline, are rewritten with a new header), keeps
+/// the old key as `<key_file>.previous-<id>`, and returns how many objects were re-sealed. Run
+/// it again after restarting moss to catch uploads made meanwhile.
 pub async fn rotate_master_key(config: &Config, progress: impl Fn(u64) + Send + Sync) -> Result<(String, String, u64)> {
     let enc = &config.media.encryption;
     if !enc.enabled {
