@@ -522,15 +522,18 @@ async fn the_store_and_master_key_alone_restore_every_file() {
     for f in ["moss.db", "moss.db-wal", "moss.db-shm", "media-naming.key", "signing.key"] {
         let _ = std::fs::remove_file(data.join(f));
     }
+    let decrypt = |out: &std::path::Path| {
+        std::process::Command::new(crate::common::moss_bin())
+            .args(["media", "decrypt", "--out"])
+            .arg(out)
+            // No database at all: with PostgreSQL too, the command gets none (a fresh SQLite file).
+            .env("MOSS_DATA_DIR", &data)
+            .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
+            .output()
+            .unwrap()
+    };
     let out = s.dir.join("restored");
-    let res = std::process::Command::new(crate::common::moss_bin())
-        .args(["media", "decrypt", "--out"])
-        .arg(&out)
-        // No database at all: with PostgreSQL too, the command gets none (a fresh SQLite file).
-        .env("MOSS_DATA_DIR", &data)
-        .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
-        .output()
-        .unwrap();
+    let res = decrypt(&out);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     assert!(String::from_utf8_lossy(&res.stdout).contains("restored 3 file(s)"));
     for ((name, ctype, bytes), id) in files.iter().zip(&ids) {
@@ -546,13 +549,7 @@ async fn the_store_and_master_key_alone_restore_every_file() {
         std::fs::remove_file(r).unwrap();
     }
     let unnamed = s.dir.join("unnamed-restore");
-    let res = std::process::Command::new(crate::common::moss_bin())
-        .args(["media", "decrypt", "--out"])
-        .arg(&unnamed)
-        .env("MOSS_DATA_DIR", &data)
-        .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
-        .output()
-        .unwrap();
+    let res = decrypt(&unnamed);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let said = String::from_utf8_lossy(&res.stdout);
     assert!(said.contains("restored 0 file(s)") && said.contains("2 without a record"), "{said}");
