@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use moss_core::{media::MediaMeta, Moss};
-use moss_media::{store::read_all, BlobStore};
+use moss_media::{store::read_at_most, BlobStore};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -73,6 +73,9 @@ async fn restore_object(store: &dyn BlobStore, key: &str, path: &Path) -> Result
     Ok((written, hex::encode(hasher.finalize())))
 }
 
+/// The most `decrypt` reads of an object named as a metadata record.
+const RECORD_MAX: usize = 64 * 1024;
+
 /// What `decrypt` writes beside content no record names.
 #[derive(serde::Serialize)]
 struct UnnamedContent<'a> {
@@ -93,8 +96,10 @@ pub async fn decrypt(store: &dyn BlobStore, out: &Path) -> Result<()> {
     let mut named = std::collections::HashSet::new();
     for key in records {
         let result: Result<()> = async {
-            let mut meta: MediaMeta = serde_json::from_slice(&read_all(store.get(key, None).await?).await?)
-                .with_context(|| format!("{key} is not a media record"))?;
+            // A record is a few hundred bytes: anything much larger under its name is not one.
+            let bytes = read_at_most(store.get(key, None).await?, RECORD_MAX).await?;
+            let mut meta: MediaMeta =
+                serde_json::from_slice(&bytes).with_context(|| format!("{key} is not a media record"))?;
             named.insert(meta.content_key.clone());
             let dir: PathBuf = out.join(safe_name(Some(&meta.server_name))).join(safe_name(Some(&meta.media_id)));
             tokio::fs::create_dir_all(&dir).await?;

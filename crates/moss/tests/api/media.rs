@@ -577,6 +577,48 @@ async fn the_store_and_master_key_alone_restore_every_file() {
     assert!(!res.status.success());
 }
 
+/// An object named like a metadata record but megabytes long (a damaged or foreign bucket) is
+/// refused by `moss media decrypt` after its budget, not read into memory; the real files are
+/// restored all the same.
+#[tokio::test]
+async fn a_huge_object_posing_as_a_record_is_refused_within_its_budget() {
+    use base64::Engine;
+    let mut s = Server::start_with(&[
+        ("MOSS_REGISTRATION", "open"),
+        ("MOSS_RATE_LIMITS__ENABLED", "false"),
+        ("MOSS_MEDIA__ENCRYPTION__ENABLED", "true"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    assert_eq!(upload(&s, &a, pattern(5000), "image/png", Some("a.png")).await.0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored_records(&s.data_dir().join("media")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the record was written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.kill9();
+    let data = s.data_dir();
+    let key = std::fs::read_to_string(data.join("media-master.key")).unwrap();
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(key.trim()).unwrap().try_into().unwrap();
+    let fs = std::sync::Arc::new(moss_media::store::fs::FsStore::open(data.join("media")).unwrap());
+    let enc =
+        moss_media::store::encrypt::EncryptedStore::new(fs, moss_media::store::encrypt::MasterKey::from_bytes(key));
+    let huge = vec![b'{'; 8 << 20];
+    let name = format!("m-{}", "f".repeat(64));
+    moss_media::BlobStore::put(&enc, &name, huge.len() as u64, moss_media::store::once(huge)).await.unwrap();
+    let res = std::process::Command::new(crate::common::moss_bin())
+        .args(["media", "decrypt", "--out"])
+        .arg(s.dir.join("restored"))
+        .env("MOSS_DATA_DIR", &data)
+        .env("MOSS_MEDIA__ENCRYPTION__ENABLED", "true")
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
+    assert!(!res.status.success(), "{out}");
+    assert!(out.contains("restored 1 file(s)") && out.contains("1 failed"), "{out}");
+    assert!(err.contains(&name) && err.contains("larger than the 65536 bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn a_lost_master_key_stops_the_server_instead_of_replacing_the_key() {
     let mut s = Server::start_with(&[
